@@ -1,0 +1,251 @@
+"""Geometry comparisons and sanity checks for candidate structures.
+
+Adversarial attacks (Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104
+(2021)) displace atoms to maximise committee disagreement; some of the structures they
+produce are unphysical (atoms on top of each other, a molecule that has flown apart) or
+are copies of each other. This module holds the pure-numpy tools that selection uses
+to reject those before DFT labelling:
+
+- :func:`kabsch_rmsd` and :func:`pairwise_kabsch_rmsd`: RMSD after optimal
+  superposition (translation + proper rotation), W. Kabsch, Acta Cryst. A32, 922
+  (1976); A34, 827 (1978).
+- :func:`check_geometry`: close contacts and connectivity from covalent radii
+  (``ase.data.covalent_radii``).
+
+Units: positions and distances in Å. Molecules only (no cell, no periodic images).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ase.data import covalent_radii
+
+__all__ = ["check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd"]
+
+# Upper bound on the number of 3×3 covariance matrices held at once by
+# pairwise_kabsch_rmsd (each block costs ~ 9 × 8 bytes × this, plus SVD workspace).
+_MAX_MATRICES_PER_BLOCK = 1 << 18
+
+
+def _as_structure(x: np.ndarray, name: str) -> np.ndarray:
+    """Return ``x`` as a float64 array [n_atoms, 3], raising ValueError otherwise."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must have shape [n_atoms, 3], got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has no atoms; RMSD needs at least one atom")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf coordinates")
+    return arr
+
+
+def _as_structures(x: np.ndarray, name: str) -> np.ndarray:
+    """Return ``x`` as a float64 array [n_structures, n_atoms, 3], raising ValueError otherwise."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"{name} must have shape [n_structures, n_atoms, 3], got {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no atoms; RMSD needs at least one atom")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf coordinates")
+    return arr
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD between two structures after optimal translation and proper rotation.
+
+    Both structures are centred on their centroids, then ``a`` is rotated onto ``b``
+    with the Kabsch rotation. Only proper rotations (det = +1) are allowed: if the
+    optimal orthogonal matrix would be a reflection, the smallest singular direction
+    is flipped, so a structure and its mirror image have RMSD > 0 unless achiral.
+
+    Args:
+        a: positions [n_atoms, 3], Å.
+        b: positions [n_atoms, 3], Å, same atom ordering as ``a``.
+
+    Returns:
+        The minimum RMSD over rigid motions, Å, ``sqrt(mean_i |R a_i + t - b_i|^2)``.
+
+    Raises:
+        ValueError: if the shapes differ or are not [n_atoms, 3], if there are no
+            atoms, or if any coordinate is NaN or inf.
+    """
+    a_arr = _as_structure(a, "a")
+    b_arr = _as_structure(b, "b")
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(
+            f"a and b must have the same shape (same atoms, same order); got {a_arr.shape} and {b_arr.shape}"
+        )
+    p = a_arr - a_arr.mean(axis=0)
+    q = b_arr - b_arr.mean(axis=0)
+    # Covariance H = P^T Q = U S V^T; the optimal rotation applied to row vectors is
+    # p @ R with R = U diag(1, 1, d) V^T, where d = sign(det(U V^T)) excludes reflections.
+    u, _, vt = np.linalg.svd(p.T @ q)
+    d = 1.0 if np.linalg.det(u @ vt) >= 0.0 else -1.0
+    rotation = u @ np.diag([1.0, 1.0, d]) @ vt
+    diff = p @ rotation - q
+    return float(np.sqrt(np.mean(np.sum(diff * diff, axis=1))))
+
+
+def pairwise_kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kabsch RMSD between every structure of ``a`` and every structure of ``b``.
+
+    Vectorised: all 3×3 covariance matrices are formed with one tensor contraction
+    and their singular values come from one batched ``np.linalg.svd``. The RMSD follows
+    from the singular values without forming rotations,
+    ``msd = (|P|^2 + |Q|^2 - 2 (s1 + s2 + d s3)) / n_atoms`` with
+    ``d = sign(det(P^T Q))`` (proper rotations only). Work is split into blocks of
+    rows of ``a`` to bound memory; there is no per-pair Python loop.
+
+    Args:
+        a: positions [n_a, n_atoms, 3], Å.
+        b: positions [n_b, n_atoms, 3], Å, same atoms in the same order as ``a``.
+
+    Returns:
+        RMSD matrix [n_a, n_b], Å; entry ``[i, j]`` equals ``kabsch_rmsd(a[i], b[j])``.
+
+    Raises:
+        ValueError: if the arrays are not [n, n_atoms, 3], have different n_atoms,
+            have no atoms, or contain NaN or inf.
+    """
+    a_arr = _as_structures(a, "a")
+    b_arr = _as_structures(b, "b")
+    if a_arr.shape[1] != b_arr.shape[1]:
+        raise ValueError(
+            f"a and b must have the same number of atoms in the same order; "
+            f"got {a_arr.shape[1]} and {b_arr.shape[1]}"
+        )
+    n_a, n_atoms, _ = a_arr.shape
+    n_b = b_arr.shape[0]
+    out = np.empty((n_a, n_b), dtype=np.float64)
+    if n_a == 0 or n_b == 0:
+        return out
+
+    p = a_arr - a_arr.mean(axis=1, keepdims=True)  # [n_a, n_atoms, 3]
+    q = b_arr - b_arr.mean(axis=1, keepdims=True)  # [n_b, n_atoms, 3]
+    p_sq = np.einsum("aik,aik->a", p, p)  # [n_a]
+    q_sq = np.einsum("bik,bik->b", q, q)  # [n_b]
+
+    block = max(1, _MAX_MATRICES_PER_BLOCK // n_b)
+    for start in range(0, n_a, block):
+        stop = min(start + block, n_a)
+        # H[i, j] = P_i^T Q_j, [rows, n_b, 3, 3]
+        h = np.tensordot(p[start:stop], q, axes=([1], [1])).transpose(0, 2, 1, 3)
+        s = np.linalg.svd(h, compute_uv=False)  # [rows, n_b, 3], descending
+        # det(H) = det(U) det(V^T) prod(s): its sign is the sign of det(U V^T). When
+        # det(H) ~ 0 the smallest singular value is ~ 0, so the choice of d is moot.
+        d = np.where(np.linalg.det(h) < 0.0, -1.0, 1.0)
+        trace = s[..., 0] + s[..., 1] + d * s[..., 2]
+        msd = (p_sq[start:stop, None] + q_sq[None, :] - 2.0 * trace) / n_atoms
+        out[start:stop] = np.sqrt(np.clip(msd, 0.0, None))
+    return out
+
+
+def _validate_factors(min_distance_factor: float, max_bond_factor: float) -> None:
+    """Raise ValueError unless 0 <= min_distance_factor < max_bond_factor, both finite."""
+    for name, value in (("min_distance_factor", min_distance_factor), ("max_bond_factor", max_bond_factor)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(float(value)) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if max_bond_factor <= min_distance_factor:
+        raise ValueError(
+            f"max_bond_factor ({max_bond_factor}) must be larger than min_distance_factor "
+            f"({min_distance_factor}); otherwise every multi-atom molecule is rejected"
+        )
+
+
+def _count_fragments(adjacency: np.ndarray) -> int:
+    """Number of connected components of a boolean adjacency matrix [n, n]."""
+    n = adjacency.shape[0]
+    unvisited = np.ones(n, dtype=bool)
+    n_fragments = 0
+    while unvisited.any():
+        n_fragments += 1
+        reached = np.zeros(n, dtype=bool)
+        reached[np.argmax(unvisited)] = True
+        while True:
+            grown = reached | adjacency[reached].any(axis=0)
+            if np.array_equal(grown, reached):
+                break
+            reached = grown
+        unvisited &= ~reached
+    return n_fragments
+
+
+def check_geometry(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    min_distance_factor: float = 0.5,
+    max_bond_factor: float = 2.0,
+) -> str | None:
+    """Check that a molecule is physically sane: no clashes and in one piece.
+
+    With ``r_ij = r_cov(Z_i) + r_cov(Z_j)`` from ``ase.data.covalent_radii`` (Å):
+
+    - clash: some pair is closer than ``min_distance_factor * r_ij``; the reason names
+      the pair with the smallest ratio ``distance / r_ij``, e.g.
+      ``"atoms 0 and 2 at 0.31 Å (limit 0.37 Å)"``.
+    - fragmented: the graph with an edge wherever the distance is below
+      ``max_bond_factor * r_ij`` is not connected, e.g. ``"fragmented (2 fragments)"``.
+      A single atom is connected.
+
+    Molecules only: no cell and no periodic images are considered.
+
+    Args:
+        numbers: atomic numbers [n_atoms].
+        positions: Cartesian positions [n_atoms, 3], Å.
+        min_distance_factor: fraction of the summed covalent radii below which two
+            atoms clash, dimensionless, >= 0.
+        max_bond_factor: multiple of the summed covalent radii below which two atoms
+            count as connected, dimensionless, > ``min_distance_factor``.
+
+    Returns:
+        None if the geometry is sane, else a short reason. Reasons start with
+        ``"not finite"``, ``"atoms "`` or ``"fragmented"``.
+
+    Raises:
+        ValueError: if the shapes are inconsistent, there are no atoms, an atomic
+            number is not a known element, or the factors are invalid.
+    """
+    _validate_factors(min_distance_factor, max_bond_factor)
+    z = np.asarray(numbers)
+    if z.ndim != 1:
+        raise ValueError(f"numbers must have shape [n_atoms], got {z.shape}")
+    if z.size and not np.issubdtype(z.dtype, np.integer):
+        if not np.all(np.mod(z, 1) == 0):
+            raise ValueError(f"numbers must be integer atomic numbers, got {z!r}")
+        z = z.astype(np.int64)
+    if np.any(z < 1) or np.any(z >= len(covalent_radii)):
+        raise ValueError(f"numbers must be atomic numbers in 1..{len(covalent_radii) - 1}, got {z!r}")
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.shape != (z.shape[0], 3):
+        raise ValueError(f"positions must have shape [n_atoms, 3] = ({z.shape[0]}, 3), got {pos.shape}")
+    n_atoms = z.shape[0]
+    if n_atoms == 0:
+        raise ValueError("the structure has no atoms")
+    if not np.all(np.isfinite(pos)):
+        return "not finite (positions contain NaN or inf)"
+    if n_atoms == 1:
+        return None
+
+    radii = covalent_radii[z]  # [n_atoms], Å
+    r_sum = radii[:, None] + radii[None, :]  # [n_atoms, n_atoms], Å
+    distances = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)  # [n_atoms, n_atoms], Å
+    iu, ju = np.triu_indices(n_atoms, k=1)
+    ratio = distances[iu, ju] / r_sum[iu, ju]
+    worst = int(np.argmin(ratio))
+    if ratio[worst] < min_distance_factor:
+        i, j = int(iu[worst]), int(ju[worst])
+        return (
+            f"atoms {i} and {j} at {distances[i, j]:.2f} Å "
+            f"(limit {min_distance_factor * r_sum[i, j]:.2f} Å)"
+        )
+
+    adjacency = distances < max_bond_factor * r_sum
+    n_fragments = _count_fragments(adjacency)
+    if n_fragments > 1:
+        return f"fragmented ({n_fragments} fragments)"
+    return None

@@ -1,0 +1,232 @@
+"""Selection of adversarial candidates for DFT labelling.
+
+After an attack, each candidate structure carries a committee uncertainty. Following
+Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021), a candidate is
+labelled only if it is physically sane, more uncertain than most of the training set
+(a percentile of the training set's own uncertainties), and not a near-duplicate
+(Kabsch RMSD) of a training structure or of another selected candidate; at most
+``max_selected`` are kept per generation, the most uncertain first.
+
+Units: positions in Å, uncertainties in eV/Å (e.g. mean per-atom force std), RMSD in Å.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from adversarial.geometry import _validate_factors, check_geometry, pairwise_kabsch_rmsd
+
+__all__ = ["SelectionResult", "SelectionSettings", "select_candidates"]
+
+
+def _is_real(value: object) -> bool:
+    """True for int/float scalars (numpy included), False for bool and everything else."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """How candidates are filtered before labelling.
+
+    Attributes:
+        percentile: uncertainty threshold, as this percentile (0-100) of the training
+            set's uncertainties; candidates strictly below it are rejected.
+        rmsd_threshold: Å; a candidate with Kabsch RMSD strictly below this to a
+            training structure or to an already-selected candidate is a near-duplicate.
+            0 disables de-duplication.
+        min_distance_factor: clash if a pair is closer than this × summed covalent
+            radii (see :func:`adversarial.geometry.check_geometry`).
+        max_bond_factor: atoms closer than this × summed covalent radii are bonded;
+            a molecule whose bond graph is disconnected is fragmented.
+        max_selected: cap on the number of candidates selected per generation, >= 1.
+
+    Raises:
+        ValueError: on construction, if a value is out of range.
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    percentile: float = 90.0
+    rmsd_threshold: float = 0.05
+    min_distance_factor: float = 0.5
+    max_bond_factor: float = 2.0
+    max_selected: int = 8
+
+    def __post_init__(self) -> None:
+        if not _is_real(self.percentile) or not 0.0 <= float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile must be a number in [0, 100], got {self.percentile!r}")
+        if (
+            not _is_real(self.rmsd_threshold)
+            or not math.isfinite(float(self.rmsd_threshold))
+            or self.rmsd_threshold < 0
+        ):
+            raise ValueError(f"rmsd_threshold must be a finite number >= 0 (Å), got {self.rmsd_threshold!r}")
+        _validate_factors(self.min_distance_factor, self.max_bond_factor)
+        if (
+            isinstance(self.max_selected, bool)
+            or not isinstance(self.max_selected, (int, np.integer))
+            or self.max_selected < 1
+        ):
+            raise ValueError(f"max_selected must be an integer >= 1, got {self.max_selected!r}")
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """Outcome of :func:`select_candidates`.
+
+    Attributes:
+        selected: indices into the candidates [n_selected], in order of decreasing
+            uncertainty.
+        threshold: the uncertainty threshold used, eV/Å.
+        rejected: candidate index -> reason, one entry per candidate not selected,
+            sorted by index. Reasons start with one of ``"not finite"``, ``"atoms "``
+            (clash), ``"fragmented"``, ``"below threshold"``,
+            ``"near-duplicate of training structure"``, ``"near-duplicate of candidate"``,
+            ``"over cap"``.
+    """
+
+    selected: np.ndarray
+    threshold: float
+    rejected: dict[int, str]
+
+
+def select_candidates(
+    numbers: np.ndarray,
+    candidates: np.ndarray,
+    uncertainty: np.ndarray,
+    train_positions: np.ndarray,
+    train_uncertainty: np.ndarray,
+    settings: SelectionSettings,
+) -> SelectionResult:
+    """Choose which candidates to label, giving each rejected one a reason.
+
+    Filters, in order (a candidate gets the reason of the first filter it fails):
+
+    1. not finite: NaN or inf in its positions or its uncertainty;
+    2. geometry: :func:`adversarial.geometry.check_geometry` (clash or fragmented);
+    3. below threshold: uncertainty < ``np.percentile(train_uncertainty, percentile)``;
+    4. near-duplicate of a training structure: min Kabsch RMSD < ``rmsd_threshold``;
+    5. greedy, in decreasing uncertainty: near-duplicate of an already selected
+       candidate, then over cap once ``max_selected`` are selected. Each cluster of
+       near-duplicates is thus represented by its most uncertain member.
+
+    Args:
+        numbers: atomic numbers [n_atoms], shared by all structures.
+        candidates: candidate positions [n_candidates, n_atoms, 3], Å.
+        uncertainty: candidate uncertainties [n_candidates], eV/Å.
+        train_positions: training-set positions [n_train, n_atoms, 3], Å, same
+            composition and atom order as the candidates.
+        train_uncertainty: training-set uncertainties [n_train], eV/Å, same metric as
+            ``uncertainty``.
+        settings: the thresholds and cap.
+
+    Returns:
+        The selected indices, the threshold used and the reasons for the rest.
+
+    Raises:
+        ValueError: if shapes are inconsistent, the training set is empty, or the
+            training positions or uncertainties are not finite.
+    """
+    z = np.asarray(numbers)
+    if z.ndim != 1 or z.shape[0] == 0:
+        raise ValueError(f"numbers must have shape [n_atoms] with n_atoms >= 1, got {z.shape}")
+    n_atoms = z.shape[0]
+    cand = np.asarray(candidates, dtype=np.float64)
+    if cand.ndim != 3 or cand.shape[1:] != (n_atoms, 3):
+        raise ValueError(
+            f"candidates must have shape [n_candidates, n_atoms, 3] with n_atoms = {n_atoms}, got {cand.shape}"
+        )
+    n_candidates = cand.shape[0]
+    unc = np.asarray(uncertainty, dtype=np.float64)
+    if unc.shape != (n_candidates,):
+        raise ValueError(f"uncertainty must have shape [n_candidates] = ({n_candidates},), got {unc.shape}")
+    train = np.asarray(train_positions, dtype=np.float64)
+    if train.ndim != 3 or train.shape[1:] != (n_atoms, 3):
+        raise ValueError(
+            f"train_positions must have shape [n_train, n_atoms, 3] with n_atoms = {n_atoms} "
+            f"(same composition and atom order as the candidates), got {train.shape}"
+        )
+    train_unc = np.asarray(train_uncertainty, dtype=np.float64)
+    if train_unc.ndim != 1 or train_unc.shape[0] == 0:
+        raise ValueError(
+            f"train_uncertainty must have shape [n_train] with n_train >= 1 to set the threshold, "
+            f"got {train_unc.shape}"
+        )
+    if train.shape[0] != train_unc.shape[0]:
+        raise ValueError(
+            f"train_positions has {train.shape[0]} structures but train_uncertainty has {train_unc.shape[0]}"
+        )
+    if not np.all(np.isfinite(train_unc)):
+        raise ValueError("train_uncertainty contains NaN or inf; fix the training-set uncertainties first")
+    if not np.all(np.isfinite(train)):
+        raise ValueError("train_positions contains NaN or inf coordinates")
+    if not isinstance(settings, SelectionSettings):
+        raise ValueError(f"settings must be a SelectionSettings, got {type(settings).__name__}")
+
+    threshold = float(np.percentile(train_unc, settings.percentile))
+    rejected: dict[int, str] = {}
+
+    # 1. not finite
+    finite_pos = np.all(np.isfinite(cand), axis=(1, 2))
+    finite_unc = np.isfinite(unc)
+    for idx in np.flatnonzero(~(finite_pos & finite_unc)):
+        what = "positions" if not finite_pos[idx] else "uncertainty"
+        rejected[int(idx)] = f"not finite ({what})"
+
+    # 2. geometry
+    for idx in range(n_candidates):
+        if idx in rejected:
+            continue
+        reason = check_geometry(z, cand[idx], settings.min_distance_factor, settings.max_bond_factor)
+        if reason is not None:
+            rejected[idx] = reason
+
+    # 3. below threshold
+    for idx in range(n_candidates):
+        if idx not in rejected and unc[idx] < threshold:
+            rejected[idx] = f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)"
+
+    # 4. near-duplicate of the training set
+    alive = np.array([i for i in range(n_candidates) if i not in rejected], dtype=np.intp)
+    if alive.size and train.shape[0] and settings.rmsd_threshold > 0:
+        to_train = pairwise_kabsch_rmsd(cand[alive], train)  # [n_alive, n_train], Å
+        nearest = np.argmin(to_train, axis=1)
+        nearest_rmsd = to_train[np.arange(alive.size), nearest]
+        duplicate = nearest_rmsd < settings.rmsd_threshold
+        for k in np.flatnonzero(duplicate):
+            rejected[int(alive[k])] = (
+                f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"
+            )
+        alive = alive[~duplicate]
+
+    # 5. greedy in decreasing uncertainty: near-duplicate of a selected one, then cap
+    order = alive[np.argsort(-unc[alive], kind="stable")]
+    if order.size and settings.rmsd_threshold > 0:
+        among = pairwise_kabsch_rmsd(cand[order], cand[order])  # [n_alive, n_alive], Å
+    else:
+        among = np.full((order.size, order.size), np.inf)
+    selected_pos: list[int] = []  # positions in `order`
+    for k, idx in enumerate(order):
+        if selected_pos:
+            rmsd_to_selected = among[k, selected_pos]
+            m = int(np.argmin(rmsd_to_selected))
+            if rmsd_to_selected[m] < settings.rmsd_threshold:
+                rejected[int(idx)] = (
+                    f"near-duplicate of candidate {int(order[selected_pos[m]])} "
+                    f"(RMSD {rmsd_to_selected[m]:.3f} Å)"
+                )
+                continue
+        if len(selected_pos) >= settings.max_selected:
+            rejected[int(idx)] = "over cap"
+            continue
+        selected_pos.append(k)
+
+    selected = order[selected_pos].astype(np.intp)
+    return SelectionResult(
+        selected=selected,
+        threshold=threshold,
+        rejected=dict(sorted(rejected.items())),
+    )

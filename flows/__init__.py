@@ -1,0 +1,1 @@
+"""Prefect flows, run configuration and the advloop command line."""

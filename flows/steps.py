@@ -1,0 +1,240 @@
+"""The steps of one active-learning generation, as plain functions of files.
+
+Each step reads what it needs from the run folder and writes its product there, so the
+Prefect tasks in :mod:`flows.active_learning` are thin wrappers that pass small records.
+A step whose product already exists returns it without recomputing: re-running an
+interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import read, write
+
+from adversarial.attack import run_attack
+from adversarial.objective import kT_from_temperature, log_partition
+from adversarial.selection import select_candidates
+from calculators.labeller import label_structures
+from calculators.pyscf_calculator import PySCFCalculator
+from flows.config import RunConfig, initial_structures
+from potentials.checkpoint import checkpoint_metrics, load_member, save_member
+from potentials.committee import Committee
+from potentials.dataset import Dataset, Provenance, split_indices, structure_hash
+from potentials.model import EnergyModel
+from potentials.run_layout import RunLayout
+from potentials.training import train_member
+
+# Seeds for the random streams of a run, derived from the config's seeds so that a run is
+# reproducible and its streams independent.
+_SPLIT_STREAM, _MEMBER_STREAM, _ATTACK_STREAM, _INITIAL_STREAM = 1, 2, 3, 4
+
+
+class LabellingError(RuntimeError):
+    """Too many DFT labels failed for the run to go on."""
+
+
+def _rng(config: RunConfig, stream: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([config.committee.seed, stream, *keys])
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    requested: int
+    added: int
+    failed: int
+    skipped_known: int
+    seconds: float
+    failures: list[str]
+
+
+def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atoms],
+                      generation: int, strategy: str, parents: list[int]) -> LabelReport:
+    """Label ``structures`` with the configured DFT and append the successes."""
+    t0 = time.perf_counter()
+    known = set(dataset.hashes())
+    todo = [k for k, a in enumerate(structures) if structure_hash(a) not in known]
+    calc = PySCFCalculator(settings=config.dft)
+    outcomes = label_structures([structures[k] for k in todo], calc)
+    ok = [(todo[o.index], o) for o in outcomes if o.ok]
+    dataset.append(
+        [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
+        [Provenance(generation, strategy, calc.level_of_theory, parents[k]) for k, _ in ok],
+    )
+    failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
+    return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
+                       time.perf_counter() - t0, failures)
+
+
+def initial_dataset(config: RunConfig) -> LabelReport:
+    """Create the run's dataset from displaced starting structures labelled with DFT.
+
+    If the dataset already holds the initial structures, nothing is recomputed.
+    """
+    layout = RunLayout(config.run_dir())
+    dataset = Dataset.create(layout.dataset, exist_ok=True)
+    structures = initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
+    report = _label_and_append(config, dataset, structures, 0, "initial", [-1] * len(structures))
+    if len(dataset) < 2:
+        raise LabellingError(
+            f"only {len(dataset)} initial structure(s) could be labelled (need at least 2): "
+            + "; ".join(report.failures[:3]))
+    return report
+
+
+def train_step(config: RunConfig, generation: int, member: int) -> dict[str, float]:
+    """Train member ``member`` of generation ``generation``'s committee; returns metrics.
+
+    Members differ by seed; all share the generation's validation split. From generation
+    1 on, a member warm-starts from its previous checkpoint when ``committee.warm_start``.
+    """
+    layout = RunLayout(config.run_dir())
+    path = layout.member_checkpoint(generation, member)
+    if path.exists():
+        return checkpoint_metrics(path)
+    torch.set_num_threads(config.compute.torch_threads)
+    data = Dataset(layout.dataset).arrays()
+    train_idx, val_idx = split_indices(len(data), config.training.val_fraction,
+                                       _rng(config, _SPLIT_STREAM, generation))
+    previous = layout.member_checkpoint(generation - 1, member)
+    warm = config.committee.warm_start and generation > 0 and previous.exists()
+    with torch.random.fork_rng():
+        torch.manual_seed(int(_rng(config, _MEMBER_STREAM, member).integers(2**31)))
+        model = load_member(previous, expected=config.model) if warm else EnergyModel(config.model)
+    t0 = time.perf_counter()
+    result = train_member(model, data.subset(train_idx), data.subset(val_idx) if len(val_idx) else None,
+                          config.training, _rng(config, _MEMBER_STREAM, member, generation),
+                          warm_start=warm)
+    metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
+               "n_train": float(len(train_idx)), "n_val": float(len(val_idx))}
+    save_member(model, path, metrics)
+    return metrics
+
+
+def _committee(config: RunConfig, generation: int) -> Committee:
+    layout = RunLayout(config.run_dir())
+    return Committee.from_checkpoints(layout.committee_checkpoints(generation))
+
+
+@dataclass(frozen=True)
+class ExploreReport:
+    n_seeds: int
+    n_stopped: int
+    sigma_f_mean: float  # eV/Å, mean over attacked geometries of their mean per-atom force std
+    sigma_f_max: float  # eV/Å, max over attacked geometries of their max per-atom force std
+    seconds: float
+
+
+def explore_step(config: RunConfig, generation: int) -> ExploreReport:
+    """Attack seeds drawn from the dataset with generation ``generation``'s committee and
+    write the attacked geometries, with their uncertainties, to the run folder."""
+    layout = RunLayout(config.run_dir())
+    out = layout.candidates(generation)
+    if out.exists():
+        frames = read(str(out), index=":")
+        return ExploreReport(**json.loads(frames[0].info["explore_report"]))
+    torch.set_num_threads(config.compute.torch_threads)
+    t0 = time.perf_counter()
+    committee = _committee(config, generation)
+    data = Dataset(layout.dataset).arrays()
+    rng = _rng(config, _ATTACK_STREAM, generation)
+    seeds = np.sort(rng.choice(len(data), size=min(config.attack.n_seeds, len(data)), replace=False))
+    batch = data.subset(seeds)
+    kT = kT_from_temperature(config.attack.temperature)
+    result = run_attack(committee, batch.numbers, batch.positions, batch.n_atoms, kT,
+                        log_partition(data.energy, kT), config.attack,
+                        torch.Generator().manual_seed(int(rng.integers(2**31))))
+    pred = committee.predict_arrays(batch.numbers, result.positions, batch.n_atoms)
+    report = ExploreReport(
+        n_seeds=len(seeds), n_stopped=len(result.stopped),
+        sigma_f_mean=float(pred.forces_std_mean.mean()),
+        sigma_f_max=float(pred.forces_std_max.max()),
+        seconds=time.perf_counter() - t0,
+    )
+    frames = []
+    starts = np.concatenate([[0], np.cumsum(batch.n_atoms)])
+    for k, s in enumerate(seeds):
+        atoms = Atoms(numbers=batch.numbers[starts[k]:starts[k + 1]],
+                      positions=result.positions[starts[k]:starts[k + 1]])
+        atoms.info.update(parent=int(s), forces_std_mean=float(pred.forces_std_mean[k]),
+                          forces_std_max=float(pred.forces_std_max[k]),
+                          objective=float(result.objective[-1, k]),
+                          stopped=result.stopped.get(k, ""))
+        frames.append(atoms)
+    frames[0].info["explore_report"] = json.dumps(asdict(report))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    write(str(tmp), frames, format="extxyz")
+    tmp.replace(out)
+    return report
+
+
+@dataclass(frozen=True)
+class SelectReport:
+    selected: list[int]  # indices into the generation's candidates
+    threshold: float  # eV/Å
+    rejected: dict[int, str]
+
+    def rejected_counts(self) -> dict[str, int]:
+        """How many candidates each kind of reason rejected."""
+        kinds = {"below threshold": "below_threshold", "near-duplicate of training": "known",
+                 "near-duplicate of candidate": "duplicate", "over cap": "over_cap",
+                 "not finite": "not_finite"}
+        counts: dict[str, int] = {}
+        for reason in self.rejected.values():
+            kind = next((v for k, v in kinds.items() if reason.startswith(k)), "unphysical")
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+def select_step(config: RunConfig, generation: int, max_selected: int) -> SelectReport:
+    """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``)."""
+    layout = RunLayout(config.run_dir())
+    frames = read(str(layout.candidates(generation)), index=":")
+    committee = _committee(config, generation)
+    data = Dataset(layout.dataset).arrays()
+    train_pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms)
+    settings = config.selection
+    if max_selected < settings.max_selected:
+        settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
+    n_atoms = len(frames[0])
+    result = select_candidates(
+        frames[0].numbers,
+        np.stack([a.positions for a in frames]),
+        np.array([a.info["forces_std_mean"] for a in frames]),
+        data.positions.reshape(-1, n_atoms, 3),
+        train_pred.forces_std_mean,
+        settings,
+    )
+    return SelectReport([int(i) for i in result.selected], float(result.threshold),
+                        {int(k): v for k, v in result.rejected.items()})
+
+
+def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
+    """Label the selected candidates of ``generation`` and append them to the dataset."""
+    layout = RunLayout(config.run_dir())
+    frames = read(str(layout.candidates(generation)), index=":")
+    chosen = [frames[i] for i in selected]
+    for atoms in chosen:
+        atoms.calc = None
+    return _label_and_append(config, Dataset(layout.dataset), chosen, generation,
+                             "adversarial", [int(a.info["parent"]) for a in chosen])
+
+
+def append_generation_record(config: RunConfig, record: dict) -> None:
+    layout = RunLayout(config.run_dir())
+    with open(layout.generations, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_generation_records(run_dir: Path) -> list[dict]:
+    path = RunLayout(run_dir).generations
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,72 @@
+"""The one module that reads and writes model files.
+
+A checkpoint is a plain dict of tensors and primitives (``torch.load(weights_only=True)``
+safe): the format tag, the :class:`ModelSpec` as a dict, the state dict, and training
+metrics. Loading a checkpoint into another architecture is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from potentials.model import EnergyModel, ModelSpec
+
+FORMAT = "advloop-member"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, or for another model configuration."""
+
+
+def save_member(model: EnergyModel, path: str | Path, metrics: dict[str, float] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": model.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, validated."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable advloop checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an advloop committee-member checkpoint")
+    return payload
+
+
+def load_member(path: str | Path, expected: ModelSpec | None = None,
+                dtype: torch.dtype = torch.float32) -> EnergyModel:
+    """Load one member; with ``expected``, refuse a checkpoint of another architecture."""
+    payload = read_checkpoint(path)
+    spec = ModelSpec(**payload["spec"])
+    if expected is not None and spec != expected:
+        raise CheckpointError(
+            f"{path} was trained with model settings {spec.to_dict()}, but the run asks for "
+            f"{expected.to_dict()}; start a new run or restore the original model settings"
+        )
+    model = EnergyModel(spec)
+    model.network.to(dtype)
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def checkpoint_metrics(path: str | Path) -> dict[str, float]:
+    return dict(read_checkpoint(path)["metrics"])

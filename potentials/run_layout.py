@@ -1,0 +1,70 @@
+"""Where a run keeps its files. The one place that knows the run-folder layout::
+
+    runs/<system name>/
+        config.yaml                 the validated configuration the run was started with
+        dataset.h5                  labelled structures (see potentials.dataset)
+        committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
+        candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
+        generations.jsonl           one JSON record per finished generation
+        summary.json                the run's outcome: why it stopped, totals
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_GEN = re.compile(r"gen_(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.h5"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def committee_dir(self, generation: int) -> Path:
+        return self.root / "committee" / f"gen_{generation:03d}"
+
+    def member_checkpoint(self, generation: int, member: int) -> Path:
+        return self.committee_dir(generation) / f"member_{member}.pt"
+
+    def candidates(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}.extxyz"
+
+    def trained_generations(self) -> list[int]:
+        base = self.root / "committee"
+        if not base.is_dir():
+            return []
+        gens = [int(m.group(1)) for p in base.iterdir() if (m := _GEN.match(p.name))
+                and any(p.glob("member_*.pt"))]
+        return sorted(gens)
+
+    def committee_checkpoints(self, generation: int | None = None) -> list[Path]:
+        """Checkpoints of ``generation`` (default: the latest trained one)."""
+        gens = self.trained_generations()
+        if not gens:
+            raise FileNotFoundError(f"no trained committee in {self.root / 'committee'}")
+        if generation is None:
+            generation = gens[-1]
+        elif generation not in gens:
+            raise FileNotFoundError(
+                f"generation {generation} has no committee in {self.root}; trained: {gens}")
+        paths = sorted(self.committee_dir(generation).glob("member_*.pt"),
+                       key=lambda p: int(p.stem.split("_")[1]))
+        return paths

@@ -1,0 +1,217 @@
+"""Training one committee member on energies and forces.
+
+:func:`itrain` yields one :class:`EpochRecord` per epoch (ASE ``irun`` style) so the caller
+can log, trace or stop; :func:`train_member` drains it with early stopping on the
+validation split and returns the model at its best validation loss.
+
+Loss per batch: ``w_E · mean((ΔE / n_atoms)²) + w_F · mean(ΔF²)`` in eV² and (eV/Å)².
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from potentials.dataset import Arrays
+from potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How to train one member. Learning rates are for Adam; epochs are full passes."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    max_epochs: int = 300
+    warm_start_epochs: int = 120
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warm_start_learning_rate: float = 5e-4
+    energy_weight: float = 0.2
+    forces_weight: float = 1.0
+    val_fraction: float = 0.2
+    patience: int = 60
+    lr_patience: int = 20
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "warm_start_epochs", "batch_size", "patience", "lr_patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "warm_start_learning_rate", "min_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"training.{name} must be positive, got {getattr(self, name)}")
+        if self.energy_weight < 0 or self.forces_weight < 0 or \
+                self.energy_weight + self.forces_weight == 0:
+            raise ValueError("training.energy_weight and forces_weight must be >= 0, not both 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ValueError(f"training.lr_factor must be in (0, 1), got {self.lr_factor}")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_energy_mae: float | None  # eV per atom
+    val_forces_mae: float | None  # eV/Å
+    learning_rate: float
+
+
+class Batches:
+    """Labelled structures with their neighbour lists built once, collated on demand."""
+
+    def __init__(self, data: Arrays, cutoff: float, dtype: torch.dtype = torch.float32):
+        self.data = data
+        self.dtype = dtype
+        self._graph = build_graph(data.numbers, data.positions, data.n_atoms, cutoff,
+                                  data.cell, data.pbc)
+        start = data.atom_start
+        # pairs grouped by structure, for collation
+        pair_struct = self._graph.idx_m[self._graph.idx_i].numpy()
+        self._pair_start = np.searchsorted(pair_struct, np.arange(len(data) + 1))
+        self._atom_start = np.concatenate([start, [len(data.numbers)]])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def collate(self, indices: np.ndarray) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(graph, positions [n_atoms,3] Å, energy [n_structures] eV, forces [n_atoms,3] eV/Å)."""
+        g, d = self._graph, self.data
+        atom_rows = np.concatenate([np.arange(self._atom_start[s], self._atom_start[s + 1])
+                                    for s in indices])
+        pair_rows = np.concatenate([np.arange(self._pair_start[s], self._pair_start[s + 1])
+                                    for s in indices])
+        new_index = np.full(len(d.numbers), -1, dtype=np.int64)
+        new_index[atom_rows] = np.arange(len(atom_rows))
+        remap = torch.as_tensor(new_index)
+        n_atoms = d.n_atoms[indices]
+        graph = Graph(
+            numbers=g.numbers[atom_rows],
+            idx_m=torch.as_tensor(np.repeat(np.arange(len(indices)), n_atoms)),
+            n_atoms=torch.as_tensor(n_atoms),
+            idx_i=remap[g.idx_i[pair_rows]],
+            idx_j=remap[g.idx_j[pair_rows]],
+            shifts=g.shifts[pair_rows],
+            cells=g.cells[indices],
+        )
+        positions = torch.as_tensor(d.positions[atom_rows], dtype=self.dtype)
+        energy = torch.as_tensor(d.energy[indices], dtype=torch.float64)
+        forces = torch.as_tensor(d.forces[atom_rows], dtype=self.dtype)
+        return graph, positions, energy, forces
+
+
+def _loss(model: EnergyModel, batch, settings: TrainingSettings, create_graph: bool):
+    graph, positions, energy, forces = batch
+    e_pred, f_pred = energy_and_forces(model, graph, positions, create_graph=create_graph)
+    n = graph.n_atoms.to(torch.float64)
+    de = (e_pred - energy) / n
+    df = f_pred - forces
+    loss = settings.energy_weight * de.square().mean() + settings.forces_weight * df.square().mean()
+    return loss, de.detach(), df.detach()
+
+
+def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: TrainingSettings,
+           rng: np.random.Generator, warm_start: bool = False) -> Iterator[EpochRecord]:
+    """Train ``model`` in place, yielding one record per epoch.
+
+    A fresh model gets its per-element energies and force scale fitted to ``train``
+    first; a warm-started one keeps them (so its learned part stays meaningful) and runs
+    at the warm-start learning rate for at most ``warm_start_epochs``.
+    """
+    if len(train) == 0:
+        raise ValueError("cannot train on an empty training set")
+    if not warm_start:
+        model.fit_normalisation(train.numbers, train.n_atoms, train.energy, train.forces)
+    dtype = next(model.network.parameters()).dtype
+    cutoff = model.spec.cutoff
+    train_batches = Batches(train, cutoff, dtype)
+    val_batches = Batches(val, cutoff, dtype) if val is not None and len(val) else None
+    lr = settings.warm_start_learning_rate if warm_start else settings.learning_rate
+    epochs = settings.warm_start_epochs if warm_start else settings.max_epochs
+    optimizer = torch.optim.Adam(model.network.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=settings.lr_factor, patience=settings.lr_patience,
+        min_lr=settings.min_learning_rate,
+    )
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(len(train_batches))
+        total, count = 0.0, 0
+        for start in range(0, len(order), settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            loss, _, _ = _loss(model, train_batches.collate(idx), settings, create_graph=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        train_loss = total / count
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}")
+        val_loss = e_mae = f_mae = None
+        if val_batches is not None:
+            val_loss, e_mae, f_mae = evaluate_loss(model, val_batches, settings)
+        scheduler.step(val_loss if val_loss is not None else train_loss)
+        yield EpochRecord(epoch, train_loss, val_loss, e_mae, f_mae,
+                          optimizer.param_groups[0]["lr"])
+
+
+def evaluate_loss(model: EnergyModel, batches: Batches, settings: TrainingSettings,
+                  batch_size: int = 256) -> tuple[float, float, float]:
+    """(loss, energy MAE in eV/atom, force MAE in eV/Å) over every structure of ``batches``."""
+    model.eval()
+    losses, de_all, df_all = [], [], []
+    for start in range(0, len(batches), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(batches)))
+        loss, de, df = _loss(model, batches.collate(idx), settings, create_graph=False)
+        losses.append(loss.item() * len(idx))
+        de_all.append(de)
+        df_all.append(df)
+    de = torch.cat(de_all)
+    df = torch.cat(df_all)
+    return (sum(losses) / len(batches), float(de.abs().mean()), float(df.abs().mean()))
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    epochs: int
+    best_epoch: int
+    best_val_loss: float | None
+    val_energy_mae: float | None  # eV/atom
+    val_forces_mae: float | None  # eV/Å
+    train_loss: float
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
+                 settings: TrainingSettings, rng: np.random.Generator,
+                 warm_start: bool = False) -> TrainingResult:
+    """Train with early stopping; ``model`` ends with the weights of its best epoch."""
+    best: tuple[float, EpochRecord] | None = None
+    best_state = None
+    last = None
+    for record in itrain(model, train, val, settings, rng, warm_start=warm_start):
+        last = record
+        score = record.val_loss if record.val_loss is not None else record.train_loss
+        if best is None or score < best[0]:
+            best = (score, record)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif record.epoch - best[1].epoch >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    rec = best[1]
+    return TrainingResult(
+        epochs=last.epoch + 1, best_epoch=rec.epoch, best_val_loss=rec.val_loss,
+        val_energy_mae=rec.val_energy_mae, val_forces_mae=rec.val_forces_mae,
+        train_loss=rec.train_loss,
+    )

@@ -1,0 +1,152 @@
+"""Tests for adversarial.geometry: Kabsch RMSD and geometry sanity checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from adversarial.geometry import check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random proper rotation [3, 3] from the QR decomposition of a Gaussian matrix."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def plain_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+
+
+# A chiral tetrahedron: four distinct vertices, not related to its mirror image by a rotation.
+CHIRAL = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+
+
+def test_kabsch_rmsd_rotated_translated_copy_is_zero() -> None:
+    rng = np.random.default_rng(0)
+    a = molecule("CH3CH2OH").positions
+    rot = random_rotation(rng)
+    b = a @ rot.T + rng.normal(size=3) * 5.0
+    assert plain_rmsd(a, b) > 1.0
+    assert kabsch_rmsd(a, b) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_kabsch_rmsd_never_exceeds_plain_rmsd_and_is_symmetric() -> None:
+    rng = np.random.default_rng(1)
+    a = molecule("NH3").positions
+    for _ in range(20):
+        b = a + rng.normal(scale=0.2, size=a.shape)
+        r = kabsch_rmsd(a, b)
+        assert 0.0 < r <= plain_rmsd(a, b) + 1e-12
+        assert kabsch_rmsd(b, a) == pytest.approx(r, abs=1e-10)
+
+
+def test_kabsch_rmsd_equals_brute_force_minimum_over_rotations() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(5, 3))
+    b = a @ random_rotation(rng).T + rng.normal(scale=0.3, size=a.shape)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    brute = min(plain_rmsd(ac @ random_rotation(rng).T, bc) for _ in range(20000))
+    r = kabsch_rmsd(a, b)
+    assert r <= brute + 1e-12
+    assert r == pytest.approx(brute, abs=0.05)
+
+
+def test_kabsch_rmsd_mirror_image_of_chiral_structure_is_positive() -> None:
+    rng = np.random.default_rng(3)
+    mirror = CHIRAL * np.array([-1.0, 1.0, 1.0])
+    b = mirror @ random_rotation(rng).T + 1.0
+    # An improper superposition would make it 0; only proper rotations are allowed.
+    assert kabsch_rmsd(CHIRAL, b) > 0.1
+    # A planar structure, by contrast, is superimposable on its mirror image.
+    planar = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [3.0, 1.0, 0.0]])
+    assert kabsch_rmsd(planar, planar * np.array([1.0, 1.0, -1.0])) == pytest.approx(0.0, abs=1e-10)
+    assert kabsch_rmsd(planar, planar * np.array([-1.0, 1.0, 1.0])) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_kabsch_rmsd_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        kabsch_rmsd(np.zeros((3, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"\[n_atoms, 3\]"):
+        kabsch_rmsd(np.zeros((3, 2)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        kabsch_rmsd(np.full((3, 3), np.nan), np.zeros((3, 3)))
+
+
+def test_pairwise_kabsch_rmsd_matches_scalar() -> None:
+    rng = np.random.default_rng(4)
+    base = molecule("CH4").positions
+    a = np.stack([base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(4)])
+    b = np.stack([base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(3)])
+    # include the mirror image of a chiral, distorted structure to exercise the reflection branch
+    b = np.concatenate([b, (a[0] * np.array([1.0, 1.0, -1.0]))[None]])
+    pair = pairwise_kabsch_rmsd(a, b)
+    assert pair.shape == (4, 4)
+    expected = np.array([[kabsch_rmsd(x, y) for y in b] for x in a])
+    np.testing.assert_allclose(pair, expected, atol=1e-7)
+    assert pair[0, 3] > 1e-3
+    # self-distances are zero
+    np.testing.assert_allclose(np.diag(pairwise_kabsch_rmsd(a, a)), 0.0, atol=1e-7)
+
+
+def test_pairwise_kabsch_rmsd_validates_shapes() -> None:
+    with pytest.raises(ValueError, match="same number of atoms"):
+        pairwise_kabsch_rmsd(np.zeros((2, 3, 3)), np.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match="n_structures"):
+        pairwise_kabsch_rmsd(np.zeros((3, 3)), np.zeros((2, 3, 3)))
+    assert pairwise_kabsch_rmsd(np.zeros((0, 3, 3)), np.zeros((2, 3, 3))).shape == (0, 2)
+
+
+def test_check_geometry_nh3_equilibrium_is_sane() -> None:
+    nh3 = molecule("NH3")
+    assert check_geometry(nh3.numbers, nh3.positions) is None
+
+
+def test_check_geometry_single_atom_is_sane() -> None:
+    assert check_geometry(np.array([8]), np.zeros((1, 3))) is None
+
+
+def test_check_geometry_close_contact_names_both_atoms() -> None:
+    nh3 = molecule("NH3")
+    pos = nh3.positions.copy()
+    # NH3 from ase: N is atom 0, H atoms 1..3. Put H 2 at 0.3 Å from H 1.
+    direction = np.array([0.0, 0.0, 1.0])
+    pos[2] = pos[1] + 0.3 * direction
+    reason = check_geometry(nh3.numbers, pos)
+    assert reason is not None
+    assert reason.startswith("atoms 1 and 2")
+    assert "0.30 Å" in reason
+
+
+def test_check_geometry_detached_atom_is_fragmented() -> None:
+    nh3 = molecule("NH3")
+    pos = nh3.positions.copy()
+    pos[3] += np.array([5.0, 0.0, 0.0])
+    reason = check_geometry(nh3.numbers, pos)
+    assert reason is not None and reason.startswith("fragmented")
+    # the same structure is connected if the bond cutoff is generous enough
+    assert check_geometry(nh3.numbers, pos, max_bond_factor=10.0) is None
+
+
+def test_check_geometry_chain_is_connected_through_neighbours() -> None:
+    # H-H-H-H chain at 0.74 Å spacing: ends are far apart but the chain is one piece.
+    pos = np.array([[0.74 * i, 0.0, 0.0] for i in range(4)])
+    assert check_geometry(np.ones(4, dtype=int), pos) is None
+    pos[2:] += np.array([3.0, 0.0, 0.0])
+    assert check_geometry(np.ones(4, dtype=int), pos) == "fragmented (2 fragments)"
+
+
+def test_check_geometry_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="positions"):
+        check_geometry(np.array([1, 1]), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="max_bond_factor"):
+        check_geometry(np.array([1, 1]), np.zeros((2, 3)), min_distance_factor=1.0, max_bond_factor=0.5)
+    with pytest.raises(ValueError, match="min_distance_factor"):
+        check_geometry(np.array([1, 1]), np.zeros((2, 3)), min_distance_factor=-0.1)
+    with pytest.raises(ValueError, match="atomic numbers"):
+        check_geometry(np.array([0, 1]), np.zeros((2, 3)))
+    assert check_geometry(np.array([1, 1]), np.full((2, 3), np.nan)).startswith("not finite")

@@ -1,0 +1,79 @@
+"""End to end: the active-learning flow on NH3 under Prefect's test harness, with real
+PySCF labels (RHF/STO-3G to keep it cheap) and real schnetpack committees."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from ase.io import read
+from ase.units import Hartree
+from pyscf import gto, scf
+from typer.testing import CliRunner
+
+from calculators.committee_calculator import CommitteeCalculator
+from flows.cli import app
+from flows.config import validate_config
+from flows.report import GenerationTable
+from potentials.dataset import Dataset
+from potentials.run_layout import RunLayout
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
+    from flows.active_learning import run_active_learning
+
+    config = validate_config(tiny_config)
+    stream = io.StringIO()
+    summary = run_active_learning(config, GenerationTable(stream))
+
+    layout = RunLayout(config.run_dir())
+    assert summary["stop_reason"] == "max_generations"
+    assert json.loads(layout.summary.read_text()) == summary
+    printed = stream.getvalue()
+    assert "σF att. mean" in printed and "generation budget spent" in printed
+
+    # Dataset: 6 initial + the adversarial labels, with provenance.
+    dataset = Dataset(layout.dataset)
+    provenance = dataset.provenance()
+    assert summary["labels_adversarial"] >= 1
+    assert len(dataset) == 6 + summary["labels_adversarial"]
+    adversarial = [i for i, p in enumerate(provenance) if p.strategy == "adversarial"]
+    assert len(adversarial) == summary["labels_adversarial"]
+    for i in adversarial:
+        assert provenance[i].generation == 0
+        assert 0 <= provenance[i].parent < 6
+        assert provenance[i].level_of_theory == "RHF/STO-3G"
+
+    # A stored label is the DFT energy of its geometry, computed independently here.
+    atoms = dataset.to_atoms([adversarial[0]])[0]
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                basis="STO-3G", unit="Angstrom", verbose=0)
+    assert atoms.get_potential_energy() == pytest.approx(scf.RHF(mol).kernel() * Hartree, abs=1e-5)
+
+    # Committees of generation 0 and the final generation 1 are on disk and load as a calculator.
+    assert layout.trained_generations() == [0, 1]
+    calc = CommitteeCalculator.from_run(layout.root)
+    probe = atoms.copy()
+    probe.calc = calc
+    assert np.isfinite(probe.get_potential_energy())
+    assert calc.results["forces_std"].shape == (4,)
+
+    # Export: ase.io.read gives the DFT energies and forces back.
+    out = tmp_path / "data.extxyz"
+    result = CliRunner().invoke(app, ["export", str(layout.root), "--format", "extxyz", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    frames = read(str(out), ":")
+    assert len(frames) == len(dataset)
+    arrays = dataset.arrays()
+    assert [f.get_potential_energy() for f in frames] == pytest.approx(list(arrays.energy))
+    assert np.allclose(np.concatenate([f.get_forces() for f in frames]), arrays.forces)
+
+    # Re-running the finished run recomputes nothing: same dataset, same checkpoints.
+    mtimes = {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")}
+    again = run_active_learning(config, GenerationTable(io.StringIO()))
+    assert again["dataset_size"] == summary["dataset_size"]
+    assert Dataset(layout.dataset).hashes() == dataset.hashes()
+    assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")} == mtimes
