@@ -7,6 +7,7 @@ metrics. Loading a checkpoint into another architecture is refused with a clear 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -44,9 +45,15 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
+        # torch.load does not check the zip archive's CRC-32s, so flipped bytes inside a
+        # tensor would load silently as wrong (or NaN) weights; check them first.
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} is not a readable advloop checkpoint: {err}") from err
+    if bad_member is not None:
+        raise CheckpointError(f"{path} is corrupted: checksum mismatch in {bad_member}")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an advloop committee-member checkpoint")
     return payload

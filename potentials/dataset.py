@@ -204,7 +204,7 @@ class Dataset:
         n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
         with h5py.File(self.path, "a") as f:
             n0 = int(f.attrs["n_structures"])
-            a0 = int(f.attrs["n_atoms_total"])
+            a0 = _committed_atoms(f, n0)
             parents = np.array([p.parent for p in provenance], dtype=np.int64)
             if (parents >= n0 + np.arange(n)).any() or (parents < -1).any():
                 raise ValueError("a provenance parent must be -1 or an earlier record")
@@ -238,7 +238,7 @@ class Dataset:
         """All committed records as flat arrays."""
         with h5py.File(self.path, "r") as f:
             n = int(f.attrs["n_structures"])
-            na = int(f.attrs["n_atoms_total"])
+            na = _committed_atoms(f, n)
             a, s = f["atoms"], f["structures"]
             return Arrays(
                 numbers=a["numbers"][:na].astype(np.int64),
@@ -301,6 +301,19 @@ class Dataset:
         images = self.to_atoms()
         write(str(path), images, format="extxyz")
         return len(images)
+
+
+def _committed_atoms(f: h5py.File, n_structures: int) -> int:
+    """Atom rows owned by the first ``n_structures`` (committed) records.
+
+    Derived from the committed structure rows, not from the ``n_atoms_total`` attribute:
+    a kill between raising that attribute and raising ``n_structures`` would otherwise
+    expose (and build on) the atoms of an uncommitted record.
+    """
+    if n_structures == 0:
+        return 0
+    s = f["structures"]
+    return int(s["atom_start"][n_structures - 1]) + int(s["n_atoms"][n_structures - 1])
 
 
 def _write_rows(group: h5py.Group, rows: dict, start: int) -> None:

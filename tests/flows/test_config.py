@@ -1,0 +1,121 @@
+"""Config validation: every problem reported, before any compute, with exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import ConfigError, load_config, validate_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
+
+
+def _write(tmp_path: Path, data: dict, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _example(tmp_path: Path) -> dict:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["system"]["structures"] = str(EXAMPLE.parent / data["system"]["structures"])
+    return data
+
+
+def test_example_config_is_valid():
+    config = validate_config(EXAMPLE)
+    assert config.committee.n_members >= 4
+    assert config.model.architecture == "painn"
+    assert config.system.structures.is_file()
+    assert config.run_dir() == Path("runs") / "ammonia"
+
+
+def test_unknown_and_misspelt_keys_are_all_reported(tmp_path):
+    data = _example(tmp_path)
+    data["model"]["n_atom_bassis"] = 16
+    data["atack"] = {}
+    data["training"]["max_epoch"] = 3
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "model.n_atom_bassis: unknown key" in text
+    assert "atack: unknown key" in text
+    assert "training.max_epoch: unknown key" in text
+    assert len(err.value.problems) == 3
+
+
+def test_wrong_types_and_ranges(tmp_path):
+    data = _example(tmp_path)
+    data["attack"]["temperature"] = -5
+    data["committee"]["n_members"] = 1
+    data["budget"]["max_labels"] = "many"
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "temperature must be positive" in text
+    assert "committee.n_members" in text
+    assert "budget.max_labels" in text
+
+
+def test_missing_and_unreadable_structures(tmp_path):
+    data = _example(tmp_path)
+    data["system"]["structures"] = "nowhere.xyz"
+    with pytest.raises(ConfigError, match="nowhere.xyz not found"):
+        validate_config(_write(tmp_path, data))
+    (tmp_path / "broken.xyz").write_text("3\nnot really\nN 0 0\n")
+    data["system"]["structures"] = "broken.xyz"
+    with pytest.raises(ConfigError, match="could not be read"):
+        validate_config(_write(tmp_path, data))
+
+
+def test_physically_impossible_inputs(tmp_path):
+    (tmp_path / "clash.xyz").write_text("4\n\nN 0 0 0\nH 0 0 0.1\nH 0.9 0 -0.3\nH -0.5 0.8 -0.3\n")
+    data = _example(tmp_path)
+    data["system"]["structures"] = "clash.xyz"
+    data["dft"]["method"] = "UKS"
+    data["dft"]["spin"] = 1  # NH3 has 10 electrons: 2S must be even
+    data["dft"]["basis"] = "cc-pVDZ-doesnotexist"
+    with pytest.raises(ConfigError) as err:
+        validate_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "atoms 0 and 1" in text
+    assert "cannot fit 10 electrons" in text
+    assert "no functions for element" in text
+
+
+def test_system_name_cannot_escape_the_run_folder(tmp_path):
+    data = _example(tmp_path)
+    data["system"]["name"] = "../../etc"
+    with pytest.raises(ConfigError, match="system.name"):
+        load_config(_write(tmp_path, data))
+
+
+def test_broken_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("system: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_cli_validate_exit_codes_and_run_refuses_bad_config(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(EXAMPLE)])
+    assert ok.exit_code == 0, ok.output
+    assert "valid" in ok.output
+
+    data = _example(tmp_path)
+    data["dft"]["method"] = "UKS"
+    data["dft"]["spin"] = 1
+    bad = _write(tmp_path, data)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "cannot fit 10 electrons" in result.output
+    # `run` does the same checks first: nothing computed, nothing written.
+    result = runner.invoke(app, ["run", str(bad), "--output-dir", str(out)])
+    assert result.exit_code == 2
+    assert not out.exists()
