@@ -6,7 +6,7 @@ They subclass ASE's hierarchy so that any ASE-aware code can catch them:
 - ``SCFConvergenceError(LabelError, SCFError)``: the SCF did not converge;
 - ``InvalidStructureError(LabelError)``: the structure was rejected before any compute.
 
-Each carries the structure hash (``calculators.hashing.structure_hash``) and the
+Each carries the structure hash (``potentials.hashing.structure_hash``) and the
 calculator's directory, so a failure in a log or a dataset can be traced back to the
 structure that caused it. Both survive pickling (``BaseException.__reduce__`` keeps the
 instance ``__dict__``), which matters when errors cross process boundaries.

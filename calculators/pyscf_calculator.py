@@ -24,7 +24,7 @@ from pyscf import dft, gto, scf
 from pyscf.lib.exceptions import BasisNotFoundError
 
 from calculators.errors import InvalidStructureError, SCFConvergenceError
-from calculators.hashing import structure_hash
+from potentials.hashing import structure_hash
 
 __all__ = ["PySCFCalculator", "PySCFSettings", "MIN_INTERATOMIC_DISTANCE"]
 
@@ -64,6 +64,8 @@ class PySCFSettings:
         ValueError: on an unknown method or functional, a negative spin, a restricted
             method with ``spin != 0``, or an out-of-range numerical setting.
     """
+
+    __pydantic_config__ = {"extra": "forbid"}  # unknown keys in a run config are errors
 
     method: Method = "RKS"
     xc: str = "PBE"

@@ -28,7 +28,6 @@ mid-append leaves a file that opens and holds every committed record.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ import h5py
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+
+from potentials.hashing import structure_hash
 
 FORMAT = "advloop-dataset"
 VERSION = 1
@@ -73,17 +74,6 @@ class Provenance:
     strategy: str
     level_of_theory: str
     parent: int = -1
-
-
-def structure_hash(atoms: Atoms, decimals: int = 6) -> str:
-    """SHA-256 of atomic numbers, positions rounded to ``decimals`` Å, cell and pbc."""
-    h = hashlib.sha256()
-    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    pos = np.round(np.asarray(atoms.positions, dtype=np.float64), decimals) + 0.0
-    h.update(pos.tobytes())
-    h.update((np.round(np.asarray(atoms.cell[:], dtype=np.float64), decimals) + 0.0).tobytes())
-    h.update(np.asarray(atoms.pbc, dtype=np.bool_).tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
