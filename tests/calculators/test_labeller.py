@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,21 +10,8 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import Calculator, SCFError, all_changes
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
-from pyscf import lib
 
 from calculators import LabelOutcome, PySCFCalculator, label_structures
-
-
-@pytest.fixture(autouse=True)
-def _one_openmp_thread() -> Iterator[None]:
-    """Run PySCF on one OpenMP thread in these tests, restoring the count afterwards.
-
-    Measured on the shared 2-core test machine: these molecules are too small to gain
-    from threads, and under CPU contention 2 OpenMP threads made this suite 20x slower
-    (3 min against 8 s). The library itself never sets the thread count.
-    """
-    with lib.with_omp_threads(1):
-        yield
 
 
 class _FailingCalculator(Calculator):

@@ -7,7 +7,6 @@ and central finite differences of the energy for the forces.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed, SCFError
 from ase.units import Bohr, Hartree
-from pyscf import dft, gto, lib
+from pyscf import dft, gto
 
 from calculators import (
     InvalidStructureError,
@@ -32,18 +31,6 @@ FD_TOL = 1e-3  # eV/Å
 # response included, forces are the exact derivative of the energy at any grid level
 # (measured ~3e-5 eV/Å from finite differences at levels 1 and 3).
 FD_GRID_LEVEL = 1
-
-
-@pytest.fixture(autouse=True)
-def _one_openmp_thread() -> Iterator[None]:
-    """Run PySCF on one OpenMP thread in these tests, restoring the count afterwards.
-
-    Measured on the shared 2-core test machine: these molecules are too small to gain
-    from threads, and under CPU contention 2 OpenMP threads made this suite 20x slower
-    (3 min against 8 s). The library itself never sets the thread count.
-    """
-    with lib.with_omp_threads(1):
-        yield
 
 
 def h2(distance: float) -> Atoms:
