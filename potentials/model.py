@@ -26,6 +26,7 @@ from potentials._schnetpack import schnetpack as spk
 from potentials._schnetpack import spk_properties as K
 
 MAX_Z = 100
+ARCHITECTURES = ("painn", "schnet", "so3net")
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,19 @@ class ModelSpec:
 
     __pydantic_config__ = {"extra": "forbid"}
 
-    architecture: Literal["painn", "schnet"] = "painn"
+    architecture: Literal["painn", "schnet", "so3net"] = "painn"
     n_atom_basis: int = 32
     n_interactions: int = 3
     n_rbf: int = 20
     cutoff: float = 5.0
+    lmax: int = 2  # SO3net only: highest angular momentum of its features
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("painn", "schnet"):
-            raise ValueError(f"unknown architecture {self.architecture!r}; use 'painn' or 'schnet'")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; use one of "
+                             f"{', '.join(ARCHITECTURES)}")
+        if self.lmax < 0:
+            raise ValueError(f"model.lmax must be >= 0, got {self.lmax}")
         for name in ("n_atom_basis", "n_interactions", "n_rbf"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
@@ -64,6 +69,11 @@ def build_representation(spec: ModelSpec) -> nn.Module:
     if spec.architecture == "painn":
         return spk.representation.PaiNN(
             n_atom_basis=spec.n_atom_basis, n_interactions=spec.n_interactions,
+            radial_basis=radial, cutoff_fn=cutoff_fn,
+        )
+    if spec.architecture == "so3net":
+        return spk.representation.SO3net(
+            n_atom_basis=spec.n_atom_basis, n_interactions=spec.n_interactions, lmax=spec.lmax,
             radial_basis=radial, cutoff_fn=cutoff_fn,
         )
     return spk.representation.SchNet(
