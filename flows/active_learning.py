@@ -83,7 +83,8 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
                     _check_failures(config, lab, "adversarial")
                     record.update(selected=len(sel.selected), labels_added=lab.added,
                                   labels_failed=lab.failed, selection_threshold=sel.threshold,
-                                  rejected=sel.rejected_counts())
+                                  rejected=sel.rejected_counts(),
+                                  **{f"calibration_{k}": v for k, v in lab.calibration.items()})
             record.update(dataset_size=len(Dataset(layout.dataset)),
                           seconds=time.perf_counter() - t0)
             steps.append_generation_record(config, record)

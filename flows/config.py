@@ -56,9 +56,14 @@ class InitialDataConfig(_Strict):
 
 
 class CommitteeConfig(_Strict):
+    """Members differ by seed; with ``bootstrap`` each also trains on its own resample
+    (with replacement) of the training split. ``warm_start`` starts each member of a new
+    generation from its previous weights."""
+
     n_members: int = Field(4, ge=2)
     seed: int = 0
     warm_start: bool = True
+    bootstrap: bool = False
 
 
 class ConvergenceConfig(_Strict):

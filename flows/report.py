@@ -13,6 +13,8 @@ _COLUMNS = [
     ("σF att. mean", "attack_sigma_f_mean", "{:>12.4f}"),
     ("σF att. max", "attack_sigma_f_max", "{:>11.4f}"),
     ("val F MAE", "train_val_forces_mae", "{:>9.4f}"),
+    ("calib ρ", "calibration_spearman", "{:>7.2f}"),
+    ("σ/err", "calibration_ratio", "{:>5.2f}"),
     ("epochs", "train_epochs", "{:>6.0f}"),
     ("time s", "seconds", "{:>6.0f}"),
 ]

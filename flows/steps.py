@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,11 @@ from potentials.dataset import Dataset, Provenance, split_indices, structure_has
 from potentials.model import EnergyModel
 from potentials.run_layout import RunLayout
 from potentials.training import train_member
+from potentials.uncertainty import force_calibration
 
 # Seeds for the random streams of a run, derived from the config's seeds so that a run is
 # reproducible and its streams independent.
-_SPLIT_STREAM, _MEMBER_STREAM, _ATTACK_STREAM, _INITIAL_STREAM = 1, 2, 3, 4
+_SPLIT_STREAM, _MEMBER_STREAM, _ATTACK_STREAM, _INITIAL_STREAM, _BOOTSTRAP_STREAM = 1, 2, 3, 4, 5
 
 
 class LabellingError(RuntimeError):
@@ -52,6 +53,8 @@ class LabelReport:
     skipped_known: int
     seconds: float
     failures: list[str]
+    indices: list[int] = field(default_factory=list)  # dataset indices of the new records
+    calibration: dict[str, float] = field(default_factory=dict)
 
 
 def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atoms],
@@ -63,13 +66,13 @@ def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atom
     calc = PySCFCalculator(settings=config.dft)
     outcomes = label_structures([structures[k] for k in todo], calc)
     ok = [(todo[o.index], o) for o in outcomes if o.ok]
-    dataset.append(
+    indices = dataset.append(
         [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
         [Provenance(generation, strategy, calc.level_of_theory, parents[k]) for k, _ in ok],
     )
     failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
     return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
-                       time.perf_counter() - t0, failures)
+                       time.perf_counter() - t0, failures, [int(i) for i in indices])
 
 
 def initial_dataset(config: RunConfig) -> LabelReport:
@@ -91,7 +94,8 @@ def initial_dataset(config: RunConfig) -> LabelReport:
 def train_step(config: RunConfig, generation: int, member: int) -> dict[str, float]:
     """Train member ``member`` of generation ``generation``'s committee; returns metrics.
 
-    Members differ by seed; all share the generation's validation split. From generation
+    Members differ by seed (and, with ``committee.bootstrap``, by a resample of the
+    training split); all share the generation's validation split. From generation
     1 on, a member warm-starts from its previous checkpoint when ``committee.warm_start``.
     """
     layout = RunLayout(config.run_dir())
@@ -102,6 +106,9 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     data = Dataset(layout.dataset).arrays()
     train_idx, val_idx = split_indices(len(data), config.training.val_fraction,
                                        _rng(config, _SPLIT_STREAM, generation))
+    if config.committee.bootstrap:
+        train_idx = np.sort(_rng(config, _BOOTSTRAP_STREAM, member, generation).choice(
+            train_idx, size=len(train_idx), replace=True))
     previous = layout.member_checkpoint(generation - 1, member)
     warm = config.committee.warm_start and generation > 0 and previous.exists()
     with torch.random.fork_rng():
@@ -112,7 +119,8 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
                           config.training, _rng(config, _MEMBER_STREAM, member, generation),
                           warm_start=warm)
     metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
-               "n_train": float(len(train_idx)), "n_val": float(len(val_idx))}
+               "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
+               "n_val": float(len(val_idx))}
     save_member(model, path, metrics)
     return metrics
 
@@ -223,8 +231,18 @@ def label_step(config: RunConfig, generation: int, selected: list[int]) -> Label
     chosen = [frames[i] for i in selected]
     for atoms in chosen:
         atoms.calc = None
-    return _label_and_append(config, Dataset(layout.dataset), chosen, generation,
-                             "adversarial", [int(a.info["parent"]) for a in chosen])
+    dataset = Dataset(layout.dataset)
+    report = _label_and_append(config, dataset, chosen, generation, "adversarial",
+                               [int(a.info["parent"]) for a in chosen])
+    if not report.indices:
+        return report
+    # The committee predicted these structures before their labels existed: measure how
+    # well its spread ranks and sizes its actual force errors.
+    new = dataset.arrays().subset(report.indices)
+    pred = _committee(config, generation).predict_arrays(new.numbers, new.positions, new.n_atoms)
+    cal = force_calibration(pred.forces_std, pred.forces_mean, new.forces,
+                            np.repeat(np.arange(len(new)), new.n_atoms))
+    return replace(report, calibration=asdict(cal))
 
 
 def append_generation_record(config: RunConfig, record: dict) -> None:

@@ -36,7 +36,7 @@ system:
 initial_data: {{n_structures: 6, displacement: 0.05, seed: 0}}
 dft: {{method: RHF, basis: STO-3G}}
 model: {{n_atom_basis: 16, n_interactions: 2, n_rbf: 10, cutoff: 4.0}}
-committee: {{n_members: 2, seed: 0}}
+committee: {{n_members: 2, seed: 0, bootstrap: true}}
 training: {{max_epochs: 15, warm_start_epochs: 5, batch_size: 6}}
 attack: {{n_seeds: 4, n_steps: 5, temperature: 1000.0}}
 selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}

@@ -53,8 +53,19 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
                 basis="STO-3G", unit="Angstrom", verbose=0)
     assert atoms.get_potential_energy() == pytest.approx(scf.RHF(mol).kernel() * Hartree, abs=1e-5)
 
+    # Calibration of the committee's spread on the structures it had not seen.
+    records = [json.loads(line) for line in layout.generations.read_text().splitlines()]
+    assert records[0]["calibration_n"] == summary["labels_adversarial"]
+    assert records[0]["calibration_observed_mean"] > 0
+    assert "calib" in printed
+
     # Committees of generation 0 and the final generation 1 are on disk and load as a calculator.
     assert layout.trained_generations() == [0, 1]
+    # bootstrap (on in the tiny config): members train on resamples with repeats
+    from potentials.checkpoint import checkpoint_metrics
+
+    metrics = [checkpoint_metrics(p) for p in layout.committee_checkpoints(0)]
+    assert any(m["n_train_unique"] < m["n_train"] for m in metrics)
     calc = CommitteeCalculator.from_run(layout.root)
     probe = atoms.copy()
     probe.calc = calc
