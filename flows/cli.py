@@ -68,7 +68,9 @@ def run(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<system name>)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
-    format: Annotated[Literal["extxyz"], typer.Option(help="output format")] = "extxyz",
+    format: Annotated[Literal["extxyz", "schnetpack"], typer.Option(
+        help="extxyz (ase.io.read gives Atoms with energy and forces) or schnetpack "
+             "(an ASEAtomsData database)")] = "extxyz",
 ) -> None:
     """Write a run's labelled dataset (DFT energies and forces) to a file."""
     from potentials.dataset import Dataset, DatasetError
@@ -78,7 +80,15 @@ def export(
         dataset = Dataset(RunLayout(run_dir).dataset)
     except DatasetError as err:
         _fail(f"error: {err}")
-    n = dataset.export_extxyz(output)
+    if format == "schnetpack":
+        from potentials.interchange import export_asedata
+
+        try:
+            n = len(export_asedata(dataset, output))
+        except FileExistsError as err:
+            _fail(f"error: {err}")
+    else:
+        n = dataset.export_extxyz(output)
     typer.echo(f"wrote {n} structures to {output}")
 
 

@@ -82,6 +82,11 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert [f.get_potential_energy() for f in frames] == pytest.approx(list(arrays.energy))
     assert np.allclose(np.concatenate([f.get_forces() for f in frames]), arrays.forces)
 
+    spk_db = tmp_path / "data.db"
+    result = CliRunner().invoke(app, ["export", str(layout.root), "--format", "schnetpack", "-o", str(spk_db)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(dataset)} structures" in result.output
+
     # Re-running the finished run recomputes nothing: same dataset, same checkpoints.
     mtimes = {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")}
     again = run_active_learning(config, GenerationTable(io.StringIO()))
