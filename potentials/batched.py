@@ -15,6 +15,14 @@ schnetpack 2.0.4's PaiNN, SchNet, ``PairwiseDistances`` and ``Atomwise`` run und
 ``vmap`` unchanged: their data-dependent sizes (``int(idx_m[-1])``, ``atomic_numbers.shape``)
 read the graph, which is shared by all members and so is not batched.
 
+On a CPU (torch 2.13, 1–2 threads) the vmapped pass is measured *slower* than a plain
+loop over the members whose backward passes each see only their own member
+(:func:`looped_energies_forces`; numbers in ``benchmarks/results/committee.json``): the
+batched elementwise products over pairs cost about twice the members' separate ones.
+Both avoid the cost of :meth:`Committee.energies_forces`, whose M backward passes start
+from rows of the stacked energies, so that each one also traverses the other M - 1
+members' graphs with zero gradients.
+
 The stacked tensors are copies: gradients with respect to the members' parameters do not
 reach the members (use this for inference and attacks, not for training), and a
 :class:`StackedCommittee` must be rebuilt after its members change.
@@ -92,3 +100,24 @@ def stacked_energies_forces(members: Sequence[EnergyModel], graph: Graph,
     to evaluate the same members repeatedly (an attack's steps).
     """
     return StackedCommittee(members).energies_forces(graph, positions, create_graph)
+
+
+def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
+                           positions: torch.Tensor, create_graph: bool = False,
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies [n_members, n_structures] eV and forces [n_members, n_atoms, 3] eV/Å of
+    every member: a Python loop of forward passes and one backward pass.
+
+    Member k reads its own view ``X_k`` of ``positions``, so one backward pass from the
+    summed energies traverses each member's graph once and gives ``∂E_k/∂X_k``. Same
+    contract as :meth:`potentials.committee.Committee.energies_forces`.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("cannot evaluate an empty list of committee members")
+    if not positions.requires_grad:
+        positions = positions.detach().requires_grad_(True)
+    member_positions = positions.unsqueeze(0).expand(len(members), -1, -1)
+    energies = torch.stack([m(graph, member_positions[k]) for k, m in enumerate(members)])
+    (grad,) = torch.autograd.grad(energies.sum(), member_positions, create_graph=create_graph)
+    return energies, -grad

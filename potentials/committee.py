@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potentials.batched import looped_energies_forces
 from potentials.checkpoint import load_member
 from potentials.model import EnergyModel, Graph, ModelSpec, build_graph
 
@@ -69,16 +70,7 @@ class Committee:
         With ``create_graph=True`` the forces stay differentiable with respect to
         ``positions`` (which the caller passes with ``requires_grad``), as the attack needs.
         """
-        if not positions.requires_grad:
-            positions = positions.detach().requires_grad_(True)
-        energies = torch.stack([m(graph, positions) for m in self.members])
-        # One backward pass per member: each member's forces are its own gradient.
-        forces = [
-            -torch.autograd.grad(energies[k].sum(), positions, create_graph=create_graph,
-                                 retain_graph=True)[0]
-            for k in range(len(self.members))
-        ]
-        return energies, torch.stack(forces)
+        return looped_energies_forces(self.members, graph, positions, create_graph)
 
     def predict_arrays(self, numbers: np.ndarray, positions: np.ndarray, n_atoms: np.ndarray,
                        cells: np.ndarray | None = None, pbc: np.ndarray | None = None,

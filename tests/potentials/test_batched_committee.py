@@ -7,7 +7,8 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
-from potentials.batched import StackedCommittee, stacked_energies_forces
+from potentials.batched import (StackedCommittee, looped_energies_forces,
+                                stacked_energies_forces)
 from potentials.committee import Committee
 from potentials.model import ModelSpec, build_graph
 from tests.conftest import TINY_SPEC, make_member
@@ -43,12 +44,13 @@ def _batch(periodic: bool = False, seed: int = 0):
     return graph, torch.as_tensor(positions, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("evaluate", [stacked_energies_forces, looped_energies_forces])
 @pytest.mark.parametrize("periodic", [False, True])
-def test_energies_and_forces_match_looped_committee(periodic: bool) -> None:
+def test_energies_and_forces_match_looped_committee(periodic: bool, evaluate) -> None:
     members = _members()
     graph, positions = _batch(periodic)
     e_loop, f_loop = Committee(members).energies_forces(graph, positions)
-    e_vmap, f_vmap = stacked_energies_forces(members, graph, positions)
+    e_vmap, f_vmap = evaluate(members, graph, positions)
     assert e_vmap.shape == (3, graph.n_structures)
     assert f_vmap.shape == (3, len(positions), 3)
     torch.testing.assert_close(e_vmap, e_loop, rtol=0, atol=TOL)
@@ -65,13 +67,17 @@ def test_force_variance_gradient_matches_looped_committee() -> None:
     committee = Committee(members)
     stacked = StackedCommittee(members)
     grads = []
-    for evaluate in (committee.energies_forces, stacked.energies_forces):
+    def single_backward(graph, positions, create_graph):
+        return looped_energies_forces(members, graph, positions, create_graph)
+
+    for evaluate in (committee.energies_forces, stacked.energies_forces, single_backward):
         delta = torch.full_like(positions, 0.01).requires_grad_(True)
         _, forces = evaluate(graph, positions + delta, create_graph=True)
         (grad,) = torch.autograd.grad(forces.var(dim=0).sum(), delta)
         grads.append(grad)
     assert grads[0].abs().max() > 1e-6
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=TOL)
 
 
 def test_positions_without_grad_are_not_modified() -> None:
