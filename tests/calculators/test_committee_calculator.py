@@ -62,3 +62,33 @@ def test_from_run_loads_latest_generation(tmp_path):
     assert first.get_potential_energy(atoms) != pytest.approx(e_latest)
     with pytest.raises(FileNotFoundError):
         CommitteeCalculator.from_run(tmp_path, generation=5)
+
+
+def test_molecular_dynamics_conserves_energy(calculator):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = molecule("NH3")
+    atoms.calc = calculator
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, timestep=0.25 * units.fs).run(40)
+    assert np.isfinite(atoms.get_total_energy())
+    assert abs(atoms.get_total_energy() - e0) < 1e-3 * max(1.0, atoms.get_kinetic_energy())
+    assert not np.allclose(atoms.positions, molecule("NH3").positions)  # it moved
+
+
+def test_geometry_optimisation_of_a_periodic_cell(calculator):
+    from ase.build import bulk
+    from ase.optimize import BFGS
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.positions += np.random.default_rng(1).normal(0, 0.05, atoms.positions.shape)
+    atoms.calc = calculator
+    e0 = atoms.get_potential_energy()
+    f0 = np.abs(atoms.get_forces()).max()
+    assert calculator.results["forces_std"].shape == (4,)
+    assert f0 > 1e-4
+    BFGS(atoms, logfile=None).run(fmax=f0 / 10, steps=10)
+    assert atoms.get_potential_energy() < e0
