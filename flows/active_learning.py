@@ -112,7 +112,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "dataset_size": len(Dataset(layout.dataset)),
         "labels_initial": initial.added + initial.skipped_known,
         "labels_adversarial": labels_used,
-        "level_of_theory": steps.PySCFCalculator(settings=config.dft).level_of_theory,
+        "level_of_theory": config.dft.level_of_theory,
         "wall_seconds": time.perf_counter() - t_start,
         "run_dir": str(layout.root),
     }

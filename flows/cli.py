@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -91,6 +90,3 @@ def export(
         n = dataset.export_extxyz(output)
     typer.echo(f"wrote {n} structures to {output}")
 
-
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())

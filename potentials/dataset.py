@@ -148,7 +148,6 @@ class Dataset:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["n_structures"] = 0
-            f.attrs["n_atoms_total"] = 0
             for group, fields in (("atoms", _ATOM_FIELDS), ("structures", _STRUCTURE_FIELDS)):
                 g = f.create_group(group)
                 for name, (dtype, shape) in fields.items():
@@ -219,7 +218,6 @@ class Dataset:
             _write_rows(f["structures"], structure_rows, n0)
             f.flush()
             # The commit: readers see the new records only from here on.
-            f.attrs["n_atoms_total"] = a0 + int(n_atoms.sum())
             f.attrs["n_structures"] = n0 + n
             f.flush()
         return np.arange(n0, n0 + n)
@@ -296,9 +294,8 @@ class Dataset:
 def _committed_atoms(f: h5py.File, n_structures: int) -> int:
     """Atom rows owned by the first ``n_structures`` (committed) records.
 
-    Derived from the committed structure rows, not from the ``n_atoms_total`` attribute:
-    a kill between raising that attribute and raising ``n_structures`` would otherwise
-    expose (and build on) the atoms of an uncommitted record.
+    Derived from the committed structure rows, so atom rows of a record whose append was
+    killed before its commit are neither read nor built on.
     """
     if n_structures == 0:
         return 0
