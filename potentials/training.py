@@ -30,6 +30,7 @@ class TrainingSettings:
     batch_size: int = 16
     learning_rate: float = 1e-3
     warm_start_learning_rate: float = 5e-4
+    warm_start_warmup_epochs: int = 5
     energy_weight: float = 0.2
     forces_weight: float = 1.0
     val_fraction: float = 0.2
@@ -42,6 +43,9 @@ class TrainingSettings:
         for name in ("max_epochs", "warm_start_epochs", "batch_size", "patience", "lr_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warm_start_warmup_epochs < 0:
+            raise ValueError("training.warm_start_warmup_epochs must be >= 0, got "
+                             f"{self.warm_start_warmup_epochs}")
         for name in ("learning_rate", "warm_start_learning_rate", "min_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training.{name} must be positive, got {getattr(self, name)}")
@@ -123,7 +127,8 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
 
     A fresh model gets its per-element energies and force scale fitted to ``train``
     first; a warm-started one keeps them (so its learned part stays meaningful) and runs
-    at the warm-start learning rate for at most ``warm_start_epochs``.
+    at the warm-start learning rate, reached by a linear ramp over
+    ``warm_start_warmup_epochs``, for at most ``warm_start_epochs``.
     """
     if len(train) == 0:
         raise ValueError("cannot train on an empty training set")
@@ -140,12 +145,21 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
         optimizer, factor=settings.lr_factor, patience=settings.lr_patience,
         min_lr=settings.min_learning_rate,
     )
+    n_batches = -(-len(train_batches) // settings.batch_size)
+    warmup_steps = settings.warm_start_warmup_epochs * n_batches if warm_start else 0
+    step = 0
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(train_batches))
         total, count = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
+            if step < warmup_steps:
+                # A fresh Adam takes steps of about ±lr in every parameter until its
+                # moment estimates settle, which throws a trained model far from its
+                # minimum; ramping the rate up linearly keeps the warm start warm.
+                optimizer.param_groups[0]["lr"] = lr * (step + 1) / warmup_steps
+            step += 1
             loss, _, _ = _loss(model, train_batches.collate(idx), settings, create_graph=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

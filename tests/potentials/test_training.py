@@ -22,6 +22,7 @@ from potentials.training import (
     itrain,
     train_member,
 )
+from tests.conftest import displaced, emt_arrays, make_member
 
 SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 
@@ -115,12 +116,44 @@ def test_itrain_warm_start_keeps_normalisation_and_epoch_budget(emt_nh3) -> None
     model.element_energy[7] = -3.0
     model.scale.fill_(2.0)
     settings = TrainingSettings(max_epochs=10, warm_start_epochs=3, batch_size=8,
-                                warm_start_learning_rate=1e-4)
+                                warm_start_learning_rate=1e-4, warm_start_warmup_epochs=2)
     records = list(itrain(model, train, None, settings, np.random.default_rng(0),
                           warm_start=True))
     assert len(records) == 3
-    assert records[0].learning_rate == 1e-4
+    # the rate ramps up linearly over the warm-up epochs, then holds
+    assert [r.learning_rate for r in records] == pytest.approx([0.5e-4, 1e-4, 1e-4])
     assert model.element_energy[7].item() == -3.0 and model.scale.item() == 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_warm_start_reaches_scratch_validation_error_in_fewer_epochs(seed: int) -> None:
+    """One active-learning step: 40 labelled structures grow to 48 (EMT stand-in oracle).
+
+    The same initial member is trained from scratch on the 48 and, warm-started, from its
+    weights after 100 epochs on the 40; the warm start must reach the scratch run's best
+    validation loss (100 epochs) in fewer epochs than the scratch run needed for it.
+    """
+    pool = emt_arrays(displaced(molecule("NH3"), 48 + 16, 0.05, np.random.default_rng(seed)))
+    grown, val = pool.subset(np.arange(48)), pool.subset(np.arange(48, 64))
+    before = grown.subset(np.arange(40))
+    settings = TrainingSettings(max_epochs=100, warm_start_epochs=100, batch_size=10,
+                                learning_rate=1e-3, warm_start_learning_rate=5e-4,
+                                warm_start_warmup_epochs=5)
+
+    def val_curve(model: EnergyModel, data: Arrays, warm: bool) -> np.ndarray:
+        return np.array([r.val_loss for r in itrain(model, data, val, settings,
+                                                    np.random.default_rng(1), warm_start=warm)])
+
+    scratch = val_curve(make_member(seed), grown, warm=False)
+    previous = make_member(seed)
+    val_curve(previous, before, warm=False)
+    warm = val_curve(previous, grown, warm=True)
+
+    target, scratch_epochs = scratch.min(), int(scratch.argmin()) + 1
+    reached = np.nonzero(warm <= target)[0]
+    assert len(reached), f"warm start never reached {target:.4g} (best {warm.min():.4g})"
+    assert reached[0] + 1 < scratch_epochs
 
 
 def test_itrain_rejects_empty_training_set(emt_nh3) -> None:
