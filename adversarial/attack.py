@@ -4,7 +4,13 @@ Following Schwalbe-Koda, Tan & Gómez-Bombarelli (Nat. Commun. 12, 5104, 2021), 
 geometry X gets a displacement δ, initialised with small Gaussian noise and optimised
 with Adam to *maximise* the adversarial objective (see :mod:`adversarial.objective`).
 All seeds are attacked together in one batch. :func:`iattack` yields the state after
-every step (ASE ``irun`` style); :func:`run_attack` drains it.
+every step (ASE ``irun`` style); :func:`run_attack` drains it and :func:`attack` returns
+the attacked geometries as :class:`~adversarial.structures.Candidates`.
+
+Periodic cells keep their cell by default. With ``strain=True`` each cell also gets a
+symmetric strain ε (|ε_ij| ≤ ``max_strain``), applied to cell and positions alike,
+X' = (X + δ)(1 + ε), h' = h(1 + ε) (rows are vectors), and attacked with δ; the paper's
+code attacks the cell in the same way.
 
 A seed whose geometry becomes unphysical (atoms too close, or fragments flying apart) or
 whose objective stops being finite is frozen at its last sane geometry and reported;
@@ -14,20 +20,28 @@ no NaN leaves this module.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from adversarial.geometry import check_geometry
-from adversarial.objective import adversarial_objective
-from potentials.committee import Committee
+from adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
+                                  kT_from_temperature, log_partition)
+from adversarial.structures import Candidates, Seeds
+from potentials.committee import Committee, summarise
 from potentials.model import build_graph
 
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Settings of the attack. Lengths in Å, temperature in K."""
+    """Settings of the attack. Lengths in Å, temperature in K.
+
+    ``uncertainty`` picks σ² from the forces (default) or the energy and ``energy`` the
+    total (default) or per-atom energy in the Boltzmann factor (see
+    :mod:`adversarial.objective`). ``max_displacement`` caps |δ| per atom;
+    ``strain``/``max_strain`` (dimensionless) attack the cell of periodic seeds.
+    """
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -36,16 +50,23 @@ class AttackSettings:
     learning_rate: float = 0.01
     initial_noise: float = 0.01
     max_displacement: float = 0.6
-    n_seeds: int = 16
     neighbor_refresh: int = 5
     min_distance_factor: float = 0.5
     max_bond_factor: float = 2.0
+    uncertainty: Uncertainty = "forces"
+    energy: EnergyForm = "total"
+    strain: bool = False
+    max_strain: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "learning_rate", "max_displacement"):
+        for name in ("temperature", "learning_rate", "max_displacement", "max_strain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"attack.{name} must be positive, got {getattr(self, name)}")
-        for name in ("n_steps", "n_seeds", "neighbor_refresh"):
+        if self.uncertainty not in ("forces", "energy"):
+            raise ValueError(f"attack.uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
+        if self.energy not in ("total", "per_atom"):
+            raise ValueError(f"attack.energy must be 'total' or 'per_atom', got {self.energy!r}")
+        for name in ("n_steps", "neighbor_refresh"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.{name} must be at least 1, got {getattr(self, name)}")
         if self.initial_noise < 0:
@@ -55,25 +76,33 @@ class AttackSettings:
 @dataclass
 class AttackStep:
     """State after one step. positions [n_atoms, 3] Å (the current geometries, frozen
-    seeds at their last sane geometry); objective and sigma_f [n_seeds] (σ_F = √σ²_F in
-    eV/Å); stopped maps a seed index to why it was frozen."""
+    seeds at their last sane geometry); cells [n_seeds, 3, 3] Å; objective and sigma
+    [n_seeds] (σ = √σ², in eV/Å for the force variance, eV for the energy variance);
+    stopped maps a seed index to why it was frozen."""
 
     step: int
     positions: np.ndarray
+    cells: np.ndarray
     objective: np.ndarray
-    sigma_f: np.ndarray
+    sigma: np.ndarray
     stopped: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
 class AttackResult:
-    """positions [n_atoms, 3] Å of the final geometries; objective and sigma_f
-    trajectories [n_steps + 1, n_seeds] (row 0 is the initial, noised, geometry)."""
+    """positions [n_atoms, 3] Å and cells [n_seeds, 3, 3] Å of the final geometries;
+    objective and sigma trajectories [n_steps + 1, n_seeds] (row 0 is the initial,
+    noised, geometry)."""
 
     positions: np.ndarray
+    cells: np.ndarray
     objective: np.ndarray
-    sigma_f: np.ndarray
+    sigma: np.ndarray
     stopped: dict[int, str]
+
+
+def _symmetric(e: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (e + e.transpose(-1, -2))
 
 
 def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
@@ -81,41 +110,69 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
             generator: torch.Generator, cells: np.ndarray | None = None,
             pbc: np.ndarray | None = None) -> Iterator[AttackStep]:
     """Attack seeds given as flat arrays: numbers [n_atoms], positions [n_atoms, 3] Å,
-    n_atoms [n_seeds]. kT in eV, log_q from :func:`adversarial.objective.log_partition`.
+    n_atoms [n_seeds], cells [n_seeds, 3, 3] Å and pbc [n_seeds, 3] (default: molecules).
+    kT in eV; log_q from :func:`adversarial.objective.log_partition`, in the same energy
+    form (total or per atom) as ``settings.energy``.
 
     Yields step 0 (the noised start) and then one :class:`AttackStep` per Adam step.
+    Raises ValueError for a strain attack on seeds without periodicity.
     """
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
     numbers = np.asarray(numbers)
+    n_seeds = len(n_atoms)
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
+    cells0 = torch.zeros(n_seeds, 3, 3, dtype=torch.float64) if cells is None else \
+        torch.as_tensor(np.asarray(cells), dtype=torch.float64)
+    pbc = np.zeros((n_seeds, 3), dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
+    if settings.strain and not pbc.any(axis=1).all():
+        raise ValueError("attack.strain needs periodic seeds (a cell with pbc); these have none")
     x0 = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
     delta = torch.randn(x0.shape, generator=generator, dtype=torch.float64) * settings.initial_noise
     delta.requires_grad_(True)
-    optimizer = torch.optim.Adam([delta], lr=settings.learning_rate)
-    idx_m = torch.as_tensor(np.repeat(np.arange(len(n_atoms)), n_atoms))
-    active = torch.ones(len(n_atoms), dtype=torch.bool)
+    params = [delta]
+    strain = torch.zeros(n_seeds, 3, 3, dtype=torch.float64)
+    if settings.strain:
+        strain = (torch.randn(strain.shape, generator=generator, dtype=torch.float64)
+                  * settings.initial_noise / 10.0).requires_grad_(True)
+        params.append(strain)
+    optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
+    idx_m = torch.as_tensor(np.repeat(np.arange(n_seeds), n_atoms))
+    eye = torch.eye(3, dtype=torch.float64)
+    active = torch.ones(n_seeds, dtype=torch.bool)
     stopped: dict[int, str] = {}
     last_good = x0.clone()
+    last_cells = cells0.clone()
     graph = None
 
     for step in range(settings.n_steps + 1):
-        x = x0 + delta
-        current = x.detach().numpy()
+        if settings.strain:
+            deform = eye + _symmetric(strain)  # [n_seeds, 3, 3]
+            x = torch.einsum("ni,nij->nj", x0 + delta, deform[idx_m])
+            cell = cells0 @ deform
+        else:
+            x, cell = x0 + delta, cells0
+        current, current_cells = x.detach().numpy(), cell.detach().numpy()
         # Freeze seeds that left physical space; they keep their last sane geometry.
         for s in np.flatnonzero(active.numpy()):
-            reason = check_geometry(numbers[starts[s]:starts[s + 1]], current[starts[s]:starts[s + 1]],
-                                    settings.min_distance_factor, settings.max_bond_factor)
+            rows = slice(starts[s], starts[s + 1])
+            reason = check_geometry(numbers[rows], current[rows], settings.min_distance_factor,
+                                    settings.max_bond_factor, current_cells[s], pbc[s])
             if reason is not None:
                 stopped[int(s)] = f"step {step}: {reason}"
                 active[s] = False
         atom_active = active[idx_m]
         with torch.no_grad():
             last_good[atom_active] = x.detach()[atom_active]
+            last_cells[active] = cell.detach()[active]
         if graph is None or step % settings.neighbor_refresh == 0:
-            graph = build_graph(numbers, last_good.numpy(), n_atoms, committee.spec.cutoff, cells, pbc)
+            graph = build_graph(numbers, last_good.numpy(), n_atoms, committee.spec.cutoff,
+                                last_cells.numpy(), pbc)
         x_eval = torch.where(atom_active[:, None], x, last_good)
-        energies, forces = committee.energies_forces(graph, x_eval, create_graph=True)
-        objective, var_f = adversarial_objective(energies, forces, idx_m, kT, log_q)
+        graph_eval = replace(graph, cells=torch.where(active.clone()[:, None, None], cell, last_cells)) \
+            if settings.strain else graph
+        energies, forces = committee.energies_forces(graph_eval, x_eval, create_graph=True)
+        objective, var = adversarial_objective(energies, forces, idx_m, kT, log_q,
+                                               settings.uncertainty, settings.energy)
         bad = ~torch.isfinite(objective.detach()) & active
         for s in np.flatnonzero(bad.numpy()):
             stopped[int(s)] = f"step {step}: objective not finite"
@@ -123,8 +180,9 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
         yield AttackStep(
             step=step,
             positions=last_good.numpy().copy(),
+            cells=last_cells.numpy().copy(),
             objective=torch.nan_to_num(objective.detach(), nan=0.0).numpy().copy(),
-            sigma_f=torch.nan_to_num(var_f.detach(), nan=0.0).clamp_min(0).sqrt().numpy().copy(),
+            sigma=torch.nan_to_num(var.detach(), nan=0.0).clamp_min(0).sqrt().numpy().copy(),
             stopped=dict(stopped),
         )
         if step == settings.n_steps or not active.any():
@@ -133,10 +191,14 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
         # Maximise: minimise the negative objective of the seeds still being attacked.
         (-objective[active].sum()).backward()
         delta.grad[~active[idx_m]] = 0.0
+        if settings.strain:
+            strain.grad[~active] = 0.0
         optimizer.step()
         with torch.no_grad():
             norm = delta.norm(dim=-1, keepdim=True)
             delta.mul_(torch.clamp(settings.max_displacement / (norm + 1e-12), max=1.0))
+            if settings.strain:
+                strain.clamp_(-settings.max_strain, settings.max_strain)
 
 
 def run_attack(*args, **kwargs) -> AttackResult:
@@ -145,6 +207,34 @@ def run_attack(*args, **kwargs) -> AttackResult:
     last = None
     for last in iattack(*args, **kwargs):
         objective.append(last.objective)
-        sigma.append(last.sigma_f)
-    return AttackResult(positions=last.positions, objective=np.array(objective),
-                        sigma_f=np.array(sigma), stopped=last.stopped)
+        sigma.append(last.sigma)
+    return AttackResult(positions=last.positions, cells=last.cells, objective=np.array(objective),
+                        sigma=np.array(sigma), stopped=last.stopped)
+
+
+def attack(committee: Committee, seeds: Seeds, train_energies: np.ndarray,
+           train_n_atoms: np.ndarray, settings: AttackSettings,
+           generator: torch.Generator) -> tuple[Candidates, AttackResult]:
+    """Attack ``seeds`` and return the final geometries as candidates, with the run.
+
+    Q comes from the training energies [n_train] eV (with their sizes [n_train] for
+    per-atom energies). The candidates' score is the final objective; their
+    σ_F statistics come from one committee pass on the final geometries.
+    """
+    kT = kT_from_temperature(settings.temperature)
+    log_q = log_partition(train_energies, kT,
+                          train_n_atoms if settings.energy == "per_atom" else None)
+    result = run_attack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT, log_q,
+                        settings, generator, seeds.cells, seeds.pbc)
+    graph = build_graph(seeds.numbers, result.positions, seeds.n_atoms, committee.spec.cutoff,
+                        result.cells, seeds.pbc)
+    energies, forces = committee.energies_forces(
+        graph, torch.as_tensor(result.positions, dtype=torch.float64))
+    pred = summarise(energies.detach(), forces.detach().to(torch.float64), graph.idx_m)
+    candidates = Candidates(
+        numbers=seeds.numbers.copy(), positions=result.positions, n_atoms=seeds.n_atoms.copy(),
+        cells=result.cells, pbc=seeds.pbc.copy(), parent=np.arange(len(seeds)),
+        sigma_f_mean=pred.forces_std_mean, sigma_f_max=pred.forces_std_max,
+        score=result.objective[-1], stopped=result.stopped,
+    )
+    return candidates, result

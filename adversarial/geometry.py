@@ -12,7 +12,8 @@ to reject those before DFT labelling:
 - :func:`check_geometry`: close contacts and connectivity from covalent radii
   (``ase.data.covalent_radii``).
 
-Units: positions and distances in Å. Molecules only (no cell, no periodic images).
+Units: positions and distances in Å. RMSDs are for molecules; see
+:func:`periodic_rmsd` for cells.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import math
 
 import numpy as np
 from ase.data import covalent_radii
+from ase.neighborlist import primitive_neighbor_list
 
-__all__ = ["check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd"]
+__all__ = ["check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd"]
 
 # Upper bound on the number of 3×3 covariance matrices held at once by
 # pairwise_kabsch_rmsd (each block costs ~ 9 × 8 bytes × this, plus SVD workspace).
@@ -180,8 +182,10 @@ def check_geometry(
     positions: np.ndarray,
     min_distance_factor: float = 0.5,
     max_bond_factor: float = 2.0,
+    cell: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
 ) -> str | None:
-    """Check that a molecule is physically sane: no clashes and in one piece.
+    """Check that a structure is physically sane: no clashes and, for a molecule, in one piece.
 
     With ``r_ij = r_cov(Z_i) + r_cov(Z_j)`` from ``ase.data.covalent_radii`` (Å):
 
@@ -192,7 +196,10 @@ def check_geometry(
       ``max_bond_factor * r_ij`` is not connected, e.g. ``"fragmented (2 fragments)"``.
       A single atom is connected.
 
-    Molecules only: no cell and no periodic images are considered.
+    With a ``cell`` [3, 3] Å and ``pbc`` [3] that is periodic in some direction, clashes
+    are looked for between periodic images too (minimum-image distances) and the
+    connectivity test is skipped: a framework is bonded through its images and a guest
+    molecule in it is a fragment of its own.
 
     Args:
         numbers: atomic numbers [n_atoms].
@@ -232,6 +239,9 @@ def check_geometry(
         return None
 
     radii = covalent_radii[z]  # [n_atoms], Å
+    if pbc is not None and np.any(pbc):
+        return _periodic_clash(z, pos, np.asarray(cell, dtype=np.float64),
+                               np.asarray(pbc, dtype=bool), radii, min_distance_factor)
     r_sum = radii[:, None] + radii[None, :]  # [n_atoms, n_atoms], Å
     distances = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)  # [n_atoms, n_atoms], Å
     iu, ju = np.triu_indices(n_atoms, k=1)
@@ -249,3 +259,59 @@ def check_geometry(
     if n_fragments > 1:
         return f"fragmented ({n_fragments} fragments)"
     return None
+
+
+def _periodic_clash(z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                    radii: np.ndarray, min_distance_factor: float) -> str | None:
+    """The closest clash between atoms of a periodic cell (images included), or None."""
+    if min_distance_factor == 0:
+        return None
+    cutoff = 2.0 * float(radii.max()) * min_distance_factor
+    i, j, d = primitive_neighbor_list("ijd", pbc, cell, pos, cutoff, self_interaction=False)
+    if len(d) == 0:
+        return None
+    limit = min_distance_factor * (radii[i] + radii[j])
+    ratio = d / limit
+    worst = int(np.argmin(ratio))
+    if ratio[worst] >= 1.0:
+        return None
+    return (f"atoms {int(i[worst])} and {int(j[worst])} at {d[worst]:.2f} Å "
+            f"(limit {limit[worst]:.2f} Å, periodic images included)")
+
+
+def pairwise_periodic_rmsd(a: np.ndarray, cells_a: np.ndarray, b: np.ndarray,
+                           cells_b: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """RMSD between periodic structures, up to a rigid translation, with minimum images.
+
+    A periodic cell has no rotational symmetry to remove, but a translation of every atom
+    by one vector and a shift of any atom by a lattice vector leave it unchanged. Each
+    atom's displacement is taken in fractional coordinates, wrapped to the nearest image
+    along periodic directions, turned into Å with the mean of the two cells, and the mean
+    displacement is removed before the root-mean-square.
+
+    Args:
+        a: positions [n_a, n_atoms, 3] Å; cells_a [n_a, 3, 3] Å (rows are lattice vectors).
+        b: positions [n_b, n_atoms, 3] Å; cells_b [n_b, 3, 3] Å.
+        pbc: [3] periodic directions, shared by all structures.
+
+    Returns:
+        RMSDs [n_a, n_b], Å.
+    """
+    a = _as_structures(a, "a")
+    b = _as_structures(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same atoms; got {a.shape[1]} and {b.shape[1]}")
+    cells_a = np.asarray(cells_a, dtype=np.float64).reshape(len(a), 3, 3)
+    cells_b = np.asarray(cells_b, dtype=np.float64).reshape(len(b), 3, 3)
+    periodic = np.asarray(pbc, dtype=bool).reshape(3)
+    frac_a = np.einsum("kni,kij->knj", a, np.linalg.inv(cells_a))  # [n_a, n_atoms, 3]
+    frac_b = np.einsum("kni,kij->knj", b, np.linalg.inv(cells_b))
+    out = np.empty((len(a), len(b)))
+    for k in range(len(a)):
+        d_frac = frac_a[k][None] - frac_b  # [n_b, n_atoms, 3]
+        d_frac[..., periodic] -= np.round(d_frac[..., periodic])
+        mean_cell = 0.5 * (cells_a[k][None] + cells_b)  # [n_b, 3, 3]
+        d = np.einsum("bni,bij->bnj", d_frac, mean_cell)
+        d -= d.mean(axis=1, keepdims=True)
+        out[k] = np.sqrt(np.mean(np.sum(d * d, axis=-1), axis=1))
+    return out

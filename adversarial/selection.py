@@ -4,7 +4,8 @@ After an attack, each candidate structure carries a committee uncertainty. Follo
 Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021), a candidate is
 labelled only if it is physically sane, more uncertain than most of the training set
 (a percentile of the training set's own uncertainties), and not a near-duplicate
-(Kabsch RMSD) of a training structure or of another selected candidate; at most
+(Kabsch RMSD; for periodic cells the minimum-image RMSD up to a translation) of a
+training structure or of another selected candidate; at most
 ``max_selected`` are kept per generation, the most uncertain first.
 
 Units: positions in Å, uncertainties in eV/Å (e.g. mean per-atom force std), RMSD in Å.
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adversarial.geometry import _validate_factors, check_geometry, pairwise_kabsch_rmsd
+from adversarial.geometry import (_validate_factors, check_geometry, pairwise_kabsch_rmsd,
+                                 pairwise_periodic_rmsd)
 
 __all__ = ["SelectionResult", "SelectionSettings", "select_candidates"]
 
@@ -100,6 +102,9 @@ def select_candidates(
     train_positions: np.ndarray,
     train_uncertainty: np.ndarray,
     settings: SelectionSettings,
+    cells: np.ndarray | None = None,
+    train_cells: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
 ) -> SelectionResult:
     """Choose which candidates to label, giving each rejected one a reason.
 
@@ -122,6 +127,10 @@ def select_candidates(
         train_uncertainty: training-set uncertainties [n_train], eV/Å, same metric as
             ``uncertainty``.
         settings: the thresholds and cap.
+        cells, train_cells: [n_candidates, 3, 3] and [n_train, 3, 3] Å, with ``pbc`` [3],
+            for periodic structures: distances are then
+            :func:`adversarial.geometry.pairwise_periodic_rmsd` (minimum images, no
+            rotation) and clashes include periodic images.
 
     Returns:
         The selected indices, the threshold used and the reasons for the rest.
@@ -166,6 +175,15 @@ def select_candidates(
     if not isinstance(settings, SelectionSettings):
         raise ValueError(f"settings must be a SelectionSettings, got {type(settings).__name__}")
 
+    periodic = pbc is not None and bool(np.any(pbc))
+    if periodic and (cells is None or train_cells is None):
+        raise ValueError("periodic candidates need cells and train_cells")
+
+    def distances(a_idx: np.ndarray, b: np.ndarray, b_cells: np.ndarray | None) -> np.ndarray:
+        if periodic:
+            return pairwise_periodic_rmsd(cand[a_idx], np.asarray(cells)[a_idx], b, b_cells, pbc)
+        return pairwise_kabsch_rmsd(cand[a_idx], b)
+
     threshold = float(np.percentile(train_unc, settings.percentile))
     rejected: dict[int, str] = {}
 
@@ -180,7 +198,8 @@ def select_candidates(
     for idx in range(n_candidates):
         if idx in rejected:
             continue
-        reason = check_geometry(z, cand[idx], settings.min_distance_factor, settings.max_bond_factor)
+        reason = check_geometry(z, cand[idx], settings.min_distance_factor, settings.max_bond_factor,
+                                cells[idx] if periodic else None, pbc if periodic else None)
         if reason is not None:
             rejected[idx] = reason
 
@@ -192,7 +211,7 @@ def select_candidates(
     # 4. near-duplicate of the training set
     alive = np.array([i for i in range(n_candidates) if i not in rejected], dtype=np.intp)
     if alive.size and train.shape[0] and settings.rmsd_threshold > 0:
-        to_train = pairwise_kabsch_rmsd(cand[alive], train)  # [n_alive, n_train], Å
+        to_train = distances(alive, train, train_cells)  # [n_alive, n_train], Å
         nearest = np.argmin(to_train, axis=1)
         nearest_rmsd = to_train[np.arange(alive.size), nearest]
         duplicate = nearest_rmsd < settings.rmsd_threshold
@@ -205,7 +224,8 @@ def select_candidates(
     # 5. greedy in decreasing uncertainty: near-duplicate of a selected one, then cap
     order = alive[np.argsort(-unc[alive], kind="stable")]
     if order.size and settings.rmsd_threshold > 0:
-        among = pairwise_kabsch_rmsd(cand[order], cand[order])  # [n_alive, n_alive], Å
+        among = distances(order, cand[order],
+                          np.asarray(cells)[order] if periodic else None)  # [n_alive, n_alive], Å
     else:
         among = np.full((order.size, order.size), np.inf)
     selected_pos: list[int] = []  # positions in `order`

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
@@ -17,7 +17,9 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adversarial.attack import AttackSettings
+from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
 from adversarial.geometry import check_geometry
+from adversarial.seeding import SeedPolicy
 from adversarial.selection import SelectionSettings
 from calculators.pyscf_calculator import PySCFSettings
 from potentials.model import ModelSpec
@@ -53,6 +55,16 @@ class InitialDataConfig(_Strict):
     n_structures: PositiveInt = 12
     displacement: float = Field(0.05, gt=0, description="Å")
     seed: int = 0
+
+
+class ExplorationConfig(_Strict):
+    """How each generation looks for new geometries: the strategy (the adversarial attack,
+    or one of the baselines it is compared with: random displacement, committee molecular
+    dynamics), the seed structures it starts from, and how many."""
+
+    strategy: Literal["adversarial", "random", "md"] = "adversarial"
+    seeds: SeedPolicy = "random"
+    n_seeds: PositiveInt = 16
 
 
 class CommitteeConfig(_Strict):
@@ -94,7 +106,10 @@ class RunConfig(_Strict):
     model: ModelSpec = ModelSpec()
     committee: CommitteeConfig = CommitteeConfig()
     training: TrainingSettings = TrainingSettings()
+    exploration: ExplorationConfig = ExplorationConfig()
     attack: AttackSettings = AttackSettings()
+    random: RandomDisplacementSettings = RandomDisplacementSettings()
+    md: CommitteeMDSettings = CommitteeMDSettings()
     selection: SelectionSettings = SelectionSettings()
     convergence: ConvergenceConfig = ConvergenceConfig()
     budget: BudgetConfig = BudgetConfig()

@@ -18,9 +18,11 @@ import torch
 from ase import Atoms
 from ase.io import read, write
 
-from adversarial.attack import run_attack
-from adversarial.objective import kT_from_temperature, log_partition
+from adversarial.attack import attack
+from adversarial.baselines import committee_md, random_displacement
+from adversarial.seeding import choose_seeds
 from adversarial.selection import select_candidates
+from adversarial.structures import Candidates, Seeds
 from calculators.labeller import label_structures
 from calculators.pyscf_calculator import PySCFCalculator
 from flows.config import RunConfig, initial_structures
@@ -137,11 +139,25 @@ class ExploreReport:
     sigma_f_mean: float  # eV/Å, mean over attacked geometries of their mean per-atom force std
     sigma_f_max: float  # eV/Å, max over attacked geometries of their max per-atom force std
     seconds: float
+    n_candidates: int = 0
+
+
+def _explore(config: RunConfig, committee: Committee, seeds: Seeds, data,
+             rng: np.random.Generator) -> Candidates:
+    """Run the configured exploration strategy from ``seeds``."""
+    strategy = config.exploration.strategy
+    if strategy == "adversarial":
+        candidates, _ = attack(committee, seeds, data.energy, data.n_atoms, config.attack,
+                               torch.Generator().manual_seed(int(rng.integers(2**31))))
+        return candidates
+    if strategy == "random":
+        return random_displacement(committee, seeds, config.random, rng)
+    return committee_md(committee, seeds, config.md, rng)
 
 
 def explore_step(config: RunConfig, generation: int) -> ExploreReport:
-    """Attack seeds drawn from the dataset with generation ``generation``'s committee and
-    write the attacked geometries, with their uncertainties, to the run folder."""
+    """Explore from seeds drawn from the dataset with generation ``generation``'s committee
+    and write the candidate geometries, with their uncertainties, to the run folder."""
     layout = RunLayout(config.run_dir())
     out = layout.candidates(generation)
     if out.exists():
@@ -150,37 +166,48 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     torch.set_num_threads(config.compute.torch_threads)
     t0 = time.perf_counter()
     committee = _committee(config, generation)
-    data = Dataset(layout.dataset).arrays()
+    dataset = Dataset(layout.dataset)
+    data = dataset.arrays()
+    previous = [k for k, p in enumerate(dataset.provenance())
+                if p.generation == generation - 1 and p.strategy != "initial"]
     rng = _rng(config, _ATTACK_STREAM, generation)
-    seeds = np.sort(rng.choice(len(data), size=min(config.attack.n_seeds, len(data)), replace=False))
-    batch = data.subset(seeds)
-    kT = kT_from_temperature(config.attack.temperature)
-    result = run_attack(committee, batch.numbers, batch.positions, batch.n_atoms, kT,
-                        log_partition(data.energy, kT), config.attack,
-                        torch.Generator().manual_seed(int(rng.integers(2**31))))
-    pred = committee.predict_arrays(batch.numbers, result.positions, batch.n_atoms)
+    chosen = choose_seeds(data.energy / data.n_atoms, config.exploration.n_seeds,
+                          config.exploration.seeds, rng, np.array(previous, dtype=np.int64))
+    seeds = Seeds.from_arrays(data, chosen)
+    candidates = _explore(config, committee, seeds, data, rng)
     report = ExploreReport(
-        n_seeds=len(seeds), n_stopped=len(result.stopped),
-        sigma_f_mean=float(pred.forces_std_mean.mean()),
-        sigma_f_max=float(pred.forces_std_max.max()),
+        n_seeds=len(seeds), n_stopped=len(candidates.stopped),
+        sigma_f_mean=float(candidates.sigma_f_mean.mean()) if len(candidates) else 0.0,
+        sigma_f_max=float(candidates.sigma_f_max.max()) if len(candidates) else 0.0,
         seconds=time.perf_counter() - t0,
+        n_candidates=len(candidates),
     )
     frames = []
-    starts = np.concatenate([[0], np.cumsum(batch.n_atoms)])
-    for k, s in enumerate(seeds):
-        atoms = Atoms(numbers=batch.numbers[starts[k]:starts[k + 1]],
-                      positions=result.positions[starts[k]:starts[k + 1]])
-        atoms.info.update(parent=int(s), forces_std_mean=float(pred.forces_std_mean[k]),
-                          forces_std_max=float(pred.forces_std_max[k]),
-                          objective=float(result.objective[-1, k]),
-                          stopped=result.stopped.get(k, ""))
+    starts = candidates.starts
+    for k in range(len(candidates)):
+        rows = slice(starts[k], starts[k + 1])
+        atoms = Atoms(numbers=candidates.numbers[rows], positions=candidates.positions[rows],
+                      cell=candidates.cells[k], pbc=candidates.pbc[k])
+        parent = int(candidates.parent[k])
+        atoms.info.update(parent=int(seeds.index[parent]),
+                          forces_std_mean=float(candidates.sigma_f_mean[k]),
+                          forces_std_max=float(candidates.sigma_f_max[k]),
+                          score=float(candidates.score[k]),
+                          stopped=candidates.stopped.get(parent, ""))
         frames.append(atoms)
-    frames[0].info["explore_report"] = json.dumps(asdict(report))
+    header = frames[0] if frames else Atoms()
+    header.info["explore_report"] = json.dumps(asdict(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    write(str(tmp), frames, format="extxyz")
+    write(str(tmp), frames or [header], format="extxyz")
     tmp.replace(out)
     return report
+
+
+def _read_candidates(layout: RunLayout, generation: int) -> list[Atoms]:
+    """The candidate geometries explore_step wrote (none: a file with one empty frame)."""
+    frames = read(str(layout.candidates(generation)), index=":")
+    return [] if len(frames) == 1 and len(frames[0]) == 0 else frames
 
 
 @dataclass(frozen=True)
@@ -204,14 +231,18 @@ class SelectReport:
 def select_step(config: RunConfig, generation: int, max_selected: int) -> SelectReport:
     """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``)."""
     layout = RunLayout(config.run_dir())
-    frames = read(str(layout.candidates(generation)), index=":")
+    frames = _read_candidates(layout, generation)
+    if not frames:
+        return SelectReport([], float("nan"), {})
     committee = _committee(config, generation)
     data = Dataset(layout.dataset).arrays()
-    train_pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms)
+    train_pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms,
+                                          data.cell, data.pbc)
     settings = config.selection
     if max_selected < settings.max_selected:
         settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
     n_atoms = len(frames[0])
+    periodic = bool(frames[0].pbc.any())
     result = select_candidates(
         frames[0].numbers,
         np.stack([a.positions for a in frames]),
@@ -219,6 +250,9 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         data.positions.reshape(-1, n_atoms, 3),
         train_pred.forces_std_mean,
         settings,
+        cells=np.stack([a.cell.array for a in frames]) if periodic else None,
+        train_cells=data.cell if periodic else None,
+        pbc=frames[0].pbc if periodic else None,
     )
     return SelectReport([int(i) for i in result.selected], float(result.threshold),
                         {int(k): v for k, v in result.rejected.items()})
@@ -227,12 +261,12 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
 def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
     """Label the selected candidates of ``generation`` and append them to the dataset."""
     layout = RunLayout(config.run_dir())
-    frames = read(str(layout.candidates(generation)), index=":")
+    frames = _read_candidates(layout, generation)
     chosen = [frames[i] for i in selected]
     for atoms in chosen:
         atoms.calc = None
     dataset = Dataset(layout.dataset)
-    report = _label_and_append(config, dataset, chosen, generation, "adversarial",
+    report = _label_and_append(config, dataset, chosen, generation, config.exploration.strategy,
                                [int(a.info["parent"]) for a in chosen])
     if not report.indices:
         return report
