@@ -150,3 +150,66 @@ def test_check_geometry_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="atomic numbers"):
         check_geometry(np.array([0, 1]), np.zeros((2, 3)))
     assert check_geometry(np.array([1, 1]), np.full((2, 3), np.nan)).startswith("not finite")
+
+
+# --- periodic cells --------------------------------------------------------------------
+
+def _cu_cell(rng: np.random.Generator, rattle: float = 0.05):
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.positions += rng.normal(0, rattle, atoms.positions.shape)
+    return atoms
+
+
+def test_periodic_rmsd_ignores_translations_and_lattice_shifts():
+    from adversarial.geometry import pairwise_periodic_rmsd
+
+    rng = np.random.default_rng(0)
+    a = _cu_cell(rng)
+    cell = a.cell.array
+    moved = a.positions + np.array([0.3, -1.1, 2.0])  # rigid translation
+    moved[1] += cell[0] - cell[2]  # one atom shifted by a lattice vector
+    d = pairwise_periodic_rmsd(a.positions[None], cell[None], moved[None], cell[None],
+                               np.ones(3, dtype=bool))
+    assert d[0, 0] == pytest.approx(0.0, abs=1e-10)
+    # a real displacement of one atom by 0.2 Å: RMSD over 4 atoms after removing the mean
+    other = a.positions.copy()
+    other[2, 0] += 0.2
+    step = np.zeros((4, 3))
+    step[2, 0] = 0.2
+    expected = np.sqrt(np.mean(np.sum((step - step.mean(0)) ** 2, axis=1)))
+    d = pairwise_periodic_rmsd(a.positions[None], cell[None], other[None], cell[None],
+                               np.ones(3, dtype=bool))
+    assert d[0, 0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_periodic_clash_sees_images_and_skips_connectivity():
+    cell = np.eye(3) * 6.0
+    # atoms 0.2 Å apart only through the periodic boundary (limit 0.5 × 0.62 Å)
+    z = np.array([1, 1])
+    pos = np.array([[0.1, 0.0, 0.0], [5.9, 0.0, 0.0]])
+    assert check_geometry(z, pos) is not None and "fragmented" in check_geometry(z, pos)
+    reason = check_geometry(z, pos, cell=cell, pbc=np.ones(3, dtype=bool))
+    assert reason is not None and reason.startswith("atoms 0 and 1") and "periodic" in reason
+    # far apart with images: no clash, and no fragment test for a periodic cell
+    pos[1] = [3.0, 3.0, 3.0]
+    assert check_geometry(z, pos, cell=cell, pbc=np.ones(3, dtype=bool)) is None
+
+
+def test_selection_deduplicates_periodic_images():
+    from adversarial.selection import SelectionSettings, select_candidates
+
+    rng = np.random.default_rng(1)
+    a = _cu_cell(rng)
+    cell = a.cell.array
+    train = a.positions[None]
+    shifted = a.positions + cell[0]  # the same structure, one lattice vector away
+    new = a.positions + rng.normal(0, 0.2, a.positions.shape)
+    cands = np.stack([shifted, new])
+    settings = SelectionSettings(percentile=0, rmsd_threshold=0.05, max_selected=5)
+    result = select_candidates(a.numbers, cands, np.array([1.0, 1.0]), train, np.array([0.1]),
+                               settings, cells=np.stack([cell, cell]), train_cells=cell[None],
+                               pbc=np.ones(3, dtype=bool))
+    assert list(result.selected) == [1]
+    assert result.rejected[0].startswith("near-duplicate of training structure")

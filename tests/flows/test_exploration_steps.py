@@ -1,0 +1,85 @@
+"""Each exploration strategy through the plain generation steps (no Prefect): explore,
+select, label with real PySCF (RHF/STO-3G) and append with the strategy's provenance."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from flows.config import validate_config
+from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
+from potentials.dataset import Dataset
+from potentials.run_layout import RunLayout
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory):
+    """A run folder with its initial labels and a trained generation-0 committee."""
+    from tests.flows.conftest import EXAMPLES, TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("explore")
+    path = root / "tiny.yaml"
+    path.write_text(TINY_CONFIG.format(name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz",
+                                       output_dir=root / "runs"))
+    config = validate_config(path)
+    initial_dataset(config)
+    for member in range(config.committee.n_members):
+        train_step(config, 0, member)
+    return config
+
+
+def _with(config, tmp_path, **sections):
+    """A copy of the prepared run (dataset and committee) under new exploration settings."""
+    updates = {name: getattr(config, name).__class__(**{**_fields(getattr(config, name)), **v})
+               for name, v in sections.items()}
+    new = config.model_copy(update={**updates, "output_dir": tmp_path / "runs"})
+    shutil.copytree(config.run_dir(), new.run_dir())
+    return new
+
+
+def _fields(section) -> dict:
+    return section.model_dump() if hasattr(section, "model_dump") else dict(vars(section))
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("random", {"random": {"std": 0.08, "n_per_seed": 2}}),
+    ("md", {"md": {"temperature": 800.0, "n_steps": 40, "sample_interval": 5,
+                   "trust_lower": 0.0, "trust_upper": 50.0}}),
+    ("adversarial", {"attack": {"n_steps": 5}}),
+])
+def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, extra):
+    config = _with(prepared_run, tmp_path, exploration={"strategy": strategy, "n_seeds": 3},
+                   **extra)
+    report = explore_step(config, 0)
+    frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
+    expected = {"random": 6, "adversarial": 3}.get(strategy)
+    if expected is not None:
+        assert report.n_candidates == len(frames) == expected
+    assert report.n_candidates >= 1 and report.n_seeds == 3
+    assert all(np.isfinite(a.info["forces_std_mean"]) and a.info["forces_std_mean"] > 0
+               for a in frames)
+    assert all(0 <= a.info["parent"] < 6 for a in frames)
+
+    selected = select_step(config, 0, max_selected=2)
+    assert 1 <= len(selected.selected) <= 2
+    labelled = label_step(config, 0, selected.selected)
+    provenance = Dataset(RunLayout(config.run_dir()).dataset).provenance()
+    assert labelled.added == len(selected.selected)
+    assert [p.strategy for p in provenance[6:]] == [strategy] * labelled.added
+
+
+def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp_path):
+    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 2,
+                                                        "seeds": "previous"},
+                   random={"std": 0.08})
+    explore_step(config, 0)
+    labelled = label_step(config, 0, select_step(config, 0, max_selected=2).selected)
+    assert labelled.added == 2
+    for member in range(config.committee.n_members):
+        train_step(config, 1, member)
+    explore_step(config, 1)
+    frames = read(str(RunLayout(config.run_dir()).candidates(1)), index=":")
+    assert sorted({a.info["parent"] for a in frames}) == labelled.indices
