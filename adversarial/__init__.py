@@ -1,13 +1,24 @@
-"""Adversarial attacks on the committee (Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat.
-Commun. 12, 5104, 2021), geometry checks, and selection of what to label."""
+"""Exploration for active learning: the adversarial attack on the committee (Schwalbe-Koda,
+Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104, 2021), the baselines it is compared with
+(random displacement, committee molecular dynamics), seed policies, geometry checks, and
+selection of what to label. Every strategy takes :class:`Seeds` and returns
+:class:`Candidates`."""
 
-from adversarial.attack import AttackResult, AttackSettings, iattack, run_attack
-from adversarial.geometry import check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd
+from adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
+from adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings, committee_md,
+                                   icommittee_md, random_displacement)
+from adversarial.geometry import (check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd,
+                                  pairwise_periodic_rmsd)
 from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from adversarial.seeding import choose_seeds
 from adversarial.selection import SelectionResult, SelectionSettings, select_candidates
+from adversarial.structures import Candidates, Seeds
 
 __all__ = [
-    "AttackResult", "AttackSettings", "SelectionResult", "SelectionSettings",
-    "adversarial_objective", "check_geometry", "iattack", "kT_from_temperature",
-    "kabsch_rmsd", "log_partition", "pairwise_kabsch_rmsd", "run_attack", "select_candidates",
+    "AttackResult", "AttackSettings", "Candidates", "CommitteeMDSettings",
+    "RandomDisplacementSettings", "Seeds", "SelectionResult", "SelectionSettings",
+    "adversarial_objective", "attack", "check_geometry", "choose_seeds", "committee_md",
+    "iattack", "icommittee_md", "kT_from_temperature", "kabsch_rmsd", "log_partition",
+    "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd", "random_displacement", "run_attack",
+    "select_candidates",
 ]

@@ -4,17 +4,24 @@ A structure the calculator cannot label (it raises ASE's ``CalculationFailed``, 
 ``InvalidStructureError`` or ``SCFConvergenceError``) becomes an outcome with an
 ``error`` string, and labelling goes on with the next structure. Any other exception
 is a bug and propagates.
+
+With a :class:`~calculators.label_store.LabelStore` and the level-of-theory settings,
+labelling is content-addressed: a structure already labelled (or already failed) at the
+same settings is read back, not recomputed, and every new label is stored the moment it
+is computed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, CalculationFailed
+
+from calculators.label_store import LabelStore, label_key
 
 __all__ = ["LabelOutcome", "label_structures"]
 
@@ -31,7 +38,9 @@ class LabelOutcome:
         energy: potential energy, eV; None on failure.
         forces: forces, eV/Å, ``[n_atoms, 3]``, read-only; None on failure.
         error: None on success, otherwise ``"ExceptionClass: message"``.
-        seconds: wall-clock time spent on this structure, s.
+        seconds: wall-clock time spent on this structure, s (for a cached label, the
+            time its original calculation took).
+        cached: True when the label came from a label store.
 
     Raises:
         ValueError: if the fields are inconsistent (energy and forces must both be set
@@ -43,6 +52,7 @@ class LabelOutcome:
     forces: np.ndarray | None
     error: str | None
     seconds: float
+    cached: bool = False  # read back from a label store, not computed now
 
     def __post_init__(self) -> None:
         if self.error is None:
@@ -62,7 +72,9 @@ class LabelOutcome:
         return self.error is None
 
 
-def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator) -> list[LabelOutcome]:
+def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
+                     store: LabelStore | None = None,
+                     theory: Mapping | None = None) -> list[LabelOutcome]:
     """Compute energy (eV) and forces (eV/Å) for each structure with one ASE calculator.
 
     Each structure is copied, the copy is attached to ``calculator``, and forces then
@@ -76,37 +88,43 @@ def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator) ->
     Args:
         structures: the structures, ``n_structures`` of them.
         calculator: any ASE calculator implementing ``energy`` and ``forces``.
+        store: where labels are looked up before computing and kept after; needs
+            ``theory``, the settings that identify the level of theory.
+        theory: level-of-theory settings (JSON-serialisable mapping).
 
     Returns:
         One ``LabelOutcome`` per structure, in input order (``outcome.index == i``).
 
     Raises:
+        ValueError: a store without ``theory``.
         Any exception other than ``ase.calculators.calculator.CalculationFailed``
         raised by the calculator (those are recorded in the outcome instead).
     """
+    if store is not None and theory is None:
+        raise ValueError("a label store needs the level-of-theory settings (theory=...)")
     outcomes: list[LabelOutcome] = []
     for index, structure in enumerate(structures):
-        atoms = structure.copy()
-        atoms.calc = calculator
-        start = time.perf_counter()
-        try:
-            forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
-            energy = float(atoms.get_potential_energy(apply_constraint=False))
-        except CalculationFailed as err:
-            outcome = LabelOutcome(
-                index=index,
-                energy=None,
-                forces=None,
-                error=f"{type(err).__name__}: {err}",
-                seconds=time.perf_counter() - start,
-            )
-        else:
-            outcome = LabelOutcome(
-                index=index,
-                energy=energy,
-                forces=forces,
-                error=None,
-                seconds=time.perf_counter() - start,
-            )
+        key = label_key(structure, theory) if store is not None else None
+        stored = store.get(key) if store is not None else None
+        if stored is not None:
+            outcomes.append(LabelOutcome(index, stored.energy, stored.forces, stored.error,
+                                         stored.seconds, cached=True))
+            continue
+        outcome = _label_one(index, structure, calculator)
+        if store is not None:
+            store.put(key, theory, outcome.energy, outcome.forces, outcome.error, outcome.seconds)
         outcomes.append(outcome)
     return outcomes
+
+
+def _label_one(index: int, structure: Atoms, calculator: BaseCalculator) -> LabelOutcome:
+    atoms = structure.copy()
+    atoms.calc = calculator
+    start = time.perf_counter()
+    try:
+        forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
+        energy = float(atoms.get_potential_energy(apply_constraint=False))
+    except CalculationFailed as err:
+        return LabelOutcome(index, None, None, f"{type(err).__name__}: {err}",
+                            time.perf_counter() - start)
+    return LabelOutcome(index, energy, forces, None, time.perf_counter() - start)

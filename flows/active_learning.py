@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from calculators.factory import level_of_theory
 from flows import steps
 from flows.config import RunConfig, validate_config
 from flows.report import GenerationTable
@@ -112,7 +113,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "dataset_size": len(Dataset(layout.dataset)),
         "labels_initial": initial.added + initial.skipped_known,
         "labels_adversarial": labels_used,
-        "level_of_theory": config.dft.level_of_theory,
+        "level_of_theory": level_of_theory(config.labels, config.dft),
         "wall_seconds": time.perf_counter() - t_start,
         "run_dir": str(layout.root),
     }

@@ -38,10 +38,12 @@ def _validated(config: Path, output_dir: Path | None):
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)")]) -> None:
     """Check a config and its structure files; compute nothing."""
+    from calculators.factory import level_of_theory
+
     cfg = _validated(config, None)
     typer.echo(f"{config}: valid. System {cfg.system.name!r}, "
                f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "
-               f"labels at {cfg.dft.method}/{cfg.dft.basis}; run folder {cfg.run_dir()}")
+               f"labels at {level_of_theory(cfg.labels, cfg.dft)}; run folder {cfg.run_dir()}")
 
 
 @app.command()

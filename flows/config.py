@@ -21,6 +21,7 @@ from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSetting
 from adversarial.geometry import check_geometry
 from adversarial.seeding import SeedPolicy
 from adversarial.selection import SelectionSettings
+from calculators.factory import LabelSettings, import_factory
 from calculators.pyscf_calculator import PySCFSettings
 from potentials.model import ModelSpec
 from potentials.training import TrainingSettings
@@ -102,6 +103,7 @@ class ComputeConfig(_Strict):
 class RunConfig(_Strict):
     system: SystemConfig
     initial_data: InitialDataConfig = InitialDataConfig()
+    labels: LabelSettings = LabelSettings()
     dft: PySCFSettings = PySCFSettings()
     model: ModelSpec = ModelSpec()
     committee: CommitteeConfig = CommitteeConfig()
@@ -199,11 +201,18 @@ def check_inputs(config: RunConfig) -> list[str]:
     if len({tuple(a.numbers) for a in frames}) > 1:
         problems.append("system.structures: all structures must have the same atoms in the "
                         "same order (one composition per run)")
+    pyscf = config.labels.calculator == "pyscf"
     for k, atoms in enumerate(frames):
-        if atoms.pbc.any():
-            problems.append(f"system.structures frame {k}: periodic cells are not supported yet")
+        if atoms.pbc.any() and pyscf:
+            problems.append(f"system.structures frame {k}: a periodic cell cannot be labelled "
+                            "by the molecular PySCF calculator; choose labels.calculator: "
+                            "tblite (or your own, labels.calculator: python)")
+        elif atoms.pbc.any() and not atoms.pbc.all():
+            problems.append(f"system.structures frame {k}: pbc must be all true or all false, "
+                            f"got {atoms.pbc.tolist()}")
         reason = check_geometry(atoms.numbers, atoms.positions,
-                                config.selection.min_distance_factor, max_bond_factor=1e9)
+                                config.selection.min_distance_factor, 1e9,
+                                atoms.cell.array, atoms.pbc)
         if reason is not None:
             problems.append(f"system.structures frame {k}: {reason}")
     n_electrons = int(frames[0].numbers.sum()) - config.dft.charge
@@ -213,7 +222,13 @@ def check_inputs(config: RunConfig) -> list[str]:
         problems.append(
             f"dft.spin (2S = {config.dft.spin}) cannot fit {n_electrons} electrons "
             f"(charge {config.dft.charge}): 2S must be {'odd' if n_electrons % 2 else 'even'}")
-    problems.extend(_basis_problems(config.dft.basis, sorted(set(frames[0].get_chemical_symbols()))))
+    if pyscf:
+        problems.extend(_basis_problems(config.dft.basis, sorted(set(frames[0].get_chemical_symbols()))))
+    if config.labels.calculator == "python":
+        try:
+            import_factory(config.labels.python)
+        except ValueError as err:
+            problems.append(str(err))
     return problems
 
 

@@ -23,8 +23,9 @@ from adversarial.baselines import committee_md, random_displacement
 from adversarial.seeding import choose_seeds
 from adversarial.selection import select_candidates
 from adversarial.structures import Candidates, Seeds
+from calculators.factory import make_calculator
+from calculators.label_store import LabelStore
 from calculators.labeller import label_structures
-from calculators.pyscf_calculator import PySCFCalculator
 from flows.config import RunConfig, initial_structures
 from potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from potentials.committee import Committee
@@ -56,6 +57,7 @@ class LabelReport:
     seconds: float
     failures: list[str]
     indices: list[int] = field(default_factory=list)  # dataset indices of the new records
+    cached: int = 0  # labels read back from the label store instead of computed
     calibration: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,16 +67,18 @@ def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atom
     t0 = time.perf_counter()
     known = set(dataset.hashes())
     todo = [k for k, a in enumerate(structures) if structure_hash(a) not in known]
-    calc = PySCFCalculator(settings=config.dft)
-    outcomes = label_structures([structures[k] for k in todo], calc)
+    calc, theory, level_of_theory = make_calculator(config.labels, config.dft)
+    store = LabelStore(RunLayout(config.run_dir()).labels)
+    outcomes = label_structures([structures[k] for k in todo], calc, store, theory)
     ok = [(todo[o.index], o) for o in outcomes if o.ok]
     indices = dataset.append(
         [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
-        [Provenance(generation, strategy, calc.level_of_theory, parents[k]) for k, _ in ok],
+        [Provenance(generation, strategy, level_of_theory, parents[k]) for k, _ in ok],
     )
     failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
     return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
-                       time.perf_counter() - t0, failures, [int(i) for i in indices])
+                       time.perf_counter() - t0, failures, [int(i) for i in indices],
+                       cached=sum(o.cached for o in outcomes))
 
 
 def initial_dataset(config: RunConfig) -> LabelReport:

@@ -5,6 +5,7 @@
         dataset.h5                  labelled structures (see potentials.dataset)
         committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
         candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
+        labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
         generations.jsonl           one JSON record per finished generation
         summary.json                the run's outcome: why it stopped, totals
 """
@@ -37,6 +38,11 @@ class RunLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def labels(self) -> Path:
+        """The content-addressed label store (see calculators.label_store)."""
+        return self.root / "labels"
 
     def committee_dir(self, generation: int) -> Path:
         return self.root / "committee" / f"gen_{generation:03d}"

@@ -83,3 +83,24 @@ def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp
     explore_step(config, 1)
     frames = read(str(RunLayout(config.run_dir()).candidates(1)), index=":")
     assert sorted({a.info["parent"] for a in frames}) == labelled.indices
+
+
+def test_relabelling_reads_the_label_store_instead_of_computing(prepared_run, tmp_path):
+    config = _with(prepared_run, tmp_path)
+    layout = RunLayout(config.run_dir())
+    before = Dataset(layout.dataset).arrays()
+    layout.dataset.unlink()  # the dataset is lost; the label store is not
+    report = initial_dataset(config)
+    assert report.cached == report.added == 6
+    after = Dataset(layout.dataset).arrays()
+    np.testing.assert_array_equal(after.energy, before.energy)
+    np.testing.assert_array_equal(after.forces, before.forces)
+
+
+def test_tblite_labels_a_run(prepared_run, tmp_path):
+    config = _with(prepared_run, tmp_path, labels={"calculator": "tblite"})
+    RunLayout(config.run_dir()).dataset.unlink()
+    report = initial_dataset(config)
+    assert report.added == 6 and report.cached == 0  # another level of theory: new labels
+    provenance = Dataset(RunLayout(config.run_dir()).dataset).provenance()
+    assert {p.level_of_theory for p in provenance} == {"GFN2-xTB"}

@@ -1,0 +1,103 @@
+"""Which calculator labels a run, and the settings that identify its level of theory.
+
+``labels.calculator`` picks one of:
+
+- ``pyscf``: :class:`~calculators.pyscf_calculator.PySCFCalculator` with the run's ``dft``
+  settings (DFT or Hartree-Fock, molecules);
+- ``tblite``: GFN2-xTB (or GFN1-xTB, IPEA1-xTB) through tblite's ASE calculator, with the
+  charge and multiplicity of the ``dft`` settings: a fast semi-empirical choice for
+  screening and laptop-sized examples;
+- ``emt``: ASE's effective-medium theory, a toy for tests and demonstrations;
+- ``python``: a site's own calculator, ``package.module:factory`` called with
+  ``labels.options`` as keyword arguments and returning an ASE calculator. The import
+  path is trusted configuration: it runs code, so only name one you trust.
+
+The *theory* mapping returned with each calculator holds every setting that changes the
+numbers; it keys the content-addressed label store.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ase.calculators.calculator import BaseCalculator
+
+from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+
+__all__ = ["LabelSettings", "import_factory", "level_of_theory", "make_calculator"]
+
+# PySCF settings that change cost or robustness but not the converged numbers.
+_NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density"}
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """How structures are labelled (see the module docstring)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    calculator: Literal["pyscf", "tblite", "emt", "python"] = "pyscf"
+    tblite_method: Literal["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"] = "GFN2-xTB"
+    python: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.calculator == "python":
+            if not self.python or ":" not in self.python:
+                raise ValueError("labels.python must name a factory as 'package.module:callable' "
+                                 "when labels.calculator is 'python'")
+        elif self.python is not None or self.options:
+            raise ValueError("labels.python and labels.options are for labels.calculator: python")
+
+
+def import_factory(path: str):
+    """The callable named by ``package.module:callable``; ValueError if there is none."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"labels.python: cannot import module {module_name!r}: {err}") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"labels.python: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def level_of_theory(labels: LabelSettings, dft: PySCFSettings) -> str:
+    """A short label of the level of theory, e.g. ``RKS/PBE/6-31G*`` or ``GFN2-xTB``."""
+    return {"pyscf": dft.level_of_theory, "tblite": labels.tblite_method, "emt": "EMT",
+            "python": labels.python}[labels.calculator]
+
+
+def make_calculator(labels: LabelSettings, dft: PySCFSettings) -> tuple[BaseCalculator, dict, str]:
+    """(calculator, theory settings, level-of-theory label) for a run.
+
+    Raises ValueError when a ``python`` factory cannot be imported or does not return an
+    ASE calculator.
+    """
+    if labels.calculator == "pyscf":
+        calc = PySCFCalculator(settings=dft)
+        theory = {"calculator": "pyscf",
+                  **{k: v for k, v in asdict(dft).items() if k not in _NOT_THEORY}}
+        return calc, theory, level_of_theory(labels, dft)
+    if labels.calculator == "tblite":
+        from tblite.ase import TBLite
+
+        calc = TBLite(method=labels.tblite_method, charge=dft.charge,
+                      multiplicity=dft.spin + 1, verbosity=0)
+        theory = {"calculator": "tblite", "method": labels.tblite_method,
+                  "charge": dft.charge, "multiplicity": dft.spin + 1}
+        return calc, theory, level_of_theory(labels, dft)
+    if labels.calculator == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT(), {"calculator": "emt"}, level_of_theory(labels, dft)
+    factory = import_factory(labels.python)
+    calc = factory(**labels.options)
+    if not isinstance(calc, BaseCalculator):
+        raise ValueError(f"labels.python: {labels.python} returned {type(calc).__name__}, "
+                         "not an ASE calculator")
+    theory = {"calculator": "python", "python": labels.python, "options": labels.options}
+    return calc, theory, level_of_theory(labels, dft)

@@ -1,0 +1,136 @@
+"""Content-addressed labels: nothing computed twice, nothing lost, any ASE calculator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.calculator import CalculationFailed
+from ase.calculators.emt import EMT
+
+from calculators.factory import LabelSettings, import_factory, make_calculator
+from calculators.label_store import LabelStore, label_key
+from calculators.labeller import label_structures
+from calculators.pyscf_calculator import PySCFSettings
+
+
+class CountingEMT(EMT):
+    """EMT (a stand-in oracle) that counts its calculations and fails on request."""
+
+    def __init__(self, fail_below: float | None = None):
+        super().__init__()
+        self.calls = 0
+        self.fail_below = fail_below
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        self.calls += 1
+        if self.fail_below is not None and atoms.positions[0, 2] < self.fail_below:
+            raise CalculationFailed("refused on purpose")
+        super().calculate(atoms, properties, system_changes)
+
+
+def _structures(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = molecule("NH3")
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        out.append(atoms)
+    return out
+
+
+THEORY = {"calculator": "emt"}
+
+
+def test_labels_are_computed_once_and_read_back_identically(tmp_path):
+    structures = _structures(4)
+    store = LabelStore(tmp_path / "labels")
+    calc = CountingEMT()
+    first = label_structures(structures, calc, store, THEORY)
+    assert calc.calls == 4 and len(store) == 4 and not any(o.cached for o in first)
+    again = label_structures(structures + _structures(1, seed=9), calc, store, THEORY)
+    assert calc.calls == 5  # only the new structure was computed
+    assert [o.cached for o in again] == [True] * 4 + [False]
+    for a, b in zip(first, again):
+        assert a.energy == b.energy and np.array_equal(a.forces, b.forces)
+    assert not list((tmp_path / "labels").rglob("*.tmp*"))
+
+
+def test_other_settings_or_geometry_give_another_key(tmp_path):
+    atoms = _structures(1)[0]
+    key = label_key(atoms, THEORY)
+    assert label_key(atoms, {"calculator": "emt", "x": 1}) != key
+    moved = atoms.copy()
+    moved.positions[0, 0] += 1e-5
+    assert label_key(moved, THEORY) != key
+    noisy = atoms.copy()
+    noisy.positions[0, 0] += 1e-9  # below the hash's 1e-6 Å resolution
+    assert label_key(noisy, THEORY) == key
+    assert label_key(atoms, {"x": 1, "calculator": "emt"}) == label_key(atoms, {"calculator": "emt", "x": 1})
+
+
+def test_failures_are_stored_and_not_retried(tmp_path):
+    structures = _structures(3)
+    threshold = sorted(a.positions[0, 2] for a in structures)[1]  # the lowest one fails
+    store = LabelStore(tmp_path)
+    calc = CountingEMT(fail_below=threshold)
+    out = label_structures(structures, calc, store, THEORY)
+    assert sum(not o.ok for o in out) == 1
+    again = label_structures(structures, calc, store, THEORY)
+    assert calc.calls == 3
+    assert [o.error for o in again] == [o.error for o in out]
+
+
+def test_an_unreadable_label_file_is_recomputed(tmp_path):
+    atoms = _structures(1)[0]
+    store = LabelStore(tmp_path)
+    calc = CountingEMT()
+    label_structures([atoms], calc, store, THEORY)
+    path = next(tmp_path.rglob("*.npz"))
+    path.write_bytes(path.read_bytes()[:40])  # a torn write
+    fresh = CountingEMT()
+    out = label_structures([atoms], fresh, store, THEORY)
+    assert fresh.calls == 1 and out[0].ok and not out[0].cached
+    assert label_structures([atoms], fresh, store, THEORY)[0].cached  # stored again
+
+
+def test_store_needs_theory():
+    with pytest.raises(ValueError, match="theory"):
+        label_structures(_structures(1), EMT(), LabelStore("/nonexistent"), None)
+
+
+def test_tblite_labels_have_forces_equal_to_minus_the_energy_gradient():
+    calc, theory, name = make_calculator(LabelSettings(calculator="tblite"), PySCFSettings())
+    assert name == "GFN2-xTB" and theory["method"] == "GFN2-xTB"
+    atoms = _structures(1)[0]
+    out = label_structures([atoms], calc)[0]
+    h = 1e-4
+    for atom, comp in [(0, 2), (1, 0), (3, 1)]:
+        energies = []
+        for sign in (1, -1):
+            shifted = atoms.copy()
+            shifted.positions[atom, comp] += sign * h
+            energies.append(label_structures([shifted], calc)[0].energy)
+        assert out.forces[atom, comp] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=2e-4)
+
+
+def test_python_calculator_by_import_path(tmp_path):
+    calc, theory, name = make_calculator(
+        LabelSettings(calculator="python", python="ase.calculators.emt:EMT"), PySCFSettings())
+    assert isinstance(calc, EMT) and name == "ase.calculators.emt:EMT"
+    assert theory == {"calculator": "python", "python": "ase.calculators.emt:EMT", "options": {}}
+    with pytest.raises(ValueError, match="cannot import"):
+        import_factory("no_such_package.module:thing")
+    with pytest.raises(ValueError, match="no callable"):
+        import_factory("ase.calculators.emt:NoSuchThing")
+    with pytest.raises(ValueError, match="package.module:callable"):
+        LabelSettings(calculator="python")
+    with pytest.raises(ValueError, match="calculator: python"):
+        LabelSettings(calculator="emt", python="x:y")
+
+
+def test_pyscf_theory_ignores_settings_that_do_not_change_numbers():
+    _, a, _ = make_calculator(LabelSettings(), PySCFSettings(verbose=0, max_memory_mb=1000))
+    _, b, _ = make_calculator(LabelSettings(), PySCFSettings(verbose=4, max_memory_mb=4000))
+    _, c, _ = make_calculator(LabelSettings(), PySCFSettings(basis="STO-3G"))
+    assert a == b and a != c
