@@ -147,12 +147,15 @@ class ExploreReport:
 
 
 def _explore(config: RunConfig, committee: Committee, seeds: Seeds, data,
-             rng: np.random.Generator) -> Candidates:
-    """Run the configured exploration strategy from ``seeds``."""
+             rng: np.random.Generator, trace: Path) -> Candidates:
+    """Run the configured exploration strategy from ``seeds``; an attack also writes its
+    trajectory of objective and σ per step and seed to ``trace``."""
     strategy = config.exploration.strategy
     if strategy == "adversarial":
-        candidates, _ = attack(committee, seeds, data.energy, data.n_atoms, config.attack,
-                               torch.Generator().manual_seed(int(rng.integers(2**31))))
+        candidates, result = attack(committee, seeds, data.energy, data.n_atoms, config.attack,
+                                    torch.Generator().manual_seed(int(rng.integers(2**31))))
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
         return candidates
     if strategy == "random":
         return random_displacement(committee, seeds, config.random, rng)
@@ -178,7 +181,8 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     chosen = choose_seeds(data.energy / data.n_atoms, config.exploration.n_seeds,
                           config.exploration.seeds, rng, np.array(previous, dtype=np.int64))
     seeds = Seeds.from_arrays(data, chosen)
-    candidates = _explore(config, committee, seeds, data, rng)
+    candidates = _explore(config, committee, seeds, data, rng,
+                          layout.exploration_trace(generation))
     report = ExploreReport(
         n_seeds=len(seeds), n_stopped=len(candidates.stopped),
         sigma_f_mean=float(candidates.sigma_f_mean.mean()) if len(candidates) else 0.0,

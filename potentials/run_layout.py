@@ -5,6 +5,7 @@
         dataset.h5                  labelled structures (see potentials.dataset)
         committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
         candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
+        candidates/gen_001_trace.npz   the attack's objective and σ per step and seed
         labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
         generations.jsonl           one JSON record per finished generation
         summary.json                the run's outcome: why it stopped, totals
@@ -52,6 +53,9 @@ class RunLayout:
 
     def candidates(self, generation: int) -> Path:
         return self.root / "candidates" / f"gen_{generation:03d}.extxyz"
+
+    def exploration_trace(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}_trace.npz"
 
     def trained_generations(self) -> list[int]:
         base = self.root / "committee"

@@ -55,6 +55,11 @@ def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, 
                    **extra)
     report = explore_step(config, 0)
     frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
+    trace = RunLayout(config.run_dir()).exploration_trace(0)
+    assert trace.exists() == (strategy == "adversarial")
+    if strategy == "adversarial":
+        with np.load(trace) as t:
+            assert t["objective"].shape == t["sigma"].shape == (6, 3)  # n_steps + 1, seeds
     expected = {"random": 6, "adversarial": 3}.get(strategy)
     if expected is not None:
         assert report.n_candidates == len(frames) == expected
