@@ -27,7 +27,7 @@ _task = task(cache_policy=NO_CACHE)
 label_initial = _task(steps.initial_dataset, name="label-initial-dataset")
 train_member = _task(steps.train_step, name="train-member",
                      task_run_name="train-gen{generation}-member{member}")
-explore = _task(steps.explore_step, name="adversarial-attack", task_run_name="attack-gen{generation}")
+explore = _task(steps.explore_step, name="explore", task_run_name="explore-gen{generation}")
 select = _task(steps.select_step, name="select-candidates", task_run_name="select-gen{generation}")
 label = _task(steps.label_step, name="label-candidates", task_run_name="label-gen{generation}")
 
@@ -112,7 +112,8 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "final_committee_generation": g,
         "dataset_size": len(Dataset(layout.dataset)),
         "labels_initial": initial.added + initial.skipped_known,
-        "labels_adversarial": labels_used,
+        "labels_explored": labels_used,
+        "strategy": config.exploration.strategy,
         "level_of_theory": level_of_theory(config.labels, config.dft),
         "wall_seconds": time.perf_counter() - t_start,
         "run_dir": str(layout.root),

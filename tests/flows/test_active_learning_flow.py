@@ -38,10 +38,10 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     # Dataset: 6 initial + the adversarial labels, with provenance.
     dataset = Dataset(layout.dataset)
     provenance = dataset.provenance()
-    assert summary["labels_adversarial"] >= 1
-    assert len(dataset) == 6 + summary["labels_adversarial"]
+    assert summary["labels_explored"] >= 1
+    assert len(dataset) == 6 + summary["labels_explored"]
     adversarial = [i for i, p in enumerate(provenance) if p.strategy == "adversarial"]
-    assert len(adversarial) == summary["labels_adversarial"]
+    assert len(adversarial) == summary["labels_explored"]
     for i in adversarial:
         assert provenance[i].generation == 0
         assert 0 <= provenance[i].parent < 6
@@ -55,7 +55,7 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # Calibration of the committee's spread on the structures it had not seen.
     records = [json.loads(line) for line in layout.generations.read_text().splitlines()]
-    assert records[0]["calibration_n"] == summary["labels_adversarial"]
+    assert records[0]["calibration_n"] == summary["labels_explored"]
     assert records[0]["calibration_observed_mean"] > 0
     assert "calib" in printed
 
