@@ -29,7 +29,7 @@ from adversarial.geometry import check_geometry
 from adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
                                   kT_from_temperature, log_partition)
 from adversarial.structures import Candidates, Seeds
-from potentials.committee import Committee, summarise
+from potentials.committee import Committee
 from potentials.model import build_graph
 
 
@@ -121,24 +121,27 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
     numbers = np.asarray(numbers)
     n_seeds = len(n_atoms)
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
-    cells0 = torch.zeros(n_seeds, 3, 3, dtype=torch.float64) if cells is None else \
-        torch.as_tensor(np.asarray(cells), dtype=torch.float64)
+    dev = committee.device
+    f64 = {"dtype": torch.float64, "device": dev}
+    cells0 = torch.zeros(n_seeds, 3, 3, **f64) if cells is None else \
+        torch.as_tensor(np.asarray(cells), **f64)
     pbc = np.zeros((n_seeds, 3), dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
     if settings.strain and not pbc.any(axis=1).all():
         raise ValueError("attack.strain needs periodic seeds (a cell with pbc); these have none")
-    x0 = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
-    delta = torch.randn(x0.shape, generator=generator, dtype=torch.float64) * settings.initial_noise
+    x0 = torch.as_tensor(np.asarray(positions), **f64)
+    delta = (torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+             * settings.initial_noise).to(dev)
     delta.requires_grad_(True)
     params = [delta]
-    strain = torch.zeros(n_seeds, 3, 3, dtype=torch.float64)
+    strain = torch.zeros(n_seeds, 3, 3, **f64)
     if settings.strain:
         strain = (torch.randn(strain.shape, generator=generator, dtype=torch.float64)
-                  * settings.initial_noise / 10.0).requires_grad_(True)
+                  * settings.initial_noise / 10.0).to(dev).requires_grad_(True)
         params.append(strain)
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
-    idx_m = torch.as_tensor(np.repeat(np.arange(n_seeds), n_atoms))
-    eye = torch.eye(3, dtype=torch.float64)
-    active = torch.ones(n_seeds, dtype=torch.bool)
+    idx_m = torch.as_tensor(np.repeat(np.arange(n_seeds), n_atoms), device=dev)
+    eye = torch.eye(3, **f64)
+    active = torch.ones(n_seeds, dtype=torch.bool, device=dev)
     stopped: dict[int, str] = {}
     last_good = x0.clone()
     last_cells = cells0.clone()
@@ -151,9 +154,9 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
             cell = cells0 @ deform
         else:
             x, cell = x0 + delta, cells0
-        current, current_cells = x.detach().numpy(), cell.detach().numpy()
+        current, current_cells = x.detach().cpu().numpy(), cell.detach().cpu().numpy()
         # Freeze seeds that left physical space; they keep their last sane geometry.
-        for s in np.flatnonzero(active.numpy()):
+        for s in np.flatnonzero(active.cpu().numpy()):
             rows = slice(starts[s], starts[s + 1])
             reason = check_geometry(numbers[rows], current[rows], settings.min_distance_factor,
                                     settings.max_bond_factor, current_cells[s], pbc[s])
@@ -165,8 +168,8 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
             last_good[atom_active] = x.detach()[atom_active]
             last_cells[active] = cell.detach()[active]
         if graph is None or step % settings.neighbor_refresh == 0:
-            graph = build_graph(numbers, last_good.numpy(), n_atoms, committee.spec.cutoff,
-                                last_cells.numpy(), pbc)
+            graph = build_graph(numbers, last_good.cpu().numpy(), n_atoms, committee.spec.cutoff,
+                                last_cells.cpu().numpy(), pbc).to(dev)
         x_eval = torch.where(atom_active[:, None], x, last_good)
         graph_eval = replace(graph, cells=torch.where(active.clone()[:, None, None], cell, last_cells)) \
             if settings.strain else graph
@@ -174,15 +177,15 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
         objective, var = adversarial_objective(energies, forces, idx_m, kT, log_q,
                                                settings.uncertainty, settings.energy)
         bad = ~torch.isfinite(objective.detach()) & active
-        for s in np.flatnonzero(bad.numpy()):
+        for s in np.flatnonzero(bad.cpu().numpy()):
             stopped[int(s)] = f"step {step}: objective not finite"
         active &= ~bad
         yield AttackStep(
             step=step,
-            positions=last_good.numpy().copy(),
-            cells=last_cells.numpy().copy(),
-            objective=torch.nan_to_num(objective.detach(), nan=0.0).numpy().copy(),
-            sigma=torch.nan_to_num(var.detach(), nan=0.0).clamp_min(0).sqrt().numpy().copy(),
+            positions=last_good.cpu().numpy().copy(),
+            cells=last_cells.cpu().numpy().copy(),
+            objective=torch.nan_to_num(objective.detach(), nan=0.0).cpu().numpy().copy(),
+            sigma=torch.nan_to_num(var.detach(), nan=0.0).clamp_min(0).sqrt().cpu().numpy().copy(),
             stopped=dict(stopped),
         )
         if step == settings.n_steps or not active.any():
@@ -226,11 +229,8 @@ def attack(committee: Committee, seeds: Seeds, train_energies: np.ndarray,
                           train_n_atoms if settings.energy == "per_atom" else None)
     result = run_attack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT, log_q,
                         settings, generator, seeds.cells, seeds.pbc)
-    graph = build_graph(seeds.numbers, result.positions, seeds.n_atoms, committee.spec.cutoff,
-                        result.cells, seeds.pbc)
-    energies, forces = committee.energies_forces(
-        graph, torch.as_tensor(result.positions, dtype=torch.float64))
-    pred = summarise(energies.detach(), forces.detach().to(torch.float64), graph.idx_m)
+    pred = committee.predict_arrays(seeds.numbers, result.positions, seeds.n_atoms,
+                                    result.cells, seeds.pbc)
     candidates = Candidates(
         numbers=seeds.numbers.copy(), positions=result.positions, n_atoms=seeds.n_atoms.copy(),
         cells=result.cells, pbc=seeds.pbc.copy(), parent=np.arange(len(seeds)),

@@ -229,7 +229,7 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
 
     Sets torch's intra-op threads to ``threads`` while it runs and restores them after.
     Raises ValueError for threads < 1, an empty or non-positive size, batch_atoms < 1,
-    or a device other than the CPU (``iattack`` keeps its tensors on the CPU).
+    or a device other than the CPU (the step breakdown replays a step on the CPU).
     """
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
@@ -239,8 +239,8 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
         raise ValueError(f"batch_atoms must be at least 1, got {batch_atoms}")
     dev = torch.device(device)
     if dev.type != "cpu":
-        raise ValueError(f"device {device!r}: adversarial.attack.iattack builds its tensors on "
-                         "the CPU, so the committee must stay there; use --device cpu")
+        raise ValueError(f"device {device!r}: this benchmark's step breakdown (attack_parts) "
+                         "replays a step on the CPU only; use --device cpu")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -302,13 +302,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch intra-op threads (default 1: on small shared machines "
                              "more threads than free cores makes every op wait)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="only cpu runs for now (iattack keeps its tensors on the CPU)")
+                        help="only cpu for now (the step breakdown replays a step on the CPU)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.device != "cpu":
-        parser.error("--device cuda: adversarial.attack.iattack builds its tensors on the CPU")
+        parser.error("--device cuda: the step breakdown (attack_parts) runs on the CPU only")
     command = " ".join([Path(sys.executable).name, "-m", "benchmarks.attack",
                         *(argv if argv is not None else sys.argv[1:])])
     sizes = [10, 50, 100] if args.quick else [10, 50, 100, 250, 500]

@@ -62,6 +62,11 @@ class Committee:
     def __len__(self) -> int:
         return len(self.members)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the members' weights live (callers put their tensors there)."""
+        return next(self.members[0].parameters()).device
+
     def energies_forces(self, graph: Graph, positions: torch.Tensor,
                         create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's energies [n_members, n_structures] eV and forces
@@ -86,10 +91,10 @@ class Committee:
             graph = build_graph(numbers[rows], positions[rows], n_atoms[s0:s1], self.spec.cutoff,
                                 None if cells is None else cells[s0:s1],
                                 None if pbc is None else pbc[s0:s1])
-            pos = torch.as_tensor(positions[rows], dtype=torch.float64)
-            e, f = self.energies_forces(graph, pos)
-            energies.append(e.detach())
-            forces.append(f.detach().to(torch.float64))
+            pos = torch.as_tensor(positions[rows], dtype=torch.float64, device=self.device)
+            e, f = self.energies_forces(graph.to(self.device), pos)
+            energies.append(e.detach().cpu())
+            forces.append(f.detach().to(torch.float64).cpu())
             idx_m.append(graph.idx_m + s0)
         return summarise(torch.cat(energies, 1), torch.cat(forces, 1), torch.cat(idx_m))
 
