@@ -1,18 +1,22 @@
 """Tests of the PySCF calculator, its errors, and the structure hash.
 
 References: a literature value (Szabo & Ostlund), PySCF's own API called directly,
-and central finite differences of the energy for the forces.
+and central finite differences of the energy for the forces. The SCF ladder is
+tested in test_scf_ladder.py.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
+import sys
 
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed, SCFError
+from ase.collections import s22
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto
 
@@ -24,6 +28,7 @@ from calculators import (
     SCFConvergenceError,
     structure_hash,
 )
+from calculators.pyscf_calculator import check_labelable
 
 FD_STEP = 1e-3  # Å
 FD_TOL = 1e-3  # eV/Å
@@ -195,8 +200,7 @@ def test_periodic_structure_rejected(no_compute: None) -> None:
         atoms.get_potential_energy()
 
 
-@pytest.mark.filterwarnings("ignore:Basis may be available in basis-set-exchange")
-def test_element_missing_from_basis_rejected() -> None:
+def test_element_missing_from_basis_rejected(no_compute: None) -> None:
     atoms = Atoms("AuH", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.52]])
     atoms.calc = PySCFCalculator(method="RKS", basis="6-31G*")
     with pytest.raises(InvalidStructureError, match=r"'6-31G\*' not found for element\(s\) Au\b") as info:
@@ -313,3 +317,216 @@ def test_structure_hash() -> None:
 
     with pytest.raises(ValueError):
         structure_hash(atoms, decimals=-1)
+
+
+# --- checks before compute --------------------------------------------------------
+
+
+def test_check_labelable_accepts_a_good_structure() -> None:
+    assert check_labelable(molecule("NH3"), PySCFSettings()) == []
+    # H-H bound: max(0.3 Å, 0.4 × 2 × 0.31 Å) = 0.3 Å, so a compressed H2 is still labelled
+    assert check_labelable(h2(0.35), PySCFSettings(method="RHF", basis="STO-3G")) == []
+
+
+def _with_position(atoms: Atoms, index: int, value: float) -> Atoms:
+    atoms = atoms.copy()
+    atoms.positions[index, 0] = value
+    return atoms
+
+
+@pytest.mark.parametrize(
+    ("atoms", "settings", "match"),
+    [
+        (_with_position(molecule("NH3"), 1, np.nan), {}, r"atom 1 has a non-finite position"),
+        (_with_position(molecule("NH3"), 2, np.inf), {}, r"atom 2 has a non-finite position"),
+        # C-C bound: 0.4 × 2 × 0.76 Å = 0.608 Å, above the 0.3 Å floor
+        (
+            Atoms("C2", positions=[[0, 0, 0], [0, 0, 0.55]]),
+            {},
+            r"atoms 0 \(C\) and 1 \(C\) are 0\.550 Å apart, closer than the 0\.608 Å",
+        ),
+        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.25]]), {}, r"0\.250 Å apart, closer than the 0\.300 Å"),
+        (Atoms("XH", positions=[[0, 0, 0], [0, 0, 1.0]]), {}, "atom 0 has atomic number 0, not a real element"),
+        (Atoms(), {}, "the structure has no atoms"),
+        (molecule("H2O"), dict(method="UKS", spin=1), r"10 electrons in H2O"),
+        (Atoms("AuH", positions=[[0, 0, 0], [0, 0, 1.52]]), {}, r"'6-31G\*' not found for element\(s\) Au;"),
+    ],
+)
+def test_structure_problems_reported_and_rejected_before_compute(
+    no_compute: None, atoms: Atoms, settings: dict, match: str, tmp_path
+) -> None:
+    problems = check_labelable(atoms, PySCFSettings(**settings))
+    assert len(problems) == 1
+    assert re.search(match, problems[0])
+    atoms.calc = PySCFCalculator(PySCFSettings(**settings), directory=tmp_path)
+    with pytest.raises(InvalidStructureError, match=match) as info:
+        atoms.get_potential_energy()
+    with np.errstate(invalid="ignore"):  # hashing a NaN position
+        assert info.value.structure_hash == structure_hash(atoms)
+
+
+def test_check_labelable_reports_every_problem_at_once() -> None:
+    atoms = Atoms("AuH2", positions=[[0, 0, 0], [0, 0, 0.1], [np.nan, 0, 2.0]])
+    atoms.pbc = True
+    atoms.cell = [10, 10, 10]
+    problems = check_labelable(atoms, PySCFSettings(method="UKS", spin=2))
+    assert len(problems) == 4
+    for fragment in ("periodic DFT", "atom 2 has a non-finite position", "81 electrons", "element(s) Au"):
+        assert any(fragment in p for p in problems), fragment
+    # the distance check is skipped when a position is not finite
+    finite = atoms.copy()
+    finite.positions[2, 0] = 0.0
+    assert any("0.100 Å apart" in p for p in check_labelable(finite, PySCFSettings()))
+    collapsed = Atoms("H6", positions=np.zeros((6, 3)))
+    problems = check_labelable(collapsed, PySCFSettings())
+    assert len(problems) == 4 and problems[-1].startswith("and 12 more pairs")  # 15 pairs, 3 named
+
+
+# --- reuse of the previous density matrix -----------------------------------------
+
+
+def _displaced(atoms: Atoms, n: int, seed: int, std: float = 0.03) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        frame = atoms.copy()
+        frame.positions += rng.normal(0.0, std, frame.positions.shape)
+        frames.append(frame)
+    return frames
+
+
+def _label(frames: list[Atoms], calc: PySCFCalculator) -> tuple[list[float], list[np.ndarray], int, list[bool]]:
+    energies, forces, cycles, reused = [], [], 0, []
+    for frame in frames:
+        frame = frame.copy()
+        frame.calc = calc
+        forces.append(frame.get_forces())
+        energies.append(frame.get_potential_energy())
+        cycles += calc.scf_cycles
+        reused.append(calc.scf_attempts[0].reused_density)
+    return energies, forces, cycles, reused
+
+
+@pytest.mark.parametrize(
+    ("molecule_name", "settings"),
+    [("NH3", dict(method="RHF", basis="3-21G")), ("NH2", dict(method="UHF", basis="3-21G", spin=1))],
+)
+def test_reused_density_gives_the_same_labels(molecule_name: str, settings: dict) -> None:
+    frames = _displaced(molecule(molecule_name), 5, seed=4)
+    e_new, f_new, cycles_new, reused_new = _label(frames, PySCFCalculator(**settings, reuse_density=False))
+    e_old, f_old, cycles_old, reused_old = _label(frames, PySCFCalculator(**settings, reuse_density=True))
+    np.testing.assert_allclose(e_old, e_new, atol=1e-7 * Hartree, rtol=0)
+    np.testing.assert_allclose(f_old, f_new, atol=1e-4)
+    assert reused_new == [False] * 5
+    assert reused_old == [False] + [True] * 4
+    if settings["method"] == "RHF":
+        # measured 37 against 40 cycles; for the UHF radical reuse costs more (54 against 50)
+        assert cycles_old < cycles_new
+
+
+def test_density_never_reused_across_compositions_levels_or_far_geometries() -> None:
+    calc = PySCFCalculator(method="RHF", basis="STO-3G", reuse_density=True)
+
+    def reused(atoms: Atoms) -> bool:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        return calc.scf_attempts[0].reused_density
+
+    nh3 = molecule("NH3")
+    ph3 = molecule("PH3")
+    nearby = nh3.copy()
+    nearby.positions += 0.02
+    rotated = nh3.copy()
+    rotated.rotate(90, "x")
+    assert not reused(nh3)
+    assert reused(nearby)
+    assert not reused(ph3)  # same number of atoms, other elements
+    assert not reused(nh3)
+    assert not reused(rotated)  # atoms moved more than REUSE_MAX_DISPLACEMENT
+    rotated.positions += 0.02
+    assert reused(rotated)
+    rotated.positions += 0.02
+    calc.set(basis="3-21G")
+    assert not reused(rotated)  # another basis
+    rotated.positions += 0.02
+    calc.set(method="UHF", charge=1, spin=1)
+    assert not reused(rotated)  # another charge, spin and method
+    rotated.positions += 0.02
+    assert reused(rotated)  # unrestricted: a [2, nao, nao] density
+
+
+# --- dispersion ---------------------------------------------------------------------
+
+
+def _dispersion_energy_ev(atoms: Atoms, dispersion: str, xc: str) -> float:
+    """The correction from pyscf-dispersion called directly (no SCF), eV."""
+    from pyscf.dispersion import dftd3, dftd4
+
+    mol = gto.M(atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                unit="Angstrom", basis="sto-3g", verbose=0)
+    if dispersion == "d3bj":
+        model = dftd3.DFTD3Dispersion(mol, xc=xc, version="d3bj", atm=False)
+    else:
+        model = dftd4.DFTD4Dispersion(mol, xc=xc, atm=True)
+    return model.get_dispersion()["energy"] * Hartree
+
+
+@pytest.mark.parametrize(("method", "dispersion", "xc"), [("RKS", "d3bj", "pbe"), ("RHF", "d4", "hf")])
+def test_dispersion_for_the_water_dimer(method: str, dispersion: str, xc: str) -> None:
+    pytest.importorskip("pyscf.dispersion")
+    atoms = s22["Water_dimer"]
+    settings = dict(method=method, xc="PBE", basis="STO-3G", grid_level=1)
+    atoms.calc = plain = PySCFCalculator(**settings)
+    f_plain, e_plain = atoms.get_forces(), atoms.get_potential_energy()
+    atoms.calc = dispersed = PySCFCalculator(**settings, dispersion=dispersion)
+    f_disp, e_disp = atoms.get_forces(), atoms.get_potential_energy()
+
+    correction = e_disp - e_plain
+    assert -0.2 < correction < 0.0  # eV: attractive and small (measured -0.038 D3BJ/PBE, -0.101 D4/HF)
+    assert correction == pytest.approx(_dispersion_energy_ev(atoms, dispersion, xc), abs=1e-7 * Hartree)
+    fd = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            shifted = []
+            for sign in (1.0, -1.0):
+                moved = atoms.copy()
+                moved.positions[i, k] += sign * FD_STEP
+                shifted.append(_dispersion_energy_ev(moved, dispersion, xc))
+            fd[i, k] = -(shifted[0] - shifted[1]) / (2 * FD_STEP)
+    assert np.abs(fd).max() > 1e-4  # the correction's forces are not negligible here
+    np.testing.assert_allclose(f_disp - f_plain, fd, atol=1e-5)
+    suffix = dispersion.upper()
+    assert dispersed.level_of_theory == (f"RKS/PBE-{suffix}/STO-3G" if method == "RKS" else f"RHF-{suffix}/STO-3G")
+    assert plain.level_of_theory != dispersed.level_of_theory
+
+
+def test_dispersion_settings_rejected_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyscf.dispersion")
+    assert PySCFSettings(method="UKS", xc="b3lyp", spin=1, dispersion="d4").level_of_theory == "UKS/B3LYP-D4/6-31G*"
+    with pytest.raises(ValueError, match=r"'d3bj' has no parameters for xc='LDA'"):
+        PySCFSettings(xc="LDA", dispersion="d3bj")
+    with pytest.raises(ValueError, match="unknown dispersion correction 'd2'"):
+        PySCFSettings(dispersion="d2")
+    # PySCF applies a correction named in xc itself; it must not be given twice
+    named_in_xc = PySCFSettings(xc="B3LYP-D3BJ").level_of_theory
+    assert named_in_xc == PySCFSettings(xc="B3LYP", dispersion="d3bj").level_of_theory
+    with pytest.raises(ValueError, match=r"already includes a dispersion correction \(d3bj\)"):
+        PySCFSettings(xc="B3LYP-D3BJ", dispersion="d4")
+    monkeypatch.setitem(sys.modules, "pyscf.dispersion", None)  # as if not installed
+    for settings in (dict(dispersion="d3bj"), dict(xc="B3LYP-D3BJ")):
+        with pytest.raises(ValueError, match="needs the pyscf-dispersion package"):
+            PySCFSettings(**settings)
+
+
+def test_basis_made_for_a_core_potential_gets_it() -> None:
+    # def2-SVP describes Au with a 60-electron ECP and has no core functions; without it
+    # PySCF would run all 79 electrons in a basis that cannot hold them.
+    import calculators.pyscf_calculator as module
+
+    gold = Atoms("AuH", positions=[[0, 0, 0], [0, 0, 1.52]])
+    mol = module._build_mole(gold, PySCFSettings(basis="def2-SVP"), structure_hash(gold), ".")
+    assert mol.nelectron == 20 and set(mol._ecp) == {"Au"}
+    ammonia = molecule("NH3")
+    mol = module._build_mole(ammonia, PySCFSettings(basis="def2-SVP"), structure_hash(ammonia), ".")
+    assert mol.nelectron == 10 and not mol._ecp
