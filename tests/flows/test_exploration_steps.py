@@ -109,3 +109,24 @@ def test_tblite_labels_a_run(prepared_run, tmp_path):
     assert report.added == 6 and report.cached == 0  # another level of theory: new labels
     provenance = Dataset(RunLayout(config.run_dir()).dataset).provenance()
     assert {p.level_of_theory for p in provenance} == {"GFN2-xTB"}
+
+
+def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
+    from flows.active_learning import _check_failures
+    from flows.steps import LabellingError
+
+    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
+                   random={"std": 0.08},
+                   dft={"max_cycle": 1, "scf_ladder": ("default",), "conv_tol": 1e-12})
+    explore_step(config, 0)
+    selected = select_step(config, 0, max_selected=2).selected
+    before = len(Dataset(RunLayout(config.run_dir()).dataset))
+    report = label_step(config, 0, selected)  # no exception: failures are outcomes
+    assert report.failed == len(selected) and report.added == 0
+    assert all("SCFConvergenceError" in f for f in report.failures)
+    assert len(Dataset(RunLayout(config.run_dir()).dataset)) == before
+    with pytest.raises(LabellingError, match="max_failure_ratio"):
+        _check_failures(config, report, "explored")
+    lenient = config.model_copy(update={"budget": config.budget.model_copy(
+        update={"max_failure_ratio": 1.0})})
+    _check_failures(lenient, report, "explored")  # within the limit: the run goes on
