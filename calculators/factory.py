@@ -4,6 +4,9 @@
 
 - ``pyscf``: :class:`~calculators.pyscf_calculator.PySCFCalculator` with the run's ``dft``
   settings (DFT or Hartree-Fock, molecules);
+- ``pyscf_periodic``: :class:`~calculators.pyscf_periodic.PeriodicPySCFCalculator` with the
+  run's ``periodic_dft`` settings (Γ-point Kohn-Sham with GTH pseudopotentials, for
+  zeolites and other cells; expensive, meant for cluster nodes);
 - ``tblite``: GFN2-xTB (or GFN1-xTB, IPEA1-xTB) through tblite's ASE calculator, with the
   charge and multiplicity of the ``dft`` settings: a fast semi-empirical choice for
   screening and laptop-sized examples;
@@ -25,6 +28,7 @@ from typing import Any, Literal
 from ase.calculators.calculator import BaseCalculator
 
 from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
 __all__ = ["LabelSettings", "import_factory", "level_of_theory", "make_calculator"]
 
@@ -38,7 +42,7 @@ class LabelSettings:
 
     __pydantic_config__ = {"extra": "forbid"}
 
-    calculator: Literal["pyscf", "tblite", "emt", "python"] = "pyscf"
+    calculator: Literal["pyscf", "pyscf_periodic", "tblite", "emt", "python"] = "pyscf"
     tblite_method: Literal["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"] = "GFN2-xTB"
     python: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -65,23 +69,34 @@ def import_factory(path: str):
     return factory
 
 
-def level_of_theory(labels: LabelSettings, dft: PySCFSettings) -> str:
+def level_of_theory(labels: LabelSettings, dft: PySCFSettings,
+                    periodic_dft: PeriodicPySCFSettings | None = None) -> str:
     """A short label of the level of theory, e.g. ``RKS/PBE/6-31G*`` or ``GFN2-xTB``."""
-    return {"pyscf": dft.level_of_theory, "tblite": labels.tblite_method, "emt": "EMT",
+    periodic_dft = periodic_dft or PeriodicPySCFSettings()
+    return {"pyscf": dft.level_of_theory, "pyscf_periodic": periodic_dft.level_of_theory,
+            "tblite": labels.tblite_method, "emt": "EMT",
             "python": labels.python}[labels.calculator]
 
 
-def make_calculator(labels: LabelSettings, dft: PySCFSettings) -> tuple[BaseCalculator, dict, str]:
+def make_calculator(labels: LabelSettings, dft: PySCFSettings,
+                    periodic_dft: PeriodicPySCFSettings | None = None,
+                    ) -> tuple[BaseCalculator, dict, str]:
     """(calculator, theory settings, level-of-theory label) for a run.
 
     Raises ValueError when a ``python`` factory cannot be imported or does not return an
     ASE calculator.
     """
+    periodic_dft = periodic_dft or PeriodicPySCFSettings()
+    name = level_of_theory(labels, dft, periodic_dft)
     if labels.calculator == "pyscf":
         calc = PySCFCalculator(settings=dft)
         theory = {"calculator": "pyscf",
                   **{k: v for k, v in asdict(dft).items() if k not in _NOT_THEORY}}
-        return calc, theory, level_of_theory(labels, dft)
+        return calc, theory, name
+    if labels.calculator == "pyscf_periodic":
+        theory = {"calculator": "pyscf_periodic",
+                  **{k: v for k, v in asdict(periodic_dft).items() if k not in _NOT_THEORY}}
+        return PeriodicPySCFCalculator(settings=periodic_dft), theory, name
     if labels.calculator == "tblite":
         from tblite.ase import TBLite
 
@@ -89,15 +104,15 @@ def make_calculator(labels: LabelSettings, dft: PySCFSettings) -> tuple[BaseCalc
                       multiplicity=dft.spin + 1, verbosity=0)
         theory = {"calculator": "tblite", "method": labels.tblite_method,
                   "charge": dft.charge, "multiplicity": dft.spin + 1}
-        return calc, theory, level_of_theory(labels, dft)
+        return calc, theory, name
     if labels.calculator == "emt":
         from ase.calculators.emt import EMT
 
-        return EMT(), {"calculator": "emt"}, level_of_theory(labels, dft)
+        return EMT(), {"calculator": "emt"}, name
     factory = import_factory(labels.python)
     calc = factory(**labels.options)
     if not isinstance(calc, BaseCalculator):
         raise ValueError(f"labels.python: {labels.python} returned {type(calc).__name__}, "
                          "not an ASE calculator")
     theory = {"calculator": "python", "python": labels.python, "options": labels.options}
-    return calc, theory, level_of_theory(labels, dft)
+    return calc, theory, name

@@ -389,8 +389,9 @@ def check_labelable(atoms: Atoms, settings: PySCFSettings) -> list[str]:
     problems: list[str] = []
     if atoms.pbc.any():
         problems.append(
-            f"periodic DFT is not supported by this calculator yet (pbc={atoms.pbc.tolist()}); "
-            "PySCFCalculator computes molecules: set atoms.pbc = False for an isolated molecule"
+            f"PySCFCalculator computes molecules, not periodic cells (pbc={atoms.pbc.tolist()}): "
+            "use PeriodicPySCFCalculator (labels.calculator: pyscf_periodic) for a cell, or set "
+            "atoms.pbc = False for an isolated molecule"
         )
     if len(atoms) == 0:
         return [*problems, "the structure has no atoms"]

@@ -114,7 +114,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "labels_initial": initial.added + initial.skipped_known,
         "labels_explored": labels_used,
         "strategy": config.exploration.strategy,
-        "level_of_theory": level_of_theory(config.labels, config.dft),
+        "level_of_theory": level_of_theory(config.labels, config.dft, config.periodic_dft),
         "wall_seconds": time.perf_counter() - t_start,
         "run_dir": str(layout.root),
     }

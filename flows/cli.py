@@ -43,7 +43,7 @@ def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)")]) 
     cfg = _validated(config, None)
     typer.echo(f"{config}: valid. System {cfg.system.name!r}, "
                f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "
-               f"labels at {level_of_theory(cfg.labels, cfg.dft)}; run folder {cfg.run_dir()}")
+               f"labels at {level_of_theory(cfg.labels, cfg.dft, cfg.periodic_dft)}; run folder {cfg.run_dir()}")
 
 
 @app.command()

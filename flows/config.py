@@ -23,6 +23,7 @@ from adversarial.seeding import SeedPolicy
 from adversarial.selection import SelectionSettings
 from calculators.factory import LabelSettings, import_factory
 from calculators.pyscf_calculator import PySCFSettings
+from calculators.pyscf_periodic import PeriodicPySCFSettings
 from potentials.model import ModelSpec
 from potentials.training import TrainingSettings
 
@@ -105,6 +106,7 @@ class RunConfig(_Strict):
     initial_data: InitialDataConfig = InitialDataConfig()
     labels: LabelSettings = LabelSettings()
     dft: PySCFSettings = PySCFSettings()
+    periodic_dft: PeriodicPySCFSettings = PeriodicPySCFSettings()
     model: ModelSpec = ModelSpec()
     committee: CommitteeConfig = CommitteeConfig()
     training: TrainingSettings = TrainingSettings()
@@ -206,7 +208,11 @@ def check_inputs(config: RunConfig) -> list[str]:
         if atoms.pbc.any() and pyscf:
             problems.append(f"system.structures frame {k}: a periodic cell cannot be labelled "
                             "by the molecular PySCF calculator; choose labels.calculator: "
-                            "tblite (or your own, labels.calculator: python)")
+                            "pyscf_periodic or tblite (or your own: python)")
+        elif not atoms.pbc.any() and config.labels.calculator == "pyscf_periodic":
+            problems.append(f"system.structures frame {k}: labels.calculator pyscf_periodic "
+                            "needs a periodic cell (pbc and a cell in the structure file); "
+                            "use labels.calculator: pyscf for a molecule")
         elif atoms.pbc.any() and not atoms.pbc.all():
             problems.append(f"system.structures frame {k}: pbc must be all true or all false, "
                             f"got {atoms.pbc.tolist()}")

@@ -67,7 +67,7 @@ def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atom
     t0 = time.perf_counter()
     known = set(dataset.hashes())
     todo = [k for k, a in enumerate(structures) if structure_hash(a) not in known]
-    calc, theory, level_of_theory = make_calculator(config.labels, config.dft)
+    calc, theory, level_of_theory = make_calculator(config.labels, config.dft, config.periodic_dft)
     store = LabelStore(RunLayout(config.run_dir()).labels)
     outcomes = label_structures([structures[k] for k in todo], calc, store, theory)
     ok = [(todo[o.index], o) for o in outcomes if o.ok]

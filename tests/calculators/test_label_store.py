@@ -134,3 +134,14 @@ def test_pyscf_theory_ignores_settings_that_do_not_change_numbers():
     _, b, _ = make_calculator(LabelSettings(), PySCFSettings(verbose=4, max_memory_mb=4000))
     _, c, _ = make_calculator(LabelSettings(), PySCFSettings(basis="STO-3G"))
     assert a == b and a != c
+
+
+def test_periodic_pyscf_from_the_factory():
+    from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
+
+    settings = PeriodicPySCFSettings(ke_cutoff=100.0)
+    calc, theory, name = make_calculator(LabelSettings(calculator="pyscf_periodic"),
+                                         PySCFSettings(), settings)
+    assert isinstance(calc, PeriodicPySCFCalculator) and name == settings.level_of_theory
+    assert theory["calculator"] == "pyscf_periodic" and theory["ke_cutoff"] == 100.0
+    assert "verbose" not in theory

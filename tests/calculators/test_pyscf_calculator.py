@@ -196,7 +196,7 @@ def test_periodic_structure_rejected(no_compute: None) -> None:
     atoms.cell = [5.0, 5.0, 5.0]
     atoms.pbc = True
     atoms.calc = PySCFCalculator(method="RHF", basis="STO-3G")
-    with pytest.raises(InvalidStructureError, match="periodic DFT is not supported by this calculator yet"):
+    with pytest.raises(InvalidStructureError, match="PySCFCalculator computes molecules, not periodic cells"):
         atoms.get_potential_energy()
 
 
@@ -371,7 +371,7 @@ def test_check_labelable_reports_every_problem_at_once() -> None:
     atoms.cell = [10, 10, 10]
     problems = check_labelable(atoms, PySCFSettings(method="UKS", spin=2))
     assert len(problems) == 4
-    for fragment in ("periodic DFT", "atom 2 has a non-finite position", "81 electrons", "element(s) Au"):
+    for fragment in ("not periodic cells", "atom 2 has a non-finite position", "81 electrons", "element(s) Au"):
         assert any(fragment in p for p in problems), fragment
     # the distance check is skipped when a position is not finite
     finite = atoms.copy()

@@ -130,3 +130,45 @@ def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
     lenient = config.model_copy(update={"budget": config.budget.model_copy(
         update={"max_failure_ratio": 1.0})})
     _check_failures(lenient, report, "explored")  # within the limit: the run goes on
+
+
+def test_a_periodic_cell_runs_through_every_step(tmp_path):
+    """A 4-atom fcc Cu cell labelled by EMT (a stand-in oracle; the test is about cells
+    and periodic images in training, the attack, selection and the dataset)."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from tests.flows.conftest import TINY_CONFIG
+
+    write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
+    path = tmp_path / "cu.yaml"
+    path.write_text(TINY_CONFIG.format(name="cu", structures=tmp_path / "cu.extxyz",
+                                       output_dir=tmp_path / "runs")
+                    + "labels: {calculator: emt}\n")
+    config = validate_config(path)
+    initial_dataset(config)
+    for member in range(config.committee.n_members):
+        train_step(config, 0, member)
+    explore_step(config, 0)
+    selected = select_step(config, 0, max_selected=2).selected
+    report = label_step(config, 0, selected)
+    assert report.added == len(selected) >= 1
+    data = Dataset(RunLayout(config.run_dir()).dataset).arrays()
+    assert data.pbc.all() and np.allclose(data.cell, np.eye(3) * 3.6)
+    frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
+    assert all(a.pbc.all() and np.allclose(a.cell.array, np.eye(3) * 3.6) for a in frames)
+
+
+def test_periodic_cells_need_a_periodic_labeller(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    from flows.config import ConfigError
+    from tests.flows.conftest import TINY_CONFIG
+
+    write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
+    path = tmp_path / "cu.yaml"
+    path.write_text(TINY_CONFIG.format(name="cu", structures=tmp_path / "cu.extxyz",
+                                       output_dir=tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="pyscf_periodic or tblite"):
+        validate_config(path)
