@@ -10,7 +10,6 @@ Units at the interface: positions in Å; energy in eV and forces in eV/Å in
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,13 +18,14 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, Parameters, all_changes
+from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols, covalent_radii
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto, scf
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.scf.dispersion import parse_dft, parse_disp
 
+from calculators.settings_calculator import SettingsCalculator
 from calculators.errors import InvalidStructureError, SCFConvergenceError
 from calculators.scf_ladder import DEFAULT_SCF_LADDER, REUSE_MAX_DISPLACEMENT, DensityGuess, RungAttempt, ScfRung
 from calculators.scf_ladder import run_scf_ladder, validate_ladder
@@ -221,7 +221,7 @@ class PySCFSettings:
         return "/".join(parts)
 
 
-class PySCFCalculator(Calculator):
+class PySCFCalculator(SettingsCalculator):
     """Energy and analytic forces of a molecule from PySCF HF or Kohn-Sham DFT.
 
     Non-periodic systems only. Energy is always computed; forces (the analytic
@@ -255,55 +255,13 @@ class PySCFCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "forces"]
+    settings_class = PySCFSettings
 
-    def __init__(
-        self,
-        settings: PySCFSettings | None = None,
-        *,
-        directory: str | os.PathLike[str] = ".",
-        **kwargs: Any,
-    ) -> None:
-        if settings is not None and kwargs:
-            raise TypeError("pass either settings=PySCFSettings(...) or its fields as keywords, not both")
-        self._settings = settings if settings is not None else PySCFSettings(**kwargs)
-        super().__init__(directory=directory)
-        self.parameters = Parameters(dataclasses.asdict(self._settings))
+    def __init__(self, settings: PySCFSettings | None = None, *,
+                 directory: str | os.PathLike[str] = ".", **kwargs: Any) -> None:
+        super().__init__(settings, directory=directory, **kwargs)
         self._density_guess: DensityGuess | None = None
         self._clear_scf_record()
-
-    @property
-    def settings(self) -> PySCFSettings:
-        """The frozen settings in use; change them with ``set(...)``."""
-        return self._settings
-
-    @property
-    def level_of_theory(self) -> str:
-        """Provenance string such as ``"RKS/PBE/6-31G*"`` (see ``PySCFSettings.level_of_theory``)."""
-        return self._settings.level_of_theory
-
-    def set(self, **kwargs: Any) -> dict[str, Any]:
-        """Replace some settings (ASE's ``Calculator.set`` contract); clears results on change.
-
-        Returns:
-            The settings that changed, name to new value.
-
-        Raises:
-            TypeError: on a keyword that is not a ``PySCFSettings`` field.
-            ValueError: if the new combination is invalid.
-        """
-        if not kwargs:
-            return {}
-        new_settings = dataclasses.replace(self._settings, **kwargs)
-        changed = {
-            key: getattr(new_settings, key)
-            for key in kwargs
-            if getattr(self._settings, key) != getattr(new_settings, key)
-        }
-        self._settings = new_settings
-        self.parameters = Parameters(dataclasses.asdict(new_settings))
-        if changed:
-            self.reset()
-        return changed
 
     def reset(self) -> None:
         """Clear the results and the SCF record; the density kept for reuse stays."""

@@ -61,15 +61,13 @@ Hartree, as PySCF takes them.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, Parameters, all_changes
+from ase.calculators.calculator import all_changes
 from ase.neighborlist import primitive_neighbor_list
 from ase.units import Bohr, Hartree
 from pyscf.dft import libxc
@@ -78,6 +76,7 @@ from pyscf.pbc import dft as pbc_dft
 from pyscf.pbc import gto as pbc_gto
 from pyscf.pbc.scf.addons import smearing_
 
+from calculators.settings_calculator import SettingsCalculator
 from calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
 from calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE
 from potentials.hashing import structure_hash
@@ -231,7 +230,7 @@ def _check_xc(xc: object) -> None:
         )
 
 
-class PeriodicPySCFCalculator(Calculator):
+class PeriodicPySCFCalculator(SettingsCalculator):
     """Energy and analytic forces of a 3D-periodic cell from Γ-point Kohn-Sham DFT in pyscf.pbc.
 
     Γ point only: no k-point sampling, so the cell must be large enough for Γ to
@@ -262,49 +261,7 @@ class PeriodicPySCFCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
-
-    def __init__(
-        self,
-        settings: PeriodicPySCFSettings | None = None,
-        *,
-        directory: str | os.PathLike[str] = ".",
-        **kwargs: Any,
-    ) -> None:
-        if settings is not None and kwargs:
-            raise TypeError("pass either settings=PeriodicPySCFSettings(...) or its fields as keywords, not both")
-        self._settings = settings if settings is not None else PeriodicPySCFSettings(**kwargs)
-        super().__init__(directory=directory)
-        self.parameters = Parameters(dataclasses.asdict(self._settings))
-
-    @property
-    def settings(self) -> PeriodicPySCFSettings:
-        """The frozen settings in use; change them with ``set(...)``."""
-        return self._settings
-
-    @property
-    def level_of_theory(self) -> str:
-        """Provenance string such as ``"RKS-PBE/gth-szv/gth-pbe/Γ"`` (see the settings)."""
-        return self._settings.level_of_theory
-
-    def set(self, **kwargs: Any) -> dict[str, Any]:
-        """Replace some settings (ASE's ``Calculator.set`` contract); clears results on change.
-
-        Returns:
-            The settings that changed, name to new value.
-
-        Raises:
-            TypeError: on a keyword that is not a ``PeriodicPySCFSettings`` field.
-            ValueError: if the new combination is invalid.
-        """
-        if not kwargs:
-            return {}
-        new_settings = dataclasses.replace(self._settings, **kwargs)
-        changed = {key: value for key, value in kwargs.items() if getattr(self._settings, key) != value}
-        self._settings = new_settings
-        self.parameters = Parameters(dataclasses.asdict(new_settings))
-        if changed:
-            self.reset()
-        return changed
+    settings_class = PeriodicPySCFSettings
 
     def calculate(
         self,
