@@ -46,24 +46,18 @@ def _one_thread() -> None:
     lib.num_threads(1)
 
 
-def displaced(name: str, n: int, std: float, rng: np.random.Generator) -> list[Atoms]:
-    base = molecule(name)
-    out = []
-    for _ in range(n):
-        atoms = base.copy()
-        atoms.positions += rng.normal(0.0, std, atoms.positions.shape)
-        out.append(atoms)
-    return out
-
-
-def trajectory(name: str, n: int, step: float, rng: np.random.Generator) -> list[Atoms]:
-    """Geometries each ``step`` Å (rms per coordinate) from the one before."""
+def rattled(name: str, n: int, std: float, rng: np.random.Generator,
+            chain: bool = False) -> list[Atoms]:
+    """``n`` copies of molecule ``name`` with Gaussian noise (std in Å per coordinate) on
+    the equilibrium geometry, or, with ``chain``, each on the one before (as consecutive
+    labels of a run are)."""
     atoms = molecule(name)
     out = []
     for _ in range(n):
-        atoms = atoms.copy()
-        atoms.positions += rng.normal(0.0, step, atoms.positions.shape)
-        out.append(atoms)
+        start = out[-1] if chain and out else atoms
+        new = start.copy()
+        new.positions += rng.normal(0.0, std, new.positions.shape)
+        out.append(new)
     return out
 
 
@@ -75,7 +69,7 @@ def _calculator(method: str, settings: PySCFSettings | None):
 
 def seconds_per_label(name: str, method: str, settings: PySCFSettings | None,
                       repeats: int, rng: np.random.Generator) -> dict:
-    structures = displaced(name, repeats + 1, 0.02, rng)
+    structures = rattled(name, repeats + 1, 0.02, rng)
     calc = _calculator(method, settings)
     label_structures(structures[:1], calc)  # warm-up: imports, basis parsing, grids
     outcomes = label_structures(structures[1:], calc)
@@ -87,7 +81,7 @@ def seconds_per_label(name: str, method: str, settings: PySCFSettings | None,
 
 
 def density_reuse(name: str, n: int, rng: np.random.Generator) -> dict:
-    structures = trajectory(name, n, 0.02, rng)
+    structures = rattled(name, n, 0.02, rng, chain=True)
     out = {"molecule": name, "n_atoms": len(structures[0]), "method": PBE.level_of_theory,
            "n_geometries": n, "step_A": 0.02}
     energies = {}
@@ -118,7 +112,7 @@ def _label_chunk(structures: list[Atoms]) -> float:
 
 
 def workers(name: str, n: int, rng: np.random.Generator) -> dict:
-    structures = displaced(name, n, 0.02, rng)
+    structures = rattled(name, n, 0.02, rng)
     out = {"molecule": name, "n_atoms": len(structures[0]), "method": PBE.level_of_theory,
            "n_structures": n}
     for n_workers in (1, 2):
