@@ -33,7 +33,7 @@ from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSet
 __all__ = ["LabelSettings", "import_factory", "level_of_theory", "make_calculator"]
 
 # PySCF settings that change cost or robustness but not the converged numbers.
-_NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density"}
+_NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density", "threads"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols, covalent_radii
 from ase.units import Bohr, Hartree
-from pyscf import dft, gto, scf
+from pyscf import dft, gto, lib, scf
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.scf.dispersion import parse_dft, parse_disp
 
@@ -103,6 +103,8 @@ class PySCFSettings:
         grid_level: PySCF DFT integration grid level, 0 (coarse) to 9 (fine).
         conv_tol: SCF energy convergence threshold, Hartree.
         max_cycle: maximum number of SCF iterations.
+        threads: OpenMP threads for this calculator's work (None: PySCF's default,
+            from ``OMP_NUM_THREADS``).
         max_memory_mb: memory PySCF may use, MB.
         verbose: PySCF verbosity, 0 (silent) to 9.
         scf_ladder: the SCF strategies tried in turn until one converges (see
@@ -138,6 +140,7 @@ class PySCFSettings:
     grid_level: int = 3
     conv_tol: float = 1e-9
     max_cycle: int = 100
+    threads: int | None = None
     max_memory_mb: int = 2000
     verbose: int = 0
     scf_ladder: tuple[ScfRung, ...] = DEFAULT_SCF_LADDER
@@ -174,6 +177,8 @@ class PySCFSettings:
             raise ValueError(f"max_cycle must be an integer >= 1, got {self.max_cycle!r}")
         if not _is_int(self.max_memory_mb) or self.max_memory_mb < 1:
             raise ValueError(f"max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if not _is_int(self.verbose) or not 0 <= self.verbose <= 9:
             raise ValueError(f"verbose must be an integer in [0, 9], got {self.verbose!r}")
         if self.method in _KS_METHODS:
@@ -273,7 +278,13 @@ class PySCFCalculator(SettingsCalculator):
         self.scf_cycles: int | None = None
         self.scf_attempts: tuple[RungAttempt, ...] = ()
 
-    def calculate(
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
+        with lib.with_omp_threads(self._settings.threads):
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(
         self,
         atoms: Atoms | None = None,
         properties: Sequence[str] = ("energy",),

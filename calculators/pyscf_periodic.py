@@ -70,6 +70,7 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.neighborlist import primitive_neighbor_list
 from ase.units import Bohr, Hartree
+from pyscf import lib
 from pyscf.dft import libxc
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.pbc import dft as pbc_dft
@@ -126,6 +127,8 @@ class PeriodicPySCFSettings:
             docstring); UKS keeps the number of unpaired electrons fixed at ``spin``.
         conv_tol: SCF energy convergence threshold, Hartree.
         max_cycle: maximum number of SCF iterations.
+        threads: OpenMP threads for this calculator's work (None: PySCF's default,
+            from ``OMP_NUM_THREADS``).
         max_memory_mb: memory PySCF may use, MB.
         verbose: PySCF verbosity, 0 (silent) to 9.
 
@@ -148,6 +151,7 @@ class PeriodicPySCFSettings:
     smearing: float = 0.0  # Hartree
     conv_tol: float = 1e-8  # Hartree
     max_cycle: int = 100
+    threads: int | None = None
     max_memory_mb: int = 4000
     verbose: int = 0
 
@@ -191,6 +195,8 @@ class PeriodicPySCFSettings:
             raise ValueError(f"dft.max_cycle must be an integer >= 1, got {self.max_cycle!r}")
         if not _is_int(self.max_memory_mb) or self.max_memory_mb < 1:
             raise ValueError(f"dft.max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"dft.threads must be a positive integer or None, got {self.threads!r}")
         if not _is_int(self.verbose) or not 0 <= self.verbose <= 9:
             raise ValueError(f"dft.verbose must be an integer in [0, 9], got {self.verbose!r}")
 
@@ -263,7 +269,13 @@ class PeriodicPySCFCalculator(SettingsCalculator):
     implemented_properties = ["energy", "free_energy", "forces"]
     settings_class = PeriodicPySCFSettings
 
-    def calculate(
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
+        with lib.with_omp_threads(self._settings.threads):
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(
         self,
         atoms: Atoms | None = None,
         properties: Sequence[str] = ("energy",),

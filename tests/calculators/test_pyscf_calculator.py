@@ -530,3 +530,23 @@ def test_basis_made_for_a_core_potential_gets_it() -> None:
     ammonia = molecule("NH3")
     mol = module._build_mole(ammonia, PySCFSettings(basis="def2-SVP"), structure_hash(ammonia), ".")
     assert mol.nelectron == 10 and not mol._ecp
+
+
+def test_threads_setting_scopes_openmp_threads_to_the_calculation(monkeypatch) -> None:
+    from pyscf import lib
+
+    seen = []
+    original = PySCFCalculator._calculate
+
+    def spy(self, *args, **kwargs):
+        seen.append(lib.num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PySCFCalculator, "_calculate", spy)
+    before = lib.num_threads()
+    atoms = molecule("H2")
+    atoms.calc = PySCFCalculator(method="RHF", basis="STO-3G", threads=2)
+    atoms.get_potential_energy()
+    assert seen == [2] and lib.num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        PySCFSettings(threads=0)
