@@ -25,10 +25,10 @@ from pyscf import dft, gto, lib, scf
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.scf.dispersion import parse_dft, parse_disp
 
-from calculators.settings_calculator import SettingsCalculator
 from calculators.errors import InvalidStructureError, SCFConvergenceError
 from calculators.scf_ladder import DEFAULT_SCF_LADDER, REUSE_MAX_DISPLACEMENT, DensityGuess, RungAttempt, ScfRung
 from calculators.scf_ladder import run_scf_ladder, validate_ladder
+from calculators.settings_calculator import SettingsCalculator
 from potentials.hashing import structure_hash
 
 __all__ = [

@@ -77,9 +77,10 @@ from pyscf.pbc import dft as pbc_dft
 from pyscf.pbc import gto as pbc_gto
 from pyscf.pbc.scf.addons import smearing_
 
-from calculators.settings_calculator import SettingsCalculator
 from calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
 from calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE
+from calculators.scf_ladder import run_scf_ladder, validate_ladder
+from calculators.settings_calculator import SettingsCalculator
 from potentials.hashing import structure_hash
 
 __all__ = ["PeriodicPySCFCalculator", "PeriodicPySCFSettings"]
@@ -129,6 +130,10 @@ class PeriodicPySCFSettings:
         max_cycle: maximum number of SCF iterations.
         threads: OpenMP threads for this calculator's work (None: PySCF's default,
             from ``OMP_NUM_THREADS``).
+        scf_ladder: SCF strategies tried in turn until one converges (see
+            ``calculators.scf_ladder``): ``"default"``, ``"more_cycles"``,
+            ``"level_shift"``; without the stability analysis, which PySCF lacks for
+            periodic multigrid SCF.
         max_memory_mb: memory PySCF may use, MB.
         verbose: PySCF verbosity, 0 (silent) to 9.
 
@@ -152,10 +157,16 @@ class PeriodicPySCFSettings:
     conv_tol: float = 1e-8  # Hartree
     max_cycle: int = 100
     threads: int | None = None
+    scf_ladder: tuple[str, ...] = ("default", "more_cycles", "level_shift")
     max_memory_mb: int = 4000
     verbose: int = 0
 
     def __post_init__(self) -> None:
+        ladder = validate_ladder(self.scf_ladder)
+        if "newton" in ladder:
+            raise ValueError("periodic_dft.scf_ladder: the 'newton' rung is not available for "
+                             "periodic multigrid SCF; use default, more_cycles, level_shift")
+        object.__setattr__(self, "scf_ladder", ladder)
         if self.method not in _METHODS:
             raise ValueError(
                 f"dft.method: unknown periodic method {self.method!r}; choose one of {', '.join(_METHODS)} "
@@ -303,17 +314,20 @@ class PeriodicPySCFCalculator(SettingsCalculator):
         shash = structure_hash(atoms)
         _check_structure(atoms, settings, shash, self.directory)
         cell = _build_cell(atoms, settings, shash, self.directory)
-        mf = _make_scf(cell, settings)
-        mf.kernel()
-        if not mf.converged:
+        outcome = run_scf_ladder(lambda: _make_scf(cell, settings), settings.scf_ladder,
+                                 settings.max_cycle, check_stability=False)
+        self.scf_rung, self.scf_attempts = outcome.rung, outcome.attempts
+        if outcome.mf is None:
+            tried = "; ".join(attempt.describe() for attempt in outcome.attempts)
             raise SCFConvergenceError(
-                f"periodic SCF did not converge within max_cycle={settings.max_cycle} iterations to "
-                f"conv_tol={settings.conv_tol:g} Ha ({settings.level_of_theory}, charge={settings.charge}, "
-                f"spin={settings.spin}); last energy {float(mf.e_tot):.10f} Ha. Raise dft.max_cycle, add "
-                "dft.smearing for a small-gap cell, or check the structure",
+                f"periodic SCF did not converge to conv_tol={settings.conv_tol:g} Ha on any rung of "
+                f"the SCF ladder ({settings.level_of_theory}, charge={settings.charge}, "
+                f"spin={settings.spin}): {tried}. Add periodic_dft.smearing for a small-gap "
+                "cell, or check the structure",
                 structure_hash=shash,
                 directory=self.directory,
             )
+        mf = outcome.mf
         _check_density_on_mesh(mf, cell, shash, self.directory)
         energy_ev = _free_energy_ha(mf, settings) * Hartree
         self.results["energy"] = energy_ev

@@ -263,6 +263,7 @@ def run_scf_ladder(
     ladder: Iterable[str],
     max_cycle: int,
     dm0: np.ndarray | None = None,
+    check_stability: bool = True,
 ) -> LadderResult:
     """Run the SCF rung by rung until one converges.
 
@@ -280,6 +281,8 @@ def run_scf_ladder(
         max_cycle: the base iteration limit that each rung scales.
         dm0: initial AO density matrix for the first rung only, ``[nao, nao]``
             (restricted) or ``[2, nao, nao]`` (unrestricted); None for PySCF's guess.
+        check_stability: follow instabilities of later rungs' solutions (False where
+            PySCF has no stability analysis, as for periodic multigrid SCF).
 
     Returns:
         The converged object and rung, or ``mf=None`` with every attempt recorded.
@@ -300,7 +303,7 @@ def run_scf_ladder(
             energy = trace.run(mf, dm0=guess)
             converged = bool(mf.converged) and bool(np.isfinite(energy))
             mf = _plain(mf)
-            if converged and k > 0:
+            if converged and k > 0 and check_stability:
                 mf, error = _settle(mf, max_cycle, trace)
                 converged, energy = error is None, float(mf.e_tot)
         except np.linalg.LinAlgError as err:

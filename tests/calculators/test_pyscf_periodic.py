@@ -227,13 +227,28 @@ def test_element_missing_from_basis_rejected() -> None:
 
 def test_unconverged_scf_raises_scf_error(tmp_path) -> None:
     atoms = h2_in_box()
-    atoms.calc = PeriodicPySCFCalculator(ke_cutoff=KE_CUTOFF, max_cycle=1, directory=tmp_path)
-    with pytest.raises(SCFConvergenceError, match="max_cycle=1") as info:
+    atoms.calc = PeriodicPySCFCalculator(ke_cutoff=KE_CUTOFF, max_cycle=1, directory=tmp_path,
+                                         scf_ladder=("default",))
+    with pytest.raises(SCFConvergenceError, match=r"default \(max_cycle=1\)") as info:
         atoms.get_potential_energy()
     assert isinstance(info.value, SCFError)
     assert info.value.structure_hash == structure_hash(atoms)
     assert info.value.directory == str(tmp_path)
     assert "energy" not in atoms.calc.results
+
+
+def test_ladder_recovers_an_scf_that_runs_out_of_cycles() -> None:
+    reference = h2_in_box()
+    reference.calc = PeriodicPySCFCalculator(ke_cutoff=KE_CUTOFF)
+    expected = reference.get_potential_energy()
+    cycles = reference.calc.scf_attempts[0].cycles
+    atoms = h2_in_box()
+    atoms.calc = PeriodicPySCFCalculator(ke_cutoff=KE_CUTOFF, max_cycle=max(1, cycles - 2))
+    assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-5)
+    assert atoms.calc.scf_rung == "more_cycles"
+    assert not atoms.calc.scf_attempts[0].converged
+    with pytest.raises(ValueError, match="newton"):
+        PeriodicPySCFSettings(scf_ladder=("default", "newton"))
 
 
 def test_mesh_too_coarse_for_the_density_fails_the_label() -> None:
