@@ -119,3 +119,25 @@ def test_cli_validate_exit_codes_and_run_refuses_bad_config(tmp_path):
     result = runner.invoke(app, ["run", str(bad), "--output-dir", str(out)])
     assert result.exit_code == 2
     assert not out.exists()
+
+
+def test_exploration_and_labeller_settings_are_checked(tmp_path):
+    data = _example(tmp_path)
+    data["exploration"] = {"strategy": "metadynamics", "seeds": "best"}
+    data["md"] = {"trust_lower": 0.5, "trust_upper": 0.1}
+    data["attack"]["uncertainty"] = "stress"
+    data["labels"] = {"calculator": "python"}
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "exploration.strategy" in text and "exploration.seeds" in text
+    assert "trust_upper" in text
+    assert "attack.uncertainty" in text
+    assert "package.module:callable" in text
+
+
+def test_a_labeller_named_by_import_path_must_exist(tmp_path):
+    data = _example(tmp_path)
+    data["labels"] = {"calculator": "python", "python": "no_such_site_package.calc:make"}
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_site_package.calc'"):
+        validate_config(_write(tmp_path, data))
