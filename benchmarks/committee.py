@@ -5,12 +5,13 @@ Run ``python -m benchmarks.committee [--quick] [--threads N] [--device cpu]``; w
 
 Inference: energies and forces of a 4-member PaiNN committee (n_atom_basis 64,
 3 interactions, cutoff 5 Å, float32) on batches of random molecules, with
-``Committee.energies_forces`` (the production path: a Python loop of forward passes
-over per-member views of the positions, then one backward pass), its same function
-called directly (``looped_energies_forces``), ``looped_own_backward`` (a loop with one
-backward pass per member), ``stacked_energies_forces`` (``torch.vmap``, stacking the
-members on every call) and ``StackedCommittee.energies_forces`` (stacked once, as an
-attack would use it).
+``Committee.energies_forces`` (the production path, ``looped``: for prediction a Python
+loop of one forward and one backward pass per member), ``looped_own_backward`` (that
+loop called directly, ``member_by_member_energies_forces``), ``looped_single_backward``
+(all forward passes over per-member views of the positions, then one backward pass:
+the path an attack takes, ``single_backward_energies_forces``),
+``stacked_energies_forces`` (``torch.vmap``, stacking the members on every call) and
+``StackedCommittee.energies_forces`` (stacked once, as an attack would use it).
 Training: one epoch of ``potentials.training.itrain`` on 32 structures, per member.
 
 Structures are random molecules (H, C, N, O) at about 0.1 atoms/Å³ (liquid water) with no
@@ -34,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potentials.batched import (StackedCommittee, looped_energies_forces,
+from potentials.batched import (StackedCommittee, member_by_member_energies_forces,
+                                single_backward_energies_forces,
                                 stacked_energies_forces)
 from potentials.committee import Committee
 from potentials.dataset import Arrays
-from potentials.model import EnergyModel, ModelSpec, build_graph, energy_and_forces
+from potentials.model import EnergyModel, ModelSpec, build_graph
 from potentials.training import TrainingSettings, itrain
 
 SPEC = ModelSpec(architecture="painn", n_atom_basis=64, n_interactions=3, n_rbf=20, cutoff=5.0)
@@ -120,12 +122,6 @@ def time_variants(variants: dict[str, Callable[[], object]], min_time: float,
             for name, t in times.items()}
 
 
-def looped_own_backward(members: list[EnergyModel], graph, positions: torch.Tensor):
-    """A Python loop whose backward passes each see only their own member's graph."""
-    results = [energy_and_forces(m, graph, positions) for m in members]
-    return torch.stack([e for e, _ in results]), torch.stack([f for _, f in results])
-
-
 def bench_inference(n_atoms: int, batch_atoms: int, min_time: float, device: torch.device,
                     rng: np.random.Generator) -> dict:
     n_structures = max(1, batch_atoms // n_atoms)
@@ -140,8 +136,8 @@ def bench_inference(n_atoms: int, batch_atoms: int, min_time: float, device: tor
     e_vmap, f_vmap = stacked.energies_forces(graph, positions)
     variants = {
         "looped": lambda: committee.energies_forces(graph, positions),
-        "looped_own_backward": lambda: looped_own_backward(members, graph, positions),
-        "looped_single_backward": lambda: looped_energies_forces(members, graph, positions),
+        "looped_own_backward": lambda: member_by_member_energies_forces(members, graph, positions),
+        "looped_single_backward": lambda: single_backward_energies_forces(members, graph, positions),
         "batched": lambda: stacked_energies_forces(members, graph, positions),
         "batched_prestacked": lambda: stacked.energies_forces(graph, positions),
     }

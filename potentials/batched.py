@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch.func import functional_call, stack_module_state
 
-from potentials.model import EnergyModel, Graph
+from potentials.model import EnergyModel, Graph, energy_and_forces
 
 
 class StackedCommittee:
@@ -106,11 +106,39 @@ def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
                            positions: torch.Tensor, create_graph: bool = False,
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies [n_members, n_structures] eV and forces [n_members, n_atoms, 3] eV/Å of
-    every member: a Python loop of forward passes and one backward pass.
+    every member, in a Python loop over members.
+
+    For prediction (``create_graph=False``) each member's forward and backward pass run
+    in turn (:func:`member_by_member_energies_forces`), so one member's graph is alive at
+    a time. When the forces must stay differentiable (an attack), every graph is kept
+    anyway, and :func:`single_backward_energies_forces` gets all forces from one backward
+    pass. ``benchmarks/results/committee.json`` compares the two. Same contract as
+    :meth:`potentials.committee.Committee.energies_forces`.
+    """
+    if create_graph:
+        return single_backward_energies_forces(members, graph, positions, create_graph=True)
+    return member_by_member_energies_forces(members, graph, positions)
+
+
+def member_by_member_energies_forces(members: Sequence[EnergyModel], graph: Graph,
+                                     positions: torch.Tensor, create_graph: bool = False,
+                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`looped_energies_forces`: forward and backward of one member at a time."""
+    members = list(members)
+    if not members:
+        raise ValueError("cannot evaluate an empty list of committee members")
+    results = [energy_and_forces(m, graph, positions, create_graph) for m in members]
+    energies = torch.stack([e for e, _ in results])
+    return (energies if create_graph else energies.detach()), torch.stack([f for _, f in results])
+
+
+def single_backward_energies_forces(members: Sequence[EnergyModel], graph: Graph,
+                                    positions: torch.Tensor, create_graph: bool = False,
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`looped_energies_forces`: all forward passes, then one backward pass.
 
     Member k reads its own view ``X_k`` of ``positions``, so one backward pass from the
-    summed energies traverses each member's graph once and gives ``∂E_k/∂X_k``. Same
-    contract as :meth:`potentials.committee.Committee.energies_forces`.
+    summed energies traverses each member's graph once and gives ``∂E_k/∂X_k``.
     """
     members = list(members)
     if not members:

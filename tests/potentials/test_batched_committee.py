@@ -112,3 +112,20 @@ def test_rejects_mixed_members() -> None:
         StackedCommittee([make_member(0), make_member(1, dtype=torch.float32)])
     with pytest.raises(ValueError, match="empty"):
         StackedCommittee([])
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_member_by_member_and_single_backward_agree(create_graph):
+    from potentials.batched import member_by_member_energies_forces, single_backward_energies_forces
+
+    members = _members()
+    graph, positions = _batch(periodic=True)
+    x = torch.as_tensor(positions).requires_grad_(True)
+    e1, f1 = member_by_member_energies_forces(members, graph, x, create_graph)
+    e2, f2 = single_backward_energies_forces(members, graph, x, create_graph)
+    torch.testing.assert_close(e1, e2, atol=TOL, rtol=0)
+    torch.testing.assert_close(f1, f2, atol=TOL, rtol=0)
+    if create_graph:  # the forces stay differentiable in both, with the same gradient
+        (g1,) = torch.autograd.grad(f1.var(0).sum(), x, retain_graph=True)
+        (g2,) = torch.autograd.grad(f2.var(0).sum(), x)
+        torch.testing.assert_close(g1, g2, atol=1e-8, rtol=0)
