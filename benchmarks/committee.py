@@ -5,11 +5,11 @@ Run ``python -m benchmarks.committee [--quick] [--threads N] [--device cpu]``; w
 
 Inference: energies and forces of a 4-member PaiNN committee (n_atom_basis 64,
 3 interactions, cutoff 5 Å, float32) on batches of random molecules, with
-``Committee.energies_forces`` (the production path, ``looped``: for prediction a Python
+``Committee.energies_forces`` (the production path, ``looped``: a Python
 loop of one forward and one backward pass per member), ``looped_own_backward`` (that
 loop called directly, ``member_by_member_energies_forces``), ``looped_single_backward``
-(all forward passes over per-member views of the positions, then one backward pass:
-the path an attack takes, ``single_backward_energies_forces``),
+(all forward passes over per-member views of the positions, then one backward pass,
+``single_backward_energies_forces``),
 ``stacked_energies_forces`` (``torch.vmap``, stacking the members on every call) and
 ``StackedCommittee.energies_forces`` (stacked once, as an attack would use it).
 Training: one epoch of ``potentials.training.itrain`` on 32 structures, per member.
