@@ -110,9 +110,9 @@ def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
     forces' backward pass, in turn (:func:`member_by_member_energies_forces`).
 
     Measured against :func:`single_backward_energies_forces` (all forward passes, then
-    one backward pass): 2.5-3× the prediction throughput at 50-250 atoms
-    (``benchmarks/results/committee.json``), and 13-25 % less time per attack step with
-    ``create_graph=True``. Same contract as
+    one backward pass): 2.5-3× the prediction throughput at 50-500 atoms
+    (``benchmarks/results/committee.json``); an attack step (``create_graph=True``)
+    costs the same within noise either way (``benchmarks/results/attack.json``). Same contract as
     :meth:`potentials.committee.Committee.energies_forces`.
     """
     return member_by_member_energies_forces(members, graph, positions, create_graph)
