@@ -33,8 +33,9 @@ ARCHITECTURES = ("painn", "schnet", "so3net")
 class ModelSpec:
     """Architecture of one committee member.
 
-    cutoff in Å. ``n_atom_basis`` is the feature width, ``n_rbf`` the number of Gaussian
-    radial basis functions on [0, cutoff].
+    cutoff in Å. ``n_atom_basis`` is the feature width, ``n_rbf`` the number of radial
+    basis functions on [0, cutoff]: Gaussians (``radial_basis="gaussian"``, SchNet's) or
+    sin(nπr/r_c)/r (``"bessel"``, DimeNet's and PaiNN's paper choice).
     """
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -45,11 +46,14 @@ class ModelSpec:
     n_rbf: int = 20
     cutoff: float = 5.0
     lmax: int = 2  # SO3net only: highest angular momentum of its features
+    radial_basis: Literal["gaussian", "bessel"] = "gaussian"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; use one of "
                              f"{', '.join(ARCHITECTURES)}")
+        if self.radial_basis not in ("gaussian", "bessel"):
+            raise ValueError(f"model.radial_basis must be 'gaussian' or 'bessel', got {self.radial_basis!r}")
         if self.lmax < 0:
             raise ValueError(f"model.lmax must be >= 0, got {self.lmax}")
         for name in ("n_atom_basis", "n_interactions", "n_rbf"):
@@ -64,7 +68,8 @@ class ModelSpec:
 
 def build_representation(spec: ModelSpec) -> nn.Module:
     """The schnetpack representation network for ``spec``."""
-    radial = spk.nn.GaussianRBF(n_rbf=spec.n_rbf, cutoff=spec.cutoff)
+    rbf = spk.nn.BesselRBF if spec.radial_basis == "bessel" else spk.nn.GaussianRBF
+    radial = rbf(n_rbf=spec.n_rbf, cutoff=spec.cutoff)
     cutoff_fn = spk.nn.CosineCutoff(spec.cutoff)
     if spec.architecture == "painn":
         return spk.representation.PaiNN(

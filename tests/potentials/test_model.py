@@ -3,6 +3,8 @@ symmetry, neighbour lists, normalisation and spec validation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,11 +21,11 @@ def _spec(architecture: str) -> ModelSpec:
                      cutoff=4.0)
 
 
-def _model(architecture: str, seed: int = 0) -> EnergyModel:
+def _model(architecture: str, seed: int = 0, radial_basis: str = "gaussian") -> EnergyModel:
     """A float64 untrained model with non-trivial reference energies and scale."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = EnergyModel(_spec(architecture))
+        model = EnergyModel(replace(_spec(architecture), radial_basis=radial_basis))
     model.network.to(torch.float64)
     model.element_energy[1] = -13.6
     model.element_energy[7] = -1480.0
@@ -67,9 +69,10 @@ def _batch_energies(model, numbers, n_atoms, configs: np.ndarray) -> np.ndarray:
     return e.reshape(k, len(n_atoms)).sum(axis=1)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_forces_match_finite_differences(architecture: str) -> None:
-    model = _model(architecture)
+@pytest.mark.parametrize("architecture, radial_basis",
+                         [(a, "gaussian") for a in ARCHITECTURES] + [("painn", "bessel")])
+def test_forces_match_finite_differences(architecture: str, radial_basis: str) -> None:
+    model = _model(architecture, radial_basis=radial_basis)
     numbers, positions, n_atoms = _two_nh3()
     graph = build_graph(numbers, positions, n_atoms, model.spec.cutoff)
     pos = torch.as_tensor(positions, dtype=torch.float64)
@@ -79,7 +82,7 @@ def test_forces_match_finite_differences(architecture: str) -> None:
     forces = forces.numpy()
     assert np.abs(forces).max() > 1e-2  # not trivially zero
 
-    h = 1e-4  # Å
+    h = 5e-5  # Å
     coords = [(a, c) for a in range(len(positions)) for c in range(3)]
     e = _batch_energies(model, numbers, n_atoms, _displaced(positions, h, coords))
     fd = -(e[0::2] - e[1::2]).reshape(len(positions), 3) / (2 * h)
