@@ -66,12 +66,12 @@ def test_from_run_loads_latest_generation(tmp_path):
 
 def test_molecular_dynamics_conserves_energy(calculator):
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     atoms = molecule("NH3")
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     e0 = atoms.get_total_energy()
     VelocityVerlet(atoms, timestep=0.25 * units.fs).run(40)
     assert np.isfinite(atoms.get_total_energy())

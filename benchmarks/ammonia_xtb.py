@@ -1,0 +1,241 @@
+"""Sample efficiency on ammonia with GFN2-xTB (tblite) as the oracle.
+
+Run ``python -m benchmarks.ammonia_xtb [--quick] [--output PATH]``; writes
+``benchmarks/results/ammonia_xtb.json``.
+
+The active-learning loop of advloop itself (the plain generation steps of
+:mod:`flows.steps`: train, explore, select, label, with ``labels.calculator: tblite``)
+runs once per exploration strategy (adversarial, committee MD, random displacement) and
+seed, from the same initial labels, committee settings and label budget per generation.
+After each generation's training the committee is measured against the oracle:
+
+- the NH3 inversion barrier: committee-mean energy of the oracle's planar transition
+  state minus that of its pyramidal minimum (both optimised with GFN2-xTB), against the
+  oracle's barrier (goal: within 1 kcal/mol);
+- the force RMSE on frames of a 1000 K oracle trajectory (Langevin, GFN2-xTB);
+- stability: the fraction of committee-driven Langevin runs at 1500 K from the minimum
+  that stay physical (no clash, no fragment) for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import units
+from ase.io import read
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.optimize import BFGS
+
+from adversarial.baselines import CommitteeMDSettings, icommittee_md
+from adversarial.structures import Seeds
+from benchmarks.committee import machine_info
+from calculators.factory import LabelSettings, make_calculator
+from calculators.pyscf_calculator import PySCFSettings
+from flows.config import RunConfig, validate_config
+from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
+from potentials.committee import Committee
+from potentials.dataset import Dataset
+from potentials.run_layout import RunLayout
+
+RESULTS = Path(__file__).parent / "results" / "ammonia_xtb.json"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ammonia.yaml"
+STRATEGIES = ("adversarial", "md", "random")
+KCAL_PER_MOL = units.kcal / units.mol  # eV
+
+
+def _oracle():
+    return make_calculator(LabelSettings(calculator="tblite"), PySCFSettings())[0]
+
+
+def oracle_reference(n_frames: int, rng: np.random.Generator) -> dict:
+    """The oracle's minimum, planar transition state, barrier (eV) and 1000 K frames."""
+    minimum = read(EXAMPLE.parent / "structures" / "nh3.xyz")
+    minimum.calc = _oracle()
+    BFGS(minimum, logfile=None).run(fmax=1e-3)
+    planar = minimum.copy()
+    planar.positions[:, 2] = 0.0  # D3h start; the in-plane forces keep it planar
+    planar.calc = _oracle()
+    BFGS(planar, logfile=None).run(fmax=1e-3)
+    barrier = planar.get_potential_energy() - minimum.get_potential_energy()
+
+    hot = minimum.copy()
+    hot.calc = _oracle()
+    thermalize_momenta(hot, temperature_K=1000.0, rng=rng)
+    dynamics = Langevin(hot, 0.5 * units.fs, temperature_K=1000.0, friction=0.02 / units.fs,
+                        fixcm=False, rng=rng)
+    frames = []
+    for _ in range(n_frames):
+        dynamics.run(20)
+        frames.append((hot.positions.copy(), hot.get_forces().copy()))
+    return {"minimum": minimum.positions.copy(), "ts": planar.positions.copy(),
+            "numbers": minimum.numbers.copy(), "barrier_eV": float(barrier),
+            "frames": frames}
+
+
+def committee_metrics(committee: Committee, ref: dict, n_md: int, md_steps: int,
+                      rng: np.random.Generator) -> dict:
+    """Barrier error (kcal/mol), force RMSE on the oracle frames (eV/Å), MD stability."""
+    z = ref["numbers"]
+    n = len(z)
+    pair = committee.predict_arrays(np.tile(z, 2), np.concatenate([ref["minimum"], ref["ts"]]),
+                                    np.array([n, n]))
+    barrier = float(pair.energy_mean[1] - pair.energy_mean[0])
+    positions = np.concatenate([p for p, _ in ref["frames"]])
+    forces = np.concatenate([f for _, f in ref["frames"]])
+    pred = committee.predict_arrays(np.tile(z, len(ref["frames"])), positions,
+                                    np.full(len(ref["frames"]), n))
+    rmse = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
+    seeds = Seeds(np.tile(z, n_md), np.tile(ref["minimum"], (n_md, 1)), np.full(n_md, n),
+                  np.zeros((n_md, 3, 3)), np.zeros((n_md, 3), dtype=bool), np.arange(n_md))
+    md = CommitteeMDSettings(temperature=1500.0, timestep=0.5, n_steps=md_steps,
+                             trust_lower=0.0, trust_upper=1e9)
+    state = None
+    for state in icommittee_md(committee, seeds, md, rng):
+        pass
+    stable = 1.0 - len(state.stopped) / n_md
+    return {"barrier_eV": barrier,
+            "barrier_error_kcal_mol": abs(barrier - ref["barrier_eV"]) / KCAL_PER_MOL,
+            "force_rmse_1000K": rmse, "md_stable_fraction": stable}
+
+
+def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_generation: int,
+            generations: int) -> RunConfig:
+    base = validate_config(EXAMPLE, output_dir=root)
+    training = replace(base.training, max_epochs=80 if quick else 300,
+                       warm_start_epochs=30 if quick else 120)
+    return base.model_copy(update={
+        "system": base.system.model_copy(update={"name": f"{strategy}-{seed}"}),
+        "labels": LabelSettings(calculator="tblite"),
+        "committee": base.committee.model_copy(update={"seed": seed,
+                                                       "n_members": 3 if quick else 4}),
+        "initial_data": base.initial_data.model_copy(update={"seed": seed}),
+        "training": training,
+        "exploration": base.exploration.model_copy(update={"strategy": strategy}),
+        "selection": replace(base.selection, max_selected=labels_per_generation),
+        "budget": base.budget.model_copy(update={"max_generations": generations}),
+    })
+
+
+def run_strategy(config: RunConfig, ref: dict, n_md: int, md_steps: int) -> list[dict]:
+    """Run the loop for one config; metrics and timings after every generation's training."""
+    t0 = time.perf_counter()
+    initial_dataset(config)
+    rows = []
+    labelling = time.perf_counter() - t0
+    for g in range(config.budget.max_generations + 1):
+        t0 = time.perf_counter()
+        for member in range(config.committee.n_members):
+            train_step(config, g, member)
+        training = time.perf_counter() - t0
+        layout = RunLayout(config.run_dir())
+        committee = Committee.from_checkpoints(layout.committee_checkpoints(g))
+        row = {"generation": g, "n_labels": len(Dataset(layout.dataset)),
+               "seconds_training": training, "seconds_labelling": labelling,
+               **committee_metrics(committee, ref, n_md, md_steps,
+                                   np.random.default_rng([config.committee.seed, g]))}
+        labelling = 0.0
+        if g < config.budget.max_generations:
+            t0 = time.perf_counter()
+            explore_step(config, g)
+            selected = select_step(config, g, config.selection.max_selected).selected
+            row["seconds_exploration"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            label_step(config, g, selected)
+            labelling = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
+def _labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
+    return next((r["n_labels"] for r in rows if r[key] <= target), None)
+
+
+def summarise(runs: dict[str, dict[int, list[dict]]], rmse_target: float) -> dict:
+    out = {}
+    for strategy, by_seed in runs.items():
+        finals = [rows[-1] for rows in by_seed.values()]
+        entry = {}
+        for key in ("barrier_error_kcal_mol", "force_rmse_1000K", "md_stable_fraction", "n_labels"):
+            values = np.array([f[key] for f in finals], dtype=float)
+            entry[f"final_{key}_mean"] = float(values.mean())
+            entry[f"final_{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        entry["labels_to_barrier_within_1_kcal_mol"] = {
+            seed: _labels_to_reach(rows, "barrier_error_kcal_mol", 1.0) for seed, rows in by_seed.items()}
+        entry["labels_to_force_rmse_target"] = {
+            seed: _labels_to_reach(rows, "force_rmse_1000K", rmse_target) for seed, rows in by_seed.items()}
+        out[strategy] = entry
+    return out
+
+
+def run(seeds: list[int], generations: int, labels_per_generation: int, quick: bool,
+        rmse_target: float = 0.1, n_frames: int = 20, n_md: int = 8, md_steps: int = 200,
+        strategies: tuple[str, ...] = STRATEGIES, root: Path | None = None) -> dict:
+    torch.set_num_threads(1)
+    ref = oracle_reference(n_frames, np.random.default_rng(0))
+    runs: dict[str, dict[int, list[dict]]] = {}
+    with tempfile.TemporaryDirectory(prefix="advloop-bench-") as tmp:
+        base = Path(root or tmp)
+        for strategy in strategies:
+            for seed in seeds:
+                config = _config(strategy, seed, base, quick, labels_per_generation, generations)
+                rows = run_strategy(config, ref, n_md, md_steps)
+                runs.setdefault(strategy, {})[seed] = rows
+                last = rows[-1]
+                print(f"{strategy:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
+                      f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
+                      f"{last['force_rmse_1000K']:.3f} eV/Å  MD stable "
+                      f"{last['md_stable_fraction']:.2f}", flush=True)
+    return {"oracle": {"method": "GFN2-xTB (tblite)", "barrier_eV": ref["barrier_eV"],
+                       "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
+                       "trajectory_frames": n_frames, "trajectory_temperature_K": 1000.0},
+            "settings": {"seeds": seeds, "generations": generations,
+                         "labels_per_generation": labels_per_generation, "quick": quick,
+                         "force_rmse_target": rmse_target, "md_runs": n_md,
+                         "md_steps": md_steps, "md_temperature_K": 1500.0},
+            "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
+            "summary": summarise(runs, rmse_target)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, two generations, small committee")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.quick:
+        results = run([0], generations=2, labels_per_generation=4, quick=True, n_frames=10,
+                      n_md=4, md_steps=100)
+    else:
+        results = run([0, 1, 2], generations=6, labels_per_generation=8, quick=False)
+    record = {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ammonia_xtb",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "schnetpack": version("schnetpack"), "tblite": version("tblite"),
+                     "ase": version("ase")},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "seconds": time.perf_counter() - t0,
+        **results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
