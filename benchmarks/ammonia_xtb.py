@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = run([0], generations=2, labels_per_generation=4, quick=True, n_frames=10,
                       n_md=4, md_steps=100)
     else:
-        results = run([0, 1, 2], generations=6, labels_per_generation=8, quick=False)
+        results = run([0, 1, 2], generations=5, labels_per_generation=8, quick=False)
     record = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ammonia_xtb",
                              *(argv if argv is not None else sys.argv[1:])]),
