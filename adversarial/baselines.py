@@ -28,8 +28,8 @@ import torch
 from ase import units
 from ase.data import atomic_masses
 
-from adversarial.geometry import _validate_factors, check_geometry
-from adversarial.structures import Candidates, Seeds, _starts
+from adversarial.geometry import validate_factors, check_geometry
+from adversarial.structures import Candidates, Seeds, atom_offsets
 from potentials.committee import Committee
 from potentials.model import Graph, build_graph
 
@@ -50,7 +50,7 @@ def _validate(prefix: str, settings: object, positive: tuple[str, ...] = (),
         if not getattr(settings, name) >= 0:
             raise ValueError(f"{prefix}.{name} must be >= 0, got {getattr(settings, name)}")
     try:
-        _validate_factors(settings.min_distance_factor, settings.max_bond_factor)
+        validate_factors(settings.min_distance_factor, settings.max_bond_factor)
     except ValueError as err:
         raise ValueError(f"{prefix}.{err}") from None
 
@@ -122,7 +122,7 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
     positions = seeds.positions[rows] + rng.normal(0.0, settings.std, (len(rows), 3))
     numbers, n_atoms = seeds.numbers[rows], seeds.n_atoms[parent]
     cells, pbc = seeds.cells[parent], seeds.pbc[parent]
-    cand_starts = _starts(n_atoms)
+    cand_starts = atom_offsets(n_atoms)
     reasons: dict[int, list[str]] = {}
     keep = np.ones(len(parent), dtype=bool)
     for c, s in enumerate(parent):

@@ -145,7 +145,7 @@ def pairwise_kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _validate_factors(min_distance_factor: float, max_bond_factor: float) -> None:
+def validate_factors(min_distance_factor: float, max_bond_factor: float) -> None:
     """Raise ValueError unless 0 <= min_distance_factor < max_bond_factor, both finite."""
     for name, value in (("min_distance_factor", min_distance_factor), ("max_bond_factor", max_bond_factor)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -217,7 +217,7 @@ def check_geometry(
         ValueError: if the shapes are inconsistent, there are no atoms, an atomic
             number is not a known element, or the factors are invalid.
     """
-    _validate_factors(min_distance_factor, max_bond_factor)
+    validate_factors(min_distance_factor, max_bond_factor)
     z = np.asarray(numbers)
     if z.ndim != 1:
         raise ValueError(f"numbers must have shape [n_atoms], got {z.shape}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adversarial.geometry import (_validate_factors, check_geometry, pairwise_kabsch_rmsd,
+from adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
                                  pairwise_periodic_rmsd)
 
 __all__ = ["SelectionResult", "SelectionSettings", "select_candidates"]
@@ -66,7 +66,7 @@ class SelectionSettings:
             or self.rmsd_threshold < 0
         ):
             raise ValueError(f"rmsd_threshold must be a finite number >= 0 (Å), got {self.rmsd_threshold!r}")
-        _validate_factors(self.min_distance_factor, self.max_bond_factor)
+        validate_factors(self.min_distance_factor, self.max_bond_factor)
         if (
             isinstance(self.max_selected, bool)
             or not isinstance(self.max_selected, (int, np.integer))

@@ -15,10 +15,11 @@ import numpy as np
 
 from potentials.dataset import Arrays
 
-__all__ = ["Candidates", "Seeds"]
+__all__ = ["Candidates", "Seeds", "atom_offsets"]
 
 
-def _starts(n_atoms: np.ndarray) -> np.ndarray:
+def atom_offsets(n_atoms: np.ndarray) -> np.ndarray:
+    """[n_structures + 1] offsets of each structure's first atom in flat arrays."""
     return np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
 
 
@@ -57,7 +58,7 @@ class Seeds:
     @property
     def starts(self) -> np.ndarray:
         """[n_seeds + 1] atom offsets of each seed in the flat arrays."""
-        return _starts(self.n_atoms)
+        return atom_offsets(self.n_atoms)
 
     @property
     def periodic(self) -> bool:
@@ -105,7 +106,7 @@ class Candidates:
 
     @property
     def starts(self) -> np.ndarray:
-        return _starts(self.n_atoms)
+        return atom_offsets(self.n_atoms)
 
     @classmethod
     def empty(cls, stopped: dict[int, str] | None = None) -> Candidates:
