@@ -1,6 +1,6 @@
 """Learning curves from the recorded sample-efficiency results, for docs/benchmarks.md.
 
-Run ``python -m benchmarks.plots``: reads ``benchmarks/results/double_well.json`` and
+Run ``python -m benchmarks.plots`` (needs matplotlib: ``pip install -e ".[plots]"``): reads ``benchmarks/results/double_well.json`` and
 ``benchmarks/results/ammonia_xtb.json`` (whichever exist) and writes PNGs to
 ``docs/img/``. Each panel shows every seed's curve thinly and the mean over seeds at
 each generation boldly, against the mean number of labels.
