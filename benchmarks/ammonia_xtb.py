@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from ase.optimize import BFGS
 
 from adversarial.baselines import CommitteeMDSettings, icommittee_md
 from adversarial.structures import Seeds
-from benchmarks.committee import machine_info
+from benchmarks.committee import machine_info, write_record
 from calculators.factory import LabelSettings, make_calculator
 from calculators.pyscf_calculator import PySCFSettings
 from flows.config import RunConfig, validate_config
@@ -231,10 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": time.perf_counter() - t0,
         **results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return record
+    return write_record(args.output, record)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -55,7 +54,7 @@ from adversarial.attack import AttackSettings, AttackStep, iattack
 from adversarial.geometry import check_geometry
 from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
 from benchmarks.committee import (DENSITY, MIN_DISTANCE, N_MEMBERS, SPEC, machine_info,
-                                  make_members, random_arrays)
+                                  make_members, random_arrays, write_record)
 from potentials.committee import Committee
 from potentials.model import build_graph
 
@@ -288,11 +287,7 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
         },
         "results": results,
     }
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {output}")
-    return record
+    return write_record(output, record) if output is not None else record
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -189,6 +189,14 @@ def bench_training(n_atoms: int, n_structures: int, device: torch.device,
     }
 
 
+def write_record(path: Path, record: dict) -> dict:
+    """Write a benchmark's record as JSON (creating the folder) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return record
+
+
 def machine_info() -> dict:
     return {
         "platform": platform.platform(),
@@ -255,10 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "results": {"inference": inference, "training": training},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return record
+    return write_record(args.output, record)
 
 
 if __name__ == "__main__":

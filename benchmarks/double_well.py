@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
 import sys
@@ -67,7 +66,7 @@ import numpy as np
 import torch
 
 from adversarial.objective import adversarial_objective, log_partition
-from benchmarks.committee import machine_info
+from benchmarks.committee import machine_info, write_record
 
 Strategy = Literal["adversarial", "md", "random"]
 STRATEGIES: tuple[Strategy, ...] = ("adversarial", "md", "random")
@@ -543,10 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(format_summary(record))
     print(f"{record['seconds']:.1f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return record
+    return write_record(args.output, record)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import molecule
 
-from benchmarks.committee import machine_info
+from benchmarks.committee import machine_info, write_record
 from calculators.factory import LabelSettings, make_calculator
 from calculators.labeller import label_structures
 from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mode": "quick" if args.quick else "full",
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return record
+    return write_record(args.output, record)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import ammonia_xtb, double_well
-from benchmarks.committee import machine_info
+from benchmarks.committee import machine_info, write_record
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,14 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "strategies": summarise_system(system, _runs(system, rec))}
                     for system, rec in records.items()},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
     for system, entry in summary["systems"].items():
         for strategy, s in entry["strategies"].items():
             errors = "  ".join(f"{k} {v['mean']:.3g} ± {v['std']:.2g}" for k, v in s["errors"].items())
             print(f"{system:12s} {strategy:12s} labels {s['labels']['mean']:5.1f}  {errors}")
-    print(f"wrote {args.output}")
-    return summary
+    return write_record(args.output, summary)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,24 @@ class PySCFSettings:
         return "/".join(parts)
 
 
-class PySCFCalculator(SettingsCalculator):
+class ThreadScopedCalculator(SettingsCalculator):
+    """A PySCF calculator whose work runs on ``settings.threads`` OpenMP threads (None:
+    PySCF's default), restored afterwards. ``calculate`` follows ASE's contract (it sets
+    ``self.atoms``) and then calls ``_calculate``, which subclasses implement."""
+
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
+        super().calculate(atoms, list(properties), system_changes)
+        with lib.with_omp_threads(self._settings.threads):
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms: Atoms | None, properties: Sequence[str],
+                   system_changes: Sequence[str]) -> None:
+        raise NotImplementedError
+
+
+class PySCFCalculator(ThreadScopedCalculator):
     """Energy and analytic forces of a molecule from PySCF HF or Kohn-Sham DFT.
 
     Non-periodic systems only. Energy is always computed; forces (the analytic
@@ -278,12 +295,6 @@ class PySCFCalculator(SettingsCalculator):
         self.scf_cycles: int | None = None
         self.scf_attempts: tuple[RungAttempt, ...] = ()
 
-    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
-                  system_changes: Sequence[str] = all_changes) -> None:
-        """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
-        with lib.with_omp_threads(self._settings.threads):
-            self._calculate(atoms, properties, system_changes)
-
     def _calculate(
         self,
         atoms: Atoms | None = None,
@@ -302,7 +313,6 @@ class PySCFCalculator(SettingsCalculator):
             SCFConvergenceError: if no rung of ``settings.scf_ladder`` converged; the
                 message lists each rung, its iteration limit and last energy change.
         """
-        super().calculate(atoms, list(properties), system_changes)
         self._clear_scf_record()
         atoms = self.atoms
         s = self._settings

@@ -70,7 +70,6 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.neighborlist import primitive_neighbor_list
 from ase.units import Bohr, Hartree
-from pyscf import lib
 from pyscf.dft import libxc
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.pbc import dft as pbc_dft
@@ -78,9 +77,8 @@ from pyscf.pbc import gto as pbc_gto
 from pyscf.pbc.scf.addons import smearing_
 
 from calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
-from calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE
+from calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE, ThreadScopedCalculator
 from calculators.scf_ladder import run_scf_ladder, validate_ladder
-from calculators.settings_calculator import SettingsCalculator
 from potentials.hashing import structure_hash
 
 __all__ = ["PeriodicPySCFCalculator", "PeriodicPySCFSettings"]
@@ -247,7 +245,7 @@ def _check_xc(xc: object) -> None:
         )
 
 
-class PeriodicPySCFCalculator(SettingsCalculator):
+class PeriodicPySCFCalculator(ThreadScopedCalculator):
     """Energy and analytic forces of a 3D-periodic cell from Γ-point Kohn-Sham DFT in pyscf.pbc.
 
     Γ point only: no k-point sampling, so the cell must be large enough for Γ to
@@ -280,12 +278,6 @@ class PeriodicPySCFCalculator(SettingsCalculator):
     implemented_properties = ["energy", "free_energy", "forces"]
     settings_class = PeriodicPySCFSettings
 
-    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
-                  system_changes: Sequence[str] = all_changes) -> None:
-        """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
-        with lib.with_omp_threads(self._settings.threads):
-            self._calculate(atoms, properties, system_changes)
-
     def _calculate(
         self,
         atoms: Atoms | None = None,
@@ -308,7 +300,6 @@ class PeriodicPySCFCalculator(SettingsCalculator):
             LabelError: if the converged density does not integrate to the electron
                 count on the mesh (see ``_check_density_on_mesh``).
         """
-        super().calculate(atoms, list(properties), system_changes)
         atoms = self.atoms
         settings = self._settings
         shash = structure_hash(atoms)
