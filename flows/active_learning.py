@@ -19,17 +19,23 @@ from calculators.factory import level_of_theory
 from flows import steps
 from flows.config import RunConfig, validate_config
 from flows.report import GenerationTable
+from flows.timing import Timed, split_generation, timed
 from potentials.dataset import Dataset
 from potentials.run_layout import RunLayout
 
 _task = task(cache_policy=NO_CACHE)
 
 label_initial = _task(steps.initial_dataset, name="label-initial-dataset")
-train_member = _task(steps.train_step, name="train-member",
+# The generation's steps report the interval their bodies ran in, so that the flow can
+# tell compute from orchestration (flows/timing.py).
+train_member = _task(timed("training", steps.train_step), name="train-member",
                      task_run_name="train-gen{generation}-member{member}")
-explore = _task(steps.explore_step, name="explore", task_run_name="explore-gen{generation}")
-select = _task(steps.select_step, name="select-candidates", task_run_name="select-gen{generation}")
-label = _task(steps.label_step, name="label-candidates", task_run_name="label-gen{generation}")
+explore = _task(timed("exploration", steps.explore_step), name="explore",
+                task_run_name="explore-gen{generation}")
+select = _task(timed("selection", steps.select_step), name="select-candidates",
+               task_run_name="select-gen{generation}")
+label = _task(timed("labelling", steps.label_step), name="label-candidates",
+              task_run_name="label-gen{generation}")
 
 
 def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> None:
@@ -41,11 +47,21 @@ def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> 
             + "; ".join(report.failures[:3]))
 
 
-def _train_committee(config: RunConfig, generation: int) -> dict[str, float]:
+def _train_committee(config: RunConfig, generation: int,
+                     clock: list[Timed]) -> dict[str, float]:
     futures = [train_member.submit(config, generation, k) for k in range(config.committee.n_members)]
-    metrics = [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    clock.extend(results)
+    metrics = [r.value for r in results]
     keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
     return {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
+
+
+def _run(step, clock: list[Timed], *args):
+    """Call a timed task, keep its interval, return its value."""
+    result = step(*args)
+    clock.append(result)
+    return result.value
 
 
 @flow(name="advloop-active-learning", flow_run_name="{config.system.name}", log_prints=False)
@@ -71,23 +87,25 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         if g in done:
             record = done[g]
         else:
-            t0 = time.perf_counter()
-            record = {"generation": g, **{f"train_{k}": v for k, v in _train_committee(config, g).items()}}
+            t0, clock = time.time(), []
+            record = {"generation": g,
+                      **{f"train_{k}": v for k, v in _train_committee(config, g, clock).items()}}
             final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
             if not final:
-                rep = explore(config, g)
+                rep = _run(explore, clock, config, g)
                 record.update(attack_sigma_f_mean=rep.sigma_f_mean, attack_sigma_f_max=rep.sigma_f_max,
                               attack_stopped=rep.n_stopped, attack_seeds=rep.n_seeds)
                 if rep.sigma_f_mean >= config.convergence.force_std_threshold:
-                    sel = select(config, g, config.budget.max_labels - labels_used)
-                    lab = label(config, g, sel.selected)
+                    sel = _run(select, clock, config, g, config.budget.max_labels - labels_used)
+                    lab = _run(label, clock, config, g, sel.selected)
                     _check_failures(config, lab, "adversarial")
                     record.update(selected=len(sel.selected), labels_added=lab.added,
                                   labels_failed=lab.failed, selection_threshold=sel.threshold,
                                   rejected=sel.rejected_counts(),
                                   **{f"calibration_{k}": v for k, v in lab.calibration.items()})
-            record.update(dataset_size=len(Dataset(layout.dataset)),
-                          seconds=time.perf_counter() - t0)
+            record["dataset_size"] = len(Dataset(layout.dataset))
+            t1 = time.time()
+            record.update(seconds=t1 - t0, **split_generation(clock, t0, t1))
             steps.append_generation_record(config, record)
         labels_used += record.get("labels_added", 0)
         table.row(record)

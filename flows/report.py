@@ -17,6 +17,7 @@ _COLUMNS = [
     ("σ/err", "calibration_ratio", "{:>5.2f}"),
     ("epochs", "train_epochs", "{:>6.0f}"),
     ("time s", "seconds", "{:>6.0f}"),
+    ("orch. s", "seconds_orchestration", "{:>7.1f}"),
 ]
 
 

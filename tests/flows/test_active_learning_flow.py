@@ -57,6 +57,14 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     records = [json.loads(line) for line in layout.generations.read_text().splitlines()]
     assert records[0]["calibration_n"] == summary["labels_explored"]
     assert records[0]["calibration_observed_mean"] > 0
+
+    # Each generation's wall time is split into compute phases and orchestration.
+    phases = ("training", "exploration", "selection", "labelling", "orchestration")
+    for record in records:
+        split = [record[f"seconds_{p}"] for p in phases]
+        assert min(split) >= 0 and sum(split) == pytest.approx(record["seconds"], rel=1e-6)
+        assert record["seconds_training"] > 0
+    assert records[0]["seconds_labelling"] > 0 and records[1]["seconds_labelling"] == 0
     assert "calib" in printed
 
     # Committees of generation 0 and the final generation 1 are on disk and load as a calculator.
