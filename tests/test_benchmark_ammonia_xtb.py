@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from benchmarks.ammonia_xtb import STRATEGIES, oracle_reference, run
+from benchmarks.ammonia_xtb import STRATEGIES, _config, oracle_reference, run
 
 
 def test_oracle_reference_is_a_planar_saddle_above_a_pyramidal_minimum():
@@ -20,7 +20,8 @@ def test_oracle_reference_is_a_planar_saddle_above_a_pyramidal_minimum():
 
 def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
     out = run([0], generations=1, labels_per_generation=2, quick=True, n_frames=3, n_md=2,
-              md_steps=20, root=tmp_path)
+              md_steps=20, root=tmp_path,
+              ablations={"cold_attack": {"attack": {"temperature": 300.0}}})
     assert set(out["runs"]) == set(STRATEGIES) == set(out["summary"])
     for strategy, by_seed in out["runs"].items():
         rows = by_seed["0"]
@@ -33,3 +34,13 @@ def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
         summary = out["summary"][strategy]
         assert "final_force_rmse_1000K_mean" in summary
         assert set(summary["labels_to_barrier_within_1_kcal_mol"]) == {0}
+
+    # an ablation reruns the adversarial strategy with its one setting changed
+    ablation = out["ablations"]["cold_attack"]
+    assert ablation["changed"] == {"attack": {"temperature": 300.0}}
+    rows = ablation["runs"]["0"]
+    assert rows[1]["n_labels"] > rows[0]["n_labels"] and "md_stable_fraction" not in rows[0]
+    assert "final_force_rmse_1000K_mean" in ablation["summary"]
+    config = _config("adversarial", 0, tmp_path, True, 2, 1, name="cold_attack",
+                     overrides=ablation["changed"])
+    assert config.attack.temperature == 300.0 and config.system.name == "cold_attack-0"
