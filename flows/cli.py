@@ -21,6 +21,13 @@ _PREFECT_DEFAULTS = {
 }
 
 
+def use_prefect_defaults() -> None:
+    """Set the Prefect settings above unless the user set them; call in a process entry
+    point before prefect is imported."""
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(message, err=True)
     raise typer.Exit(code)
@@ -54,8 +61,7 @@ def run(
 ) -> None:
     """Validate, then run (or resume) the active-learning loop on Prefect's embedded server."""
     cfg = _validated(config, output_dir)
-    for key, value in _PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    use_prefect_defaults()
     from flows.active_learning import run_active_learning
     from flows.steps import LabellingError
 
