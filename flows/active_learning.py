@@ -1,22 +1,36 @@
-"""The adversarial active-learning loop as a Prefect flow.
+"""The adversarial active-learning loop as Prefect flows.
 
-Each generation: train the committee (members in parallel), attack, decide whether to
-stop, select, label with DFT, append. Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat.
-Commun. 12, 5104 (2021). Tasks are thin wrappers over :mod:`flows.steps`; they pass
-configs, indices and metrics, never models or arrays.
+One flow run per run (named after the system) holds one sub-flow run per generation
+(``<system>-gen<NNN>``): train the committee (members in parallel), attack, select,
+label each selected structure in its own task (with retries and a time limit, into the
+content-addressed label store), append the generation's labels to the dataset in one
+task (the one writer of the HDF5 file), evaluate the committee's calibration on them.
+After each generation the run decides whether to stop (:func:`flows.steps.decide`).
+Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021).
+
+Tasks are thin wrappers over :mod:`flows.steps`; they pass configs, indices and
+metrics, never models or arrays. Every flow and task run is tagged with the system's
+name; the UI shows the artifacts of :mod:`flows.artifacts`, and automations can act on
+the events of :mod:`flows.events`. The run's final state is Completed with the reason it
+stopped as its message; calling :func:`run_active_learning` returns the summary dict.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed
 
 from calculators.factory import level_of_theory
-from flows import steps
+from flows import artifacts, events, steps
 from flows.config import RunConfig, validate_config
 from flows.report import GenerationTable
 from flows.timing import Timed, split_generation, timed
@@ -34,8 +48,12 @@ explore = _task(timed("exploration", steps.explore_step), name="explore",
                 task_run_name="explore-gen{generation}")
 select = _task(timed("selection", steps.select_step), name="select-candidates",
                task_run_name="select-gen{generation}")
-label = _task(timed("labelling", steps.label_step), name="label-candidates",
-              task_run_name="label-gen{generation}")
+label_structure = _task(timed("labelling", steps.label_one), name="label-structure",
+                        task_run_name="label-gen{generation}-candidate{index}")
+append_labels = _task(timed("labelling", steps.append_labels), name="append-labels",
+                      task_run_name="append-labels-gen{generation}")
+evaluate = _task(timed("labelling", steps.evaluate_step), name="evaluate-calibration",
+                 task_run_name="evaluate-gen{generation}")
 
 
 def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> None:
@@ -47,14 +65,16 @@ def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> 
             + "; ".join(report.failures[:3]))
 
 
-def _train_committee(config: RunConfig, generation: int,
-                     clock: list[Timed]) -> dict[str, float]:
-    futures = [train_member.submit(config, generation, k) for k in range(config.committee.n_members)]
-    results = [f.result() for f in futures]
-    clock.extend(results)
-    metrics = [r.value for r in results]
-    keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
-    return {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
+def _enforce_failures(config: RunConfig, report: steps.LabelReport, what: str,
+                      generation: int | None) -> None:
+    """:func:`_check_failures`, emitting ``advloop.labels.failure-ratio-exceeded`` first."""
+    try:
+        _check_failures(config, report, what)
+    except steps.LabellingError:
+        events.emit(events.failure_ratio_event(
+            config.system.name, generation, report.failed, report.requested - report.skipped_known,
+            config.budget.max_failure_ratio, report.failures))
+        raise
 
 
 def _run(step, clock: list[Timed], *args):
@@ -64,97 +84,221 @@ def _run(step, clock: list[Timed], *args):
     return result.value
 
 
+def _train_committee(config: RunConfig, generation: int, clock: list[Timed],
+                     table: GenerationTable) -> dict[str, float]:
+    n = config.committee.n_members
+    table.training_started(generation, n)
+    futures = [train_member.submit(config, generation, k) for k in range(n)]
+    member = {id(f): k for k, f in enumerate(futures)}
+    results = []
+    for done, future in enumerate(as_completed(futures), start=1):
+        results.append(future.result())
+        table.member_trained(generation, member[id(future)], done, n, results[-1].value)
+    clock.extend(results)
+    metrics = [r.value for r in results]
+    keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
+    return {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
+
+
+def _label_selected(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
+                    table: GenerationTable, logger: logging.LoggerAdapter) -> list[steps.LabelResult]:
+    """One labelling task per selected candidate, at most ``compute.label_workers`` at once;
+    progress goes to the UI and the local reporter as each finishes. A task that fails for
+    good (after its retries) is logged and counted; its label stays missing."""
+    compute = config.compute
+    label = label_structure.with_options(retries=compute.label_retries,
+                                         retry_delay_seconds=compute.label_retry_delay_seconds,
+                                         timeout_seconds=compute.label_timeout_seconds)
+    progress = artifacts.LabelProgress(config.system.name, generation, len(selected))
+    table.labelled(generation, 0, len(selected))
+    pending, running = list(selected), []
+    results: list[steps.LabelResult] = []
+    failed = 0
+    while pending or running:
+        while pending and len(running) < compute.label_workers:
+            running.append(label.submit(config, generation, pending.pop(0)))
+        future: PrefectFuture = next(as_completed(running))
+        running.remove(future)
+        try:
+            result = future.result()
+        except Exception as err:  # the task's final state; its own log holds the traceback
+            failed += 1
+            logger.warning("labelling task %s failed after its retries: %s", future.task_run_id, err)
+        else:
+            clock.append(result)
+            results.append(result.value)
+            failed += not result.value.ok
+        done = len(selected) - len(pending) - len(running)
+        progress.update(done, failed)
+        table.labelled(generation, done, len(selected), failed)
+    return results
+
+
+@dataclass
+class GenerationOutcome:
+    """What a generation sub-flow hands back: its record (without timings), the intervals
+    its steps ran in, and whether the wall-time budget cut it short (then the record is
+    incomplete and not kept; a re-run resumes the generation)."""
+
+    record: dict
+    clock: list[Timed] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+@flow(name="advloop-generation", flow_run_name="{config.system.name}-gen{generation:03d}",
+      log_prints=False)
+def run_generation(config: RunConfig, generation: int, max_selected: int, final: bool,
+                   deadline: float | None = None,
+                   table: GenerationTable | None = None) -> GenerationOutcome:
+    """One generation: train its committee; unless ``final``, explore, select at most
+    ``max_selected`` candidates, label each, append them and evaluate calibration.
+    Stops early (``interrupted``) before a step that would start after ``deadline``
+    (``time.time()`` s)."""
+    logger = get_run_logger()
+    table = table or GenerationTable()
+    clock: list[Timed] = []
+    train = _train_committee(config, generation, clock, table)
+    out = GenerationOutcome({"generation": generation, **{f"train_{k}": v for k, v in train.items()}}, clock)
+    record = out.record
+    logger.info("committee trained: validation force MAE %.4g eV/Å", train.get("val_forces_mae", float("nan")))
+    if final:
+        return out
+    if _past(deadline):
+        return replace(out, interrupted=True)
+    rep = _run(explore, clock, config, generation)
+    record.update(attack_sigma_f_mean=rep.sigma_f_mean, attack_sigma_f_max=rep.sigma_f_max,
+                  attack_stopped=rep.n_stopped, attack_seeds=rep.n_seeds,
+                  attack_candidates=rep.n_candidates)
+    logger.info("explored: %d candidates, σF mean %.4g, max %.4g eV/Å", rep.n_candidates,
+                rep.sigma_f_mean, rep.sigma_f_max)
+    if not steps.labelling_needed(config, explore=rep):
+        return out
+    if _past(deadline):
+        return replace(out, interrupted=True)
+    sel = _run(select, clock, config, generation, max_selected)
+    record.update(selected=len(sel.selected), selection_threshold=sel.threshold,
+                  candidates_above_threshold=sel.n_above, selected_sigma_f_mean=sel.sigma_f_mean,
+                  selected_sigma_f_max=sel.sigma_f_max, rejected=sel.rejected_counts())
+    logger.info("selected %d of %d candidates above the threshold %.4g eV/Å", len(sel.selected),
+                sel.n_above, sel.threshold)
+    if not steps.labelling_needed(config, select=sel):
+        return out
+    if _past(deadline):
+        return replace(out, interrupted=True)
+    results = _label_selected(config, generation, sel.selected, clock, table, logger)
+    lab = replace(_run(append_labels, clock, config, generation, sel.selected),
+                  cached=sum(r.cached for r in results))
+    logger.info("appended %d labels (%d failed, %d from an earlier run's label store)",
+                lab.added, lab.failed, lab.cached)
+    _enforce_failures(config, lab, "adversarial", generation)
+    calibration = _run(evaluate, clock, config, generation, lab.indices)
+    record.update(labels_added=lab.added, labels_failed=lab.failed, labels_cached=lab.cached,
+                  **{f"calibration_{k}": v for k, v in calibration.items()})
+    return out
+
+
+def _tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the current flow run (the tags of a flow run are fixed when it is
+    created; this one's name is known only from its parameters)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    current = list(flow_run.tags)
+    if tag not in current:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(flow_run.id), tags=[*current, tag])
+
+
 @flow(name="advloop-active-learning", flow_run_name="{config.system.name}", log_prints=False)
 def run_active_learning(config: RunConfig, table: GenerationTable | None = None) -> dict:
-    """Run (or resume) the loop for a validated config; returns the run summary."""
+    """Run (or resume) the loop for a validated config; returns the run summary.
+
+    The flow run ends Completed with the stop explanation as its message (the summary is
+    its result); too many failed labels fail it with :class:`flows.steps.LabellingError`.
+    """
     logger = get_run_logger()
+    system = config.system.name
     layout = RunLayout(config.run_dir())
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(config.to_yaml())
     table = table or GenerationTable()
-    t_start = time.perf_counter()
+    t_start = time.time()
+    hours = config.budget.max_wall_hours
+    deadline = t_start + hours * 3600 if hours is not None else None
+    _tag_flow_run(system)
 
-    initial = label_initial(config)
-    _check_failures(config, initial, "initial")
-    logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
-                initial.added, initial.failed, initial.skipped_known)
+    with tags(system):
+        initial = label_initial(config)
+        _enforce_failures(config, initial, "initial", None)
+        logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
+                    initial.added, initial.failed, initial.skipped_known)
 
-    done = {r["generation"]: r for r in steps.read_generation_records(layout.root)}
-    labels_used, below, reason = 0, 0, None
-    table.header()
-    g = 0
-    for g in range(config.budget.max_generations + 1):
-        if g in done:
-            record = done[g]
-        else:
-            t0, clock = time.time(), []
-            record = {"generation": g,
-                      **{f"train_{k}": v for k, v in _train_committee(config, g, clock).items()}}
-            final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
-            if not final:
-                rep = _run(explore, clock, config, g)
-                record.update(attack_sigma_f_mean=rep.sigma_f_mean, attack_sigma_f_max=rep.sigma_f_max,
-                              attack_stopped=rep.n_stopped, attack_seeds=rep.n_seeds)
-                if rep.sigma_f_mean >= config.convergence.force_std_threshold:
-                    sel = _run(select, clock, config, g, config.budget.max_labels - labels_used)
-                    lab = _run(label, clock, config, g, sel.selected)
-                    _check_failures(config, lab, "adversarial")
-                    record.update(selected=len(sel.selected), labels_added=lab.added,
-                                  labels_failed=lab.failed, selection_threshold=sel.threshold,
-                                  rejected=sel.rejected_counts(),
-                                  **{f"calibration_{k}": v for k, v in lab.calibration.items()})
-            record["dataset_size"] = len(Dataset(layout.dataset))
-            t1 = time.time()
-            record.update(seconds=t1 - t0, **split_generation(clock, t0, t1))
-            steps.append_generation_record(config, record)
-        labels_used += record.get("labels_added", 0)
-        table.row(record)
-        logger.info("generation %d: %s", g, json.dumps(record))
-
-        if "attack_sigma_f_mean" not in record:
-            reason = "max_generations" if g == config.budget.max_generations else "max_labels"
-            break
-        below = below + 1 if record["attack_sigma_f_mean"] < config.convergence.force_std_threshold else 0
-        if below >= config.convergence.patience:
-            reason = "converged"
-            break
-        if record.get("selected", 0) == 0:
-            reason = "no_candidates"
-            break
+        done = {r["generation"]: r for r in steps.read_generation_records(layout.root)}
+        records: list[dict] = []
+        decision: steps.StopDecision | None = None
+        table.header()
+        for g in range(config.budget.max_generations + 1):
+            if g in done:
+                record = done[g]
+            else:
+                if _past(deadline):
+                    decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
+                    break
+                labels_used = sum(r.get("labels_added", 0) for r in records)
+                final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
+                t0 = time.time()
+                outcome = run_generation(config, g, config.budget.max_labels - labels_used, final,
+                                         deadline, table)
+                if outcome.interrupted:
+                    decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
+                    break
+                record = outcome.record
+                record["dataset_size"] = len(Dataset(layout.dataset))
+                t1 = time.time()
+                record.update(seconds=t1 - t0, **split_generation(outcome.clock, t0, t1))
+                steps.append_generation_record(config, record)
+            records.append(record)
+            table.row(record)
+            logger.info("generation %d: %s", g, json.dumps(record))
+            if g not in done:
+                artifacts.publish_generation_table(system, records)
+                events.emit(events.generation_finished_event(system, record))
+            decision = steps.decide(config, records, time.time() - t_start)
+            if decision is not None:
+                break
+    if decision is None:  # the generation budget was lowered below a finished run's
+        decision = steps.StopDecision("max_generations", "generation budget spent "
+                                      f"(budget.max_generations = {config.budget.max_generations})")
 
     summary = {
-        "system": config.system.name,
-        "stop_reason": reason,
-        "stop_explanation": _EXPLANATIONS[reason].format(config=config),
-        "generations": g + 1,
-        "final_committee_generation": g,
+        "system": system,
+        "stop_reason": decision.reason,
+        "stop_explanation": decision.explanation,
+        "generations": len(records),
+        "final_committee_generation": records[-1]["generation"] if records else None,
         "dataset_size": len(Dataset(layout.dataset)),
         "labels_initial": initial.added + initial.skipped_known,
-        "labels_explored": labels_used,
+        "labels_explored": sum(r.get("labels_added", 0) for r in records),
         "strategy": config.exploration.strategy,
         "level_of_theory": level_of_theory(config.labels, config.dft, config.periodic_dft),
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": time.time() - t_start,
         "run_dir": str(layout.root),
     }
     layout.summary.write_text(json.dumps(summary, indent=2))
     table.footer(summary)
+    artifacts.publish_summary(summary, records, config.convergence.force_std_threshold)
+    events.emit(events.run_finished_event(summary))
     logger.info("stopped: %s", summary["stop_explanation"])
-    return summary
-
-
-_EXPLANATIONS = {
-    "converged": "converged: the attacked geometries' mean force uncertainty stayed below "
-                 "{config.convergence.force_std_threshold} eV/Å for "
-                 "{config.convergence.patience} generation(s)",
-    "max_generations": "generation budget spent (budget.max_generations = "
-                       "{config.budget.max_generations})",
-    "max_labels": "label budget spent (budget.max_labels = {config.budget.max_labels})",
-    "no_candidates": "no attacked geometry passed selection (all below the uncertainty "
-                     "threshold, near-duplicates or unphysical)",
-}
+    return Completed(message=summary["stop_explanation"], data=summary)  # type: ignore[return-value]
 
 
 @flow(name="advloop-run-config")
 def run_config_file(config_path: str, output_dir: str | None = None) -> dict:
-    """Deployment entrypoint: validate a config file, then run it."""
-    return run_active_learning(validate_config(Path(config_path), output_dir))
+    """Deployment entrypoint: validate a config file, then run it (its state message says
+    why the run stopped, as the run's own does)."""
+    state = run_active_learning(validate_config(Path(config_path), output_dir), return_state=True)
+    return Completed(message=state.message, data=state.result())  # type: ignore[return-value]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -31,6 +35,21 @@ def use_prefect_defaults() -> None:
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+class _ServerErrors:
+    """``with _ServerErrors():`` turns a :class:`flows.deployments.ServerError` into its
+    one-line message and exit status, with no traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        from flows.deployments import ServerError
+
+        if isinstance(err, ServerError):
+            _fail(str(err), err.exit_code)
+        return False
 
 
 def _validated(config: Path, output_dir: Path | None):
@@ -98,3 +117,263 @@ def export(
         n = dataset.export_extxyz(output)
     typer.echo(f"wrote {n} structures to {output}")
 
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="run config (YAML)")],
+    # the default is flows.deployments.DEFAULT_DEPLOYMENT, spelt out so that `--help` does
+    # not import prefect
+    deployment: Annotated[str, typer.Option(help="FLOW/DEPLOYMENT to run it")] = "advloop-submission/submissions",
+    output_dir: Annotated[Path | None, typer.Option(help="parent of the run folder, a path the "
+                                                    "worker sees (default: the config's output_dir, "
+                                                    "made absolute here)")] = None,
+    force: Annotated[bool, typer.Option(help="submit even if the system already has an "
+                                        "unfinished flow run")] = False,
+) -> None:
+    """Validate, then queue a run on the Prefect server (PREFECT_API_URL) for a worker.
+
+    The config and its structure file travel with the flow run; the run folder is written
+    to --output-dir (or the config's output_dir) made absolute here, so the worker must
+    see that path on a shared filesystem. See infra/README.md."""
+    cfg = _validated(config, output_dir)
+    use_prefect_defaults()
+    from flows.config import ConfigError
+    from flows.deployments import Submission, submit as submit_run
+
+    try:
+        submission = Submission.pack(config, cfg)
+    except ConfigError as err:
+        _fail(f"error: {err}")
+    with _ServerErrors():
+        done = submit_run(submission, deployment, force=force)
+    run = done.flow_run
+    typer.echo(f"submitted {cfg.system.name!r} to {done.deployment}: flow run {run.name!r} "
+               f"({run.id}), {run.state_name}")
+    typer.echo(f"run folder (on the worker): {Path(submission.output_dir) / cfg.system.name}")
+    if done.url:
+        typer.echo(f"UI: {done.url}")
+    if done.workers_online == 0:
+        typer.echo(f"note: no worker is polling work pool {done.work_pool!r} now; it runs when one "
+                   f"starts: prefect worker start --pool {done.work_pool}", err=True)
+    runs_dir = Path(submission.output_dir)
+    where = "" if runs_dir == Path("runs").resolve() else f" --runs-dir {runs_dir}"
+    typer.echo(f"follow it: advloop status {cfg.system.name}{where} --server")
+
+
+@app.command()
+def serve(
+    config: Annotated[list[Path] | None, typer.Option(
+        "--config", help="a run config to run on the schedule (repeat for several)")] = None,
+    cron: Annotated[str, typer.Option(help="schedule of the configs' runs (cron; each run "
+                                      "resumes its run folder)")] = "0 2 * * *",
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone of --cron (default UTC)")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="parent of the scheduled runs' "
+                                                    "folders (default: each config's output_dir)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="most flow runs at once")] = None,
+) -> None:
+    """Serve the submissions deployment and scheduled runs from this machine until stopped.
+
+    Serves `advloop-submission/submissions` (what `advloop submit` queues) and, per
+    --config, `advloop-run-config/<system>` on the --cron schedule. Flow runs execute
+    here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules."""
+    use_prefect_defaults()
+    from flows.config import ConfigError
+    from flows.deployments import api_url, build_deployments, display_url, server_client
+
+    try:
+        deployments = build_deployments(config or [], cron, timezone, output_dir)
+    except ConfigError as err:
+        _fail(f"error: {err}")
+    except ValueError as err:
+        _fail(f"error: {_one_line(err)}")
+    with _ServerErrors():
+        with server_client():  # fail in one line now rather than inside prefect.serve
+            url = api_url()
+    for d in deployments:
+        when = f", cron {cron!r}" if d.schedules else ", runs on submit"
+        typer.echo(f"serving {d.flow_name}/{d.name}{when}")
+    typer.echo(f"server {display_url(url)}; Ctrl-C stops (and pauses the schedules)")
+    import prefect
+
+    prefect.serve(*deployments, limit=limit, print_starting_message=False)
+
+
+def _one_line(err: Exception) -> str:
+    """A pydantic ValidationError (a bad cron or timezone) as one line."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        return "; ".join(str(e.get("msg", e)) for e in errors())
+    return str(err).splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------
+# advloop status
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """generations.jsonl's records; a line being written (not yet valid JSON) is skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+@dataclass(frozen=True)
+class _RunFolder:
+    """What a run folder says about its run (see :func:`_run_folder`)."""
+
+    root: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]  # empty unless the latest start has finished
+    state: str  # "running" or "stopped: <stop_reason>"
+    dataset_size: int | None
+    updated: float  # s since the epoch, last write of config, records or summary
+
+    @property
+    def system(self) -> str:
+        return self.root.name
+
+
+def _run_folder(root: Path) -> _RunFolder | None:
+    """Read a run folder, or None if ``root`` is not one.
+
+    The state is ``stopped: <reason>`` when summary.json is newer than config.yaml (which
+    every start or resume rewrites), else ``running``: a run killed without a summary
+    also reads ``running``, hence the time of the last update beside it.
+    """
+    from potentials.run_layout import RunLayout
+
+    layout = RunLayout(root)
+    files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
+    if not files:
+        return None
+    records = _read_records(layout.generations)
+    summary: dict[str, Any] = {}
+    if layout.summary.is_file():
+        try:
+            summary = json.loads(layout.summary.read_text())
+        except json.JSONDecodeError:
+            summary = {}
+    started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
+    if summary and layout.summary.stat().st_mtime >= started:
+        state, size = f"stopped: {summary.get('stop_reason')}", summary.get("dataset_size")
+    else:
+        sizes = [r["dataset_size"] for r in records if "dataset_size" in r]
+        state, size, summary = "running", (sizes[-1] if sizes else None), {}
+    return _RunFolder(root=root, records=records, summary=summary, state=state,
+                      dataset_size=size, updated=max(p.stat().st_mtime for p in files))
+
+
+def _find_run(run: str, runs_dir: Path) -> Path | None:
+    """The run folder ``run`` names (a path, or a system under ``runs_dir``), or None."""
+    for candidate in (Path(run), runs_dir / run):
+        if candidate.is_dir() and _run_folder(candidate) is not None:
+            return candidate
+    return None
+
+
+def _unknown_run(run: str, runs_dir: Path) -> str:
+    known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and _run_folder(p)) \
+        if runs_dir.is_dir() else []
+    hint = f"runs in {runs_dir}: {', '.join(known)}" if known else f"no runs in {runs_dir}"
+    return f"{run!r} is neither a run folder nor a system in {runs_dir} ({hint}; another parent: --runs-dir)"
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_flow_runs(system: str | None) -> None:
+    from flows.deployments import flow_run_url, latest_flow_runs
+
+    with _ServerErrors():
+        runs = latest_flow_runs(system)
+    what = f"system {system!r}" if system else "advloop"
+    if not runs:
+        typer.echo(f"\nno flow runs for {what} on the server")
+        return
+    typer.echo(f"\nlatest flow runs for {what} on the server:")
+    rows = []
+    for r, flow_name in runs:
+        t = r.start_time or r.expected_start_time
+        rows.append([r.name, flow_name, r.state_name or "-",
+                     t.strftime("%Y-%m-%d %H:%M") if t else "-", flow_run_url(r.id) or str(r.id)])
+    _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
+
+
+@app.command()
+def status(
+    run: Annotated[str | None, typer.Argument(help="a run folder, or a system name under "
+                                              "--runs-dir (default: list every run)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="the folder holding run folders")] = Path("runs"),
+    server: Annotated[bool, typer.Option("--server", help="also list the latest Prefect "
+                                         "flow runs (needs PREFECT_API_URL)")] = False,
+) -> None:
+    """Where runs stand: every run folder, or one run's generations and outcome.
+
+    With --server, also the run's latest flow runs on the Prefect server (by tag or name),
+    which knows a submitted run before its folder exists."""
+    now = time.time()
+    if run is None:
+        found = [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))] \
+            if runs_dir.is_dir() else []
+        if not found:
+            typer.echo(f"no run folders in {runs_dir} (another parent: --runs-dir)")
+        else:
+            _print_table([[f.system, str(len(f.records)),
+                           "-" if f.dataset_size is None else str(f.dataset_size),
+                           f.state, _age(now - f.updated)] for f in found],
+                         ["system", "generations", "dataset", "state", "updated"])
+        if server:
+            use_prefect_defaults()
+            _print_flow_runs(None)
+        return
+
+    from flows.report import GenerationTable
+
+    root = _find_run(run, runs_dir)
+    if root is None and server:  # submitted, perhaps not started: the server may know it
+        typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
+        use_prefect_defaults()
+        _print_flow_runs(Path(run).name)
+        return
+    if root is None:
+        _fail(f"error: {_unknown_run(run, runs_dir)}")
+    folder = _run_folder(root)
+    typer.echo(f"{folder.system}: {folder.state} (updated {_age(now - folder.updated)}), "
+               f"run folder {folder.root}")
+    if folder.records:
+        table = GenerationTable(sys.stdout)
+        table.header()
+        for record in folder.records:
+            table.row(record)
+    else:
+        typer.echo("no generation finished yet (labelling the initial dataset or training)")
+    summary = folder.summary
+    if summary:
+        typer.echo(summary.get("stop_explanation") or f"stopped: {summary.get('stop_reason')}")
+        line = f"dataset: {summary.get('dataset_size', '-')} structures"
+        if "labels_initial" in summary:
+            line += (f" ({summary['labels_initial']} initial, {summary.get('labels_explored', 0)} "
+                     f"from {summary.get('strategy', 'exploration')})")
+        if "level_of_theory" in summary:
+            line += f" at {summary['level_of_theory']}"
+        typer.echo(line)
+    if server:
+        use_prefect_defaults()
+        _print_flow_runs(folder.system)

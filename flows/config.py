@@ -81,24 +81,53 @@ class CommitteeConfig(_Strict):
 
 
 class ConvergenceConfig(_Strict):
-    """Stop when the mean force uncertainty σ_F (eV/Å) of the attacked geometries stays
-    below ``force_std_threshold`` for ``patience`` consecutive generations."""
+    """When the loop has converged (see :func:`flows.steps.decide`).
+
+    - ``force_std_threshold``/``patience``: the mean force uncertainty σ_F (eV/Å) of the
+      attacked geometries stayed below the threshold for ``patience`` consecutive
+      generations (reason ``converged``);
+    - ``min_candidates``: fewer than this many attacked geometries had an uncertainty at
+      or above the selection threshold, so a generation would add too little to be worth
+      its labels; it stops before labelling them (reason ``few_candidates``; 0: off).
+    """
 
     force_std_threshold: float = Field(0.05, gt=0, description="eV/Å")
     patience: PositiveInt = 1
+    min_candidates: int = Field(0, ge=0, description="attacked geometries above the "
+                                "selection threshold; fewer stops the run (0: off)")
 
 
 class BudgetConfig(_Strict):
-    """Limits on a run: generations of exploration, new (non-initial) labels, and the
-    fraction of a generation's DFT labels that may fail before the run stops."""
+    """Limits on a run: generations of exploration, new (non-initial) labels, the
+    fraction of a generation's DFT labels that may fail before the run stops, and wall
+    time.
+
+    ``max_wall_hours`` limits one invocation (``advloop run`` or one flow run), checked
+    before each step of a generation: a run that reaches it stops cleanly with reason
+    ``max_wall_time`` and writes its summary, and re-running the same config resumes it
+    with a fresh allowance. Set it below a batch job's time limit so the job ends with a
+    summary instead of being killed.
+    """
 
     max_generations: PositiveInt = 4
     max_labels: PositiveInt = 100
     max_failure_ratio: float = Field(0.5, ge=0, le=1)
+    max_wall_hours: float | None = Field(None, gt=0, description="h per invocation; None: no limit")
 
 
 class ComputeConfig(_Strict):
+    """Threads, and how the labelling tasks of a generation run: how many at once (each
+    labels one structure), how often a task that raised is retried and after what delay
+    (s), and after how long a task is abandoned (s; None: never). A label that is still
+    missing after its retries counts as a failed label (see ``budget.max_failure_ratio``)
+    and is retried on the next re-run. In Prefect's thread pool a timeout takes effect
+    when the calculator returns control to Python (between SCF iterations for PySCF)."""
+
     torch_threads: PositiveInt = 1
+    label_workers: PositiveInt = 1
+    label_retries: int = Field(1, ge=0)
+    label_retry_delay_seconds: float = Field(10.0, ge=0, description="s")
+    label_timeout_seconds: float | None = Field(None, gt=0, description="s; None: no limit")
 
 
 class RunConfig(_Strict):

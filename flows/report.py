@@ -1,4 +1,10 @@
-"""The per-generation table printed while a run goes."""
+"""The local reporter of a run: a table with one row per generation, and progress
+(committee members trained, labels done) while a generation runs.
+
+On a terminal, progress is a rich progress bar that disappears when its work is done;
+on any other stream (a log file, ``io.StringIO`` in tests) it is one plain line per
+event, so logs stay readable.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +28,68 @@ _COLUMNS = [
 
 
 class GenerationTable:
-    """Plain-text table, one row per generation (σF and MAE in eV/Å)."""
+    """Plain-text table, one row per generation (σF and MAE in eV/Å), and progress hooks
+    the flow calls while a generation runs (:meth:`training_started`, :meth:`member_trained`,
+    :meth:`labelled`; ``labelled(g, 0, total)`` announces the labels).
 
-    def __init__(self, stream: TextIO | None = None):
+    ``live``: draw progress as rich bars (default: when ``stream`` is a terminal).
+    """
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None):
         self.stream = stream or sys.stdout
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = bool(isatty and isatty()) if live is None else live
+        self._progress = None  # rich.progress.Progress while a bar is shown
+        self._bars: dict[str, object] = {}  # description -> rich TaskID
 
     def _emit(self, line: str) -> None:
+        self.close()
         print(line, file=self.stream, flush=True)
+
+    def _advance(self, description: str, done: int, total: int, line: str) -> None:
+        if not self.live:
+            print(line, file=self.stream, flush=True)
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(),
+                                      console=Console(file=self.stream), transient=True,
+                                      auto_refresh=False)
+            self._progress.start()
+        if description not in self._bars:
+            self._bars[description] = self._progress.add_task(description, total=total)
+        self._progress.update(self._bars[description], completed=done, total=total, refresh=True)
+        if all(t.finished for t in self._progress.tasks):
+            self.close()
+
+    def close(self) -> None:
+        """Remove the progress bars, if any (a finished bar removes itself)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress, self._bars = None, {}
+
+    def training_started(self, generation: int, total: int) -> None:
+        """``generation``'s committee of ``total`` members starts training."""
+        self._advance(f"gen {generation}: training", 0, total,
+                      f"gen {generation}: training {total} committee members")
+
+    def member_trained(self, generation: int, member: int, done: int, total: int,
+                       metrics: dict[str, float]) -> None:
+        """Member ``member`` of ``generation``'s committee finished (``done`` of ``total``)."""
+        mae = metrics.get("val_forces_mae")
+        detail = f" (val F MAE {mae:.4f} eV/Å)" if mae is not None else ""
+        self._advance(f"gen {generation}: training", done, total,
+                      f"gen {generation}: member {member} trained, {done} of {total}{detail}")
+
+    def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
+        """``done`` of ``generation``'s ``total`` selected structures have a label task
+        finished, ``failed`` of them without a label."""
+        line = (f"gen {generation}: labelling {total} structures" if done == 0 else
+                f"gen {generation}: {done} of {total} labels done" + (f", {failed} failed" if failed else ""))
+        self._advance(f"gen {generation}: labelling", done, total, line)
 
     def header(self) -> None:
         cells = [f"{title:>{len(fmt.format(0))}}" for title, _, fmt in _COLUMNS]

@@ -9,9 +9,13 @@ interrupted run continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,9 +27,9 @@ from adversarial.baselines import committee_md, random_displacement
 from adversarial.seeding import choose_seeds
 from adversarial.selection import select_candidates
 from adversarial.structures import Candidates, Seeds
-from calculators.factory import make_calculator
-from calculators.label_store import LabelStore
-from calculators.labeller import label_structures
+from calculators.factory import level_of_theory, make_calculator
+from calculators.label_store import LabelStore, label_key
+from calculators.labeller import LabelOutcome, label_structures
 from flows.config import RunConfig, initial_structures
 from potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from potentials.committee import Committee
@@ -42,6 +46,12 @@ _SPLIT_STREAM, _MEMBER_STREAM, _ATTACK_STREAM, _INITIAL_STREAM, _BOOTSTRAP_STREA
 
 class LabellingError(RuntimeError):
     """Too many DFT labels failed for the run to go on."""
+
+
+# A new model's initial weights come from torch's process-wide generator, which
+# train_step seeds per member; members trained in parallel threads take turns at it, or
+# their weights would depend on thread timing.
+_TORCH_SEEDING = threading.Lock()
 
 
 def _rng(config: RunConfig, stream: int, *keys: int) -> np.random.Generator:
@@ -61,24 +71,33 @@ class LabelReport:
     calibration: dict[str, float] = field(default_factory=dict)
 
 
+def _append_outcomes(config: RunConfig, dataset: Dataset, structures: list[Atoms],
+                     todo: list[int], outcomes: list[LabelOutcome], generation: int,
+                     strategy: str, parents: list[int], t0: float) -> LabelReport:
+    """Append the successful ``outcomes`` (one per ``structures[todo[k]]``) to ``dataset``."""
+    level = level_of_theory(config.labels, config.dft, config.periodic_dft)
+    ok = [(todo[o.index], o) for o in outcomes if o.ok]
+    indices = dataset.append(
+        [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
+        [Provenance(generation, strategy, level, parents[k]) for k, _ in ok],
+    )
+    failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
+    return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
+                       time.perf_counter() - t0, failures, [int(i) for i in indices],
+                       cached=sum(o.cached for o in outcomes))
+
+
 def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atoms],
                       generation: int, strategy: str, parents: list[int]) -> LabelReport:
     """Label ``structures`` with the configured DFT and append the successes."""
     t0 = time.perf_counter()
     known = set(dataset.hashes())
     todo = [k for k, a in enumerate(structures) if structure_hash(a) not in known]
-    calc, theory, level_of_theory = make_calculator(config.labels, config.dft, config.periodic_dft)
+    calc, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
     store = LabelStore(RunLayout(config.run_dir()).labels)
     outcomes = label_structures([structures[k] for k in todo], calc, store, theory)
-    ok = [(todo[o.index], o) for o in outcomes if o.ok]
-    indices = dataset.append(
-        [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
-        [Provenance(generation, strategy, level_of_theory, parents[k]) for k, _ in ok],
-    )
-    failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
-    return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
-                       time.perf_counter() - t0, failures, [int(i) for i in indices],
-                       cached=sum(o.cached for o in outcomes))
+    return _append_outcomes(config, dataset, structures, todo, outcomes, generation, strategy,
+                            parents, t0)
 
 
 def initial_dataset(config: RunConfig) -> LabelReport:
@@ -117,7 +136,7 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
             train_idx, size=len(train_idx), replace=True))
     previous = layout.member_checkpoint(generation - 1, member)
     warm = config.committee.warm_start and generation > 0 and previous.exists()
-    with torch.random.fork_rng():
+    with _TORCH_SEEDING, torch.random.fork_rng():
         torch.manual_seed(int(_rng(config, _MEMBER_STREAM, member).integers(2**31)))
         model = load_member(previous, expected=config.model) if warm else EnergyModel(config.model)
     t0 = time.perf_counter()
@@ -169,7 +188,10 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     out = layout.candidates(generation)
     if out.exists():
         frames = read(str(out), index=":")
-        return ExploreReport(**json.loads(frames[0].info["explore_report"]))
+        if "explore_report" in frames[0].info:
+            return ExploreReport(**json.loads(frames[0].info["explore_report"]))
+        # Written by a version whose empty ``stopped=`` hid the report from ASE's parser:
+        # explore again (deterministic), replacing the file.
     torch.set_num_threads(config.compute.torch_threads)
     t0 = time.perf_counter()
     committee = _committee(config, generation)
@@ -200,8 +222,9 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
         atoms.info.update(parent=int(seeds.index[parent]),
                           forces_std_mean=float(candidates.sigma_f_mean[k]),
                           forces_std_max=float(candidates.sigma_f_max[k]),
-                          score=float(candidates.score[k]),
-                          stopped=candidates.stopped.get(parent, ""))
+                          score=float(candidates.score[k]))
+        if parent in candidates.stopped:  # an empty value would hide later keys from ASE
+            atoms.info["stopped"] = candidates.stopped[parent]
         frames.append(atoms)
     header = frames[0] if frames else Atoms()
     header.info["explore_report"] = json.dumps(asdict(report))
@@ -223,6 +246,9 @@ class SelectReport:
     selected: list[int]  # indices into the generation's candidates
     threshold: float  # eV/Å
     rejected: dict[int, str]
+    n_above: int = 0  # candidates with a finite σ_F at or above the threshold
+    sigma_f_mean: float = float("nan")  # eV/Å, mean over the selected of their mean σ_F
+    sigma_f_max: float = float("nan")  # eV/Å, max over the selected of their max σ_F
 
     def rejected_counts(self) -> dict[str, int]:
         """How many candidates each kind of reason rejected."""
@@ -251,10 +277,11 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
     n_atoms = len(frames[0])
     periodic = bool(frames[0].pbc.any())
+    sigma = np.array([a.info["forces_std_mean"] for a in frames])
     result = select_candidates(
         frames[0].numbers,
         np.stack([a.positions for a in frames]),
-        np.array([a.info["forces_std_mean"] for a in frames]),
+        sigma,
         data.positions.reshape(-1, n_atoms, 3),
         train_pred.forces_std_mean,
         settings,
@@ -262,29 +289,177 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         train_cells=data.cell if periodic else None,
         pbc=frames[0].pbc if periodic else None,
     )
-    return SelectReport([int(i) for i in result.selected], float(result.threshold),
-                        {int(k): v for k, v in result.rejected.items()})
+    chosen = [frames[int(i)] for i in result.selected]
+    return SelectReport(
+        [int(i) for i in result.selected], float(result.threshold),
+        {int(k): v for k, v in result.rejected.items()},
+        n_above=int(np.sum(np.isfinite(sigma) & (sigma >= result.threshold))),
+        sigma_f_mean=float(np.mean([a.info["forces_std_mean"] for a in chosen])) if chosen else float("nan"),
+        sigma_f_max=float(np.max([a.info["forces_std_max"] for a in chosen])) if chosen else float("nan"),
+    )
 
 
-def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
-    """Label the selected candidates of ``generation`` and append them to the dataset."""
-    layout = RunLayout(config.run_dir())
-    frames = _read_candidates(layout, generation)
+def _selected_frames(config: RunConfig, generation: int, selected: Sequence[int]) -> list[Atoms]:
+    frames = _read_candidates(RunLayout(config.run_dir()), generation)
     chosen = [frames[i] for i in selected]
     for atoms in chosen:
         atoms.calc = None
-    dataset = Dataset(layout.dataset)
-    report = _label_and_append(config, dataset, chosen, generation, config.exploration.strategy,
-                               [int(a.info["parent"]) for a in chosen])
-    if not report.indices:
-        return report
-    # The committee predicted these structures before their labels existed: measure how
-    # well its spread ranks and sizes its actual force errors.
-    new = dataset.arrays().subset(report.indices)
+    return chosen
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One structure labelled into the run's label store (not yet in the dataset)."""
+
+    index: int  # the candidate's index in its generation
+    key: str  # label-store key
+    ok: bool
+    cached: bool  # read back from the store: computed by an earlier (interrupted) run
+    seconds: float  # of the calculation (for a cached label, of the original one)
+    error: str | None = None
+
+
+def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
+    """Label candidate ``index`` of ``generation`` into the run's label store.
+
+    Writes only the store (one file per label, atomically), never the dataset, so many
+    of these can run at once; :func:`append_labels` then adds the generation's labels to
+    the dataset. A label already in the store is read back, not recomputed. A failed
+    calculation (ASE's ``CalculationFailed``) is a result with ``ok=False``, stored too;
+    any other exception propagates.
+    """
+    [atoms] = _selected_frames(config, generation, [index])
+    calc, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
+    [outcome] = label_structures([atoms], calc, LabelStore(RunLayout(config.run_dir()).labels), theory)
+    return LabelResult(index, label_key(atoms, theory), outcome.ok, outcome.cached,
+                       outcome.seconds, outcome.error)
+
+
+def append_labels(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
+    """Append the stored labels of ``generation``'s selected candidates to the dataset.
+
+    The one writer of the dataset for a generation. Structures already in the dataset are
+    skipped (a re-run appends nothing twice); a selected structure with no label in the
+    store (its labelling task failed for good) counts as a failed label.
+    """
+    t0 = time.perf_counter()
+    chosen = _selected_frames(config, generation, selected)
+    dataset = Dataset(RunLayout(config.run_dir()).dataset)
+    known = set(dataset.hashes())
+    todo = [k for k, a in enumerate(chosen) if structure_hash(a) not in known]
+    _, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
+    store = LabelStore(RunLayout(config.run_dir()).labels)
+    outcomes = []
+    for n, k in enumerate(todo):
+        stored = store.get(label_key(chosen[k], theory))
+        if stored is None:
+            outcomes.append(LabelOutcome(n, None, None, "no label in the store (its labelling "
+                                         "task failed; a re-run retries it)", 0.0))
+        else:
+            outcomes.append(LabelOutcome(n, stored.energy, stored.forces, stored.error,
+                                         stored.seconds))
+    return _append_outcomes(config, dataset, chosen, todo, outcomes, generation,
+                            config.exploration.strategy, [int(a.info["parent"]) for a in chosen], t0)
+
+
+def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
+    """Calibration of ``generation``'s committee on dataset records ``indices`` (labels it
+    had not seen): how well its spread ranks and sizes its actual force errors."""
+    if not indices:
+        return {}
+    new = Dataset(RunLayout(config.run_dir()).dataset).arrays().subset(indices)
     pred = _committee(config, generation).predict_arrays(new.numbers, new.positions, new.n_atoms)
     cal = force_calibration(pred.forces_std, pred.forces_mean, new.forces,
                             np.repeat(np.arange(len(new)), new.n_atoms))
-    return replace(report, calibration=asdict(cal))
+    return asdict(cal)
+
+
+def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
+    """Label the selected candidates of ``generation`` one after another, append them to
+    the dataset and measure the committee's calibration on them (the flow runs the same
+    work as :func:`label_one` tasks, :func:`append_labels` and :func:`evaluate_step`)."""
+    chosen = _selected_frames(config, generation, selected)
+    dataset = Dataset(RunLayout(config.run_dir()).dataset)
+    report = _label_and_append(config, dataset, chosen, generation, config.exploration.strategy,
+                               [int(a.info["parent"]) for a in chosen])
+    return replace(report, calibration=evaluate_step(config, generation, report.indices))
+
+
+StopReason = Literal["converged", "few_candidates", "no_candidates", "max_generations",
+                     "max_labels", "max_wall_time"]
+# Reasons that mean the potential is done, as opposed to a budget or the search running out.
+CONVERGED: frozenset[str] = frozenset({"converged", "few_candidates"})
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    reason: StopReason
+    explanation: str
+
+
+def wall_time_stop(config: RunConfig, elapsed_seconds: float) -> StopDecision | None:
+    """The wall-time budget's decision after ``elapsed_seconds`` of this invocation."""
+    limit = config.budget.max_wall_hours
+    if limit is None or elapsed_seconds < limit * 3600:
+        return None
+    return StopDecision("max_wall_time",
+                        f"wall-time budget spent: {elapsed_seconds / 3600:.3g} h in this "
+                        f"invocation, budget.max_wall_hours = {limit:g} (re-run the same "
+                        "config to resume)")
+
+
+def decide(config: RunConfig, records: Sequence[Mapping], elapsed_seconds: float) -> StopDecision | None:
+    """Whether the run stops after the last of its generation ``records`` (in order), and
+    why; None: go on. Checked in this order (the first that holds wins):
+
+    1. the last generation only trained (its committee is the final one): the generation
+       or the label budget is spent (``max_generations`` / ``max_labels``);
+    2. the attacked geometries' mean σ_F was below ``convergence.force_std_threshold`` for
+       the last ``convergence.patience`` generations (``converged``);
+    3. fewer than ``convergence.min_candidates`` attacked geometries were above the
+       selection threshold (``few_candidates``);
+    4. selection ran and chose nothing (``no_candidates``);
+    5. ``elapsed_seconds`` of this invocation reached ``budget.max_wall_hours`` (``max_wall_time``).
+    """
+    if not records:
+        return wall_time_stop(config, elapsed_seconds)
+    last, conv, budget = records[-1], config.convergence, config.budget
+    if "attack_sigma_f_mean" not in last:
+        if last["generation"] >= budget.max_generations:
+            return StopDecision("max_generations", "generation budget spent (budget.max_generations"
+                                f" = {budget.max_generations})")
+        return StopDecision("max_labels", f"label budget spent (budget.max_labels = {budget.max_labels})")
+    below = 0
+    for record in reversed(records):
+        if record.get("attack_sigma_f_mean", math.inf) >= conv.force_std_threshold:
+            break
+        below += 1
+    if below >= conv.patience:
+        return StopDecision("converged", "converged: the attacked geometries' mean force "
+                            f"uncertainty stayed below {conv.force_std_threshold:g} eV/Å for "
+                            f"{conv.patience} generation(s)")
+    above = last.get("candidates_above_threshold")
+    if conv.min_candidates and above is not None and above < conv.min_candidates:
+        return StopDecision("few_candidates", f"converged: only {above} attacked geometries had a "
+                            "force uncertainty at or above the selection threshold "
+                            f"({last.get('selection_threshold', math.nan):.4g} eV/Å), fewer than "
+                            f"convergence.min_candidates = {conv.min_candidates}")
+    if "selected" in last and last["selected"] == 0:
+        return StopDecision("no_candidates", "no attacked geometry passed selection (all below the "
+                            "uncertainty threshold, near-duplicates or unphysical)")
+    return wall_time_stop(config, elapsed_seconds)
+
+
+def labelling_needed(config: RunConfig, explore: ExploreReport | None = None,
+                     select: SelectReport | None = None) -> bool:
+    """Whether a generation goes on to the next step: after exploring, while the attacked
+    geometries are uncertain enough; after selecting, while enough candidates are above
+    the threshold and some were selected (the rules of :func:`decide`)."""
+    if explore is not None and explore.sigma_f_mean < config.convergence.force_std_threshold:
+        return False
+    if select is not None:
+        return bool(select.selected) and select.n_above >= config.convergence.min_candidates
+    return True
 
 
 def append_generation_record(config: RunConfig, record: dict) -> None:

@@ -1,10 +1,13 @@
 """End to end: the active-learning flow on NH3 under Prefect's test harness, with real
-PySCF labels (RHF/STO-3G to keep it cheap) and real schnetpack committees."""
+PySCF labels (RHF/STO-3G to keep it cheap) and real schnetpack committees; what the
+Prefect server holds afterwards (flow runs, artifacts, events) is read back through its
+API."""
 
 from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +37,11 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert json.loads(layout.summary.read_text()) == summary
     printed = stream.getvalue()
     assert "σF att. mean" in printed and "generation budget spent" in printed
+    # progress lines of the local reporter (plain lines: the stream is not a terminal)
+    assert "gen 0: member 0 trained" in printed and "gen 1: member 1 trained" in printed
+    assert f"gen 0: {summary['labels_explored']} of {summary['labels_explored']} labels done" in printed
+
+    _check_prefect_server(summary)
 
     # Dataset: 6 initial + the adversarial labels, with provenance.
     dataset = Dataset(layout.dataset)
@@ -101,3 +109,66 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert again["dataset_size"] == summary["dataset_size"]
     assert Dataset(layout.dataset).hashes() == dataset.hashes()
     assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")} == mtimes
+
+    # A generation whose next step would start past the wall-time deadline stops there
+    # (its committee is on disk already; exploring would be the next step).
+    from flows.active_learning import run_generation
+
+    cut = run_generation(config, 1, 5, False, deadline=time.time())
+    assert cut.interrupted and "attack_sigma_f_mean" not in cut.record
+    assert not layout.candidates(1).exists()
+
+
+def _check_prefect_server(summary: dict) -> None:
+    """The flow runs, artifacts and events the tiny run left on the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
+                                                FlowRunFilterTags)
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    from flows.artifacts import TABLE_COLUMNS
+
+    with get_client(sync_client=True) as client:
+        # One flow run for the run, one sub-flow run per generation, all tagged with the system.
+        runs = {r.name: r for r in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-tiny"])))}
+        assert set(runs) == {"nh3-tiny", "nh3-tiny-gen000", "nh3-tiny-gen001"}
+        top = runs["nh3-tiny"]
+        assert top.parent_task_run_id is None and top.state.is_completed()
+        assert "generation budget spent" in top.state.message  # why it stopped
+        for name in ("nh3-tiny-gen000", "nh3-tiny-gen001"):
+            assert runs[name].parent_task_run_id is not None and runs[name].state.is_completed()
+
+        artifacts = {}
+        for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+                any_=["nh3-tiny-generations", "nh3-tiny-labelling", "nh3-tiny-summary"]))):
+            artifacts.setdefault(a.key, []).append(a)
+        # The table: a version per generation, the last one with a row for each.
+        tables = sorted(artifacts["nh3-tiny-generations"], key=lambda a: a.created)
+        assert len(tables) == 2
+        rows = json.loads(tables[-1].data)
+        assert [r["generation"] for r in rows] == [0, 1]
+        assert list(rows[0]) == list(TABLE_COLUMNS)
+        assert rows[0]["labels_added"] == summary["labels_explored"]
+        assert rows[0]["sigma_f_attacked_mean_eV_A"] > 0 and rows[0]["sigma_f_selected_max_eV_A"] > 0
+        assert rows[0]["val_forces_mae_eV_A"] > 0 and rows[1]["labels_added"] is None
+        [progress] = artifacts["nh3-tiny-labelling"]
+        assert float(progress.data) == 100.0
+        [markdown] = artifacts["nh3-tiny-summary"]
+        assert "generation budget spent" in markdown.data
+        assert "](data:image/svg+xml;base64," in markdown.data
+
+        # Events an automation can act on (the server stores them a moment later).
+        wanted = {"advloop.generation.finished": 2, "advloop.run.stopped": 1}
+        for _ in range(60):
+            page = client.read_events(filter=EventFilter(
+                event=EventNameFilter(prefix=["advloop."]),
+                resource=EventResourceFilter(id=["advloop.run.nh3-tiny"])), limit=50)
+            found = [e.event for e in page.events]
+            if all(found.count(k) >= n for k, n in wanted.items()):
+                break
+            time.sleep(0.5)
+        assert all(found.count(k) == n for k, n in wanted.items()), found
+        stopped = next(e for e in page.events if e.event == "advloop.run.stopped")
+        assert stopped.payload["stop_reason"] == "max_generations"
+        assert any(r.id.startswith("prefect.flow-run.") for r in stopped.related)

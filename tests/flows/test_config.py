@@ -32,6 +32,9 @@ def test_example_config_is_valid():
     assert config.model.architecture == "painn"
     assert config.system.structures.is_file()
     assert config.run_dir() == Path("runs") / "ammonia"
+    # the convergence policy and budgets spelled out, at their defaults
+    assert config.convergence.min_candidates == 0 and config.budget.max_wall_hours is None
+    assert config.compute.label_workers == 1 and config.compute.label_timeout_seconds is None
 
 
 def test_unknown_and_misspelt_keys_are_all_reported(tmp_path):

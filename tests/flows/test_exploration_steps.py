@@ -1,5 +1,6 @@
 """Each exploration strategy through the plain generation steps (no Prefect): explore,
-select, label with real PySCF (RHF/STO-3G) and append with the strategy's provenance."""
+select, label with real PySCF (RHF/STO-3G) and append with the strategy's provenance;
+labelling split into one step per structure and one append, as the flow runs it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from ase.io import read
 
 from flows.config import validate_config
-from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
+from flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset, label_one,
+                         label_step, select_step, train_step)
 from potentials.dataset import Dataset
 from potentials.run_layout import RunLayout
 
@@ -88,6 +90,34 @@ def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp
     explore_step(config, 1)
     frames = read(str(RunLayout(config.run_dir()).candidates(1)), index=":")
     assert sorted({a.info["parent"] for a in frames}) == labelled.indices
+
+
+def test_labels_one_structure_at_a_time_then_one_append(prepared_run, tmp_path):
+    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
+                   random={"std": 0.08})
+    explore_step(config, 0)
+    sel = select_step(config, 0, max_selected=3)
+    assert sel.n_above >= len(sel.selected) >= 2
+    assert sel.sigma_f_max >= sel.sigma_f_mean > 0
+    layout = RunLayout(config.run_dir())
+    before = len(Dataset(layout.dataset))
+
+    first = label_one(config, 0, sel.selected[0])
+    assert first.ok and not first.cached and len(first.key) == 64
+    assert len(Dataset(layout.dataset)) == before  # labelling writes the label store only
+    assert label_one(config, 0, sel.selected[0]).cached  # and never computes a label twice
+
+    partial = append_labels(config, 0, sel.selected)  # as if the other tasks had failed
+    assert partial.added == 1 and partial.failed == len(sel.selected) - 1
+    assert "no label in the store" in partial.failures[0]
+    for index in sel.selected[1:]:
+        assert label_one(config, 0, index).ok
+    rest = append_labels(config, 0, sel.selected)
+    assert (rest.added, rest.skipped_known, rest.failed) == (len(sel.selected) - 1, 1, 0)
+    assert append_labels(config, 0, sel.selected).added == 0  # appending again adds nothing
+    provenance = Dataset(layout.dataset).provenance()[before:]
+    assert [p.strategy for p in provenance] == ["random"] * len(sel.selected)
+    assert evaluate_step(config, 0, partial.indices + rest.indices)["n"] == len(sel.selected)
 
 
 def test_relabelling_reads_the_label_store_instead_of_computing(prepared_run, tmp_path):

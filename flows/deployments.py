@@ -1,0 +1,419 @@
+"""Runs on a Prefect server: the submission flow, submitting to it, reading runs back,
+and the long-lived deployments that ``advloop serve`` (or ``infra/prefect.yaml``) creates.
+
+How a config reaches the worker: **by value**. ``advloop submit`` validates the config
+locally, then sends the config's YAML text and its structure file's bytes (base64) as
+flow-run parameters of :func:`run_submission`. The worker writes them into
+``<output_dir>/<system>/submissions/<time>-<flow run id>/``, validates again, and runs
+:func:`flows.active_learning.run_active_learning`. So the config and structure files
+need not be on a filesystem the worker sees, a later edit of them does not change a
+submitted run, and the server keeps what was submitted with the flow run.
+
+The *outputs* go to one place both sides agree on: the run folder's parent is resolved
+to an absolute path on the submitting machine (``--output-dir`` or the config's
+``output_dir``, relative to the current folder), so the worker must see that path on a
+shared filesystem; ``advloop status`` and ``advloop export`` then read the run where it
+was written. A worker that cannot create the folder fails with a message saying so.
+
+Scheduled deployments (``advloop serve --config``) instead name the config by absolute
+path (:func:`flows.active_learning.run_config_file`): they run on the serving machine
+and re-read the config each time, so an edited budget applies to the next scheduled run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from prefect import flow
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments.runner import RunnerDeployment
+
+    from flows.config import RunConfig
+
+# flows.config and flows.active_learning import torch and schnetpack: they are imported
+# where needed, so that `advloop status --server` stays quick.
+
+SUBMISSION_FLOW = "advloop-submission"
+SUBMISSION_DEPLOYMENT = "submissions"
+#: ``<flow name>/<deployment name>`` of the submissions deployment, the same whether it
+#: was made by ``advloop serve`` or by ``prefect deploy`` from ``infra/prefect.yaml``.
+DEFAULT_DEPLOYMENT = f"{SUBMISSION_FLOW}/{SUBMISSION_DEPLOYMENT}"
+DEFAULT_CRON = "0 2 * * *"
+#: Tag on every flow run advloop creates; each also carries its system's name as a tag.
+TAG = "advloop"
+#: Submissions larger than this (config plus structures, bytes) are refused: flow-run
+#: parameters live in the server's database. Put larger inputs on the shared filesystem.
+MAX_SUBMISSION_BYTES = 4 * 2**20
+#: Flow-run states in which a run may still write its run folder.
+ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+
+
+# ---------------------------------------------------------------------------------------
+# The submission: made on the submitting machine, staged on the worker
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated config packed for a worker: the flow-run parameters of
+    :func:`run_submission` plus the system's name (flow-run name and tag)."""
+
+    system: str
+    config_yaml: str
+    structures_name: str
+    structures_b64: str
+    output_dir: str
+
+    @classmethod
+    def pack(cls, config_path: Path, config: RunConfig) -> Submission:
+        """Pack ``config_path`` (already validated into ``config``). The run folder's
+        parent becomes absolute here (see the module docstring).
+
+        Raises :class:`ConfigError` if the inputs exceed :data:`MAX_SUBMISSION_BYTES`.
+        """
+        from flows.config import ConfigError
+
+        text = Path(config_path).read_text()
+        data = config.system.structures.read_bytes()
+        size = len(text.encode()) + len(data)
+        if size > MAX_SUBMISSION_BYTES:
+            raise ConfigError(str(config_path), [
+                f"config and structures are {size / 2**20:.1f} MiB, above the "
+                f"{MAX_SUBMISSION_BYTES // 2**20} MiB a submission carries; put the structure "
+                "file on the shared filesystem and use a scheduled deployment "
+                "(advloop serve --config) or run it there (advloop run)"])
+        return cls(system=config.system.name, config_yaml=text,
+                   structures_name=config.system.structures.name,
+                   structures_b64=base64.b64encode(data).decode("ascii"),
+                   output_dir=str(Path(config.output_dir).resolve()))
+
+    def parameters(self) -> dict[str, str]:
+        """The flow-run parameters of :func:`run_submission`."""
+        return {"config_yaml": self.config_yaml, "structures_name": self.structures_name,
+                "structures_b64": self.structures_b64, "output_dir": self.output_dir}
+
+
+def stage_submission(config_yaml: str, structures_name: str, structures_b64: str,
+                     output_dir: str, label: str) -> RunConfig:
+    """Write a submission into ``<output_dir>/<system>/submissions/<label>/`` and return
+    its validated config, whose structure file is the copy written there.
+
+    The copy's config points at the structure file beside it, so
+    ``advloop validate <that folder>/config.yaml`` works. Raises :class:`ConfigError`
+    for an invalid submission and :class:`OSError` (with the fix in its message) when
+    the run folder cannot be created on this machine.
+    """
+    from flows.config import ConfigError, validate_config
+
+    source = "submitted config"
+    try:
+        raw = yaml.safe_load(config_yaml)
+    except yaml.YAMLError as err:
+        raise ConfigError(source, [f"not valid YAML: {err}"]) from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("system"), dict):
+        raise ConfigError(source, ["the config must be a YAML mapping with a system section"])
+    name = Path(structures_name).name
+    if name in ("", ".", ".."):
+        raise ConfigError(source, [f"structures_name {structures_name!r} is not a file name"])
+    try:
+        data = base64.b64decode(structures_b64, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ConfigError(source, [f"structures_b64 is not base64: {err}"]) from err
+    raw["system"]["structures"] = name
+    text = yaml.safe_dump(raw, sort_keys=False)
+
+    with tempfile.TemporaryDirectory(prefix="advloop-submission-") as tmp:
+        (Path(tmp) / "config.yaml").write_text(text)
+        (Path(tmp) / name).write_bytes(data)
+        try:
+            config = validate_config(Path(tmp) / "config.yaml", output_dir)
+        except ConfigError as err:  # name the submission, not a temporary file
+            raise ConfigError(source, err.problems) from err
+
+    keep = config.run_dir() / "submissions" / label
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create the run folder {config.run_dir()} on this worker ({err}); the "
+            "worker must see the submitting machine's output folder at the same path on a "
+            "shared filesystem, or submit with --output-dir naming a folder the worker "
+            "can write") from err
+    (keep / "config.yaml").write_text(text)
+    (keep / name).write_bytes(data)
+    return config.model_copy(update={
+        "system": config.system.model_copy(update={"structures": keep / name})})
+
+
+@flow(name=SUBMISSION_FLOW)
+def run_submission(config_yaml: str, structures_name: str, structures_b64: str,
+                   output_dir: str) -> dict:
+    """Deployment entrypoint for ``advloop submit``: stage the submitted config and
+    structure file in the run folder (see :func:`stage_submission`), then run or resume
+    the active-learning loop. Returns the run summary."""
+    from prefect.runtime import flow_run
+
+    from flows.active_learning import run_active_learning
+
+    run_id = str(flow_run.get_id() or "local")
+    label = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{run_id[:8]}"
+    config = stage_submission(config_yaml, structures_name, structures_b64, output_dir, label)
+    return run_active_learning(config)
+
+
+# ---------------------------------------------------------------------------------------
+# Deployments for `advloop serve`
+
+
+def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
+                      timezone: str | None = None,
+                      output_dir: Path | None = None) -> list[RunnerDeployment]:
+    """The deployments ``advloop serve`` serves, built without contacting a server:
+
+    - ``advloop-submission/submissions``: :func:`run_submission`, no schedule; the
+      parameters come with each ``advloop submit``;
+    - per config, ``advloop-run-config/<system>``: :func:`flows.active_learning.run_config_file`
+      on the config's absolute path, on the ``cron`` schedule (in ``timezone``, default
+      UTC), tagged ``advloop`` and the system's name. Each scheduled run resumes the run
+      folder, so a finished run stops at once and a grown budget continues it.
+
+    Entrypoints are module paths (``flows.deployments.run_submission``), importable
+    wherever advloop is installed. Raises :class:`ConfigError` for an invalid config
+    (every problem of the first bad one), ``ValueError`` for a bad cron string or
+    timezone or two configs for one system.
+    """
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from flows.active_learning import run_config_file
+    from flows.config import validate_config
+
+    deployments = [run_submission.to_deployment(
+        name=SUBMISSION_DEPLOYMENT, tags=[TAG], entrypoint_type=EntrypointType.MODULE_PATH,
+        description="advloop submit: a config and its structures, passed by value")]
+    seen: dict[str, Path] = {}
+    for path in configs:
+        config = validate_config(path, output_dir)
+        name = config.system.name
+        if name in seen:
+            raise ValueError(f"{path} and {seen[name]} both run system {name!r} "
+                             "(one run folder): keep one")
+        seen[name] = path
+        deployments.append(run_config_file.to_deployment(
+            name=name, schedule=Cron(cron, timezone=timezone), tags=[TAG, name],
+            parameters={"config_path": str(Path(path).resolve()),
+                        "output_dir": str(Path(config.output_dir).resolve())},
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description=f"scheduled run of {Path(path).resolve()} (resumes {config.run_dir()})"))
+    return deployments
+
+
+# ---------------------------------------------------------------------------------------
+# Talking to the server
+
+
+class ServerError(Exception):
+    """The Prefect server cannot do what was asked. The message is one line naming the
+    fix; ``exit_code`` is 2 for a setting the user must change, 1 for a server that is
+    down or failing."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def display_url(url: str) -> str:
+    """``url`` without any user name or password in it, for printing."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def api_url() -> str:
+    """The configured PREFECT_API_URL (environment or profile); raises
+    :class:`ServerError` if none is set (a command would otherwise start a throwaway
+    local server that no worker polls)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ServerError(
+            "error: no Prefect server configured: set PREFECT_API_URL, e.g. "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (see infra/README.md)", 2)
+    return str(url)
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _translate(err: Exception, url: str) -> ServerError:
+    import httpx
+
+    shown = display_url(url)
+    for cause in _causes(err):
+        if isinstance(cause, httpx.HTTPStatusError):
+            code = cause.response.status_code
+            if code in (401, 403):
+                return ServerError(
+                    f"error: the Prefect server at {shown} refused the credentials ({code}): "
+                    "set PREFECT_API_AUTH_STRING to the server's auth string (self-hosted) "
+                    "or PREFECT_API_KEY (Prefect Cloud)", 2)
+            return ServerError(f"error: the Prefect server at {shown} answered {code} "
+                               f"({cause.response.reason_phrase}); see its log", 1)
+        if isinstance(cause, (httpx.TransportError, ConnectionError)):
+            return ServerError(
+                f"error: cannot reach the Prefect server at {shown} "
+                f"({type(cause).__name__}): start it (prefect server start --host 127.0.0.1) "
+                "or fix PREFECT_API_URL", 1)
+        if isinstance(cause, RuntimeError) and "incompatible versions" in str(cause):
+            return ServerError(f"error: {cause} (server at {shown})", 2)
+    return ServerError(f"error: the Prefect server at {shown} failed: "
+                       f"{type(err).__name__}: {err}", 1)
+
+
+@contextlib.contextmanager
+def server_client() -> Iterator[Any]:
+    """A synchronous Prefect client for the configured server, checked with a quick
+    health probe first; every failure, then or later in the block, becomes a one-line
+    :class:`ServerError`."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
+
+    url = api_url()
+    try:
+        # Probe without retries and with a short timeout: a wrong host should fail in
+        # seconds, not after five retries of a 60 s timeout.
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: 10.0}):
+            with get_client(sync_client=True) as probe:
+                failure = probe.api_healthcheck()
+        if failure is not None:
+            raise failure
+        with get_client(sync_client=True) as client:
+            yield client
+    except ServerError:
+        raise
+    except Exception as err:
+        raise _translate(err, url) from None
+
+
+def flow_run_url(flow_run_id: Any) -> str | None:
+    """The UI page of a flow run (from PREFECT_UI_URL, derived from PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{display_url(str(base)).rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What ``advloop submit`` created."""
+
+    flow_run: FlowRun
+    deployment: str
+    work_pool: str | None
+    workers_online: int | None
+    url: str | None
+
+
+def _active_runs(client: Any, system: str) -> list[FlowRun]:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[TAG, system]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType(s) for s in ACTIVE_STATES]))), limit=5)
+
+
+def submit(submission: Submission, deployment: str = DEFAULT_DEPLOYMENT,
+           force: bool = False) -> Submitted:
+    """Create a Scheduled flow run of ``deployment`` with the submission's parameters,
+    named and tagged after the system; return it without waiting.
+
+    Unless ``force``, refuse when the system already has a flow run that may still write
+    its run folder (two runs of one folder would interleave their records). Raises
+    :class:`ServerError`.
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    if "/" not in deployment:
+        raise ServerError(f"error: --deployment {deployment!r} must be FLOW/DEPLOYMENT, "
+                          f"e.g. {DEFAULT_DEPLOYMENT}", 2)
+    with server_client() as client:
+        try:
+            dep = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ServerError(
+                f"error: no deployment {deployment!r} on the server {display_url(api_url())}: "
+                "start `advloop serve` or run `prefect deploy --all --prefect-file "
+                "infra/prefect.yaml` (infra/README.md)", 2) from None
+        if not force and (active := _active_runs(client, submission.system)):
+            run = active[0]
+            raise ServerError(
+                f"error: {submission.system!r} already has flow run {run.name!r} ({run.id}) in "
+                f"state {run.state_name}, which writes the same run folder: wait for it, "
+                f"cancel it (prefect flow-run cancel {run.id}), or pass --force", 2)
+        flow_run = client.create_flow_run_from_deployment(
+            dep.id, parameters=submission.parameters(), name=submission.system,
+            tags=[TAG, submission.system])
+        online = None
+        if dep.work_pool_name:
+            workers = client.read_workers_for_work_pool(dep.work_pool_name)
+            online = sum(1 for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE")
+    return Submitted(flow_run=flow_run, deployment=deployment, work_pool=dep.work_pool_name,
+                     workers_online=online, url=flow_run_url(flow_run.id))
+
+
+def latest_flow_runs(system: str | None = None, limit: int = 10) -> list[tuple[FlowRun, str]]:
+    """The newest flow runs of ``system`` (tagged with its name, or named after it), or
+    of every advloop run when ``system`` is None, newest first, each with its flow's name
+    (``advloop-submission``, ``advloop-active-learning``, ...). Raises :class:`ServerError`."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    sort = FlowRunSort.EXPECTED_START_TIME_DESC
+    with server_client() as client:
+        if system is None:
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[TAG])), sort=sort, limit=limit)
+        else:
+            by_id = {r.id: r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[system])), sort=sort, limit=limit)}
+            for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[system])), sort=sort, limit=limit):
+                by_id.setdefault(r.id, r)
+            found = list(by_id.values())
+
+        def when(r: FlowRun) -> float:
+            t = r.start_time or r.expected_start_time or r.created
+            return t.timestamp() if t else 0.0
+
+        found = sorted(found, key=when, reverse=True)[:limit]
+        flows = {fid: client.read_flow(fid).name for fid in {r.flow_id for r in found}}
+    return [(r, flows[r.flow_id]) for r in found]

@@ -1,0 +1,125 @@
+"""`advloop status` on run folders made by hand: the list of runs, one run's generations
+and outcome, and the errors for an unknown run or a missing server."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+RECORDS = [
+    {"generation": 0, "dataset_size": 14, "labels_added": 2, "labels_failed": 0,
+     "attack_sigma_f_mean": 0.4321, "attack_sigma_f_max": 0.9, "train_val_forces_mae": 0.2468,
+     "seconds": 12.0},
+    {"generation": 1, "dataset_size": 16, "labels_added": 2, "labels_failed": 1,
+     "attack_sigma_f_mean": 0.1357, "attack_sigma_f_max": 0.3, "train_val_forces_mae": 0.1122,
+     "seconds": 15.0},
+    {"generation": 2, "dataset_size": 16, "attack_sigma_f_mean": 0.0123,
+     "train_val_forces_mae": 0.0987, "seconds": 9.0},
+]
+SUMMARY = {"system": "ammonia", "stop_reason": "converged",
+           "stop_explanation": "converged: the attacked geometries' mean force uncertainty "
+                               "stayed below 0.05 eV/Å for 1 generation(s)",
+           "generations": 3, "dataset_size": 16, "labels_initial": 12, "labels_explored": 4,
+           "strategy": "adversarial", "level_of_theory": "RKS-PBE/6-31G*"}
+
+
+def _make_run(root: Path, records: list[dict], summary: dict | None, partial_line: bool = False,
+              resumed: bool = False) -> Path:
+    """A run folder as the flow leaves it: config.yaml first, records, then summary.json."""
+    root.mkdir(parents=True)
+    config = root / "config.yaml"
+    config.write_text(f"system: {{name: {root.name}}}\n")
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (root / "generations.jsonl").write_text(text + ('{"generation": 9, "data' if partial_line else ""))
+    t = time.time() - 600
+    os.utime(config, (t, t))
+    os.utime(root / "generations.jsonl", (t + 30, t + 30))
+    if summary is not None:
+        (root / "summary.json").write_text(json.dumps(summary))
+        os.utime(root / "summary.json", (t + 60, t + 60))
+    if resumed:  # a resume rewrites config.yaml after the old summary
+        os.utime(config, (t + 120, t + 120))
+    return root
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    _make_run(runs / "ammonia", RECORDS, SUMMARY)
+    _make_run(runs / "water", RECORDS[:1], None, partial_line=True)
+    _make_run(runs / "quartz", RECORDS[:2], {**SUMMARY, "stop_reason": "max_generations"},
+              resumed=True)
+    (runs / "not-a-run").mkdir()
+    return runs
+
+
+def _status(*args: str):
+    return CliRunner().invoke(app, ["status", *args])
+
+
+def test_status_lists_every_run_folder(runs):
+    result = _status("--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["system", "generations", "dataset", "state", "updated"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"ammonia", "water", "quartz"}
+    assert rows["ammonia"].split()[1:5] == ["3", "16", "stopped:", "converged"]
+    assert rows["water"].split()[1:4] == ["1", "14", "running"]  # half-written line skipped
+    assert rows["quartz"].split()[1:4] == ["2", "16", "running"]  # resumed after its summary
+    assert "min ago" in rows["ammonia"]
+
+
+def test_status_of_one_run_prints_its_generations_and_outcome(runs):
+    result = _status("ammonia", "--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    assert out[0].startswith("ammonia: stopped: converged (updated ")
+    assert "σF att. mean" in out[1] and "val F MAE" in out[1]
+    rows = [line.split() for line in out[2:5]]
+    assert [r[:4] for r in rows] == [["0", "14", "2", "0"], ["1", "16", "2", "1"], ["2", "16", "-", "-"]]
+    assert rows[0][4:7] == ["0.4321", "0.9000", "0.2468"]
+    assert rows[2][4] == "0.0123"
+    assert out[5] == SUMMARY["stop_explanation"]
+    assert out[6] == "dataset: 16 structures (12 initial, 4 from adversarial) at RKS-PBE/6-31G*"
+
+    # the same run named by its folder
+    by_path = _status(str(runs / "ammonia"))
+    assert by_path.exit_code == 0 and by_path.stdout.splitlines()[2:5] == out[2:5]
+
+
+def test_status_of_a_running_run_has_no_outcome(runs):
+    result = _status("water", "--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("water: running (updated ")
+    assert "dataset:" not in result.stdout and len(result.stdout.splitlines()) == 3
+
+
+def test_status_of_an_unknown_run_exits_2_naming_the_runs_there(runs):
+    result = _status("ammnoia", "--runs-dir", str(runs))
+    assert result.exit_code == 2
+    assert "'ammnoia' is neither a run folder nor a system" in result.stderr
+    assert "ammonia, quartz, water" in result.stderr
+    assert _status("not-a-run", "--runs-dir", str(runs)).exit_code == 2
+
+
+def test_status_with_no_runs_says_so(tmp_path):
+    result = _status("--runs-dir", str(tmp_path / "nothing"))
+    assert result.exit_code == 0 and "no run folders in" in result.stdout
+
+
+def test_status_server_without_a_server_configured_exits_2(runs):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = _status("ammonia", "--runs-dir", str(runs), "--server")
+    assert result.exit_code == 2
+    assert "ammonia: stopped: converged" in result.stdout  # the local part still printed
+    assert "no Prefect server configured: set PREFECT_API_URL" in result.stderr

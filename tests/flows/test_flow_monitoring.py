@@ -1,0 +1,147 @@
+"""What a run reports, as plain functions (no Prefect server): artifact keys, the
+generation table, the learning-curve image and summary, the events' contents, the
+failure-ratio event, and the local reporter's progress output."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from flows import events
+from flows.artifacts import (TABLE_COLUMNS, artifact_key, generation_rows, learning_curve_svg,
+                             summary_markdown)
+from flows.report import GenerationTable
+
+RECORDS = [
+    {"generation": 0, "dataset_size": 8, "labels_added": 2, "labels_failed": 0,
+     "attack_sigma_f_mean": 0.31, "attack_sigma_f_max": 0.9, "selected_sigma_f_mean": 0.4,
+     "selected_sigma_f_max": 1.1, "train_val_energy_mae": 0.02, "train_val_forces_mae": 0.42,
+     "calibration_spearman": float("nan"), "calibration_ratio": 0.7, "seconds": 12.0},
+    {"generation": 1, "dataset_size": 10, "labels_added": 2, "attack_sigma_f_mean": 0.12,
+     "train_val_forces_mae": 0.25},
+    {"generation": 2, "dataset_size": 10, "train_val_forces_mae": 0.2},  # final: trained only
+]
+SUMMARY = {"system": "NH3_tiny.v2", "stop_reason": "max_generations",
+           "stop_explanation": "generation budget spent (budget.max_generations = 2)",
+           "generations": 3, "final_committee_generation": 2, "dataset_size": 10,
+           "labels_initial": 6, "labels_explored": 4, "strategy": "adversarial",
+           "level_of_theory": "RHF/STO-3G", "wall_seconds": 42.0, "run_dir": "runs/NH3_tiny.v2"}
+
+
+def test_artifact_keys_follow_prefects_rules():
+    assert artifact_key("NH3_tiny.v2", "generations") == "nh3-tiny-v2-generations"
+    assert artifact_key("a--b_", "summary") == "a-b-summary"
+    for name in ("x", "Zeolite.CHA_2x2", "9-lives"):
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", artifact_key(name, "labelling"))
+
+
+def test_generation_table_rows_are_json_with_every_column():
+    rows = generation_rows(RECORDS)
+    assert [list(r) for r in rows] == [list(TABLE_COLUMNS)] * 3
+    assert rows[0]["sigma_f_selected_max_eV_A"] == 1.1 and rows[0]["val_energy_mae_eV"] == 0.02
+    assert rows[0]["calibration_spearman"] is None  # NaN is not JSON
+    assert rows[2]["labels_added"] is None and rows[2]["sigma_f_attacked_mean_eV_A"] is None
+    json.dumps(rows, allow_nan=False)
+
+
+def test_learning_curve_is_an_svg_with_both_series():
+    svg = ET.fromstring(learning_curve_svg(RECORDS, threshold=0.05))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert svg.tag == f"{ns}svg"
+    colours = [c.get("fill") for c in svg.iter(f"{ns}circle")]
+    assert colours.count("#d62728") == 2 and colours.count("#1f77b4") == 3  # σF, MAE points
+    assert len(list(svg.iter(f"{ns}polyline"))) == 2
+    assert any("threshold" in (t.text or "") for t in svg.iter(f"{ns}text"))
+    ET.fromstring(learning_curve_svg([]))  # a run with no generation still draws axes
+
+
+def test_summary_markdown_embeds_the_curve_as_a_data_uri_and_a_table():
+    text = summary_markdown(SUMMARY, RECORDS, threshold=0.05)
+    assert text.startswith("# NH3_tiny.v2: max_generations")
+    assert SUMMARY["stop_explanation"] in text
+    uri = re.search(r"\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert uri and base64.b64decode(uri.group(1)).decode().startswith("<svg")
+    assert "| 0 | 0.31 | 0.42 | 2 |" in text and "| 2 | - | 0.2 | 0 |" in text
+
+
+def test_events_name_the_run_and_carry_json_safe_records():
+    record = {**RECORDS[0], "rejected": {"known": np.int64(3)}, "ok": np.bool_(True),
+              "sigma": np.float32(0.5), "bad": float("inf")}
+    ev = events.generation_finished_event("nh3", record)
+    assert ev.event == "advloop.generation.finished"
+    assert ev.resource == {"prefect.resource.id": "advloop.run.nh3", "prefect.resource.name": "nh3"}
+    assert ev.payload["rejected"] == {"known": 3} and ev.payload["ok"] is True
+    assert ev.payload["calibration_spearman"] is None and ev.payload["bad"] is None
+    json.dumps(ev.payload, allow_nan=False)
+
+    assert events.run_finished_event(SUMMARY).event == "advloop.run.stopped"
+    for reason in ("converged", "few_candidates"):
+        done = events.run_finished_event({**SUMMARY, "stop_reason": reason})
+        assert done.event == "advloop.run.converged" and done.payload["stop_reason"] == reason
+    fail = events.failure_ratio_event("nh3", 3, failed=3, computed=4, max_failure_ratio=0.5,
+                                      failures=[f"f{k}" for k in range(9)])
+    assert fail.event == "advloop.labels.failure-ratio-exceeded"
+    assert fail.payload["failure_ratio"] == 0.75 and len(fail.payload["failures"]) == 5
+
+
+def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
+    from flows import active_learning
+    from flows.config import RunConfig
+    from flows.steps import LabelReport, LabellingError
+
+    sent = []
+    monkeypatch.setattr(active_learning.events, "emit", sent.append)
+    config = RunConfig.model_validate({"system": {"name": "nh3", "structures": "nh3.xyz"}})
+    report = LabelReport(requested=4, added=1, failed=3, skipped_known=0, seconds=1.0,
+                         failures=["SCFConvergenceError"] * 3)
+    with pytest.raises(LabellingError, match="3 of 4 adversarial"):
+        active_learning._enforce_failures(config, report, "adversarial", 2)
+    [ev] = sent
+    assert ev.event == events.LABEL_FAILURES and ev.payload["generation"] == 2
+    active_learning._enforce_failures(config, LabelReport(4, 3, 1, 0, 1.0, ["x"]), "adversarial", 2)
+    assert len(sent) == 1  # within budget.max_failure_ratio: nothing sent
+
+
+def test_reporter_prints_plain_progress_lines_off_a_terminal():
+    stream = io.StringIO()
+    table = GenerationTable(stream)
+    assert not table.live
+    table.training_started(0, 2)
+    table.member_trained(0, 1, 1, 2, {"val_forces_mae": 0.1234})
+    table.labelled(0, 0, 3)
+    table.labelled(0, 1, 3)
+    table.labelled(0, 3, 3, failed=1)
+    table.row(RECORDS[0])
+    lines = stream.getvalue().splitlines()
+    assert lines[:5] == ["gen 0: training 2 committee members",
+                         "gen 0: member 1 trained, 1 of 2 (val F MAE 0.1234 eV/Å)",
+                         "gen 0: labelling 3 structures",
+                         "gen 0: 1 of 3 labels done", "gen 0: 3 of 3 labels done, 1 failed"]
+
+
+def test_reporter_draws_a_progress_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    table = GenerationTable(stream)
+    assert table.live
+    table.training_started(4, 2)
+    table.labelled(4, 1, 2)
+    assert table._progress is not None and "gen 4: labelling" in stream.getvalue()
+    table.member_trained(4, 0, 1, 2, {})
+    table.member_trained(4, 1, 2, 2, {})
+    assert table._progress is not None  # until every bar is finished
+    table.labelled(4, 2, 2)
+    assert table._progress is None  # a finished bar removes itself
+    table.labelled(5, 1, 2)
+    table.row(RECORDS[1])  # a table row ends any bar still shown
+    assert table._progress is None
+    assert "gen 4: 1 of 2 labels done" not in stream.getvalue()  # no plain lines
