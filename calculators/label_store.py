@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ class LabelStore:
         """Store one label (or failure) atomically."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        # unique per writer (process and thread), so concurrent writers of one key never
+        # share a temporary file; the last rename wins with a complete file either way
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
         np.savez(tmp, energy=np.float64(np.nan if energy is None else energy),
                  forces=np.zeros((0, 3)) if forces is None else np.asarray(forces, dtype=np.float64),
                  error=np.str_(error or ""), seconds=np.float64(seconds),
@@ -98,4 +101,6 @@ class LabelStore:
         tmp.replace(path)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("*/*.npz")) if self.root.exists() else 0
+        if not self.root.exists():
+            return 0
+        return sum(1 for p in self.root.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))

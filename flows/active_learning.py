@@ -296,9 +296,28 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     return Completed(message=summary["stop_explanation"], data=summary)  # type: ignore[return-value]
 
 
-@flow(name="advloop-run-config")
+def _config_file_run_name() -> str:
+    """``<system>-<UTC date and time>`` for a run of a config file (a scheduled run)."""
+    import yaml
+    from prefect.runtime import flow_run
+
+    path = Path(flow_run.parameters["config_path"])
+    try:
+        name = str(yaml.safe_load(path.read_text())["system"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        name = path.stem  # the flow body reports what is wrong with the file
+    return f"{name}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}"
+
+
+def completed_with_reason(state) -> Completed:
+    """A Completed state carrying a finished run's summary and its stop message, so that
+    an entrypoint flow that wraps :func:`run_active_learning` shows why the run stopped."""
+    return Completed(message=state.message, data=state.result())
+
+
+@flow(name="advloop-run-config", flow_run_name=_config_file_run_name)
 def run_config_file(config_path: str, output_dir: str | None = None) -> dict:
     """Deployment entrypoint: validate a config file, then run it (its state message says
     why the run stopped, as the run's own does)."""
     state = run_active_learning(validate_config(Path(config_path), output_dir), return_state=True)
-    return Completed(message=state.message, data=state.result())  # type: ignore[return-value]
+    return completed_with_reason(state)  # type: ignore[return-value]

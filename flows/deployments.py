@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from prefect import flow
 
+from potentials.run_layout import RunLayout
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments.runner import RunnerDeployment
@@ -141,7 +143,7 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
         except ConfigError as err:  # name the submission, not a temporary file
             raise ConfigError(source, err.problems) from err
 
-    keep = config.run_dir() / "submissions" / label
+    keep = RunLayout(config.run_dir()).submissions / label
     try:
         keep.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -164,12 +166,13 @@ def run_submission(config_yaml: str, structures_name: str, structures_b64: str,
     the active-learning loop. Returns the run summary."""
     from prefect.runtime import flow_run
 
-    from flows.active_learning import run_active_learning
+    from flows.active_learning import completed_with_reason, run_active_learning
 
     run_id = str(flow_run.get_id() or "local")
     label = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{run_id[:8]}"
     config = stage_submission(config_yaml, structures_name, structures_b64, output_dir, label)
-    return run_active_learning(config)
+    # the summary as the result, and why the run stopped as the state's message
+    return completed_with_reason(run_active_learning(config, return_state=True))
 
 
 # ---------------------------------------------------------------------------------------

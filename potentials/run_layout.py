@@ -9,6 +9,7 @@
         labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
         generations.jsonl           one JSON record per finished generation
         summary.json                the run's outcome: why it stopped, totals
+        submissions/<time>-<id>/    configs and structures sent with `advloop submit`
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class RunLayout:
     def labels(self) -> Path:
         """The content-addressed label store (see calculators.label_store)."""
         return self.root / "labels"
+
+    @property
+    def submissions(self) -> Path:
+        """Inputs of runs submitted to a server (see flows.deployments)."""
+        return self.root / "submissions"
 
     def committee_dir(self, generation: int) -> Path:
         return self.root / "committee" / f"gen_{generation:03d}"

@@ -145,3 +145,23 @@ def test_periodic_pyscf_from_the_factory():
     assert isinstance(calc, PeriodicPySCFCalculator) and name == settings.level_of_theory
     assert theory["calculator"] == "pyscf_periodic" and theory["ke_cutoff"] == 100.0
     assert "verbose" not in theory
+
+
+def test_concurrent_writers_of_one_label_never_leave_it_broken(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LabelStore(tmp_path)
+    key = "ab" + "0" * 62
+    forces = np.arange(12.0).reshape(4, 3)
+
+    def write(k: int) -> None:
+        for _ in range(20):
+            store.put(key, {"calculator": "test"}, -1.5, forces, None, 0.1)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    label = store.get(key)
+    assert label.energy == -1.5 and np.array_equal(label.forces, forces)
+    # a temporary file left by a killed writer is not a label
+    (tmp_path / "ab" / f"{key}.123-456.tmp.npz").write_bytes(b"partial")
+    assert len(store) == 1
