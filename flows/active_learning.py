@@ -242,14 +242,16 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         decision: steps.StopDecision | None = None
         table.header()
         for g in range(config.budget.max_generations + 1):
-            if g in done:
-                record = done[g]
-            else:
+            labels_used = sum(r.get("labels_added", 0) for r in records)
+            final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
+            record = done.get(g)
+            if record is not None and not final and steps.only_trained(record):
+                record = None  # the last generation of a smaller budget: explore from it now
+            fresh = record is None
+            if fresh:
                 if _past(deadline):
                     decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
                     break
-                labels_used = sum(r.get("labels_added", 0) for r in records)
-                final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
                 t0 = time.time()
                 outcome = run_generation(config, g, config.budget.max_labels - labels_used, final,
                                          deadline, table)
@@ -264,7 +266,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
             records.append(record)
             table.row(record)
             logger.info("generation %d: %s", g, json.dumps(record))
-            if g not in done:
+            if fresh:
                 artifacts.publish_generation_table(system, records)
                 events.emit(events.generation_finished_event(system, record))
             decision = steps.decide(config, records, time.time() - t_start)

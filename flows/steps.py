@@ -408,6 +408,11 @@ def wall_time_stop(config: RunConfig, elapsed_seconds: float) -> StopDecision | 
                         "config to resume)")
 
 
+def only_trained(record: Mapping) -> bool:
+    """Whether a generation record is of a final generation: trained, nothing explored."""
+    return "attack_sigma_f_mean" not in record
+
+
 def decide(config: RunConfig, records: Sequence[Mapping], elapsed_seconds: float) -> StopDecision | None:
     """Whether the run stops after the last of its generation ``records`` (in order), and
     why; None: go on. Checked in this order (the first that holds wins):
@@ -424,7 +429,7 @@ def decide(config: RunConfig, records: Sequence[Mapping], elapsed_seconds: float
     if not records:
         return wall_time_stop(config, elapsed_seconds)
     last, conv, budget = records[-1], config.convergence, config.budget
-    if "attack_sigma_f_mean" not in last:
+    if only_trained(last):
         if last["generation"] >= budget.max_generations:
             return StopDecision("max_generations", "generation budget spent (budget.max_generations"
                                 f" = {budget.max_generations})")

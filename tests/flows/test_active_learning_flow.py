@@ -110,13 +110,23 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert Dataset(layout.dataset).hashes() == dataset.hashes()
     assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")} == mtimes
 
+    # A larger generation budget continues the finished run: its last committee (which
+    # only trained) now explores, and one more generation trains.
+    longer = config.model_copy(update={"budget": config.budget.model_copy(
+        update={"max_generations": 2})})
+    extended = run_active_learning(longer, GenerationTable(io.StringIO()))
+    assert extended["stop_reason"] == "max_generations" and extended["generations"] == 3
+    assert extended["dataset_size"] > summary["dataset_size"]
+    assert layout.trained_generations() == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/gen_00[01]/*.pt")} == mtimes
+
     # A generation whose next step would start past the wall-time deadline stops there
     # (its committee is on disk already; exploring would be the next step).
     from flows.active_learning import run_generation
 
-    cut = run_generation(config, 1, 5, False, deadline=time.time())
+    cut = run_generation(longer, 2, 5, False, deadline=time.time())
     assert cut.interrupted and "attack_sigma_f_mean" not in cut.record
-    assert not layout.candidates(1).exists()
+    assert not layout.candidates(2).exists()
 
 
 def _check_prefect_server(summary: dict) -> None:
