@@ -55,10 +55,15 @@ def artifact_key(system: str, what: str) -> str:
     return re.sub(r"-{2,}", "-", key).strip("-")
 
 
+def _readable(value):
+    """Floats to 4 significant digits for the table; everything else as it is."""
+    return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
 def generation_rows(records: Sequence[Mapping]) -> list[dict]:
-    """One table row per generation record (columns :data:`TABLE_COLUMNS`; missing or
-    non-finite values are None)."""
-    return [{column: json_safe(record.get(key)) for column, key in TABLE_COLUMNS.items()}
+    """One table row per generation record (columns :data:`TABLE_COLUMNS`; floats to 4
+    significant digits; missing or non-finite values are None)."""
+    return [{column: json_safe(_readable(record.get(key))) for column, key in TABLE_COLUMNS.items()}
             for record in records]
 
 
