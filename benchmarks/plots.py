@@ -1,8 +1,8 @@
 """Learning curves from the recorded sample-efficiency results, for docs/benchmarks.md.
 
-Run ``python -m benchmarks.plots`` (needs matplotlib: ``pip install -e ".[plots]"``): reads ``benchmarks/results/double_well.json`` and
-``benchmarks/results/ammonia_xtb.json`` (whichever exist) and writes PNGs to
-``docs/img/``. Each panel shows every seed's curve thinly and the mean over seeds at
+Run ``python -m benchmarks.plots`` (needs matplotlib: ``pip install -e ".[plots]"``):
+reads the recorded ``benchmarks/results/{double_well,ammonia_xtb,ammonia_dft,zeolite_xtb}.json``
+(whichever exist) and writes PNGs to ``docs/img/``. Each panel shows every seed's curve thinly and the mean over seeds at
 each generation boldly, against the mean number of labels.
 """
 
@@ -57,17 +57,36 @@ def main() -> list[Path]:
         written.append(OUT / "double_well.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    path = RESULTS / "ammonia_xtb.json"
-    if path.exists():
-        runs = json.loads(path.read_text())["runs"]
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for name, title in (("ammonia_xtb", "NH3, GFN2-xTB oracle"),
+                        ("ammonia_dft", "NH3, PBE/6-31G* oracle (Prefect flow)")):
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        runs = record["runs"]
+        stability = "md_stable_fraction" in next(iter(next(iter(runs.values())).values()))[0]
+        fig, axes = plt.subplots(1, 3 if stability else 2, figsize=(12 if stability else 8.5, 3.6))
         _panel(axes[0], runs, "barrier_error_kcal_mol", "|barrier error| (kcal/mol)", target=1.0)
         _panel(axes[1], runs, "force_rmse_1000K", "force RMSE, 1000 K frames (eV/Å)")
-        _panel(axes[2], runs, "md_stable_fraction", "stable committee-MD runs, 1500 K")
+        if stability:
+            temperature = record["settings"]["md_temperature_K"]
+            _panel(axes[2], runs, "md_stable_fraction", f"stable committee-MD runs, {temperature:.0f} K")
         axes[0].legend(frameon=False)
-        fig.suptitle("NH3, GFN2-xTB oracle")
+        fig.suptitle(title)
         fig.tight_layout()
-        written.append(OUT / "ammonia_xtb.png")
+        written.append(OUT / f"{name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    path = RESULTS / "zeolite_xtb.json"
+    if path.exists():
+        runs = json.loads(path.read_text())["runs"]
+        fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6))
+        _panel(axes[0], runs, "md_stable_fraction", "stable committee-MD runs")
+        _panel(axes[1], runs, "force_rmse_hot", "force RMSE, hot oracle frames (eV/Å)")
+        axes[0].legend(frameon=False)
+        fig.suptitle("Sodalite framework with a guest, GFN2-xTB oracle")
+        fig.tight_layout()
+        written.append(OUT / "zeolite_xtb.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     for p in written:
