@@ -3,7 +3,7 @@
 Run ``python -m benchmarks.plots`` (needs matplotlib: ``pip install -e ".[plots]"``):
 reads the recorded ``benchmarks/results/{double_well,ammonia_xtb,ammonia_dft,zeolite_xtb}.json``
 (whichever exist) and writes PNGs to ``docs/img/``. Each panel shows every seed's curve thinly and the mean over seeds at
-each generation boldly, against the mean number of labels.
+each generation boldly (over the runs that reached it), against the mean number of labels.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ def _panel(ax, runs: dict, key: str, ylabel: str, log: bool = False, target: flo
         for rows in curves:
             ax.plot([r["n_labels"] for r in rows], [r[key] for r in rows],
                     color=COLOURS[strategy], alpha=0.25, lw=0.8)
-        n = min(len(rows) for rows in curves)
-        labels = np.mean([[r["n_labels"] for r in rows[:n]] for rows in curves], axis=0)
-        values = np.mean([[r[key] for r in rows[:n]] for rows in curves], axis=0)
+        # mean per generation over the runs that reached it (a run may stop early)
+        n = max(len(rows) for rows in curves)
+        at = [[rows[g] for rows in curves if len(rows) > g] for g in range(n)]
+        labels = [np.mean([r["n_labels"] for r in rows]) for rows in at]
+        values = [np.mean([r[key] for r in rows]) for rows in at]
         ax.plot(labels, values, color=COLOURS[strategy], lw=2.2, marker="o", ms=3,
                 label=LABELS[strategy])
     if target is not None:
