@@ -377,3 +377,52 @@ def status(
     if server:
         use_prefect_defaults()
         _print_flow_runs(folder.system)
+
+
+# ---------------------------------------------------------------------------------------
+# advloop automations
+
+automations_app = typer.Typer(no_args_is_help=True,
+                              help="Automations on the Prefect server (PREFECT_API_URL).")
+app.add_typer(automations_app, name="automations")
+
+
+@automations_app.command("create")
+def automations_create(
+    # the default is flows.automations.DEFAULT_HEARTBEAT_SECONDS, spelt out like submit's
+    heartbeat_seconds: Annotated[int, typer.Option(
+        help="mark a flow run Crashed when this many seconds pass after a heartbeat with no "
+             "further heartbeat or state change; about 3 x the workers' "
+             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180), at least 60")] = 540,
+) -> None:
+    """Create or update the crash-detection automation on the server.
+
+    Flow runs send a heartbeat event every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds; when
+    they stop (the process was killed, the node died), the automation marks the run
+    Crashed. Idempotent: the automation is found by its name and updated to match.
+    See infra/server/README.md."""
+    use_prefect_defaults()
+    from flows.automations import crash_automation, ensure_automation, heartbeat_frequency
+    from flows.deployments import api_url, display_url
+
+    try:
+        wanted = crash_automation(heartbeat_seconds)
+    except ValueError as err:
+        _fail(f"error: {err}")
+    with _ServerErrors():
+        done = ensure_automation(wanted)
+        url = api_url()
+    stored = done.automation
+    typer.echo(f"{done.outcome} automation {stored.name!r} ({stored.id}) on {display_url(url)}: "
+               f"a flow run with no heartbeat or state change for {heartbeat_seconds} s is "
+               "marked Crashed")
+    if done.removed:
+        typer.echo(f"removed {done.removed} other automation(s) of the same name")
+    frequency = heartbeat_frequency()
+    if frequency is None:
+        typer.echo("note: PREFECT_FLOWS_HEARTBEAT_FREQUENCY is unset here, so flow runs started "
+                   "from this environment send no heartbeats; set it on the workers", err=True)
+    elif heartbeat_seconds < 2 * frequency:
+        typer.echo(f"note: {heartbeat_seconds} s is less than twice the heartbeat interval set "
+                   f"here ({frequency} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): live runs may be "
+                   f"marked Crashed; use about {3 * frequency} s", err=True)

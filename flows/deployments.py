@@ -56,8 +56,10 @@ DEFAULT_CRON = "0 2 * * *"
 #: Tag on every flow run advloop creates; each also carries its system's name as a tag.
 TAG = "advloop"
 #: Submissions larger than this (config plus structures, bytes) are refused: flow-run
-#: parameters live in the server's database. Put larger inputs on the shared filesystem.
-MAX_SUBMISSION_BYTES = 4 * 2**20
+#: parameters live in the server's database, and a Prefect 3.8 server refuses parameters
+#: above PREFECT_SERVER_API_MAX_PARAMETER_SIZE (512 KiB by default; base64 adds a third).
+#: Put larger inputs on the shared filesystem.
+MAX_SUBMISSION_BYTES = 360 * 2**10
 #: Flow-run states in which a run may still write its run folder.
 ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
@@ -91,8 +93,8 @@ class Submission:
         size = len(text.encode()) + len(data)
         if size > MAX_SUBMISSION_BYTES:
             raise ConfigError(str(config_path), [
-                f"config and structures are {size / 2**20:.1f} MiB, above the "
-                f"{MAX_SUBMISSION_BYTES // 2**20} MiB a submission carries; put the structure "
+                f"config and structures are {size / 2**10:.0f} KiB, above the "
+                f"{MAX_SUBMISSION_BYTES // 2**10} KiB a submission carries; put the structure "
                 "file on the shared filesystem and use a scheduled deployment "
                 "(advloop serve --config) or run it there (advloop run)"])
         return cls(system=config.system.name, config_yaml=text,
@@ -278,6 +280,11 @@ def _translate(err: Exception, url: str) -> ServerError:
                     f"error: the Prefect server at {shown} refused the credentials ({code}): "
                     "set PREFECT_API_AUTH_STRING to the server's auth string (self-hosted) "
                     "or PREFECT_API_KEY (Prefect Cloud)", 2)
+            if code == 422 and "parameter" in cause.response.text.lower():
+                return ServerError(
+                    f"error: the Prefect server at {shown} refused the submission's size (422): "
+                    "raise PREFECT_SERVER_API_MAX_PARAMETER_SIZE on the server, or put the "
+                    "structure file on the shared filesystem and use advloop serve --config", 2)
             return ServerError(f"error: the Prefect server at {shown} answered {code} "
                                f"({cause.response.reason_phrase}); see its log", 1)
         if isinstance(cause, (httpx.TransportError, ConnectionError)):

@@ -5,15 +5,11 @@ missing, unreachable or refusing server."""
 from __future__ import annotations
 
 import http.server
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,21 +18,12 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import validate_config
 from flows.deployments import DEFAULT_DEPLOYMENT, Submission, stage_submission
+from tests.flows.prefect_server import BIN, clean_env, free_port
+from tests.flows.prefect_server import prefect_server as start_prefect_server
 
 _UUID = re.compile(r"\(([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)")
-_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    env.update(OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
-    return env
+# the server-starting helpers, shared with the other server tests
+_BIN, _free_port, _env = BIN, free_port, clean_env
 
 
 def _advloop(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -52,41 +39,11 @@ def prefect_server(tmp_path_factory):
 
     The late-runs service is off so that a run stays `Scheduled` while the test reads it,
     the scheduler and the UI because nothing here needs them."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = _env(PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false",
-               PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
-               PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after 240 s: "
-                            f"{(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-        log.close()
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-server"),
+                              PREFECT_SERVER_UI_ENABLED="false",
+                              PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+                              PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +217,21 @@ def test_a_submission_carries_the_config_by_value(tiny_config, tmp_path):
     assert staged.run_dir() == moved / "nh3-tiny"
     assert (keep / "nh3.xyz").read_bytes() == config.system.structures.read_bytes()
     assert validate_config(keep / "config.yaml").committee == config.committee
+
+
+def test_a_submission_too_large_for_the_server_is_refused_before_sending(tiny_config, tmp_path):
+    from ase.io import read, write
+
+    from flows.config import ConfigError
+    from flows.deployments import MAX_SUBMISSION_BYTES
+
+    config = validate_config(tiny_config)
+    many = tmp_path / "many.xyz"
+    frame = read(config.system.structures)
+    write(many, [frame] * (MAX_SUBMISSION_BYTES // 200))  # each frame > 200 bytes of text
+    big = config.model_copy(update={"system": config.system.model_copy(update={"structures": many})})
+    with pytest.raises(ConfigError, match="KiB a submission carries"):
+        Submission.pack(tiny_config, big)
 
 
 def test_a_bad_submission_is_a_config_error(tmp_path):
