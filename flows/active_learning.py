@@ -8,6 +8,12 @@ task (the one writer of the HDF5 file), evaluate the committee's calibration on 
 After each generation the run decides whether to stop (:func:`flows.steps.decide`).
 Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021).
 
+Members train and labels are computed on the task runners of ``config.runners``
+(:mod:`flows.runners`): by default in the generation flow's threads; on any other runner
+(a process pool, a Dask cluster, Slurm jobs) in a sub-flow of the generation
+(``<system>-gen<NNN>-training`` / ``-labelling``) with that task runner, on clusters
+started once per run.
+
 Tasks are thin wrappers over :mod:`flows.steps`; they pass configs, indices and
 metrics, never models or arrays. Every flow and task run is tagged with the system's
 name; the UI shows the artifacts of :mod:`flows.artifacts`, and automations can act on
@@ -30,8 +36,8 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
 
 from calculators.factory import level_of_theory
-from flows import artifacts, events, steps
-from flows.config import RunConfig, validate_config
+from flows import artifacts, events, runners, steps
+from flows.config import RunConfig, ThreadsRunner, validate_config
 from flows.report import GenerationTable
 from flows.timing import Timed, split_generation, timed
 from potentials.dataset import Dataset
@@ -134,6 +140,65 @@ def _label_selected(config: RunConfig, generation: int, selected: list[int], clo
     return results
 
 
+@flow(name="advloop-training", flow_run_name="{config.system.name}-gen{generation:03d}-training",
+      log_prints=False)
+def train_committee(config: RunConfig, generation: int,
+                    table: GenerationTable | None = None) -> tuple[dict[str, float], list[Timed]]:
+    """A generation's members trained on the task runner of ``runners.training``: the
+    committee's mean metrics and the intervals the members trained in."""
+    clock: list[Timed] = []
+    return _train_committee(config, generation, clock, table or GenerationTable()), clock
+
+
+@flow(name="advloop-labelling", flow_run_name="{config.system.name}-gen{generation:03d}-labelling",
+      log_prints=False)
+def label_candidates(config: RunConfig, generation: int, selected: list[int],
+                     table: GenerationTable | None = None
+                     ) -> tuple[list[steps.LabelResult], list[Timed]]:
+    """A generation's ``selected`` candidates labelled on the task runner of
+    ``runners.labelling`` into the label store: the results and the intervals they ran in."""
+    clock: list[Timed] = []
+    results = _label_selected(config, generation, selected, clock, table or GenerationTable(),
+                              get_run_logger())
+    return results, clock
+
+
+def _phase_runner(config: RunConfig, phase: runners.Phase,
+                  clusters: runners.ClusterAddresses | None):
+    """The task runner of a phase's sub-flow; None: the phase's tasks run in the
+    generation flow's own thread pool (``threads``, no sub-flow)."""
+    settings = getattr(config.runners, phase)
+    if isinstance(settings, ThreadsRunner):
+        return None
+    runners.check_api_reachable(config)
+    return runners.task_runner(settings, phase, getattr(clusters, phase) if clusters else None)
+
+
+def _train(config: RunConfig, generation: int, clock: list[Timed], table: GenerationTable,
+           clusters: runners.ClusterAddresses | None) -> dict[str, float]:
+    runner = _phase_runner(config, "training", clusters)
+    if runner is None:
+        return _train_committee(config, generation, clock, table)
+    with runners.api_for_workers():
+        metrics, intervals = train_committee.with_options(task_runner=runner)(
+            config, generation, table)
+    clock.extend(intervals)
+    return metrics
+
+
+def _label(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
+           table: GenerationTable, logger: logging.LoggerAdapter,
+           clusters: runners.ClusterAddresses | None) -> list[steps.LabelResult]:
+    runner = _phase_runner(config, "labelling", clusters)
+    if runner is None:
+        return _label_selected(config, generation, selected, clock, table, logger)
+    with runners.api_for_workers():
+        results, intervals = label_candidates.with_options(task_runner=runner)(
+            config, generation, selected, table)
+    clock.extend(intervals)
+    return results
+
+
 @dataclass
 class GenerationOutcome:
     """What a generation sub-flow hands back: its record (without timings), the intervals
@@ -153,15 +218,18 @@ def _past(deadline: float | None) -> bool:
       log_prints=False)
 def run_generation(config: RunConfig, generation: int, max_selected: int, final: bool,
                    deadline: float | None = None,
-                   table: GenerationTable | None = None) -> GenerationOutcome:
+                   table: GenerationTable | None = None,
+                   clusters: runners.ClusterAddresses | None = None) -> GenerationOutcome:
     """One generation: train its committee; unless ``final``, explore, select at most
     ``max_selected`` candidates, label each, append them and evaluate calibration.
     Stops early (``interrupted``) before a step that would start after ``deadline``
-    (``time.time()`` s)."""
+    (``time.time()`` s). Training and labelling run on the task runners of
+    ``config.runners``, as sub-flows unless ``threads``, on the run's Dask ``clusters``
+    (:func:`flows.runners.open_clusters`; None: a phase starts its own)."""
     logger = get_run_logger()
     table = table or GenerationTable()
     clock: list[Timed] = []
-    train = _train_committee(config, generation, clock, table)
+    train = _train(config, generation, clock, table, clusters)
     out = GenerationOutcome({"generation": generation, **{f"train_{k}": v for k, v in train.items()}}, clock)
     record = out.record
     logger.info("committee trained: validation force MAE %.4g eV/Å", train.get("val_forces_mae", float("nan")))
@@ -189,7 +257,7 @@ def run_generation(config: RunConfig, generation: int, max_selected: int, final:
         return out
     if _past(deadline):
         return replace(out, interrupted=True)
-    results = _label_selected(config, generation, sel.selected, clock, table, logger)
+    results = _label(config, generation, sel.selected, clock, table, logger, clusters)
     lab = replace(_run(append_labels, clock, config, generation, sel.selected),
                   cached=sum(r.cached for r in results))
     logger.info("appended %d labels (%d failed, %d from an earlier run's label store)",
@@ -231,7 +299,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     deadline = t_start + hours * 3600 if hours is not None else None
     _tag_flow_run(system)
 
-    with tags(system):
+    with tags(system), runners.open_clusters(config) as clusters:
         initial = label_initial(config)
         _enforce_failures(config, initial, "initial", None)
         logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
@@ -254,7 +322,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
                     break
                 t0 = time.time()
                 outcome = run_generation(config, g, config.budget.max_labels - labels_used, final,
-                                         deadline, table)
+                                         deadline, table, clusters)
                 if outcome.interrupted:
                     decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
                     break

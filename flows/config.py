@@ -7,6 +7,7 @@ theory together and reports every problem at once, without computing anything.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,7 +15,7 @@ from typing import Annotated, Literal
 import numpy as np
 import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adversarial.attack import AttackSettings
 from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
@@ -29,6 +30,8 @@ from potentials.training import TrainingSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PositiveInt = Annotated[int, Field(ge=1)]
+_BYTES = re.compile(r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE)  # a size as Dask and Slurm read it
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){1,2}$")  # Slurm's [D-]HH:MM[:SS] or MM:SS
 
 
 class _Strict(BaseModel):
@@ -116,18 +119,167 @@ class BudgetConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
-    """Threads, and how the labelling tasks of a generation run: how many at once (each
-    labels one structure), how often a task that raised is retried and after what delay
-    (s), and after how long a task is abandoned (s; None: never). A label that is still
-    missing after its retries counts as a failed label (see ``budget.max_failure_ratio``)
-    and is retried on the next re-run. In Prefect's thread pool a timeout takes effect
-    when the calculator returns control to Python (between SCF iterations for PySCF)."""
+    """Threads, the training device, and how the labelling tasks of a generation run: how
+    many at once (each labels one structure), how often a task that raised is retried and
+    after what delay (s), and after how long a task is abandoned (s; None: never). A label
+    that is still missing after its retries counts as a failed label (see
+    ``budget.max_failure_ratio``) and is retried on the next re-run. In Prefect's thread
+    pool a timeout takes effect when the calculator returns control to Python (between SCF
+    iterations for PySCF).
+
+    ``device`` is where committee members train: ``auto`` takes CUDA where the process
+    that trains a member sees a GPU (``torch.cuda.is_available()``; with a Slurm training
+    runner that is the GPU node, not the login node), else the CPU; ``cuda`` fails a
+    member's training on a machine without one. ``label_workers`` also bounds the labels
+    in flight on a Dask or Slurm labelling runner: set it to the task slots there.
+    """
 
     torch_threads: PositiveInt = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     label_workers: PositiveInt = 1
     label_retries: int = Field(1, ge=0)
     label_retry_delay_seconds: float = Field(10.0, ge=0, description="s")
     label_timeout_seconds: float | None = Field(None, gt=0, description="s; None: no limit")
+
+
+class ThreadsRunner(_Strict):
+    """Tasks run in threads of the flow process (Prefect's ThreadPoolTaskRunner): the
+    default, in the generation's own flow run."""
+
+    kind: Literal["threads"] = "threads"
+
+
+class ProcessesRunner(_Strict):
+    """Tasks run in a pool of ``max_workers`` processes on the flow's machine (Prefect's
+    ProcessPoolTaskRunner; None: one per CPU). The pool is started (spawn: each process
+    imports advloop afresh) for each generation's phase."""
+
+    kind: Literal["processes"]
+    max_workers: PositiveInt | None = None
+
+
+class DaskRunner(_Strict):
+    """Tasks run on a Dask cluster (prefect-dask's DaskTaskRunner): the running scheduler
+    at ``address`` (e.g. ``tcp://10.0.0.5:8786``), or else a local cluster of
+    ``n_workers`` processes with ``threads_per_worker`` task slots each (default 2 × 1),
+    started once per run on the flow's machine. ``memory_limit`` per worker (``"4GB"``;
+    None: Dask's share of the machine's memory). A worker's BLAS/OpenMP threads are the
+    flow process's ``OMP_NUM_THREADS`` (Dask's default: 1)."""
+
+    kind: Literal["dask"]
+    address: str | None = None
+    n_workers: PositiveInt | None = None
+    threads_per_worker: PositiveInt | None = None
+    memory_limit: str | None = None
+
+    @model_validator(mode="after")
+    def _address_or_local(self) -> DaskRunner:
+        if self.address is not None:
+            local = [k for k in ("n_workers", "threads_per_worker", "memory_limit")
+                     if getattr(self, k) is not None]
+            if local:
+                raise ValueError(f"address connects to a running Dask cluster; {', '.join(local)} "
+                                 "size a local one: give one or the other")
+            if not re.match(r"^([a-z]+://)?\S+:\d+$", self.address):
+                raise ValueError(f"address {self.address!r} is not a Dask scheduler address "
+                                 "such as tcp://host:8786")
+        if self.memory_limit is not None and not _BYTES.match(self.memory_limit):
+            raise ValueError(f"memory_limit {self.memory_limit!r} must be a size such as "
+                             "'4GB' or '3.5GiB'")
+        return self
+
+
+class SlurmRunner(_Strict):
+    """Tasks run on Dask workers in Slurm jobs (dask-jobqueue's SLURMCluster), submitted
+    from the flow process as the phase needs them, between ``min_jobs`` and ``max_jobs``
+    jobs at once (Dask's adaptive scaling), and cancelled when the run ends.
+
+    Each job asks for ``cores`` CPUs (``--cpus-per-task``), ``memory`` (``"32GB"``),
+    ``walltime`` (``HH:MM:SS`` or ``D-HH:MM:SS``) and ``gpus`` GPUs (``--gres=gpu:N``),
+    in ``partition`` under ``account``; it runs ``tasks_per_job`` Dask worker processes,
+    one task each, with ``cores / tasks_per_job`` OpenMP/BLAS threads per task (exported
+    in the job script before ``job_script_prologue``, which can override them: put
+    ``module load`` and ``source venv/bin/activate`` lines there). ``job_extra_directives``
+    are further ``#SBATCH`` options (``"--constraint=cascadelake"``). ``interface``: the
+    network interface workers and scheduler talk over (``ib0``; None: Dask's default).
+    ``log_directory``: where the jobs' stdout/stderr go (None: Slurm's ``slurm-<id>.out``
+    in the flow's working directory). ``python``: the interpreter on the compute nodes
+    (None: the flow's own, which must be on a shared filesystem). ``local_directory``:
+    worker scratch space (``$TMPDIR``)."""
+
+    kind: Literal["slurm"]
+    cores: PositiveInt
+    memory: str
+    walltime: str
+    tasks_per_job: PositiveInt = 1
+    gpus: int = Field(0, ge=0)
+    account: str | None = None
+    partition: str | None = None
+    job_script_prologue: tuple[str, ...] = ()
+    job_extra_directives: tuple[str, ...] = ()
+    min_jobs: int = Field(0, ge=0)
+    max_jobs: PositiveInt = 1
+    interface: str | None = None
+    log_directory: str | None = None
+    python: str | None = None
+    local_directory: str | None = None
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_text(cls, value):
+        if isinstance(value, (int, float)):
+            raise ValueError("walltime must be quoted, such as \"04:00:00\" (YAML reads an "
+                             "unquoted 04:00:00 as a number of seconds)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SlurmRunner:
+        problems = []
+        if self.min_jobs > self.max_jobs:
+            problems.append(f"min_jobs ({self.min_jobs}) is above max_jobs ({self.max_jobs}): "
+                            "adaptive scaling needs min_jobs <= max_jobs")
+        if self.cores % self.tasks_per_job:
+            problems.append(f"cores ({self.cores}) must be a multiple of tasks_per_job "
+                            f"({self.tasks_per_job}): each task gets cores / tasks_per_job threads")
+        if not _BYTES.match(self.memory):
+            problems.append(f"memory {self.memory!r} must be a size such as '32GB' or '64GiB'")
+        if not _WALLTIME.match(self.walltime):
+            problems.append(f"walltime {self.walltime!r} must be Slurm's HH:MM:SS, MM:SS or "
+                            "D-HH:MM:SS")
+        bad = [d for d in self.job_extra_directives if d.lstrip().startswith("#")]
+        if bad:
+            problems.append(f"job_extra_directives {bad} must be options only "
+                            "('--gres=gpu:1'), without '#SBATCH'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def threads_per_task(self) -> int:
+        return self.cores // self.tasks_per_job
+
+
+RunnerSettings = Annotated[ThreadsRunner | ProcessesRunner | DaskRunner | SlurmRunner,
+                           Field(discriminator="kind")]
+RUNNER_KINDS = ("threads", "processes", "dask", "slurm")
+
+
+class RunnersConfig(_Strict):
+    """Where the tasks of each generation's phases run: the committee members' training
+    (one task per member) and the labels (one task per selected structure), each on its
+    own runner, so that members can train on GPU nodes and labels run on CPU nodes. A
+    runner is a mapping with a ``kind`` (``threads``, ``processes``, ``dask``, ``slurm``)
+    and its settings, or just the kind's name. A phase on any runner but ``threads``
+    runs as a sub-flow (``<system>-gen<NNN>-training`` / ``-labelling``) with that task
+    runner; see :mod:`flows.runners`."""
+
+    training: RunnerSettings = ThreadsRunner()
+    labelling: RunnerSettings = ThreadsRunner()
+
+    @field_validator("training", "labelling", mode="before")
+    @classmethod
+    def _kind_alone(cls, value):
+        return {"kind": value} if isinstance(value, str) else value
 
 
 class RunConfig(_Strict):
@@ -147,6 +299,7 @@ class RunConfig(_Strict):
     convergence: ConvergenceConfig = ConvergenceConfig()
     budget: BudgetConfig = BudgetConfig()
     compute: ComputeConfig = ComputeConfig()
+    runners: RunnersConfig = RunnersConfig()
     output_dir: Path = Path("runs")
 
     def run_dir(self) -> Path:
@@ -174,6 +327,11 @@ def _format_validation_error(err: ValidationError) -> list[str]:
             out.append(f"{loc}: unknown key (check its spelling; see examples/ammonia.yaml)")
         elif e["type"] == "missing":
             out.append(f"{loc}: required key is missing")
+        elif e["type"] == "union_tag_invalid":
+            out.append(f"{loc}: unknown kind {e['input'].get('kind')!r}; use one of "
+                       f"{', '.join(RUNNER_KINDS)}")
+        elif e["type"] == "union_tag_not_found":
+            out.append(f"{loc}: say which runner with kind: one of {', '.join(RUNNER_KINDS)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             out.append(f"{loc}: {msg} (got {e.get('input')!r})")
@@ -264,7 +422,22 @@ def check_inputs(config: RunConfig) -> list[str]:
             import_factory(config.labels.python)
         except ValueError as err:
             problems.append(str(err))
+    problems.extend(_runner_problems(config.runners))
     return problems
+
+
+def _runner_problems(runners: RunnersConfig) -> list[str]:
+    """Runners whose packages are not installed (the ``cluster`` extra)."""
+    out = []
+    for phase in ("training", "labelling"):
+        kind = getattr(runners, phase).kind
+        needed = {"dask": ("prefect_dask", "distributed"),
+                  "slurm": ("prefect_dask", "distributed", "dask_jobqueue")}.get(kind, ())
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            out.append(f"runners.{phase}: kind {kind} needs {', '.join(missing)}, not installed: "
+                       "pip install 'advloop[cluster]'")
+    return out
 
 
 def _basis_problems(basis: str, symbols: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ from potentials.committee import Committee
 from potentials.dataset import Dataset, Provenance, split_indices, structure_hash
 from potentials.model import EnergyModel
 from potentials.run_layout import RunLayout
-from potentials.training import train_member
+from potentials.training import resolve_device, train_member
 from potentials.uncertainty import force_calibration
 
 # Seeds for the random streams of a run, derived from the config's seeds so that a run is
@@ -128,6 +128,7 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     if path.exists():
         return checkpoint_metrics(path)
     torch.set_num_threads(config.compute.torch_threads)
+    device = resolve_device(config.compute.device)
     data = Dataset(layout.dataset).arrays()
     train_idx, val_idx = split_indices(len(data), config.training.val_fraction,
                                        _rng(config, _SPLIT_STREAM, generation))
@@ -142,9 +143,9 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     t0 = time.perf_counter()
     result = train_member(model, data.subset(train_idx), data.subset(val_idx) if len(val_idx) else None,
                           config.training, _rng(config, _MEMBER_STREAM, member, generation),
-                          warm_start=warm)
+                          warm_start=warm, device=device)
     metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
-               "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
+               "cuda": float(device.type == "cuda"), "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
                "n_val": float(len(val_idx))}
     save_member(model, path, metrics)
     return metrics

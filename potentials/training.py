@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,6 +57,25 @@ class TrainingSettings:
             raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"training.lr_factor must be in (0, 1), got {self.lr_factor}")
+
+
+def resolve_device(choice: Literal["auto", "cpu", "cuda"]) -> torch.device:
+    """The device to train on: ``auto`` is CUDA where this process sees a GPU, else CPU.
+
+    Raises RuntimeError for ``cuda`` where no GPU is visible (checked here, in the process
+    that trains, which on a cluster is not the one that read the config).
+    """
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {choice!r}")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if choice == "cuda":
+        raise RuntimeError("compute.device is 'cuda' but torch sees no GPU on this machine "
+                           "(torch.cuda.is_available() is False); train on a GPU node, or set "
+                           "compute.device: auto")
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,13 @@ class Batches:
         return graph, positions, energy, forces
 
 
+def _on(batch: tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device):
+    graph, positions, energy, forces = batch
+    if device.type == "cpu":
+        return batch
+    return graph.to(device), positions.to(device), energy.to(device), forces.to(device)
+
+
 def _loss(model: EnergyModel, batch, settings: TrainingSettings, create_graph: bool):
     graph, positions, energy, forces = batch
     e_pred, f_pred = energy_and_forces(model, graph, positions, create_graph=create_graph)
@@ -122,8 +149,10 @@ def _loss(model: EnergyModel, batch, settings: TrainingSettings, create_graph: b
 
 
 def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: TrainingSettings,
-           rng: np.random.Generator, warm_start: bool = False) -> Iterator[EpochRecord]:
-    """Train ``model`` in place, yielding one record per epoch.
+           rng: np.random.Generator, warm_start: bool = False,
+           device: torch.device | str = "cpu") -> Iterator[EpochRecord]:
+    """Train ``model`` in place on ``device`` (the model is moved there), yielding one
+    record per epoch.
 
     A fresh model gets its per-element energies and force scale fitted to ``train``
     first; a warm-started one keeps them (so its learned part stays meaningful) and runs
@@ -132,6 +161,8 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
     """
     if len(train) == 0:
         raise ValueError("cannot train on an empty training set")
+    device = torch.device(device)
+    model.to(device)
     if not warm_start:
         model.fit_normalisation(train.numbers, train.n_atoms, train.energy, train.forces)
     dtype = next(model.network.parameters()).dtype
@@ -160,7 +191,8 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
                 # minimum; ramping the rate up linearly keeps the warm start warm.
                 optimizer.param_groups[0]["lr"] = lr * (step + 1) / warmup_steps
             step += 1
-            loss, _, _ = _loss(model, train_batches.collate(idx), settings, create_graph=True)
+            loss, _, _ = _loss(model, _on(train_batches.collate(idx), device), settings,
+                               create_graph=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -179,12 +211,14 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
 
 def evaluate_loss(model: EnergyModel, batches: Batches, settings: TrainingSettings,
                   batch_size: int = 256) -> tuple[float, float, float]:
-    """(loss, energy MAE in eV/atom, force MAE in eV/Å) over every structure of ``batches``."""
+    """(loss, energy MAE in eV/atom, force MAE in eV/Å) over every structure of ``batches``,
+    computed where ``model``'s weights are."""
     model.eval()
+    device = next(model.network.parameters()).device
     losses, de_all, df_all = [], [], []
     for start in range(0, len(batches), batch_size):
         idx = np.arange(start, min(start + batch_size, len(batches)))
-        loss, de, df = _loss(model, batches.collate(idx), settings, create_graph=False)
+        loss, de, df = _loss(model, _on(batches.collate(idx), device), settings, create_graph=False)
         losses.append(loss.item() * len(idx))
         de_all.append(de)
         df_all.append(df)
@@ -208,12 +242,13 @@ class TrainingResult:
 
 def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
                  settings: TrainingSettings, rng: np.random.Generator,
-                 warm_start: bool = False) -> TrainingResult:
-    """Train with early stopping; ``model`` ends with the weights of its best epoch."""
+                 warm_start: bool = False, device: torch.device | str = "cpu") -> TrainingResult:
+    """Train with early stopping on ``device``; ``model`` ends with the weights of its best
+    epoch, on ``device``."""
     best: tuple[float, EpochRecord] | None = None
     best_state = None
     last = None
-    for record in itrain(model, train, val, settings, rng, warm_start=warm_start):
+    for record in itrain(model, train, val, settings, rng, warm_start=warm_start, device=device):
         last = record
         score = record.val_loss if record.val_loss is not None else record.train_loss
         if best is None or score < best[0]:

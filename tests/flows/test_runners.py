@@ -1,0 +1,331 @@
+"""Task runners from the config (flows/runners.py): the labels of a generation fanned out
+over a local Dask cluster (and a process pool) equal those of the default thread runner;
+the Slurm job script of infra/slurm/example.yaml carries its settings; bad runner
+settings are refused with messages that say what to fix."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.io import read, write
+
+from calculators.label_store import LabelStore
+from flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
+from flows.report import GenerationTable
+from potentials.run_layout import RunLayout
+from potentials.training import resolve_device
+
+ROOT = Path(__file__).resolve().parents[2]
+SLURM_EXAMPLE = ROOT / "infra" / "slurm" / "example.yaml"
+NH3 = ROOT / "examples" / "structures" / "nh3.xyz"
+N_CANDIDATES = 6
+
+
+def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -> RunConfig:
+    """A tiny run with cheap GFN2-xTB labels and generation 0's candidates on disk
+    (NH3 displaced at random), as exploration would have left them."""
+    config = RunConfig.model_validate({
+        "system": {"name": name, "structures": str(NH3)},
+        "labels": {"calculator": "tblite"},
+        "compute": {"label_workers": 2, "label_retries": 0, **compute},
+        "runners": runners or {},
+        "output_dir": str(tmp_path / "runs"),
+    })
+    rng = np.random.default_rng(7)
+    frames = []
+    for k in range(N_CANDIDATES):
+        atoms = read(str(NH3))
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        atoms.info.update(parent=k % 2, forces_std_mean=0.1, forces_std_max=0.2, score=1.0)
+        frames.append(atoms)
+    path = RunLayout(config.run_dir()).candidates(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(str(path), frames, format="extxyz")
+    return config
+
+
+def _stored(config: RunConfig, results) -> list:
+    store = LabelStore(RunLayout(config.run_dir()).labels)
+    return [store.get(r.key) for r in sorted(results, key=lambda r: r.index)]
+
+
+def _same_labels(a: RunConfig, results_a, b: RunConfig, results_b) -> None:
+    assert [r.index for r in sorted(results_a, key=lambda r: r.index)] == list(range(N_CANDIDATES))
+    assert sorted((r.index, r.key, r.ok) for r in results_a) == \
+        sorted((r.index, r.key, r.ok) for r in results_b)
+    for x, y in zip(_stored(a, results_a), _stored(b, results_b)):
+        assert x.error is None and y.error is None
+        assert abs(x.energy - y.energy) <= 1e-10
+        np.testing.assert_allclose(x.forces, y.forces, rtol=0, atol=1e-10)
+
+
+def _subflow_task_runs(flow_run_name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[flow_run_name])))
+        assert run.state.is_completed()
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
+                                     task_run_filter=TaskRunFilter())
+
+
+def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend, tmp_path):
+    """Both through the generation's labelling step as run_generation calls it: in the
+    generation flow's threads, and in a sub-flow on a 2-worker Dask cluster that the run
+    started (flows.runners.open_clusters)."""
+    from distributed import Client, get_task_stream
+    from prefect import flow, get_run_logger
+
+    from flows import active_learning, runners
+
+    threads = _config(tmp_path / "threads", "nh3-threads")
+    dask = _config(tmp_path / "dask", "nh3-dask",
+                   runners={"labelling": {"kind": "dask", "n_workers": 2, "threads_per_worker": 1}})
+    selected = list(range(N_CANDIDATES))
+
+    @flow
+    def generation():
+        logger = get_run_logger()
+        clock_t, clock_d = [], []
+        by_threads = active_learning._label(threads, 0, selected, clock_t,
+                                            GenerationTable(io.StringIO()), logger, None)
+        with runners.open_clusters(dask) as clusters:
+            assert clusters.training is None and clusters.labelling is not None
+            with Client(clusters.labelling) as client:
+                assert len(client.scheduler_info()["workers"]) == 2
+                with get_task_stream(client) as stream:  # read when the block ends
+                    by_dask = active_learning._label(dask, 0, selected, clock_d,
+                                                     GenerationTable(io.StringIO()), logger,
+                                                     clusters)
+                workers = {t["worker"] for t in stream.data}
+        return by_threads, by_dask, clock_t, clock_d, workers
+
+    by_threads, by_dask, clock_t, clock_d, workers = generation()
+    _same_labels(threads, by_threads, dask, by_dask)
+    assert len(workers) == 2  # the labels fanned out over both workers
+    assert len(clock_d) == N_CANDIDATES and {c.phase for c in clock_d} == {"labelling"}
+    # a sub-flow of its own with one task run per label, on the test's Prefect server
+    task_runs = _subflow_task_runs("nh3-dask-gen000-labelling")
+    assert len(task_runs) == N_CANDIDATES and all(t.state.is_completed() for t in task_runs)
+
+
+def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
+    from prefect import flow, get_run_logger
+
+    from flows import active_learning
+
+    threads = _config(tmp_path / "threads", "nh3-threads-pool")
+    pool = _config(tmp_path / "pool", "nh3-pool", runners={"labelling": {"kind": "processes",
+                                                                        "max_workers": 2}})
+
+    @flow
+    def generation():
+        logger = get_run_logger()
+        return (active_learning._label(threads, 0, list(range(N_CANDIDATES)), [],
+                                       GenerationTable(io.StringIO()), logger, None),
+                active_learning._label(pool, 0, list(range(N_CANDIDATES)), [],
+                                       GenerationTable(io.StringIO()), logger, None))
+
+    by_threads, by_pool = generation()
+    _same_labels(threads, by_threads, pool, by_pool)
+    assert len(_subflow_task_runs("nh3-pool-gen000-labelling")) == N_CANDIDATES
+
+
+def test_slurm_job_script_of_the_example_config():
+    from flows.runners import slurm_cluster_kwargs, slurm_job_script
+
+    config = validate_config(SLURM_EXAMPLE)
+    raw = yaml.safe_load(SLURM_EXAMPLE.read_text())["runners"]
+    for phase in ("training", "labelling"):
+        settings = getattr(config.runners, phase)
+        given = raw[phase]
+        assert isinstance(settings, SlurmRunner)
+        script = slurm_job_script(settings, phase)
+        lines = script.splitlines()
+        gib = int(given["memory"].removesuffix("GiB"))
+        threads = given["cores"] // given["tasks_per_job"]
+        for line in (f"#SBATCH --cpus-per-task={given['cores']}", f"#SBATCH --mem={gib}G",
+                     f"#SBATCH -t {given['walltime']}", f"#SBATCH -A {given['account']}",
+                     f"#SBATCH -p {given['partition']}", f"#SBATCH -J advloop-{phase}",
+                     f"export OMP_NUM_THREADS={threads}", f"export MKL_NUM_THREADS={threads}",
+                     *given["job_script_prologue"],
+                     *[f"#SBATCH {d}" for d in given["job_extra_directives"]]):
+            assert line in lines, (line, script)
+        # thread settings first, so that the prologue's own lines can override them
+        assert lines.index(f"export OMP_NUM_THREADS={threads}") < \
+            lines.index(given["job_script_prologue"][0])
+        log = f"{given['log_directory']}/advloop-{phase}-%j"
+        assert f"#SBATCH --output={log}.out" in lines and f"#SBATCH --error={log}.err" in lines
+        # the GPU directive only where GPUs are asked for (the training jobs)
+        assert ("#SBATCH --gres=gpu:1" in lines) == (phase == "training")
+        # one single-threaded Dask worker per task, tasks_per_job of them per job
+        worker = lines[-1]
+        assert "distributed.cli.dask_worker" in worker and "--nthreads 1" in worker
+        assert f"--nworkers {given['tasks_per_job']}" in worker
+        assert "--memory-limit 8.00GiB" in worker  # memory / tasks_per_job
+        assert slurm_cluster_kwargs(settings, phase)["job_cpu"] == given["cores"]
+
+
+def test_slurm_script_command_line(capsys, tmp_path, monkeypatch):
+    from flows.runners import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(SLURM_EXAMPLE), "--phase", "labelling"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# runners.labelling: the script of each job (0 to 4 at once)")
+    assert "#SBATCH --cpus-per-task=32" in out and "advloop-training" not in out
+    assert not (tmp_path / "logs").exists()  # the log folder is made when jobs are submitted
+    assert main([str(ROOT / "examples" / "ammonia.yaml")]) == 1
+    assert "no Slurm runner" in capsys.readouterr().err
+
+
+def _problems(tmp_path: Path, runners: dict) -> list[str]:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"system": {"name": "x", "structures": str(NH3)},
+                                    "runners": runners}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    return err.value.problems
+
+
+SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
+
+
+@pytest.mark.parametrize(("runners", "expected"), [
+    ({"labelling": {"kind": "gpu"}},
+     "runners.labelling: unknown kind 'gpu'; use one of threads, processes, dask, slurm"),
+    ({"training": "mpi"}, "runners.training: unknown kind 'mpi'"),
+    ({"labelling": {"n_workers": 2}}, "runners.labelling: say which runner with kind"),
+    ({"labelling": {**SLURM, "cores": -4}},
+     "runners.labelling.slurm.cores: Input should be greater than or equal to 1 (got -4)"),
+    ({"labelling": {**SLURM, "min_jobs": 5, "max_jobs": 2}},
+     "min_jobs (5) is above max_jobs (2): adaptive scaling needs min_jobs <= max_jobs"),
+    ({"labelling": {**SLURM, "tasks_per_job": 3}}, "cores (8) must be a multiple of tasks_per_job (3)"),
+    ({"labelling": {**SLURM, "memory": "lots"}}, "memory 'lots' must be a size such as '32GB'"),
+    ({"labelling": {**SLURM, "walltime": 7200}}, "walltime must be quoted"),
+    ({"labelling": {**SLURM, "walltime": "2h"}}, "walltime '2h' must be Slurm's HH:MM:SS"),
+    ({"training": {**SLURM, "job_extra_directives": ["#SBATCH --gres=gpu:1"]}},
+     "must be options only ('--gres=gpu:1'), without '#SBATCH'"),
+    ({"training": {**SLURM, "gpus": -1}}, "runners.training.slurm.gpus: Input should be greater"),
+    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.slurm.queue: unknown key"),
+    ({"labelling": {"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 4}},
+     "address connects to a running Dask cluster; n_workers size a local one"),
+    ({"labelling": {"kind": "dask", "address": "somewhere"}}, "is not a Dask scheduler address"),
+    ({"labelling": {"kind": "processes", "max_workers": 0}},
+     "runners.labelling.processes.max_workers: Input should be greater than or equal to 1"),
+])
+def test_bad_runner_settings_are_refused(tmp_path, runners, expected):
+    problems = _problems(tmp_path, runners)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_runner_defaults_and_shorthand(tmp_path):
+    config = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)}})
+    assert config.runners.training.kind == config.runners.labelling.kind == "threads"
+    assert config.compute.device == "auto"
+    config = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
+                                       "runners": {"labelling": "processes", "training": "dask"}})
+    assert config.runners.labelling.kind == "processes" and config.runners.training.kind == "dask"
+    again = RunConfig.model_validate(yaml.safe_load(config.to_yaml()))
+    assert again == config
+
+
+def test_remote_workers_need_a_reachable_prefect_api():
+    from flows.runners import RunnerError, check_api_reachable
+
+    slurm = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
+                                      "runners": {"labelling": SLURM}})
+    for url in ("", "http://127.0.0.1:4200/api", "http://localhost:4200/api"):
+        with pytest.raises(RunnerError, match="runners.labelling .slurm. runs tasks on other "
+                                              "machines.*PREFECT_API_URL"):
+            check_api_reachable(slurm, url)
+    check_api_reachable(slurm, "http://login1.cluster:4200/api")
+    remote = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
+                                       "runners": {"training": {"kind": "dask",
+                                                                "address": "tcp://10.0.0.5:8786"}}})
+    with pytest.raises(RunnerError, match="runners.training .dask."):
+        check_api_reachable(remote, "")
+    local = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
+                                      "runners": {"training": {"kind": "dask", "n_workers": 2}}})
+    check_api_reachable(local, "")  # local workers reach the flow's own server
+
+
+def test_training_device_choice(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
+    with pytest.raises(RuntimeError, match="compute.device is 'cuda' but torch sees no GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda" and resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError):
+        resolve_device("gpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tiny_config):
+    """The whole loop with each phase on its own runner: the members train on a local Dask
+    cluster the run starts, the labels in a process pool, each phase in a sub-flow of its
+    generation; the run gives the dataset the default threads give (bit for bit here: the
+    same seeds, one thread each)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from flows.active_learning import run_active_learning
+    from potentials.dataset import Dataset
+
+    tiny = validate_config(tiny_config)
+    # names of their own: other tests count the flow runs and artifacts of nh3-tiny
+    base = tiny.model_copy(update={"system": tiny.system.model_copy(
+        update={"name": "nh3-threads-ref"})})
+    spread = base.model_copy(update={
+        "system": base.system.model_copy(update={"name": "nh3-spread"}),
+        "compute": base.compute.model_copy(update={"label_workers": 2}),
+        "runners": base.runners.model_validate({"training": {"kind": "dask", "n_workers": 2},
+                                                "labelling": {"kind": "processes",
+                                                              "max_workers": 2}})})
+    summary = run_active_learning(spread, GenerationTable(io.StringIO()))
+    reference = run_active_learning(base, GenerationTable(io.StringIO()))
+    assert summary["stop_reason"] == reference["stop_reason"] == "max_generations"
+    assert summary["labels_explored"] == reference["labels_explored"] >= 1
+
+    with get_client(sync_client=True) as client:
+        runs = {r.name: r for r in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-spread"])))}
+    assert set(runs) == {"nh3-spread", "nh3-spread-gen000", "nh3-spread-gen000-training",
+                         "nh3-spread-gen000-labelling", "nh3-spread-gen001",
+                         "nh3-spread-gen001-training"}
+    assert all(r.state.is_completed() for r in runs.values())
+    assert len(_subflow_task_runs("nh3-spread-gen000-training")) == base.committee.n_members
+    assert len(_subflow_task_runs("nh3-spread-gen000-labelling")) == summary["labels_explored"]
+
+    ours = Dataset(RunLayout(spread.run_dir()).dataset).arrays()
+    theirs = Dataset(RunLayout(base.run_dir()).dataset).arrays()
+    np.testing.assert_allclose(ours.positions, theirs.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours.energy, theirs.energy, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours.forces, theirs.forces, rtol=0, atol=1e-10)
+    records = [json.loads(line) for line in RunLayout(spread.run_dir()).generations.read_text()
+               .splitlines()]
+    assert records[0]["seconds_training"] > 0 and records[0]["seconds_labelling"] > 0
+
+
+def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
+    import importlib.util
+
+    from flows.config import check_inputs
+
+    config = validate_config(SLURM_EXAMPLE)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dask_jobqueue" else real(name, *a))
+    assert check_inputs(config) == [
+        f"runners.{phase}: kind slurm needs dask_jobqueue, not installed: "
+        "pip install 'advloop[cluster]'" for phase in ("training", "labelling")]
