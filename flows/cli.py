@@ -382,6 +382,20 @@ def status(
 # ---------------------------------------------------------------------------------------
 # advloop automations
 
+@app.command("slurm-script")
+def slurm_script(
+    config: Annotated[Path, typer.Argument(help="run config (YAML) with a slurm runner")],
+    phase: Annotated[Literal["training", "labelling"] | None, typer.Option(
+        help="only this phase's runner (default: both)")] = None,
+) -> None:
+    """Print the Slurm job script each slurm runner of a config submits; submits nothing."""
+    from flows.runners import main as print_job_scripts
+
+    code = print_job_scripts([str(config), *(["--phase", phase] if phase else [])])
+    if code:
+        raise typer.Exit(code)
+
+
 automations_app = typer.Typer(no_args_is_help=True,
                               help="Automations on the Prefect server (PREFECT_API_URL).")
 app.add_typer(automations_app, name="automations")

@@ -329,3 +329,17 @@ def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
     assert check_inputs(config) == [
         f"runners.{phase}: kind slurm needs dask_jobqueue, not installed: "
         "pip install 'advloop[cluster]'" for phase in ("training", "labelling")]
+
+
+def test_slurm_script_command_prints_the_job_script_or_says_there_is_none():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    infra = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "example.yaml"
+    shown = CliRunner().invoke(app, ["slurm-script", str(infra), "--phase", "labelling"])
+    assert shown.exit_code == 0, shown.output
+    assert "#SBATCH" in shown.output and "advloop-labelling" in shown.output
+    ammonia = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
+    none = CliRunner().invoke(app, ["slurm-script", str(ammonia)])
+    assert none.exit_code == 1 and "no Slurm runner" in none.output
