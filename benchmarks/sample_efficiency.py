@@ -2,10 +2,13 @@
 
 Run ``python -m benchmarks.sample_efficiency [--quick] [--output PATH]``: runs every
 system's benchmark from nothing (:mod:`benchmarks.double_well`,
-:mod:`benchmarks.ammonia_xtb`), writes their own results files next to it, and writes
+:mod:`benchmarks.ammonia_xtb`, :mod:`benchmarks.ammonia_dft`,
+:mod:`benchmarks.zeolite_xtb`), writes their own results files next to it, and writes
 ``benchmarks/results/sample_efficiency.json``: per system and strategy the seeds, the
 labels used, the errors and (where measured) the stability, each per seed and as mean
-and standard deviation over seeds. ``--from-results`` assembles the summary from the
+and standard deviation over seeds; and per system, metric and baseline the labels the
+baseline needed to reach the adversarial runs' final value, as a ratio to the labels the
+adversarial runs needed, and the baseline's value at the adversarial runs' label count. ``--from-results`` assembles the summary from the
 recorded per-system files instead of rerunning them. ``--quick`` (about a minute) runs in
 CI to keep the benchmark code working; its numbers are not results.
 """
@@ -20,19 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import ammonia_xtb, double_well
+from benchmarks import ammonia_dft, ammonia_xtb, double_well, zeolite_xtb
 from benchmarks.committee import machine_info, write_record
 
 RESULTS = Path(__file__).parent / "results"
 
 # per system: the per-generation row keys reported as errors and as stability
 ERRORS = {"double_well": ("boltzmann_force_rmse", "boltzmann_force_rmse_unseen_well"),
-          "ammonia_xtb": ("barrier_error_kcal_mol", "force_rmse_1000K")}
-STABILITY = {"double_well": None, "ammonia_xtb": "md_stable_fraction"}
+          "ammonia_xtb": ("barrier_error_kcal_mol", "force_rmse_1000K"),
+          "ammonia_dft": ("barrier_error_kcal_mol", "force_rmse_1000K"),
+          "zeolite_xtb": ("force_rmse_hot",)}
+STABILITY = {"double_well": None, "ammonia_xtb": "md_stable_fraction", "ammonia_dft": None,
+             "zeolite_xtb": "md_stable_fraction"}
+MODULES = {"double_well": double_well, "ammonia_xtb": ammonia_xtb, "ammonia_dft": ammonia_dft,
+           "zeolite_xtb": zeolite_xtb}
 UNITS = {"boltzmann_force_rmse": "energy/length (toy units)",
          "boltzmann_force_rmse_unseen_well": "energy/length (toy units)",
          "barrier_error_kcal_mol": "kcal/mol", "force_rmse_1000K": "eV/Å",
-         "md_stable_fraction": "fraction of runs"}
+         "force_rmse_hot": "eV/Å", "md_stable_fraction": "fraction of runs"}
 
 
 def _stats(values: list[float]) -> dict:
@@ -58,6 +66,49 @@ def summarise_system(system: str, runs: dict[str, dict[str, list[dict]]]) -> dic
     return out
 
 
+def _first_reaching(curve: list[dict], key: str, target: float, higher_is_better: bool) -> int | None:
+    """Labels at the first generation whose value reaches ``target`` (None: never)."""
+    for row in curve:
+        if (row[key] >= target) if higher_is_better else (row[key] <= target):
+            return int(row["n_labels"])
+    return None
+
+
+def _at_labels(curve: list[dict], key: str, n_labels: float) -> float:
+    """The value at the last generation trained on at most ``n_labels`` labels."""
+    rows = [r for r in curve if r["n_labels"] <= n_labels] or curve[:1]
+    return float(rows[-1][key])
+
+
+def label_ratios(strategies: dict, key: str, higher_is_better: bool = False) -> dict:
+    """Per baseline: labels to reach the adversarial runs' final mean ``key`` (per seed,
+    None where a run never did), their mean over the adversarial runs' own labels to reach
+    it (``ratio``; None unless every run of both reached it), and the baseline's mean value
+    at the adversarial runs' final label count."""
+    adversarial = strategies["adversarial"]
+    finals = [curve[-1][key] for curve in adversarial["curves"].values()]
+    target = float(np.mean(finals))
+    own = [_first_reaching(c, key, target, higher_is_better) for c in adversarial["curves"].values()]
+    adv_labels = float(adversarial["labels"]["mean"])
+    out = {"target": target, "higher_is_better": higher_is_better,
+           "adversarial_labels_to_target": own, "adversarial_final_labels": adv_labels,
+           "baselines": {}}
+    for name, entry in strategies.items():
+        if name == "adversarial":
+            continue
+        curves = list(entry["curves"].values())
+        reached = [_first_reaching(c, key, target, higher_is_better) for c in curves]
+        both = all(r is not None for r in reached + own)
+        out["baselines"][name] = {
+            "labels_to_target": reached,
+            "ratio": float(np.mean(reached) / np.mean(own)) if both else None,
+            "max_labels": max(int(c[-1]["n_labels"]) for c in curves),
+            "value_at_adversarial_labels": float(np.mean([_at_labels(c, key, adv_labels)
+                                                          for c in curves])),
+        }
+    return out
+
+
 def _runs(system: str, record: dict) -> dict:
     return record["results"] if system == "double_well" else record["runs"]
 
@@ -70,9 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=RESULTS / "sample_efficiency.json")
     args = parser.parse_args(argv)
     out_dir = args.output.parent
-    modules = {"double_well": double_well, "ammonia_xtb": ammonia_xtb}
     records = {}
-    for system, module in modules.items():
+    for system, module in MODULES.items():
         path = out_dir / f"{system}.json"
         if args.from_results:
             records[system] = json.loads((RESULTS / f"{system}.json").read_text())
@@ -91,6 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
                              "strategies": summarise_system(system, _runs(system, rec))}
                     for system, rec in records.items()},
     }
+    for system, entry in summary["systems"].items():
+        strategies = entry["strategies"]
+        entry["label_ratios"] = {key: label_ratios(strategies, key) for key in ERRORS[system]}
+        if STABILITY[system]:
+            entry["label_ratios"][STABILITY[system]] = label_ratios(
+                strategies, STABILITY[system], higher_is_better=True)
     for system, entry in summary["systems"].items():
         for strategy, s in entry["strategies"].items():
             errors = "  ".join(f"{k} {v['mean']:.3g} ± {v['std']:.2g}" for k, v in s["errors"].items())
