@@ -369,7 +369,8 @@ def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dic
     if not indices:
         return {}
     new = Dataset(RunLayout(config.run_dir()).dataset).arrays().subset(indices)
-    pred = _committee(config, generation).predict_arrays(new.numbers, new.positions, new.n_atoms)
+    pred = _committee(config, generation).predict_arrays(new.numbers, new.positions, new.n_atoms,
+                                                         new.cell, new.pbc)
     cal = force_calibration(pred.forces_std, pred.forces_mean, new.forces,
                             np.repeat(np.arange(len(new)), new.n_atoms))
     return asdict(cal)

@@ -13,6 +13,7 @@ from ase.io import read
 from flows.config import validate_config
 from flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset, label_one,
                          label_step, select_step, train_step)
+from potentials.committee import Committee
 from potentials.dataset import Dataset
 from potentials.run_layout import RunLayout
 
@@ -187,6 +188,12 @@ def test_a_periodic_cell_runs_through_every_step(tmp_path):
     assert data.pbc.all() and np.allclose(data.cell, np.eye(3) * 3.6)
     frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
     assert all(a.pbc.all() and np.allclose(a.cell.array, np.eye(3) * 3.6) for a in frames)
+    # calibration predicts the new labels with their periodic images
+    new = data.subset(report.indices)
+    pred = Committee.from_checkpoints(RunLayout(config.run_dir()).committee_checkpoints(0)) \
+        .predict_arrays(new.numbers, new.positions, new.n_atoms, new.cell, new.pbc)
+    errors = np.linalg.norm(pred.forces_mean - new.forces, axis=1)
+    assert report.calibration["observed_mean"] == pytest.approx(errors.mean(), rel=1e-5)
 
 
 def test_periodic_cells_need_a_periodic_labeller(tmp_path):
