@@ -28,6 +28,7 @@ Units: energies and energy changes in Hartree.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from pyscf import scf
+
+# Rung escalations, which a run's log should show (flows forward this logger to Prefect).
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SCF_LADDER",
@@ -323,5 +327,10 @@ def run_scf_ladder(
             )
         )
         if converged:
+            if k:
+                _log.info("SCF converged on rung %r after %d failed rung(s), %d cycles in all",
+                          rung, k, sum(a.cycles for a in attempts))
             return LadderResult(mf=mf, rung=rung, attempts=tuple(attempts))
+        _log.warning("SCF rung %r did not converge (%d of %d cycles%s)", rung, trace.cycles,
+                     limit, f"; {error}" if error else "")
     return LadderResult(mf=None, rung=None, attempts=tuple(attempts))

@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # advloop's own loggers (SCF rung escalations, training summaries) in the run's log
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "calculators,potentials,adversarial",
 }
 
 

@@ -9,6 +9,8 @@ Loss per batch: ``w_E · mean((ΔE / n_atoms)²) + w_F · mean(ΔF²)`` in eV² 
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +20,8 @@ import torch
 
 from potentials.dataset import Arrays
 from potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,9 @@ def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
             break
     model.load_state_dict(best_state)
     model.eval()
+    _log.info("trained %d epoch(s)%s; best epoch %d, validation force MAE %s eV/Å",
+              last.epoch + 1, " (warm start)" if warm_start else "", best[1].epoch,
+              "-" if best[1].val_forces_mae is None else f"{best[1].val_forces_mae:.4f}")
     rec = best[1]
     return TrainingResult(
         epochs=last.epoch + 1, best_epoch=rec.epoch, best_val_loss=rec.val_loss,

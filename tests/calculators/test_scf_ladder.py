@@ -73,7 +73,9 @@ def test_default_rung_alone_fails_and_names_the_rung(tmp_path) -> None:
         (DEFAULT_SCF_LADDER, 20),
     ],
 )
-def test_ladder_converges_where_diis_fails(ladder: tuple[str, ...], max_cycle: int, reference_ha: float) -> None:
+def test_ladder_converges_where_diis_fails(ladder: tuple[str, ...], max_cycle: int, reference_ha: float,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="calculators.scf_ladder")
     atoms = stretched_water()
     calc = PySCFCalculator(method="RHF", basis="STO-3G", max_cycle=max_cycle, scf_ladder=ladder)
     atoms.calc = calc
@@ -85,6 +87,9 @@ def test_ladder_converges_where_diis_fails(ladder: tuple[str, ...], max_cycle: i
     assert calc.scf_attempts[-1].rung == calc.scf_rung and calc.scf_attempts[-1].converged
     assert calc.scf_cycles == sum(attempt.cycles for attempt in calc.scf_attempts) > max_cycle
     np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-6)
+    # the escalation is logged (a run forwards this logger to Prefect's run log)
+    assert "SCF rung 'default' did not converge" in caplog.text
+    assert f"SCF converged on rung {calc.scf_rung!r}" in caplog.text
 
 
 def test_saddle_point_from_level_shift_is_followed_to_the_minimum(reference_ha: float) -> None:
