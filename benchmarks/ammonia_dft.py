@@ -21,21 +21,17 @@ did not discriminate on ammonia with GFN2-xTB, and a DFT trajectory per run is c
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import os
-import platform
-import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.ammonia_xtb import KCAL_PER_MOL, _config, committee_metrics, oracle_reference, summarise
-from benchmarks.committee import machine_info, write_record
+from benchmarks.committee import record_header, write_record
 from calculators.factory import LabelSettings, level_of_theory
 from flows.config import RunConfig
 from flows.steps import read_generation_records
@@ -142,19 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
         results = run([0], generations=1, labels_per_generation=3, quick=True, n_frames=3)
     else:
         results = run([0, 1, 2], generations=5, labels_per_generation=8, quick=False)
-    record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ammonia_dft",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "schnetpack": version("schnetpack"), "pyscf": version("pyscf"),
-                     "prefect": version("prefect"), "ase": version("ase")},
-        "environment": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
-        "seconds": time.perf_counter() - t0,
-        **results,
-    }
+    header = record_header("benchmarks.ammonia_dft", argv, ("schnetpack", "pyscf", "prefect", "ase"),
+                           args.quick, time.perf_counter() - t0)
+    record = {**header,
+              "environment": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+              **results}
     return write_record(args.output, record)
 
 

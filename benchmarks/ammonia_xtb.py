@@ -25,13 +25,9 @@ frames less well than the baselines' (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +40,7 @@ from ase.optimize import BFGS
 
 from adversarial.baselines import CommitteeMDSettings, icommittee_md
 from adversarial.structures import Seeds
-from benchmarks.committee import machine_info, write_record
+from benchmarks.committee import record_header, write_record
 from calculators.factory import LabelSettings, make_calculator
 from calculators.pyscf_calculator import PySCFSettings
 from flows.config import RunConfig, validate_config
@@ -266,18 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         results = run([0, 1, 2], generations=5, labels_per_generation=8, quick=False,
                       ablations=ABLATIONS)
-    record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ammonia_xtb",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "schnetpack": version("schnetpack"), "tblite": version("tblite"),
-                     "ase": version("ase")},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
-        "seconds": time.perf_counter() - t0,
-        **results,
-    }
+    header = record_header("benchmarks.ammonia_xtb", argv, ("schnetpack", "tblite", "ase"), args.quick,
+                           time.perf_counter() - t0)
+    record = {**header,
+              **results}
     return write_record(args.output, record)
 
 

@@ -197,6 +197,22 @@ def write_record(path: Path, record: dict) -> dict:
     return record
 
 
+def record_header(module: str, argv: list[str] | None, packages: tuple[str, ...], quick: bool,
+                  seconds: float) -> dict:
+    """The fields a benchmark record starts with: the command that made it, the machine,
+    the versions of python, torch and ``packages``, the date, the mode and its seconds."""
+    return {
+        "command": " ".join([Path(sys.executable).name, "-m", module,
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     **{name: version(name) for name in packages}},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "seconds": seconds,
+    }
+
+
 def machine_info() -> dict:
     return {
         "platform": platform.platform(),

@@ -47,16 +47,12 @@ attack's Boltzmann factor. Sizes are set so that the full run (3 seeds × 3 stra
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import itertools
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +72,7 @@ from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSetting
 from adversarial.selection import SelectionSettings
 from adversarial.structures import Seeds
 from benchmarks.ammonia_xtb import STRATEGIES
-from benchmarks.committee import machine_info, write_record
+from benchmarks.committee import record_header, write_record
 from calculators.factory import LabelSettings, make_calculator
 from calculators.pyscf_calculator import PySCFSettings
 from flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
@@ -498,18 +494,10 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     sizes = QUICK if args.quick else FULL
     results = run(sizes)
-    record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.zeolite_xtb",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "schnetpack": version("schnetpack"), "tblite": version("tblite"),
-                     "ase": version("ase")},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
-        "seconds": time.perf_counter() - t0,
-        **results,
-    }
+    header = record_header("benchmarks.zeolite_xtb", argv, ("schnetpack", "tblite", "ase"), args.quick,
+                           time.perf_counter() - t0)
+    record = {**header,
+              **results}
     return write_record(args.output, record)
 
 
