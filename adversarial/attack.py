@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from adversarial.geometry import check_geometry
+from adversarial.geometry import bonds_per_seed, check_geometry
 from adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
                                   kT_from_temperature, log_partition)
 from adversarial.structures import Candidates, Seeds
@@ -129,6 +129,7 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
     if settings.strain and not pbc.any(axis=1).all():
         raise ValueError("attack.strain needs periodic seeds (a cell with pbc); these have none")
     x0 = torch.as_tensor(np.asarray(positions), **f64)
+    bonds = bonds_per_seed(numbers, np.asarray(positions), starts, cells0.cpu().numpy(), pbc)
     delta = (torch.randn(x0.shape, generator=generator, dtype=torch.float64)
              * settings.initial_noise).to(dev)
     delta.requires_grad_(True)
@@ -159,7 +160,7 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
         for s in np.flatnonzero(active.cpu().numpy()):
             rows = slice(starts[s], starts[s + 1])
             reason = check_geometry(numbers[rows], current[rows], settings.min_distance_factor,
-                                    settings.max_bond_factor, current_cells[s], pbc[s])
+                                    settings.max_bond_factor, current_cells[s], pbc[s], bonds[s])
             if reason is not None:
                 stopped[int(s)] = f"step {step}: {reason}"
                 active[s] = False

@@ -14,8 +14,9 @@ the same records as the attack (:class:`Seeds` in, :class:`Candidates` out):
 
 The per-atom force deviation is ``σ_i = √Σ_xyz var_members(F_i)`` (ddof=1) in eV/Å, as in
 :func:`potentials.committee.summarise`. Molecules are checked with
-:func:`adversarial.geometry.check_geometry`; periodic structures only for clashes, with
-distances to periodic images. Positions are never wrapped into the cell. No NaN leaves.
+:func:`adversarial.geometry.check_geometry`; periodic structures for clashes with
+distances to periodic images and for bonds of the seed that broke. Positions are never
+wrapped into the cell. No NaN leaves.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from ase import units
 from ase.data import atomic_masses
 
-from adversarial.geometry import validate_factors, check_geometry
+from adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
 from adversarial.structures import Candidates, Seeds, atom_offsets
 from potentials.committee import Committee
 from potentials.model import Graph, build_graph
@@ -123,12 +124,13 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
     numbers, n_atoms = seeds.numbers[rows], seeds.n_atoms[parent]
     cells, pbc = seeds.cells[parent], seeds.pbc[parent]
     cand_starts = atom_offsets(n_atoms)
+    bonds = bonds_per_seed(seeds.numbers, seeds.positions, starts, seeds.cells, seeds.pbc)
     reasons: dict[int, list[str]] = {}
     keep = np.ones(len(parent), dtype=bool)
     for c, s in enumerate(parent):
         atoms = slice(cand_starts[c], cand_starts[c + 1])
         reason = check_geometry(numbers[atoms], positions[atoms], settings.min_distance_factor,
-                                settings.max_bond_factor, cells[c], pbc[c])
+                                settings.max_bond_factor, cells[c], pbc[c], bonds[s])
         if reason is not None:
             keep[c] = False
             reasons.setdefault(int(s), []).append(reason)
@@ -221,6 +223,7 @@ def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSetti
     c2 = float(np.sqrt(1.0 - c1 * c1))
     sigma_v = np.sqrt(units.kB * settings.temperature / mass)  # [A, 1] Å / ASE time
     cells, pbc = seeds.cells, seeds.pbc
+    bonds = bonds_per_seed(seeds.numbers, seeds.positions, starts, cells, pbc)
 
     def com_free(v: np.ndarray) -> np.ndarray:
         momentum = np.stack([np.bincount(idx_m, weights=(mass * v)[:, k], minlength=n_seeds)
@@ -253,7 +256,7 @@ def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSetti
         for s in np.flatnonzero(active):
             atoms = slice(starts[s], starts[s + 1])
             reason = check_geometry(seeds.numbers[atoms], x_new[atoms], settings.min_distance_factor,
-                                    settings.max_bond_factor, cells[s], pbc[s])
+                                    settings.max_bond_factor, cells[s], pbc[s], bonds[s])
             if reason is None and not finite[s]:
                 reason = "committee energy or forces not finite"
             if reason is None and dev_max[s] >= settings.trust_upper:

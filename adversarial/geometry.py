@@ -10,7 +10,8 @@ to reject those before DFT labelling:
   superposition (translation + proper rotation), W. Kabsch, Acta Cryst. A32, 922
   (1976); A34, 827 (1978).
 - :func:`check_geometry`: close contacts and connectivity from covalent radii
-  (``ase.data.covalent_radii``).
+  (``ase.data.covalent_radii``); for periodic cells, the bonds of the structure a
+  candidate started from (:func:`bonded_pairs`) must hold.
 
 Units: positions and distances in Å. RMSDs are for molecules; see
 :func:`periodic_rmsd` for cells.
@@ -24,11 +25,16 @@ import numpy as np
 from ase.data import covalent_radii
 from ase.neighborlist import primitive_neighbor_list
 
-__all__ = ["check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd"]
+__all__ = ["BONDED_FACTOR", "bonded_pairs", "bonds_per_seed", "check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd"]
 
 # Upper bound on the number of 3×3 covariance matrices held at once by
 # pairwise_kabsch_rmsd (each block costs ~ 9 × 8 bytes × this, plus SVD workspace).
 _MAX_MATRICES_PER_BLOCK = 1 << 18
+
+# Pairs closer than this × their summed covalent radii are the bonds of a starting
+# structure (Si-O in silica 0.91, N-H 1.0, C-C 1.0; the nearest non-bonded pair in a
+# silicate framework, Si...Si, 1.38).
+BONDED_FACTOR = 1.25
 
 
 def _as_structure(x: np.ndarray, name: str) -> np.ndarray:
@@ -184,6 +190,7 @@ def check_geometry(
     max_bond_factor: float = 2.0,
     cell: np.ndarray | None = None,
     pbc: np.ndarray | None = None,
+    bonds: np.ndarray | None = None,
 ) -> str | None:
     """Check that a structure is physically sane: no clashes and, for a molecule, in one piece.
 
@@ -198,8 +205,12 @@ def check_geometry(
 
     With a ``cell`` [3, 3] Å and ``pbc`` [3] that is periodic in some direction, clashes
     are looked for between periodic images too (minimum-image distances) and the
-    connectivity test is skipped: a framework is bonded through its images and a guest
-    molecule in it is a fragment of its own.
+    connectivity test is replaced: a framework is bonded through its images and a guest
+    molecule in it is a fragment of its own, so fragments say nothing. Instead, given the
+    ``bonds`` of the structure the candidate started from (:func:`bonded_pairs`), each
+    must still be shorter than ``max_bond_factor * r_ij`` (through any image): a torn
+    framework or a dissociated guest is
+    ``"bond broken: atoms 3 and 17 more than 3.54 Å apart"``.
 
     Args:
         numbers: atomic numbers [n_atoms].
@@ -208,10 +219,13 @@ def check_geometry(
             atoms clash, dimensionless, >= 0.
         max_bond_factor: multiple of the summed covalent radii below which two atoms
             count as connected, dimensionless, > ``min_distance_factor``.
+        cell, pbc: the periodic cell [3, 3] Å (rows are lattice vectors) and its
+            periodic directions [3]; None: a molecule.
+        bonds: pairs [n_bonds, 2] that must stay bonded (periodic cells only).
 
     Returns:
         None if the geometry is sane, else a short reason. Reasons start with
-        ``"not finite"``, ``"atoms "`` or ``"fragmented"``.
+        ``"not finite"``, ``"atoms "``, ``"fragmented"`` or ``"bond broken"``.
 
     Raises:
         ValueError: if the shapes are inconsistent, there are no atoms, an atomic
@@ -240,8 +254,9 @@ def check_geometry(
 
     radii = covalent_radii[z]  # [n_atoms], Å
     if pbc is not None and np.any(pbc):
-        return _periodic_clash(z, pos, np.asarray(cell, dtype=np.float64),
-                               np.asarray(pbc, dtype=bool), radii, min_distance_factor)
+        cell, pbc = np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool)
+        return (_periodic_clash(z, pos, cell, pbc, radii, min_distance_factor)
+                or _broken_bond(pos, cell, pbc, radii, max_bond_factor, bonds))
     r_sum = radii[:, None] + radii[None, :]  # [n_atoms, n_atoms], Å
     distances = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)  # [n_atoms, n_atoms], Å
     iu, ju = np.triu_indices(n_atoms, k=1)
@@ -277,6 +292,53 @@ def _periodic_clash(z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.nd
         return None
     return (f"atoms {int(i[worst])} and {int(j[worst])} at {d[worst]:.2f} Å "
             f"(limit {limit[worst]:.2f} Å, periodic images included)")
+
+
+def bonded_pairs(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray | None = None,
+                 pbc: np.ndarray | None = None, factor: float = BONDED_FACTOR) -> np.ndarray:
+    """The bonds of a structure: pairs ``i < j`` closer than ``factor`` × their summed
+    covalent radii, through any periodic image. Returns int64 [n_bonds, 2], sorted."""
+    z = np.asarray(numbers, dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.float64)
+    periodic = pbc is not None and bool(np.any(pbc))
+    i, j = _pairs_within(pos, np.asarray(cell if periodic else np.zeros((3, 3)), dtype=np.float64),
+                         np.asarray(pbc if periodic else np.zeros(3, bool), dtype=bool),
+                         factor * covalent_radii[z])
+    return np.unique(np.stack([i, j], axis=1), axis=0).reshape(-1, 2)
+
+
+def bonds_per_seed(numbers: np.ndarray, positions: np.ndarray, starts: np.ndarray,
+                   cells: np.ndarray, pbc: np.ndarray) -> list[np.ndarray | None]:
+    """:func:`bonded_pairs` of each periodic seed of a flat batch (None for a molecule,
+    whose check is connectivity): the ``bonds`` its moved geometries must keep. Seed
+    ``s`` is rows ``starts[s]:starts[s + 1]``, with cell ``cells[s]`` and ``pbc[s]``."""
+    return [bonded_pairs(numbers[starts[s]:starts[s + 1]], positions[starts[s]:starts[s + 1]],
+                         cells[s], pbc[s]) if np.any(pbc[s]) else None
+            for s in range(len(starts) - 1)]
+
+
+def _pairs_within(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                  radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` closer than ``radii[i] + radii[j]`` Å (any image where periodic)."""
+    i, j = primitive_neighbor_list("ij", pbc, cell, pos, radii, self_interaction=False)
+    keep = i < j
+    return i[keep].astype(np.int64), j[keep].astype(np.int64)
+
+
+def _broken_bond(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radii: np.ndarray,
+                 max_bond_factor: float, bonds: np.ndarray | None) -> str | None:
+    """The first of ``bonds`` no longer within ``max_bond_factor`` × summed radii, or None."""
+    if bonds is None or len(bonds) == 0:
+        return None
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    n = len(pos)
+    i, j = _pairs_within(pos, cell, pbc, max_bond_factor * radii)
+    broken = ~np.isin(bonds[:, 0] * n + bonds[:, 1], i * n + j)
+    if not broken.any():
+        return None
+    a, b = (int(x) for x in bonds[np.argmax(broken)])
+    return (f"bond broken: atoms {a} and {b} more than "
+            f"{max_bond_factor * (radii[a] + radii[b]):.2f} Å apart")
 
 
 def pairwise_periodic_rmsd(a: np.ndarray, cells_a: np.ndarray, b: np.ndarray,

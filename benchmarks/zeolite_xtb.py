@@ -27,8 +27,9 @@ same initial labels, committee settings and label budget per generation, as in
   means the bond topology of the relaxed structure is kept (no Si-O or N-H bond
   stretched past 1.5 times the summed covalent radii, no other pair closer than those
   radii; see :func:`topology_kept`) and the committee forces stay finite.
-  ``adversarial.geometry.check_geometry`` alone would not do: for a periodic cell it
-  looks only for clashes, so a broken Si-O bond or a dissociated guest passes.
+  The limits are tighter than those of exploration's sanity check
+  (``adversarial.geometry.check_geometry``: a bond of the seed broken past 2 times the
+  summed radii, a clash below half of them), which only rejects the absurd.
   ``md_survival_fs_mean`` is the mean time to the first unphysical step (the run length
   for a stable run), fs;
 - ``force_rmse_hot``: force RMSE (eV/Å) of the committee mean on frames of a GFN2-xTB

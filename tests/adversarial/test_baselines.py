@@ -61,6 +61,34 @@ def test_settings_reject_bad_values():
             CommitteeMDSettings(**kwargs)
 
 
+def test_random_displacement_keeps_the_bonds_of_periodic_seeds():
+    """A zeolite with a guest (examples/structures/sod_nh3.cif) displaced by 0.45 Å per
+    component: the copies kept are exactly those without a clash and without a broken
+    bond of their seed (:func:`adversarial.geometry.bonded_pairs`), fewer than a clash
+    test alone would keep."""
+    from pathlib import Path
+
+    from ase.io import read
+
+    from adversarial.geometry import bonded_pairs
+
+    atoms = read(Path(__file__).resolve().parents[2] / "examples" / "structures" / "sod_nh3.cif")
+    settings = RandomDisplacementSettings(std=0.45, n_per_seed=40)
+    cands = random_displacement(small_committee(), seeds_from([atoms]), settings,
+                                np.random.default_rng(0))
+    copies = np.tile(atoms.positions, (40, 1)) + np.random.default_rng(0).normal(0, 0.45, (40 * 40, 3))
+    copies = copies.reshape(40, 40, 3)
+    bonds = bonded_pairs(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    reasons = [check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc, bonds)
+               for x in copies]
+    clash_only = [check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc)
+                  for x in copies]
+    assert any(r is not None and r.startswith("bond broken") for r in reasons)
+    kept = [k for k, r in enumerate(reasons) if r is None]
+    assert 0 < len(kept) < sum(r is None for r in clash_only)
+    np.testing.assert_allclose(cands.positions.reshape(-1, 40, 3), copies[kept])
+
+
 def test_random_displacement_has_requested_std_and_parents(nh3_emt_data):
     committee = small_committee()
     seeds = Seeds.from_arrays(nh3_emt_data, np.arange(5))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase.build import molecule
@@ -195,6 +197,48 @@ def test_periodic_clash_sees_images_and_skips_connectivity():
     # far apart with images: no clash, and no fragment test for a periodic cell
     pos[1] = [3.0, 3.0, 3.0]
     assert check_geometry(z, pos, cell=cell, pbc=np.ones(3, dtype=bool)) is None
+
+
+def _sodalite_nh3():
+    from ase.io import read
+
+    return read(Path(__file__).resolve().parents[2] / "examples" / "structures" / "sod_nh3.cif")
+
+
+def test_bonded_pairs_of_a_zeolite_with_a_guest():
+    from adversarial.geometry import bonded_pairs
+
+    atoms = _sodalite_nh3()  # Si12O24 + NH3: every Si bonded to 4 O, every O to 2 Si
+    bonds = bonded_pairs(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    symbols = np.array(atoms.get_chemical_symbols())
+    pairs = sorted("".join(sorted(symbols[list(b)])) for b in bonds)
+    assert pairs.count("OSi") == 48 and pairs.count("HN") == 3 and len(pairs) == 51
+    assert np.all(bonds[:, 0] < bonds[:, 1])
+    # the same bonds with every atom wrapped into the cell, or one shifted by a lattice vector
+    moved = atoms.positions.copy()
+    moved[5] += atoms.cell.array[1]
+    np.testing.assert_array_equal(bonded_pairs(atoms.numbers, moved, atoms.cell.array, atoms.pbc), bonds)
+
+
+def test_periodic_check_finds_broken_bonds_of_the_seed():
+    from adversarial.geometry import bonded_pairs
+
+    atoms = _sodalite_nh3()
+    z, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
+    bonds = bonded_pairs(z, atoms.positions, cell, pbc)
+    rng = np.random.default_rng(0)
+    thermal = atoms.positions + rng.normal(0, 0.1, atoms.positions.shape)
+    assert check_geometry(z, thermal, 0.5, 2.0, cell, pbc, bonds) is None
+    n, h = 36, 37  # an N-H bond of the guest (summed radii 1.02 Å) stretched to 2.2 Å
+    assert "".join(atoms.get_chemical_symbols()[k] for k in (n, h)) == "NH"
+    unit = (atoms.positions[h] - atoms.positions[n]) / np.linalg.norm(atoms.positions[h] - atoms.positions[n])
+    torn = atoms.positions.copy()
+    torn[h] = atoms.positions[n] + 2.2 * unit
+    assert check_geometry(z, torn, 0.5, 2.0, cell, pbc, bonds) == \
+        f"bond broken: atoms {n} and {h} more than 2.04 Å apart"
+    assert check_geometry(z, torn, 0.5, 2.0, cell, pbc) is None  # without the seed's bonds: clashes only
+    torn[h] = atoms.positions[n] + 1.9 * unit  # within the limit: a stretched bond, not a broken one
+    assert check_geometry(z, torn, 0.5, 2.0, cell, pbc, bonds) is None
 
 
 def test_selection_deduplicates_periodic_images():
