@@ -41,13 +41,11 @@ from ase.optimize import BFGS
 from adversarial.baselines import CommitteeMDSettings, icommittee_md
 from adversarial.structures import Seeds
 from benchmarks.committee import record_header, write_record
+from benchmarks.loop import Measure, run_loop
 from calculators.factory import LabelSettings, make_calculator
 from calculators.pyscf_calculator import PySCFSettings
 from flows.config import RunConfig, validate_config
-from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
 from potentials.committee import Committee
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_xtb.json"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ammonia.yaml"
@@ -125,9 +123,14 @@ def committee_metrics(committee: Committee, ref: dict, n_md: int, md_steps: int,
     return {**out, "md_stable_fraction": 1.0 - len(state.stopped) / n_md}
 
 
-def _with(section, fields: dict):
-    """A config section (pydantic model or frozen dataclass) with ``fields`` replaced."""
-    return section.model_copy(update=fields) if hasattr(section, "model_copy") else replace(section, **fields)
+def with_overrides(config: RunConfig, overrides: dict[str, dict] | None) -> RunConfig:
+    """``config`` with the fields of some sections replaced (config section -> fields);
+    a section is a pydantic model or a frozen dataclass."""
+    def changed(section, fields: dict):
+        return section.model_copy(update=fields) if hasattr(section, "model_copy") \
+            else replace(section, **fields)
+    return config.model_copy(update={key: changed(getattr(config, key), fields)
+                                     for key, fields in (overrides or {}).items()})
 
 
 def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_generation: int,
@@ -147,38 +150,14 @@ def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_genera
         "selection": replace(base.selection, max_selected=labels_per_generation),
         "budget": base.budget.model_copy(update={"max_generations": generations}),
     })
-    return config.model_copy(update={key: _with(getattr(config, key), fields)
-                                     for key, fields in (overrides or {}).items()})
+    return with_overrides(config, overrides)
 
 
-def run_strategy(config: RunConfig, ref: dict, n_md: int, md_steps: int) -> list[dict]:
-    """Run the loop for one config; metrics and timings after every generation's training."""
-    t0 = time.perf_counter()
-    initial_dataset(config)
-    rows = []
-    labelling = time.perf_counter() - t0
-    for g in range(config.budget.max_generations + 1):
-        t0 = time.perf_counter()
-        for member in range(config.committee.n_members):
-            train_step(config, g, member)
-        training = time.perf_counter() - t0
-        layout = RunLayout(config.run_dir())
-        committee = Committee.from_checkpoints(layout.committee_checkpoints(g))
-        row = {"generation": g, "n_labels": len(Dataset(layout.dataset)),
-               "seconds_training": training, "seconds_labelling": labelling,
-               **committee_metrics(committee, ref, n_md, md_steps,
-                                   np.random.default_rng([config.committee.seed, g]))}
-        labelling = 0.0
-        if g < config.budget.max_generations:
-            t0 = time.perf_counter()
-            explore_step(config, g)
-            selected = select_step(config, g, config.selection.max_selected).selected
-            row["seconds_exploration"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            label_step(config, g, selected)
-            labelling = time.perf_counter() - t0
-        rows.append(row)
-    return rows
+def measure(ref: dict, n_md: int, md_steps: int, seed: int) -> Measure:
+    """The metrics of :func:`committee_metrics` for :func:`benchmarks.loop.run_loop`, with
+    MD velocities seeded by the committee seed and generation."""
+    return lambda committee, g: committee_metrics(committee, ref, n_md, md_steps,
+                                                  np.random.default_rng([seed, g]))
 
 
 def _labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
@@ -226,13 +205,13 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
         for strategy in strategies:
             for seed in seeds:
                 config = _config(strategy, seed, base, quick, labels_per_generation, generations)
-                runs.setdefault(strategy, {})[seed] = rows = run_strategy(config, ref, n_md, md_steps)
+                runs.setdefault(strategy, {})[seed] = rows = run_loop(config, measure(ref, n_md, md_steps, seed))
                 _print(strategy, seed, rows[-1])
         for name, overrides in (ablations or {}).items():
             for seed in seeds:
                 config = _config("adversarial", seed, base, quick, labels_per_generation,
                                  generations, name=name, overrides=overrides)
-                ablated.setdefault(name, {})[seed] = rows = run_strategy(config, ref, 0, 0)
+                ablated.setdefault(name, {})[seed] = rows = run_loop(config, measure(ref, 0, 0, seed))
                 _print(name, seed, rows[-1])
     return {"oracle": {"method": "GFN2-xTB (tblite)", "barrier_eV": ref["barrier_eV"],
                        "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,

@@ -48,6 +48,7 @@ attack's Boltzmann factor. Sizes are set so that the full run (3 seeds × 3 stra
 from __future__ import annotations
 
 import argparse
+import json
 import io
 import itertools
 import shutil
@@ -72,16 +73,15 @@ from adversarial.attack import AttackSettings
 from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings, icommittee_md
 from adversarial.selection import SelectionSettings
 from adversarial.structures import Seeds
-from benchmarks.ammonia_xtb import STRATEGIES
+from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
+from benchmarks.loop import Measure, generation_zero, run_loop
 from calculators.factory import LabelSettings, make_calculator
 from calculators.pyscf_calculator import PySCFSettings
 from flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
                           ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig,
                           check_inputs)
-from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
 from potentials.committee import Committee
-from potentials.dataset import Dataset
 from potentials.model import ModelSpec
 from potentials.run_layout import RunLayout
 from potentials.training import TrainingSettings
@@ -99,6 +99,15 @@ BOND_FACTOR = 1.25
 BREAK_FACTOR = 1.5
 CONTACT_FACTOR = 1.0
 FRICTION = 0.02  # 1/fs, Langevin friction of the oracle and committee trajectories
+
+# The adversarial strategy with one setting changed (config section -> fields), to find
+# out why its committees are no more stable than committee MD's (docs/benchmarks.md):
+# seeds at the lowest-energy labels (ammonia's best ablation), and the Boltzmann factor
+# on total rather than per-atom energies (the attack stays closer to its seeds).
+ABLATIONS: dict[str, dict[str, dict]] = {
+    "seeds_lowest_energy": {"exploration": {"seeds": "lowest_energy"}},
+    "attack_energy_total": {"attack": {"energy": "total"}},
+}
 
 
 @dataclass(frozen=True)
@@ -313,10 +322,13 @@ def committee_metrics(committee: Committee, ref: dict, sizes: Sizes,
 
 # -- the loop -----------------------------------------------------------------------------
 
-def make_config(strategy: str, seed: int, root: Path, sizes: Sizes) -> RunConfig:
-    """The run configuration of one strategy and seed; raises ConfigError on bad inputs."""
+def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | None = None,
+                overrides: dict[str, dict] | None = None) -> RunConfig:
+    """The run configuration of one strategy and seed, named ``name`` (default: the
+    strategy), with the ``overrides`` of an ablation (config section -> fields); raises
+    ConfigError on bad inputs."""
     config = RunConfig(
-        system=SystemConfig(name=f"sod-nh3-{strategy}-{seed}", structures=GUEST_CIF),
+        system=SystemConfig(name=f"sod-nh3-{name or strategy}-{seed}", structures=GUEST_CIF),
         initial_data=InitialDataConfig(n_structures=sizes.n_initial, displacement=0.05, seed=seed),
         labels=LabelSettings(calculator="tblite"),
         model=ModelSpec(architecture="painn", n_atom_basis=sizes.n_atom_basis,
@@ -346,33 +358,18 @@ def make_config(strategy: str, seed: int, root: Path, sizes: Sizes) -> RunConfig
         compute=ComputeConfig(torch_threads=1),
         output_dir=root,
     )
+    config = with_overrides(config, overrides)
     problems = check_inputs(config)
     if problems:
         raise ConfigError(str(GUEST_CIF), problems)
     return config
 
 
-def generation_zero(config: RunConfig, ref: dict, sizes: Sizes) -> dict:
-    """Label the initial structures, train generation 0 and measure it: the first row of
-    :func:`run_strategy` (timings in s)."""
-    t0 = time.perf_counter()
-    initial_dataset(config)
-    labelling = time.perf_counter() - t0
-    return _train_and_measure(config, 0, ref, sizes) | {"seconds_labelling": labelling}
-
-
-def _train_and_measure(config: RunConfig, g: int, ref: dict, sizes: Sizes) -> dict:
-    layout = RunLayout(config.run_dir())
-    t0 = time.perf_counter()
-    for member in range(config.committee.n_members):
-        train_step(config, g, member)
-    training = time.perf_counter() - t0
-    committee = Committee.from_checkpoints(layout.committee_checkpoints(g))
-    t0 = time.perf_counter()
-    metrics = committee_metrics(committee, ref, sizes,
-                                np.random.default_rng([config.committee.seed, g]))
-    return {"generation": g, "n_labels": len(Dataset(layout.dataset)), **metrics,
-            "seconds_training": training, "seconds_metrics": time.perf_counter() - t0}
+def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
+    """The metrics of :func:`committee_metrics` for :func:`benchmarks.loop.run_loop`, with
+    MD velocities seeded by the committee seed and generation."""
+    return lambda committee, g: committee_metrics(committee, ref, sizes,
+                                                  np.random.default_rng([seed, g]))
 
 
 def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
@@ -384,33 +381,6 @@ def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
     shutil.copy2(src.dataset, dst.dataset)
     shutil.copytree(src.labels, dst.labels, dirs_exist_ok=True)
     shutil.copytree(src.committee_dir(0), dst.committee_dir(0), dirs_exist_ok=True)
-
-
-def run_strategy(config: RunConfig, ref: dict, sizes: Sizes, first_row: dict | None = None
-                 ) -> list[dict]:
-    """Run the loop for one config; metrics and timings (s) after every generation's
-    training. ``first_row``: generation 0, already trained and measured in this run folder
-    (see :func:`share_generation_zero`). ``seconds_labelling`` is the labelling that made
-    the generation's training set; ``seconds_exploration`` is 0 for the last generation,
-    which does not explore."""
-    rows, labelling = [], 0.0
-    for g in range(config.budget.max_generations + 1):
-        if g == 0:
-            row = dict(first_row) if first_row is not None else generation_zero(config, ref, sizes)
-        else:
-            row = _train_and_measure(config, g, ref, sizes) | {"seconds_labelling": labelling}
-        row.update(seconds_exploration=0.0, n_candidates=0, n_selected=0)
-        if g < config.budget.max_generations:
-            t0 = time.perf_counter()
-            report = explore_step(config, g)
-            selected = select_step(config, g, config.selection.max_selected).selected
-            row.update(seconds_exploration=time.perf_counter() - t0,
-                       n_candidates=report.n_candidates, n_selected=len(selected))
-            t0 = time.perf_counter()
-            label_step(config, g, selected)
-            labelling = time.perf_counter() - t0
-        rows.append(row)
-    return rows
 
 
 def _config_record(config: RunConfig) -> dict:
@@ -440,26 +410,36 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
     return out
 
 
-def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | None = None) -> dict:
-    """Every strategy and seed of ``sizes``; the record's oracle, settings, runs, summary.
+def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | None = None,
+        ablations: dict[str, dict[str, dict]] | None = None) -> dict:
+    """Every strategy and seed of ``sizes``, then every ablation of the adversarial
+    strategy (config section -> fields changed) for every seed; the record's oracle,
+    settings, runs, summary and ablations.
 
-    Generation 0 (initial labels, committee, metrics) is the same for every strategy of a
-    seed, so it is computed once, in the seed's first run, and shared with the others
-    (:func:`share_generation_zero`): its row, timings included, is the same in each."""
+    Generation 0 (initial labels, committee, metrics) is the same for every strategy and
+    ablation of a seed, so it is computed once, in the seed's first run, and shared with
+    the others (:func:`share_generation_zero`): its row, timings included, is the same in
+    each."""
     torch.set_num_threads(1)
+    ablations = ablations or {}
     ref = oracle_reference(sizes, np.random.default_rng(0))
     runs: dict[str, dict[str, list[dict]]] = {}
+    ablated: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="advloop-zeolite-") as tmp:
         base = Path(root or tmp)
         for seed in sizes.seeds:
-            configs = [make_config(strategy, seed, base, sizes) for strategy in strategies]
-            first_row = generation_zero(configs[0], ref, sizes)
-            for config in configs[1:]:
-                share_generation_zero(configs[0], config)
-            for strategy, config in zip(strategies, configs):
-                rows = run_strategy(config, ref, sizes, first_row)
-                runs.setdefault(strategy, {})[str(seed)] = rows
-                print(f"{strategy:12s} seed {seed}: " + "  ".join(
+            configs = {strategy: make_config(strategy, seed, base, sizes) for strategy in strategies}
+            configs |= {name: make_config("adversarial", seed, base, sizes, name, changed)
+                        for name, changed in ablations.items()}
+            metrics = measure(ref, sizes, seed)
+            first, *others = configs.values()
+            first_row = generation_zero(first, metrics)
+            for config in others:
+                share_generation_zero(first, config)
+            for name, config in configs.items():
+                rows = run_loop(config, metrics, first_row)
+                (ablated if name in ablations else runs).setdefault(name, {})[str(seed)] = rows
+                print(f"{name:12s} seed {seed}: " + "  ".join(
                     f"{r['n_labels']}:{r['md_stable_fraction']:.2f}/{r['force_rmse_hot']:.2f}"
                     for r in rows) + "  (labels:stable/RMSE eV/Å)", flush=True)
     return {"oracle": {"method": "GFN2-xTB (tblite), 3D periodic, Γ point",
@@ -475,10 +455,13 @@ def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | Non
             "settings": {**asdict(sizes), "bond_factor": BOND_FACTOR,
                          "break_factor": BREAK_FACTOR, "contact_factor": CONTACT_FACTOR, "friction_per_fs": FRICTION,
                          "generation_0_shared_across_strategies": True,
-                         "config": _config_record(make_config(strategies[0], sizes.seeds[0],
+                         "config": _config_record(make_config("adversarial", sizes.seeds[0],
                                                               Path("runs"), sizes))},
             "runs": runs,
-            "summary": summarise(runs)}
+            "summary": summarise(runs),
+            "ablations": {name: {"changed": ablations[name], "runs": by_seed,
+                                 "summary": summarise({name: by_seed})[name]}
+                          for name, by_seed in ablated.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -486,6 +469,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="one seed, one generation, tiny committee (CI; numbers are not results)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--ablations-only", action="store_true",
+                        help="run only the ablations and put them into the existing --output record")
     parser.add_argument("--build-structures", action="store_true",
                         help=f"rebuild and relax {FRAMEWORK_CIF.name} and {GUEST_CIF.name}, then exit")
     args = parser.parse_args(argv)
@@ -494,12 +479,19 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     t0 = time.perf_counter()
     sizes = QUICK if args.quick else FULL
-    results = run(sizes)
+    ablations = {} if args.quick else ABLATIONS
+    if args.ablations_only:
+        results = run(sizes, strategies=(), ablations=ablations)
+        header = record_header("benchmarks.zeolite_xtb", argv, ("schnetpack", "tblite", "ase"),
+                               args.quick, time.perf_counter() - t0)
+        record = json.loads(args.output.read_text())
+        record["ablations"] = results["ablations"]
+        record["ablations_record"] = {k: header[k] for k in ("command", "date", "seconds", "machine")}
+        return write_record(args.output, record)
+    results = run(sizes, ablations=ablations)
     header = record_header("benchmarks.zeolite_xtb", argv, ("schnetpack", "tblite", "ase"), args.quick,
                            time.perf_counter() - t0)
-    record = {**header,
-              **results}
-    return write_record(args.output, record)
+    return write_record(args.output, {**header, **results})
 
 
 if __name__ == "__main__":

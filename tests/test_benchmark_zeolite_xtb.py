@@ -110,3 +110,17 @@ def test_tiny_run_records_every_field_for_every_strategy(record):
         final = record["summary"][strategy]["final"]
         assert final["n_labels"]["mean"] == rows[-1]["n_labels"]
         assert final["md_stable_fraction"]["std"] == 0.0  # one seed
+
+
+def test_ablation_runs_the_adversarial_strategy_with_one_setting_changed(tmp_path):
+    changed = {"exploration": {"seeds": "lowest_energy"}}
+    results = zeolite_xtb.run(TINY, strategies=(), root=tmp_path, ablations={"lowest": changed})
+    assert results["runs"] == {} and set(results["ablations"]) == {"lowest"}
+    ablation = results["ablations"]["lowest"]
+    assert ablation["changed"] == changed
+    rows = ablation["runs"]["0"]
+    assert [r["generation"] for r in rows] == [0, 1] and rows[1]["n_labels"] > rows[0]["n_labels"]
+    assert ablation["summary"]["final"]["n_labels"]["mean"] == rows[-1]["n_labels"]
+    config = zeolite_xtb.make_config("adversarial", 0, tmp_path, TINY, "lowest", changed)
+    assert config.exploration.seeds == "lowest_energy" and config.exploration.strategy == "adversarial"
+    assert (tmp_path / "sod-nh3-lowest-0" / "dataset.h5").exists()
