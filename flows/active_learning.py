@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from uuid import UUID
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
@@ -146,6 +146,7 @@ def train_committee(config: RunConfig, generation: int,
                     table: GenerationTable | None = None) -> tuple[dict[str, float], list[Timed]]:
     """A generation's members trained on the task runner of ``runners.training``: the
     committee's mean metrics and the intervals the members trained in."""
+    _tag_flow_run(config.system.name)
     clock: list[Timed] = []
     return _train_committee(config, generation, clock, table or GenerationTable()), clock
 
@@ -157,6 +158,7 @@ def label_candidates(config: RunConfig, generation: int, selected: list[int],
                      ) -> tuple[list[steps.LabelResult], list[Timed]]:
     """A generation's ``selected`` candidates labelled on the task runner of
     ``runners.labelling`` into the label store: the results and the intervals they ran in."""
+    _tag_flow_run(config.system.name)
     clock: list[Timed] = []
     results = _label_selected(config, generation, selected, clock, table or GenerationTable(),
                               get_run_logger())
@@ -226,6 +228,7 @@ def run_generation(config: RunConfig, generation: int, max_selected: int, final:
     (``time.time()`` s). Training and labelling run on the task runners of
     ``config.runners``, as sub-flows unless ``threads``, on the run's Dask ``clusters``
     (:func:`flows.runners.open_clusters`; None: a phase starts its own)."""
+    _tag_flow_run(config.system.name)
     logger = get_run_logger()
     table = table or GenerationTable()
     clock: list[Timed] = []
@@ -271,7 +274,13 @@ def run_generation(config: RunConfig, generation: int, max_selected: int, final:
 
 def _tag_flow_run(tag: str) -> None:
     """Add ``tag`` to the current flow run (the tags of a flow run are fixed when it is
-    created; this one's name is known only from its parameters)."""
+    created; this one's name is known only from its parameters).
+
+    Flow runs are tagged one by one rather than inside ``prefect.tags``, whose tags every
+    task run would inherit: a tagged task run takes and releases a slot of the tag's
+    concurrency limit on the server (two writes per task), which on the embedded SQLite
+    server collide with the server's own writes ("database is locked") and cost a 2 s
+    client retry each."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
@@ -299,7 +308,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     deadline = t_start + hours * 3600 if hours is not None else None
     _tag_flow_run(system)
 
-    with tags(system), runners.open_clusters(config) as clusters:
+    with runners.open_clusters(config) as clusters:
         initial = label_initial(config)
         _enforce_failures(config, initial, "initial", None)
         logger.info("initial dataset: %d structures labelled, %d failed, %d already known",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from uuid import UUID
 from xml.sax.saxutils import escape
@@ -177,12 +178,17 @@ def publish_summary(summary: Mapping, records: Sequence[Mapping], threshold: flo
 
 
 class LabelProgress:
-    """The ``<system>-labelling`` progress artifact of one generation's labels."""
+    """The ``<system>-labelling`` progress artifact of one generation's labels.
 
-    def __init__(self, system: str, generation: int, total: int):
+    Updated at most once every ``min_interval`` s (each update is a write to the server),
+    and always for the last label: labels that finish together (cheap ones, or a batch
+    of retries) show up in one update rather than one each."""
+
+    def __init__(self, system: str, generation: int, total: int, min_interval: float = 1.0):
         from prefect.artifacts import create_progress_artifact
 
         self.generation, self.total = generation, total
+        self.min_interval, self._last = min_interval, time.monotonic()
         self.id = create_progress_artifact(0.0, key=artifact_key(system, "labelling"),
                                            description=self._describe(0, 0))
 
@@ -193,5 +199,9 @@ class LabelProgress:
     def update(self, done: int, failed: int = 0) -> None:
         from prefect.artifacts import update_progress_artifact
 
+        now = time.monotonic()
+        if done < self.total and now - self._last < self.min_interval:
+            return
+        self._last = now
         update_progress_artifact(self.id, 100.0 * done / max(self.total, 1),
                                  description=self._describe(done, failed))
