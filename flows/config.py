@@ -205,7 +205,15 @@ class SlurmRunner(_Strict):
     ``log_directory``: where the jobs' stdout/stderr go (None: Slurm's ``slurm-<id>.out``
     in the flow's working directory). ``python``: the interpreter on the compute nodes
     (None: the flow's own, which must be on a shared filesystem). ``local_directory``:
-    worker scratch space (``$TMPDIR``)."""
+    worker scratch space (``$TMPDIR``).
+
+    ``tls`` (default on): Dask's connections between the flow, the scheduler and the
+    workers use TLS with a certificate authority made for the run
+    (``distributed.Security.temporary()``), so that only the run's workers can join and
+    the tasks, which carry the flow's Prefect settings (the API auth string included),
+    are encrypted on the cluster's network. The workers' key and certificate are written,
+    readable by you only, to ``.dask-tls`` in the run folder (on the shared filesystem the
+    workers already need) and deleted when the run's cluster stops."""
 
     kind: Literal["slurm"]
     cores: PositiveInt
@@ -223,6 +231,7 @@ class SlurmRunner(_Strict):
     log_directory: str | None = None
     python: str | None = None
     local_directory: str | None = None
+    tls: bool = True
 
     @field_validator("walltime", mode="before")
     @classmethod

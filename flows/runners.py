@@ -11,7 +11,9 @@ config (:class:`flows.config.RunnersConfig`).
 Clusters that advloop starts itself (a local Dask cluster, a Slurm cluster) live for the
 whole run (:func:`open_clusters`): their workers keep their imports between generations and
 a Slurm cluster scales its jobs with the work (between ``min_jobs`` and ``max_jobs``); on
-exit the local workers stop and the Slurm jobs are cancelled. A phase then gets a
+exit the local workers stop and the Slurm jobs are cancelled. A Slurm cluster speaks TLS
+with credentials of its own (``tls``, the default), which stay in the flow process
+(:func:`cluster_security`). A phase then gets a
 ``DaskTaskRunner`` on the cluster's address (:func:`task_runner`). Without
 :func:`open_clusters` (a generation flow called on its own), the runner starts a cluster
 of its own for the phase, as prefect-dask does.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -55,6 +58,10 @@ PHASES: tuple[Phase, ...] = ("training", "labelling")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 # The OpenMP/BLAS thread counts a Slurm job exports for its tasks.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# Credentials of the TLS clusters open in this process, by scheduler address.
+_SECURITY: dict[str, object] = {}
 
 
 class RunnerError(RuntimeError):
@@ -80,12 +87,16 @@ def local_cluster_kwargs(settings: DaskRunner) -> dict:
     return kwargs
 
 
-def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase) -> dict:
+def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase,
+                         tls_directory: Path | None = None) -> dict:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a ``slurm`` runner.
 
     A job holds ``tasks_per_job`` single-threaded Dask workers (Dask's ``cores`` and
     ``processes``) and asks Slurm for ``settings.cores`` CPUs (``job_cpu``), so that each
-    task has ``cores / tasks_per_job`` CPUs for its OpenMP threads.
+    task has ``cores / tasks_per_job`` CPUs for its OpenMP threads. With ``settings.tls``
+    the cluster makes its own certificate authority (dask-jobqueue's ``security=True``)
+    and writes the workers' key and certificate to ``tls_directory``, which the compute
+    nodes must see (None: the working directory).
     """
     threads = settings.threads_per_task
     prologue = [f"export {name}={threads}" for name in _THREAD_VARIABLES]
@@ -113,6 +124,8 @@ def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase) -> dict:
         "interface": settings.interface,
         "scheduler_options": {"dashboard_address": ":0"},
     }
+    if settings.tls:
+        kwargs.update(security=True, shared_temp_directory=str(tls_directory) if tls_directory else None)
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -133,7 +146,9 @@ def task_runner(settings: RunnerSettings, phase: Phase, address: str | None = No
 
     address = getattr(settings, "address", None) or address
     if address is not None:
-        return DaskTaskRunner(address=address)
+        security = _SECURITY.get(address)
+        return DaskTaskRunner(address=address,
+                              client_kwargs={"security": security} if security is not None else None)
     if isinstance(settings, DaskRunner):
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs=local_cluster_kwargs(settings))
@@ -142,9 +157,10 @@ def task_runner(settings: RunnerSettings, phase: Phase, address: str | None = No
                           adapt_kwargs=slurm_adapt_kwargs(settings))
 
 
-def _start_cluster(settings: RunnerSettings, phase: Phase):
+def _start_cluster(settings: RunnerSettings, phase: Phase, tls_directory: Path):
     """A Dask cluster object for ``settings`` (the caller closes it), or None for runners
-    that need none of the run's."""
+    that need none of the run's. A Slurm cluster with TLS writes its workers' key and
+    certificate to ``tls_directory`` (created, private to the user)."""
     if isinstance(settings, DaskRunner) and settings.address is None:
         from distributed import LocalCluster
 
@@ -154,7 +170,9 @@ def _start_cluster(settings: RunnerSettings, phase: Phase):
 
         if settings.log_directory is not None:
             Path(settings.log_directory).mkdir(parents=True, exist_ok=True)
-        cluster = SLURMCluster(**slurm_cluster_kwargs(settings, phase))
+        if settings.tls:
+            tls_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cluster = SLURMCluster(**slurm_cluster_kwargs(settings, phase, tls_directory))
         cluster.adapt(**slurm_adapt_kwargs(settings))
         return cluster
     return None
@@ -201,11 +219,26 @@ def open_clusters(config: RunConfig) -> Iterator[ClusterAddresses]:
     with ExitStack() as stack:
         addresses = {}
         for phase in PHASES:
-            cluster = _start_cluster(getattr(config.runners, phase), phase)
+            cluster = _start_cluster(getattr(config.runners, phase), phase,
+                                     config.run_dir() / ".dask-tls")
             if cluster is not None:
                 stack.enter_context(cluster)
-                addresses[phase] = cluster.scheduler_address
+                addresses[phase] = address = cluster.scheduler_address
+                stack.enter_context(cluster_security(address, cluster.security))
         yield ClusterAddresses(**addresses)
+
+
+@contextmanager
+def cluster_security(address: str, security) -> Iterator[None]:
+    """Within the context, task runners for the scheduler at ``address`` connect with
+    ``security`` (a ``distributed.Security``; needed for a ``tls://`` scheduler). The
+    credentials stay in this process: flow parameters, which the Prefect server stores,
+    carry only the address."""
+    _SECURITY[address] = security
+    try:
+        yield
+    finally:
+        _SECURITY.pop(address, None)
 
 
 @contextmanager
@@ -226,11 +259,17 @@ def api_for_workers() -> Iterator[None]:
 
 def slurm_job_script(settings: SlurmRunner, phase: Phase = "labelling") -> str:
     """The job script a ``slurm`` runner submits for each of its jobs (the scheduler
-    address in it is a placeholder's: a real run's differs). Needs no Slurm."""
+    address and the TLS files in it are a placeholder's: a real run's differ). Needs no
+    Slurm."""
     from dask_jobqueue import SLURMCluster
 
-    with SLURMCluster(**slurm_cluster_kwargs(settings, phase)) as cluster:
-        return cluster.job_script()
+    with tempfile.TemporaryDirectory(prefix="advloop-dask-tls-") as tls:
+        cluster = SLURMCluster(**slurm_cluster_kwargs(settings, phase, Path(tls)))
+        try:
+            return cluster.job_script()
+        finally:
+            cluster.close()
+            del cluster  # its open TLS files are deleted with it, before their folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,64 @@ def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend
     assert len(task_runs) == N_CANDIDATES and all(t.state.is_completed() for t in task_runs)
 
 
+def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
+    """A Dask cluster that speaks only TLS, with a certificate authority of its own (as a
+    ``slurm`` runner's does; here a local one, since there is no Slurm): the labelling
+    sub-flow reaches it with the credentials the run registered for its address
+    (flows.runners.cluster_security), and a client without them cannot connect."""
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+    from prefect import flow, get_run_logger
+
+    from flows import active_learning, runners
+
+    config = _config(tmp_path, "nh3-tls", runners={"labelling": {"kind": "dask", "n_workers": 1}})
+    selected = list(range(N_CANDIDATES))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, protocol="tls://",
+                      security=Security.temporary(), dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        with pytest.raises(Exception, match="(?i)tls|ssl"):  # no credentials: no connection
+            Client(address, timeout=5)
+
+        @flow
+        def generation():
+            return active_learning._label(config, 0, selected, [], GenerationTable(io.StringIO()),
+                                          get_run_logger(), runners.ClusterAddresses(labelling=address))
+
+        with runners.cluster_security(address, cluster.security):
+            results = generation()
+        assert runners._SECURITY == {}  # the credentials leave with the context
+    assert sorted(r.index for r in results) == selected and all(r.ok for r in results)
+    assert len(_subflow_task_runs("nh3-tls-gen000-labelling")) == N_CANDIDATES
+
+
+def test_slurm_cluster_with_tls_keeps_worker_keys_private(tmp_path):
+    """A slurm runner's cluster (built without submitting a job: min_jobs 0) makes its own
+    certificate authority; the workers' key and certificate land in the run's TLS folder,
+    readable by the user only, and the job script points at them without holding them."""
+    from flows.runners import _start_cluster, slurm_job_script
+
+    settings = validate_config(SLURM_EXAMPLE).runners.labelling
+    assert settings.tls and settings.min_jobs == 0
+    tls = tmp_path / "run" / ".dask-tls"
+    cluster = _start_cluster(settings.model_copy(update={"log_directory": None}), "labelling", tls)
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        files = sorted(tls.iterdir())
+        assert len(files) == 3 and (tls.stat().st_mode & 0o777) == 0o700
+        assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
+        script = cluster.job_script()
+        assert "PRIVATE KEY" not in script and "PRIVATE KEY" in "".join(f.read_text() for f in files)
+        worker = script.splitlines()[-1]
+        for option in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+            assert f"{option} {tls}/" in worker, (option, worker)
+    finally:
+        cluster.close()
+    plain = slurm_job_script(settings.model_copy(update={"tls": False}), "labelling")
+    assert "tls" not in plain.splitlines()[-1]
+
+
 def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
     from prefect import flow, get_run_logger
 
