@@ -1,7 +1,7 @@
 """Real servers for tests: a Prefect server (``prefect server start`` on 127.0.0.1, a free
 port, its own PREFECT_HOME) and a throwaway PostgreSQL cluster (``initdb``/``pg_ctl`` in a
 temporary folder). Used by test_cli_submit.py, test_server_postgres.py,
-test_server_auth.py and test_automations.py.
+test_server_auth.py, test_automations.py and test_ui_browser.py.
 
 Secrets the tests make (auth strings, database passwords) are random per run, passed in
 environment variables only, and never written to a file.
@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any PREFECT_API_* setting (so that a child
+    """This process's environment without any PREFECT_API_* or PREFECT_UI_* setting (so that a child
     process talks to the server the test names, with the credentials the test names),
     with one thread per process and no telemetry, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_UI_"))}
     env.update(OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
     return env
 
@@ -72,20 +72,28 @@ class PrefectServer:
     home: Path  # its PREFECT_HOME
     log: Path  # its stdout and stderr
 
+    @property
+    def base(self) -> str:
+        """The server's root URL (the UI), ``http://127.0.0.1:<port>``."""
+        return self.url.removesuffix("/api")
+
 
 @contextlib.contextmanager
-def prefect_server(home: Path, timeout: float = 240, **env: str) -> Iterator[PrefectServer]:
-    """``prefect server start --host 127.0.0.1`` on a free port with PREFECT_HOME ``home``
-    and the settings in ``env``; waits for ``/api/health`` (which answers without
-    credentials even when the server has an auth string) and stops the server after."""
+def prefect_server(home: Path, timeout: float = 240, port: int | None = None,
+                   **env: str) -> Iterator[PrefectServer]:
+    """``prefect server start --host 127.0.0.1`` on ``port`` (default: a free one) with
+    PREFECT_HOME ``home`` and the settings in ``env``; waits for ``/api/health`` (which
+    answers without credentials even when the server has an auth string) and stops the
+    server after."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     log_path = home / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=clean_env(PREFECT_HOME=str(home), **env),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -37,10 +35,10 @@ from pathlib import Path
 import pytest
 
 from flows.artifacts import TABLE_COLUMNS, artifact_key
+from tests.flows.prefect_server import clean_env, free_port, prefect_server
 from tests.flows.ui_browser import Page, PngInfo, find_chromium, png_info, render
 
 REPO = Path(__file__).resolve().parents[2]
-_BIN = Path(sys.executable).parent
 SYSTEM = "nh3-ui"
 
 CONFIG = """
@@ -81,19 +79,6 @@ def _chromium_or_skip() -> str:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_API_", "PREFECT_UI_", "PREFECT_HOME"))}
-    env.update(OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
-    return env
-
-
 def _api(base: str, path: str, body: dict | None = None):
     request = urllib.request.Request(
         f"{base}/api/{path}", data=None if body is None else json.dumps(body).encode(),
@@ -103,45 +88,15 @@ def _api(base: str, path: str, body: dict | None = None):
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """``prefect server start`` with the UI on a free port of 127.0.0.1; yields its base
-    URL (``http://127.0.0.1:PORT``, the API under ``/api``) once ``/api/health`` answers."""
-    port = _free_port()
+def ui_server(home: Path) -> Iterator[str]:
+    """A Prefect server with its UI on a free port of 127.0.0.1; yields its base URL
+    (``http://127.0.0.1:PORT``, the API under ``/api``) once it answers."""
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = _env(PREFECT_HOME=str(home / "home"), PREFECT_UI_API_URL=f"{base}/api",
-               PREFECT_UI_URL=base, PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
-               PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
-    log_path = home / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + 240
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"prefect server exited: {log_path.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"{base}/api/health", timeout=5) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"prefect server not healthy after 240 s: "
-                                f"{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield base
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+    with prefect_server(home / "home", port=port, PREFECT_UI_API_URL=f"{base}/api",
+                        PREFECT_UI_URL=base, PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+                        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as server:
+        yield server.base
 
 
 def _open(chromium: str, url: str, ready: Callable[[Page], bool], name: str,
@@ -179,13 +134,13 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
     key = artifact_key(SYSTEM, "generations")
 
     started = time.monotonic()
-    with prefect_server(tmp_path) as base:
+    with ui_server(tmp_path) as base:
         up = time.monotonic()
         code = "from flows.cli import app; app(prog_name='advloop')"
         done = subprocess.run(
             [sys.executable, "-c", code, "run", str(config)], cwd=tmp_path, capture_output=True,
             text=True, timeout=600, stdin=subprocess.DEVNULL,
-            env=_env(PREFECT_API_URL=f"{base}/api", PREFECT_UI_URL=base,
+            env=clean_env(PREFECT_API_URL=f"{base}/api", PREFECT_UI_URL=base,
                      PREFECT_HOME=str(tmp_path / "client-home"),
                      PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
