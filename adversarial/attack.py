@@ -45,11 +45,11 @@ class AttackSettings:
 
     __pydantic_config__ = {"extra": "forbid"}
 
-    temperature: float = 1000.0
+    temperature: float = field(default=1000.0, metadata={"unit": "K"})
     n_steps: int = 60
     learning_rate: float = 0.01
-    initial_noise: float = 0.01
-    max_displacement: float = 0.6
+    initial_noise: float = field(default=0.01, metadata={"unit": "Å"})
+    max_displacement: float = field(default=0.6, metadata={"unit": "Å"})
     neighbor_refresh: int = 5
     min_distance_factor: float = 0.5
     max_bond_factor: float = 2.0

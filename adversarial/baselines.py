@@ -64,7 +64,7 @@ class RandomDisplacementSettings:
 
     __pydantic_config__ = {"extra": "forbid"}
 
-    std: float = 0.05
+    std: float = field(default=0.05, metadata={"unit": "Å"})
     n_per_seed: int = 1
     min_distance_factor: float = 0.5
     max_bond_factor: float = 2.0
@@ -87,17 +87,17 @@ class CommitteeMDSettings:
 
     __pydantic_config__ = {"extra": "forbid"}
 
-    temperature: float = 300.0
-    timestep: float = 0.5
+    temperature: float = field(default=300.0, metadata={"unit": "K"})
+    timestep: float = field(default=0.5, metadata={"unit": "fs"})
     n_steps: int = 200
-    friction: float = 0.02
+    friction: float = field(default=0.02, metadata={"unit": "1/fs"})
     sample_interval: int = 10
-    trust_lower: float = 0.05
-    trust_upper: float = 0.5
+    trust_lower: float = field(default=0.05, metadata={"unit": "eV/Å"})
+    trust_upper: float = field(default=0.5, metadata={"unit": "eV/Å"})
     min_distance_factor: float = 0.5
     max_bond_factor: float = 2.0
     max_frames_per_seed: int = 4
-    skin: float = 0.5
+    skin: float = field(default=0.5, metadata={"unit": "Å"})
 
     def __post_init__(self) -> None:
         _validate("md", self, positive=("temperature", "timestep", "skin"),

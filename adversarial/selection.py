@@ -14,7 +14,7 @@ Units: positions in Å, uncertainties in eV/Å (e.g. mean per-atom force std), R
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class SelectionSettings:
     __pydantic_config__ = {"extra": "forbid"}
 
     percentile: float = 90.0
-    rmsd_threshold: float = 0.05
+    rmsd_threshold: float = field(default=0.05, metadata={"unit": "Å"})
     min_distance_factor: float = 0.5
     max_bond_factor: float = 2.0
     max_selected: int = 8

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -138,10 +138,10 @@ class PySCFSettings:
     spin: int = 0
     density_fit: bool = False
     grid_level: int = 3
-    conv_tol: float = 1e-9
+    conv_tol: float = field(default=1e-9, metadata={"unit": "Hartree"})
     max_cycle: int = 100
     threads: int | None = None
-    max_memory_mb: int = 2000
+    max_memory_mb: int = field(default=2000, metadata={"unit": "MB"})
     verbose: int = 0
     scf_ladder: tuple[ScfRung, ...] = DEFAULT_SCF_LADDER
     reuse_density: bool = False

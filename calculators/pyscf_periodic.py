@@ -62,7 +62,7 @@ Hartree, as PySCF takes them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -136,7 +136,7 @@ class PeriodicPySCFSettings:
         verbose: PySCF verbosity, 0 (silent) to 9.
 
     Raises:
-        ValueError: naming the offending key as ``dft.<key>``, on an unknown method or
+        ValueError: naming the offending key as ``periodic_dft.<key>``, on an unknown method or
             functional, a functional without periodic gradients, a non-GTH
             pseudopotential, a restricted method with ``spin != 0``, or an
             out-of-range number.
@@ -150,13 +150,13 @@ class PeriodicPySCFSettings:
     pseudo: str = "gth-pbe"
     charge: int = 0
     spin: int = 0
-    ke_cutoff: float | None = None  # Hartree
-    smearing: float = 0.0  # Hartree
-    conv_tol: float = 1e-8  # Hartree
+    ke_cutoff: float | None = field(default=None, metadata={"unit": "Hartree"})
+    smearing: float = field(default=0.0, metadata={"unit": "Hartree"})
+    conv_tol: float = field(default=1e-8, metadata={"unit": "Hartree"})
     max_cycle: int = 100
     threads: int | None = None
     scf_ladder: tuple[str, ...] = ("default", "more_cycles", "level_shift")
-    max_memory_mb: int = 4000
+    max_memory_mb: int = field(default=4000, metadata={"unit": "MB"})
     verbose: int = 0
 
     def __post_init__(self) -> None:
@@ -167,47 +167,47 @@ class PeriodicPySCFSettings:
         object.__setattr__(self, "scf_ladder", ladder)
         if self.method not in _METHODS:
             raise ValueError(
-                f"dft.method: unknown periodic method {self.method!r}; choose one of {', '.join(_METHODS)} "
+                f"periodic_dft.method: unknown periodic method {self.method!r}; choose one of {', '.join(_METHODS)} "
                 "(periodic Hartree-Fock has no analytic gradients in PySCF)"
             )
         _check_xc(self.xc)
         if not isinstance(self.basis, str) or not self.basis.strip():
-            raise ValueError(f"dft.basis must be a non-empty basis-set name such as 'gth-szv', got {self.basis!r}")
+            raise ValueError(f"periodic_dft.basis must be a non-empty basis-set name such as 'gth-szv', got {self.basis!r}")
         if not isinstance(self.pseudo, str) or not self.pseudo.strip().lower().startswith("gth"):
             raise ValueError(
-                f"dft.pseudo must name a GTH pseudopotential family such as 'gth-pbe', got {self.pseudo!r}; "
+                f"periodic_dft.pseudo must name a GTH pseudopotential family such as 'gth-pbe', got {self.pseudo!r}; "
                 "PySCF's periodic analytic gradients support GTH pseudopotentials only (no ECPs), and "
                 "all-electron cells need impractically fine meshes"
             )
         if not _is_int(self.charge):
-            raise ValueError(f"dft.charge must be an integer, got {self.charge!r}")
+            raise ValueError(f"periodic_dft.charge must be an integer, got {self.charge!r}")
         if not _is_int(self.spin) or self.spin < 0:
-            raise ValueError(f"dft.spin is 2S, the number of unpaired electrons, an integer >= 0; got {self.spin!r}")
+            raise ValueError(f"periodic_dft.spin is 2S, the number of unpaired electrons, an integer >= 0; got {self.spin!r}")
         if self.method == "RKS" and self.spin != 0:
             raise ValueError(
-                f"dft.spin: method RKS is closed-shell and needs spin=0, got spin={self.spin}; "
+                f"periodic_dft.spin: method RKS is closed-shell and needs spin=0, got spin={self.spin}; "
                 "use method='UKS' for open-shell cells"
             )
         if self.ke_cutoff is not None and (not _is_real(self.ke_cutoff) or not float(self.ke_cutoff) > 0.0):
             raise ValueError(
-                f"dft.ke_cutoff must be a positive number (Hartree) or None for PySCF's default, "
+                f"periodic_dft.ke_cutoff must be a positive number (Hartree) or None for PySCF's default, "
                 f"got {self.ke_cutoff!r}"
             )
         if not _is_real(self.smearing) or not 0.0 <= float(self.smearing) < 1.0:
             raise ValueError(
-                f"dft.smearing is the Fermi-Dirac width in Hartree, a number in [0, 1); got {self.smearing!r} "
+                f"periodic_dft.smearing is the Fermi-Dirac width in Hartree, a number in [0, 1); got {self.smearing!r} "
                 "(0.01 Ha is about 3160 K)"
             )
         if not _is_real(self.conv_tol) or not 0.0 < float(self.conv_tol) < 1.0:
-            raise ValueError(f"dft.conv_tol (Hartree) must be a positive number below 1, got {self.conv_tol!r}")
+            raise ValueError(f"periodic_dft.conv_tol (Hartree) must be a positive number below 1, got {self.conv_tol!r}")
         if not _is_int(self.max_cycle) or self.max_cycle < 1:
-            raise ValueError(f"dft.max_cycle must be an integer >= 1, got {self.max_cycle!r}")
+            raise ValueError(f"periodic_dft.max_cycle must be an integer >= 1, got {self.max_cycle!r}")
         if not _is_int(self.max_memory_mb) or self.max_memory_mb < 1:
-            raise ValueError(f"dft.max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
+            raise ValueError(f"periodic_dft.max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"dft.threads must be a positive integer or None, got {self.threads!r}")
+            raise ValueError(f"periodic_dft.threads must be a positive integer or None, got {self.threads!r}")
         if not _is_int(self.verbose) or not 0 <= self.verbose <= 9:
-            raise ValueError(f"dft.verbose must be an integer in [0, 9], got {self.verbose!r}")
+            raise ValueError(f"periodic_dft.verbose must be an integer in [0, 9], got {self.verbose!r}")
 
     @property
     def level_of_theory(self) -> str:
@@ -228,19 +228,19 @@ class PeriodicPySCFSettings:
 def _check_xc(xc: object) -> None:
     """Raise ValueError unless ``xc`` is an LDA or GGA functional without exact exchange or VV10."""
     if not isinstance(xc, str) or not xc.strip():
-        raise ValueError(f"dft.xc must be a non-empty functional name such as 'PBE', got {xc!r}")
+        raise ValueError(f"periodic_dft.xc must be a non-empty functional name such as 'PBE', got {xc!r}")
     try:
         kind = libxc.xc_type(xc)
         hybrid = libxc.is_hybrid_xc(xc)
         nonlocal_ = bool(libxc.is_nlc(xc))
     except (KeyError, ValueError) as err:
         raise ValueError(
-            f"dft.xc: unknown exchange-correlation functional {xc!r} (libxc/PySCF names such as 'PBE')"
+            f"periodic_dft.xc: unknown exchange-correlation functional {xc!r} (libxc/PySCF names such as 'PBE')"
         ) from err
     if kind not in ("LDA", "GGA") or hybrid or nonlocal_:
         what = "a hybrid or Hartree-Fock" if hybrid else "a non-local (VV10)" if nonlocal_ else f"an {kind}"
         raise ValueError(
-            f"dft.xc={xc!r} is {what} functional; PySCF's periodic analytic gradients (multigrid, Γ point) "
+            f"periodic_dft.xc={xc!r} is {what} functional; PySCF's periodic analytic gradients (multigrid, Γ point) "
             "support LDA and GGA functionals only, e.g. 'PBE', 'BLYP', 'LDA'"
         )
 
@@ -362,7 +362,7 @@ def _check_density_on_mesh(mf: Any, cell: pbc_gto.Cell, shash: str, directory: s
         cutoff = "unset" if cell.ke_cutoff is None else f"{cell.ke_cutoff:g} Ha"
         raise LabelError(
             f"the converged density integrates to {on_mesh:.6f} electrons on the {cell.mesh.tolist()} FFT mesh "
-            f"instead of {expected:g}. Either the mesh is too coarse (raise dft.ke_cutoff, now {cutoff}) "
+            f"instead of {expected:g}. Either the mesh is too coarse (raise periodic_dft.ke_cutoff, now {cutoff}) "
             "or PySCF's C libraries are bound to two OpenMP runtimes (pyscf.lib was "
             "imported before torch and pyscf.pbc after it: import torch before any PySCF module, or set "
             "OMP_NUM_THREADS=1)",

@@ -54,17 +54,17 @@ class _ServerErrors:
         return False
 
 
-def _validated(config: Path, output_dir: Path | None):
+def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
     from flows.config import ConfigError, validate_config
 
     try:
-        return validate_config(config, output_dir)
+        return validate_config(config, output_dir, run_folder=run_folder)
     except ConfigError as err:
         _fail(f"error: {err}")
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)")]) -> None:
+def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)]) -> None:
     """Check a config and its structure files; compute nothing."""
     from calculators.factory import level_of_theory
 
@@ -76,7 +76,7 @@ def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)")]) 
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="run config (YAML)")],
+    config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
     output_dir: Annotated[Path | None, typer.Option(help="parent of the run folder "
                                                     "(default: the config's output_dir, 'runs')")] = None,
 ) -> None:
@@ -123,7 +123,7 @@ def export(
 
 @app.command()
 def submit(
-    config: Annotated[Path, typer.Argument(help="run config (YAML)")],
+    config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
     # the default is flows.deployments.DEFAULT_DEPLOYMENT, spelt out so that `--help` does
     # not import prefect
     deployment: Annotated[str, typer.Option(help="FLOW/DEPLOYMENT to run it")] = "advloop-submission/submissions",
@@ -138,7 +138,7 @@ def submit(
     The config and its structure file travel with the flow run; the run folder is written
     to --output-dir (or the config's output_dir) made absolute here, so the worker must
     see that path on a shared filesystem. See infra/README.md."""
-    cfg = _validated(config, output_dir)
+    cfg = _validated(config, output_dir, run_folder=False)  # the worker checks the run folder
     use_prefect_defaults()
     from flows.config import ConfigError
     from flows.deployments import Submission, submit as submit_run
@@ -386,7 +386,7 @@ def status(
 
 @app.command("slurm-script")
 def slurm_script(
-    config: Annotated[Path, typer.Argument(help="run config (YAML) with a slurm runner")],
+    config: Annotated[Path, typer.Argument(help="run config (YAML) with a slurm runner", readable=False)],
     phase: Annotated[Literal["training", "labelling"] | None, typer.Option(
         help="only this phase's runner (default: both)")] = None,
 ) -> None:

@@ -1,13 +1,14 @@
 """Run configuration: small models per concern, composed into one :class:`RunConfig`.
 
 A config is YAML. Relative paths are resolved against the config file's folder. Unknown
-keys are errors. :func:`validate_config` checks the file, the structures and the level of
-theory together and reports every problem at once, without computing anything.
+keys are errors. :func:`validate_config` checks the file, the structures, the level of
+theory and the run folder (writable, with enough free disk) together and reports every
+problem at once, each with what to do about it, computing nothing and leaving nothing
+behind (the checks and their messages are in :mod:`flows.inputs`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,14 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from adversarial.attack import AttackSettings
 from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
-from adversarial.geometry import check_geometry
 from adversarial.seeding import SeedPolicy
 from adversarial.selection import SelectionSettings
-from calculators.factory import LabelSettings, import_factory
+from calculators.factory import LabelSettings
 from calculators.pyscf_calculator import PySCFSettings
 from calculators.pyscf_periodic import PeriodicPySCFSettings
 from potentials.model import ModelSpec
+from flows.inputs import (ConfigError, check_inputs, check_run_folder, format_validation_error,
+                          read_mapping, read_structures)
 from potentials.training import TrainingSettings
+
+__all__ = ["ConfigError", "RunConfig", "check_inputs", "check_run_folder", "initial_structures",
+           "load_config", "read_structures", "validate_config"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -132,6 +137,10 @@ class ComputeConfig(_Strict):
     runner that is the GPU node, not the login node), else the CPU; ``cuda`` fails a
     member's training on a machine without one. ``label_workers`` also bounds the labels
     in flight on a Dask or Slurm labelling runner: set it to the task slots there.
+
+    ``min_free_disk_mb``: the disk that holds the run folder must have this much free
+    space (MB) when a run starts, or it is refused before any compute: a run writes model
+    checkpoints, the labelled dataset and Prefect's results there. 0 turns the check off.
     """
 
     torch_threads: PositiveInt = 1
@@ -140,6 +149,7 @@ class ComputeConfig(_Strict):
     label_retries: int = Field(1, ge=0)
     label_retry_delay_seconds: float = Field(10.0, ge=0, description="s")
     label_timeout_seconds: float | None = Field(None, gt=0, description="s; None: no limit")
+    min_free_disk_mb: int = Field(200, ge=0, description="MB free under output_dir; 0: no check")
 
 
 class ThreadsRunner(_Strict):
@@ -236,9 +246,13 @@ class SlurmRunner(_Strict):
     @field_validator("walltime", mode="before")
     @classmethod
     def _walltime_text(cls, value):
-        if isinstance(value, (int, float)):
-            raise ValueError("walltime must be quoted, such as \"04:00:00\" (YAML reads an "
-                             "unquoted 04:00:00 as a number of seconds)")
+        if isinstance(value, int):  # YAML 1.1 reads 12:00:00 as sexagesimal seconds
+            hours, seconds = divmod(value, 3600)
+            text = f"{hours:02d}:{seconds // 60:02d}:{seconds % 60:02d}"
+            raise ValueError(f"walltime must be quoted, such as \"{text}\" (YAML reads an "
+                             f"unquoted H:MM:SS as a number of seconds, here {value})")
+        if isinstance(value, float):
+            raise ValueError("walltime must be quoted, such as \"04:00:00\"")
         return value
 
     @model_validator(mode="after")
@@ -270,7 +284,6 @@ class SlurmRunner(_Strict):
 
 RunnerSettings = Annotated[ThreadsRunner | ProcessesRunner | DaskRunner | SlurmRunner,
                            Field(discriminator="kind")]
-RUNNER_KINDS = ("threads", "processes", "dask", "slurm")
 
 
 class RunnersConfig(_Strict):
@@ -318,54 +331,17 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-class ConfigError(Exception):
-    """A config or its inputs are invalid. ``problems`` lists every problem found."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
-
-
-def _format_validation_error(err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            out.append(f"{loc}: unknown key (check its spelling; see examples/ammonia.yaml)")
-        elif e["type"] == "missing":
-            out.append(f"{loc}: required key is missing")
-        elif e["type"] == "union_tag_invalid":
-            out.append(f"{loc}: unknown kind {e['input'].get('kind')!r}; use one of "
-                       f"{', '.join(RUNNER_KINDS)}")
-        elif e["type"] == "union_tag_not_found":
-            out.append(f"{loc}: say which runner with kind: one of {', '.join(RUNNER_KINDS)}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            out.append(f"{loc}: {msg} (got {e.get('input')!r})")
-    return out
-
-
 def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunConfig:
     """Parse and validate a config file (syntax, keys, types, ranges); no file checks.
 
     Raises :class:`ConfigError`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), ["config file not found"])
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(str(path), [f"not valid YAML: {err}"]) from err
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), ["the config must be a YAML mapping of sections "
-                                      "(system, dft, model, ...)"])
+    raw = read_mapping(path)
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(str(path), _format_validation_error(err)) from err
+        raise ConfigError(str(path), format_validation_error(err, RunConfig)) from err
     base = path.resolve().parent
     updates = {"system": config.system.model_copy(
         update={"structures": base / config.system.structures})}
@@ -374,99 +350,15 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
     return config.model_copy(update=updates)
 
 
-def read_structures(path: Path) -> list[Atoms]:
-    """Every frame of a structure file, or raise ValueError saying why it is unreadable."""
-    from ase.io import read
-
-    if not path.is_file():
-        raise ValueError(f"structure file {path} not found")
-    try:
-        frames = read(str(path), index=":")
-    except Exception as err:  # ASE raises many types for malformed files
-        raise ValueError(f"structure file {path} could not be read: {err}") from err
-    if not frames:
-        raise ValueError(f"structure file {path} holds no structures")
-    return frames
-
-
-def check_inputs(config: RunConfig) -> list[str]:
-    """Problems with the config's structures and level of theory (empty if none)."""
-    problems: list[str] = []
-    try:
-        frames = read_structures(config.system.structures)
-    except ValueError as err:
-        return [f"system.structures: {err}"]
-    if len({tuple(a.numbers) for a in frames}) > 1:
-        problems.append("system.structures: all structures must have the same atoms in the "
-                        "same order (one composition per run)")
-    pyscf = config.labels.calculator == "pyscf"
-    for k, atoms in enumerate(frames):
-        if atoms.pbc.any() and pyscf:
-            problems.append(f"system.structures frame {k}: a periodic cell cannot be labelled "
-                            "by the molecular PySCF calculator; choose labels.calculator: "
-                            "pyscf_periodic or tblite (or your own: python)")
-        elif not atoms.pbc.any() and config.labels.calculator == "pyscf_periodic":
-            problems.append(f"system.structures frame {k}: labels.calculator pyscf_periodic "
-                            "needs a periodic cell (pbc and a cell in the structure file); "
-                            "use labels.calculator: pyscf for a molecule")
-        elif atoms.pbc.any() and not atoms.pbc.all():
-            problems.append(f"system.structures frame {k}: pbc must be all true or all false, "
-                            f"got {atoms.pbc.tolist()}")
-        reason = check_geometry(atoms.numbers, atoms.positions,
-                                config.selection.min_distance_factor, 1e9,
-                                atoms.cell.array, atoms.pbc)
-        if reason is not None:
-            problems.append(f"system.structures frame {k}: {reason}")
-    n_electrons = int(frames[0].numbers.sum()) - config.dft.charge
-    if n_electrons <= 0:
-        problems.append(f"dft.charge {config.dft.charge} leaves {n_electrons} electrons")
-    elif (n_electrons - config.dft.spin) % 2:
-        problems.append(
-            f"dft.spin (2S = {config.dft.spin}) cannot fit {n_electrons} electrons "
-            f"(charge {config.dft.charge}): 2S must be {'odd' if n_electrons % 2 else 'even'}")
-    if pyscf:
-        problems.extend(_basis_problems(config.dft.basis, sorted(set(frames[0].get_chemical_symbols()))))
-    if config.labels.calculator == "python":
-        try:
-            import_factory(config.labels.python)
-        except ValueError as err:
-            problems.append(str(err))
-    problems.extend(_runner_problems(config.runners))
-    return problems
-
-
-def _runner_problems(runners: RunnersConfig) -> list[str]:
-    """Runners whose packages are not installed (the ``cluster`` extra)."""
-    out = []
-    for phase in ("training", "labelling"):
-        kind = getattr(runners, phase).kind
-        needed = {"dask": ("prefect_dask", "distributed"),
-                  "slurm": ("prefect_dask", "distributed", "dask_jobqueue")}.get(kind, ())
-        missing = [m for m in needed if importlib.util.find_spec(m) is None]
-        if missing:
-            out.append(f"runners.{phase}: kind {kind} needs {', '.join(missing)}, not installed: "
-                       "pip install 'advloop[cluster]'")
-    return out
-
-
-def _basis_problems(basis: str, symbols: list[str]) -> list[str]:
-    from pyscf.gto import basis as pyscf_basis
-
-    out = []
-    for symbol in symbols:
-        try:
-            if not pyscf_basis.load(basis, symbol):
-                raise KeyError(symbol)
-        except Exception:
-            out.append(f"dft.basis {basis!r} has no functions for element {symbol}")
-    return out
-
-
-def validate_config(path: str | Path, output_dir: str | Path | None = None) -> RunConfig:
-    """Full validation: the config and its inputs. Raises :class:`ConfigError` with every
-    problem found; computes nothing."""
+def validate_config(path: str | Path, output_dir: str | Path | None = None, *,
+                    run_folder: bool = True) -> RunConfig:
+    """Full validation: the config, its inputs and, with ``run_folder``, its run folder on
+    this machine (see :func:`check_run_folder`; leave it out where the run happens
+    elsewhere, as for a submission to a cluster's shared path). Raises
+    :class:`ConfigError` with every problem found; computes nothing and leaves nothing
+    behind."""
     config = load_config(path, output_dir)
-    problems = check_inputs(config)
+    problems = check_inputs(config) + (check_run_folder(config) if run_folder else [])
     if problems:
         raise ConfigError(str(path), problems)
     return config

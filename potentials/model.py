@@ -14,7 +14,7 @@ here: callers take ``-∂E/∂X`` with the ``create_graph`` they need (schnetpac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -44,7 +44,7 @@ class ModelSpec:
     n_atom_basis: int = 32
     n_interactions: int = 3
     n_rbf: int = 20
-    cutoff: float = 5.0
+    cutoff: float = field(default=5.0, metadata={"unit": "Å"})
     lmax: int = 2  # SO3net only: highest angular momentum of its features
     radial_basis: Literal["gaussian", "bessel"] = "gaussian"
 

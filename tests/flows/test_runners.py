@@ -154,7 +154,7 @@ def test_slurm_cluster_with_tls_keeps_worker_keys_private(tmp_path):
     readable by the user only, and the job script points at them without holding them."""
     from flows.runners import _start_cluster, slurm_job_script
 
-    settings = validate_config(SLURM_EXAMPLE).runners.labelling
+    settings = validate_config(SLURM_EXAMPLE, run_folder=False).runners.labelling
     assert settings.tls and settings.min_jobs == 0
     tls = tmp_path / "run" / ".dask-tls"
     cluster = _start_cluster(settings.model_copy(update={"log_directory": None}), "labelling", tls)
@@ -199,7 +199,7 @@ def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_
 def test_slurm_job_script_of_the_example_config():
     from flows.runners import slurm_cluster_kwargs, slurm_job_script
 
-    config = validate_config(SLURM_EXAMPLE)
+    config = validate_config(SLURM_EXAMPLE, run_folder=False)
     raw = yaml.safe_load(SLURM_EXAMPLE.read_text())["runners"]
     for phase in ("training", "labelling"):
         settings = getattr(config.runners, phase)
@@ -380,7 +380,7 @@ def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
 
     from flows.config import check_inputs
 
-    config = validate_config(SLURM_EXAMPLE)
+    config = validate_config(SLURM_EXAMPLE, run_folder=False)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "dask_jobqueue" else real(name, *a))
