@@ -63,22 +63,28 @@ evaluate = _task(timed("labelling", steps.evaluate_step), name="evaluate-calibra
 
 
 def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> None:
-    computed = report.requested - report.skipped_known
-    if computed and report.failed / computed > config.budget.max_failure_ratio:
+    # Over every structure of the step: those already in the dataset are labels an earlier
+    # invocation computed, so a re-run sees the ratio the first run saw (counting only
+    # the structures labelled now, a resumed run with one stored failure saw 1 of 1).
+    requested = report.requested
+    if requested and report.failed / requested > config.budget.max_failure_ratio:
         raise steps.LabellingError(
-            f"{report.failed} of {computed} {what} DFT labels failed, above "
-            f"budget.max_failure_ratio = {config.budget.max_failure_ratio}: "
-            + "; ".join(report.failures[:3]))
+            f"{report.failed} of {requested} {what} DFT labels failed, a failure ratio of "
+            f"{report.failed / requested:.3g}, above budget.max_failure_ratio = "
+            f"{config.budget.max_failure_ratio}: " + "; ".join(report.failures[:3]))
 
 
 def _enforce_failures(config: RunConfig, report: steps.LabelReport, what: str,
-                      generation: int | None) -> None:
-    """:func:`_check_failures`, emitting ``advloop.labels.failure-ratio-exceeded`` first."""
+                      generation: int | None, logger: logging.LoggerAdapter | None = None) -> None:
+    """Log each failed label to ``logger``, then :func:`_check_failures`, emitting
+    ``advloop.labels.failure-ratio-exceeded`` first if the run stops."""
+    for failure in report.failures if logger is not None else ():
+        logger.warning("label failed: %s", failure)
     try:
         _check_failures(config, report, what)
     except steps.LabellingError:
         events.emit(events.failure_ratio_event(
-            config.system.name, generation, report.failed, report.requested - report.skipped_known,
+            config.system.name, generation, report.failed, report.requested,
             config.budget.max_failure_ratio, report.failures))
         raise
 
@@ -103,7 +109,9 @@ def _train_committee(config: RunConfig, generation: int, clock: list[Timed],
     clock.extend(results)
     metrics = [r.value for r in results]
     keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
-    return {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
+    mean = {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
+    # members retried at a lower learning rate after their training diverged (a total)
+    return {**mean, "divergence_retries": int(sum(m.get("divergence_retries", 0) for m in metrics))}
 
 
 def _label_selected(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
@@ -265,7 +273,7 @@ def run_generation(config: RunConfig, generation: int, max_selected: int, final:
                   cached=sum(r.cached for r in results))
     logger.info("appended %d labels (%d failed, %d from an earlier run's label store)",
                 lab.added, lab.failed, lab.cached)
-    _enforce_failures(config, lab, "adversarial", generation)
+    _enforce_failures(config, lab, "adversarial", generation, logger)
     calibration = _run(evaluate, clock, config, generation, lab.indices)
     record.update(labels_added=lab.added, labels_failed=lab.failed, labels_cached=lab.cached,
                   **{f"calibration_{k}": v for k, v in calibration.items()})
@@ -310,7 +318,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
 
     with runners.open_clusters(config) as clusters:
         initial = label_initial(config)
-        _enforce_failures(config, initial, "initial", None)
+        _enforce_failures(config, initial, "initial", None, logger)
         logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
                     initial.added, initial.failed, initial.skipped_known)
 
@@ -362,6 +370,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "dataset_size": len(Dataset(layout.dataset)),
         "labels_initial": initial.added + initial.skipped_known,
         "labels_explored": sum(r.get("labels_added", 0) for r in records),
+        "labels_failed": initial.failed + sum(r.get("labels_failed", 0) for r in records),
         "strategy": config.exploration.strategy,
         "level_of_theory": level_of_theory(config.labels, config.dft, config.periodic_dft),
         "wall_seconds": time.time() - t_start,

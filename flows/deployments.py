@@ -115,8 +115,15 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
 
     The copy's config points at the structure file beside it, so
     ``advloop validate <that folder>/config.yaml`` works. Raises :class:`ConfigError`
-    for an invalid submission and :class:`OSError` (with the fix in its message) when
-    the run folder cannot be created on this machine.
+    for an invalid submission (a structure file name with a folder in it, absolute or
+    ``..``, included: nothing submitted is written outside the run folder) and
+    :class:`OSError` (with the fix in its message) when the run folder cannot be
+    created on this machine.
+
+    Nothing submitted is unpickled or executed: the YAML is read with ``yaml.safe_load``
+    and the structure file with ``ase.io.read``, none of whose formats unpickles; the
+    one exception is a ``labels.python`` calculator, imported by path, which is trusted
+    configuration (see calculators/factory.py and docs/reliability.md).
     """
     from flows.config import ConfigError, validate_config
 
@@ -127,9 +134,11 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
         raise ConfigError(source, [f"not valid YAML: {err}"]) from err
     if not isinstance(raw, dict) or not isinstance(raw.get("system"), dict):
         raise ConfigError(source, ["the config must be a YAML mapping with a system section"])
-    name = Path(structures_name).name
-    if name in ("", ".", ".."):
-        raise ConfigError(source, [f"structures_name {structures_name!r} is not a file name"])
+    name = structures_name
+    if Path(name).name != name or name in ("", ".", "..") or "\0" in name:
+        # it is written into the run folder: a path could put it anywhere the worker writes
+        raise ConfigError(source, [f"structures_name {structures_name!r} is not a plain file "
+                                   "name (no folder, not '.' or '..')"])
     try:
         data = base64.b64decode(structures_b64, validate=True)
     except (binascii.Error, ValueError) as err:

@@ -79,12 +79,13 @@ def run_finished_event(summary: Mapping) -> RunEvent:
     return RunEvent(name, run_resource(summary["system"]), json_safe(summary))
 
 
-def failure_ratio_event(system: str, generation: int | None, failed: int, computed: int,
+def failure_ratio_event(system: str, generation: int | None, failed: int, requested: int,
                         max_failure_ratio: float, failures: list[str]) -> RunEvent:
-    """``generation`` None: the initial dataset."""
+    """``failed`` of the ``requested`` labels of a step (those an earlier invocation
+    stored included) failed; ``generation`` None: the initial dataset."""
     return RunEvent(LABEL_FAILURES, run_resource(system), json_safe({
-        "generation": generation, "failed": failed, "computed": computed,
-        "failure_ratio": failed / computed if computed else None,
+        "generation": generation, "failed": failed, "requested": requested,
+        "failure_ratio": failed / requested if requested else None,
         "max_failure_ratio": max_failure_ratio, "failures": failures[:5]}))
 
 

@@ -77,12 +77,14 @@ def _append_outcomes(config: RunConfig, dataset: Dataset, structures: list[Atoms
     """Append the successful ``outcomes`` (one per ``structures[todo[k]]``) to ``dataset``."""
     level = level_of_theory(config.labels, config.dft, config.periodic_dft)
     ok = [(todo[o.index], o) for o in outcomes if o.ok]
+    # skip_known: another writer of this run folder may have appended them meanwhile
     indices = dataset.append(
         [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
-        [Provenance(generation, strategy, level, parents[k]) for k, _ in ok],
+        [Provenance(generation, strategy, level, parents[k]) for k, _ in ok], skip_known=True,
     )
     failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
-    return LabelReport(len(structures), len(ok), len(failures), len(structures) - len(todo),
+    return LabelReport(len(structures), len(indices), len(failures),
+                       len(structures) - len(todo) + len(ok) - len(indices),
                        time.perf_counter() - t0, failures, [int(i) for i in indices],
                        cached=sum(o.cached for o in outcomes))
 
@@ -143,7 +145,8 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     t0 = time.perf_counter()
     result = train_member(model, data.subset(train_idx), data.subset(val_idx) if len(val_idx) else None,
                           config.training, _rng(config, _MEMBER_STREAM, member, generation),
-                          warm_start=warm, device=device)
+                          warm_start=warm, device=device,
+                          name=f"generation {generation} member {member}")
     metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
                "cuda": float(device.type == "cuda"), "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
                "n_val": float(len(val_idx))}

@@ -3,11 +3,17 @@
 A checkpoint is a plain dict of tensors and primitives (``torch.load(weights_only=True)``
 safe): the format tag, the :class:`ModelSpec` as a dict, the state dict, and training
 metrics. Loading a checkpoint into another architecture is refused with a clear error.
+
+Checkpoints are read with ``weights_only=True``: a file holding any other pickled object
+(one that would run code while unpickling) is refused before anything in it is called.
+Tensors holding NaN or infinity are refused both ways, so a diverged model never becomes
+a checkpoint and a damaged one never becomes a committee member.
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,12 +25,24 @@ VERSION = 1
 
 
 class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable, or for another model configuration."""
+    """A checkpoint is missing, unreadable, non-finite, or for another model configuration."""
+
+
+def non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
+    return [k for k, v in state.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def save_member(model: EnergyModel, path: str | Path, metrics: dict[str, float] | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically (a crash never leaves half a file)."""
+    """Write ``model`` to ``path`` atomically (a crash never leaves half a file).
+
+    Raises :class:`CheckpointError`, writing nothing, if a weight is not finite.
+    """
     path = Path(path)
+    if bad := non_finite(model.state_dict()):
+        raise CheckpointError(f"refusing to write {path}: the model's {', '.join(bad[:3])} "
+                              "hold NaN or infinite values (its training diverged)")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
@@ -69,6 +87,9 @@ def load_member(path: str | Path, expected: ModelSpec | None = None,
             f"{path} was trained with model settings {spec.to_dict()}, but the run asks for "
             f"{expected.to_dict()}; start a new run or restore the original model settings"
         )
+    if bad := non_finite(payload["state_dict"]):
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}); "
+                              "delete it to retrain this member")
     model = EnergyModel(spec)
     model.network.to(dtype)
     model.load_state_dict(payload["state_dict"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from potentials.batched import looped_energies_forces
-from potentials.checkpoint import load_member
+from potentials.checkpoint import load_member, non_finite
 from potentials.model import EnergyModel, Graph, ModelSpec, build_graph
 
 
@@ -45,6 +45,10 @@ class Committee:
         specs = {m.spec for m in members}
         if len(specs) != 1:
             raise ValueError(f"committee members have different model settings: {specs}")
+        for k, m in enumerate(members):
+            if bad := non_finite(m.state_dict()):
+                raise ValueError(f"committee member {k} has NaN or infinite weights "
+                                 f"({', '.join(bad[:3])}); its predictions would be meaningless")
         self.members = list(members)
         for m in self.members:
             m.eval()

@@ -24,11 +24,25 @@ Records are appended atom rows first, then structure rows, and only then is the 
 attribute ``n_structures`` raised and the file flushed. A reader trusts the first
 ``n_structures`` rows of every array and nothing after them, so a process killed
 mid-append leaves a file that opens and holds every committed record.
+
+Processes share a dataset through the lock file ``<dataset>.lock`` beside it
+(``fcntl.flock``): a writer holds it exclusively, readers shared. HDF5 alone does not
+make that safe: with its own file locking on, a second process opening the file while
+one appends fails (``unable to lock file``), so a record is lost; with it off
+(``HDF5_USE_FILE_LOCKING=FALSE``, common on cluster filesystems) two appenders write
+over each other and the file no longer reads. A lock is released when its process dies,
+so a killed writer never blocks the next one. Where the lock file cannot be created (a
+read-only folder, which nobody can append to either) a reader reads without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +55,8 @@ from potentials.hashing import structure_hash
 
 FORMAT = "advloop-dataset"
 VERSION = 1
+#: s a reader or writer waits for another process's lock on the dataset before giving up
+LOCK_TIMEOUT_S = 600.0
 
 _STR = h5py.string_dtype("utf-8")
 _ATOM_FIELDS = {
@@ -118,6 +134,44 @@ class Arrays:
         return len(self.energy)
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the dataset at ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    """Hold the lock of the dataset at ``path``: exclusive to write, shared to read.
+
+    Waits up to :data:`LOCK_TIMEOUT_S` for another process's lock, then raises
+    :class:`DatasetError`.
+    """
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if exclusive or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a read-only folder: no one can append here either
+        return
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatasetError(
+                        f"{path} stayed locked by another process for {LOCK_TIMEOUT_S:g} s "
+                        f"(waiting to {'write' if exclusive else 'read'} it): is another "
+                        "advloop run writing this run folder? Wait for it or stop it") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class Dataset:
     """Append-only labelled dataset in one HDF5 file (see module docstring for layout)."""
 
@@ -125,7 +179,7 @@ class Dataset:
         self.path = Path(path)
         if not self.path.exists():
             raise DatasetError(f"no dataset at {self.path}; create one with Dataset.create()")
-        with h5py.File(self.path, "r") as f:
+        with self._open("r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise DatasetError(f"{self.path} is not an advloop dataset")
             if int(f.attrs["version"]) > VERSION:
@@ -134,32 +188,39 @@ class Dataset:
                     f"advloop understands ({VERSION}); upgrade advloop"
                 )
 
+    @contextlib.contextmanager
+    def _open(self, mode: str) -> Iterator[h5py.File]:
+        """The HDF5 file under the dataset's lock (exclusive unless ``mode`` is "r")."""
+        with _locked(self.path, exclusive=mode != "r"), h5py.File(self.path, mode) as f:
+            yield f
+
     @classmethod
     def create(cls, path: str | Path, exist_ok: bool = False) -> Dataset:
         """Create an empty dataset file (or open the existing one if ``exist_ok``)."""
         path = Path(path)
-        if path.exists():
-            if exist_ok:
-                return cls(path)
-            raise DatasetError(f"{path} already exists")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".h5.tmp")
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["n_structures"] = 0
-            for group, fields in (("atoms", _ATOM_FIELDS), ("structures", _STRUCTURE_FIELDS)):
-                g = f.create_group(group)
-                for name, (dtype, shape) in fields.items():
-                    g.create_dataset(
-                        name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                        chunks=(1024, *shape),
-                    )
-        tmp.replace(path)
+        with _locked(path, exclusive=True):  # another process may be creating it too
+            if path.exists():
+                if not exist_ok:
+                    raise DatasetError(f"{path} already exists")
+            else:
+                tmp = path.with_suffix(".h5.tmp")
+                with h5py.File(tmp, "w") as f:
+                    f.attrs["format"] = FORMAT
+                    f.attrs["version"] = VERSION
+                    f.attrs["n_structures"] = 0
+                    for group, fields in (("atoms", _ATOM_FIELDS), ("structures", _STRUCTURE_FIELDS)):
+                        g = f.create_group(group)
+                        for name, (dtype, shape) in fields.items():
+                            g.create_dataset(
+                                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                chunks=(1024, *shape),
+                            )
+                tmp.replace(path)
         return cls(path)
 
     def __len__(self) -> int:
-        with h5py.File(self.path, "r") as f:
+        with self._open("r") as f:
             return int(f.attrs["n_structures"])
 
     def append(
@@ -168,11 +229,16 @@ class Dataset:
         energies: Sequence[float],
         forces: Sequence[np.ndarray],
         provenance: Sequence[Provenance],
+        skip_known: bool = False,
     ) -> np.ndarray:
         """Append labelled structures; returns their indices in the dataset.
 
         energies in eV, forces [n_atoms, 3] in eV/Å per structure. Inputs are validated
-        in full before anything is written.
+        in full before anything is written. With ``skip_known``, a structure whose hash is
+        already in the dataset (or earlier in this call) is left out, checked under the
+        same lock as the write, so two writers of the same records append them once; the
+        indices returned are then those of the records appended, and a provenance parent
+        must be a record already in the dataset.
         """
         n = len(structures)
         if not (len(energies) == len(forces) == len(provenance) == n):
@@ -190,9 +256,26 @@ class Dataset:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
 
-        n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
-        with h5py.File(self.path, "a") as f:
+        hashes = [structure_hash(a) for a in structures]
+        with self._open("a") as f:
             n0 = int(f.attrs["n_structures"])
+            if skip_known:
+                if any(p.parent >= n0 for p in provenance):
+                    raise ValueError("with skip_known, a provenance parent must be -1 or a "
+                                     "record already in the dataset")
+                seen = {h.decode() for h in f["structures"]["hash"][:n0]}
+                keep = []
+                for k, h in enumerate(hashes):
+                    if h not in seen:
+                        seen.add(h)
+                        keep.append(k)
+                structures, energies, forces, provenance, hashes = (
+                    [seq[k] for k in keep]
+                    for seq in (structures, energies, forces, provenance, hashes))
+                n = len(keep)
+                if n == 0:
+                    return np.zeros(0, dtype=np.int64)
+            n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
             a0 = _committed_atoms(f, n0)
             parents = np.array([p.parent for p in provenance], dtype=np.int64)
             if (parents >= n0 + np.arange(n)).any() or (parents < -1).any():
@@ -212,7 +295,7 @@ class Dataset:
                 "parent": parents,
                 "strategy": [p.strategy for p in provenance],
                 "level_of_theory": [p.level_of_theory for p in provenance],
-                "hash": [structure_hash(a) for a in structures],
+                "hash": hashes,
             }
             _write_rows(f["atoms"], atom_rows, a0)
             _write_rows(f["structures"], structure_rows, n0)
@@ -224,7 +307,7 @@ class Dataset:
 
     def arrays(self) -> Arrays:
         """All committed records as flat arrays."""
-        with h5py.File(self.path, "r") as f:
+        with self._open("r") as f:
             n = int(f.attrs["n_structures"])
             na = _committed_atoms(f, n)
             a, s = f["atoms"], f["structures"]
@@ -240,7 +323,7 @@ class Dataset:
 
     def provenance(self) -> list[Provenance]:
         """Provenance of every committed record, in dataset order."""
-        with h5py.File(self.path, "r") as f:
+        with self._open("r") as f:
             n = int(f.attrs["n_structures"])
             s = f["structures"]
             return [
@@ -252,7 +335,7 @@ class Dataset:
             ]
 
     def hashes(self) -> list[str]:
-        with h5py.File(self.path, "r") as f:
+        with self._open("r") as f:
             n = int(f.attrs["n_structures"])
             return [h.decode() for h in f["structures"]["hash"][:n]]
 

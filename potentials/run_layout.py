@@ -3,6 +3,8 @@
     runs/<system name>/
         config.yaml                 the validated configuration the run was started with
         dataset.h5                  labelled structures (see potentials.dataset)
+        dataset.h5.lock             held while the dataset is read (shared) or written (alone)
+        .dask-tls/                  TLS key and certificate of a Slurm runner's workers
         committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
         candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
         candidates/gen_001_trace.npz   the attack's objective and σ per step and seed

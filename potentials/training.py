@@ -5,6 +5,11 @@ can log, trace or stop; :func:`train_member` drains it with early stopping on th
 validation split and returns the model at its best validation loss.
 
 Loss per batch: ``w_E · mean((ΔE / n_atoms)²) + w_F · mean(ΔF²)`` in eV² and (eV/Å)².
+
+A member whose training diverges (a non-finite loss or weight, detected before the
+optimizer steps on it) is retried from its starting weights at half the learning rate,
+at most :data:`DIVERGENCE_RETRIES` times; after that :class:`TrainingDivergedError` says
+which member and what to change. A diverged model is never handed back.
 """
 
 from __future__ import annotations
@@ -12,16 +17,25 @@ from __future__ import annotations
 import logging
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
+from potentials.checkpoint import non_finite
 from potentials.dataset import Arrays
 from potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
 
 _log = logging.getLogger(__name__)
+
+#: How often a member whose training diverged is retried (from its starting weights, each
+#: time at half the previous learning rate) before :func:`train_member` gives up.
+DIVERGENCE_RETRIES = 2
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights."""
 
 
 @dataclass(frozen=True)
@@ -197,17 +211,22 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
             step += 1
             loss, _, _ = _loss(model, _on(train_batches.collate(idx), device), settings,
                                create_graph=True)
+            if not torch.isfinite(loss):  # before the step, which would spread it to every weight
+                raise TrainingDivergedError(f"the training loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
             count += len(idx)
         train_loss = total / count
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}")
+        if bad := non_finite(model.state_dict()):
+            raise TrainingDivergedError(f"the weights {', '.join(bad[:3])} became non-finite "
+                                        f"at epoch {epoch}")
         val_loss = e_mae = f_mae = None
         if val_batches is not None:
             val_loss, e_mae, f_mae = evaluate_loss(model, val_batches, settings)
+            if not np.isfinite(val_loss):  # early stopping would choose on a meaningless score
+                raise TrainingDivergedError(f"the validation loss became {val_loss} at epoch {epoch}")
         scheduler.step(val_loss if val_loss is not None else train_loss)
         yield EpochRecord(epoch, train_loss, val_loss, e_mae, f_mae,
                           optimizer.param_groups[0]["lr"])
@@ -239,6 +258,8 @@ class TrainingResult:
     val_energy_mae: float | None  # eV/atom
     val_forces_mae: float | None  # eV/Å
     train_loss: float
+    learning_rate: float = float("nan")  # the (initial) rate of the attempt that converged
+    divergence_retries: int = 0  # attempts that diverged before it
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -246,9 +267,45 @@ class TrainingResult:
 
 def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
                  settings: TrainingSettings, rng: np.random.Generator,
-                 warm_start: bool = False, device: torch.device | str = "cpu") -> TrainingResult:
+                 warm_start: bool = False, device: torch.device | str = "cpu",
+                 name: str = "member") -> TrainingResult:
     """Train with early stopping on ``device``; ``model`` ends with the weights of its best
-    epoch, on ``device``."""
+    epoch, on ``device``.
+
+    If training diverges, ``model`` is reset to the weights it came with and trained
+    again at half the learning rate (warm start: half the warm-start rate), at most
+    :data:`DIVERGENCE_RETRIES` times, each retry logged as a warning naming ``name``.
+
+    Raises :class:`TrainingDivergedError` naming ``name``, the rates tried and what to
+    change when every attempt diverged (``model`` then holds its starting weights).
+    """
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    key = "warm_start_learning_rate" if warm_start else "learning_rate"
+    rates = [getattr(settings, key)]
+    while True:
+        try:
+            result = _train_once(model, train, val, settings, rng, warm_start, device)
+        except TrainingDivergedError as err:
+            model.load_state_dict(start)
+            if len(rates) > DIVERGENCE_RETRIES:
+                raise TrainingDivergedError(
+                    f"{name}: training diverged at every learning rate tried "
+                    f"({', '.join(f'{r:g}' for r in rates)}); the last attempt: {err}. Lower "
+                    f"training.{key} (now {rates[0]:g}), and check the dataset for absurd "
+                    "labels (its largest force component is "
+                    f"{np.abs(train.forces).max():.3g} eV/Å)") from err
+            _log.warning("%s: training diverged at learning rate %g (%s); retrying from its "
+                         "starting weights at %g", name, rates[-1], err, rates[-1] / 2)
+            rates.append(rates[-1] / 2)
+            settings = replace(settings, **{key: rates[-1]})
+        else:
+            return replace(result, learning_rate=rates[-1], divergence_retries=len(rates) - 1)
+
+
+def _train_once(model: EnergyModel, train: Arrays, val: Arrays | None,
+                settings: TrainingSettings, rng: np.random.Generator,
+                warm_start: bool, device: torch.device | str) -> TrainingResult:
+    """One attempt of :func:`train_member`; raises :class:`TrainingDivergedError`."""
     best: tuple[float, EpochRecord] | None = None
     best_state = None
     last = None

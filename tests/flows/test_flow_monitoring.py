@@ -84,7 +84,7 @@ def test_events_name_the_run_and_carry_json_safe_records():
     for reason in ("converged", "few_candidates"):
         done = events.run_finished_event({**SUMMARY, "stop_reason": reason})
         assert done.event == "advloop.run.converged" and done.payload["stop_reason"] == reason
-    fail = events.failure_ratio_event("nh3", 3, failed=3, computed=4, max_failure_ratio=0.5,
+    fail = events.failure_ratio_event("nh3", 3, failed=3, requested=4, max_failure_ratio=0.5,
                                       failures=[f"f{k}" for k in range(9)])
     assert fail.event == "advloop.labels.failure-ratio-exceeded"
     assert fail.payload["failure_ratio"] == 0.75 and len(fail.payload["failures"]) == 5
