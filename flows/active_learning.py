@@ -41,11 +41,30 @@ from flows.config import RunConfig, ThreadsRunner, validate_config
 from flows.report import GenerationTable
 from flows.timing import Timed, split_generation, timed
 from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from potentials.run_layout import INITIAL, RunLayout
 
 _task = task(cache_policy=NO_CACHE)
 
-label_initial = _task(steps.initial_dataset, name="label-initial-dataset")
+
+
+def _label_task_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return (f"label-initial-{p['index']}" if p["generation"] == INITIAL
+            else f"label-gen{p['generation']}-candidate{p['index']}")
+
+
+def _labelling_flow_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    batch = "initial" if p["generation"] == INITIAL else f"gen{p['generation']:03d}"
+    return f"{p['config'].system.name}-{batch}-labelling"
+
+
+prepare_initial = _task(steps.prepare_initial, name="prepare-initial-structures")
+append_initial = _task(steps.append_initial, name="append-initial-labels")
 # The generation's steps report the interval their bodies ran in, so that the flow can
 # tell compute from orchestration (flows/timing.py).
 train_member = _task(timed("training", steps.train_step), name="train-member",
@@ -55,7 +74,7 @@ explore = _task(timed("exploration", steps.explore_step), name="explore",
 select = _task(timed("selection", steps.select_step), name="select-candidates",
                task_run_name="select-gen{generation}")
 label_structure = _task(timed("labelling", steps.label_one), name="label-structure",
-                        task_run_name="label-gen{generation}-candidate{index}")
+                        task_run_name=_label_task_name)
 append_labels = _task(timed("labelling", steps.append_labels), name="append-labels",
                       task_run_name="append-labels-gen{generation}")
 evaluate = _task(timed("labelling", steps.evaluate_step), name="evaluate-calibration",
@@ -159,13 +178,13 @@ def train_committee(config: RunConfig, generation: int,
     return _train_committee(config, generation, clock, table or GenerationTable()), clock
 
 
-@flow(name="advloop-labelling", flow_run_name="{config.system.name}-gen{generation:03d}-labelling",
-      log_prints=False)
+@flow(name="advloop-labelling", flow_run_name=_labelling_flow_name, log_prints=False)
 def label_candidates(config: RunConfig, generation: int, selected: list[int],
                      table: GenerationTable | None = None
                      ) -> tuple[list[steps.LabelResult], list[Timed]]:
-    """A generation's ``selected`` candidates labelled on the task runner of
-    ``runners.labelling`` into the label store: the results and the intervals they ran in."""
+    """A generation's ``selected`` candidates (or initial structures, for ``INITIAL``)
+    labelled on the task runner of ``runners.labelling`` into the label store: the
+    results and the intervals they ran in."""
     _tag_flow_run(config.system.name)
     clock: list[Timed] = []
     results = _label_selected(config, generation, selected, clock, table or GenerationTable(),
@@ -207,6 +226,16 @@ def _label(config: RunConfig, generation: int, selected: list[int], clock: list[
             config, generation, selected, table)
     clock.extend(intervals)
     return results
+
+
+def _label_initial(config: RunConfig, table: GenerationTable, logger: logging.LoggerAdapter,
+                   clusters: runners.ClusterAddresses | None) -> steps.LabelReport:
+    """The initial dataset, labelled as a generation's candidates are: one task per
+    structure not yet in it, on the labelling runner, then one append."""
+    todo = prepare_initial(config)
+    if todo:
+        _label(config, INITIAL, todo, [], table, logger, clusters)
+    return append_initial(config)
 
 
 @dataclass
@@ -317,7 +346,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     _tag_flow_run(system)
 
     with runners.open_clusters(config) as clusters:
-        initial = label_initial(config)
+        initial = _label_initial(config, table, logger, clusters)
         _enforce_failures(config, initial, "initial", None, logger)
         logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
                     initial.added, initial.failed, initial.skipped_known)

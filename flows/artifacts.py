@@ -27,6 +27,7 @@ from uuid import UUID
 from xml.sax.saxutils import escape
 
 from flows.events import json_safe
+from potentials.run_layout import batch_name
 
 # column in the table artifact -> key of the generation record
 TABLE_COLUMNS: dict[str, str] = {
@@ -193,7 +194,7 @@ class LabelProgress:
                                            description=self._describe(0, 0))
 
     def _describe(self, done: int, failed: int) -> str:
-        return (f"generation {self.generation}: {done} of {self.total} labels done"
+        return (f"{batch_name(self.generation)}: {done} of {self.total} labels done"
                 + (f", {failed} failed" if failed else ""))
 
     def update(self, done: int, failed: int = 0) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from potentials.run_layout import batch_name
+
 _COLUMNS = [
     ("gen", "generation", "{:>3d}"),
     ("data", "dataset_size", "{:>5d}"),
@@ -85,11 +87,13 @@ class GenerationTable:
                       f"gen {generation}: member {member} trained, {done} of {total}{detail}")
 
     def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
-        """``done`` of ``generation``'s ``total`` selected structures have a label task
-        finished, ``failed`` of them without a label."""
-        line = (f"gen {generation}: labelling {total} structures" if done == 0 else
-                f"gen {generation}: {done} of {total} labels done" + (f", {failed} failed" if failed else ""))
-        self._advance(f"gen {generation}: labelling", done, total, line)
+        """``done`` of ``generation``'s ``total`` selected structures (of the initial
+        ones for ``potentials.run_layout.INITIAL``) have a label task finished, ``failed``
+        of them without a label."""
+        name = batch_name(generation)
+        line = (f"{name}: labelling {total} structures" if done == 0 else
+                f"{name}: {done} of {total} labels done" + (f", {failed} failed" if failed else ""))
+        self._advance(f"{name}: labelling", done, total, line)
 
     def header(self) -> None:
         cells = [f"{title:>{len(fmt.format(0))}}" for title, _, fmt in _COLUMNS]

@@ -12,7 +12,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -35,7 +35,7 @@ from potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from potentials.committee import Committee
 from potentials.dataset import Dataset, Provenance, split_indices, structure_hash
 from potentials.model import EnergyModel
-from potentials.run_layout import RunLayout
+from potentials.run_layout import INITIAL, RunLayout
 from potentials.training import resolve_device, train_member
 from potentials.uncertainty import force_calibration
 
@@ -102,20 +102,45 @@ def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atom
                             parents, t0)
 
 
-def initial_dataset(config: RunConfig) -> LabelReport:
-    """Create the run's dataset from displaced starting structures labelled with DFT.
-
-    If the dataset already holds the initial structures, nothing is recomputed.
-    """
+def prepare_initial(config: RunConfig) -> list[int]:
+    """Write the initial structures (the starting structures displaced at random) to the
+    run folder, create the dataset, and return the indices of the initial structures not
+    yet in it: the label tasks of the initial batch (:data:`INITIAL`)."""
     layout = RunLayout(config.run_dir())
-    dataset = Dataset.create(layout.dataset, exist_ok=True)
-    structures = initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
-    report = _label_and_append(config, dataset, structures, 0, "initial", [-1] * len(structures))
+    Dataset.create(layout.dataset, exist_ok=True)
+    path = layout.initial_structures
+    if not path.exists():
+        structures = initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, numbers=np.stack([a.numbers for a in structures]),
+                 positions=np.stack([a.positions for a in structures]),
+                 cells=np.stack([a.cell.array for a in structures]),
+                 pbc=np.stack([a.pbc for a in structures]))
+        tmp.replace(path)
+    known = set(Dataset(layout.dataset).hashes())
+    return [k for k, a in enumerate(_read_candidates(layout, INITIAL)) if structure_hash(a) not in known]
+
+
+def _check_initial(dataset: Dataset, report: LabelReport) -> LabelReport:
     if len(dataset) < 2:
         raise LabellingError(
             f"only {len(dataset)} initial structure(s) could be labelled (need at least 2): "
             + "; ".join(report.failures[:3]))
     return report
+
+
+def initial_dataset(config: RunConfig) -> LabelReport:
+    """Create the run's dataset from the initial structures, labelled one after another
+    (the flow runs the same work as :func:`label_one` tasks and :func:`append_initial`).
+
+    If the dataset already holds the initial structures, nothing is recomputed.
+    """
+    prepare_initial(config)
+    frames = _read_candidates(RunLayout(config.run_dir()), INITIAL)
+    dataset = Dataset(RunLayout(config.run_dir()).dataset)
+    report = _label_and_append(config, dataset, frames, 0, "initial", [-1] * len(frames))
+    return _check_initial(dataset, report)
 
 
 def train_step(config: RunConfig, generation: int, member: int) -> dict[str, float]:
@@ -240,7 +265,12 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
 
 
 def _read_candidates(layout: RunLayout, generation: int) -> list[Atoms]:
-    """The candidate geometries explore_step wrote (none: a file with one empty frame)."""
+    """The candidate geometries explore_step wrote (none: a file with one empty frame), or
+    the initial structures (``generation`` :data:`INITIAL`, from :func:`prepare_initial`)."""
+    if generation == INITIAL:
+        with np.load(layout.initial_structures) as f:
+            return [Atoms(numbers=z, positions=x, cell=c, pbc=p)
+                    for z, x, c, p in zip(f["numbers"], f["positions"], f["cells"], f["pbc"])]
     frames = read(str(layout.candidates(generation)), index=":")
     return [] if len(frames) == 1 and len(frames[0]) == 0 else frames
 
@@ -315,7 +345,7 @@ def _selected_frames(config: RunConfig, generation: int, selected: Sequence[int]
 class LabelResult:
     """One structure labelled into the run's label store (not yet in the dataset)."""
 
-    index: int  # the candidate's index in its generation
+    index: int  # the candidate's index in its generation (or initial structure's)
     key: str  # label-store key
     ok: bool
     cached: bool  # read back from the store: computed by an earlier (interrupted) run
@@ -324,11 +354,12 @@ class LabelResult:
 
 
 def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
-    """Label candidate ``index`` of ``generation`` into the run's label store.
+    """Label candidate ``index`` of ``generation`` (or initial structure ``index`` for
+    :data:`INITIAL`) into the run's label store.
 
     Writes only the store (one file per label, atomically), never the dataset, so many
-    of these can run at once; :func:`append_labels` then adds the generation's labels to
-    the dataset. A label already in the store is read back, not recomputed. A failed
+    of these can run at once; :func:`append_labels` (:func:`append_initial`) then adds
+    the batch's labels to the dataset. A label already in the store is read back, not recomputed. A failed
     calculation (ASE's ``CalculationFailed``) is a result with ``ok=False``, stored too;
     any other exception propagates.
     """
@@ -339,13 +370,9 @@ def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
                        outcome.seconds, outcome.error)
 
 
-def append_labels(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
-    """Append the stored labels of ``generation``'s selected candidates to the dataset.
-
-    The one writer of the dataset for a generation. Structures already in the dataset are
-    skipped (a re-run appends nothing twice); a selected structure with no label in the
-    store (its labelling task failed for good) counts as a failed label.
-    """
+def _append_stored(config: RunConfig, generation: int, selected: list[int], strategy: str,
+                   provenance_generation: int, parents: Callable[[Atoms], int]) -> LabelReport:
+    """Append the stored labels of a batch's ``selected`` structures to the dataset."""
     t0 = time.perf_counter()
     chosen = _selected_frames(config, generation, selected)
     dataset = Dataset(RunLayout(config.run_dir()).dataset)
@@ -362,8 +389,28 @@ def append_labels(config: RunConfig, generation: int, selected: list[int]) -> La
         else:
             outcomes.append(LabelOutcome(n, stored.energy, stored.forces, stored.error,
                                          stored.seconds))
-    return _append_outcomes(config, dataset, chosen, todo, outcomes, generation,
-                            config.exploration.strategy, [int(a.info["parent"]) for a in chosen], t0)
+    return _append_outcomes(config, dataset, chosen, todo, outcomes, provenance_generation,
+                            strategy, [parents(a) for a in chosen], t0)
+
+
+def append_labels(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
+    """Append the stored labels of ``generation``'s selected candidates to the dataset.
+
+    The one writer of the dataset for a generation. Structures already in the dataset are
+    skipped (a re-run appends nothing twice); a selected structure with no label in the
+    store (its labelling task failed for good) counts as a failed label.
+    """
+    return _append_stored(config, generation, selected, config.exploration.strategy, generation,
+                          lambda atoms: int(atoms.info["parent"]))
+
+
+def append_initial(config: RunConfig) -> LabelReport:
+    """Append the stored labels of every initial structure (:func:`prepare_initial`) to
+    the dataset, as :func:`append_labels` does for a generation; raise
+    :class:`LabellingError` if fewer than two are in it then."""
+    n = len(_read_candidates(RunLayout(config.run_dir()), INITIAL))
+    report = _append_stored(config, INITIAL, list(range(n)), "initial", 0, lambda atoms: -1)
+    return _check_initial(Dataset(RunLayout(config.run_dir()).dataset), report)
 
 
 def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:

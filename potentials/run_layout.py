@@ -6,6 +6,7 @@
         dataset.h5.lock             held while the dataset is read (shared) or written (alone)
         .dask-tls/                  TLS key and certificate of a Slurm runner's workers
         committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
+        candidates/initial.npz      the displaced starting structures of the initial dataset
         candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
         candidates/gen_001_trace.npz   the attack's objective and σ per step and seed
         labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
@@ -21,6 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _GEN = re.compile(r"gen_(\d+)$")
+
+#: The batch of structures labelled for the initial dataset, in the places where a
+#: generation's number names a batch (:meth:`RunLayout.batch`, label tasks).
+INITIAL = -1
+
+
+def batch_name(generation: int) -> str:
+    """How a batch of structures to label is named to people: ``initial`` or ``gen 3``."""
+    return "initial" if generation == INITIAL else f"gen {generation}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,12 @@ class RunLayout:
 
     def candidates(self, generation: int) -> Path:
         return self.root / "candidates" / f"gen_{generation:03d}.extxyz"
+
+    @property
+    def initial_structures(self) -> Path:
+        """Kept exactly (float64), unlike extxyz's 8 decimals: their hashes are those of
+        the structures as generated."""
+        return self.root / "candidates" / "initial.npz"
 
     def exploration_trace(self, generation: int) -> Path:
         return self.root / "candidates" / f"gen_{generation:03d}_trace.npz"

@@ -148,6 +148,11 @@ def _check_prefect_server(summary: dict) -> None:
         assert "generation budget spent" in top.state.message  # why it stopped
         for name in ("nh3-tiny-gen000", "nh3-tiny-gen001"):
             assert runs[name].parent_task_run_id is not None and runs[name].state.is_completed()
+        # the initial structures labelled by one task each, in the run's own flow run
+        names = [t.name for t in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [top.id]}))]
+        assert sorted(n for n in names if n.startswith("label-")) == \
+            sorted(f"label-initial-{k}" for k in range(summary["labels_initial"]))
 
         artifacts = {}
         for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
@@ -162,8 +167,11 @@ def _check_prefect_server(summary: dict) -> None:
         assert rows[0]["labels_added"] == summary["labels_explored"]
         assert rows[0]["sigma_f_attacked_mean_eV_A"] > 0 and rows[0]["sigma_f_selected_max_eV_A"] > 0
         assert rows[0]["val_forces_mae_eV_A"] > 0 and rows[1]["labels_added"] is None
-        [progress] = artifacts["nh3-tiny-labelling"]
-        assert float(progress.data) == 100.0
+        # labelling progress: the initial structures' tasks, then generation 0's
+        progress = sorted(artifacts["nh3-tiny-labelling"], key=lambda a: a.created)
+        assert [float(p.data) for p in progress] == [100.0, 100.0]
+        assert progress[0].description.startswith("initial: ")
+        assert progress[1].description.startswith("gen 0: ")
         [markdown] = artifacts["nh3-tiny-summary"]
         assert "generation budget spent" in markdown.data
         assert "](data:image/svg+xml;base64," in markdown.data

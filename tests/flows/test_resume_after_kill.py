@@ -122,7 +122,7 @@ def _check_killed_at(stage: str, layout: RunLayout, ref_data: Dataset) -> None:
     trained = list(layout.committee_dir(0).glob("member_*.pt"))
     n_labels = sum(not p.name.endswith(".tmp.npz") for p in layout.labels.glob("*/*.npz"))
     if stage == "training":
-        assert len(trained) < 2 and not layout.candidates(0).parent.exists()
+        assert len(trained) < 2 and not layout.candidates(0).exists()
     elif stage == "exploration":
         assert len(trained) == 2 and not layout.candidates(0).exists()
         assert layout.candidates(0).with_name("gen_000.extxyz.tmp").exists()

@@ -358,12 +358,14 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
     with get_client(sync_client=True) as client:
         runs = {r.name: r for r in client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-spread"])))}
-    assert set(runs) == {"nh3-spread", "nh3-spread-gen000", "nh3-spread-gen000-training",
+    assert set(runs) == {"nh3-spread", "nh3-spread-initial-labelling",
+                         "nh3-spread-gen000", "nh3-spread-gen000-training",
                          "nh3-spread-gen000-labelling", "nh3-spread-gen001",
                          "nh3-spread-gen001-training"}
     assert all(r.state.is_completed() for r in runs.values())
     assert len(_subflow_task_runs("nh3-spread-gen000-training")) == base.committee.n_members
     assert len(_subflow_task_runs("nh3-spread-gen000-labelling")) == summary["labels_explored"]
+    assert len(_subflow_task_runs("nh3-spread-initial-labelling")) == summary["labels_initial"]
 
     ours = Dataset(RunLayout(spread.run_dir()).dataset).arrays()
     theirs = Dataset(RunLayout(base.run_dir()).dataset).arrays()
