@@ -12,6 +12,7 @@ from calculators.factory import LabelSettings, import_factory, make_calculator
 from calculators.label_store import LabelStore, label_key
 from calculators.labeller import label_structures
 from calculators.pyscf_calculator import PySCFSettings
+from tests.conftest import displaced
 
 
 class CountingEMT(EMT):
@@ -30,13 +31,7 @@ class CountingEMT(EMT):
 
 
 def _structures(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = molecule("NH3")
-        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
-        out.append(atoms)
-    return out
+    return displaced(molecule("NH3"), n, 0.05, np.random.default_rng(seed))
 
 
 THEORY = {"calculator": "emt"}

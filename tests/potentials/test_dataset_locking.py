@@ -27,19 +27,14 @@ from ase.build import molecule
 from potentials import dataset as dataset_module
 from potentials.dataset import Dataset, DatasetError, Provenance, lock_path
 from potentials.hashing import structure_hash
+from tests.conftest import displaced
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _records(writer: int, n: int) -> list[Atoms]:
     """``n`` displaced NH3 of one writer (distinct across writers)."""
-    rng = np.random.default_rng(writer)
-    out = []
-    for _ in range(n):
-        atoms = molecule("NH3")
-        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
-        out.append(atoms)
-    return out
+    return displaced(molecule("NH3"), n, 0.05, np.random.default_rng(writer))
 
 
 def _append_one_by_one(path: str, writer: int, n: int, skip_known: bool, barrier) -> None:
