@@ -207,8 +207,8 @@ def test_tiny_trust_upper_stops_every_seed(nh3_emt_data):
 def test_unphysical_or_non_finite_seeds_are_frozen_and_reported():
     committee = small_committee()
     broken = make_member(7, SMALL_SPEC)
-    with torch.no_grad():  # a member that returns NaN for any structure with oxygen
-        broken.network.representation.embedding.weight[8] = float("nan")
+    with torch.no_grad():  # finite weights that overflow to NaN for any structure with oxygen
+        broken.network.representation.embedding.weight[8] = 1e300
     committee = Committee([committee.members[0], broken])
     seeds = seeds_from([molecule("NH3"), molecule("H2O"), molecule("CH4")])
     # Hot, with a tight bond criterion, so the molecules come apart within a few steps.
