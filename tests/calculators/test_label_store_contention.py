@@ -10,7 +10,6 @@ about storage, not about the numbers.
 
 from __future__ import annotations
 
-import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +23,7 @@ from flows.config import RunConfig
 from potentials.dataset import Dataset, Provenance
 from potentials.hashing import structure_hash
 from potentials.run_layout import RunLayout
+from tests.processes import clean_context, run_processes
 
 N_CANDIDATES, N_PROCESSES, N_THREADS = 24, 4, 4
 
@@ -67,16 +67,10 @@ def test_labels_stored_and_appended_at_once_by_many_writers_are_all_there(tmp_pa
     layout.candidates(0).parent.mkdir(parents=True)
     write(layout.candidates(0), candidates, format="extxyz")
 
-    # forked, not spawned: a spawned process would spend seconds importing torch
-    ctx = multiprocessing.get_context("fork")
+    ctx = clean_context()
     start, labelled = ctx.Barrier(N_PROCESSES), ctx.Barrier(N_PROCESSES)
-    procs = [ctx.Process(target=_label_then_append, args=(config, p, labelled, start))
-             for p in range(N_PROCESSES)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0] * N_PROCESSES, "a writer failed (see stderr)"
+    run_processes(ctx, [(_label_then_append, (config, p, labelled, start))
+                        for p in range(N_PROCESSES)])
 
     candidates = read(layout.candidates(0), index=":")  # as the steps read them
     reference = []

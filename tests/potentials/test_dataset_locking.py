@@ -11,7 +11,6 @@ processes started together at a barrier.
 from __future__ import annotations
 
 import fcntl
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from potentials import dataset as dataset_module
 from potentials.dataset import Dataset, DatasetError, Provenance, lock_path
 from potentials.hashing import structure_hash
 from tests.conftest import displaced
+from tests.processes import clean_context, run_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,16 +59,10 @@ def _read_while_written(path: str, seconds: float, barrier) -> None:
 
 
 def _run_together(*jobs: tuple) -> None:
-    """Run each ``(function, *args)`` in its own process, all released at once (forked:
-    a spawned one would spend seconds importing torch through ``potentials``)."""
-    ctx = multiprocessing.get_context("fork")
+    """Run each ``(function, *args)`` in its own process, all released at once."""
+    ctx = clean_context()
     barrier = ctx.Barrier(len(jobs))
-    procs = [ctx.Process(target=fn, args=(*args, barrier)) for fn, *args in jobs]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0] * len(procs), "a writer or reader failed (see stderr)"
+    run_processes(ctx, [(fn, (*args, barrier)) for fn, *args in jobs])
 
 
 @pytest.mark.parametrize("hdf5_locking", ["TRUE", "FALSE"])
