@@ -133,6 +133,24 @@ def test_relabelling_reads_the_label_store_instead_of_computing(prepared_run, tm
     np.testing.assert_array_equal(after.forces, before.forces)
 
 
+def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prepared_run, tmp_path):
+    """A run folder from before the initial structures were kept in the run folder (or
+    one whose copy was lost): they are generated again from the config's seed, equal to
+    the labelled ones to the bit, so nothing is labelled again."""
+    from flows.steps import append_initial, prepare_initial
+
+    config = _with(prepared_run, tmp_path)
+    layout = RunLayout(config.run_dir())
+    kept = np.load(layout.initial_structures)["positions"]
+    layout.initial_structures.unlink()
+    assert prepare_initial(config) == []  # every structure already in the dataset
+    np.testing.assert_array_equal(np.load(layout.initial_structures)["positions"], kept)
+    stored = Dataset(layout.dataset).arrays()
+    np.testing.assert_array_equal(stored.positions[:len(kept) * kept.shape[1]], kept.reshape(-1, 3))
+    report = append_initial(config)
+    assert report.added == 0 and report.skipped_known == len(kept)
+
+
 def test_tblite_labels_a_run(prepared_run, tmp_path):
     config = _with(prepared_run, tmp_path, labels={"calculator": "tblite"})
     RunLayout(config.run_dir()).dataset.unlink()
