@@ -370,11 +370,11 @@ def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
                        outcome.seconds, outcome.error)
 
 
-def _append_stored(config: RunConfig, generation: int, selected: list[int], strategy: str,
-                   provenance_generation: int, parents: Callable[[Atoms], int]) -> LabelReport:
-    """Append the stored labels of a batch's ``selected`` structures to the dataset."""
+def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, generation: int,
+                   parents: Callable[[Atoms], int]) -> LabelReport:
+    """Append the stored labels of the structures ``chosen`` to the dataset, with
+    provenance ``generation`` and ``strategy``."""
     t0 = time.perf_counter()
-    chosen = _selected_frames(config, generation, selected)
     dataset = Dataset(RunLayout(config.run_dir()).dataset)
     known = set(dataset.hashes())
     todo = [k for k, a in enumerate(chosen) if structure_hash(a) not in known]
@@ -389,7 +389,7 @@ def _append_stored(config: RunConfig, generation: int, selected: list[int], stra
         else:
             outcomes.append(LabelOutcome(n, stored.energy, stored.forces, stored.error,
                                          stored.seconds))
-    return _append_outcomes(config, dataset, chosen, todo, outcomes, provenance_generation,
+    return _append_outcomes(config, dataset, chosen, todo, outcomes, generation,
                             strategy, [parents(a) for a in chosen], t0)
 
 
@@ -400,7 +400,8 @@ def append_labels(config: RunConfig, generation: int, selected: list[int]) -> La
     skipped (a re-run appends nothing twice); a selected structure with no label in the
     store (its labelling task failed for good) counts as a failed label.
     """
-    return _append_stored(config, generation, selected, config.exploration.strategy, generation,
+    return _append_stored(config, _selected_frames(config, generation, selected),
+                          config.exploration.strategy, generation,
                           lambda atoms: int(atoms.info["parent"]))
 
 
@@ -408,8 +409,8 @@ def append_initial(config: RunConfig) -> LabelReport:
     """Append the stored labels of every initial structure (:func:`prepare_initial`) to
     the dataset, as :func:`append_labels` does for a generation; raise
     :class:`LabellingError` if fewer than two are in it then."""
-    n = len(_read_candidates(RunLayout(config.run_dir()), INITIAL))
-    report = _append_stored(config, INITIAL, list(range(n)), "initial", 0, lambda atoms: -1)
+    frames = _read_candidates(RunLayout(config.run_dir()), INITIAL)
+    report = _append_stored(config, frames, "initial", 0, lambda atoms: -1)
     return _check_initial(Dataset(RunLayout(config.run_dir()).dataset), report)
 
 

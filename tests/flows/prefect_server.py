@@ -66,6 +66,25 @@ print("flow run", state.state_details.flow_run_id, state.type.value, state.resul
 """
 
 
+#: A tiny run with EMT labels (a stand-in for DFT: these tests are about servers and
+#: workers, not the numbers), for configs submitted to a server: format ``name`` and
+#: ``structures`` (relative to the config file).
+EMT_RUN_CONFIG = """
+system: {{name: {name}, structures: {structures}}}
+initial_data: {{n_structures: 6, displacement: 0.05, seed: 0}}
+labels: {{calculator: emt}}
+model: {{n_atom_basis: 16, n_interactions: 2, n_rbf: 10, cutoff: 4.0}}
+committee: {{n_members: 2, seed: 0}}
+training: {{max_epochs: 10, warm_start_epochs: 5, batch_size: 6}}
+exploration: {{n_seeds: 4}}
+attack: {{n_steps: 5, temperature: 1000.0}}
+selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}
+convergence: {{force_std_threshold: 1.0e-6}}
+budget: {{max_generations: 1, max_labels: 10}}
+output_dir: runs
+"""
+
+
 @dataclass(frozen=True)
 class PrefectServer:
     url: str  # the API URL, http://127.0.0.1:<port>/api

@@ -149,10 +149,14 @@ def _check_prefect_server(summary: dict) -> None:
         for name in ("nh3-tiny-gen000", "nh3-tiny-gen001"):
             assert runs[name].parent_task_run_id is not None and runs[name].state.is_completed()
         # the initial structures labelled by one task each, in the run's own flow run
-        names = [t.name for t in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": [top.id]}))]
-        assert sorted(n for n in names if n.startswith("label-")) == \
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [top.id]}))
+        assert sorted(t.name for t in task_runs if t.name.startswith("label-")) == \
             sorted(f"label-initial-{k}" for k in range(summary["labels_initial"]))
+        # no task run carries the system tag: a tagged one takes a tag concurrency slot on
+        # the server (two writes per task, SQLite lock retries on the embedded server)
+        every_task = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id={"any_": [r.id for r in runs.values()]}))
+        assert every_task and all("nh3-tiny" not in t.tags for t in every_task)
 
         artifacts = {}
         for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import validate_config
 from flows.deployments import DEFAULT_DEPLOYMENT, Submission, stage_submission
-from tests.flows.prefect_server import BIN, clean_env, free_port
+from tests.flows.prefect_server import BIN, EMT_RUN_CONFIG, clean_env, free_port
 from tests.flows.prefect_server import prefect_server as start_prefect_server
 
 _UUID = re.compile(r"\(([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)")
@@ -249,22 +249,6 @@ def test_a_bad_submission_is_a_config_error(tmp_path):
                          str(tmp_path), "a")
 
 
-_EMT_CONFIG = """
-system: {{name: nh3-emt, structures: {structures}}}
-initial_data: {{n_structures: 6, displacement: 0.05, seed: 0}}
-labels: {{calculator: emt}}
-model: {{n_atom_basis: 16, n_interactions: 2, n_rbf: 10, cutoff: 4.0}}
-committee: {{n_members: 2, seed: 0}}
-training: {{max_epochs: 10, warm_start_epochs: 5, batch_size: 6}}
-exploration: {{n_seeds: 4}}
-attack: {{n_steps: 5, temperature: 1000.0}}
-selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}
-convergence: {{force_std_threshold: 1.0e-6}}
-budget: {{max_generations: 1, max_labels: 10}}
-output_dir: runs
-"""
-
-
 @pytest.mark.slow
 def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissions_deployment,
                                                         tmp_path):
@@ -284,7 +268,7 @@ def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissi
     structures = inputs / "nh3.xyz"
     structures.write_bytes((Path(__file__).parents[2] / "examples/structures/nh3.xyz").read_bytes())
     config = inputs / "nh3-emt.yaml"
-    config.write_text(_EMT_CONFIG.format(structures="nh3.xyz"))
+    config.write_text(EMT_RUN_CONFIG.format(name="nh3-emt", structures="nh3.xyz"))
 
     done = _advloop(["submit", str(config)], submitter, PREFECT_API_URL=prefect_server,
                     PREFECT_HOME=str(tmp_path / "home-submit"))

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.prefect_server import BIN, TINY_FLOW, clean_env, free_port, prefect_server
+from tests.flows.prefect_server import (BIN, EMT_RUN_CONFIG, TINY_FLOW, clean_env, free_port,
+                                       prefect_server)
 
 pytestmark = pytest.mark.slow
 
@@ -33,21 +34,6 @@ AUTH = f"advloop-test:{secrets.token_urlsafe(18)}"
 _SECRET_FORMS = (AUTH, AUTH.split(":", 1)[1], base64.b64encode(AUTH.encode()).decode())
 _UUID = re.compile(r"\(([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)")
 _POOL = "advloop-auth-test"
-
-_EMT_CONFIG = """
-system: {{name: nh3-auth, structures: {structures}}}
-initial_data: {{n_structures: 6, displacement: 0.05, seed: 0}}
-labels: {{calculator: emt}}
-model: {{n_atom_basis: 16, n_interactions: 2, n_rbf: 10, cutoff: 4.0}}
-committee: {{n_members: 2, seed: 0}}
-training: {{max_epochs: 10, warm_start_epochs: 5, batch_size: 6}}
-exploration: {{n_seeds: 4}}
-attack: {{n_steps: 5, temperature: 1000.0}}
-selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}
-convergence: {{force_std_threshold: 1.0e-6}}
-budget: {{max_generations: 1, max_labels: 10}}
-output_dir: runs
-"""
 
 
 def _assert_secret_free(text: str, where: str) -> None:
@@ -158,7 +144,7 @@ def test_an_authenticated_submission_runs_and_the_auth_string_stays_secret(auth_
     structures = tmp_path / "nh3.xyz"
     structures.write_bytes((Path(__file__).parents[2] / "examples/structures/nh3.xyz").read_bytes())
     config = tmp_path / "nh3-auth.yaml"
-    config.write_text(_EMT_CONFIG.format(structures="nh3.xyz"))
+    config.write_text(EMT_RUN_CONFIG.format(name="nh3-auth", structures="nh3.xyz"))
     env = dict(PREFECT_API_URL=auth_server.url, PREFECT_API_AUTH_STRING=AUTH)
 
     submitted = _advloop(["submit", str(config)], tmp_path, PREFECT_HOME=str(tmp_path / "h1"), **env)
