@@ -30,7 +30,8 @@ from ase.calculators.calculator import BaseCalculator
 from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
 from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
-__all__ = ["LabelSettings", "import_factory", "level_of_theory", "make_calculator"]
+__all__ = ["LabelSettings", "import_factory", "level_of_theory", "make_calculator",
+           "theory_settings"]
 
 # PySCF settings that change cost or robustness but not the converged numbers.
 _NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density", "threads"}
@@ -76,6 +77,25 @@ def level_of_theory(labels: LabelSettings, dft: PySCFSettings,
     return {"pyscf": dft.level_of_theory, "pyscf_periodic": periodic_dft.level_of_theory,
             "tblite": labels.tblite_method, "emt": "EMT",
             "python": labels.python}[labels.calculator]
+
+
+def theory_settings(labels: LabelSettings, dft: PySCFSettings,
+                    periodic_dft: PeriodicPySCFSettings | None = None) -> dict:
+    """Every setting of the run's labeller that changes the numbers it computes (JSON-able;
+    it keys the label store and identifies a run's level of theory). Builds no calculator."""
+    periodic_dft = periodic_dft or PeriodicPySCFSettings()
+    if labels.calculator == "pyscf":
+        return {"calculator": "pyscf",
+                **{k: v for k, v in asdict(dft).items() if k not in _NOT_THEORY}}
+    if labels.calculator == "pyscf_periodic":
+        return {"calculator": "pyscf_periodic",
+                **{k: v for k, v in asdict(periodic_dft).items() if k not in _NOT_THEORY}}
+    if labels.calculator == "tblite":
+        return {"calculator": "tblite", "method": labels.tblite_method,
+                "charge": dft.charge, "multiplicity": dft.spin + 1}
+    if labels.calculator == "emt":
+        return {"calculator": "emt"}
+    return {"calculator": "python", "python": labels.python, "options": labels.options}
 
 
 def make_calculator(labels: LabelSettings, dft: PySCFSettings,

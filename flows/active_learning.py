@@ -32,12 +32,13 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
 
 from calculators.factory import level_of_theory
-from flows import artifacts, events, runners, steps
-from flows.config import RunConfig, ThreadsRunner, validate_config
+from flows import artifacts, events, interruptions, run_folder, runners, steps
+from flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
 from flows.report import GenerationTable
 from flows.timing import Timed, split_generation, timed
 from potentials.dataset import Dataset
@@ -155,6 +156,8 @@ def _label_selected(config: RunConfig, generation: int, selected: list[int], clo
         try:
             result = future.result()
         except Exception as err:  # the task's final state; its own log holds the traceback
+            if interruptions.is_disk_full(err):
+                raise
             failed += 1
             logger.warning("labelling task %s failed after its retries: %s", future.task_run_id, err)
         else:
@@ -331,15 +334,37 @@ def _tag_flow_run(tag: str) -> None:
 def run_active_learning(config: RunConfig, table: GenerationTable | None = None) -> dict:
     """Run (or resume) the loop for a validated config; returns the run summary.
 
+    The run holds its folder's lock throughout (:func:`flows.run_folder.hold`: a second
+    run of the folder is refused with :class:`~flows.run_folder.RunFolderBusy`) and
+    refuses, with :class:`~flows.config.ConfigError`, a resume whose data settings differ
+    from the folder's (:func:`flows.run_folder.resume_problems`).
+
     The flow run ends Completed with the stop explanation as its message (the summary is
-    its result); too many failed labels fail it with :class:`flows.steps.LabellingError`.
+    its result); too many failed labels fail it with :class:`flows.steps.LabellingError`,
+    a full disk with :class:`flows.interruptions.DiskFullError`. SIGINT (Ctrl-C) ends it
+    Cancelled and SIGTERM (a batch system's preemption) Crashed, each with a message that
+    says what is kept and how to resume (:func:`flows.interruptions.interrupted_message`).
     """
+    layout = RunLayout(config.run_dir())
+    try:
+        with run_folder.hold(layout.root):
+            problems = run_folder.resume_problems(config)
+            if problems:
+                raise ConfigError(str(layout.root), problems)
+            run_folder.write_fingerprint(config)
+            return _run_loop(config, layout, table or GenerationTable())
+    except (KeyboardInterrupt, TerminationSignal) as err:
+        return interruptions.interrupted_state(err, layout)  # type: ignore[return-value]
+    except Exception as err:
+        if interruptions.is_disk_full(err):
+            raise interruptions.DiskFullError(interruptions.disk_full_message(err, layout)) from err
+        raise
+
+
+def _run_loop(config: RunConfig, layout: RunLayout, table: GenerationTable) -> Completed:
     logger = get_run_logger()
     system = config.system.name
-    layout = RunLayout(config.run_dir())
-    layout.root.mkdir(parents=True, exist_ok=True)
-    layout.config.write_text(config.to_yaml())
-    table = table or GenerationTable()
+    config_sha = run_folder.record_config(config)
     t_start = time.time()
     hours = config.budget.max_wall_hours
     deadline = t_start + hours * 3600 if hours is not None else None
@@ -375,8 +400,14 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
                 record = outcome.record
                 record["dataset_size"] = len(Dataset(layout.dataset))
                 t1 = time.time()
-                record.update(seconds=t1 - t0, **split_generation(outcome.clock, t0, t1))
+                record.update(seconds=t1 - t0, **split_generation(outcome.clock, t0, t1),
+                              config_sha256=config_sha)
                 steps.append_generation_record(config, record)
+            else:
+                restored = steps.restore_generation(config, record)
+                if restored:
+                    logger.warning("generation %d: %d labelled structures were missing from the "
+                                   "dataset; appended again from the label store", g, restored)
             records.append(record)
             table.row(record)
             logger.info("generation %d: %s", g, json.dumps(record))
@@ -405,12 +436,12 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         "wall_seconds": time.time() - t_start,
         "run_dir": str(layout.root),
     }
-    layout.summary.write_text(json.dumps(summary, indent=2))
+    run_folder.write_atomic(layout.summary, json.dumps(summary, indent=2))
     table.footer(summary)
     artifacts.publish_summary(summary, records, config.convergence.force_std_threshold)
     events.emit(events.run_finished_event(summary))
     logger.info("stopped: %s", summary["stop_explanation"])
-    return Completed(message=summary["stop_explanation"], data=summary)  # type: ignore[return-value]
+    return Completed(message=summary["stop_explanation"], data=summary)
 
 
 def _config_file_run_name() -> str:
@@ -437,4 +468,6 @@ def run_config_file(config_path: str, output_dir: str | None = None) -> dict:
     """Deployment entrypoint: validate a config file, then run it (its state message says
     why the run stopped, as the run's own does)."""
     state = run_active_learning(validate_config(Path(config_path), output_dir), return_state=True)
+    if not state.is_completed():
+        return state  # type: ignore[return-value]  # interrupted: its message says so
     return completed_with_reason(state)  # type: ignore[return-value]

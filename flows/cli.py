@@ -82,14 +82,51 @@ def run(
 ) -> None:
     """Validate, then run (or resume) the active-learning loop on Prefect's embedded server."""
     cfg = _validated(config, output_dir)
-    use_prefect_defaults()
-    from flows.active_learning import run_active_learning
-    from flows.steps import LabellingError
+    from flows.run_folder import RunFolderBusy, hold
 
     try:
-        run_active_learning(cfg)
-    except LabellingError as err:
+        with hold(cfg.run_dir()):  # refused at once, before Prefect starts
+            _run_held(cfg)
+    except RunFolderBusy as err:
+        _fail(f"error: {err}")
+
+
+def _run_held(cfg) -> None:
+    """``advloop run`` of a validated config whose run folder this process holds."""
+    use_prefect_defaults()
+    from flows.active_learning import run_active_learning
+    from flows.config import ConfigError
+    from flows.interruptions import DiskFullError
+    from flows.steps import LabellingError
+
+    state = run_active_learning(cfg, return_state=True)
+    if state.is_cancelled() or state.is_crashed():  # stopped by a signal: say so, then go
+        typer.echo(f"advloop: {state.message}", err=True)
+        code = 130 if state.is_cancelled() else 143  # 128 + SIGINT / SIGTERM
+        _exit_now(code)
+    try:
+        state.result()
+    except (LabellingError, DiskFullError) as err:
         _fail(f"error: {err}", code=1)
+    except ConfigError as err:
+        _fail(f"error: {err}")
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting for work still running in threads (a member's training, a
+    label): every file it writes is written whole or not at all, so nothing is torn, and
+    a resumed run redoes it. Prefect's embedded server, if this process started one, is
+    stopped first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+    except Exception:  # the server may be gone already (it got the signal too)
+        pass
+    os._exit(code)
 
 
 @app.command()
@@ -181,7 +218,8 @@ def serve(
     here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules."""
     use_prefect_defaults()
     from flows.config import ConfigError
-    from flows.deployments import api_url, build_deployments, display_url, server_client
+    from flows.deployments import (api_url, build_deployments, display_url, schedule_ids,
+                                   server_client)
 
     try:
         deployments = build_deployments(config or [], cron, timezone, output_dir)
@@ -189,16 +227,41 @@ def serve(
         _fail(f"error: {err}")
     except ValueError as err:
         _fail(f"error: {_one_line(err)}")
+    scheduled = [f"{d.flow_name}/{d.name}" for d in deployments if d.schedules]
     with _ServerErrors():
         with server_client():  # fail in one line now rather than inside prefect.serve
             url = api_url()
+        before = schedule_ids(scheduled)  # what an earlier serve left on the server
     for d in deployments:
         when = f", cron {cron!r}" if d.schedules else ", runs on submit"
         typer.echo(f"serving {d.flow_name}/{d.name}{when}")
     typer.echo(f"server {display_url(url)}; Ctrl-C stops (and pauses the schedules)")
+    _report_schedules(scheduled, before)
     import prefect
 
     prefect.serve(*deployments, limit=limit, print_starting_message=False)
+
+
+def _report_schedules(scheduled: list[str], before: frozenset) -> None:
+    """While ``advloop serve`` serves, print the next run of each scheduled deployment
+    once the server's scheduler has made it, or warn on stderr that it has made none
+    (:func:`flows.deployments.watch_schedules`: within 90 s of registering, then never
+    again), from a daemon thread, so that serving starts at once."""
+    import contextvars
+    import threading
+
+    from flows.deployments import no_upcoming_run_warning, watch_schedules
+
+    def report() -> None:
+        for name, start in watch_schedules(scheduled, before):
+            if start is None:
+                typer.echo(no_upcoming_run_warning(name), err=True)
+            else:
+                typer.echo(f"next run of {name}: {start:%Y-%m-%d %H:%M} UTC")
+
+    if scheduled:
+        threading.Thread(target=contextvars.copy_context().run, args=(report,),
+                         name="advloop-schedules", daemon=True).start()
 
 
 def _one_line(err: Exception) -> str:
@@ -301,21 +364,27 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def _print_flow_runs(system: str | None) -> None:
-    from flows.deployments import flow_run_url, latest_flow_runs
+    """The latest flow runs of ``system`` (or of advloop) on the server, then a warning
+    on stderr for each of its deployments whose active schedule has no upcoming run."""
+    from flows.deployments import (flow_run_url, latest_flow_runs, no_upcoming_run_warning,
+                                   schedules_without_runs)
 
     with _ServerErrors():
         runs = latest_flow_runs(system)
+        unscheduled = schedules_without_runs(system)
     what = f"system {system!r}" if system else "advloop"
     if not runs:
         typer.echo(f"\nno flow runs for {what} on the server")
-        return
-    typer.echo(f"\nlatest flow runs for {what} on the server:")
-    rows = []
-    for r, flow_name in runs:
-        t = r.start_time or r.expected_start_time
-        rows.append([r.name, flow_name, r.state_name or "-",
-                     t.strftime("%Y-%m-%d %H:%M") if t else "-", flow_run_url(r.id) or str(r.id)])
-    _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
+    else:
+        typer.echo(f"\nlatest flow runs for {what} on the server:")
+        rows = []
+        for r, flow_name in runs:
+            t = r.start_time or r.expected_start_time
+            rows.append([r.name, flow_name, r.state_name or "-", t.strftime("%Y-%m-%d %H:%M")
+                         if t else "-", flow_run_url(r.id) or str(r.id)])
+        _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
+    for name in unscheduled:
+        typer.echo(no_upcoming_run_warning(name), err=True)
 
 
 @app.command()

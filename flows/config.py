@@ -28,6 +28,7 @@ from calculators.pyscf_periodic import PeriodicPySCFSettings
 from potentials.model import ModelSpec
 from flows.inputs import (ConfigError, check_inputs, check_run_folder, format_validation_error,
                           read_mapping, read_structures)
+from flows.run_folder import resume_problems
 from potentials.training import TrainingSettings
 
 __all__ = ["ConfigError", "RunConfig", "check_inputs", "check_run_folder", "initial_structures",
@@ -359,6 +360,8 @@ def validate_config(path: str | Path, output_dir: str | Path | None = None, *,
     behind."""
     config = load_config(path, output_dir)
     problems = check_inputs(config) + (check_run_folder(config) if run_folder else [])
+    if run_folder and not problems:
+        problems = resume_problems(config)  # an existing run folder's data settings
     if problems:
         raise ConfigError(str(path), problems)
     return config

@@ -9,6 +9,7 @@ interrupted run continues where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -27,13 +28,14 @@ from adversarial.baselines import committee_md, random_displacement
 from adversarial.seeding import choose_seeds
 from adversarial.selection import select_candidates
 from adversarial.structures import Candidates, Seeds
-from calculators.factory import level_of_theory, make_calculator
+from calculators.factory import level_of_theory, make_calculator, theory_settings
 from calculators.label_store import LabelStore, label_key
-from calculators.labeller import LabelOutcome, label_structures
+from calculators.labeller import label_structures
 from flows.config import RunConfig, initial_structures
+from flows.run_folder import append_record, read_records, write_atomic
 from potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from potentials.committee import Committee
-from potentials.dataset import Dataset, Provenance, split_indices, structure_hash
+from potentials.dataset import Dataset, DatasetError, Provenance, split_indices, structure_hash
 from potentials.model import EnergyModel
 from potentials.run_layout import INITIAL, RunLayout
 from potentials.training import resolve_device, train_member
@@ -42,6 +44,9 @@ from potentials.uncertainty import force_calibration
 # Seeds for the random streams of a run, derived from the config's seeds so that a run is
 # reproducible and its streams independent.
 _SPLIT_STREAM, _MEMBER_STREAM, _ATTACK_STREAM, _INITIAL_STREAM, _BOOTSTRAP_STREAM = 1, 2, 3, 4, 5
+
+
+logger = logging.getLogger(__name__)
 
 
 class LabellingError(RuntimeError):
@@ -71,35 +76,22 @@ class LabelReport:
     calibration: dict[str, float] = field(default_factory=dict)
 
 
-def _append_outcomes(config: RunConfig, dataset: Dataset, structures: list[Atoms],
-                     todo: list[int], outcomes: list[LabelOutcome], generation: int,
-                     strategy: str, parents: list[int], t0: float) -> LabelReport:
-    """Append the successful ``outcomes`` (one per ``structures[todo[k]]``) to ``dataset``."""
-    level = level_of_theory(config.labels, config.dft, config.periodic_dft)
-    ok = [(todo[o.index], o) for o in outcomes if o.ok]
-    # skip_known: another writer of this run folder may have appended them meanwhile
-    indices = dataset.append(
-        [structures[k] for k, _ in ok], [o.energy for _, o in ok], [o.forces for _, o in ok],
-        [Provenance(generation, strategy, level, parents[k]) for k, _ in ok], skip_known=True,
-    )
-    failures = [f"{strategy} structure {todo[o.index]}: {o.error}" for o in outcomes if not o.ok]
-    return LabelReport(len(structures), len(indices), len(failures),
-                       len(structures) - len(todo) + len(ok) - len(indices),
-                       time.perf_counter() - t0, failures, [int(i) for i in indices],
-                       cached=sum(o.cached for o in outcomes))
-
-
-def _label_and_append(config: RunConfig, dataset: Dataset, structures: list[Atoms],
-                      generation: int, strategy: str, parents: list[int]) -> LabelReport:
-    """Label ``structures`` with the configured DFT and append the successes."""
-    t0 = time.perf_counter()
-    known = set(dataset.hashes())
-    todo = [k for k, a in enumerate(structures) if structure_hash(a) not in known]
-    calc, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
-    store = LabelStore(RunLayout(config.run_dir()).labels)
-    outcomes = label_structures([structures[k] for k in todo], calc, store, theory)
-    return _append_outcomes(config, dataset, structures, todo, outcomes, generation, strategy,
-                            parents, t0)
+def _set_aside_if_damaged(path: Path) -> None:
+    """Rename a dataset file that does not read (truncated, overwritten, not HDF5) to
+    ``dataset.h5.damaged-<time>``, so that the run rebuilds it from the label store
+    (every label is kept there) rather than failing or starting over; nothing is deleted."""
+    if not path.exists():
+        return
+    try:
+        dataset = Dataset(path)
+        dataset.hashes(), dataset.provenance(), dataset.arrays()
+        return
+    except (DatasetError, OSError, KeyError, ValueError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.replace(aside)
+    logger.warning("%s does not read (%s); kept as %s, and the dataset is rebuilt from the "
+                   "run's label store", path, reason, aside.name)
 
 
 def prepare_initial(config: RunConfig) -> list[int]:
@@ -107,6 +99,7 @@ def prepare_initial(config: RunConfig) -> list[int]:
     run folder, create the dataset, and return the indices of the initial structures not
     yet in it: the label tasks of the initial batch (:data:`INITIAL`)."""
     layout = RunLayout(config.run_dir())
+    _set_aside_if_damaged(layout.dataset)
     Dataset.create(layout.dataset, exist_ok=True)
     path = layout.initial_structures
     if not path.exists():
@@ -131,16 +124,11 @@ def _check_initial(dataset: Dataset, report: LabelReport) -> LabelReport:
 
 
 def initial_dataset(config: RunConfig) -> LabelReport:
-    """Create the run's dataset from the initial structures, labelled one after another
-    (the flow runs the same work as :func:`label_one` tasks and :func:`append_initial`).
-
-    If the dataset already holds the initial structures, nothing is recomputed.
-    """
-    prepare_initial(config)
-    frames = _read_candidates(RunLayout(config.run_dir()), INITIAL)
-    dataset = Dataset(RunLayout(config.run_dir()).dataset)
-    report = _label_and_append(config, dataset, frames, 0, "initial", [-1] * len(frames))
-    return _check_initial(dataset, report)
+    """Create the run's dataset from the initial structures, labelled one after another:
+    the flow's work (:func:`prepare_initial`, a :func:`label_one` task per structure,
+    :func:`append_initial`) in this process. Nothing already labelled is recomputed."""
+    results = [label_one(config, INITIAL, index) for index in prepare_initial(config)]
+    return replace(append_initial(config), cached=sum(r.cached for r in results))
 
 
 def train_step(config: RunConfig, generation: int, member: int) -> dict[str, float]:
@@ -296,14 +284,46 @@ class SelectReport:
         return counts
 
 
+def _write_selection(layout: RunLayout, generation: int, report: SelectReport, strategy: str,
+                     hashes: list[str]) -> None:
+    write_atomic(layout.selection(generation), json.dumps(
+        {"generation": generation, "strategy": strategy, "hashes": hashes,
+         "report": {**asdict(report), "rejected": {str(k): v for k, v in report.rejected.items()}}},
+        indent=1) + "\n")
+
+
+def _read_selection(layout: RunLayout, generation: int) -> tuple[SelectReport, str] | None:
+    """The selection kept for ``generation`` and the strategy that explored it (None: none
+    kept, or a file that does not read whole, which is made again)."""
+    path = layout.selection(generation)
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        report = kept["report"]
+        report["rejected"] = {int(k): v for k, v in report["rejected"].items()}
+        return SelectReport(**report), str(kept["strategy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def select_step(config: RunConfig, generation: int, max_selected: int) -> SelectReport:
-    """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``)."""
+    """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``).
+
+    The choice is kept in the run folder before anything is labelled, and a re-run reads
+    it back: selecting again against a dataset that already holds some of its labels would
+    choose other candidates (those labels now count as known).
+    """
     layout = RunLayout(config.run_dir())
+    kept = _read_selection(layout, generation)
+    if kept is not None:
+        return kept[0]
     frames = _read_candidates(layout, generation)
     if not frames:
         return SelectReport([], float("nan"), {})
     committee = _committee(config, generation)
-    data = Dataset(layout.dataset).arrays()
+    dataset = Dataset(layout.dataset)
+    data = dataset.arrays()
     train_pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms,
                                           data.cell, data.pbc)
     settings = config.selection
@@ -323,14 +343,32 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         train_cells=data.cell if periodic else None,
         pbc=frames[0].pbc if periodic else None,
     )
-    chosen = [frames[int(i)] for i in result.selected]
-    return SelectReport(
-        [int(i) for i in result.selected], float(result.threshold),
-        {int(k): v for k, v in result.rejected.items()},
+    selected = [int(i) for i in result.selected]
+    hashes = [structure_hash(a) for a in frames]
+    # A run folder from before selections were kept, resumed after this generation's
+    # labels were appended: its choice is the candidates the dataset holds.
+    appended = {h for h, p in zip(dataset.hashes(), dataset.provenance())
+                if p.generation == generation and p.strategy != "initial"}
+    if appended:
+        selected = [k for k, h in enumerate(hashes) if h in appended]
+    chosen = [frames[i] for i in selected]
+    report = SelectReport(
+        selected, float(result.threshold),
+        {int(k): v for k, v in result.rejected.items() if int(k) not in selected},
         n_above=int(np.sum(np.isfinite(sigma) & (sigma >= result.threshold))),
         sigma_f_mean=float(np.mean([a.info["forces_std_mean"] for a in chosen])) if chosen else float("nan"),
         sigma_f_max=float(np.max([a.info["forces_std_max"] for a in chosen])) if chosen else float("nan"),
     )
+    _write_selection(layout, generation, report, config.exploration.strategy,
+                     [hashes[i] for i in selected])
+    return report
+
+
+def selection_strategy(config: RunConfig, generation: int) -> str:
+    """The exploration strategy of ``generation``'s kept selection (the config's if none
+    is kept): the provenance its labels get, whatever the config says on a resume."""
+    kept = _read_selection(RunLayout(config.run_dir()), generation)
+    return kept[1] if kept is not None else config.exploration.strategy
 
 
 def _selected_frames(config: RunConfig, generation: int, selected: Sequence[int]) -> list[Atoms]:
@@ -373,24 +411,44 @@ def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
 def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, generation: int,
                    parents: Callable[[Atoms], int]) -> LabelReport:
     """Append the stored labels of the structures ``chosen`` to the dataset, with
-    provenance ``generation`` and ``strategy``."""
+    provenance ``generation`` and ``strategy``, and report on the batch as a whole.
+
+    Idempotent: a structure this batch appended before (same generation and strategy; an
+    earlier invocation killed before it recorded the generation) counts as added with its
+    record's index, so a re-run reports what the first run would have. One that is in the
+    dataset from another batch counts as known; one with no stored label as failed.
+    """
     t0 = time.perf_counter()
-    dataset = Dataset(RunLayout(config.run_dir()).dataset)
-    known = set(dataset.hashes())
-    todo = [k for k, a in enumerate(chosen) if structure_hash(a) not in known]
-    _, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
-    store = LabelStore(RunLayout(config.run_dir()).labels)
-    outcomes = []
-    for n, k in enumerate(todo):
-        stored = store.get(label_key(chosen[k], theory))
+    layout = RunLayout(config.run_dir())
+    dataset = Dataset(layout.dataset)
+    level = level_of_theory(config.labels, config.dft, config.periodic_dft)
+    theory = theory_settings(config.labels, config.dft, config.periodic_dft)
+    index = {h: (k, p) for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))}
+    store = LabelStore(layout.labels)
+    ours: dict[int, int] = {}  # position in chosen -> dataset index
+    known, failures, new = 0, [], []
+    for k, atoms in enumerate(chosen):
+        found = index.get(structure_hash(atoms))
+        if found is not None:
+            if found[1].generation == generation and found[1].strategy == strategy:
+                ours[k] = found[0]
+            else:
+                known += 1
+            continue
+        stored = store.get(label_key(atoms, theory))
         if stored is None:
-            outcomes.append(LabelOutcome(n, None, None, "no label in the store (its labelling "
-                                         "task failed; a re-run retries it)", 0.0))
+            failures.append(f"{strategy} structure {k}: no label in the store (its labelling "
+                            "task failed; a re-run retries it)")
+        elif stored.error is not None:
+            failures.append(f"{strategy} structure {k}: {stored.error}")
         else:
-            outcomes.append(LabelOutcome(n, stored.energy, stored.forces, stored.error,
-                                         stored.seconds))
-    return _append_outcomes(config, dataset, chosen, todo, outcomes, generation,
-                            strategy, [parents(a) for a in chosen], t0)
+            new.append((k, stored))
+    appended = dataset.append(
+        [chosen[k] for k, _ in new], [s.energy for _, s in new], [s.forces for _, s in new],
+        [Provenance(generation, strategy, level, parents(chosen[k])) for k, _ in new])
+    ours.update({k: int(i) for (k, _), i in zip(new, appended)})
+    return LabelReport(len(chosen), len(ours), len(failures), known,
+                       time.perf_counter() - t0, failures, [ours[k] for k in sorted(ours)])
 
 
 def append_labels(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
@@ -401,7 +459,7 @@ def append_labels(config: RunConfig, generation: int, selected: list[int]) -> La
     store (its labelling task failed for good) counts as a failed label.
     """
     return _append_stored(config, _selected_frames(config, generation, selected),
-                          config.exploration.strategy, generation,
+                          selection_strategy(config, generation), generation,
                           lambda atoms: int(atoms.info["parent"]))
 
 
@@ -412,6 +470,30 @@ def append_initial(config: RunConfig) -> LabelReport:
     frames = _read_candidates(RunLayout(config.run_dir()), INITIAL)
     report = _append_stored(config, frames, "initial", 0, lambda atoms: -1)
     return _check_initial(Dataset(RunLayout(config.run_dir()).dataset), report)
+
+
+def restore_generation(config: RunConfig, record: Mapping) -> int:
+    """Make sure a recorded generation's labels are in the dataset: append any the
+    dataset lacks (it was deleted, or set aside as damaged) from the label store, in the
+    generation's kept selection order, and return how many. Raises :class:`DatasetError`
+    if the dataset then holds fewer records than the generation ended with (its labels
+    are gone from the label store too)."""
+    layout = RunLayout(config.run_dir())
+    generation = int(record["generation"])
+    before = len(Dataset(layout.dataset))
+    kept = _read_selection(layout, generation)
+    if kept is not None and kept[0].selected:
+        append_labels(config, generation, kept[0].selected)
+    after = len(Dataset(layout.dataset))
+    expected = record.get("dataset_size")
+    if expected is not None and after < expected:
+        raise DatasetError(
+            f"{layout.dataset} holds {after} labelled structures, but generation {generation} "
+            f"ended with {expected}, and the run's label store ({layout.labels}) cannot give "
+            "back the rest; restore dataset.h5 from a backup (a dataset.h5.damaged-* file "
+            "beside it is the damaged original), or start a new run with another "
+            "system.name or output_dir")
+    return after - before
 
 
 def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
@@ -429,12 +511,12 @@ def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dic
 
 def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
     """Label the selected candidates of ``generation`` one after another, append them to
-    the dataset and measure the committee's calibration on them (the flow runs the same
-    work as :func:`label_one` tasks, :func:`append_labels` and :func:`evaluate_step`)."""
-    chosen = _selected_frames(config, generation, selected)
-    dataset = Dataset(RunLayout(config.run_dir()).dataset)
-    report = _label_and_append(config, dataset, chosen, generation, config.exploration.strategy,
-                               [int(a.info["parent"]) for a in chosen])
+    the dataset and measure the committee's calibration on them: the flow's work
+    (:func:`label_one` tasks, :func:`append_labels`, :func:`evaluate_step`) in this
+    process."""
+    results = [label_one(config, generation, index) for index in selected]
+    report = replace(append_labels(config, generation, selected),
+                     cached=sum(r.cached for r in results))
     return replace(report, calibration=evaluate_step(config, generation, report.indices))
 
 
@@ -521,13 +603,12 @@ def labelling_needed(config: RunConfig, explore: ExploreReport | None = None,
 
 
 def append_generation_record(config: RunConfig, record: dict) -> None:
-    layout = RunLayout(config.run_dir())
-    with open(layout.generations, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Keep a finished generation's record in ``generations.jsonl`` (written whole)."""
+    append_record(RunLayout(config.run_dir()).generations, record)
 
 
 def read_generation_records(run_dir: Path) -> list[dict]:
-    path = RunLayout(run_dir).generations
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The generation records of a run folder in order, one per generation (a torn line is
+    skipped with a warning; of a generation recorded twice, the last record)."""
+    records = {r["generation"]: r for r in read_records(RunLayout(run_dir).generations)}
+    return [records[g] for g in sorted(records)]

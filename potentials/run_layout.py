@@ -1,7 +1,11 @@
 """Where a run keeps its files. The one place that knows the run-folder layout::
 
     runs/<system name>/
-        config.yaml                 the validated configuration the run was started with
+        config.yaml                 the validated configuration of the latest invocation
+        configs/<sha>.yaml          every configuration the run has run with (generation
+                                    records name theirs by ``config_sha256``)
+        fingerprint.json            the settings that define the run's data (flows.run_folder)
+        run.lock                    held by the process running the run (flows.run_folder)
         dataset.h5                  labelled structures (see potentials.dataset)
         dataset.h5.lock             held while the dataset is read (shared) or written (alone)
         .dask-tls/                  TLS key and certificate of a Slurm runner's workers
@@ -9,6 +13,8 @@
         candidates/initial.npz      the displaced starting structures of the initial dataset
         candidates/gen_001.extxyz   attacked geometries of a generation, with uncertainties
         candidates/gen_001_trace.npz   the attack's objective and σ per step and seed
+        candidates/gen_001_selection.json   the candidates chosen for labelling, kept before
+                                    any is labelled (a resumed run labels exactly these)
         labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
         generations.jsonl           one JSON record per finished generation
         summary.json                the run's outcome: why it stopped, totals
@@ -50,6 +56,14 @@ class RunLayout:
         return self.root / "generations.jsonl"
 
     @property
+    def fingerprint(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -77,6 +91,9 @@ class RunLayout:
         """Kept exactly (float64), unlike extxyz's 8 decimals: their hashes are those of
         the structures as generated."""
         return self.root / "candidates" / "initial.npz"
+
+    def selection(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}_selection.json"
 
     def exploration_trace(self, generation: int) -> Path:
         return self.root / "candidates" / f"gen_{generation:03d}_trace.npz"

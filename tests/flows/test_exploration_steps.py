@@ -114,11 +114,16 @@ def test_labels_one_structure_at_a_time_then_one_append(prepared_run, tmp_path):
     for index in sel.selected[1:]:
         assert label_one(config, 0, index).ok
     rest = append_labels(config, 0, sel.selected)
-    assert (rest.added, rest.skipped_known, rest.failed) == (len(sel.selected) - 1, 1, 0)
-    assert append_labels(config, 0, sel.selected).added == 0  # appending again adds nothing
+    # the report is of the batch as a whole: the label appended before counts as added
+    assert (rest.added, rest.skipped_known, rest.failed) == (len(sel.selected), 0, 0)
+    assert rest.indices == list(range(before, before + len(sel.selected)))
+    assert len(Dataset(layout.dataset)) == before + len(sel.selected)
+    again = append_labels(config, 0, sel.selected)  # appending again writes nothing...
+    assert len(Dataset(layout.dataset)) == before + len(sel.selected)
+    assert (again.added, again.indices) == (rest.added, rest.indices)  # ...and reports the same
     provenance = Dataset(layout.dataset).provenance()[before:]
     assert [p.strategy for p in provenance] == ["random"] * len(sel.selected)
-    assert evaluate_step(config, 0, partial.indices + rest.indices)["n"] == len(sel.selected)
+    assert evaluate_step(config, 0, rest.indices)["n"] == len(sel.selected)
 
 
 def test_relabelling_reads_the_label_store_instead_of_computing(prepared_run, tmp_path):
@@ -147,8 +152,10 @@ def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prep
     np.testing.assert_array_equal(np.load(layout.initial_structures)["positions"], kept)
     stored = Dataset(layout.dataset).arrays()
     np.testing.assert_array_equal(stored.positions[:len(kept) * kept.shape[1]], kept.reshape(-1, 3))
-    report = append_initial(config)
-    assert report.added == 0 and report.skipped_known == len(kept)
+    size = len(Dataset(layout.dataset))
+    report = append_initial(config)  # appends nothing, and reports the batch as before
+    assert len(Dataset(layout.dataset)) == size
+    assert (report.added, report.indices) == (len(kept), list(range(len(kept))))
 
 
 def test_tblite_labels_a_run(prepared_run, tmp_path):
