@@ -4,7 +4,9 @@ They subclass ASE's hierarchy so that any ASE-aware code can catch them:
 
 - ``LabelError(CalculationFailed)``: any failure to label one structure;
 - ``SCFConvergenceError(LabelError, SCFError)``: the SCF did not converge;
-- ``InvalidStructureError(LabelError)``: the structure was rejected before any compute.
+- ``InvalidStructureError(LabelError)``: the structure was rejected before any compute;
+- ``InvalidLabelError(LabelError)``: the calculator returned an unusable label (a
+  non-finite energy or force, forces not ``[n_atoms, 3]``, an absurd magnitude).
 
 Each carries the structure hash (``potentials.hashing.structure_hash``) and the
 calculator's directory, so a failure in a log or a dataset can be traced back to the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from ase.calculators.calculator import CalculationFailed, SCFError
 
-__all__ = ["LabelError", "SCFConvergenceError", "InvalidStructureError"]
+__all__ = ["InvalidLabelError", "InvalidStructureError", "LabelError", "SCFConvergenceError"]
 
 
 class LabelError(CalculationFailed):
@@ -61,4 +63,14 @@ class InvalidStructureError(LabelError):
     Examples: two atoms closer than a minimum distance, a charge and spin
     multiplicity incompatible with the electron count, an element that the basis
     set does not cover, or a periodic cell given to a molecular calculator.
+    """
+
+
+class InvalidLabelError(LabelError):
+    """The calculator returned a label that must not be trained on.
+
+    Raised by :func:`calculators.label_store.check_label` after the calculation: an energy
+    that is not one finite real number, forces that are not ``[n_atoms, 3]`` finite real
+    numbers, or a magnitude no physical structure has (a calculator bug, a unit error, a
+    diverged SCF reported as converged). The message says which.
     """

@@ -2,8 +2,11 @@
 
 A structure the calculator cannot label (it raises ASE's ``CalculationFailed``, e.g.
 ``InvalidStructureError`` or ``SCFConvergenceError``) becomes an outcome with an
-``error`` string, and labelling goes on with the next structure. Any other exception
-is a bug and propagates.
+``error`` string, and labelling goes on with the next structure. So does one whose
+label, as the calculator returned it, is not valid
+(:func:`~calculators.label_store.check_label`: a non-finite energy or force, forces not
+``[n_atoms, 3]``, an absurd magnitude): ``InvalidLabelError`` with the reason. Any other
+exception is a bug and propagates.
 
 With a :class:`~calculators.label_store.LabelStore` and the level-of-theory settings,
 labelling is content-addressed: a structure already labelled (or already failed) at the
@@ -21,7 +24,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, CalculationFailed
 
-from calculators.label_store import LabelStore, label_key
+from calculators.label_store import LabelStore, check_label, label_key
+from potentials.hashing import structure_hash
 
 __all__ = ["LabelOutcome", "label_structures"]
 
@@ -35,8 +39,8 @@ class LabelOutcome:
 
     Attributes:
         index: position of the structure in the input sequence.
-        energy: potential energy, eV; None on failure.
-        forces: forces, eV/Å, ``[n_atoms, 3]``, read-only; None on failure.
+        energy: potential energy, eV, finite; None on failure.
+        forces: forces, eV/Å, ``[n_atoms, 3]``, finite, read-only; None on failure.
         error: None on success, otherwise ``"ExceptionClass: message"``.
         seconds: wall-clock time spent on this structure, s (for a cached label, the
             time its original calculation took).
@@ -44,7 +48,8 @@ class LabelOutcome:
 
     Raises:
         ValueError: if the fields are inconsistent (energy and forces must both be set
-            exactly when ``error`` is None) or ``forces`` is not ``[n_atoms, 3]``.
+            exactly when ``error`` is None), ``forces`` is not ``[n_atoms, 3]``, or a
+            number is not finite.
     """
 
     index: int
@@ -61,7 +66,11 @@ class LabelOutcome:
             forces = np.array(self.forces, dtype=float)
             if forces.ndim != 2 or forces.shape[1] != 3:
                 raise ValueError(f"outcome {self.index}: forces must have shape [n_atoms, 3], got {forces.shape}")
+            energy = float(self.energy)
+            if not (np.isfinite(energy) and np.isfinite(forces).all()):
+                raise ValueError(f"outcome {self.index}: energy and forces must be finite")
             forces.setflags(write=False)
+            object.__setattr__(self, "energy", energy)
             object.__setattr__(self, "forces", forces)
         elif self.energy is not None or self.forces is not None:
             raise ValueError(f"outcome {self.index}: a failed outcome carries no energy or forces")
@@ -95,6 +104,12 @@ def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
     Returns:
         One ``LabelOutcome`` per structure, in input order (``outcome.index == i``).
 
+    A label the calculator returns is checked
+    (:func:`~calculators.label_store.check_label`); an invalid one is a failed outcome,
+    ``"InvalidLabelError: <what is wrong> [structure_hash=...]"``, stored as a failure like
+    any other, so a re-run does not compute it again. A stored success that is not a valid label for the structure (an
+    older advloop stored what a broken calculator returned) is recomputed.
+
     Raises:
         ValueError: a store without ``theory``.
         Any exception other than ``ase.calculators.calculator.CalculationFailed``
@@ -105,7 +120,7 @@ def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
     outcomes: list[LabelOutcome] = []
     for index, structure in enumerate(structures):
         key = label_key(structure, theory) if store is not None else None
-        stored = store.get(key) if store is not None else None
+        stored = store.get(key, n_atoms=len(structure)) if store is not None else None
         if stored is not None:
             outcomes.append(LabelOutcome(index, stored.energy, stored.forces, stored.error,
                                          stored.seconds, cached=True))
@@ -122,9 +137,11 @@ def _label_one(index: int, structure: Atoms, calculator: BaseCalculator) -> Labe
     atoms.calc = calculator
     start = time.perf_counter()
     try:
-        forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
-        energy = float(atoms.get_potential_energy(apply_constraint=False))
-    except CalculationFailed as err:
+        forces = atoms.get_forces(apply_constraint=False)
+        energy = atoms.get_potential_energy(apply_constraint=False)
+        energy, forces = check_label(energy, forces, len(atoms),
+                                     structure_hash=structure_hash(structure))
+    except CalculationFailed as err:  # InvalidLabelError from check_label included
         return LabelOutcome(index, None, None, f"{type(err).__name__}: {err}",
                             time.perf_counter() - start)
     return LabelOutcome(index, energy, forces, None, time.perf_counter() - start)

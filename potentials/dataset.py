@@ -234,11 +234,17 @@ class Dataset:
         """Append labelled structures; returns their indices in the dataset.
 
         energies in eV, forces [n_atoms, 3] in eV/Å per structure. Inputs are validated
-        in full before anything is written. With ``skip_known``, a structure whose hash is
-        already in the dataset (or earlier in this call) is left out, checked under the
-        same lock as the write, so two writers of the same records append them once; the
-        indices returned are then those of the records appended, and a provenance parent
-        must be a record already in the dataset.
+        in full before anything is written: the dataset never holds a non-finite number.
+        With ``skip_known``, a structure whose hash is already in the dataset (or earlier
+        in this call) is left out, checked under the same lock as the write, so two
+        writers of the same records append them once; the indices returned are then those
+        of the records appended, and a provenance parent must be a record already in the
+        dataset.
+
+        Raises:
+            ValueError: lengths that differ; an energy that is not one finite real number;
+                forces that are not ``[n_atoms, 3]`` finite real numbers; non-finite
+                positions or cell; a provenance parent that is not an earlier record.
         """
         n = len(structures)
         if not (len(energies) == len(forces) == len(provenance) == n):
@@ -246,13 +252,14 @@ class Dataset:
                 f"append got {n} structures, {len(energies)} energies, {len(forces)} force "
                 f"arrays and {len(provenance)} provenance records; they must match"
             )
-        forces = [np.asarray(fr, dtype=np.float64) for fr in forces]
-        for k, (atoms, e, fr) in enumerate(zip(structures, energies, forces)):
-            if fr.shape != (len(atoms), 3):
-                raise ValueError(f"forces of structure {k} have shape {fr.shape}, "
-                                 f"expected {(len(atoms), 3)}")
-            if not (np.isfinite(e) and np.isfinite(fr).all()):
-                raise ValueError(f"structure {k} has a non-finite energy or force label")
+        energies = [_checked_energy(k, e) for k, e in enumerate(energies)]
+        forces = [_checked_rows(k, "force", fr, len(atoms))
+                  for k, (atoms, fr) in enumerate(zip(structures, forces))]
+        for k, atoms in enumerate(structures):
+            _checked_rows(k, "position", atoms.positions, len(atoms))
+            if not np.isfinite(atoms.cell[:]).all():
+                raise ValueError(f"the cell of structure {k} is not finite: "
+                                 f"{atoms.cell[:].tolist()}")
         if n == 0:
             return np.zeros(0, dtype=np.int64)
 
@@ -372,6 +379,33 @@ class Dataset:
         images = self.to_atoms()
         write(str(path), images, format="extxyz")
         return len(images)
+
+
+def _checked_energy(k: int, energy: object) -> float:
+    """The energy of structure ``k`` (eV) as a finite float, or ValueError saying why not."""
+    e = np.asarray(energy)
+    if e.dtype.kind not in "iuf":
+        raise ValueError(f"the energy of structure {k} is not a real number: {str(energy)[:40]!r}")
+    if e.shape != ():
+        raise ValueError(f"the energy of structure {k} has shape {e.shape}, expected a scalar")
+    if not np.isfinite(e):
+        raise ValueError(f"the energy of structure {k} is {float(e)}")
+    return float(e)
+
+
+def _checked_rows(k: int, what: str, values: object, n_atoms: int) -> np.ndarray:
+    """``values`` (forces or positions of structure ``k``) as a float64 ``[n_atoms, 3]``
+    array of finite numbers, or ValueError saying why not."""
+    a = np.asarray(values)
+    if a.dtype.kind not in "iuf":
+        raise ValueError(f"{what}s of structure {k} are not real numbers (dtype {a.dtype})")
+    if a.shape != (n_atoms, 3):
+        raise ValueError(f"{what}s of structure {k} have shape {a.shape}, expected {(n_atoms, 3)}")
+    bad = int(np.count_nonzero(~np.isfinite(a)))
+    if bad:
+        raise ValueError(f"{bad} {what} component{'s' if bad != 1 else ''} of structure {k} "
+                         f"{'are' if bad != 1 else 'is'} not finite")
+    return a.astype(np.float64)
 
 
 def _committed_atoms(f: h5py.File, n_structures: int) -> int:

@@ -160,3 +160,69 @@ def test_concurrent_writers_of_one_label_never_leave_it_broken(tmp_path):
     # a temporary file left by a killed writer is not a label
     (tmp_path / "ab" / f"{key}.123-456.tmp.npz").write_bytes(b"partial")
     assert len(store) == 1
+
+
+def _poison(store: LabelStore, key: str, energy: float, forces: np.ndarray) -> None:
+    """Write a label file as an older advloop did for a broken calculator: a "success"
+    (empty error) holding whatever it returned, in the store's layout."""
+    path = store.root / key[:2] / f"{key}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, energy=np.float64(energy), forces=np.asarray(forces, dtype=np.float64),
+             error=np.str_(""), seconds=np.float64(0.5), theory=np.str_('{"calculator":"emt"}'))
+
+
+@pytest.mark.parametrize("poison", ["nan_energy", "inf_force", "wrong_n_atoms", "four_columns",
+                                    "flat_forces", "huge_force"])
+def test_a_poisoned_label_file_is_recomputed(tmp_path, poison):
+    atoms = _structures(1)[0]
+    key = label_key(atoms, THEORY)
+    store = LabelStore(tmp_path)
+    energy, forces = -1.0, np.zeros((len(atoms), 3))
+    if poison == "nan_energy":
+        energy = np.nan
+    elif poison == "inf_force":
+        forces[2, 1] = -np.inf
+    elif poison == "wrong_n_atoms":
+        forces = forces[:-1]
+    elif poison == "four_columns":
+        forces = np.zeros((len(atoms), 4))
+    elif poison == "flat_forces":
+        forces = forces.ravel()
+    elif poison == "huge_force":
+        forces[0, 0] = 1e9
+    _poison(store, key, energy, forces)
+
+    calc = CountingEMT()
+    [out] = label_structures([atoms], calc, store, THEORY)
+
+    assert calc.calls == 1 and out.ok and not out.cached
+    reference = atoms.copy()
+    reference.calc = EMT()
+    assert out.energy == pytest.approx(reference.get_potential_energy())
+    np.testing.assert_allclose(out.forces, reference.get_forces())
+    healed = store.get(key, n_atoms=len(atoms))  # the file is replaced by the valid label
+    assert healed.energy == out.energy and np.array_equal(healed.forces, out.forces)
+    assert label_structures([atoms], calc, store, THEORY)[0].cached and calc.calls == 1
+
+
+def test_get_never_returns_an_invalid_success(tmp_path):
+    store = LabelStore(tmp_path)
+    nan_key, short_key, good_key = "aa" + "0" * 62, "ab" + "0" * 62, "ac" + "0" * 62
+    _poison(store, nan_key, np.nan, np.zeros((4, 3)))
+    _poison(store, short_key, -1.0, np.zeros((3, 3)))
+    _poison(store, good_key, -1.0, np.ones((4, 3)))
+    assert store.get(nan_key) is None and store.get(nan_key, n_atoms=4) is None
+    # the number of atoms is not in the file: only a caller who knows it can check it
+    assert store.get(short_key).forces.shape == (3, 3)
+    assert store.get(short_key, n_atoms=4) is None
+    assert store.get(good_key, n_atoms=4).energy == -1.0
+    assert store.get(good_key, n_atoms=4).forces.shape == (4, 3)
+
+
+def test_an_invalid_success_is_not_stored(tmp_path):
+    store = LabelStore(tmp_path)
+    with pytest.raises(ValueError, match="energy is nan"):
+        store.put("ab" + "0" * 62, THEORY, float("nan"), np.zeros((4, 3)), None, 0.1)
+    with pytest.raises(ValueError, match=r"forces have shape \(4,\)"):
+        store.put("ab" + "0" * 62, THEORY, -1.0, np.zeros(4), None, 0.1)
+    assert len(store) == 0

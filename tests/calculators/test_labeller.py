@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -113,3 +114,122 @@ def test_outcome_fields_must_be_consistent() -> None:
     with pytest.raises(ValueError):
         LabelOutcome(index=0, energy=1.0, forces=np.zeros(3), error=None, seconds=0.0)
     assert not LabelOutcome(index=0, energy=None, forces=None, error="X: y", seconds=0.0).ok
+
+
+class _CorruptEMT(EMT):
+    """EMT (a stand-in oracle) whose results for 4-atom structures (NH3) are corrupted
+    after the real calculation, as a broken calculator would return them; other
+    structures keep their true labels. Counts its calculations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        self.calls += 1
+        super().calculate(atoms, properties, system_changes)
+        if len(self.atoms) == 4:
+            self.corrupt(self.results, len(self.atoms))
+
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        raise NotImplementedError
+
+
+class _NaNForcesEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["forces"][0, 0] = np.nan
+        results["forces"][1, 2] = np.inf
+
+
+class _FourColumnForcesEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["forces"] = np.zeros((n_atoms, 4))
+
+
+class _MissingAtomForcesEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["forces"] = results["forces"][:-1]
+
+
+class _HugeForcesEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["forces"][2] = [1e9, 0.0, 0.0]
+
+
+class _InfEnergyEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["energy"] = np.inf
+
+
+class _HugeEnergyEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["energy"] = -1e300
+
+
+class _VectorEnergyEMT(_CorruptEMT):
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["energy"] = np.array([results["energy"], 0.0])
+
+
+class _OneElementEnergyEMT(_CorruptEMT):
+    """A single energy in a one-element array (as some torch-based calculators return it):
+    a valid label."""
+
+    def corrupt(self, results: dict, n_atoms: int) -> None:
+        results["energy"] = np.array([results["energy"]])
+
+
+@pytest.mark.parametrize("calc_class, reason", [
+    (_NaNForcesEMT, r"2 force components are not finite \(nan or inf\)"),
+    (_FourColumnForcesEMT, r"forces have shape \(4, 4\), expected \[4, 3\]"),
+    (_MissingAtomForcesEMT, r"forces have shape \(3, 3\), expected \[4, 3\]"),
+    (_HugeForcesEMT, r"max \|F\| 1e\+09 eV/Å \(atom 2\) is above the 1e\+04 eV/Å limit"),
+    (_InfEnergyEMT, r"energy is inf"),
+    (_HugeEnergyEMT, r"energy -1e\+300 eV \(-2.5e\+299 eV per atom\) is beyond the ±1e\+07 "
+                     r"eV per atom limit"),
+    (_VectorEnergyEMT, r"energy has shape \(2,\), expected a scalar"),
+])
+def test_an_invalid_label_is_a_stored_failure_with_its_reason(tmp_path, calc_class, reason) -> None:
+    from calculators.label_store import LabelStore, label_key
+    from potentials.hashing import structure_hash
+
+    good, bad = molecule("H2O"), molecule("NH3")  # only NH3's label is corrupted
+    store, theory = LabelStore(tmp_path), {"calculator": "corrupt"}
+    calc = calc_class()
+
+    outcomes = label_structures([good, bad], calc, store, theory)
+
+    assert [o.ok for o in outcomes] == [True, False]
+    assert outcomes[1].energy is None and outcomes[1].forces is None
+    assert outcomes[1].error.startswith("InvalidLabelError: ")
+    assert outcomes[1].error.endswith(f"[structure_hash={structure_hash(bad)}]")
+    assert re.search(reason, outcomes[1].error), outcomes[1].error
+    stored = store.get(label_key(bad, theory))
+    assert stored.error == outcomes[1].error and stored.energy is None and stored.forces is None
+
+    calls = calc.calls
+    again = label_structures([good, bad], calc, store, theory)  # a re-run computes nothing
+    assert calc.calls == calls and all(o.cached for o in again)
+    assert [o.error for o in again] == [None, outcomes[1].error]
+
+
+def test_an_invalid_label_without_a_store_is_a_failed_outcome() -> None:
+    (outcome,) = label_structures([molecule("NH3")], _NaNForcesEMT())
+    assert not outcome.ok and "force components are not finite" in outcome.error
+
+
+def test_a_one_element_energy_array_is_a_valid_label() -> None:
+    atoms = molecule("NH3")
+    (outcome,) = label_structures([atoms], _OneElementEnergyEMT())
+    reference = atoms.copy()
+    reference.calc = EMT()
+    assert outcome.ok and outcome.energy == pytest.approx(reference.get_potential_energy())
+
+
+def test_a_successful_outcome_holds_only_finite_numbers() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        LabelOutcome(index=0, energy=float("nan"), forces=np.zeros((2, 3)), error=None, seconds=0.0)
+    forces = np.zeros((2, 3))
+    forces[1, 1] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        LabelOutcome(index=0, energy=-1.0, forces=forces, error=None, seconds=0.0)

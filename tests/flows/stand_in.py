@@ -18,7 +18,7 @@ from ase.calculators.emt import EMT
 
 from calculators.errors import SCFConvergenceError
 from potentials.hashing import structure_hash
-from tests.flows.conftest import EXAMPLES, TINY_CONFIG
+from tests.flows.configs import EXAMPLES, TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 N_INITIAL = 6  # initial_data.n_structures of the tiny config
@@ -92,3 +92,38 @@ def subprocess_env(prefect_home: Path) -> dict[str, str]:
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     return env
+
+
+class NaNForcesEMT(StandInEMT):
+    """EMT that records each structure it computes in ``counter`` (``<hash> nan`` for a
+    corrupted one) and returns NaN forces (an otherwise complete result: energy and every
+    other force component stay EMT's) for a ``nan_fraction`` of structures, chosen by
+    structure hash (:func:`fails`), as a broken calculator would."""
+
+    def __init__(self, counter: str, nan_fraction: float = 0.0):
+        super().__init__(counter)
+        self.nan_fraction = nan_fraction
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        hash_ = structure_hash(atoms if atoms is not None else self.atoms)
+        EMT.calculate(self, atoms, properties, system_changes)
+        if fails(hash_, self.nan_fraction):
+            self.results["forces"][0, 0] = float("nan")
+            self._record(f"{hash_} nan")
+        else:
+            self._record(hash_)
+
+
+def stand_in_emt_nan_forces(counter: str, nan_fraction: float = 0.0) -> NaNForcesEMT:
+    """``labels.python`` factory of :class:`NaNForcesEMT`."""
+    return NaNForcesEMT(counter, nan_fraction)
+
+
+def write_nan_forces_config(folder: Path, name: str, nan_fraction: float,
+                            max_failure_ratio: float = 0.5) -> Path:
+    """:func:`write_config`'s run, labelled by :class:`NaNForcesEMT` (NaN forces for a
+    ``nan_fraction`` of structures) instead of failing SCFs."""
+    path = write_config(folder, name, 0.0, max_failure_ratio)
+    text = path.read_text().replace(f"'{FACTORY}'", "'tests.flows.stand_in:stand_in_emt_nan_forces'")
+    path.write_text(text.replace("fail_fraction: 0.0", f"nan_fraction: {nan_fraction}"))
+    return path

@@ -114,8 +114,26 @@ def test_export_extxyz_round_trip(tmp_path: Path) -> None:
         assert atoms.info["strategy"] == "initial"
 
 
-@pytest.mark.parametrize("bad", ["lengths", "force_shape", "nan_energy", "nan_force",
-                                 "parent_forward", "parent_self", "parent_below_minus_one"])
+_INVALID_APPEND_MESSAGES = {
+    "lengths": "they must match",
+    "force_shape": r"forces of structure 1 have shape \(2, 3\), expected \(3, 3\)",
+    "force_columns": r"forces of structure 1 have shape \(3, 4\), expected \(3, 3\)",
+    "nan_energy": "the energy of structure 1 is nan",
+    "vector_energy": r"the energy of structure 1 has shape \(2,\), expected a scalar",
+    "text_energy": "the energy of structure 1 is not a real number",
+    "nan_force": "1 force component of structure 0 is not finite",
+    "nan_position": "1 position component of structure 1 is not finite",
+    "inf_cell": "the cell of structure 0 is not finite",
+    "parent_forward": "provenance parent",
+    "parent_self": "provenance parent",
+    "parent_below_minus_one": "provenance parent",
+}
+
+
+@pytest.mark.parametrize("bad", ["lengths", "force_shape", "force_columns", "nan_energy",
+                                 "vector_energy", "text_energy", "nan_force", "nan_position",
+                                 "inf_cell", "parent_forward", "parent_self",
+                                 "parent_below_minus_one"])
 def test_invalid_append_raises_and_leaves_file_unchanged(tmp_path: Path, bad: str) -> None:
     ds, *_ = _filled(tmp_path, n=2)
     before = Path(ds.path).read_bytes()
@@ -126,10 +144,20 @@ def test_invalid_append_raises_and_leaves_file_unchanged(tmp_path: Path, bad: st
         energies = energies[:1]
     elif bad == "force_shape":
         forces[1] = forces[1][:-1]
+    elif bad == "force_columns":
+        forces[1] = np.zeros((len(structures[1]), 4))
     elif bad == "nan_energy":
         energies[1] = float("nan")
+    elif bad == "vector_energy":
+        energies[1] = np.array([-1.0, -2.0])
+    elif bad == "text_energy":
+        energies[1] = "-1.0"
     elif bad == "nan_force":
         forces[0][0, 0] = np.inf
+    elif bad == "nan_position":
+        structures[1].positions[2, 1] = np.nan
+    elif bad == "inf_cell":
+        structures[0].cell[0, 0] = np.inf
     elif bad == "parent_forward":
         # record 3 (the second new one) may point at 2 (the first new one) but not at 3
         prov[0] = Provenance(1, "adversarial", "RKS/PBE/6-31G*", 3)
@@ -138,7 +166,7 @@ def test_invalid_append_raises_and_leaves_file_unchanged(tmp_path: Path, bad: st
     elif bad == "parent_below_minus_one":
         prov[1] = Provenance(1, "adversarial", "RKS/PBE/6-31G*", -2)
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=_INVALID_APPEND_MESSAGES[bad]):
         ds.append(structures, energies, forces, prov)
 
     assert len(Dataset(ds.path)) == 2
