@@ -11,7 +11,8 @@ config (:class:`flows.config.RunnersConfig`).
 Clusters that advloop starts itself (a local Dask cluster, a Slurm cluster) live for the
 whole run (:func:`open_clusters`): their workers keep their imports between generations and
 a Slurm cluster scales its jobs with the work (between ``min_jobs`` and ``max_jobs``); on
-exit the local workers stop and the Slurm jobs are cancelled. A Slurm cluster speaks TLS
+exit the local workers stop and the Slurm jobs are cancelled. Their dashboards listen on
+127.0.0.1 only (:data:`DASHBOARD`). A Slurm cluster speaks TLS
 with credentials of its own (``tls``, the default), which stay in the flow process
 (:func:`cluster_security`). A phase then gets a
 ``DaskTaskRunner`` on the cluster's address (:func:`task_runner`). Without
@@ -60,6 +61,11 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+#: Where the dashboard of a cluster advloop starts listens: this machine only, on a free
+#: port (it has no authentication; ":0" would bind it to every interface). The flow's log
+#: prints its address; reach it over an SSH tunnel (infra/slurm/README.md).
+DASHBOARD = "127.0.0.1:0"
+
 # Credentials of the TLS clusters open in this process, by scheduler address.
 _SECURITY: dict[str, object] = {}
 
@@ -81,7 +87,7 @@ def local_cluster_kwargs(settings: DaskRunner) -> dict:
     """Keyword arguments of ``distributed.LocalCluster`` for a local ``dask`` runner."""
     kwargs = {"n_workers": settings.n_workers or 2,
               "threads_per_worker": settings.threads_per_worker or 1,
-              "processes": True, "dashboard_address": ":0", "silence_logs": logging.WARNING}
+              "processes": True, "dashboard_address": DASHBOARD, "silence_logs": logging.WARNING}
     if settings.memory_limit is not None:
         kwargs["memory_limit"] = settings.memory_limit
     return kwargs
@@ -122,7 +128,7 @@ def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase,
         "python": settings.python or sys.executable,
         "local_directory": settings.local_directory,
         "interface": settings.interface,
-        "scheduler_options": {"dashboard_address": ":0"},
+        "scheduler_options": {"dashboard_address": DASHBOARD},
     }
     if settings.tls:
         kwargs.update(security=True, shared_temp_directory=str(tls_directory) if tls_directory else None)

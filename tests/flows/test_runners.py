@@ -130,7 +130,7 @@ def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
     config = _config(tmp_path, "nh3-tls", runners={"labelling": {"kind": "dask", "n_workers": 1}})
     selected = list(range(N_CANDIDATES))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, protocol="tls://",
-                      security=Security.temporary(), dashboard_address=":0") as cluster:
+                      security=Security.temporary(), dashboard_address="127.0.0.1:0") as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tls://")
         with pytest.raises(Exception, match="(?i)tls|ssl"):  # no credentials: no connection
@@ -172,6 +172,39 @@ def test_slurm_cluster_with_tls_keeps_worker_keys_private(tmp_path):
         cluster.close()
     plain = slurm_job_script(settings.model_copy(update={"tls": False}), "labelling")
     assert "tls" not in plain.splitlines()[-1]
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The addresses this process listens on at TCP ``port``."""
+    import psutil  # a dependency of distributed
+
+    return {c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+@pytest.mark.parametrize("kind", ["dask", "slurm"])
+def test_a_clusters_dashboard_listens_on_this_machine_only(kind, tmp_path):
+    """The Dask dashboard of the cluster a run starts (a local one; a Slurm one, whose
+    scheduler runs in the flow process: built without submitting a job) has no
+    authentication, so it binds to 127.0.0.1 only (reach it over an SSH tunnel,
+    infra/slurm/README.md), never to every interface."""
+    from flows.config import DaskRunner
+    from flows.runners import _start_cluster
+
+    if kind == "dask":
+        settings = DaskRunner(kind="dask", n_workers=1)
+    else:
+        settings = validate_config(SLURM_EXAMPLE, run_folder=False).runners.labelling
+        settings = settings.model_copy(update={"log_directory": None, "min_jobs": 0})
+    cluster = _start_cluster(settings, "labelling", tmp_path / ".dask-tls")
+    try:
+        port = cluster.scheduler_info["services"]["dashboard"]
+        assert _listening_hosts(port) == {"127.0.0.1"}
+        # the link the flow's log prints names the port (a Slurm cluster's, the host of
+        # its scheduler: tunnel to that port on the flow's machine)
+        assert f":{port}/status" in cluster.dashboard_link
+    finally:
+        cluster.close()
 
 
 def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
