@@ -28,10 +28,48 @@ _PREFECT_DEFAULTS = {
 
 
 def use_prefect_defaults() -> None:
-    """Set the Prefect settings above unless the user set them; call in a process entry
-    point before prefect is imported."""
+    """Set the Prefect settings above unless the user set them, and keep PREFECT_HOME
+    private (:func:`_private_prefect_home`); call in a process entry point before prefect
+    is imported."""
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    _private_prefect_home()
+
+
+#: The embedded server's SQLite database and the files SQLite keeps beside it.
+_PREFECT_DB_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm")
+
+
+def _private_prefect_home() -> None:
+    """Make the database of Prefect's embedded server readable by its owner only: it
+    holds every flow run's parameters (run configs, submitted structures) and states.
+
+    PREFECT_HOME (default ``~/.prefect``) is created with mode 0700 if missing (an
+    existing folder keeps its mode). Where the embedded server will make its database
+    there (neither PREFECT_API_URL nor PREFECT_API_DATABASE_CONNECTION_URL set), an empty
+    ``prefect.db`` is created with mode 0600 first: SQLite takes an empty file for a new
+    database, and makes its ``-wal`` and ``-shm`` files with the database's mode
+    (Prefect alone makes it 0644). An existing database that others can read is made
+    0600, with one line on stderr saying so. Best effort: a folder this user cannot
+    change is left for Prefect to report."""
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = home / "prefect.db"
+        if not db.exists() and not os.environ.get("PREFECT_API_URL") \
+                and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+            os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        opened = []
+        for path in (home / name for name in _PREFECT_DB_FILES):
+            if path.is_file() and path.stat().st_mode & 0o077 \
+                    and path.stat().st_uid == os.geteuid():
+                path.chmod(0o600)
+                opened.append(path.name)
+    except OSError:
+        return
+    if opened:
+        typer.echo(f"advloop: {db} was readable by other users (it holds your run configs); "
+                   f"made {', '.join(opened)} readable by you only", err=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -215,7 +253,9 @@ def serve(
 
     Serves `advloop-submission/submissions` (what `advloop submit` queues) and, per
     --config, `advloop-run-config/<system>` on the --cron schedule. Flow runs execute
-    here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules."""
+    here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules.
+    Once the server's scheduler has made a schedule's next run, prints its time; warns if
+    it has made none 90 s after the deployment was registered."""
     use_prefect_defaults()
     from flows.config import ConfigError
     from flows.deployments import (api_url, build_deployments, display_url, schedule_ids,
@@ -398,7 +438,9 @@ def status(
     """Where runs stand: every run folder, or one run's generations and outcome.
 
     With --server, also the run's latest flow runs on the Prefect server (by tag or name),
-    which knows a submitted run before its folder exists."""
+    which knows a submitted run before its folder exists, and a warning for each advloop
+    deployment whose active schedule has no upcoming run (the server's scheduler is off
+    or failing)."""
     now = time.time()
     if run is None:
         found = [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))] \

@@ -25,9 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,16 +37,15 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from prefect import flow
 
-from potentials.run_layout import RunLayout
-
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments.runner import RunnerDeployment
 
     from flows.config import RunConfig
 
-# flows.config and flows.active_learning import torch and schnetpack: they are imported
-# where needed, so that `advloop status --server` stays quick.
+# flows.config, flows.active_learning and potentials (its package imports the committee)
+# import torch and schnetpack: they are imported where needed, so that
+# `advloop status --server` stays quick.
 
 SUBMISSION_FLOW = "advloop-submission"
 SUBMISSION_DEPLOYMENT = "submissions"
@@ -126,6 +126,7 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
     configuration (see calculators/factory.py and docs/reliability.md).
     """
     from flows.config import ConfigError, validate_config
+    from potentials.run_layout import RunLayout
 
     source = "submitted config"
     try:
@@ -436,3 +437,142 @@ def latest_flow_runs(system: str | None = None, limit: int = 10) -> list[tuple[F
         found = sorted(found, key=when, reverse=True)[:limit]
         flows = {fid: client.read_flow(fid).name for fid in {r.flow_id for r in found}}
     return [(r, flows[r.flow_id]) for r in found]
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules that the server does not turn into runs
+
+#: How long after a schedule is made (s) the server's scheduler may take to create its
+#: first runs before advloop warns that it has none. The scheduler picks up a new or
+#: changed deployment within PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS
+#: (5 s by default) and tops up every schedule every
+#: PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS (60 s); a healthy server keeps at least
+#: three upcoming runs of each active schedule (PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS).
+SCHEDULER_GRACE_S = 90.0
+
+
+def no_upcoming_run_warning(deployment: str) -> str:
+    """The one-line warning for a deployment (``<flow>/<deployment>``) whose active
+    schedule has no Scheduled flow run."""
+    return (f"warning: deployment {deployment} has an active schedule but no upcoming flow "
+            "run, so it will never run: check that the server's scheduler service is on "
+            "(PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED) and look for 'Error scheduling "
+            "deployment' in the server's log; Prefect 3.8.8's scheduler fails on SQLAlchemy "
+            "2.1 (pip install 'sqlalchemy>=2.0,<2.1' where the server runs)")
+
+
+def _next_scheduled_run(client: Any, deployment_id: Any) -> FlowRun | None:
+    """The deployment's earliest flow run in a Scheduled state (Late included), or None."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+    return runs[0] if runs else None
+
+
+def _schedule_age(deployment: Any) -> float | None:
+    """Seconds since the newest active schedule of ``deployment`` was made (updating a
+    deployment remakes its schedules), or None if it has no active schedule or is paused."""
+    active = [s for s in deployment.schedules if s.active]
+    if deployment.paused or not active:
+        return None
+    made = [t for s in active if (t := s.updated or s.created) is not None]
+    if not made:
+        return 0.0
+    return (datetime.datetime.now(datetime.timezone.utc) - max(made)).total_seconds()
+
+
+def schedules_without_runs(system: str | None = None,
+                           grace: float | None = None) -> list[str]:
+    """``<flow>/<deployment>`` of each advloop deployment (tagged ``advloop``, and
+    ``system`` if given) that has an active schedule made more than ``grace`` seconds ago
+    (default :data:`SCHEDULER_GRACE_S`), is not paused, and has no flow run in a
+    Scheduled state: the server's scheduler is off or failing. Raises :class:`ServerError`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+    grace = SCHEDULER_GRACE_S if grace is None else grace
+    tags = [TAG] if system is None else [TAG, system]
+    out = []
+    with server_client() as client:
+        for dep in client.read_deployments(deployment_filter=DeploymentFilter(
+                tags=DeploymentFilterTags(all_=tags))):
+            age = _schedule_age(dep)
+            if age is None or age < grace or _next_scheduled_run(client, dep.id) is not None:
+                continue
+            out.append(f"{client.read_flow(dep.flow_id).name}/{dep.name}")
+    return sorted(out)
+
+
+def schedule_ids(deployments: Sequence[str]) -> frozenset[Any]:
+    """The ids of the schedules the named deployments (``<flow>/<deployment>``) have on
+    the configured server now; deployments that do not exist have none. Registering a
+    deployment remakes its schedules, so :func:`watch_schedules` tells the ones a serve
+    registers from these. Raises :class:`ServerError`."""
+    from prefect.exceptions import ObjectNotFound
+
+    ids = set()
+    with server_client() as client:
+        for name in deployments:
+            try:
+                ids |= {s.id for s in client.read_deployment_by_name(name).schedules}
+            except ObjectNotFound:
+                pass
+    return frozenset(ids)
+
+
+def watch_schedules(deployments: Sequence[str], before: frozenset[Any] = frozenset(),
+                    wait: float | None = None,
+                    poll: float = 2.0) -> Iterator[tuple[str, datetime.datetime | None]]:
+    """Follow the named deployments (``<flow>/<deployment>``) as ``prefect.serve``
+    registers them on the configured server, and yield ``(name, start)`` for each once:
+    ``start`` (UTC) of its next Scheduled flow run as soon as the server's scheduler has
+    made one, or None if it has made none ``wait`` s (default :data:`SCHEDULER_GRACE_S`)
+    after the deployment appeared with an active schedule other than those in ``before``
+    (:func:`schedule_ids` taken before registering). A deployment that does not appear so
+    within ``2 * wait`` s is dropped, unreported; so are errors reaching the server, which
+    ``prefect.serve`` reports itself. Polls every ``poll`` s; ``advloop serve`` drains it
+    in a daemon thread."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    wait = SCHEDULER_GRACE_S if wait is None else wait
+    start = time.monotonic()
+    appeared: dict[str, float] = {}
+    pending = list(deployments)
+    while pending:
+        now = time.monotonic()
+        for name in [n for n in pending if n not in appeared and now - start > 2 * wait]:
+            pending.remove(name)  # never registered with an active schedule
+        try:
+            with get_client(sync_client=True) as client:
+                for name in list(pending):
+                    try:
+                        dep = client.read_deployment_by_name(name)
+                    except ObjectNotFound:
+                        continue
+                    ours = {s.id for s in dep.schedules if s.active} - before
+                    if name not in appeared and (not ours or _schedule_age(dep) is None):
+                        continue  # not registered by this serve yet, or paused
+                    appeared.setdefault(name, now)
+                    if (run := _next_scheduled_run(client, dep.id)) is not None:
+                        when = run.expected_start_time
+                        pending.remove(name)
+                        yield name, when.astimezone(datetime.timezone.utc) if when else None
+                    elif now - appeared[name] > wait:
+                        pending.remove(name)
+                        yield name, None
+        except Exception:  # the server is down or restarting: prefect.serve says so
+            pass
+        if pending:
+            time.sleep(poll)

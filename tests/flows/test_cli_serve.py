@@ -59,13 +59,30 @@ def test_builder_refuses_bad_input(tiny_config, tmp_path):
 
 
 def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
+    """(tests/flows/test_schedules.py serves them on real servers.)"""
+    import datetime
+    import threading
+
     import prefect
 
     import flows.deployments as deployments
 
-    served = {}
-    monkeypatch.setattr(prefect, "serve", lambda *d, **kw: served.update(deployments=d, **kw))
+    served, watched = {}, {}
+
+    def serve(*d, **kw):
+        served.update(deployments=d, **kw)
+        for thread in threading.enumerate():  # the schedules' report, printed meanwhile
+            if thread.name == "advloop-schedules":
+                thread.join(10)
+
+    def watch(names, before):
+        watched.update(names=names, before=before)
+        yield names[0], datetime.datetime(2031, 1, 2, 2, 0, tzinfo=datetime.timezone.utc)
+
+    monkeypatch.setattr(prefect, "serve", serve)
     monkeypatch.setattr(deployments, "server_client", contextlib.nullcontext)
+    monkeypatch.setattr(deployments, "schedule_ids", lambda names: frozenset({"earlier"}))
+    monkeypatch.setattr(deployments, "watch_schedules", watch)
     monkeypatch.setattr(deployments, "api_url", lambda: "http://user:secret@127.0.0.1:4200/api")
     result = CliRunner().invoke(app, ["serve", "--config", str(tiny_config), "--cron",
                                       "15 3 * * *", "--limit", "2"])
@@ -76,6 +93,9 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
     assert served["limit"] == 2
     assert "serving advloop-run-config/nh3-tiny, cron '15 3 * * *'" in result.stdout
     assert "secret" not in result.output and "http://127.0.0.1:4200/api" in result.stdout
+    # the scheduled deployment's next run, once the server has made it
+    assert watched == {"names": ["advloop-run-config/nh3-tiny"], "before": frozenset({"earlier"})}
+    assert result.stdout.splitlines()[-1] == "next run of advloop-run-config/nh3-tiny: 2031-01-02 02:00 UTC"
 
 
 def test_serve_command_refuses_bad_input_without_serving(tiny_config, tmp_path, monkeypatch):

@@ -135,3 +135,102 @@ def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(database, t
     assert all(b - a == datetime.timedelta(days=1) for a, b in zip(times, times[1:]))
     log = server.log.read_text()
     assert "Error scheduling deployment" not in log and "InvalidRequestError" not in log
+
+
+WARNING = ("warning: deployment advloop-run-config/nh3-tiny has an active schedule but no "
+           "upcoming flow run")
+
+
+@contextlib.contextmanager
+def _serving(server: PrefectServer, tiny_config: Path, tmp_path: Path,
+             grace: float | None = None) -> Iterator[tuple[Path, Path]]:
+    """`advloop serve --config tiny_config --cron CRON` in a process of its own against
+    ``server`` (with flows.deployments.SCHEDULER_GRACE_S set to ``grace`` if given); yields
+    the files its stdout and stderr go to. Stopped with SIGINT (Ctrl-C) after."""
+    setup = "" if grace is None else f"import flows.deployments as d; d.SCHEDULER_GRACE_S = {grace}; "
+    code = setup + "from flows.cli import app; app(prog_name='advloop')"
+    out, err = tmp_path / "serve.out", tmp_path / "serve.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", "--config", str(tiny_config), "--cron", CRON],
+            cwd=tmp_path, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+            env=clean_env(PREFECT_API_URL=server.url, PREFECT_HOME=str(tmp_path / "client-home"),
+                          PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    try:
+        yield out, err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def _wait_for_text(path: Path, text: str, timeout: float, also: Path) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} not printed after {timeout:.0f} s; stdout:\n"
+                        f"{path.read_text()[-3000:]}\nstderr:\n{also.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return path.read_text()
+
+
+def _status(server: PrefectServer, tmp_path: Path, grace: float | None = None):
+    """`advloop status --server` in this process, with SCHEDULER_GRACE_S ``grace``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.deployments as deployments
+    from flows.cli import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        if grace is not None:
+            patch.setattr(deployments, "SCHEDULER_GRACE_S", grace)
+        with temporary_settings({PREFECT_API_URL: server.url}):
+            result = CliRunner().invoke(app, ["status", "--server", "--runs-dir",
+                                              str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_serve_and_status_warn_of_a_schedule_the_server_makes_no_run_of(tiny_config, tmp_path):
+    """A server whose scheduler is off never makes a run: `advloop serve` warns (after
+    its grace, 5 s here) in one line on stderr, and so does `advloop status --server` once
+    the schedule is older than its grace; not before."""
+    with _server(tmp_path / "server-home", "sqlite", **NO_SCHEDULER) as server:
+        with _serving(server, tiny_config, tmp_path, grace=5) as (out, err):
+            _wait_for_text(out, "serving advloop-run-config/nh3-tiny", 120, err)
+            stderr = _wait_for_text(err, WARNING, 60, out)
+            (line,) = [x for x in stderr.splitlines() if x.startswith("warning: deployment")]
+            assert "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED" in line
+            assert "server's log" in line and "sqlalchemy>=2.0,<2.1" in line
+            assert "next run of" not in out.read_text()
+
+            fresh = _status(server, tmp_path)  # a schedule made seconds ago: give it time
+            assert "warning" not in fresh.stderr
+            late = _status(server, tmp_path, grace=0)
+            assert late.stderr.strip() == line
+            assert "no flow runs for advloop on the server" in late.stdout
+    assert "Traceback" not in err.read_text()
+
+
+def test_serve_and_status_say_nothing_of_the_kind_when_the_scheduler_works(tiny_config,
+                                                                          tmp_path):
+    """With the server's scheduler on, `advloop serve` prints the schedule's next run
+    (02:00 UTC) as soon as the server has made it, and nobody warns."""
+    with _server(tmp_path / "server-home", "sqlite", **FAST_SCHEDULER) as server:
+        with _serving(server, tiny_config, tmp_path) as (out, err):
+            start = datetime.datetime.now(datetime.timezone.utc)
+            stdout = _wait_for_text(out, "next run of advloop-run-config/nh3-tiny: ", 120, err)
+            assert f"next run of advloop-run-config/nh3-tiny: {_next_cron_time(start):%Y-%m-%d} " \
+                   "02:00 UTC" in stdout
+            status = _status(server, tmp_path, grace=0)
+            assert "warning" not in status.stderr and "warning" not in err.read_text()
+            # the scheduler's runs (tagged advloop and nh3-tiny), named by Prefect
+            rows = [x.split() for x in status.stdout.splitlines() if "advloop-run-config" in x]
+            assert rows and all(r[1:3] == ["advloop-run-config", "Scheduled"] for r in rows), \
+                status.stdout
+        # Ctrl-C paused the schedule: a stopped serve is not a failing scheduler
+        assert "warning" not in _status(server, tmp_path, grace=0).stderr
+    assert "Traceback" not in err.read_text()
