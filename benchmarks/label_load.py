@@ -40,7 +40,11 @@ Measured for each runner:
   (``seconds_labelling`` is the union of the label tasks', the append's and the
   evaluation's intervals; ``seconds_orchestration`` the time no step body ran), and the
   labelling window: from the generation's first label stored to its last (the label
-  store's file times), with the label tasks finished per second over it;
+  store's file times), with the label tasks finished per second over it. Each label task
+  takes its structure from the generation's candidates file, which it reads whole
+  (``flows.steps.label_one``); ``candidates_read_seconds`` is the time of one such read,
+  measured after the run in the benchmark's process, so that the part of the window
+  that is reading (``N`` reads) can be told from the part that is orchestration;
 - memory: the resident set size (RSS) of the run's process and of every process under
   it, sampled every 0.5 s (psutil where installed, else ``/proc``), split into the flow
   process, the embedded server (the ``uvicorn`` child) and any other (label workers), each
@@ -345,6 +349,19 @@ def label_window(layout: RunLayout) -> tuple[float, float]:
     return times[0], times[-1]
 
 
+def candidates_read_seconds(layout: RunLayout, repeats: int = 3) -> float:
+    """Median seconds to read the generation's candidates file whole (``ase.io.read``), as
+    each label task does to take its structure from it (:func:`flows.steps.label_one`)."""
+    from ase.io import read
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        read(str(layout.candidates(0)), index=":")
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)), 4)
+
+
 def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> dict:
     """One ``advloop run`` of :func:`config_text` under ``root``; its figures."""
     name = f"nh3-load-{runner}"
@@ -397,6 +414,8 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
         "label_window_seconds": round(window, 2),
         # from the first label stored to the last: n - 1 intervals
         "label_tasks_per_second": round((n_labels - 1) / window, 2) if window > 0 else None,
+        # each label task reads the whole candidates file: n_labels such reads
+        "candidates_read_seconds": candidates_read_seconds(layout),
         # retries from the candidates' file (exploration's end) to the last label stored
         "server": scan_output(text, (layout.candidates(0).stat().st_mtime, last),
                               datetime.date.fromtimestamp(t0)),

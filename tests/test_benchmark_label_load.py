@@ -45,7 +45,8 @@ def test_quick_mode_adds_every_label_and_reports_every_field(tmp_path):
             "runner", "label_workers", "exit_status", "stop_reason", "candidates",
             "labels_selected", "labels_added", "labels_failed", "labels_stored_gen0",
             "dataset_size", "run_wall_seconds", "generation_seconds", "seconds_labelling",
-            "seconds_orchestration", "label_window_seconds", "label_tasks_per_second", "server",
+            "seconds_orchestration", "label_window_seconds", "label_tasks_per_second",
+            "candidates_read_seconds", "server",
             "memory", "load_average_before", "load_average_after", "config"}
         assert part["runner"] == runner and part["label_workers"] == WORKERS
         assert f"labelling: {runner}" in part["config"] or f"kind: {runner}" in part["config"]
@@ -58,6 +59,7 @@ def test_quick_mode_adds_every_label_and_reports_every_field(tmp_path):
         assert (part["run_wall_seconds"] > part["generation_seconds"]
                 >= part["seconds_labelling"] > 0)
         assert part["seconds_orchestration"] >= 0 and part["label_window_seconds"] >= 0
+        assert part["candidates_read_seconds"] > 0
         _load(part["load_average_before"])
         _load(part["load_average_after"])
 
