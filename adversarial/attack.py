@@ -43,7 +43,7 @@ class AttackSettings:
     ``strain``/``max_strain`` (dimensionless) attack the cell of periodic seeds.
     """
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     temperature: float = field(default=1000.0, metadata={"unit": "K"})
     n_steps: int = 60

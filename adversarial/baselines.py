@@ -62,7 +62,7 @@ class RandomDisplacementSettings:
     n_per_seed: displaced copies per seed; min_distance_factor, max_bond_factor: the
     geometry checks of :func:`adversarial.geometry.check_geometry`."""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     std: float = field(default=0.05, metadata={"unit": "Å"})
     n_per_seed: int = 1
@@ -85,7 +85,7 @@ class CommitteeMDSettings:
     atom has moved skin / 2, so no pair inside the cutoff is ever missed.
     """
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     temperature: float = field(default=300.0, metadata={"unit": "K"})
     timestep: float = field(default=0.5, metadata={"unit": "fs"})

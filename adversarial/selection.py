@@ -49,7 +49,7 @@ class SelectionSettings:
         ValueError: on construction, if a value is out of range.
     """
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     percentile: float = 90.0
     rmsd_threshold: float = field(default=0.05, metadata={"unit": "Å"})

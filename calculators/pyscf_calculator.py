@@ -129,7 +129,7 @@ class PySCFSettings:
             parameters for the functional, or whose package is missing.
     """
 
-    __pydantic_config__ = {"extra": "forbid"}  # unknown keys in a run config are errors
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}  # unknown keys, inf and NaN are errors
 
     method: Method = "RKS"
     xc: str = "PBE"

@@ -142,7 +142,7 @@ class PeriodicPySCFSettings:
             out-of-range number.
     """
 
-    __pydantic_config__ = {"extra": "forbid"}  # unknown keys in a run config are errors
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}  # unknown keys, inf and NaN are errors
 
     method: PeriodicMethod = "RKS"
     xc: str = "PBE"

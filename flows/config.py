@@ -1,7 +1,8 @@
 """Run configuration: small models per concern, composed into one :class:`RunConfig`.
 
-A config is YAML. Relative paths are resolved against the config file's folder. Unknown
-keys are errors. :func:`validate_config` checks the file, the structures, the level of
+A config is YAML. Relative paths are resolved against the config file's folder, and a
+leading ``~`` is the home folder. Unknown keys are errors; no number may be infinite or
+NaN; counts have upper bounds far above any real run (:data:`LIMITS`). :func:`validate_config` checks the file, the structures, the level of
 theory and the run folder (writable, with enough free disk) together and reports every
 problem at once, each with what to do about it, computing nothing and leaving nothing
 behind (the checks and their messages are in :mod:`flows.inputs`).
@@ -27,21 +28,22 @@ from calculators.pyscf_calculator import PySCFSettings
 from calculators.pyscf_periodic import PeriodicPySCFSettings
 from potentials.model import ModelSpec
 from flows.inputs import (ConfigError, check_inputs, check_run_folder, format_validation_error,
-                          read_mapping, read_structures)
+                          read_mapping, read_structures, short_repr)
 from flows.run_folder import resume_problems
 from potentials.training import TrainingSettings
 
-__all__ = ["ConfigError", "RunConfig", "check_inputs", "check_run_folder", "initial_structures",
-           "load_config", "read_structures", "validate_config"]
+__all__ = ["LIMITS", "ConfigError", "RunConfig", "check_inputs", "check_run_folder",
+           "initial_structures", "load_config", "read_structures", "validate_config"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 PositiveInt = Annotated[int, Field(ge=1)]
 _BYTES = re.compile(r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE)  # a size as Dask and Slurm read it
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){1,2}$")  # Slurm's [D-]HH:MM[:SS] or MM:SS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: .inf and .nan are refused (inf passes every `> 0` check, nan none)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SystemConfig(_Strict):
@@ -52,9 +54,9 @@ class SystemConfig(_Strict):
 
     @model_validator(mode="after")
     def _name_is_safe(self) -> SystemConfig:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(
-                f"system.name {self.name!r} must be 1-64 letters, digits, '_', '-' or '.', "
+                f"system.name {short_repr(self.name)} must be 1-64 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit (it names the run folder)")
         return self
 
@@ -63,9 +65,19 @@ class InitialDataConfig(_Strict):
     """How the initial dataset is made: random Gaussian displacements (std in Å) of the
     starting structures, each labelled with DFT."""
 
-    n_structures: PositiveInt = 12
+    n_structures: int = 12
     displacement: float = Field(0.05, gt=0, description="Å")
     seed: int = 0
+
+    @field_validator("n_structures")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                "must be at least 2: the committee trains on the initial "
+                "structures and the selection threshold is a percentile of their uncertainties, "
+                "so a run cannot start from fewer than 2 labelled structures (12 is the default)")
+        return value
 
 
 class ExplorationConfig(_Strict):
@@ -332,8 +344,85 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _limits() -> dict[str, tuple[int, str]]:
+    """:data:`LIMITS`, spelt out by reason."""
+    epochs = "a committee member converges in hundreds of epochs"
+    threads = "more than the cores of any node"
+    table = {
+        ("committee.n_members",): (64, "each member is a network trained every generation, and "
+                                   "4-8 are usual"),
+        ("initial_data.n_structures",): (100_000, "each is a DFT label made before the first "
+                                         "generation, and a few dozen are usual"),
+        ("exploration.n_seeds",): (10_000, "a generation explores its seeds in one batch in "
+                                   "memory, and tens are usual"),
+        ("random.n_per_seed", "md.max_frames_per_seed"): (10_000, "every candidate of a "
+                                                          "generation is held in memory at once"),
+        ("attack.n_steps", "attack.neighbor_refresh"): (100_000, "an attack converges in tens "
+                                                        "of steps"),
+        ("md.n_steps", "md.sample_interval"): (10_000_000, "10^7 steps are days of committee MD "
+                                               "per seed and generation"),
+        ("selection.max_selected", "convergence.min_candidates"): (
+            100_000, "each selected structure is a DFT label, and a few to tens a generation "
+            "are usual"),
+        ("training.max_epochs", "training.warm_start_epochs", "training.warm_start_warmup_epochs",
+         "training.patience", "training.lr_patience"): (100_000, epochs),
+        ("training.batch_size",): (100_000, "a batch of structures is held in memory at once"),
+        ("model.n_atom_basis",): (4096, "wider features do not fit in memory (32-256 are usual)"),
+        ("model.n_interactions",): (64, "deeper networks do not train (2-6 are usual)"),
+        ("model.n_rbf",): (1024, "20-50 radial functions are usual"),
+        ("model.lmax",): (8, "the cost grows as lmax^3, and 1-3 are usual"),
+        ("budget.max_generations", "convergence.patience"): (10_000, "a run converges in tens "
+                                                             "of generations"),
+        ("budget.max_labels",): (10_000_000, "each is a DFT calculation"),
+        ("compute.label_retries",): (100, "a label that failed 100 times will fail again"),
+        ("dft.max_cycle", "periodic_dft.max_cycle"): (100_000, "an SCF that has not converged "
+                                                      "in 100000 iterations never will"),
+        ("compute.torch_threads", "dft.threads", "periodic_dft.threads"): (1024, threads),
+        ("compute.label_workers",): (10_000, "more labels at once than any queue runs"),
+    }
+    for phase in ("training", "labelling"):
+        runner = f"runners.{phase}"
+        table[(f"{runner}.max_workers", f"{runner}.threads_per_worker", f"{runner}.cores",
+               f"{runner}.tasks_per_job")] = (1024, threads)
+        table[(f"{runner}.n_workers", f"{runner}.max_jobs", f"{runner}.min_jobs")] = (
+            10_000, "more workers or jobs than a cluster runs at once")
+        table[(f"{runner}.gpus",)] = (64, "more GPUs than any node has")
+    return {key: limit for keys, limit in table.items() for key in keys}
+
+
+# Upper bounds on counts, far above any real run, so that a slip of the keyboard (10^12
+# epochs, 10^6 members) is refused with the limit and its reason before a run that would
+# never end, or exhaust memory, starts: key -> (largest value, why).
+LIMITS: dict[str, tuple[int, str]] = _limits()
+
+
+def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
+    """The counts of the config mapping ``raw`` above :data:`LIMITS`, except the keys in
+    ``reported`` (already refused for another reason). Read from the mapping itself, so that
+    they are reported with every other problem of the file."""
+    out = []
+    for key, (limit, why) in LIMITS.items():
+        value: object = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key in reported or isinstance(value, bool) or value is None:
+            continue
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:  # not a number: pydantic says so
+                continue
+        if isinstance(number, (int, float)) and number > limit:
+            out.append(f"{key}: {short_repr(value)} is above the limit of {limit}: {why}; give at "
+                       f"most {limit}")
+    return out
+
+
 def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunConfig:
-    """Parse and validate a config file (syntax, keys, types, ranges); no file checks.
+    """Parse and validate a config file (syntax, keys, types, ranges and
+    :data:`LIMITS`); no file checks. A leading ``~`` in ``system.structures``,
+    ``output_dir`` and the ``output_dir`` argument is the home folder.
 
     Raises :class:`ConfigError`.
     """
@@ -342,13 +431,29 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(str(path), format_validation_error(err, RunConfig)) from err
-    base = path.resolve().parent
+        problems = format_validation_error(err, RunConfig)
+        reported = {".".join(str(x) for x in e["loc"]) for e in err.errors()}
+        raise ConfigError(str(path), problems + _limit_problems(raw, reported)) from err
+    problems = _limit_problems(raw, set())
+    if problems:
+        raise ConfigError(str(path), problems)
+    structures = _home(config.system.structures, "system.structures", path)
+    out = _home(Path(output_dir) if output_dir is not None else config.output_dir,
+                "--output-dir" if output_dir is not None else "output_dir", path)
     updates = {"system": config.system.model_copy(
-        update={"structures": base / config.system.structures})}
-    if output_dir is not None:
-        updates["output_dir"] = Path(output_dir)
+        update={"structures": path.resolve().parent / structures}), "output_dir": out}
     return config.model_copy(update=updates)
+
+
+def _home(value: Path, key: str, config: Path) -> Path:
+    """``value`` with a leading ``~`` or ``~user`` made the home folder; ConfigError if
+    there is no such user."""
+    try:
+        return value.expanduser()
+    except RuntimeError as err:  # ~user of an unknown user, or no home folder
+        raise ConfigError(str(config), [
+            f"{key}: cannot find the home folder of {str(value).split('/')[0]!r}; give the "
+            "path without '~', or with the name of a user of this machine"]) from err
 
 
 def validate_config(path: str | Path, output_dir: str | Path | None = None, *,

@@ -14,7 +14,9 @@ import dataclasses
 import difflib
 import importlib.util
 import re
+import reprlib
 import shutil
+import stat
 import tempfile
 import typing
 import warnings
@@ -27,7 +29,7 @@ from ase.data import chemical_symbols
 from pydantic import BaseModel, ValidationError
 
 from adversarial.geometry import check_geometry
-from calculators.factory import import_factory
+from calculators.factory import element_problems, python_calculator
 
 if TYPE_CHECKING:
     from flows.config import RunConfig, RunnersConfig
@@ -51,6 +53,78 @@ _EXAMPLE = "see examples/ammonia.yaml"
 _UNITS = ("K", "Å", "eV", "eV/Å", "fs", "1/fs", "s", "h", "Hartree", "MB")
 _NUMBER_WITH_UNIT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*[^\d\s.]")
 
+# Limits on what a config file may hold, far above any real config (the example has about
+# 60 values, nested 3 deep), so that a file that is not a run config, or a YAML alias bomb
+# (a few lines of nested `*aliases` expanding to billions of values), is refused at once
+# instead of taking minutes and gigabytes to read, validate and echo.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_VALUES = 10_000  # values (scalars, lists, mappings) once aliases are expanded
+MAX_YAML_DEPTH = 50  # lists and mappings nested in each other
+MAX_TEXT = 4096  # characters of one value (the longest path Linux allows)
+_ECHO = 80  # characters of a value echoed in a message ("... (got 'abc')")
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _ECHO, _ECHO, 40
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters (with an ellipsis), looking at no more of
+    a long or deeply nested value than it shows."""
+    text = _REPR.repr(value)
+    return text if len(text) <= _ECHO else text[:_ECHO - 1] + "…"
+
+
+class _TooLarge(yaml.YAMLError):
+    """A YAML document past one of the limits above; ``message`` says which and where."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise :class:`_TooLarge` if the document ``root`` holds more than MAX_YAML_VALUES
+    values with its aliases expanded, a value longer than MAX_TEXT characters, or an alias
+    inside the value it names. Each node is counted once (a memo by node), so a bomb is
+    measured in microseconds, never expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the mappings and lists being counted (a cycle returns to one)
+
+    def where(keys: tuple[str, ...]) -> str:
+        return ".".join(keys) or "(top level)"
+
+    def size(node: yaml.Node, keys: tuple[str, ...]) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            if len(node.value) > MAX_TEXT:
+                raise _TooLarge(f"{where(keys)}: a value of {len(node.value)} characters (line "
+                                f"{line}); a config value is a name, a number or a path, at most "
+                                f"{MAX_TEXT} characters: check that this is the value you meant")
+            n = 1
+        else:
+            if id(node) in open_nodes:
+                raise _TooLarge(f"{where(keys)}: a YAML alias (*name) inside the value it names "
+                                f"(line {line}) makes the value contain itself; write the value out")
+            open_nodes.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                n = 1 + sum(size(k, keys) + size(v, (*keys, str(k.value)) if isinstance(
+                    k, yaml.ScalarNode) else keys) for k, v in node.value)
+            else:
+                n = 1 + sum(size(item, keys) for item in node.value)
+            open_nodes.discard(id(node))
+        if n > MAX_YAML_VALUES:
+            raise _TooLarge(f"{where(keys)}: YAML aliases (*name) expand to more than "
+                            f"{MAX_YAML_VALUES} values here (line {line}), where a whole run "
+                            "config holds about a hundred; write the values out instead of "
+                            "repeating aliases")
+        sizes[id(node)] = n
+        return n
+
+    size(root, ())
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
@@ -71,6 +145,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"found duplicate key {key!r} (first given at line {seen.line + 1})",
                     key_node.start_mark)
         return super().construct_mapping(node, deep)
+
+    def compose_node(self, parent, index):  # refuse nesting deeper than MAX_YAML_DEPTH
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _TooLarge(f"lists or mappings nested more than {MAX_YAML_DEPTH} deep (line "
+                                f"{line}), where a run config nests its sections 3 deep; check "
+                                "that this is a run config")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):  # refuse alias bombs before anything is constructed
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a folder is, in words."""
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -98,13 +200,25 @@ def read_mapping(path: Path) -> dict:
 
     if path.is_dir():
         raise refuse("this is a folder; give the config file (YAML) itself")
-    if not path.is_file():
+    if not path.exists():
         raise refuse("config file not found; check the path")
+    if not path.is_file():
+        raise refuse(f"not a regular file (a {_file_kind(path)}); give the config file (YAML) "
+                     "itself")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise refuse(f"the config file is {size / 1e6:.1f} MB, where a run config is a few kB "
+                     f"(at most {MAX_CONFIG_BYTES // 1_000_000} MB); check that this is the "
+                     f"config file ({_EXAMPLE})")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a file that grew since: read no further
     except OSError as err:
         raise refuse(f"cannot read the config file ({err.strerror}); make it readable "
                      "(chmod u+r)") from err
+    if len(data) > MAX_CONFIG_BYTES:
+        raise refuse(f"the config file is over {MAX_CONFIG_BYTES // 1_000_000} MB, where a run "
+                     f"config is a few kB; check that this is the config file ({_EXAMPLE})")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -113,6 +227,8 @@ def read_mapping(path: Path) -> dict:
                      "file as UTF-8") from err
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _TooLarge as err:
+        raise refuse(err.message) from None
     except yaml.YAMLError as err:
         raise refuse(_yaml_problem(err)) from err
     if raw is None:
@@ -167,7 +283,7 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(x) for x in loc) or "(top level)"
     kind, value = error["type"], error.get("input")
-    got = f" (got {value!r})"
+    got = f" (got {short_repr(value)})"
     siblings = _units(_section(root, loc[:-1])) if loc else {}  # the keys beside this one
     unit = siblings.get(loc[-1]) if loc else None
     in_unit = f" in {unit}" if unit else ""
@@ -178,7 +294,7 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing; add it ({_EXAMPLE})"
     if kind == "union_tag_invalid":
-        return f"{key}: unknown kind {value.get('kind')!r}; use one of {', '.join(_union_kinds(root, loc))}"
+        return f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of {', '.join(_union_kinds(root, loc))}"
     if kind == "union_tag_not_found":
         return f"{key}: say which runner with kind: one of {', '.join(_union_kinds(root, loc))}"
     if kind in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
@@ -186,6 +302,8 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
             return f"{key}: give a plain number{in_unit}, without a unit{got}"
         number = "a number" if kind.startswith("float") else "a whole number"
         return f"{key}: must be {number}{in_unit}{got}"
+    if kind == "finite_number":  # .inf, .nan: pass every comparison (inf > 0) or none
+        return f"{key}: must be a finite number{in_unit}, not infinity or NaN{got}"
     if kind in ("bool_parsing", "bool_type"):
         return f"{key}: must be true or false{got}"
     if kind in ("string_type", "path_type"):
@@ -241,9 +359,12 @@ def read_structures(path: Path) -> list[Atoms]:
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the structure file itself (xyz, extxyz, "
                          "CIF, ... as ase.io.read reads)")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"structure file {path} not found; check the path (a relative path "
                          "is read from the config file's folder)")
+    if not path.is_file():  # /dev/zero would be read for ever, a named pipe wait for ever
+        raise ValueError(f"{path} is not a regular file (a {_file_kind(path)}); give the "
+                         "structure file itself (xyz, extxyz, CIF, ... as ase.io.read reads)")
     try:
         with path.open("rb") as f:
             empty = not f.read(1)
@@ -268,7 +389,45 @@ def read_structures(path: Path) -> list[Atoms]:
         raise ValueError(f"structure file {path} could not be read ({err}); it must be {fmt}") from err
     if not frames:
         raise ValueError(f"structure file {path} holds no structures; it must be {fmt}")
+    for k, atoms in enumerate(frames):
+        partial = _partial_site(atoms)
+        if partial is not None:
+            site, species = partial
+            where = f" (data block {k + 1})" if len(frames) > 1 else ""
+            raise ValueError(
+                f"structure file {path}{where}: site {_site_label(path, k, site)} is partly "
+                f"occupied ({species}), a disordered crystal that would be read as one species "
+                "on a full site; give an ordered structure with one atom per site (a supercell "
+                "with each site's species chosen, e.g. by pymatgen's "
+                "OrderDisorderedStructureTransformation)")
     return frames
+
+
+def _partial_site(atoms: Atoms, tolerance: float = 1e-3) -> tuple[int, str] | None:
+    """The first site, by its row in the CIF's atom_site loop, whose occupancies sum to less
+    than 1 or that several species share, and its species (``"Au 0.5, Cu 0.5"``), from the
+    ``occupancy`` ASE's CIF reader leaves in ``atoms.info``; None if every site is full."""
+    for site, species in (atoms.info.get("occupancy") or {}).items():
+        try:
+            values = {str(sym): float(occ) for sym, occ in species.items()}
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if len(values) > 1 or sum(values.values()) < 1.0 - tolerance:
+            return int(site), ", ".join(f"{sym} {occ:g}" for sym, occ in sorted(values.items()))
+    return None
+
+
+def _site_label(path: Path, block: int, site: int) -> str:
+    """The ``_atom_site_label`` of row ``site`` of data block ``block`` of a CIF (``'Fe1'``),
+    or ``number <n>`` where the file gives none."""
+    from ase.io.cif import parse_cif
+
+    try:
+        blocks = [b for b in parse_cif(str(path)) if b.has_structure()]
+        labels = blocks[block].get("_atom_site_label") or []
+        return short_repr(str(labels[site]))
+    except Exception:  # the label only names the site: the row number does as well
+        return f"number {site + 1} of the atom_site loop"
 
 
 def _geometry_problem(reason: str) -> str:
@@ -327,14 +486,13 @@ def check_inputs(config: RunConfig) -> list[str]:
             f"dft.spin (2S = {config.dft.spin}) cannot fit {n_electrons} electrons "
             f"(charge {config.dft.charge}): 2S must be {'odd' if n_electrons % 2 else 'even'} "
             "(it counts the unpaired electrons), or change dft.charge")
-    if pyscf:
-        problems.extend(_basis_problems(config.dft.basis, sorted(set(frames[0].get_chemical_symbols()))))
+    symbols = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()} - {"X"})
+    problems.extend(element_problems(config.labels, config.dft, config.periodic_dft, symbols))
     if config.labels.calculator == "python":
-        try:
-            import_factory(config.labels.python)
+        try:  # builds the user's calculator from labels.options, computes nothing
+            python_calculator(config.labels)
         except ValueError as err:
-            problems.append(f"{err}; labels.python must name a package.module:callable that "
-                            "this Python can import: check the spelling, or install the package")
+            problems.append(str(err))
     problems.extend(_runner_problems(config.runners))
     return problems
 
@@ -350,23 +508,6 @@ def _runner_problems(runners: RunnersConfig) -> list[str]:
         if missing:
             out.append(f"runners.{phase}: kind {kind} needs {', '.join(missing)}, not installed: "
                        "pip install 'advloop[cluster]'")
-    return out
-
-
-def _basis_problems(basis: str, symbols: list[str]) -> list[str]:
-    from pyscf.gto import basis as pyscf_basis
-
-    out = []
-    with warnings.catch_warnings():  # PySCF suggests basis-set-exchange for a missing basis
-        warnings.simplefilter("ignore")
-        for symbol in symbols:
-            try:
-                if not pyscf_basis.load(basis, symbol):
-                    raise KeyError(symbol)
-            except Exception:
-                out.append(f"dft.basis {basis!r} has no functions for element {symbol}; check "
-                           f"the basis name, or choose one that covers {symbol} (def2-SVP "
-                           "covers H to Rn)")
     return out
 
 

@@ -38,7 +38,7 @@ class ModelSpec:
     sin(nπr/r_c)/r (``"bessel"``, DimeNet's and PaiNN's paper choice).
     """
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     architecture: Literal["painn", "schnet", "so3net"] = "painn"
     n_atom_basis: int = 32

@@ -42,7 +42,7 @@ class TrainingDivergedError(FloatingPointError):
 class TrainingSettings:
     """How to train one member. Learning rates are for Adam; epochs are full passes."""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     max_epochs: int = 300
     warm_start_epochs: int = 120

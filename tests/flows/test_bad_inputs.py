@@ -3,7 +3,8 @@ by `advloop validate` and by `advloop run --output-dir out` with exit status 2, 
 that names the problem and the fix, no traceback, and nothing computed or written.
 
 Most cases drive the command line in this process (typer's CliRunner: about 0.1 s a
-command); the cases about permissions run it in a real process (5-10 s a command, most
+command; a case's own ``labels.python`` modules are written to a folder put on ``sys.path``
+for it, without bytecode files, and forgotten after it); the cases about permissions run it in a real process (5-10 s a command, most
 of it importing torch, schnetpack and PySCF), which also checks the exit status and that
 Prefect's home folder is never made. As root, which reads and writes anything, those
 processes run without the capabilities that let root ignore file modes (setpriv).
@@ -48,9 +49,11 @@ def _process_prefix() -> list[str] | None:
     return _UNPRIVILEGED if done.returncode == 0 else None
 
 
-def _prepare(name: str, tmp_path: Path) -> tuple[Path, Path]:
+def _prepare(name: str, tmp_path: Path, monkeypatch=None) -> tuple[Path, Path]:
     """A copy of the corpus and an empty working folder with the case's setup made; returns
-    the config to pass and the working folder."""
+    the config to pass and the working folder. A case's ``python_module`` modules (written
+    here, importable while ``monkeypatch`` lasts) need ``monkeypatch``; the test forgets
+    them once they have been imported (:func:`_forget_modules`)."""
     case = CASES[name]
     corpus = tmp_path / "corpus"
     shutil.copytree(CORPUS, corpus)
@@ -65,7 +68,20 @@ def _prepare(name: str, tmp_path: Path) -> tuple[Path, Path]:
     if "read_only_dir" in setup:
         (work / setup["read_only_dir"]).mkdir()
         (work / setup["read_only_dir"]).chmod(0o555)
+    if "python_module" in setup:
+        modules = tmp_path / "python_path"
+        modules.mkdir()
+        for module, source in setup["python_module"].items():
+            (modules / f"{module}.py").write_text(source)
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__: nothing written
+        monkeypatch.syspath_prepend(str(modules))
     return corpus / case.get("config", f"{name}.yaml"), work
+
+
+def _forget_modules(name: str) -> None:
+    """Drop the case's ``python_module`` modules from ``sys.modules``."""
+    for module in CASES[name].get("setup", {}).get("python_module", {}):
+        sys.modules.pop(module, None)
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -88,6 +104,8 @@ def _restore_modes(root: Path) -> None:
 def _check_refusal(name: str, command: str, exit_code: int, output: str) -> None:
     assert exit_code == 2, f"{name}: advloop {command} exited {exit_code}:\n{output}"
     assert "Traceback" not in output, f"{name}: advloop {command} printed a traceback:\n{output}"
+    longest = max(map(len, output.splitlines()), default=0)  # values echoed are cut short
+    assert longest <= 600, f"{name}: advloop {command} printed a line of {longest} characters"
     for expected in CASES[name]["expect"]:
         assert expected in output, f"{name}: advloop {command} did not say {expected!r}:\n{output}"
 
@@ -103,7 +121,8 @@ def test_the_corpus_is_complete():
     assert len(CASES) >= 30
     for name, case in CASES.items():
         assert case["description"].strip() and len(case["expect"]) >= 2, name
-        assert set(case.get("setup", {})) <= {"unreadable", "file", "read_only_dir"}, name
+        assert set(case.get("setup", {})) <= {"unreadable", "file", "read_only_dir",
+                                              "python_module"}, name
     configs = {p.name for p in CORPUS.glob("*.yaml")} - {"cases.yaml"}
     named = {case.get("config", f"{name}.yaml") for name, case in CASES.items()}
     assert configs <= named, f"configs without a case: {sorted(configs - named)}"
@@ -111,16 +130,19 @@ def test_the_corpus_is_complete():
 
 @pytest.mark.parametrize("name", sorted(set(CASES) - PERMISSION_CASES))
 def test_bad_input_is_refused(name, tmp_path, monkeypatch):
-    config, work = _prepare(name, tmp_path)
+    config, work = _prepare(name, tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     before = _snapshot(tmp_path)
     runner = CliRunner()
-    for command, args in _commands(config).items():  # validate first: run must not start
-        result = runner.invoke(app, args)
-        assert result.exception is None or isinstance(result.exception, SystemExit), \
-            f"{name}: advloop {command} raised {result.exception!r}"
-        _check_refusal(name, command, result.exit_code, result.output)
-        assert _snapshot(tmp_path) == before, f"{name}: advloop {command} wrote files"
+    try:
+        for command, args in _commands(config).items():  # validate first: run must not start
+            result = runner.invoke(app, args)
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                f"{name}: advloop {command} raised {result.exception!r}"
+            _check_refusal(name, command, result.exit_code, result.output)
+            assert _snapshot(tmp_path) == before, f"{name}: advloop {command} wrote files"
+    finally:
+        _forget_modules(name)
 
 
 @pytest.mark.parametrize("name", sorted(PERMISSION_CASES))
