@@ -412,7 +412,7 @@ def _partial_site(atoms: Atoms, tolerance: float = 1e-3) -> tuple[int, str] | No
             values = {str(sym): float(occ) for sym, occ in species.items()}
         except (AttributeError, TypeError, ValueError):
             continue
-        if len(values) > 1 or sum(values.values()) < 1.0 - tolerance:
+        if (len(values) > 1 or sum(values.values()) < 1.0 - tolerance) and str(site).isdigit():
             return int(site), ", ".join(f"{sym} {occ:g}" for sym, occ in sorted(values.items()))
     return None
 
