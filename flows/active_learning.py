@@ -354,6 +354,8 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
             run_folder.write_fingerprint(config)
             return _run_loop(config, layout, table or GenerationTable())
     except (KeyboardInterrupt, TerminationSignal) as err:
+        if interruptions.requested_by_runner(err):
+            raise  # a cancellation asked for in the UI: Prefect's engine ends it Cancelled
         return interruptions.interrupted_state(err, layout)  # type: ignore[return-value]
     except Exception as err:
         if interruptions.is_disk_full(err):

@@ -132,11 +132,14 @@ def run(
 def _run_held(cfg) -> None:
     """``advloop run`` of a validated config whose run folder this process holds."""
     use_prefect_defaults()
+    from flows import embedded_server
     from flows.active_learning import run_active_learning
     from flows.config import ConfigError
     from flows.interruptions import DiskFullError
     from flows.steps import LabellingError
+    from potentials.dataset import DatasetError
 
+    embedded_server.start()  # where Ctrl-C and scancel do not reach it
     state = run_active_learning(cfg, return_state=True)
     if state.is_cancelled() or state.is_crashed():  # stopped by a signal: say so, then go
         typer.echo(f"advloop: {state.message}", err=True)
@@ -144,7 +147,7 @@ def _run_held(cfg) -> None:
         _exit_now(code)
     try:
         state.result()
-    except (LabellingError, DiskFullError) as err:
+    except (LabellingError, DiskFullError, DatasetError) as err:
         _fail(f"error: {err}", code=1)
     except ConfigError as err:
         _fail(f"error: {err}")

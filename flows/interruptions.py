@@ -27,7 +27,7 @@ from prefect.states import Cancelled, Crashed, State
 from potentials.run_layout import RunLayout
 
 __all__ = ["DiskFullError", "disk_full_message", "interrupted_message", "interrupted_state",
-           "is_disk_full", "kept"]
+           "is_disk_full", "kept", "requested_by_runner"]
 
 # What libraries say when a write fails for want of space, where they do not raise an
 # OSError with errno ENOSPC: h5py ("errno = 28"), torch's zip writer ("file write
@@ -105,6 +105,19 @@ def interrupted_message(err: BaseException, layout: RunLayout) -> str:
            else "a batch system's preemption or time limit, scancel, or a worker stopping")
     return (f"stopped by {sig.name} ({why}); nothing is torn and {kept(layout)} are kept in "
             f"{layout.root}: re-run the same command to resume")
+
+
+def requested_by_runner(err: BaseException) -> bool:
+    """Whether ``err`` is the SIGTERM a Prefect runner sends to carry out a request (a
+    cancellation from the UI): Prefect's engine handles those itself."""
+    if not isinstance(err, TerminationSignal):
+        return False
+    try:
+        from prefect._internal import control_listener
+
+        return control_listener.get_intent() is not None
+    except (ImportError, AttributeError):  # another Prefect: no such requests
+        return False
 
 
 def interrupted_state(err: BaseException, layout: RunLayout) -> State:

@@ -435,7 +435,7 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
             else:
                 known += 1
             continue
-        stored = store.get(label_key(atoms, theory))
+        stored = store.get(label_key(atoms, theory), n_atoms=len(atoms))
         if stored is None:
             failures.append(f"{strategy} structure {k}: no label in the store (its labelling "
                             "task failed; a re-run retries it)")
@@ -443,10 +443,15 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
             failures.append(f"{strategy} structure {k}: {stored.error}")
         else:
             new.append((k, stored))
-    appended = dataset.append(
-        [chosen[k] for k, _ in new], [s.energy for _, s in new], [s.forces for _, s in new],
-        [Provenance(generation, strategy, level, parents(chosen[k])) for k, _ in new])
-    ours.update({k: int(i) for (k, _), i in zip(new, appended)})
+    if new:
+        # skip_known: another writer of this run folder may have appended some meanwhile
+        dataset.append(
+            [chosen[k] for k, _ in new], [s.energy for _, s in new], [s.forces for _, s in new],
+            [Provenance(generation, strategy, level, parents(chosen[k])) for k, _ in new],
+            skip_known=True)
+        index = {h: k for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))
+                 if p.generation == generation and p.strategy == strategy}
+        ours.update({k: index[structure_hash(chosen[k])] for k, _ in new})
     return LabelReport(len(chosen), len(ours), len(failures), known,
                        time.perf_counter() - t0, failures, [ours[k] for k in sorted(ours)])
 

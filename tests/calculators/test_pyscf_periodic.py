@@ -338,7 +338,7 @@ def test_unknown_or_doubled_keywords_rejected() -> None:
         PeriodicPySCFCalculator(density_fit=True)  # GDF has no periodic gradients in PySCF 2.14
     with pytest.raises(TypeError, match="not both"):
         PeriodicPySCFCalculator(PeriodicPySCFSettings(), xc="PBE")
-    assert PeriodicPySCFSettings.__pydantic_config__ == {"extra": "forbid"}
+    assert PeriodicPySCFSettings.__pydantic_config__ == {"extra": "forbid", "allow_inf_nan": False}
 
 
 @pytest.mark.parametrize(

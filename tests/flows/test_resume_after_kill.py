@@ -1,26 +1,20 @@
-"""A run killed with SIGKILL at each stage in turn (training, exploration, labelling,
-appending) and re-run after each kill ends with the dataset of an uninterrupted run, and
-no label is computed twice; after every kill the HDF5 file opens and holds every record
-committed before it.
+"""A run killed with SIGKILL again and again, at every step boundary and inside steps, and
+re-run after each kill, ends with what an uninterrupted run ends with: the same generation
+records, dataset records (hashes, provenance, positions, energies, forces) and stop
+reason, every label computed once; after every kill the HDF5 file opens and holds
+exactly the records committed before it.
 
-How each kill lands in its stage: the run goes in its own process, started as
-``advloop run`` starts it (Prefect's embedded server on its own PREFECT_HOME, in the
-run's process group), and :func:`run` wraps one function on the stage's path so that,
-at that point, the process SIGKILLs its whole process group, the run and its Prefect
-server, as a batch scheduler does:
+How each kill lands where it should: the run goes in its own process, started as
+``advloop run`` starts it (Prefect's embedded server on its own PREFECT_HOME), and
+:func:`run` wraps one function on the run's path so that, at that point, the process
+SIGKILLs its whole process group (the run, its Prefect server and any workers), as a
+batch scheduler does. Each kill point is told by the run folder's state, not by a count
+of calls, so it lands alike in a fresh run and in a resumed one, and each kill after the
+first falls in the re-run of the previous one (a job preempted again and again). Points
+between steps are after a step returned and before the flow goes on; points inside steps
+are before a file is renamed into place or a commit marker raised. A few more kills land
+at random moments, from outside. Nothing else in the run is changed.
 
-- training: after the third epoch of a member (no checkpoint of it written yet);
-- exploration: once the candidates are in their temporary file, before the rename that
-  publishes them;
-- labelling: once the first label of generation 0 is stored;
-- appending: once the records' rows are written into the HDF5 file and flushed, before
-  the commit marker that makes them visible (``potentials.dataset``).
-
-Polling the run folder from outside catches exploration and appending (milliseconds
-each) only by luck; a kill from inside lands at the same point in every run and is as
-abrupt (no cleanup, no ``finally``, nothing more written). Nothing else in the run is
-changed. Each kill after the first falls in the re-run of the previous one, as for a job
-preempted again and again: every resumption is exercised, with one process per stage.
 Labels come from ASE's EMT (tests/flows/stand_in.py), a stand-in for DFT: the test is
 about resumption, not about the numbers.
 """
@@ -42,7 +36,29 @@ from potentials.dataset import Dataset
 from potentials.run_layout import RunLayout
 from tests.flows.stand_in import N_INITIAL, ROOT, calls, subprocess_env, write_config
 
-STAGES = ("training", "exploration", "labelling", "appending")
+# In the order a run meets them; each is armed in the re-run after the previous kill.
+KILL_POINTS = (
+    "initial-label",      # inside the initial labels: 3 of 6 stored
+    "initial-appended",   # between steps: the initial records committed, nothing trained
+    "training",           # inside training: a member's third epoch, no checkpoint yet
+    "member-saved",       # between members: one checkpoint of generation 0 written
+    "exploring",          # inside exploration: candidates in their temporary file
+    "explored",           # between steps: candidates published, nothing selected
+    "selected",           # between steps: the selection kept, nothing labelled
+    "labelled",           # inside labelling: one label of generation 0 stored
+    "appending",          # inside the append: rows flushed, commit marker not raised
+    "appended",           # between steps: generation 0's records committed, no record
+    "appended",           # the same window again, in the re-run of that kill
+    "evaluated",          # between steps: calibration done, no record
+    "recorded",           # between generations: generation 0 recorded
+    "final-training",     # inside the final generation's training
+)
+RANDOM_KILLS = 3
+# Keys of a generation record that say how long a step took, where a label came from
+# (computed or read back from the store) or which config ran it (the two runs' differ by
+# name), not what was computed.
+def _volatile(key: str) -> bool:
+    return "seconds" in key or key in ("labels_cached", "config_sha256")
 
 
 def _kill() -> None:
@@ -63,38 +79,58 @@ def _kill_after(owner, name: str, when) -> None:
     setattr(owner, name, wrapper)
 
 
-def _arm(stage: str, layout: RunLayout) -> None:
-    """Install the kill of ``stage`` (see the module docstring) in this process, which
-    runs the run of ``layout``. Each kill point is told by the run's state, not by a
-    count of calls, so that it lands alike in a fresh run and in a resumed one."""
+def _n_labels(layout: RunLayout) -> int:
+    return sum(not p.name.endswith(".tmp.npz") for p in layout.labels.glob("*/*.npz"))
+
+
+def _arm(point: str, layout: RunLayout) -> None:
+    """Install the kill at ``point`` (see :data:`KILL_POINTS`) in this process, which runs
+    the run of ``layout``."""
     from calculators.label_store import LabelStore
-    from flows import steps
+    from flows import active_learning, steps
     from potentials import training
 
-    if stage == "training":
+    def gen0_recorded() -> bool:
+        return bool(steps.read_generation_records(layout.root))
+
+    if point == "initial-label":
+        _kill_after(LabelStore, "put", lambda *a, **k: _n_labels(layout) == 3)
+    elif point == "initial-appended":
+        _kill_after(active_learning, "append_initial", lambda *a, **k: True)
+    elif point in ("training", "final-training"):
         real_itrain = training.itrain
 
         def itrain(*args, **kwargs):
             for record in real_itrain(*args, **kwargs):
                 yield record
-                if record.epoch == 2:
+                if record.epoch == 2 and (point == "training") != gen0_recorded():
                     _kill()
 
         training.itrain = itrain
-    elif stage == "exploration":
+    elif point == "member-saved":
+        _kill_after(steps, "save_member", lambda *a, **k: True)
+    elif point == "exploring":
         _kill_after(steps, "write", lambda path, *a, **k: str(path).endswith(".extxyz.tmp"))
-    elif stage == "labelling":  # initial labels are stored before the dataset has records
+    elif point in ("explored", "selected", "evaluated"):
+        name = {"explored": "explore", "selected": "select", "evaluated": "evaluate"}[point]
+        _kill_after(active_learning, name, lambda *a, **k: True)
+    elif point == "labelled":
         _kill_after(LabelStore, "put", lambda *a, **k: len(Dataset(layout.dataset)) > 0)
-    elif stage == "appending":  # flushed rows past the commit marker, after the initial ones
+    elif point == "appending":  # flushed rows past the commit marker, after the initial ones
         _kill_after(h5py.File, "flush",
                     lambda f: 0 < f.attrs["n_structures"] < f["structures/hash"].shape[0])
+    elif point == "appended":
+        _kill_after(active_learning, "append_labels", lambda *a, **k: True)
+    elif point == "recorded":
+        _kill_after(steps, "append_generation_record", lambda *a, **k: True)
     else:
-        raise ValueError(f"no kill point for stage {stage!r}")
+        raise ValueError(f"no kill point {point!r}")
 
 
 def run(config_path: str, kill_at: str = "") -> None:
-    """The body of a run's process: ``advloop run`` of ``config_path``, killed at stage
+    """The body of a run's process: ``advloop run`` of ``config_path``, killed at
     ``kill_at`` if one is named."""
+    from flows import embedded_server
     from flows.active_learning import run_active_learning
     from flows.config import validate_config
     from flows.report import GenerationTable
@@ -102,55 +138,83 @@ def run(config_path: str, kill_at: str = "") -> None:
     config = validate_config(config_path)
     if kill_at:
         _arm(kill_at, RunLayout(config.run_dir()))
+    embedded_server.start()
     run_active_learning(config, GenerationTable(sys.stdout))
 
 
-def _run_process(config: Path, prefect_home: Path, kill_at: str = "") -> subprocess.CompletedProcess:
+def _start(config: Path, prefect_home: Path, kill_at: str = "") -> subprocess.Popen:
     code = f"from tests.flows.test_resume_after_kill import run; run({str(config)!r}, {kill_at!r})"
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(prefect_home),
-                          capture_output=True, text=True, timeout=500, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(prefect_home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
-def _check_killed_at(stage: str, layout: RunLayout, ref_data: Dataset) -> None:
-    """The run folder just after the kill: the dataset opens and holds the records
-    committed before it, and the kill fell in ``stage``."""
-    data = Dataset(layout.dataset)
-    n = len(data)
-    assert data.hashes() == ref_data.hashes()[:n]
-    assert data.provenance() == ref_data.provenance()[:n]
-    assert n == N_INITIAL  # killed before the generation's records were committed
-    trained = list(layout.committee_dir(0).glob("member_*.pt"))
-    n_labels = sum(not p.name.endswith(".tmp.npz") for p in layout.labels.glob("*/*.npz"))
-    if stage == "training":
-        assert len(trained) < 2 and not layout.candidates(0).exists()
-    elif stage == "exploration":
-        assert len(trained) == 2 and not layout.candidates(0).exists()
-        assert layout.candidates(0).with_name("gen_000.extxyz.tmp").exists()
-    elif stage == "labelling":
-        assert n_labels == N_INITIAL + 1
-    elif stage == "appending":
-        assert n_labels == len(ref_data)
-        with h5py.File(layout.dataset, "r") as f:  # the killed append's rows, uncommitted
-            assert f["structures/hash"].shape[0] == len(ref_data) > n
-    assert not layout.generations.exists()
+def _run_process(config: Path, prefect_home: Path, kill_at: str = "") -> subprocess.CompletedProcess:
+    process = _start(config, prefect_home, kill_at)
+    out, err = process.communicate(timeout=500)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def _kill_at_random(config: Path, prefect_home: Path, delay_s: float) -> int:
+    """Start a run and SIGKILL its process group ``delay_s`` after it started; its exit
+    status (0 if it finished first)."""
+    process = _start(config, prefect_home)
+    try:
+        process.communicate(timeout=delay_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    return process.returncode
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Generation records without the keys that say how long a step took or whether a
+    label was read back from the store."""
+    return [{k: v for k, v in r.items() if not _volatile(k)} for r in records]
+
+
+def _records(layout: RunLayout) -> list[dict]:
+    from flows.steps import read_generation_records
+
+    return read_generation_records(layout.root)
+
+
+def _check_after_kill(layout: RunLayout, ref_data: Dataset, ref_records: list[dict]) -> None:
+    """The run folder just after a kill: the dataset opens and holds a prefix of the
+    reference's records; the generation records are a prefix of the reference's."""
+    if layout.dataset.exists():
+        data = Dataset(layout.dataset)
+        n = len(data)
+        assert data.hashes() == ref_data.hashes()[:n]
+        assert data.provenance() == ref_data.provenance()[:n]
+    records = comparable(_records(layout))
+    assert records == comparable(ref_records)[:len(records)]
 
 
 @pytest.mark.slow
-def test_a_run_killed_at_each_stage_in_turn_resumes_to_the_same_dataset(tmp_path):
+def test_a_run_killed_again_and_again_anywhere_ends_as_an_uninterrupted_run(tmp_path):
     prefect_home = tmp_path / "prefect-home"  # shared: its database is migrated once
     done = _run_process(write_config(tmp_path, "nh3-reference"), prefect_home)
     assert done.returncode == 0, done.stderr[-4000:]
     reference = RunLayout(tmp_path / "runs" / "nh3-reference")
     ref_summary = json.loads(reference.summary.read_text())
     ref_data = Dataset(reference.dataset)
+    ref_records = _records(reference)
     assert ref_summary["labels_explored"] >= 2  # else there is no "middle" of labelling
 
     config, name = write_config(tmp_path, "nh3-killed"), "nh3-killed"
     layout = RunLayout(tmp_path / "runs" / name)
-    for stage in STAGES:
-        killed = _run_process(config, prefect_home, kill_at=stage)
-        assert killed.returncode == -signal.SIGKILL, f"{stage}:\n{killed.stderr[-4000:]}"
-        _check_killed_at(stage, layout, ref_data)
+    for point in KILL_POINTS:
+        killed = _run_process(config, prefect_home, kill_at=point)
+        assert killed.returncode == -signal.SIGKILL, f"{point}:\n{killed.stderr[-4000:]}"
+        _check_after_kill(layout, ref_data, ref_records)
+        if point == "appended":  # the defect window: labels appended, generation unrecorded
+            assert len(Dataset(layout.dataset)) == N_INITIAL + ref_records[0]["labels_added"]
+            assert not _records(layout)
+    rng = np.random.default_rng(0)
+    for delay in rng.uniform(8.0, 30.0, RANDOM_KILLS):
+        _kill_at_random(config, prefect_home, float(delay))
+        _check_after_kill(layout, ref_data, ref_records)
 
     # Re-running the same command once more finishes the run.
     done = _run_process(config, prefect_home)
@@ -158,6 +222,7 @@ def test_a_run_killed_at_each_stage_in_turn_resumes_to_the_same_dataset(tmp_path
     summary = json.loads(layout.summary.read_text())
     assert summary["stop_reason"] == ref_summary["stop_reason"] == "max_generations"
     assert summary["labels_explored"] == ref_summary["labels_explored"]
+    assert comparable(_records(layout)) == comparable(ref_records)
 
     data = Dataset(layout.dataset)
     assert data.hashes() == ref_data.hashes()
