@@ -384,7 +384,7 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
         finally:
             sampler.stop()
             thread.join()
-            if proc.poll() is None:  # timed out or interrupted: the run and its server
+            if proc.poll() is None:  # timed out or interrupted (its server stops with it)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     wall = time.time() - t0
