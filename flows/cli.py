@@ -23,7 +23,7 @@ _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # advloop's own loggers (SCF rung escalations, training summaries) in the run's log
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "calculators,potentials,adversarial",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "calculators,potentials,adversarial,flows",
 }
 
 
@@ -139,6 +139,8 @@ def _run_held(cfg) -> None:
     from flows.steps import LabellingError
     from potentials.dataset import DatasetError
 
+    expected = (LabellingError, DiskFullError, DatasetError, ConfigError)
+    _quiet_in_terminal(expected)
     embedded_server.start()  # where Ctrl-C and scancel do not reach it
     state = run_active_learning(cfg, return_state=True)
     if state.is_cancelled() or state.is_crashed():  # stopped by a signal: say so, then go
@@ -147,10 +149,39 @@ def _run_held(cfg) -> None:
         _exit_now(code)
     try:
         state.result()
-    except (LabellingError, DiskFullError, DatasetError) as err:
-        _fail(f"error: {err}", code=1)
     except ConfigError as err:
         _fail(f"error: {err}")
+    except expected as err:
+        _fail(f"error: {err}", code=1)
+
+
+def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
+    """Keep Prefect's tracebacks of the run's ``expected`` failures (too many failed
+    labels, a full disk, a dataset that cannot be rebuilt: each ends the command with one
+    line saying what to do) off the terminal; the run's log on the server keeps them."""
+    import logging
+
+    from flows.interruptions import is_disk_full
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    def caused_by_expected(err: BaseException | None) -> bool:
+        seen = set()
+        while err is not None and id(err) not in seen:
+            if isinstance(err, expected):
+                return True
+            seen.add(id(err))
+            err = err.__cause__ or err.__context__
+        return False
+
+    def keep(record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return err is None or not (caused_by_expected(err) or is_disk_full(err))
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(keep)
 
 
 def _exit_now(code: int) -> None:

@@ -11,6 +11,7 @@ structures fail in every run whatever the order they are labelled in.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from ase.calculators.calculator import all_changes
@@ -126,4 +127,30 @@ def write_nan_forces_config(folder: Path, name: str, nan_fraction: float,
     path = write_config(folder, name, 0.0, max_failure_ratio)
     text = path.read_text().replace(f"'{FACTORY}'", "'tests.flows.stand_in:stand_in_emt_nan_forces'")
     path.write_text(text.replace("fail_fraction: 0.0", f"nan_fraction: {nan_fraction}"))
+    return path
+
+
+class SlowEMT(StandInEMT):
+    """:class:`StandInEMT` taking ``delay_s`` more per structure, as DFT would: a run that
+    stays in its labelling long enough for a test to act on it."""
+
+    def __init__(self, counter: str, delay_s: float):
+        super().__init__(counter)
+        self.delay_s = delay_s
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        time.sleep(self.delay_s)
+        super().calculate(atoms, properties, system_changes)
+
+
+def stand_in_emt_slow(counter: str, delay_s: float = 1.0) -> SlowEMT:
+    """``labels.python`` factory of :class:`SlowEMT`."""
+    return SlowEMT(counter, delay_s)
+
+
+def write_slow_config(folder: Path, name: str, delay_s: float) -> Path:
+    """:func:`write_config`'s run, labelled by :class:`SlowEMT`."""
+    path = write_config(folder, name)
+    text = path.read_text().replace(f"'{FACTORY}'", "'tests.flows.stand_in:stand_in_emt_slow'")
+    path.write_text(text.replace("fail_fraction: 0.0", f"delay_s: {delay_s}"))
     return path
