@@ -67,6 +67,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -494,9 +495,16 @@ def record(results: dict, argv: list[str], quick: bool, seconds: float) -> dict:
     }
 
 
+_NUMBERS = re.compile(r"\[\s*(-?[\d.]+(?:e-?\d+)?(?:,\s*-?[\d.]+(?:e-?\d+)?)*)\s*\]")
+
+
 def write_record(path: Path, out: dict) -> dict:
+    """Write the record as indented JSON, each list of numbers (a memory sample, a load
+    average) on one line."""
+    text = _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                        json.dumps(out, indent=2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(text + "\n")
     print(f"wrote {path}")
     return out
 
