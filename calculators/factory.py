@@ -246,12 +246,23 @@ def make_calculator(labels: LabelSettings, dft: PySCFSettings,
     return an ASE calculator (see :func:`python_calculator`).
     """
     periodic_dft = periodic_dft or PeriodicPySCFSettings()
+    theory = theory_settings(labels, dft, periodic_dft)
     name = level_of_theory(labels, dft, periodic_dft)
     if labels.calculator == "pyscf":
-        calc = PySCFCalculator(settings=dft)
-        theory = {"calculator": "pyscf",
-                  **{k: v for k, v in asdict(dft).items() if k not in _NOT_THEORY}}
+        return PySCFCalculator(settings=dft), theory, name
+    if labels.calculator == "pyscf_periodic":
+        return PeriodicPySCFCalculator(settings=periodic_dft), theory, name
+    if labels.calculator == "tblite":
+        from tblite.ase import TBLite
+
+        calc = TBLite(method=labels.tblite_method, charge=dft.charge,
+                      multiplicity=dft.spin + 1, verbosity=0)
         return calc, theory, name
+    if labels.calculator == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT(), theory, name
+    return python_calculator(labels), theory, name
     if labels.calculator == "pyscf_periodic":
         theory = {"calculator": "pyscf_periodic",
                   **{k: v for k, v in asdict(periodic_dft).items() if k not in _NOT_THEORY}}
