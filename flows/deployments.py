@@ -26,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -164,8 +165,10 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
             "worker must see the submitting machine's output folder at the same path on a "
             "shared filesystem, or submit with --output-dir naming a folder the worker "
             "can write") from err
-    (keep / "config.yaml").write_text(text)
-    (keep / name).write_bytes(data)
+    for path, content in ((keep / "config.yaml", text.encode()), (keep / name, data)):
+        # a config can hold a site's calculator options: readable by its owner alone
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(content)
     return config.model_copy(update={
         "system": config.system.model_copy(update={"structures": keep / name})})
 

@@ -217,6 +217,7 @@ def test_a_submission_carries_the_config_by_value(tiny_config, tmp_path):
     assert staged.run_dir() == moved / "nh3-tiny"
     assert (keep / "nh3.xyz").read_bytes() == config.system.structures.read_bytes()
     assert validate_config(keep / "config.yaml").committee == config.committee
+    assert {oct(p.stat().st_mode & 0o777) for p in keep.iterdir()} == {"0o600"}  # owner's alone
 
 
 def test_a_submission_too_large_for_the_server_is_refused_before_sending(tiny_config, tmp_path):
