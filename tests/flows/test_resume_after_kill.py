@@ -173,6 +173,18 @@ def comparable(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not _volatile(k)} for r in records]
 
 
+def assert_same_dataset(layout: RunLayout, reference: RunLayout) -> None:
+    """The run's dataset holds the reference run's records: hashes, provenance, positions,
+    energies and forces."""
+    data, ref = Dataset(layout.dataset), Dataset(reference.dataset)
+    assert data.hashes() == ref.hashes()
+    assert data.provenance() == ref.provenance()
+    a, b = data.arrays(), ref.arrays()
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
+
+
 def _records(layout: RunLayout) -> list[dict]:
     from flows.steps import read_generation_records
 
@@ -224,13 +236,7 @@ def test_a_run_killed_again_and_again_anywhere_ends_as_an_uninterrupted_run(tmp_
     assert summary["labels_explored"] == ref_summary["labels_explored"]
     assert comparable(_records(layout)) == comparable(ref_records)
 
-    data = Dataset(layout.dataset)
-    assert data.hashes() == ref_data.hashes()
-    assert data.provenance() == ref_data.provenance()
-    a, b = data.arrays(), ref_data.arrays()
-    np.testing.assert_array_equal(a.positions, b.positions)
-    np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
+    assert_same_dataset(layout, reference)
 
     computed = calls(tmp_path, name)
     assert len(computed) == len(set(computed)) == len(ref_data)  # no label computed twice

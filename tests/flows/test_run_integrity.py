@@ -29,7 +29,7 @@ from potentials.dataset import Dataset
 from potentials.run_layout import RunLayout
 from tests.flows.stand_in import (N_INITIAL, ROOT, calls, subprocess_env, write_config,
                                   write_slow_config)
-from tests.flows.test_resume_after_kill import comparable
+from tests.flows.test_resume_after_kill import assert_same_dataset, comparable
 
 CLI = [sys.executable, "-c", "from flows.cli import app; app(prog_name='advloop')"]
 pytestmark = pytest.mark.slow
@@ -54,16 +54,6 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> 
         assert process.poll() is None, f"the run ended before {path} appeared"
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.02)
-
-
-def _same_dataset(layout: RunLayout, reference: RunLayout) -> None:
-    data, ref = Dataset(layout.dataset), Dataset(reference.dataset)
-    assert data.hashes() == ref.hashes()
-    assert data.provenance() == ref.provenance()
-    a, b = data.arrays(), ref.arrays()
-    np.testing.assert_array_equal(a.positions, b.positions)
-    np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
 
 
 def _records(layout: RunLayout) -> list[dict]:
@@ -126,7 +116,7 @@ def test_sigint_and_sigterm_stop_the_run_whole_and_say_what_is_kept(finished, tm
     done = advloop(["run", str(config)], prefect_home)
     assert done.returncode == 0, done.stderr[-4000:]
     assert _flow_run_states(prefect_home, "nh3-sig")[-1][0] == "COMPLETED"
-    _same_dataset(layout, reference)
+    assert_same_dataset(layout, reference)
     assert comparable(_records(layout)) == comparable(_records(reference))
     computed = calls(tmp_path, "nh3-sig")
     assert len(computed) == len(set(computed))  # no label computed twice
@@ -243,7 +233,7 @@ def test_a_torn_generation_record_is_skipped_and_recomputed(finished, tmp_path):
     assert "is not a whole record" in done.stderr
     assert comparable(_records(layout)) == comparable(_records(reference))
     assert all(json.loads(line) for line in layout.generations.read_text().splitlines())
-    _same_dataset(layout, reference)
+    assert_same_dataset(layout, reference)
     assert calls(config.parent, "nh3") == computed  # nothing labelled again
 
 
@@ -265,7 +255,7 @@ def test_a_lost_or_damaged_dataset_is_rebuilt_from_the_label_store(finished, tmp
         shutil.copy(older.path, layout.dataset)
     done = advloop(args, tmp_path / "prefect-home")
     assert done.returncode == 0, done.stderr[-4000:]
-    _same_dataset(layout, reference)
+    assert_same_dataset(layout, reference)
     assert comparable(_records(layout)) == comparable(_records(reference))
     assert calls(config.parent, "nh3") == computed  # rebuilt from the store: nothing computed
     if damage == "truncated":
@@ -327,5 +317,5 @@ def test_a_full_disk_stops_the_run_naming_the_disk_and_the_resume_completes(
     done = advloop(args, tmp_path / "prefect-home")
     assert done.returncode == 0, done.stderr[-4000:]
     layout = RunLayout(small_disk / "runs" / "nh3-full")
-    _same_dataset(layout, reference)
+    assert_same_dataset(layout, reference)
     assert comparable(_records(layout)) == comparable(_records(reference))
