@@ -35,6 +35,24 @@ def test_builder_gives_the_submissions_and_a_scheduled_deployment(tiny_config, t
     assert load_flow_from_entrypoint(submissions.entrypoint).name == "advloop-submission"
 
 
+def test_the_project_file_deploys_the_flows_serve_builds(tmp_path, monkeypatch):
+    """infra/prefect.yaml (``prefect deploy``) names the same module-path entrypoints as
+    ``advloop serve``, and a worker can load them wherever advloop is installed."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from advloop.flows.deployments import build_deployments
+
+    project = yaml.safe_load((EXAMPLE.parents[1] / "infra" / "prefect.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # the example's output_dir, runs/, is relative
+    entrypoints = {d["name"]: d["entrypoint"] for d in project["deployments"]}
+    submissions, scheduled = build_deployments([EXAMPLE])
+    assert entrypoints == {"submissions": submissions.entrypoint, "ammonia": scheduled.entrypoint}
+    assert entrypoints["submissions"] == "advloop.flows.deployments.run_submission"
+    names = {name: load_flow_from_entrypoint(e).name for name, e in entrypoints.items()}
+    assert names == {"submissions": "advloop-submission", "ammonia": "advloop-run-config"}
+
+
 def test_builder_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
     from advloop.flows.deployments import build_deployments
 
