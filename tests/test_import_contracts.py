@@ -2,7 +2,7 @@
 
 The four code folders install as ``advloop.flows``, ``advloop.potentials``,
 ``advloop.adversarial`` and ``advloop.calculators`` (pyproject.toml's ``package-dir``). A
-bare ``import potentials`` would work only where the checkout happens to be on
+bare ``potentials`` import would work only where the checkout happens to be on
 ``sys.path`` (pytest puts it there for the ``tests`` package), would load a second copy of
 the module, and collides with a published package of this field. Every Python file of the
 project is parsed with :mod:`ast` and may not name the four packages bare: not in an
