@@ -4,15 +4,15 @@ Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104, 2021), the baselines it is compa
 selection of what to label. Every strategy takes :class:`Seeds` and returns
 :class:`Candidates`."""
 
-from adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
-from adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings, committee_md,
-                                   icommittee_md, random_displacement)
-from adversarial.geometry import (check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd,
-                                  pairwise_periodic_rmsd)
-from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
-from adversarial.seeding import choose_seeds
-from adversarial.selection import SelectionResult, SelectionSettings, select_candidates
-from adversarial.structures import Candidates, Seeds
+from advloop.adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
+from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
+                                           committee_md, icommittee_md, random_displacement)
+from advloop.adversarial.geometry import (check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd,
+                                          pairwise_periodic_rmsd)
+from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from advloop.adversarial.seeding import choose_seeds
+from advloop.adversarial.selection import SelectionResult, SelectionSettings, select_candidates
+from advloop.adversarial.structures import Candidates, Seeds
 
 __all__ = [
     "AttackResult", "AttackSettings", "Candidates", "CommitteeMDSettings",

@@ -2,10 +2,10 @@
 
 Following Schwalbe-Koda, Tan & Gómez-Bombarelli (Nat. Commun. 12, 5104, 2021), each seed
 geometry X gets a displacement δ, initialised with small Gaussian noise and optimised
-with Adam to *maximise* the adversarial objective (see :mod:`adversarial.objective`).
+with Adam to *maximise* the adversarial objective (see :mod:`advloop.adversarial.objective`).
 All seeds are attacked together in one batch. :func:`iattack` yields the state after
 every step (ASE ``irun`` style); :func:`run_attack` drains it and :func:`attack` returns
-the attacked geometries as :class:`~adversarial.structures.Candidates`.
+the attacked geometries as :class:`~advloop.adversarial.structures.Candidates`.
 
 Periodic cells keep their cell by default. With ``strain=True`` each cell also gets a
 symmetric strain ε (|ε_ij| ≤ ``max_strain``), applied to cell and positions alike,
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from adversarial.geometry import bonds_per_seed, check_geometry
-from adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
-                                  kT_from_temperature, log_partition)
-from adversarial.structures import Candidates, Seeds
-from potentials.committee import Committee
-from potentials.model import build_graph
+from advloop.adversarial.geometry import bonds_per_seed, check_geometry
+from advloop.adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
+                                           kT_from_temperature, log_partition)
+from advloop.adversarial.structures import Candidates, Seeds
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import build_graph
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class AttackSettings:
 
     ``uncertainty`` picks σ² from the forces (default) or the energy and ``energy`` the
     total (default) or per-atom energy in the Boltzmann factor (see
-    :mod:`adversarial.objective`). ``max_displacement`` caps |δ| per atom;
+    :mod:`advloop.adversarial.objective`). ``max_displacement`` caps |δ| per atom;
     ``strain``/``max_strain`` (dimensionless) attack the cell of periodic seeds.
     """
 
@@ -111,7 +111,7 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
             pbc: np.ndarray | None = None) -> Iterator[AttackStep]:
     """Attack seeds given as flat arrays: numbers [n_atoms], positions [n_atoms, 3] Å,
     n_atoms [n_seeds], cells [n_seeds, 3, 3] Å and pbc [n_seeds, 3] (default: molecules).
-    kT in eV; log_q from :func:`adversarial.objective.log_partition`, in the same energy
+    kT in eV; log_q from :func:`advloop.adversarial.objective.log_partition`, in the same energy
     form (total or per atom) as ``settings.energy``.
 
     Yields step 0 (the noised start) and then one :class:`AttackStep` per Adam step.

@@ -13,8 +13,8 @@ the same records as the attack (:class:`Seeds` in, :class:`Candidates` out):
   since beyond it the committee, and so the dynamics it drives, is not trusted.
 
 The per-atom force deviation is ``σ_i = √Σ_xyz var_members(F_i)`` (ddof=1) in eV/Å, as in
-:func:`potentials.committee.summarise`. Molecules are checked with
-:func:`adversarial.geometry.check_geometry`; periodic structures for clashes with
+:func:`advloop.potentials.committee.summarise`. Molecules are checked with
+:func:`advloop.adversarial.geometry.check_geometry`; periodic structures for clashes with
 distances to periodic images and for bonds of the seed that broke. Positions are never
 wrapped into the cell. No NaN leaves.
 """
@@ -29,10 +29,10 @@ import torch
 from ase import units
 from ase.data import atomic_masses
 
-from adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
-from adversarial.structures import Candidates, Seeds, atom_offsets
-from potentials.committee import Committee
-from potentials.model import Graph, build_graph
+from advloop.adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
+from advloop.adversarial.structures import Candidates, Seeds, atom_offsets
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import Graph, build_graph
 
 __all__ = ["CommitteeMDSettings", "MDStep", "RandomDisplacementSettings", "committee_md",
            "icommittee_md", "random_displacement"]
@@ -60,7 +60,7 @@ def _validate(prefix: str, settings: object, positive: tuple[str, ...] = (),
 class RandomDisplacementSettings:
     """std: Å, standard deviation of the Gaussian noise on each Cartesian component;
     n_per_seed: displaced copies per seed; min_distance_factor, max_bond_factor: the
-    geometry checks of :func:`adversarial.geometry.check_geometry`."""
+    geometry checks of :func:`advloop.adversarial.geometry.check_geometry`."""
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
-                                 pairwise_periodic_rmsd)
+from advloop.adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
+                                          pairwise_periodic_rmsd)
 
 __all__ = ["SelectionResult", "SelectionSettings", "select_candidates"]
 
@@ -40,7 +40,7 @@ class SelectionSettings:
             training structure or to an already-selected candidate is a near-duplicate.
             0 disables de-duplication.
         min_distance_factor: clash if a pair is closer than this × summed covalent
-            radii (see :func:`adversarial.geometry.check_geometry`).
+            radii (see :func:`advloop.adversarial.geometry.check_geometry`).
         max_bond_factor: atoms closer than this × summed covalent radii are bonded;
             a molecule whose bond graph is disconnected is fragmented.
         max_selected: cap on the number of candidates selected per generation, >= 1.
@@ -111,7 +111,7 @@ def select_candidates(
     Filters, in order (a candidate gets the reason of the first filter it fails):
 
     1. not finite: NaN or inf in its positions or its uncertainty;
-    2. geometry: :func:`adversarial.geometry.check_geometry` (clash or fragmented);
+    2. geometry: :func:`advloop.adversarial.geometry.check_geometry` (clash or fragmented);
     3. below threshold: uncertainty < ``np.percentile(train_uncertainty, percentile)``;
     4. near-duplicate of a training structure: min Kabsch RMSD < ``rmsd_threshold``;
     5. greedy, in decreasing uncertainty: near-duplicate of an already selected
@@ -129,7 +129,7 @@ def select_candidates(
         settings: the thresholds and cap.
         cells, train_cells: [n_candidates, 3, 3] and [n_train, 3, 3] Å, with ``pbc`` [3],
             for periodic structures: distances are then
-            :func:`adversarial.geometry.pairwise_periodic_rmsd` (minimum images, no
+            :func:`advloop.adversarial.geometry.pairwise_periodic_rmsd` (minimum images, no
             rotation) and clashes include periodic images.
 
     Returns:

@@ -3,7 +3,7 @@
 A strategy (the adversarial attack, random displacement, committee molecular dynamics)
 starts from :class:`Seeds` and returns :class:`Candidates`: new geometries, each with
 the seed it came from and the committee's uncertainty on it, ready for selection.
-Structures are stored flat, as in :class:`potentials.dataset.Arrays`: all atoms of all
+Structures are stored flat, as in :class:`advloop.potentials.dataset.Arrays`: all atoms of all
 structures in one array, with ``n_atoms`` giving each structure's length.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from potentials.dataset import Arrays
+from advloop.potentials.dataset import Arrays
 
 __all__ = ["Candidates", "Seeds", "atom_offsets"]
 

@@ -32,12 +32,12 @@ import torch
 
 from benchmarks.ammonia_xtb import KCAL_PER_MOL, _config, committee_metrics, oracle_reference, summarise
 from benchmarks.committee import record_header, write_record
-from calculators.factory import LabelSettings, level_of_theory
-from flows.config import RunConfig
-from flows.steps import read_generation_records
-from potentials.committee import Committee
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.calculators.factory import LabelSettings, level_of_theory
+from advloop.flows.config import RunConfig
+from advloop.flows.steps import read_generation_records
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_dft.json"
 STRATEGIES = ("adversarial", "md")
@@ -87,8 +87,8 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
         n_frames: int = 12, strategies: tuple[str, ...] = STRATEGIES,
         root: Path | None = None, rmse_target: float = 0.1) -> dict:
     """Each strategy and seed as a Prefect flow run with DFT labels, then the metrics."""
-    from flows.active_learning import run_active_learning
-    from flows.report import GenerationTable
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.report import GenerationTable
 
     torch.set_num_threads(1)
     overrides = {"convergence": {"force_std_threshold": 1e-9},  # run every generation
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="RHF/STO-3G, one seed, one generation: checks the code")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from flows.cli import use_prefect_defaults
+    from advloop.flows.cli import use_prefect_defaults
 
     use_prefect_defaults()
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Run ``python -m benchmarks.ammonia_xtb [--quick] [--output PATH]``; writes
 ``benchmarks/results/ammonia_xtb.json``.
 
 The active-learning loop of advloop itself (the plain generation steps of
-:mod:`flows.steps`: train, explore, select, label, with ``labels.calculator: tblite``)
+:mod:`advloop.flows.steps`: train, explore, select, label, with ``labels.calculator: tblite``)
 runs once per exploration strategy (adversarial, committee MD, random displacement) and
 seed, from the same initial labels, committee settings and label budget per generation.
 After each generation's training the committee is measured against the oracle:
@@ -38,14 +38,14 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import BFGS
 
-from adversarial.baselines import CommitteeMDSettings, icommittee_md
-from adversarial.structures import Seeds
+from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
+from advloop.adversarial.structures import Seeds
 from benchmarks.committee import record_header, write_record
 from benchmarks.loop import Measure, run_loop
-from calculators.factory import LabelSettings, make_calculator
-from calculators.pyscf_calculator import PySCFSettings
-from flows.config import RunConfig, validate_config
-from potentials.committee import Committee
+from advloop.calculators.factory import LabelSettings, make_calculator
+from advloop.calculators.pyscf_calculator import PySCFSettings
+from advloop.flows.config import RunConfig, validate_config
+from advloop.potentials.committee import Committee
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_xtb.json"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ammonia.yaml"

@@ -7,7 +7,7 @@ For batches of random molecules, times
 
 - ``forward_seconds``: one committee energies-and-forces pass as prediction does it,
   ``Committee.energies_forces(graph, positions)`` (``create_graph=False``);
-- ``attack_step_seconds``: one step of :func:`adversarial.attack.iattack` on the same
+- ``attack_step_seconds``: one step of :func:`advloop.adversarial.attack.iattack` on the same
   batch in the steady state: the median over periods of ``neighbor_refresh`` consecutive
   ``next()`` calls of one generator, each period holding one neighbour-list rebuild, of
   the mean time per call, so that the rebuild is amortised as in production (geometry
@@ -27,7 +27,7 @@ and a learning rate of 1e-4 Å so that no seed drifts into a clash while being t
 Structures are the random molecules of :mod:`benchmarks.committee` (H, C, N, O at about
 0.1 atoms/Å³, no two atoms closer than 1 Å), so the forward pass is the one timed there.
 That dense gas is several fragments under the default ``max_bond_factor`` (2) of
-:func:`adversarial.geometry.check_geometry`, which would freeze every seed at step 0;
+:func:`advloop.adversarial.geometry.check_geometry`, which would freeze every seed at step 0;
 the attack here uses 6, at which each molecule is one piece. The check does the same
 work (all pair distances, one fragment search) at any factor.
 
@@ -50,13 +50,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adversarial.attack import AttackSettings, AttackStep, iattack
-from adversarial.geometry import check_geometry
-from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from advloop.adversarial.attack import AttackSettings, AttackStep, iattack
+from advloop.adversarial.geometry import check_geometry
+from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
 from benchmarks.committee import (DENSITY, MIN_DISTANCE, N_MEMBERS, SPEC, machine_info,
                                   make_members, random_arrays, write_record)
-from potentials.committee import Committee
-from potentials.model import build_graph
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import build_graph
 
 RESULTS = Path(__file__).parent / "results" / "attack.json"
 DTYPE = torch.float32

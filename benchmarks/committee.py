@@ -12,7 +12,7 @@ loop called directly, ``member_by_member_energies_forces``), ``looped_single_bac
 ``single_backward_energies_forces``),
 ``stacked_energies_forces`` (``torch.vmap``, stacking the members on every call) and
 ``StackedCommittee.energies_forces`` (stacked once, as an attack would use it).
-Training: one epoch of ``potentials.training.itrain`` on 32 structures, per member.
+Training: one epoch of ``advloop.potentials.training.itrain`` on 32 structures, per member.
 
 Structures are random molecules (H, C, N, O) at about 0.1 atoms/Å³ (liquid water) with no
 two atoms closer than 1 Å, no cell and no periodicity; labels for training are random.
@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potentials.batched import (StackedCommittee, member_by_member_energies_forces,
-                                single_backward_energies_forces,
-                                stacked_energies_forces)
-from potentials.committee import Committee
-from potentials.dataset import Arrays
-from potentials.model import EnergyModel, ModelSpec, build_graph
-from potentials.training import TrainingSettings, itrain
+from advloop.potentials.batched import (StackedCommittee, member_by_member_energies_forces,
+                                        single_backward_energies_forces, stacked_energies_forces)
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Arrays
+from advloop.potentials.model import EnergyModel, ModelSpec, build_graph
+from advloop.potentials.training import TrainingSettings, itrain
 
 SPEC = ModelSpec(architecture="painn", n_atom_basis=64, n_interactions=3, n_rbf=20, cutoff=5.0)
 N_MEMBERS = 4

@@ -34,14 +34,14 @@ Seeds (attack, random) and MD starts are drawn from the whole training set, earl
 selections included, as ``exploration.seeds: random`` does in the project.
 
 - ``adversarial``: Adam on displacements δ of seed points,
-  maximising the project's objective (:func:`adversarial.objective.adversarial_objective`,
+  maximising the project's objective (:func:`advloop.adversarial.objective.adversarial_objective`,
   each point a one-"atom" structure with its forces padded with z = 0), |δ| clamped; as
-  :mod:`adversarial.attack`, which is written for atoms and neighbour lists.
+  :mod:`advloop.adversarial.attack`, which is written for atoms and neighbour lists.
 - ``random``: Gaussian displacements of seed points (std a quarter of the well
-  separation), as :func:`adversarial.baselines.random_displacement`.
+  separation), as :func:`advloop.adversarial.baselines.random_displacement`.
 - ``md``: Langevin (BAOAB) walkers on the committee-mean potential started from
   training points, DP-GEN frame selection (trust_lower ≤ σ_F < trust_upper; a walker
-  stops at trust_upper), as :func:`adversarial.baselines.committee_md`.
+  stops at trust_upper), as :func:`advloop.adversarial.baselines.committee_md`.
 
 No schnetpack model is used (a point in 2D has no atoms, neighbours or elements; the
 package is only imported, through ``adversarial`` and ``benchmarks.committee``). The
@@ -65,7 +65,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from adversarial.objective import adversarial_objective, log_partition
+from advloop.adversarial.objective import adversarial_objective, log_partition
 from benchmarks.committee import machine_info, write_record
 
 Strategy = Literal["adversarial", "md", "random"]

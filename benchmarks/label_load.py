@@ -42,7 +42,7 @@ Measured for each runner:
   labelling window: from the generation's first label stored to its last (the label
   store's file times), with the label tasks finished per second over it. Each label task
   takes its structure from the generation's candidates file, which it reads whole
-  (``flows.steps.label_one``); ``candidates_read_seconds`` is the time of one such read,
+  (``advloop.flows.steps.label_one``); ``candidates_read_seconds`` is the time of one such read,
   measured after the run in the benchmark's process, so that the part of the window
   that is reading (``N`` reads) can be told from the part that is orchestration;
 - memory: the resident set size (RSS) of the run's process and of every process under
@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potentials.run_layout import RunLayout
+from advloop.potentials.run_layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "label_load.json"
@@ -143,7 +143,7 @@ def run_command(config: Path) -> list[str]:
     script = Path(sys.executable).with_name("advloop")
     if script.exists():
         return [str(script), "run", str(config)]
-    code = "import sys; from flows.cli import app; sys.argv[0] = 'advloop'; app()"
+    code = "import sys; from advloop.flows.cli import app; sys.argv[0] = 'advloop'; app()"
     return [sys.executable, "-c", code, "run", str(config)]
 
 
@@ -352,7 +352,7 @@ def label_window(layout: RunLayout) -> tuple[float, float]:
 
 def candidates_read_seconds(layout: RunLayout, repeats: int = 3) -> float:
     """Median seconds to read the generation's candidates file whole (``ase.io.read``), as
-    each label task does to take its structure from it (:func:`flows.steps.label_one`)."""
+    each label task does to take its structure from it (:func:`advloop.flows.steps.label_one`)."""
     from ase.io import read
 
     times = []

@@ -30,9 +30,9 @@ from ase import Atoms
 from ase.build import molecule
 
 from benchmarks.committee import machine_info, write_record
-from calculators.factory import LabelSettings, make_calculator
-from calculators.labeller import label_structures
-from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+from advloop.calculators.factory import LabelSettings, make_calculator
+from advloop.calculators.labeller import label_structures
+from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
 
 RESULTS = Path(__file__).parent / "results" / "labelling.json"
 PBE = PySCFSettings(method="RKS", xc="PBE", basis="6-31G*")

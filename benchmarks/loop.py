@@ -1,6 +1,6 @@
 """The active-learning loop as the sample-efficiency benchmarks run it.
 
-advloop's own generation steps (:mod:`flows.steps`: train, explore, select, label), run
+advloop's own generation steps (:mod:`advloop.flows.steps`: train, explore, select, label), run
 in this process without Prefect so that the committee of every generation can be
 measured between its training and the next exploration. :mod:`benchmarks.ammonia_dft`
 runs the same loop through the Prefect flow instead.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flows.config import RunConfig
-from flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
-from potentials.committee import Committee
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.flows.config import RunConfig
+from advloop.flows.steps import explore_step, initial_dataset, label_step, select_step, train_step
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 
 Measure = Callable[[Committee, int], dict]  # (generation's committee, generation) -> metrics
 

@@ -5,7 +5,7 @@ Run ``python -m benchmarks.orchestration [--quick] [--output PATH]``; writes
 with ``PREFECT_HOME`` in a temporary folder (nothing is left in ``~/.prefect``).
 
 - **Labelling over Dask workers.** The generation's labelling sub-flow
-  (:func:`flows.active_learning.label_candidates`, one task per structure) on a local
+  (:func:`advloop.flows.active_learning.label_candidates`, one task per structure) on a local
   Dask cluster of 1 and then 2 worker processes (one thread each), labelling the same
   structures (full: 16 CH3OH at PBE/6-31G*, about 1.6 s each; quick: 4 NH3 with
   GFN2-xTB) into fresh label stores, after warming each cluster's workers up on other
@@ -14,9 +14,9 @@ with ``PREFECT_HOME`` in a temporary folder (nothing is left in ``~/.prefect``).
   (compute / (workers × wall time)), which separates orchestration idle time from cores
   shared with other jobs.
 - **Orchestration overhead per generation.** A small real run of
-  :func:`flows.active_learning.run_active_learning` (NH3, RHF/STO-3G labels, a committee of
+  :func:`advloop.flows.active_learning.run_active_learning` (NH3, RHF/STO-3G labels, a committee of
   4 small PaiNN models); its ``generations.jsonl`` splits each generation's wall time into
-  training, exploration, selection, labelling and orchestration (:mod:`flows.timing`).
+  training, exploration, selection, labelling and orchestration (:mod:`advloop.flows.timing`).
   ``overhead_fraction`` is ``seconds_orchestration / seconds`` per generation (and its
   mean): the time no step body was running (task and flow-run bookkeeping with the
   server, submission, result passing). Full mode also runs it with the labelling on a
@@ -55,7 +55,7 @@ from ase.build import molecule
 from ase.io import write
 
 from benchmarks.committee import machine_info, write_record
-from flows.config import RunConfig
+from advloop.flows.config import RunConfig
 
 RESULTS = Path(__file__).parent / "results" / "orchestration.json"
 PHASES = ("training", "exploration", "selection", "labelling", "orchestration")
@@ -116,7 +116,7 @@ def _write_candidates(config: RunConfig, n: int) -> None:
     molecule displaced at random, the same for every run)."""
     from ase.io import read
 
-    from potentials.run_layout import RunLayout
+    from advloop.potentials.run_layout import RunLayout
 
     rng = np.random.default_rng(11)
     frames = []
@@ -132,9 +132,9 @@ def _write_candidates(config: RunConfig, n: int) -> None:
 
 def labelling_efficiency(root: Path, quick: bool) -> dict:
     """Wall time of the labelling sub-flow on 1 and 2 Dask workers, same structures."""
-    from flows import runners
-    from flows.active_learning import label_candidates
-    from flows.report import GenerationTable
+    from advloop.flows import runners
+    from advloop.flows.active_learning import label_candidates
+    from advloop.flows.report import GenerationTable
 
     n, warm = (4, 2) if quick else (16, 2)
     out: dict = {"n_structures": n, "warm_up_structures_per_worker": 1}
@@ -206,9 +206,9 @@ def _run_config(root: Path, name: str, quick: bool, runners: dict | None = None)
 def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
                            name: str = "overhead") -> dict:
     """A small run through ``run_active_learning``; the split of each generation's time."""
-    from flows.active_learning import run_active_learning
-    from flows.report import GenerationTable
-    from flows.steps import read_generation_records
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.report import GenerationTable
+    from advloop.flows.steps import read_generation_records
 
     config = _run_config(root / name, name, quick, runners)
     load_before = _load()
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     # before prefect is imported (lazily, in the steps): a temporary local server with its
     # database in a throwaway folder
     os.environ["PREFECT_HOME"] = home
-    from flows.cli import use_prefect_defaults
+    from advloop.flows.cli import use_prefect_defaults
 
     use_prefect_defaults()
     import torch

@@ -14,21 +14,21 @@ primitive one: tblite samples the Γ point only, and in the primitive cell (7.8 
 puts the framework 0.48 eV per Si6O12 higher and distorts it below cubic symmetry, while
 the cubic cell keeps Im-3m (it returns to it from a random distortion).
 
-The active-learning loop of advloop itself (the generation steps of :mod:`flows.steps`:
+The active-learning loop of advloop itself (the generation steps of :mod:`advloop.flows.steps`:
 train, explore, select, label, with ``labels.calculator: tblite``) runs once per
 exploration strategy (adversarial, committee MD, random displacement) and seed, from the
 same initial labels, committee settings and label budget per generation, as in
 :mod:`benchmarks.ammonia_xtb`. After each generation's training the committee is measured:
 
 - ``md_stable_fraction``: the fraction of committee-driven Langevin runs
-  (:func:`adversarial.baselines.icommittee_md`, trust levels that never stop a run) from
+  (:func:`advloop.adversarial.baselines.icommittee_md`, trust levels that never stop a run) from
   the relaxed structure that stay physical for the whole run; the metric Schwalbe-Koda,
   Tan & Gómez-Bombarelli (Nat. Commun. 12, 5104, 2021) report for zeolites. Physical
   means the bond topology of the relaxed structure is kept (no Si-O or N-H bond
   stretched past 1.5 times the summed covalent radii, no other pair closer than those
   radii; see :func:`topology_kept`) and the committee forces stay finite.
   The limits are tighter than those of exploration's sanity check
-  (``adversarial.geometry.check_geometry``: a bond of the seed broken past 2 times the
+  (``advloop.adversarial.geometry.check_geometry``: a bond of the seed broken past 2 times the
   summed radii, a clash below half of them), which only rejects the absurd.
   ``md_survival_fs_mean`` is the mean time to the first unphysical step (the run length
   for a stable run), fs;
@@ -69,22 +69,23 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import BFGS
 from ase.spacegroup import crystal
 
-from adversarial.attack import AttackSettings
-from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings, icommittee_md
-from adversarial.selection import SelectionSettings
-from adversarial.structures import Seeds
+from advloop.adversarial.attack import AttackSettings
+from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
+                                           icommittee_md)
+from advloop.adversarial.selection import SelectionSettings
+from advloop.adversarial.structures import Seeds
 from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
 from benchmarks.loop import Measure, generation_zero, run_loop
-from calculators.factory import LabelSettings, make_calculator
-from calculators.pyscf_calculator import PySCFSettings
-from flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
-                          ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig,
-                          check_inputs)
-from potentials.committee import Committee
-from potentials.model import ModelSpec
-from potentials.run_layout import RunLayout
-from potentials.training import TrainingSettings
+from advloop.calculators.factory import LabelSettings, make_calculator
+from advloop.calculators.pyscf_calculator import PySCFSettings
+from advloop.flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
+                                  ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig,
+                                  check_inputs)
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import ModelSpec
+from advloop.potentials.run_layout import RunLayout
+from advloop.potentials.training import TrainingSettings
 
 RESULTS = Path(__file__).parent / "results" / "zeolite_xtb.json"
 STRUCTURES = Path(__file__).resolve().parents[1] / "examples" / "structures"
@@ -375,7 +376,7 @@ def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
 def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
     """Copy the initial labels and generation 0's committee of ``source`` into the run
     folder of ``target``, a run of another strategy with the same seed: generation 0 does
-    not depend on the strategy, and the steps of :mod:`flows.steps` find and reuse them."""
+    not depend on the strategy, and the steps of :mod:`advloop.flows.steps` find and reuse them."""
     src, dst = RunLayout(source.run_dir()), RunLayout(target.run_dir())
     dst.root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src.dataset, dst.dataset)

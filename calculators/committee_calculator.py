@@ -9,9 +9,9 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from potentials import properties as P
-from potentials.committee import Committee
-from potentials.run_layout import RunLayout
+from advloop.potentials import properties as P
+from advloop.potentials.committee import Committee
+from advloop.potentials.run_layout import RunLayout
 
 
 class CommitteeCalculator(Calculator):

@@ -8,7 +8,7 @@ They subclass ASE's hierarchy so that any ASE-aware code can catch them:
 - ``InvalidLabelError(LabelError)``: the calculator returned an unusable label (a
   non-finite energy or force, forces not ``[n_atoms, 3]``, an absurd magnitude).
 
-Each carries the structure hash (``potentials.hashing.structure_hash``) and the
+Each carries the structure hash (``advloop.potentials.hashing.structure_hash``) and the
 calculator's directory, so a failure in a log or a dataset can be traced back to the
 structure that caused it. Both survive pickling (``BaseException.__reduce__`` keeps the
 instance ``__dict__``), which matters when errors cross process boundaries.
@@ -69,7 +69,7 @@ class InvalidStructureError(LabelError):
 class InvalidLabelError(LabelError):
     """The calculator returned a label that must not be trained on.
 
-    Raised by :func:`calculators.label_store.check_label` after the calculation: an energy
+    Raised by :func:`advloop.calculators.label_store.check_label` after the calculation: an energy
     that is not one finite real number, forces that are not ``[n_atoms, 3]`` finite real
     numbers, or a magnitude no physical structure has (a calculator bug, a unit error, a
     diverged SCF reported as converged). The message says which.

@@ -2,9 +2,9 @@
 
 ``labels.calculator`` picks one of:
 
-- ``pyscf``: :class:`~calculators.pyscf_calculator.PySCFCalculator` with the run's ``dft``
+- ``pyscf``: :class:`~advloop.calculators.pyscf_calculator.PySCFCalculator` with the run's ``dft``
   settings (DFT or Hartree-Fock, molecules);
-- ``pyscf_periodic``: :class:`~calculators.pyscf_periodic.PeriodicPySCFCalculator` with the
+- ``pyscf_periodic``: :class:`~advloop.calculators.pyscf_periodic.PeriodicPySCFCalculator` with the
   run's ``periodic_dft`` settings (Γ-point Kohn-Sham with GTH pseudopotentials, for
   zeolites and other cells; expensive, meant for cluster nodes);
 - ``tblite``: GFN2-xTB (or GFN1-xTB, IPEA1-xTB) through tblite's ASE calculator, with the
@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from ase.calculators.calculator import BaseCalculator
 
-from calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
-from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
+from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+from advloop.calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
 __all__ = ["LabelSettings", "element_problems", "import_factory", "level_of_theory",
            "make_calculator", "python_calculator", "theory_settings"]

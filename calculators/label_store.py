@@ -1,7 +1,7 @@
 """Content-addressed labels: every label computed is kept, and none is computed twice.
 
 A label's key is the SHA-256 of the structure's content hash
-(:func:`potentials.hashing.structure_hash`: atomic numbers, positions and cell rounded to
+(:func:`advloop.potentials.hashing.structure_hash`: atomic numbers, positions and cell rounded to
 1e-6 Å, pbc) and the full level-of-theory settings as canonical JSON (the calculator's
 name and every setting that changes its numbers). Each label is one small ``.npz`` file,
 ``<root>/<key[:2]>/<key>.npz``, written atomically (a temporary file renamed into place)
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from calculators.errors import InvalidLabelError
-from potentials.hashing import structure_hash
+from advloop.calculators.errors import InvalidLabelError
+from advloop.potentials.hashing import structure_hash
 
 __all__ = ["MAX_ABS_ENERGY_EV_PER_ATOM", "MAX_FORCE_EV_PER_A", "LabelStore", "StoredLabel",
            "check_label", "label_key", "theory_json"]

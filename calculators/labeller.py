@@ -4,11 +4,11 @@ A structure the calculator cannot label (it raises ASE's ``CalculationFailed``, 
 ``InvalidStructureError`` or ``SCFConvergenceError``) becomes an outcome with an
 ``error`` string, and labelling goes on with the next structure. So does one whose
 label, as the calculator returned it, is not valid
-(:func:`~calculators.label_store.check_label`: a non-finite energy or force, forces not
+(:func:`~advloop.calculators.label_store.check_label`: a non-finite energy or force, forces not
 ``[n_atoms, 3]``, an absurd magnitude): ``InvalidLabelError`` with the reason. Any other
 exception is a bug and propagates.
 
-With a :class:`~calculators.label_store.LabelStore` and the level-of-theory settings,
+With a :class:`~advloop.calculators.label_store.LabelStore` and the level-of-theory settings,
 labelling is content-addressed: a structure already labelled (or already failed) at the
 same settings is read back, not recomputed, and every new label is stored the moment it
 is computed.
@@ -24,8 +24,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, CalculationFailed
 
-from calculators.label_store import LabelStore, check_label, label_key
-from potentials.hashing import structure_hash
+from advloop.calculators.label_store import LabelStore, check_label, label_key
+from advloop.potentials.hashing import structure_hash
 
 __all__ = ["LabelOutcome", "label_structures"]
 
@@ -105,7 +105,7 @@ def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
         One ``LabelOutcome`` per structure, in input order (``outcome.index == i``).
 
     A label the calculator returns is checked
-    (:func:`~calculators.label_store.check_label`); an invalid one is a failed outcome,
+    (:func:`~advloop.calculators.label_store.check_label`); an invalid one is a failed outcome,
     ``"InvalidLabelError: <what is wrong> [structure_hash=...]"``, stored as a failure like
     any other, so a re-run does not compute it again. A stored success that is not a valid label for the structure (an
     older advloop stored what a broken calculator returned) is recomputed.

@@ -25,11 +25,12 @@ from pyscf import dft, gto, lib, scf
 from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.scf.dispersion import parse_dft, parse_disp
 
-from calculators.errors import InvalidStructureError, SCFConvergenceError
-from calculators.scf_ladder import DEFAULT_SCF_LADDER, REUSE_MAX_DISPLACEMENT, DensityGuess, RungAttempt, ScfRung
-from calculators.scf_ladder import run_scf_ladder, validate_ladder
-from calculators.settings_calculator import SettingsCalculator
-from potentials.hashing import structure_hash
+from advloop.calculators.errors import InvalidStructureError, SCFConvergenceError
+from advloop.calculators.scf_ladder import (DEFAULT_SCF_LADDER, REUSE_MAX_DISPLACEMENT,
+                                            DensityGuess, RungAttempt, ScfRung)
+from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
+from advloop.calculators.settings_calculator import SettingsCalculator
+from advloop.potentials.hashing import structure_hash
 
 __all__ = [
     "MIN_DISTANCE_FACTOR",
@@ -108,7 +109,7 @@ class PySCFSettings:
         max_memory_mb: memory PySCF may use, MB.
         verbose: PySCF verbosity, 0 (silent) to 9.
         scf_ladder: the SCF strategies tried in turn until one converges (see
-            ``calculators.scf_ladder``): ``"default"``, ``"more_cycles"``,
+            ``advloop.calculators.scf_ladder``): ``"default"``, ``"more_cycles"``,
             ``"level_shift"``, ``"newton"``. ``("default",)`` turns the ladder off.
         reuse_density: start the SCF from the last converged density matrix when the
             atoms (numbers and order), basis, charge, spin and method are the same and
@@ -255,7 +256,7 @@ class PySCFCalculator(ThreadScopedCalculator):
     structure fails only when every rung fails. After each calculation,
     ``scf_rung`` names the rung that converged, ``scf_cycles`` counts the SCF
     iterations over all rungs tried, and ``scf_attempts`` holds one
-    ``calculators.scf_ladder.RungAttempt`` per rung tried.
+    ``advloop.calculators.scf_ladder.RungAttempt`` per rung tried.
 
     Example::
 

@@ -76,10 +76,10 @@ from pyscf.pbc import dft as pbc_dft
 from pyscf.pbc import gto as pbc_gto
 from pyscf.pbc.scf.addons import smearing_
 
-from calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
-from calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE, ThreadScopedCalculator
-from calculators.scf_ladder import run_scf_ladder, validate_ladder
-from potentials.hashing import structure_hash
+from advloop.calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
+from advloop.calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE, ThreadScopedCalculator
+from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
+from advloop.potentials.hashing import structure_hash
 
 __all__ = ["PeriodicPySCFCalculator", "PeriodicPySCFSettings"]
 
@@ -129,7 +129,7 @@ class PeriodicPySCFSettings:
         threads: OpenMP threads for this calculator's work (None: PySCF's default,
             from ``OMP_NUM_THREADS``).
         scf_ladder: SCF strategies tried in turn until one converges (see
-            ``calculators.scf_ladder``): ``"default"``, ``"more_cycles"``,
+            ``advloop.calculators.scf_ladder``): ``"default"``, ``"more_cycles"``,
             ``"level_shift"``; without the stability analysis, which PySCF lacks for
             periodic multigrid SCF.
         max_memory_mb: memory PySCF may use, MB.
@@ -383,7 +383,7 @@ def _check_structure(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, 
         raise reject(
             f"the structure is {kind} (pbc={pbc.tolist()}); PeriodicPySCFCalculator computes "
             "3D-periodic cells only (set atoms.pbc = True with a full cell), and the molecular "
-            "calculators.PySCFCalculator is the one for isolated molecules"
+            "advloop.calculators.PySCFCalculator is the one for isolated molecules"
         )
     if len(atoms) == 0:
         raise reject("the structure has no atoms")

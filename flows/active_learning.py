@@ -5,19 +5,19 @@ One flow run per run (named after the system) holds one sub-flow run per generat
 label each selected structure in its own task (with retries and a time limit, into the
 content-addressed label store), append the generation's labels to the dataset in one
 task (the one writer of the HDF5 file), evaluate the committee's calibration on them.
-After each generation the run decides whether to stop (:func:`flows.steps.decide`).
+After each generation the run decides whether to stop (:func:`advloop.flows.steps.decide`).
 Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021).
 
 Members train and labels are computed on the task runners of ``config.runners``
-(:mod:`flows.runners`): by default in the generation flow's threads; on any other runner
+(:mod:`advloop.flows.runners`): by default in the generation flow's threads; on any other runner
 (a process pool, a Dask cluster, Slurm jobs) in a sub-flow of the generation
 (``<system>-gen<NNN>-training`` / ``-labelling``) with that task runner, on clusters
 started once per run.
 
-Tasks are thin wrappers over :mod:`flows.steps`; they pass configs, indices and
+Tasks are thin wrappers over :mod:`advloop.flows.steps`; they pass configs, indices and
 metrics, never models or arrays. Every flow and task run is tagged with the system's
-name; the UI shows the artifacts of :mod:`flows.artifacts`, and automations can act on
-the events of :mod:`flows.events`. The run's final state is Completed with the reason it
+name; the UI shows the artifacts of :mod:`advloop.flows.artifacts`, and automations can act on
+the events of :mod:`advloop.flows.events`. The run's final state is Completed with the reason it
 stopped as its message; calling :func:`run_active_learning` returns the summary dict.
 """
 
@@ -36,13 +36,13 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
 
-from calculators.factory import level_of_theory
-from flows import artifacts, events, interruptions, run_folder, runners, steps
-from flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
-from flows.report import GenerationTable
-from flows.timing import Timed, split_generation, timed
-from potentials.dataset import Dataset
-from potentials.run_layout import INITIAL, RunLayout
+from advloop.calculators.factory import level_of_theory
+from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
+from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
+from advloop.flows.report import GenerationTable
+from advloop.flows.timing import Timed, split_generation, timed
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import INITIAL, RunLayout
 
 _task = task(cache_policy=NO_CACHE)
 
@@ -267,7 +267,7 @@ def run_generation(config: RunConfig, generation: int, max_selected: int, final:
     Stops early (``interrupted``) before a step that would start after ``deadline``
     (``time.time()`` s). Training and labelling run on the task runners of
     ``config.runners``, as sub-flows unless ``threads``, on the run's Dask ``clusters``
-    (:func:`flows.runners.open_clusters`; None: a phase starts its own)."""
+    (:func:`advloop.flows.runners.open_clusters`; None: a phase starts its own)."""
     _tag_flow_run(config.system.name)
     logger = get_run_logger()
     table = table or GenerationTable()
@@ -334,16 +334,16 @@ def _tag_flow_run(tag: str) -> None:
 def run_active_learning(config: RunConfig, table: GenerationTable | None = None) -> dict:
     """Run (or resume) the loop for a validated config; returns the run summary.
 
-    The run holds its folder's lock throughout (:func:`flows.run_folder.hold`: a second
-    run of the folder is refused with :class:`~flows.run_folder.RunFolderBusy`) and
-    refuses, with :class:`~flows.config.ConfigError`, a resume whose data settings differ
-    from the folder's (:func:`flows.run_folder.resume_problems`).
+    The run holds its folder's lock throughout (:func:`advloop.flows.run_folder.hold`: a second
+    run of the folder is refused with :class:`~advloop.flows.run_folder.RunFolderBusy`) and
+    refuses, with :class:`~advloop.flows.config.ConfigError`, a resume whose data settings differ
+    from the folder's (:func:`advloop.flows.run_folder.resume_problems`).
 
     The flow run ends Completed with the stop explanation as its message (the summary is
-    its result); too many failed labels fail it with :class:`flows.steps.LabellingError`,
-    a full disk with :class:`flows.interruptions.DiskFullError`. SIGINT (Ctrl-C) ends it
+    its result); too many failed labels fail it with :class:`advloop.flows.steps.LabellingError`,
+    a full disk with :class:`advloop.flows.interruptions.DiskFullError`. SIGINT (Ctrl-C) ends it
     Cancelled and SIGTERM (a batch system's preemption) Crashed, each with a message that
-    says what is kept and how to resume (:func:`flows.interruptions.interrupted_message`).
+    says what is kept and how to resume (:func:`advloop.flows.interruptions.interrupted_message`).
     """
     layout = RunLayout(config.run_dir())
     try:

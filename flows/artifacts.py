@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from uuid import UUID
 from xml.sax.saxutils import escape
 
-from flows.events import json_safe
-from potentials.run_layout import batch_name
+from advloop.flows.events import json_safe
+from advloop.potentials.run_layout import batch_name
 
 # column in the table artifact -> key of the generation record
 TABLE_COLUMNS: dict[str, str] = {

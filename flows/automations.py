@@ -122,10 +122,10 @@ def ensure_automation(automation: Automation) -> Ensured:
     """Create ``automation`` on the configured server, or bring the one of the same name
     to match it: idempotent, so running it again changes nothing. Where several have the
     name (made by hand, or by two concurrent calls), the one updated last is kept, the others
-    deleted. Raises :class:`flows.deployments.ServerError`."""
+    deleted. Raises :class:`advloop.flows.deployments.ServerError`."""
     from prefect.events.schemas.automations import AutomationCore
 
-    from flows.deployments import server_client
+    from advloop.flows.deployments import server_client
 
     # without owner_resource, which the server's update schema forbids (as
     # prefect.automations.Automation.update leaves it out)
@@ -154,7 +154,7 @@ def ensure_automation(automation: Automation) -> Ensured:
 def ensure_crash_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS) -> Ensured:
     """:func:`crash_automation` on the configured server, created or updated by name
     (what ``advloop automations create`` runs). Raises ``ValueError`` for a too short
-    ``heartbeat_seconds``, :class:`flows.deployments.ServerError` for server trouble."""
+    ``heartbeat_seconds``, :class:`advloop.flows.deployments.ServerError` for server trouble."""
     return ensure_automation(crash_automation(heartbeat_seconds))
 
 

@@ -22,8 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    # advloop's own loggers (SCF rung escalations, training summaries) in the run's log
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "calculators,potentials,adversarial,flows",
+    # advloop's own loggers (SCF rung escalations, training summaries) in the run's log:
+    # the "advloop" logger is the parent of every module's logging.getLogger(__name__)
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "advloop",
 }
 
 
@@ -78,14 +79,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 class _ServerErrors:
-    """``with _ServerErrors():`` turns a :class:`flows.deployments.ServerError` into its
+    """``with _ServerErrors():`` turns a :class:`advloop.flows.deployments.ServerError` into its
     one-line message and exit status, with no traceback."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind, err, tb) -> bool:
-        from flows.deployments import ServerError
+        from advloop.flows.deployments import ServerError
 
         if isinstance(err, ServerError):
             _fail(str(err), err.exit_code)
@@ -93,7 +94,7 @@ class _ServerErrors:
 
 
 def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
-    from flows.config import ConfigError, validate_config
+    from advloop.flows.config import ConfigError, validate_config
 
     try:
         return validate_config(config, output_dir, run_folder=run_folder)
@@ -104,7 +105,7 @@ def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)]) -> None:
     """Check a config and its structure files; compute nothing."""
-    from calculators.factory import level_of_theory
+    from advloop.calculators.factory import level_of_theory
 
     cfg = _validated(config, None)
     typer.echo(f"{config}: valid. System {cfg.system.name!r}, "
@@ -120,7 +121,7 @@ def run(
 ) -> None:
     """Validate, then run (or resume) the active-learning loop on Prefect's embedded server."""
     cfg = _validated(config, output_dir)
-    from flows.run_folder import RunFolderBusy, hold
+    from advloop.flows.run_folder import RunFolderBusy, hold
 
     try:
         with hold(cfg.run_dir()):  # refused at once, before Prefect starts
@@ -132,12 +133,12 @@ def run(
 def _run_held(cfg) -> None:
     """``advloop run`` of a validated config whose run folder this process holds."""
     use_prefect_defaults()
-    from flows import embedded_server
-    from flows.active_learning import run_active_learning
-    from flows.config import ConfigError
-    from flows.interruptions import DiskFullError
-    from flows.steps import LabellingError
-    from potentials.dataset import DatasetError
+    from advloop.flows import embedded_server
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.config import ConfigError
+    from advloop.flows.interruptions import DiskFullError
+    from advloop.flows.steps import LabellingError
+    from advloop.potentials.dataset import DatasetError
 
     expected = (LabellingError, DiskFullError, DatasetError, ConfigError)
     _quiet_in_terminal(expected)
@@ -161,7 +162,7 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     line saying what to do) off the terminal; the run's log on the server keeps them."""
     import logging
 
-    from flows.interruptions import is_disk_full
+    from advloop.flows.interruptions import is_disk_full
     from prefect.logging.handlers import PrefectConsoleHandler
 
     def caused_by_expected(err: BaseException | None) -> bool:
@@ -210,15 +211,15 @@ def export(
              "(an ASEAtomsData database)")] = "extxyz",
 ) -> None:
     """Write a run's labelled dataset (DFT energies and forces) to a file."""
-    from potentials.dataset import Dataset, DatasetError
-    from potentials.run_layout import RunLayout
+    from advloop.potentials.dataset import Dataset, DatasetError
+    from advloop.potentials.run_layout import RunLayout
 
     try:
         dataset = Dataset(RunLayout(run_dir).dataset)
     except DatasetError as err:
         _fail(f"error: {err}")
     if format == "schnetpack":
-        from potentials.interchange import export_asedata
+        from advloop.potentials.interchange import export_asedata
 
         try:
             n = len(export_asedata(dataset, output))
@@ -233,7 +234,7 @@ def export(
 @app.command()
 def submit(
     config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
-    # the default is flows.deployments.DEFAULT_DEPLOYMENT, spelt out so that `--help` does
+    # the default is advloop.flows.deployments.DEFAULT_DEPLOYMENT, spelt out so that `--help` does
     # not import prefect
     deployment: Annotated[str, typer.Option(help="FLOW/DEPLOYMENT to run it")] = "advloop-submission/submissions",
     output_dir: Annotated[Path | None, typer.Option(help="parent of the run folder, a path the "
@@ -249,8 +250,8 @@ def submit(
     see that path on a shared filesystem. See infra/README.md."""
     cfg = _validated(config, output_dir, run_folder=False)  # the worker checks the run folder
     use_prefect_defaults()
-    from flows.config import ConfigError
-    from flows.deployments import Submission, submit as submit_run
+    from advloop.flows.config import ConfigError
+    from advloop.flows.deployments import Submission, submit as submit_run
 
     try:
         submission = Submission.pack(config, cfg)
@@ -291,9 +292,9 @@ def serve(
     Once the server's scheduler has made a schedule's next run, prints its time; warns if
     it has made none 90 s after the deployment was registered."""
     use_prefect_defaults()
-    from flows.config import ConfigError
-    from flows.deployments import (api_url, build_deployments, display_url, schedule_ids,
-                                   server_client)
+    from advloop.flows.config import ConfigError
+    from advloop.flows.deployments import (api_url, build_deployments, display_url, schedule_ids,
+                                           server_client)
 
     try:
         deployments = build_deployments(config or [], cron, timezone, output_dir)
@@ -319,12 +320,12 @@ def serve(
 def _report_schedules(scheduled: list[str], before: frozenset) -> None:
     """While ``advloop serve`` serves, print the next run of each scheduled deployment
     once the server's scheduler has made it, or warn on stderr that it has made none
-    (:func:`flows.deployments.watch_schedules`: within 90 s of registering, then never
+    (:func:`advloop.flows.deployments.watch_schedules`: within 90 s of registering, then never
     again), from a daemon thread, so that serving starts at once."""
     import contextvars
     import threading
 
-    from flows.deployments import no_upcoming_run_warning, watch_schedules
+    from advloop.flows.deployments import no_upcoming_run_warning, watch_schedules
 
     def report() -> None:
         for name, start in watch_schedules(scheduled, before):
@@ -393,7 +394,7 @@ def _run_folder(root: Path) -> _RunFolder | None:
     every start or resume rewrites), else ``running``: a run killed without a summary
     also reads ``running``, hence the time of the last update beside it.
     """
-    from potentials.run_layout import RunLayout
+    from advloop.potentials.run_layout import RunLayout
 
     layout = RunLayout(root)
     files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
@@ -440,8 +441,8 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 def _print_flow_runs(system: str | None) -> None:
     """The latest flow runs of ``system`` (or of advloop) on the server, then a warning
     on stderr for each of its deployments whose active schedule has no upcoming run."""
-    from flows.deployments import (flow_run_url, latest_flow_runs, no_upcoming_run_warning,
-                                   schedules_without_runs)
+    from advloop.flows.deployments import (flow_run_url, latest_flow_runs, no_upcoming_run_warning,
+                                           schedules_without_runs)
 
     with _ServerErrors():
         runs = latest_flow_runs(system)
@@ -491,7 +492,7 @@ def status(
             _print_flow_runs(None)
         return
 
-    from flows.report import GenerationTable
+    from advloop.flows.report import GenerationTable
 
     root = _find_run(run, runs_dir)
     if root is None and server:  # submitted, perhaps not started: the server may know it
@@ -536,7 +537,7 @@ def slurm_script(
         help="only this phase's runner (default: both)")] = None,
 ) -> None:
     """Print the Slurm job script each slurm runner of a config submits; submits nothing."""
-    from flows.runners import main as print_job_scripts
+    from advloop.flows.runners import main as print_job_scripts
 
     code = print_job_scripts([str(config), *(["--phase", phase] if phase else [])])
     if code:
@@ -550,7 +551,7 @@ app.add_typer(automations_app, name="automations")
 
 @automations_app.command("create")
 def automations_create(
-    # the default is flows.automations.DEFAULT_HEARTBEAT_SECONDS, spelt out like submit's
+    # the default is advloop.flows.automations.DEFAULT_HEARTBEAT_SECONDS, spelt out like submit's
     heartbeat_seconds: Annotated[int, typer.Option(
         help="mark a flow run Crashed when this many seconds pass after a heartbeat with no "
              "further heartbeat or state change; about 3 x the workers' "
@@ -563,8 +564,8 @@ def automations_create(
     Crashed. Idempotent: the automation is found by its name and updated to match.
     See infra/server/README.md."""
     use_prefect_defaults()
-    from flows.automations import crash_automation, ensure_automation, heartbeat_frequency
-    from flows.deployments import api_url, display_url
+    from advloop.flows.automations import crash_automation, ensure_automation, heartbeat_frequency
+    from advloop.flows.deployments import api_url, display_url
 
     try:
         wanted = crash_automation(heartbeat_seconds)

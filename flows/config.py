@@ -5,7 +5,7 @@ leading ``~`` is the home folder. Unknown keys are errors; no number may be infi
 NaN; counts have upper bounds far above any real run (:data:`LIMITS`). :func:`validate_config` checks the file, the structures, the level of
 theory and the run folder (writable, with enough free disk) together and reports every
 problem at once, each with what to do about it, computing nothing and leaving nothing
-behind (the checks and their messages are in :mod:`flows.inputs`).
+behind (the checks and their messages are in :mod:`advloop.flows.inputs`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ import yaml
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adversarial.attack import AttackSettings
-from adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
-from adversarial.seeding import SeedPolicy
-from adversarial.selection import SelectionSettings
-from calculators.factory import LabelSettings
-from calculators.pyscf_calculator import PySCFSettings
-from calculators.pyscf_periodic import PeriodicPySCFSettings
-from potentials.model import ModelSpec
-from flows.inputs import (ConfigError, check_inputs, check_run_folder, format_validation_error,
-                          read_mapping, read_structures, short_repr)
-from flows.run_folder import resume_problems
-from potentials.training import TrainingSettings
+from advloop.adversarial.attack import AttackSettings
+from advloop.adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
+from advloop.adversarial.seeding import SeedPolicy
+from advloop.adversarial.selection import SelectionSettings
+from advloop.calculators.factory import LabelSettings
+from advloop.calculators.pyscf_calculator import PySCFSettings
+from advloop.calculators.pyscf_periodic import PeriodicPySCFSettings
+from advloop.potentials.model import ModelSpec
+from advloop.flows.inputs import (ConfigError, check_inputs, check_run_folder,
+                                  format_validation_error, read_mapping, read_structures,
+                                  short_repr)
+from advloop.flows.run_folder import resume_problems
+from advloop.potentials.training import TrainingSettings
 
 __all__ = ["LIMITS", "ConfigError", "RunConfig", "check_inputs", "check_run_folder",
            "initial_structures", "load_config", "read_structures", "validate_config"]
@@ -102,7 +103,7 @@ class CommitteeConfig(_Strict):
 
 
 class ConvergenceConfig(_Strict):
-    """When the loop has converged (see :func:`flows.steps.decide`).
+    """When the loop has converged (see :func:`advloop.flows.steps.decide`).
 
     - ``force_std_threshold``/``patience``: the mean force uncertainty σ_F (eV/Å) of the
       attacked geometries stayed below the threshold for ``patience`` consecutive
@@ -306,7 +307,7 @@ class RunnersConfig(_Strict):
     runner is a mapping with a ``kind`` (``threads``, ``processes``, ``dask``, ``slurm``)
     and its settings, or just the kind's name. A phase on any runner but ``threads``
     runs as a sub-flow (``<system>-gen<NNN>-training`` / ``-labelling``) with that task
-    runner; see :mod:`flows.runners`."""
+    runner; see :mod:`advloop.flows.runners`."""
 
     training: RunnerSettings = ThreadsRunner()
     labelling: RunnerSettings = ThreadsRunner()

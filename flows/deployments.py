@@ -5,7 +5,7 @@ How a config reaches the worker: **by value**. ``advloop submit`` validates the 
 locally, then sends the config's YAML text and its structure file's bytes (base64) as
 flow-run parameters of :func:`run_submission`. The worker writes them into
 ``<output_dir>/<system>/submissions/<time>-<flow run id>/``, validates again, and runs
-:func:`flows.active_learning.run_active_learning`. So the config and structure files
+:func:`advloop.flows.active_learning.run_active_learning`. So the config and structure files
 need not be on a filesystem the worker sees, a later edit of them does not change a
 submitted run, and the server keeps what was submitted with the flow run.
 
@@ -16,7 +16,7 @@ shared filesystem; ``advloop status`` and ``advloop export`` then read the run w
 was written. A worker that cannot create the folder fails with a message saying so.
 
 Scheduled deployments (``advloop serve --config``) instead name the config by absolute
-path (:func:`flows.active_learning.run_config_file`): they run on the serving machine
+path (:func:`advloop.flows.active_learning.run_config_file`): they run on the serving machine
 and re-read the config each time, so an edited budget applies to the next scheduled run.
 """
 
@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments.runner import RunnerDeployment
 
-    from flows.config import RunConfig
+    from advloop.flows.config import RunConfig
 
-# flows.config, flows.active_learning and potentials (its package imports the committee)
-# import torch and schnetpack: they are imported where needed, so that
+# advloop.flows.config, advloop.flows.active_learning and advloop.potentials (its package
+# imports the committee) import torch and schnetpack: they are imported where needed, so that
 # `advloop status --server` stays quick.
 
 SUBMISSION_FLOW = "advloop-submission"
@@ -87,7 +87,7 @@ class Submission:
 
         Raises :class:`ConfigError` if the inputs exceed :data:`MAX_SUBMISSION_BYTES`.
         """
-        from flows.config import ConfigError
+        from advloop.flows.config import ConfigError
 
         text = Path(config_path).read_text()
         data = config.system.structures.read_bytes()
@@ -126,8 +126,8 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
     one exception is a ``labels.python`` calculator, imported by path, which is trusted
     configuration (see calculators/factory.py and docs/reliability.md).
     """
-    from flows.config import ConfigError, validate_config
-    from potentials.run_layout import RunLayout
+    from advloop.flows.config import ConfigError, validate_config
+    from advloop.potentials.run_layout import RunLayout
 
     source = "submitted config"
     try:
@@ -181,7 +181,7 @@ def run_submission(config_yaml: str, structures_name: str, structures_b64: str,
     the active-learning loop. Returns the run summary."""
     from prefect.runtime import flow_run
 
-    from flows.active_learning import completed_with_reason, run_active_learning
+    from advloop.flows.active_learning import completed_with_reason, run_active_learning
 
     run_id = str(flow_run.get_id() or "local")
     label = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{run_id[:8]}"
@@ -201,12 +201,12 @@ def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
 
     - ``advloop-submission/submissions``: :func:`run_submission`, no schedule; the
       parameters come with each ``advloop submit``;
-    - per config, ``advloop-run-config/<system>``: :func:`flows.active_learning.run_config_file`
-      on the config's absolute path, on the ``cron`` schedule (in ``timezone``, default
+    - per config, ``advloop-run-config/<system>``:
+      :func:`advloop.flows.active_learning.run_config_file` on the config's absolute path, on the ``cron`` schedule (in ``timezone``, default
       UTC), tagged ``advloop`` and the system's name. Each scheduled run resumes the run
       folder, so a finished run stops at once and a grown budget continues it.
 
-    Entrypoints are module paths (``flows.deployments.run_submission``), importable
+    Entrypoints are module paths (``advloop.flows.deployments.run_submission``), importable
     wherever advloop is installed. Raises :class:`ConfigError` for an invalid config
     (every problem of the first bad one), ``ValueError`` for a bad cron string or
     timezone or two configs for one system.
@@ -214,8 +214,8 @@ def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    from flows.active_learning import run_config_file
-    from flows.config import validate_config
+    from advloop.flows.active_learning import run_config_file
+    from advloop.flows.config import validate_config
 
     deployments = [run_submission.to_deployment(
         name=SUBMISSION_DEPLOYMENT, tags=[TAG], entrypoint_type=EntrypointType.MODULE_PATH,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.steps import CONVERGED
+from advloop.flows.steps import CONVERGED
 
 GENERATION_FINISHED = "advloop.generation.finished"
 RUN_CONVERGED = "advloop.run.converged"

@@ -1,4 +1,4 @@
-"""Reading a run config file and checking what it names, for :mod:`flows.config`.
+"""Reading a run config file and checking what it names, for :mod:`advloop.flows.config`.
 
 Every message names the key or file, what is wrong, and what to do about it:
 :func:`read_mapping` reads the YAML (refusing duplicate keys), :func:`format_validation_error`
@@ -28,11 +28,11 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from pydantic import BaseModel, ValidationError
 
-from adversarial.geometry import check_geometry
-from calculators.factory import element_problems, python_calculator
+from advloop.adversarial.geometry import check_geometry
+from advloop.calculators.factory import element_problems, python_calculator
 
 if TYPE_CHECKING:
-    from flows.config import RunConfig, RunnersConfig
+    from advloop.flows.config import RunConfig, RunnersConfig
 
 
 class ConfigError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from potentials.run_layout import batch_name
+from advloop.potentials.run_layout import batch_name
 
 _COLUMNS = [
     ("gen", "generation", "{:>3d}"),
@@ -88,7 +88,7 @@ class GenerationTable:
 
     def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
         """``done`` of ``generation``'s ``total`` selected structures (of the initial
-        ones for ``potentials.run_layout.INITIAL``) have a label task finished, ``failed``
+        ones for ``advloop.potentials.run_layout.INITIAL``) have a label task finished, ``failed``
         of them without a label."""
         name = batch_name(generation)
         line = (f"{name}: labelling {total} structures" if done == 0 else

@@ -33,12 +33,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calculators.factory import theory_settings
-from potentials.hashing import structure_hash
-from potentials.run_layout import RunLayout
+from advloop.calculators.factory import theory_settings
+from advloop.potentials.hashing import structure_hash
+from advloop.potentials.run_layout import RunLayout
 
 if TYPE_CHECKING:
-    from flows.config import RunConfig
+    from advloop.flows.config import RunConfig
 
 __all__ = ["RunFolderBusy", "append_record", "config_sha256", "fingerprint", "hold",
            "read_records", "record_config", "resume_problems", "write_atomic",
@@ -171,7 +171,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def _structures_hash(config: RunConfig) -> str:
-    from flows.inputs import read_structures
+    from advloop.flows.inputs import read_structures
 
     digest = hashlib.sha256(b"advloop-structures-v1")
     for atoms in read_structures(config.system.structures):

@@ -1,5 +1,5 @@
 """Prefect task runners for the phases of a generation, built from ``runners:`` of a run
-config (:class:`flows.config.RunnersConfig`).
+config (:class:`advloop.flows.config.RunnersConfig`).
 
 | kind | task runner | where the tasks run |
 | --- | --- | --- |
@@ -31,7 +31,7 @@ Worker processes are spawned, so a script of yours that runs the flow with a
 ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` to 1 in the flow
 process's environment where they were unset (Dask's nanny does, for its workers).
 
-``python -m flows.runners CONFIG`` prints the Slurm job script of each Slurm runner of a
+``python -m advloop.flows.runners CONFIG`` prints the Slurm job script of each Slurm runner of a
 config (:func:`slurm_job_script`); it submits nothing and needs no Slurm.
 """
 
@@ -51,8 +51,8 @@ from urllib.parse import urlparse
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from flows.config import (ConfigError, DaskRunner, ProcessesRunner, RunConfig, RunnerSettings,
-                          SlurmRunner, ThreadsRunner, load_config)
+from advloop.flows.config import (ConfigError, DaskRunner, ProcessesRunner, RunConfig,
+                                  RunnerSettings, SlurmRunner, ThreadsRunner, load_config)
 
 Phase = Literal["training", "labelling"]
 PHASES: tuple[Phase, ...] = ("training", "labelling")
@@ -279,7 +279,7 @@ def slurm_job_script(settings: SlurmRunner, phase: Phase = "labelling") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.runners CONFIG [--phase P]``: print the Slurm job scripts."""
+    """``python -m advloop.flows.runners CONFIG [--phase P]``: print the Slurm job scripts."""
     parser = argparse.ArgumentParser(description="Print the Slurm job script of each Slurm "
                                      "runner of a run config (submits nothing).")
     parser.add_argument("config", help="a run config (YAML)")

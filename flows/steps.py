@@ -1,7 +1,7 @@
 """The steps of one active-learning generation, as plain functions of files.
 
 Each step reads what it needs from the run folder and writes its product there, so the
-Prefect tasks in :mod:`flows.active_learning` are thin wrappers that pass small records.
+Prefect tasks in :mod:`advloop.flows.active_learning` are thin wrappers that pass small records.
 A step whose product already exists returns it without recomputing: re-running an
 interrupted run continues where it stopped.
 """
@@ -23,23 +23,24 @@ import torch
 from ase import Atoms
 from ase.io import read, write
 
-from adversarial.attack import attack
-from adversarial.baselines import committee_md, random_displacement
-from adversarial.seeding import choose_seeds
-from adversarial.selection import select_candidates
-from adversarial.structures import Candidates, Seeds
-from calculators.factory import level_of_theory, make_calculator, theory_settings
-from calculators.label_store import LabelStore, label_key
-from calculators.labeller import label_structures
-from flows.config import RunConfig, initial_structures
-from flows.run_folder import append_record, read_records, write_atomic
-from potentials.checkpoint import checkpoint_metrics, load_member, save_member
-from potentials.committee import Committee
-from potentials.dataset import Dataset, DatasetError, Provenance, split_indices, structure_hash
-from potentials.model import EnergyModel
-from potentials.run_layout import INITIAL, RunLayout
-from potentials.training import resolve_device, train_member
-from potentials.uncertainty import force_calibration
+from advloop.adversarial.attack import attack
+from advloop.adversarial.baselines import committee_md, random_displacement
+from advloop.adversarial.seeding import choose_seeds
+from advloop.adversarial.selection import select_candidates
+from advloop.adversarial.structures import Candidates, Seeds
+from advloop.calculators.factory import level_of_theory, make_calculator, theory_settings
+from advloop.calculators.label_store import LabelStore, label_key
+from advloop.calculators.labeller import label_structures
+from advloop.flows.config import RunConfig, initial_structures
+from advloop.flows.run_folder import append_record, read_records, write_atomic
+from advloop.potentials.checkpoint import checkpoint_metrics, load_member, save_member
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import (Dataset, DatasetError, Provenance, split_indices,
+                                        structure_hash)
+from advloop.potentials.model import EnergyModel
+from advloop.potentials.run_layout import INITIAL, RunLayout
+from advloop.potentials.training import resolve_device, train_member
+from advloop.potentials.uncertainty import force_calibration
 
 # Seeds for the random streams of a run, derived from the config's seeds so that a run is
 # reproducible and its streams independent.

@@ -1,9 +1,9 @@
 """The labelled dataset, schnetpack committee members, their training and the committee."""
 
-from potentials.committee import Committee, CommitteePrediction
-from potentials.dataset import Arrays, Dataset, DatasetError, Provenance
-from potentials.model import EnergyModel, ModelSpec
-from potentials.training import TrainingSettings, train_member
+from advloop.potentials.committee import Committee, CommitteePrediction
+from advloop.potentials.dataset import Arrays, Dataset, DatasetError, Provenance
+from advloop.potentials.model import EnergyModel, ModelSpec
+from advloop.potentials.training import TrainingSettings, train_member
 
 __all__ = [
     "Arrays", "Committee", "CommitteePrediction", "Dataset", "DatasetError", "EnergyModel",

@@ -1,6 +1,6 @@
 """All committee members in one vectorised pass (``torch.func``), instead of a loop.
 
-The members share one :class:`~potentials.model.ModelSpec`, so their parameters and
+The members share one :class:`~advloop.potentials.model.ModelSpec`, so their parameters and
 buffers stack into tensors with a leading member axis (``torch.func.stack_module_state``)
 and ``torch.vmap`` over that axis runs one forward pass for the whole committee
 (``torch.func.functional_call`` on a parameter-free copy of one member).
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch.func import functional_call, stack_module_state
 
-from potentials.model import EnergyModel, Graph, energy_and_forces
+from advloop.potentials.model import EnergyModel, Graph, energy_and_forces
 
 
 class StackedCommittee:
@@ -72,7 +72,7 @@ class StackedCommittee:
         """Every member's energies [n_members, n_structures] eV and forces
         [n_members, n_atoms, 3] eV/Å for ``positions`` [n_atoms, 3] Å.
 
-        Same contract as :meth:`potentials.committee.Committee.energies_forces`: with
+        Same contract as :meth:`advloop.potentials.committee.Committee.energies_forces`: with
         ``create_graph=True`` the forces stay differentiable with respect to
         ``positions`` (which the caller passes with ``requires_grad``).
         """
@@ -113,7 +113,7 @@ def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
     one backward pass): 2.5-3× the prediction throughput at 50-500 atoms
     (``benchmarks/results/committee.json``); an attack step (``create_graph=True``)
     costs the same within noise either way (``benchmarks/results/attack.json``). Same contract as
-    :meth:`potentials.committee.Committee.energies_forces`.
+    :meth:`advloop.potentials.committee.Committee.energies_forces`.
     """
     return member_by_member_energies_forces(members, graph, positions, create_graph)
 

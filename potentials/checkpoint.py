@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from potentials.model import EnergyModel, ModelSpec
+from advloop.potentials.model import EnergyModel, ModelSpec
 
 FORMAT = "advloop-member"
 VERSION = 1

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potentials.batched import looped_energies_forces
-from potentials.checkpoint import load_member, non_finite
-from potentials.model import EnergyModel, Graph, ModelSpec, build_graph
+from advloop.potentials.batched import looped_energies_forces
+from advloop.potentials.checkpoint import load_member, non_finite
+from advloop.potentials.model import EnergyModel, Graph, ModelSpec, build_graph
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Committee:
                        cells: np.ndarray | None = None, pbc: np.ndarray | None = None,
                        batch_size: int = 512) -> CommitteePrediction:
         """Committee statistics for structures given as flat arrays (see
-        :class:`potentials.dataset.Arrays` for shapes)."""
+        :class:`advloop.potentials.dataset.Arrays` for shapes)."""
         n_atoms = np.asarray(n_atoms, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(n_atoms)])
         energies, forces, idx_m = [], [], []

@@ -51,7 +51,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from potentials.hashing import structure_hash
+from advloop.potentials.hashing import structure_hash
 
 FORMAT = "advloop-dataset"
 VERSION = 1

@@ -2,7 +2,7 @@
 
 Import: any file ``ase.io.read`` understands whose frames carry an energy and forces
 (extended XYZ, ASE trajectories, ASE databases). Export: extended XYZ (see
-:meth:`potentials.dataset.Dataset.export_extxyz`) and schnetpack's ``ASEAtomsData``.
+:meth:`advloop.potentials.dataset.Dataset.export_extxyz`) and schnetpack's ``ASEAtomsData``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-from potentials._schnetpack import schnetpack as spk
-from potentials.dataset import Dataset, Provenance
-from potentials.hashing import structure_hash
+from advloop.potentials._schnetpack import schnetpack as spk
+from advloop.potentials.dataset import Dataset, Provenance
+from advloop.potentials.hashing import structure_hash
 
 
 def import_labelled(dataset: Dataset, path: str | Path, level_of_theory: str,

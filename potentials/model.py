@@ -22,8 +22,8 @@ import torch
 from ase.neighborlist import primitive_neighbor_list
 from torch import nn
 
-from potentials._schnetpack import schnetpack as spk
-from potentials._schnetpack import spk_properties as K
+from advloop.potentials._schnetpack import schnetpack as spk
+from advloop.potentials._schnetpack import spk_properties as K
 
 MAX_Z = 100
 ARCHITECTURES = ("painn", "schnet", "so3net")

@@ -4,9 +4,10 @@
         config.yaml                 the validated configuration of the latest invocation
         configs/<sha>.yaml          every configuration the run has run with (generation
                                     records name theirs by ``config_sha256``)
-        fingerprint.json            the settings that define the run's data (flows.run_folder)
-        run.lock                    held by the process running the run (flows.run_folder)
-        dataset.h5                  labelled structures (see potentials.dataset)
+        fingerprint.json            the settings that define the run's data
+                                    (advloop.flows.run_folder)
+        run.lock                    held by the process running the run (advloop.flows.run_folder)
+        dataset.h5                  labelled structures (see advloop.potentials.dataset)
         dataset.h5.lock             held while the dataset is read (shared) or written (alone)
         .dask-tls/                  TLS key and certificate of a Slurm runner's workers
         committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
@@ -69,12 +70,12 @@ class RunLayout:
 
     @property
     def labels(self) -> Path:
-        """The content-addressed label store (see calculators.label_store)."""
+        """The content-addressed label store (see advloop.calculators.label_store)."""
         return self.root / "labels"
 
     @property
     def submissions(self) -> Path:
-        """Inputs of runs submitted to a server (see flows.deployments)."""
+        """Inputs of runs submitted to a server (see advloop.flows.deployments)."""
         return self.root / "submissions"
 
     def committee_dir(self, generation: int) -> Path:

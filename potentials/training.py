@@ -23,9 +23,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from potentials.checkpoint import non_finite
-from potentials.dataset import Arrays
-from potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
+from advloop.potentials.checkpoint import non_finite
+from advloop.potentials.dataset import Arrays
+from advloop.potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
 
 _log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.emt import EMT
 
-from potentials.dataset import Arrays
-from potentials.model import EnergyModel, ModelSpec
-from potentials.training import TrainingSettings, train_member
+from advloop.potentials.dataset import Arrays
+from advloop.potentials.model import EnergyModel, ModelSpec
+from advloop.potentials.training import TrainingSettings, train_member
 
 TINY_SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 

@@ -16,7 +16,7 @@ from multiprocessing.context import BaseContext
 def clean_context() -> BaseContext:
     """The forkserver context, with advloop's dataset and steps imported in its server."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["potentials.dataset", "flows.steps"])
+    ctx.set_forkserver_preload(["advloop.potentials.dataset", "advloop.flows.steps"])
     return ctx
 
 

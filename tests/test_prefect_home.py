@@ -28,7 +28,7 @@ def _python(code: str, home: Path, **env: str) -> subprocess.CompletedProcess:
 
 def _advloop(args: list[str], home: Path) -> subprocess.CompletedProcess:
     """``advloop ARGS`` with no Prefect server configured."""
-    return _python(f"from flows.cli import app; app({args!r}, prog_name='advloop')", home)
+    return _python(f"from advloop.flows.cli import app; app({args!r}, prog_name='advloop')", home)
 
 
 def test_a_command_makes_prefect_home_private_before_prefect_writes_to_it(tmp_path):
@@ -68,7 +68,7 @@ def test_the_embedded_servers_database_stays_private(tmp_path):
     home = tmp_path / "prefect-home"
     home.mkdir()
     home.chmod(0o755)
-    code = ("from flows.cli import use_prefect_defaults\n"
+    code = ("from advloop.flows.cli import use_prefect_defaults\n"
             "use_prefect_defaults()\n"
             "from prefect import flow\n"
             "@flow(name='advloop-home-check')\n"

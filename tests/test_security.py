@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.config import ConfigError
-from flows.deployments import stage_submission
-from potentials.checkpoint import FORMAT, VERSION, CheckpointError, load_member
-from potentials.model import EnergyModel, ModelSpec
+from advloop.flows.config import ConfigError
+from advloop.flows.deployments import stage_submission
+from advloop.potentials.checkpoint import FORMAT, VERSION, CheckpointError, load_member
+from advloop.potentials.model import EnergyModel, ModelSpec
 
 SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 CONFIG = "system: {name: nh3-submitted, structures: nh3.xyz}\nlabels: {calculator: emt}\n"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from adversarial.attack import AttackSettings, iattack, run_attack
-from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
-from potentials.committee import Committee
-from potentials.model import build_graph
+from advloop.adversarial.attack import AttackSettings, iattack, run_attack
+from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import build_graph
 
 
 def _objective(committee, graph, positions, idx_m, kT, log_q):

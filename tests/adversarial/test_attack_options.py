@@ -7,13 +7,13 @@ import pytest
 import torch
 from ase.build import bulk
 
-from adversarial.attack import AttackSettings, attack, iattack, run_attack
-from adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
-from adversarial.seeding import choose_seeds
-from adversarial.structures import Seeds
-from potentials.committee import Committee
-from potentials.dataset import Arrays
-from potentials.model import ModelSpec, build_graph
+from advloop.adversarial.attack import AttackSettings, attack, iattack, run_attack
+from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from advloop.adversarial.seeding import choose_seeds
+from advloop.adversarial.structures import Seeds
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Arrays
+from advloop.potentials.model import ModelSpec, build_graph
 from tests.conftest import make_member
 
 PERIODIC_SPEC = ModelSpec(n_atom_basis=8, n_interactions=1, n_rbf=6, cutoff=3.0)

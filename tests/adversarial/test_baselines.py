@@ -10,12 +10,12 @@ import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
 
-from adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings, committee_md,
-                                   icommittee_md, random_displacement)
-from adversarial.geometry import check_geometry
-from adversarial.structures import Seeds
-from potentials.committee import Committee
-from potentials.model import ModelSpec
+from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
+                                           committee_md, icommittee_md, random_displacement)
+from advloop.adversarial.geometry import check_geometry
+from advloop.adversarial.structures import Seeds
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import ModelSpec
 from tests.conftest import make_member
 
 # Untrained members for tests about bookkeeping rather than physics: cheaper than TINY_SPEC.
@@ -64,13 +64,13 @@ def test_settings_reject_bad_values():
 def test_random_displacement_keeps_the_bonds_of_periodic_seeds():
     """A zeolite with a guest (examples/structures/sod_nh3.cif) displaced by 0.45 Å per
     component: the copies kept are exactly those without a clash and without a broken
-    bond of their seed (:func:`adversarial.geometry.bonded_pairs`), fewer than a clash
+    bond of their seed (:func:`advloop.adversarial.geometry.bonded_pairs`), fewer than a clash
     test alone would keep."""
     from pathlib import Path
 
     from ase.io import read
 
-    from adversarial.geometry import bonded_pairs
+    from advloop.adversarial.geometry import bonded_pairs
 
     atoms = read(Path(__file__).resolve().parents[2] / "examples" / "structures" / "sod_nh3.cif")
     settings = RandomDisplacementSettings(std=0.45, n_per_seed=40)

@@ -1,4 +1,4 @@
-"""Tests for adversarial.geometry: Kabsch RMSD and geometry sanity checks."""
+"""Tests for advloop.adversarial.geometry: Kabsch RMSD and geometry sanity checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from adversarial.geometry import check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd
+from advloop.adversarial.geometry import check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -165,7 +165,7 @@ def _cu_cell(rng: np.random.Generator, rattle: float = 0.05):
 
 
 def test_periodic_rmsd_ignores_translations_and_lattice_shifts():
-    from adversarial.geometry import pairwise_periodic_rmsd
+    from advloop.adversarial.geometry import pairwise_periodic_rmsd
 
     rng = np.random.default_rng(0)
     a = _cu_cell(rng)
@@ -206,7 +206,7 @@ def _sodalite_nh3():
 
 
 def test_bonded_pairs_of_a_zeolite_with_a_guest():
-    from adversarial.geometry import bonded_pairs
+    from advloop.adversarial.geometry import bonded_pairs
 
     atoms = _sodalite_nh3()  # Si12O24 + NH3: every Si bonded to 4 O, every O to 2 Si
     bonds = bonded_pairs(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
@@ -221,7 +221,7 @@ def test_bonded_pairs_of_a_zeolite_with_a_guest():
 
 
 def test_periodic_check_finds_broken_bonds_of_the_seed():
-    from adversarial.geometry import bonded_pairs
+    from advloop.adversarial.geometry import bonded_pairs
 
     atoms = _sodalite_nh3()
     z, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
@@ -242,7 +242,7 @@ def test_periodic_check_finds_broken_bonds_of_the_seed():
 
 
 def test_selection_deduplicates_periodic_images():
-    from adversarial.selection import SelectionSettings, select_candidates
+    from advloop.adversarial.selection import SelectionSettings, select_candidates
 
     rng = np.random.default_rng(1)
     a = _cu_cell(rng)
@@ -263,7 +263,7 @@ def _dense_check(z: np.ndarray, pos: np.ndarray, min_distance_factor: float,
                  max_bond_factor: float) -> str | None:
     """check_geometry of a molecule as every pair at once, the reference for the large
     molecules that check_geometry checks through a KD-tree of nearby pairs."""
-    import adversarial.geometry as geometry
+    import advloop.adversarial.geometry as geometry
 
     return geometry._molecule_dense(pos, geometry.covalent_radii[z], min_distance_factor,
                                     max_bond_factor)
@@ -273,7 +273,7 @@ def test_large_molecules_are_checked_like_small_ones(monkeypatch):
     """The KD-tree check of large molecules gives the same reason as comparing every pair,
     clashes (ties included: atoms listed twice), fragments and sane structures alike, on
     random molecules of 2-80 atoms checked as if they were large."""
-    import adversarial.geometry as geometry
+    import advloop.adversarial.geometry as geometry
 
     monkeypatch.setattr(geometry, "_DENSE_MAX_ATOMS", 0)
     rng = np.random.default_rng(7)

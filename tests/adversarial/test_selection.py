@@ -1,4 +1,4 @@
-"""Tests for adversarial.selection: filters, thresholds, de-duplication and cap."""
+"""Tests for advloop.adversarial.selection: filters, thresholds, de-duplication and cap."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from adversarial.geometry import kabsch_rmsd
-from adversarial.selection import SelectionResult, SelectionSettings, select_candidates
+from advloop.adversarial.geometry import kabsch_rmsd
+from advloop.adversarial.selection import SelectionResult, SelectionSettings, select_candidates
 
 NH3 = molecule("NH3")
 NUMBERS = NH3.numbers

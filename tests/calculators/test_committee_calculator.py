@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from calculators.committee_calculator import CommitteeCalculator
-from potentials.checkpoint import save_member
-from potentials.committee import Committee
+from advloop.calculators.committee_calculator import CommitteeCalculator
+from advloop.potentials.checkpoint import save_member
+from advloop.potentials.committee import Committee
 from tests.conftest import make_member
 
 

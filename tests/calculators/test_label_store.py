@@ -8,10 +8,10 @@ from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed
 from ase.calculators.emt import EMT
 
-from calculators.factory import LabelSettings, import_factory, make_calculator
-from calculators.label_store import LabelStore, label_key
-from calculators.labeller import label_structures
-from calculators.pyscf_calculator import PySCFSettings
+from advloop.calculators.factory import LabelSettings, import_factory, make_calculator
+from advloop.calculators.label_store import LabelStore, label_key
+from advloop.calculators.labeller import label_structures
+from advloop.calculators.pyscf_calculator import PySCFSettings
 from tests.conftest import displaced
 
 
@@ -132,7 +132,7 @@ def test_pyscf_theory_ignores_settings_that_do_not_change_numbers():
 
 
 def test_periodic_pyscf_from_the_factory():
-    from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
+    from advloop.calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
     settings = PeriodicPySCFSettings(ke_cutoff=100.0)
     calc, theory, name = make_calculator(LabelSettings(calculator="pyscf_periodic"),

@@ -1,9 +1,9 @@
 """Labelling tasks that finish together lose no label and never corrupt the dataset.
 
 The flow's own steps under contention: four processes of four threads each run
-:func:`flows.steps.label_one` on every candidate of a generation (each starting at another
+:func:`advloop.flows.steps.label_one` on every candidate of a generation (each starting at another
 candidate, so every label is computed and stored by several writers at the same moment),
-then all four run :func:`flows.steps.append_labels` at once, as a re-run started while an
+then all four run :func:`advloop.flows.steps.append_labels` at once, as a re-run started while an
 old run is still alive would. Labels come from ASE's EMT, a stand-in for DFT: the test is
 about storage, not about the numbers.
 """
@@ -17,12 +17,12 @@ from ase.build import molecule
 from ase.calculators.emt import EMT
 from ase.io import read, write
 
-from calculators.label_store import LabelStore
-from flows import steps
-from flows.config import RunConfig
-from potentials.dataset import Dataset, Provenance
-from potentials.hashing import structure_hash
-from potentials.run_layout import RunLayout
+from advloop.calculators.label_store import LabelStore
+from advloop.flows import steps
+from advloop.flows.config import RunConfig
+from advloop.potentials.dataset import Dataset, Provenance
+from advloop.potentials.hashing import structure_hash
+from advloop.potentials.run_layout import RunLayout
 from tests.processes import clean_context, run_processes
 
 N_CANDIDATES, N_PROCESSES, N_THREADS = 24, 4, 4

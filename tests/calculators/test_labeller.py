@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, SCFError, all_changes
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from calculators import LabelOutcome, PySCFCalculator, label_structures
+from advloop.calculators import LabelOutcome, PySCFCalculator, label_structures
 
 
 class _FailingCalculator(Calculator):
@@ -190,8 +190,8 @@ class _OneElementEnergyEMT(_CorruptEMT):
     (_VectorEnergyEMT, r"energy has shape \(2,\), expected a scalar"),
 ])
 def test_an_invalid_label_is_a_stored_failure_with_its_reason(tmp_path, calc_class, reason) -> None:
-    from calculators.label_store import LabelStore, label_key
-    from potentials.hashing import structure_hash
+    from advloop.calculators.label_store import LabelStore, label_key
+    from advloop.potentials.hashing import structure_hash
 
     good, bad = molecule("H2O"), molecule("NH3")  # only NH3's label is corrupted
     store, theory = LabelStore(tmp_path), {"calculator": "corrupt"}

@@ -20,15 +20,9 @@ from ase.collections import s22
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto
 
-from calculators import (
-    InvalidStructureError,
-    LabelError,
-    PySCFCalculator,
-    PySCFSettings,
-    SCFConvergenceError,
-    structure_hash,
-)
-from calculators.pyscf_calculator import check_labelable
+from advloop.calculators import (InvalidStructureError, LabelError, PySCFCalculator, PySCFSettings,
+                                 SCFConvergenceError, structure_hash)
+from advloop.calculators.pyscf_calculator import check_labelable
 
 FD_STEP = 1e-3  # Å
 FD_TOL = 1e-3  # eV/Å
@@ -133,7 +127,7 @@ def test_uks_forces_match_finite_differences_nh2_radical() -> None:
 
 
 def test_forces_then_energy_reuse_one_scf(monkeypatch: pytest.MonkeyPatch) -> None:
-    import calculators.pyscf_calculator as module
+    import advloop.calculators.pyscf_calculator as module
 
     calls = []
     make_scf = module._make_scf
@@ -522,7 +516,7 @@ def test_dispersion_settings_rejected_with_reasons(monkeypatch: pytest.MonkeyPat
 def test_basis_made_for_a_core_potential_gets_it() -> None:
     # def2-SVP describes Au with a 60-electron ECP and has no core functions; without it
     # PySCF would run all 79 electrons in a basis that cannot hold them.
-    import calculators.pyscf_calculator as module
+    import advloop.calculators.pyscf_calculator as module
 
     gold = Atoms("AuH", positions=[[0, 0, 0], [0, 0, 1.52]])
     mol = module._build_mole(gold, PySCFSettings(basis="def2-SVP"), structure_hash(gold), ".")

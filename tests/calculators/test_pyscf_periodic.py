@@ -21,9 +21,9 @@ from ase.units import Bohr, Hartree
 from pyscf.pbc import dft as pbc_dft
 from pyscf.pbc import gto as pbc_gto
 
-from calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
-from calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
-from potentials.hashing import structure_hash
+from advloop.calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
+from advloop.calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
+from advloop.potentials.hashing import structure_hash
 
 BOX = 4.0  # Å, cubic cell edge
 KE_CUTOFF = 100.0  # Hartree; 37^3 mesh for BOX
@@ -144,7 +144,7 @@ def test_translation_keeps_energy_and_forces() -> None:
 
 
 def test_forces_then_energy_run_one_scf(monkeypatch: pytest.MonkeyPatch) -> None:
-    import calculators.pyscf_periodic as module
+    import advloop.calculators.pyscf_periodic as module
 
     calls = []
     make_scf = module._make_scf
@@ -272,8 +272,8 @@ def test_two_openmp_runtimes_caught_not_returned_as_labels() -> None:
         import torch
         import numpy as np
         from ase import Atoms
-        from calculators.errors import CalculationFailed, LabelError
-        from calculators.pyscf_periodic import (
+        from advloop.calculators.errors import CalculationFailed, LabelError
+        from advloop.calculators.pyscf_periodic import (
             PeriodicPySCFCalculator, PeriodicPySCFSettings, _build_cell, _check_density_on_mesh, _make_scf)
         atoms = Atoms("H2", positions=[[0.1, 0.2, 0.3], [0.85, 0.25, 0.2]], cell=np.eye(3) * 4.0, pbc=True)
         settings = PeriodicPySCFSettings(ke_cutoff=20.0, max_cycle=20)

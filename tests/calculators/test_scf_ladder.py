@@ -1,4 +1,4 @@
-"""Tests of the SCF failure ladder (``calculators.scf_ladder``) through ``PySCFCalculator``.
+"""Tests of the SCF failure ladder (``advloop.calculators.scf_ladder``) through ``PySCFCalculator``.
 
 Non-convergence is forced deterministically with H2O whose O-H bonds are stretched 3×
 (2.86 Å) at RHF/STO-3G: DIIS does not converge from PySCF's default guess in 20 or 50
@@ -16,8 +16,8 @@ from ase.calculators.calculator import SCFError
 from ase.units import Hartree
 from pyscf import gto, scf
 
-from calculators import PySCFCalculator, PySCFSettings, SCFConvergenceError, structure_hash
-from calculators.scf_ladder import DEFAULT_SCF_LADDER, SCF_RUNGS, run_scf_ladder
+from advloop.calculators import PySCFCalculator, PySCFSettings, SCFConvergenceError, structure_hash
+from advloop.calculators.scf_ladder import DEFAULT_SCF_LADDER, SCF_RUNGS, run_scf_ladder
 
 
 def stretched_water() -> Atoms:
@@ -75,7 +75,7 @@ def test_default_rung_alone_fails_and_names_the_rung(tmp_path) -> None:
 )
 def test_ladder_converges_where_diis_fails(ladder: tuple[str, ...], max_cycle: int, reference_ha: float,
                                           caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="calculators.scf_ladder")
+    caplog.set_level("INFO", logger="advloop.calculators.scf_ladder")
     atoms = stretched_water()
     calc = PySCFCalculator(method="RHF", basis="STO-3G", max_cycle=max_cycle, scf_ladder=ladder)
     atoms.calc = calc

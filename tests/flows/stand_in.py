@@ -3,7 +3,7 @@
 
 :func:`stand_in_emt` is a ``labels.python`` factory: its calculator appends the hash of
 every structure it computes to a counter file (so a test can tell that no label was
-computed twice) and raises the project's :class:`~calculators.errors.SCFConvergenceError`
+computed twice) and raises the project's :class:`~advloop.calculators.errors.SCFConvergenceError`
 for a fixed fraction of structures, chosen by structure hash (:func:`fails`), so the same
 structures fail in every run whatever the order they are labelled in.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 
-from calculators.errors import SCFConvergenceError
-from potentials.hashing import structure_hash
+from advloop.calculators.errors import SCFConvergenceError
+from advloop.potentials.hashing import structure_hash
 from tests.flows.configs import EXAMPLES, TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]

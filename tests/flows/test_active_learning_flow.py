@@ -16,17 +16,17 @@ from ase.units import Hartree
 from pyscf import gto, scf
 from typer.testing import CliRunner
 
-from calculators.committee_calculator import CommitteeCalculator
-from flows.cli import app
-from flows.config import validate_config
-from flows.report import GenerationTable
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.calculators.committee_calculator import CommitteeCalculator
+from advloop.flows.cli import app
+from advloop.flows.config import validate_config
+from advloop.flows.report import GenerationTable
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
-    from flows.active_learning import run_active_learning
+    from advloop.flows.active_learning import run_active_learning
 
     config = validate_config(tiny_config)
     stream = io.StringIO()
@@ -78,7 +78,7 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     # Committees of generation 0 and the final generation 1 are on disk and load as a calculator.
     assert layout.trained_generations() == [0, 1]
     # bootstrap (on in the tiny config): members train on resamples with repeats
-    from potentials.checkpoint import checkpoint_metrics
+    from advloop.potentials.checkpoint import checkpoint_metrics
 
     metrics = [checkpoint_metrics(p) for p in layout.committee_checkpoints(0)]
     assert any(m["n_train_unique"] < m["n_train"] for m in metrics)
@@ -122,7 +122,7 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # A generation whose next step would start past the wall-time deadline stops there
     # (its committee is on disk already; exploring would be the next step).
-    from flows.active_learning import run_generation
+    from advloop.flows.active_learning import run_generation
 
     cut = run_generation(longer, 2, 5, False, deadline=time.time())
     assert cut.interrupted and "attack_sigma_f_mean" not in cut.record
@@ -136,7 +136,7 @@ def _check_prefect_server(summary: dict) -> None:
                                                 FlowRunFilterTags)
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    from flows.artifacts import TABLE_COLUMNS
+    from advloop.flows.artifacts import TABLE_COLUMNS
 
     with get_client(sync_client=True) as client:
         # One flow run for the run, one sub-flow run per generation, all tagged with the system.

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import ConfigError, validate_config
+from advloop.flows.cli import app
+from advloop.flows.config import ConfigError, validate_config
 from tests.flows.prefect_server import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,8 +157,8 @@ def test_bad_input_is_refused_by_the_real_command(name, tmp_path):
     try:
         for command, args in _commands(config).items():
             done = subprocess.run(
-                [*prefix, sys.executable, "-c", "from flows.cli import app; app(prog_name='advloop')",
-                 *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+                [*prefix, sys.executable, "-c",
+                 "from advloop.flows.cli import app; app(prog_name='advloop')", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
             _check_refusal(name, command, done.returncode, done.stdout + done.stderr)
             assert _snapshot(tmp_path) == before, f"{name}: advloop {command} wrote files"
             assert not prefect_home.exists(), f"{name}: advloop {command} started Prefect"

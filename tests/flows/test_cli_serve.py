@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import ConfigError
+from advloop.flows.cli import app
+from advloop.flows.config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
 
@@ -17,12 +17,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
 def test_builder_gives_the_submissions_and_a_scheduled_deployment(tiny_config, tmp_path):
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.deployments import DEFAULT_DEPLOYMENT, build_deployments
+    from advloop.flows.deployments import DEFAULT_DEPLOYMENT, build_deployments
 
     submissions, scheduled = build_deployments([tiny_config], cron="0 2 * * *")
     assert f"{submissions.flow_name}/{submissions.name}" == DEFAULT_DEPLOYMENT
     assert submissions.schedules == [] and submissions.parameters == {}
-    assert submissions.entrypoint == "flows.deployments.run_submission"
+    assert submissions.entrypoint == "advloop.flows.deployments.run_submission"
 
     assert (scheduled.flow_name, scheduled.name) == ("advloop-run-config", "nh3-tiny")
     (schedule,) = scheduled.schedules
@@ -35,8 +35,26 @@ def test_builder_gives_the_submissions_and_a_scheduled_deployment(tiny_config, t
     assert load_flow_from_entrypoint(submissions.entrypoint).name == "advloop-submission"
 
 
+def test_the_project_file_deploys_the_flows_serve_builds(tmp_path, monkeypatch):
+    """infra/prefect.yaml (``prefect deploy``) names the same module-path entrypoints as
+    ``advloop serve``, and a worker can load them wherever advloop is installed."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from advloop.flows.deployments import build_deployments
+
+    project = yaml.safe_load((EXAMPLE.parents[1] / "infra" / "prefect.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # the example's output_dir, runs/, is relative
+    entrypoints = {d["name"]: d["entrypoint"] for d in project["deployments"]}
+    submissions, scheduled = build_deployments([EXAMPLE])
+    assert entrypoints == {"submissions": submissions.entrypoint, "ammonia": scheduled.entrypoint}
+    assert entrypoints["submissions"] == "advloop.flows.deployments.run_submission"
+    names = {name: load_flow_from_entrypoint(e).name for name, e in entrypoints.items()}
+    assert names == {"submissions": "advloop-submission", "ammonia": "advloop-run-config"}
+
+
 def test_builder_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
-    from flows.deployments import build_deployments
+    from advloop.flows.deployments import build_deployments
 
     monkeypatch.chdir(tmp_path)
     _, scheduled = build_deployments([EXAMPLE], cron="30 1 * * 1", timezone="Europe/Berlin")
@@ -46,7 +64,7 @@ def test_builder_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
 
 
 def test_builder_refuses_bad_input(tiny_config, tmp_path):
-    from flows.deployments import build_deployments
+    from advloop.flows.deployments import build_deployments
 
     with pytest.raises(ValueError, match="Invalid cron string"):
         build_deployments([tiny_config], cron="every night")
@@ -65,7 +83,7 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
 
     import prefect
 
-    import flows.deployments as deployments
+    import advloop.flows.deployments as deployments
 
     served, watched = {}, {}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from advloop.flows.cli import app
 
 RECORDS = [
     {"generation": 0, "dataset_size": 14, "labels_added": 2, "labels_failed": 0,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import validate_config
-from flows.deployments import DEFAULT_DEPLOYMENT, Submission, stage_submission
+from advloop.flows.cli import app
+from advloop.flows.config import validate_config
+from advloop.flows.deployments import DEFAULT_DEPLOYMENT, Submission, stage_submission
 from tests.flows.prefect_server import BIN, EMT_RUN_CONFIG, clean_env, free_port
 from tests.flows.prefect_server import prefect_server as start_prefect_server
 
@@ -28,7 +28,7 @@ _BIN, _free_port, _env = BIN, free_port, clean_env
 
 def _advloop(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """The CLI in a fresh process, so that Prefect reads PREFECT_API_URL from ``env``."""
-    code = "from flows.cli import app; app(prog_name='advloop')"
+    code = "from advloop.flows.cli import app; app(prog_name='advloop')"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=_env(**env),
                           capture_output=True, text=True, timeout=300)
 
@@ -54,7 +54,7 @@ def submissions_deployment(prefect_server):
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import build_deployments
+    from advloop.flows.deployments import build_deployments
 
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         with get_client(sync_client=True) as client:
@@ -223,8 +223,8 @@ def test_a_submission_carries_the_config_by_value(tiny_config, tmp_path):
 def test_a_submission_too_large_for_the_server_is_refused_before_sending(tiny_config, tmp_path):
     from ase.io import read, write
 
-    from flows.config import ConfigError
-    from flows.deployments import MAX_SUBMISSION_BYTES
+    from advloop.flows.config import ConfigError
+    from advloop.flows.deployments import MAX_SUBMISSION_BYTES
 
     config = validate_config(tiny_config)
     many = tmp_path / "many.xyz"
@@ -236,7 +236,7 @@ def test_a_submission_too_large_for_the_server_is_refused_before_sending(tiny_co
 
 
 def test_a_bad_submission_is_a_config_error(tmp_path):
-    from flows.config import ConfigError
+    from advloop.flows.config import ConfigError
 
     with pytest.raises(ConfigError, match="not base64"):
         stage_submission("system: {name: a, structures: x.xyz}\n", "x.xyz", "%%%",

@@ -13,8 +13,8 @@ from ase.build import bulk, molecule
 from ase.io import write
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import ConfigError, load_config, validate_config
+from advloop.flows.cli import app
+from advloop.flows.config import ConfigError, load_config, validate_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from flows.config import validate_config
-from flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset, label_one,
-                         label_step, select_step, train_step)
-from potentials.committee import Committee
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.flows.config import validate_config
+from advloop.flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset,
+                                 label_one, label_step, select_step, train_step)
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prep
     """A run folder from before the initial structures were kept in the run folder (or
     one whose copy was lost): they are generated again from the config's seed, equal to
     the labelled ones to the bit, so nothing is labelled again."""
-    from flows.steps import append_initial, prepare_initial
+    from advloop.flows.steps import append_initial, prepare_initial
 
     config = _with(prepared_run, tmp_path)
     layout = RunLayout(config.run_dir())
@@ -168,8 +168,8 @@ def test_tblite_labels_a_run(prepared_run, tmp_path):
 
 
 def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
-    from flows.active_learning import _check_failures
-    from flows.steps import LabellingError
+    from advloop.flows.active_learning import _check_failures
+    from advloop.flows.steps import LabellingError
 
     config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
                    random={"std": 0.08},
@@ -225,7 +225,7 @@ def test_periodic_cells_need_a_periodic_labeller(tmp_path):
     from ase.build import bulk
     from ase.io import write
 
-    from flows.config import ConfigError
+    from advloop.flows.config import ConfigError
     from tests.flows.conftest import TINY_CONFIG
 
     write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))

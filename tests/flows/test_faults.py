@@ -16,10 +16,10 @@ import json
 
 import pytest
 
-from flows.config import validate_config
-from flows.report import GenerationTable
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.flows.config import validate_config
+from advloop.flows.report import GenerationTable
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 from tests.flows.stand_in import calls, counter_path, fails, write_config
 
 FRACTION = 0.2
@@ -31,8 +31,8 @@ def _failed(computed: list[str], fraction: float = FRACTION) -> set[str]:
 
 @pytest.mark.slow
 def test_failures_below_the_limit_are_recorded_and_the_run_finishes(prefect_backend, tmp_path):
-    from flows.active_learning import run_active_learning
-    from flows.steps import read_generation_records
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.steps import read_generation_records
 
     config = validate_config(write_config(tmp_path, "nh3-failing", FRACTION, max_failure_ratio=0.5))
     summary = run_active_learning(config, GenerationTable(io.StringIO()))
@@ -66,8 +66,8 @@ def test_failures_below_the_limit_are_recorded_and_the_run_finishes(prefect_back
 ])
 def test_failures_above_the_limit_stop_the_run_naming_ratio_and_limit(prefect_backend, tmp_path,
                                                                       fraction, limit, message):
-    from flows.active_learning import run_active_learning
-    from flows.steps import LabellingError
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.steps import LabellingError
 
     config = validate_config(write_config(tmp_path, "nh3-failing-more", fraction, limit))
     with pytest.raises(LabellingError, match=message):

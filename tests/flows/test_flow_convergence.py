@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from flows.config import RunConfig
-from flows.steps import ExploreReport, SelectReport, decide, labelling_needed, wall_time_stop
+from advloop.flows.config import RunConfig
+from advloop.flows.steps import (ExploreReport, SelectReport, decide, labelling_needed,
+                                 wall_time_stop)
 
 
 def _config(convergence: dict | None = None, budget: dict | None = None) -> RunConfig:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import threading
 
-from flows.config import RunConfig
-from flows.report import GenerationTable
-from flows.timing import timed
+from advloop.flows.config import RunConfig
+from advloop.flows.report import GenerationTable
+from advloop.flows.timing import timed
 
 
 def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch):
@@ -16,7 +16,7 @@ def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch
     and 3, a failed calculation for 1, and raises for 2 on every attempt."""
     from prefect import flow, get_run_logger
 
-    from flows import active_learning, steps
+    from advloop.flows import active_learning, steps
 
     calls, lock = [], threading.Lock()
     running, peak = [0], [0]

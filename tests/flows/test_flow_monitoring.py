@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from flows import events
-from flows.artifacts import (TABLE_COLUMNS, artifact_key, generation_rows, learning_curve_svg,
-                             summary_markdown)
-from flows.report import GenerationTable
+from advloop.flows import events
+from advloop.flows.artifacts import (TABLE_COLUMNS, artifact_key, generation_rows,
+                                     learning_curve_svg, summary_markdown)
+from advloop.flows.report import GenerationTable
 
 RECORDS = [
     {"generation": 0, "dataset_size": 8, "labels_added": 2, "labels_failed": 0,
@@ -91,9 +91,9 @@ def test_events_name_the_run_and_carry_json_safe_records():
 
 
 def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
-    from flows import active_learning
-    from flows.config import RunConfig
-    from flows.steps import LabelReport, LabellingError
+    from advloop.flows import active_learning
+    from advloop.flows.config import RunConfig
+    from advloop.flows.steps import LabelReport, LabellingError
 
     sent = []
     monkeypatch.setattr(active_learning.events, "emit", sent.append)

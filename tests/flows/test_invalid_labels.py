@@ -17,10 +17,10 @@ import json
 import numpy as np
 import pytest
 
-from flows.config import validate_config
-from flows.report import GenerationTable
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.flows.config import validate_config
+from advloop.flows.report import GenerationTable
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 from tests.flows.stand_in import calls, counter_path, fails, write_nan_forces_config
 
 FRACTION = 0.2
@@ -33,8 +33,8 @@ def _corrupted(computed: list[str], fraction: float = FRACTION) -> set[str]:
 
 @pytest.mark.slow
 def test_nan_forces_are_failed_labels_and_the_dataset_stays_finite(prefect_backend, tmp_path):
-    from flows.active_learning import run_active_learning
-    from flows.steps import read_generation_records
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.steps import read_generation_records
 
     config = validate_config(write_nan_forces_config(tmp_path, "nh3-nan", FRACTION, 0.5))
     summary = run_active_learning(config, GenerationTable(io.StringIO()))
@@ -74,8 +74,8 @@ def test_nan_forces_are_failed_labels_and_the_dataset_stays_finite(prefect_backe
 ])
 def test_nan_forces_above_the_limit_stop_the_run(prefect_backend, tmp_path, fraction, limit,
                                                  message):
-    from flows.active_learning import run_active_learning
-    from flows.steps import LabellingError
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.steps import LabellingError
 
     config = validate_config(write_nan_forces_config(tmp_path, "nh3-nan-more", fraction, limit))
     with pytest.raises(LabellingError, match=message):

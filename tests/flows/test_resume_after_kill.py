@@ -32,8 +32,8 @@ import h5py
 import numpy as np
 import pytest
 
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 from tests.flows.stand_in import N_INITIAL, ROOT, calls, subprocess_env, write_config
 
 # In the order a run meets them; each is armed in the re-run after the previous kill.
@@ -86,9 +86,9 @@ def _n_labels(layout: RunLayout) -> int:
 def _arm(point: str, layout: RunLayout) -> None:
     """Install the kill at ``point`` (see :data:`KILL_POINTS`) in this process, which runs
     the run of ``layout``."""
-    from calculators.label_store import LabelStore
-    from flows import active_learning, steps
-    from potentials import training
+    from advloop.calculators.label_store import LabelStore
+    from advloop.flows import active_learning, steps
+    from advloop.potentials import training
 
     def gen0_recorded() -> bool:
         return bool(steps.read_generation_records(layout.root))
@@ -130,10 +130,10 @@ def _arm(point: str, layout: RunLayout) -> None:
 def run(config_path: str, kill_at: str = "") -> None:
     """The body of a run's process: ``advloop run`` of ``config_path``, killed at
     ``kill_at`` if one is named."""
-    from flows import embedded_server
-    from flows.active_learning import run_active_learning
-    from flows.config import validate_config
-    from flows.report import GenerationTable
+    from advloop.flows import embedded_server
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.flows.config import validate_config
+    from advloop.flows.report import GenerationTable
 
     config = validate_config(config_path)
     if kill_at:
@@ -186,7 +186,7 @@ def assert_same_dataset(layout: RunLayout, reference: RunLayout) -> None:
 
 
 def _records(layout: RunLayout) -> list[dict]:
-    from flows.steps import read_generation_records
+    from advloop.flows.steps import read_generation_records
 
     return read_generation_records(layout.root)
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from potentials.dataset import Dataset
-from potentials.run_layout import RunLayout
+from advloop.potentials.dataset import Dataset
+from advloop.potentials.run_layout import RunLayout
 from tests.flows.stand_in import (N_INITIAL, ROOT, calls, subprocess_env, write_config,
                                   write_slow_config)
 from tests.flows.test_resume_after_kill import assert_same_dataset, comparable
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app(prog_name='advloop')"]
+CLI = [sys.executable, "-c", "from advloop.flows.cli import app; app(prog_name='advloop')"]
 pytestmark = pytest.mark.slow
 
 
@@ -57,7 +57,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> 
 
 
 def _records(layout: RunLayout) -> list[dict]:
-    from flows.steps import read_generation_records
+    from advloop.flows.steps import read_generation_records
 
     return read_generation_records(layout.root)
 
@@ -150,9 +150,10 @@ def test_a_second_run_of_a_run_folder_is_refused_at_once(finished, tmp_path):
 def test_the_run_folder_lock_goes_with_its_process(tmp_path):
     """A flow run of the folder (a worker's, a served one) is refused while another process
     holds it; the lock is free the moment that process is SIGKILLed."""
-    from flows.run_folder import RunFolderBusy, hold
+    from advloop.flows.run_folder import RunFolderBusy, hold
 
-    code = ("import sys, time; from pathlib import Path; from flows.run_folder import hold\n"
+    code = ("import sys, time; from pathlib import Path\n"
+            "from advloop.flows.run_folder import hold\n"
             f"with hold(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from ase.io import read, write
 
-from calculators.label_store import LabelStore
-from flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
-from flows.report import GenerationTable
-from potentials.run_layout import RunLayout
-from potentials.training import resolve_device
+from advloop.calculators.label_store import LabelStore
+from advloop.flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
+from advloop.flows.report import GenerationTable
+from advloop.potentials.run_layout import RunLayout
+from advloop.potentials.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_EXAMPLE = ROOT / "infra" / "slurm" / "example.yaml"
@@ -79,11 +79,11 @@ def _subflow_task_runs(flow_run_name: str) -> list:
 def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend, tmp_path):
     """Both through the generation's labelling step as run_generation calls it: in the
     generation flow's threads, and in a sub-flow on a 2-worker Dask cluster that the run
-    started (flows.runners.open_clusters)."""
+    started (advloop.flows.runners.open_clusters)."""
     from distributed import Client, get_task_stream
     from prefect import flow, get_run_logger
 
-    from flows import active_learning, runners
+    from advloop.flows import active_learning, runners
 
     threads = _config(tmp_path / "threads", "nh3-threads")
     dask = _config(tmp_path / "dask", "nh3-dask",
@@ -120,12 +120,12 @@ def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
     """A Dask cluster that speaks only TLS, with a certificate authority of its own (as a
     ``slurm`` runner's does; here a local one, since there is no Slurm): the labelling
     sub-flow reaches it with the credentials the run registered for its address
-    (flows.runners.cluster_security), and a client without them cannot connect."""
+    (advloop.flows.runners.cluster_security), and a client without them cannot connect."""
     from distributed import Client, LocalCluster
     from distributed.security import Security
     from prefect import flow, get_run_logger
 
-    from flows import active_learning, runners
+    from advloop.flows import active_learning, runners
 
     config = _config(tmp_path, "nh3-tls", runners={"labelling": {"kind": "dask", "n_workers": 1}})
     selected = list(range(N_CANDIDATES))
@@ -152,7 +152,7 @@ def test_slurm_cluster_with_tls_keeps_worker_keys_private(tmp_path):
     """A slurm runner's cluster (built without submitting a job: min_jobs 0) makes its own
     certificate authority; the workers' key and certificate land in the run's TLS folder,
     readable by the user only, and the job script points at them without holding them."""
-    from flows.runners import _start_cluster, slurm_job_script
+    from advloop.flows.runners import _start_cluster, slurm_job_script
 
     settings = validate_config(SLURM_EXAMPLE, run_folder=False).runners.labelling
     assert settings.tls and settings.min_jobs == 0
@@ -188,8 +188,8 @@ def test_a_clusters_dashboard_listens_on_this_machine_only(kind, tmp_path):
     scheduler runs in the flow process: built without submitting a job) has no
     authentication, so it binds to 127.0.0.1 only (reach it over an SSH tunnel,
     infra/slurm/README.md), never to every interface."""
-    from flows.config import DaskRunner
-    from flows.runners import _start_cluster
+    from advloop.flows.config import DaskRunner
+    from advloop.flows.runners import _start_cluster
 
     if kind == "dask":
         settings = DaskRunner(kind="dask", n_workers=1)
@@ -210,7 +210,7 @@ def test_a_clusters_dashboard_listens_on_this_machine_only(kind, tmp_path):
 def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
     from prefect import flow, get_run_logger
 
-    from flows import active_learning
+    from advloop.flows import active_learning
 
     threads = _config(tmp_path / "threads", "nh3-threads-pool")
     pool = _config(tmp_path / "pool", "nh3-pool", runners={"labelling": {"kind": "processes",
@@ -230,7 +230,7 @@ def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_
 
 
 def test_slurm_job_script_of_the_example_config():
-    from flows.runners import slurm_cluster_kwargs, slurm_job_script
+    from advloop.flows.runners import slurm_cluster_kwargs, slurm_job_script
 
     config = validate_config(SLURM_EXAMPLE, run_folder=False)
     raw = yaml.safe_load(SLURM_EXAMPLE.read_text())["runners"]
@@ -265,7 +265,7 @@ def test_slurm_job_script_of_the_example_config():
 
 
 def test_slurm_script_command_line(capsys, tmp_path, monkeypatch):
-    from flows.runners import main
+    from advloop.flows.runners import main
 
     monkeypatch.chdir(tmp_path)
     assert main([str(SLURM_EXAMPLE), "--phase", "labelling"]) == 0
@@ -329,7 +329,7 @@ def test_runner_defaults_and_shorthand(tmp_path):
 
 
 def test_remote_workers_need_a_reachable_prefect_api():
-    from flows.runners import RunnerError, check_api_reachable
+    from advloop.flows.runners import RunnerError, check_api_reachable
 
     slurm = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
                                       "runners": {"labelling": SLURM}})
@@ -370,8 +370,8 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from flows.active_learning import run_active_learning
-    from potentials.dataset import Dataset
+    from advloop.flows.active_learning import run_active_learning
+    from advloop.potentials.dataset import Dataset
 
     tiny = validate_config(tiny_config)
     # names of their own: other tests count the flow runs and artifacts of nh3-tiny
@@ -413,7 +413,7 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
 def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
     import importlib.util
 
-    from flows.config import check_inputs
+    from advloop.flows.config import check_inputs
 
     config = validate_config(SLURM_EXAMPLE, run_folder=False)
     real = importlib.util.find_spec
@@ -427,7 +427,7 @@ def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
 def test_slurm_script_command_prints_the_job_script_or_says_there_is_none():
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from advloop.flows.cli import app
 
     infra = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "example.yaml"
     shown = CliRunner().invoke(app, ["slurm-script", str(infra), "--phase", "labelling"])

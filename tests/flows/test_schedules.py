@@ -74,7 +74,7 @@ def _api(server: PrefectServer) -> Iterator:
 def _apply_scheduled(tiny_config: Path):
     """The scheduled deployment `advloop serve --config tiny_config --cron CRON` makes,
     registered on the current server (as `prefect.serve` registers it); returns its id."""
-    from flows.deployments import build_deployments
+    from advloop.flows.deployments import build_deployments
 
     _, scheduled = build_deployments([tiny_config], cron=CRON)
     return scheduled.apply()
@@ -145,10 +145,11 @@ WARNING = ("warning: deployment advloop-run-config/nh3-tiny has an active schedu
 def _serving(server: PrefectServer, tiny_config: Path, tmp_path: Path,
              grace: float | None = None) -> Iterator[tuple[Path, Path]]:
     """`advloop serve --config tiny_config --cron CRON` in a process of its own against
-    ``server`` (with flows.deployments.SCHEDULER_GRACE_S set to ``grace`` if given); yields
-    the files its stdout and stderr go to. Stopped with SIGINT (Ctrl-C) after."""
-    setup = "" if grace is None else f"import flows.deployments as d; d.SCHEDULER_GRACE_S = {grace}; "
-    code = setup + "from flows.cli import app; app(prog_name='advloop')"
+    ``server`` (with advloop.flows.deployments.SCHEDULER_GRACE_S set to ``grace`` if given);
+    yields the files its stdout and stderr go to. Stopped with SIGINT (Ctrl-C) after."""
+    setup = ("" if grace is None
+             else f"import advloop.flows.deployments as d; d.SCHEDULER_GRACE_S = {grace}; ")
+    code = setup + "from advloop.flows.cli import app; app(prog_name='advloop')"
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(
@@ -181,8 +182,8 @@ def _status(server: PrefectServer, tmp_path: Path, grace: float | None = None):
     """`advloop status --server` in this process, with SCHEDULER_GRACE_S ``grace``."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import flows.deployments as deployments
-    from flows.cli import app
+    import advloop.flows.deployments as deployments
+    from advloop.flows.cli import app
 
     with pytest.MonkeyPatch.context() as patch:
         if grace is not None:

@@ -48,7 +48,7 @@ def _authenticated(url: str):
 
 
 def _advloop(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    code = "from flows.cli import app; app(prog_name='advloop')"
+    code = "from advloop.flows.cli import app; app(prog_name='advloop')"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=clean_env(**env),
                           capture_output=True, text=True, timeout=300)
 
@@ -60,7 +60,7 @@ def auth_server(tmp_path_factory):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from flows.deployments import build_deployments
+    from advloop.flows.deployments import build_deployments
 
     home = tmp_path_factory.mktemp("prefect-auth-server")
     with prefect_server(home, PREFECT_SERVER_API_AUTH_STRING=AUTH,

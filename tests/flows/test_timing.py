@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flows.timing import Timed, split_generation, timed
+from advloop.flows.timing import Timed, split_generation, timed
 
 
 def _t(phase, start, end):

@@ -9,7 +9,7 @@ Chromium is driven without Python dependencies (see ``ui_browser.py``): one
 single-page app rendered. Checked, in the default (V2) UI, by following the UI's own
 links: the flow run named after the system, completed, with its ``<system>-generations``
 table artifact on its Artifacts tab; the artifact's versions on the key's page; the
-latest version as a table with every column of ``flows.artifacts.TABLE_COLUMNS`` and a row
+latest version as a table with every column of ``advloop.flows.artifacts.TABLE_COLUMNS`` and a row
 per generation. In the V1 UI: the flow run link the run printed in its log, and the same
 table. Screenshots (PNG) and the DOM dumps go to ``$ADVLOOP_TEST_ARTIFACTS/prefect-ui``
 (default ``<repo>/test-artifacts/prefect-ui``); the test prints the folder.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.artifacts import TABLE_COLUMNS, artifact_key
+from advloop.flows.artifacts import TABLE_COLUMNS, artifact_key
 from tests.flows.prefect_server import clean_env, free_port, prefect_server
 from tests.flows.ui_browser import Page, PngInfo, find_chromium, png_info, render
 
@@ -136,7 +136,7 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
     started = time.monotonic()
     with ui_server(tmp_path) as base:
         up = time.monotonic()
-        code = "from flows.cli import app; app(prog_name='advloop')"
+        code = "from advloop.flows.cli import app; app(prog_name='advloop')"
         done = subprocess.run(
             [sys.executable, "-c", code, "run", str(config)], cwd=tmp_path, capture_output=True,
             text=True, timeout=600, stdin=subprocess.DEVNULL,

@@ -11,14 +11,8 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import read
 
-from potentials.dataset import (
-    Arrays,
-    Dataset,
-    DatasetError,
-    Provenance,
-    split_indices,
-    structure_hash,
-)
+from advloop.potentials.dataset import (Arrays, Dataset, DatasetError, Provenance, split_indices,
+                                        structure_hash)
 
 
 def _records(n: int, seed: int) -> tuple[list[Atoms], list[float], list[np.ndarray]]:
@@ -235,7 +229,7 @@ def test_rows_past_commit_marker_are_ignored_and_overwritten(tmp_path: Path) -> 
 def test_failure_mid_append_commits_nothing(tmp_path: Path, monkeypatch) -> None:
     # The append dies after the atom rows are written (disk full, a kill): no record of
     # it may become visible, and the next append must work.
-    import potentials.dataset as dataset_module
+    import advloop.potentials.dataset as dataset_module
 
     ds, structures, energies, forces = _filled(tmp_path, n=3)
     real_write_rows = dataset_module._write_rows

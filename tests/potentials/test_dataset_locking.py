@@ -23,9 +23,9 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from potentials import dataset as dataset_module
-from potentials.dataset import Dataset, DatasetError, Provenance, lock_path
-from potentials.hashing import structure_hash
+from advloop.potentials import dataset as dataset_module
+from advloop.potentials.dataset import Dataset, DatasetError, Provenance, lock_path
+from advloop.potentials.hashing import structure_hash
 from tests.conftest import displaced
 from tests.processes import clean_context, run_processes
 

@@ -6,8 +6,8 @@ from ase.build import molecule
 from ase.calculators.emt import EMT
 from ase.io import write
 
-from potentials.dataset import Dataset, Provenance
-from potentials.interchange import export_asedata, import_labelled
+from advloop.potentials.dataset import Dataset, Provenance
+from advloop.potentials.interchange import export_asedata, import_labelled
 
 
 def _labelled(n: int, seed: int):

@@ -11,7 +11,7 @@ import torch
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from potentials.model import EnergyModel, ModelSpec, build_graph, energy_and_forces
+from advloop.potentials.model import EnergyModel, ModelSpec, build_graph, energy_and_forces
 
 ARCHITECTURES = ["painn", "schnet", "so3net"]
 

@@ -18,20 +18,15 @@ import pytest
 import torch
 from ase.build import molecule
 
-from flows import steps
-from flows.config import RunConfig
-from potentials.checkpoint import CheckpointError, load_member, non_finite, save_member
-from potentials.committee import Committee
-from potentials.dataset import Arrays, Dataset, Provenance
-from potentials.model import EnergyModel
-from potentials.run_layout import RunLayout
-from potentials.training import (
-    DIVERGENCE_RETRIES,
-    TrainingDivergedError,
-    TrainingSettings,
-    itrain,
-    train_member,
-)
+from advloop.flows import steps
+from advloop.flows.config import RunConfig
+from advloop.potentials.checkpoint import CheckpointError, load_member, non_finite, save_member
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Arrays, Dataset, Provenance
+from advloop.potentials.model import EnergyModel
+from advloop.potentials.run_layout import RunLayout
+from advloop.potentials.training import (DIVERGENCE_RETRIES, TrainingDivergedError,
+                                         TrainingSettings, itrain, train_member)
 from tests.conftest import TINY_SPEC, displaced, emt_arrays
 
 SETTINGS = TrainingSettings(max_epochs=10, batch_size=4)
@@ -58,11 +53,11 @@ def test_a_diverging_member_is_retried_from_its_start_at_half_the_rate(nh3, capl
         list(itrain(_model(), train, val, settings, np.random.default_rng(0)))
 
     model = _model()
-    with caplog.at_level(logging.WARNING, logger="potentials.training"):
+    with caplog.at_level(logging.WARNING, logger="advloop.potentials.training"):
         result = train_member(model, train, val, settings, np.random.default_rng(0), name="member 3")
     assert 1 <= result.divergence_retries <= DIVERGENCE_RETRIES
     assert result.learning_rate == 0.25 / 2**result.divergence_retries
-    retries = [r.getMessage() for r in caplog.records if r.name == "potentials.training"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "advloop.potentials.training"]
     assert len(retries) == result.divergence_retries
     assert retries[0].startswith("member 3: training diverged at learning rate 0.25 (the training "
                                  "loss became") and retries[0].endswith("at 0.125")

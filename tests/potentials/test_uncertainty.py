@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from potentials.uncertainty import force_calibration, spearman
+from advloop.potentials.uncertainty import force_calibration, spearman
 
 
 def test_spearman_on_monotone_and_reversed_data():
