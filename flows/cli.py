@@ -162,21 +162,13 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     line saying what to do) off the terminal; the run's log on the server keeps them."""
     import logging
 
-    from advloop.flows.interruptions import is_disk_full
+    from advloop.flows.interruptions import exception_chain, is_disk_full
     from prefect.logging.handlers import PrefectConsoleHandler
-
-    def caused_by_expected(err: BaseException | None) -> bool:
-        seen = set()
-        while err is not None and id(err) not in seen:
-            if isinstance(err, expected):
-                return True
-            seen.add(id(err))
-            err = err.__cause__ or err.__context__
-        return False
 
     def keep(record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
-        return err is None or not (caused_by_expected(err) or is_disk_full(err))
+        return err is None or not (is_disk_full(err) or any(
+            isinstance(e, expected) for e in exception_chain(err)))
 
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
     for logger in loggers:

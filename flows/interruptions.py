@@ -27,7 +27,7 @@ from prefect.states import Cancelled, Crashed, State
 from advloop.potentials.run_layout import RunLayout
 
 __all__ = ["DiskFullError", "disk_full_message", "interrupted_message", "interrupted_state",
-           "is_disk_full", "kept", "requested_by_runner"]
+           "exception_chain", "is_disk_full", "kept", "requested_by_runner"]
 
 # What libraries say when a write fails for want of space, where they do not raise an
 # OSError with errno ENOSPC: h5py ("errno = 28"), torch's zip writer ("file write
@@ -40,7 +40,8 @@ class DiskFullError(OSError):
     """A write of the run failed for want of space (or quota) on its disk."""
 
 
-def _chain(err: BaseException):
+def exception_chain(err: BaseException | None):
+    """``err`` and the exceptions it was raised from or during, innermost last."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -51,7 +52,7 @@ def _chain(err: BaseException):
 def is_disk_full(err: BaseException) -> bool:
     """Whether ``err`` (or an exception it was raised from) is a write that failed for
     want of space or quota."""
-    for e in _chain(err):
+    for e in exception_chain(err):
         if isinstance(e, DiskFullError):
             return True
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -80,13 +81,13 @@ def kept(layout: RunLayout) -> str:
 
 def disk_full_message(err: BaseException, layout: RunLayout) -> str:
     """``disk full: ...`` naming the disk, the file being written and what to do."""
-    written = next((e.filename for e in _chain(err) if isinstance(e, OSError) and e.filename), None)
+    written = next((e.filename for e in exception_chain(err) if isinstance(e, OSError) and e.filename), None)
     where = Path(written) if written else layout.root
     disk = _mount_point(where)
     free_mb = shutil.disk_usage(disk).free / 1e6
     path = f" writing {written}" if written else ""
     return (f"disk full: the disk mounted at {disk}, which holds the run folder {layout.root}, "
-            f"has {free_mb:.0f} MB free{path} ({next(_chain(err)).__class__.__name__}: "
+            f"has {free_mb:.0f} MB free{path} ({next(exception_chain(err)).__class__.__name__}: "
             f"{str(err).splitlines()[0][:200] if str(err) else 'no space'}). Nothing computed is "
             f"lost ({kept(layout)} are kept): free some space there, or move the run folder "
             "to another disk and point output_dir at it, then re-run the same command to resume")
