@@ -15,13 +15,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from advloop.adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
                                           pairwise_periodic_rmsd)
 
-__all__ = ["SelectionResult", "SelectionSettings", "select_candidates"]
+__all__ = ["RejectReason", "Rejection", "SelectionResult", "SelectionSettings", "select_candidates"]
+
+#: Why selection passed over a candidate, in the order the filters run.
+RejectReason = Literal["not_finite", "unphysical", "below_threshold", "known", "duplicate",
+                       "over_cap"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why one candidate was not selected: the filter (``reason``) and a sentence for
+    people (``detail``: the clashing atoms, the RMSD and the structure it duplicates)."""
+
+    reason: RejectReason
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 def _is_real(value: object) -> bool:
@@ -83,16 +100,13 @@ class SelectionResult:
         selected: indices into the candidates [n_selected], in order of decreasing
             uncertainty.
         threshold: the uncertainty threshold used, eV/Å.
-        rejected: candidate index -> reason, one entry per candidate not selected,
-            sorted by index. Reasons start with one of ``"not finite"``, ``"atoms "``
-            (clash), ``"fragmented"``, ``"below threshold"``,
-            ``"near-duplicate of training structure"``, ``"near-duplicate of candidate"``,
-            ``"over cap"``.
+        rejected: candidate index -> :class:`Rejection`, one entry per candidate not
+            selected, sorted by index.
     """
 
     selected: np.ndarray
     threshold: float
-    rejected: dict[int, str]
+    rejected: dict[int, Rejection]
 
 
 def select_candidates(
@@ -185,14 +199,14 @@ def select_candidates(
         return pairwise_kabsch_rmsd(cand[a_idx], b)
 
     threshold = float(np.percentile(train_unc, settings.percentile))
-    rejected: dict[int, str] = {}
+    rejected: dict[int, Rejection] = {}
 
     # 1. not finite
     finite_pos = np.all(np.isfinite(cand), axis=(1, 2))
     finite_unc = np.isfinite(unc)
     for idx in np.flatnonzero(~(finite_pos & finite_unc)):
         what = "positions" if not finite_pos[idx] else "uncertainty"
-        rejected[int(idx)] = f"not finite ({what})"
+        rejected[int(idx)] = Rejection("not_finite", f"not finite ({what})")
 
     # 2. geometry
     for idx in range(n_candidates):
@@ -201,12 +215,13 @@ def select_candidates(
         reason = check_geometry(z, cand[idx], settings.min_distance_factor, settings.max_bond_factor,
                                 cells[idx] if periodic else None, pbc if periodic else None)
         if reason is not None:
-            rejected[idx] = reason
+            rejected[idx] = Rejection("unphysical", reason)
 
     # 3. below threshold
     for idx in range(n_candidates):
         if idx not in rejected and unc[idx] < threshold:
-            rejected[idx] = f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)"
+            rejected[idx] = Rejection("below_threshold",
+                                      f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)")
 
     # 4. near-duplicate of the training set
     alive = np.array([i for i in range(n_candidates) if i not in rejected], dtype=np.intp)
@@ -216,9 +231,8 @@ def select_candidates(
         nearest_rmsd = to_train[np.arange(alive.size), nearest]
         duplicate = nearest_rmsd < settings.rmsd_threshold
         for k in np.flatnonzero(duplicate):
-            rejected[int(alive[k])] = (
-                f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"
-            )
+            rejected[int(alive[k])] = Rejection("known", (
+                f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"))
         alive = alive[~duplicate]
 
     # 5. greedy in decreasing uncertainty: near-duplicate of a selected one, then cap
@@ -234,13 +248,12 @@ def select_candidates(
             rmsd_to_selected = among[k, selected_pos]
             m = int(np.argmin(rmsd_to_selected))
             if rmsd_to_selected[m] < settings.rmsd_threshold:
-                rejected[int(idx)] = (
+                rejected[int(idx)] = Rejection("duplicate", (
                     f"near-duplicate of candidate {int(order[selected_pos[m]])} "
-                    f"(RMSD {rmsd_to_selected[m]:.3f} Å)"
-                )
+                    f"(RMSD {rmsd_to_selected[m]:.3f} Å)"))
                 continue
         if len(selected_pos) >= settings.max_selected:
-            rejected[int(idx)] = "over cap"
+            rejected[int(idx)] = Rejection("over_cap", "over cap")
             continue
         selected_pos.append(k)
 

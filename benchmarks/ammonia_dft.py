@@ -34,10 +34,9 @@ from benchmarks.ammonia_xtb import KCAL_PER_MOL, _config, committee_metrics, ora
 from benchmarks.committee import record_header, write_record
 from advloop.calculators.factory import LabelSettings, level_of_theory
 from advloop.flows.config import RunConfig
-from advloop.flows.steps import read_generation_records
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout, read_generations
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_dft.json"
 STRATEGIES = ("adversarial", "md")
@@ -59,7 +58,7 @@ def evaluate_run(config: RunConfig, ref: dict) -> list[dict]:
     layout = RunLayout(config.run_dir())
     generations = layout.trained_generations()
     n_labels = labels_per_generation(layout, generations)
-    records = {r["generation"]: r for r in read_generation_records(layout.root)}
+    records = {r.generation: r.to_dict() for r in read_generations(layout.root)}
     rows = []
     for g in generations:
         committee = Committee.from_checkpoints(layout.committee_checkpoints(g))

@@ -41,7 +41,7 @@ from ase.optimize import BFGS
 from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
 from advloop.adversarial.structures import Seeds
 from benchmarks.committee import record_header, write_record
-from benchmarks.loop import Measure, run_loop
+from benchmarks.measured_run import Measure, measured_run
 from advloop.calculators.factory import LabelSettings, make_calculator
 from advloop.calculators.pyscf_calculator import PySCFSettings
 from advloop.flows.config import RunConfig, validate_config
@@ -154,7 +154,7 @@ def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_genera
 
 
 def measure(ref: dict, n_md: int, md_steps: int, seed: int) -> Measure:
-    """The metrics of :func:`committee_metrics` for :func:`benchmarks.loop.run_loop`, with
+    """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`, with
     MD velocities seeded by the committee seed and generation."""
     return lambda committee, g: committee_metrics(committee, ref, n_md, md_steps,
                                                   np.random.default_rng([seed, g]))
@@ -205,13 +205,13 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
         for strategy in strategies:
             for seed in seeds:
                 config = _config(strategy, seed, base, quick, labels_per_generation, generations)
-                runs.setdefault(strategy, {})[seed] = rows = run_loop(config, measure(ref, n_md, md_steps, seed))
+                runs.setdefault(strategy, {})[seed] = rows = measured_run(config, measure(ref, n_md, md_steps, seed))
                 _print(strategy, seed, rows[-1])
         for name, overrides in (ablations or {}).items():
             for seed in seeds:
                 config = _config("adversarial", seed, base, quick, labels_per_generation,
                                  generations, name=name, overrides=overrides)
-                ablated.setdefault(name, {})[seed] = rows = run_loop(config, measure(ref, 0, 0, seed))
+                ablated.setdefault(name, {})[seed] = rows = measured_run(config, measure(ref, 0, 0, seed))
                 _print(name, seed, rows[-1])
     return {"oracle": {"method": "GFN2-xTB (tblite)", "barrier_eV": ref["barrier_eV"],
                        "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,

@@ -40,11 +40,10 @@ Measured for each runner:
   (``seconds_labelling`` is the union of the label tasks', the append's and the
   evaluation's intervals; ``seconds_orchestration`` the time no step body ran), and the
   labelling window: from the generation's first label stored to its last (the label
-  store's file times), with the label tasks finished per second over it. Each label task
-  takes its structure from the generation's candidates file, which it reads whole
-  (``advloop.flows.steps.label_one``); ``candidates_read_seconds`` is the time of one such read,
-  measured after the run in the benchmark's process, so that the part of the window
-  that is reading (``N`` reads) can be told from the part that is orchestration;
+  store's file times), with the label tasks finished per second over it. The labelling
+  step reads the generation's candidates once and hands each label task its structure
+  (``advloop.flows.steps.selected_structures``); ``candidates_read_seconds`` is the time of
+  that one read, measured after the run in the benchmark's process;
 - memory: the resident set size (RSS) of the run's process and of every process under
   it, sampled every 0.5 s (psutil where installed, else ``/proc``), split into the flow
   process, the embedded server (the ``uvicorn`` child) and any other (label workers), each
@@ -81,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout, read_candidates, read_generations
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "label_load.json"
@@ -330,16 +329,6 @@ def scan_output(text: str, window: tuple[float, float] | None = None,
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def label_window(layout: RunLayout) -> tuple[float, float]:
     """Times (``time.time()`` s) of the generation's first and last label stored: the
     label store's files after the :data:`N_INITIAL` oldest (the initial labels)."""
@@ -351,14 +340,12 @@ def label_window(layout: RunLayout) -> tuple[float, float]:
 
 
 def candidates_read_seconds(layout: RunLayout, repeats: int = 3) -> float:
-    """Median seconds to read the generation's candidates file whole (``ase.io.read``), as
-    each label task does to take its structure from it (:func:`advloop.flows.steps.label_one`)."""
-    from ase.io import read
-
+    """Median seconds to read the generation's candidates, as the labelling step does once
+    for all its label tasks (:func:`advloop.flows.run_folder.read_candidates`)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        read(str(layout.candidates(0)), index=":")
+        read_candidates(layout, 0)
         times.append(time.perf_counter() - t0)
     return round(float(np.median(times)), 4)
 
@@ -394,7 +381,7 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
         raise RuntimeError(f"advloop run with {runner} labelling exited with {code}:\n"
                            f"{text[-4000:]}")
     summary = json.loads(layout.summary.read_text())
-    record = next(r for r in _read_jsonl(layout.generations) if r["generation"] == 0)
+    record = next(r.to_dict() for r in read_generations(layout.root) if r.generation == 0)
     first, last = label_window(layout)
     window = last - first
     out = {

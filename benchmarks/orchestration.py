@@ -116,7 +116,7 @@ def _write_candidates(config: RunConfig, n: int) -> None:
     molecule displaced at random, the same for every run)."""
     from ase.io import read
 
-    from advloop.potentials.run_layout import RunLayout
+    from advloop.flows.run_folder import RunLayout
 
     rng = np.random.default_rng(11)
     frames = []
@@ -208,7 +208,7 @@ def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
     """A small run through ``run_active_learning``; the split of each generation's time."""
     from advloop.flows.active_learning import run_active_learning
     from advloop.flows.report import GenerationTable
-    from advloop.flows.steps import read_generation_records
+    from advloop.flows.run_folder import read_generations
 
     config = _run_config(root / name, name, quick, runners)
     load_before = _load()
@@ -216,7 +216,7 @@ def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
     with _server_busy() as busy:
         summary = run_active_learning(config, GenerationTable(io.StringIO()))
     wall = time.perf_counter() - t0
-    records = read_generation_records(config.run_dir())
+    records = [r.to_dict() for r in read_generations(config.run_dir())]
     generations = []
     for r in records:
         row = {"generation": r["generation"], "seconds": r["seconds"],

@@ -76,7 +76,7 @@ from advloop.adversarial.selection import SelectionSettings
 from advloop.adversarial.structures import Seeds
 from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
-from benchmarks.loop import Measure, generation_zero, run_loop
+from benchmarks.measured_run import Measure, measured_run
 from advloop.calculators.factory import LabelSettings, make_calculator
 from advloop.calculators.pyscf_calculator import PySCFSettings
 from advloop.flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
@@ -84,7 +84,7 @@ from advloop.flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, 
                                   check_inputs)
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import ModelSpec
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from advloop.potentials.training import TrainingSettings
 
 RESULTS = Path(__file__).parent / "results" / "zeolite_xtb.json"
@@ -367,7 +367,7 @@ def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | 
 
 
 def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
-    """The metrics of :func:`committee_metrics` for :func:`benchmarks.loop.run_loop`, with
+    """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`, with
     MD velocities seeded by the committee seed and generation."""
     return lambda committee, g: committee_metrics(committee, ref, sizes,
                                                   np.random.default_rng([seed, g]))
@@ -379,6 +379,7 @@ def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
     not depend on the strategy, and the steps of :mod:`advloop.flows.steps` find and reuse them."""
     src, dst = RunLayout(source.run_dir()), RunLayout(target.run_dir())
     dst.root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src.fingerprint, dst.fingerprint)  # a resume refuses other data settings
     shutil.copy2(src.dataset, dst.dataset)
     shutil.copytree(src.labels, dst.labels, dirs_exist_ok=True)
     shutil.copytree(src.committee_dir(0), dst.committee_dir(0), dirs_exist_ok=True)
@@ -434,11 +435,14 @@ def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | Non
                         for name, changed in ablations.items()}
             metrics = measure(ref, sizes, seed)
             first, *others = configs.values()
-            first_row = generation_zero(first, metrics)
+            # generation 0 alone: the loop with no generation to explore
+            zero = first.model_copy(update={"budget": first.budget.model_copy(
+                update={"max_generations": 0})})
+            [first_row] = measured_run(zero, metrics)
             for config in others:
                 share_generation_zero(first, config)
             for name, config in configs.items():
-                rows = run_loop(config, metrics, first_row)
+                rows = measured_run(config, metrics, first_row)
                 (ablated if name in ablations else runs).setdefault(name, {})[str(seed)] = rows
                 print(f"{name:12s} seed {seed}: " + "  ".join(
                     f"{r['n_labels']}:{r['md_stable_fraction']:.2f}/{r['force_rmse_hot']:.2f}"

@@ -11,7 +11,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from advloop.potentials import properties as P
 from advloop.potentials.committee import Committee
-from advloop.potentials.run_layout import RunLayout
+from advloop.potentials.checkpoint import CommitteeFolder
 
 
 class CommitteeCalculator(Calculator):
@@ -34,8 +34,8 @@ class CommitteeCalculator(Calculator):
     def from_run(cls, run_dir: str | Path, generation: int | None = None,
                  dtype: torch.dtype = torch.float64, **kwargs) -> CommitteeCalculator:
         """The committee of a run folder: its latest trained generation by default."""
-        layout = RunLayout(Path(run_dir))
-        return cls.from_checkpoints(layout.committee_checkpoints(generation), dtype=dtype, **kwargs)
+        paths = CommitteeFolder.of_run(run_dir).checkpoints(generation)
+        return cls.from_checkpoints(paths, dtype=dtype, **kwargs)
 
     def calculate(self, atoms: Atoms | None = None, properties=(P.ENERGY,),
                   system_changes=all_changes) -> None:

@@ -1,12 +1,15 @@
-"""The adversarial active-learning loop as Prefect flows.
+"""The active-learning loop as Prefect flows: the loop of :mod:`advloop.flows.loop`, with
+its steps as tasks.
 
 One flow run per run (named after the system) holds one sub-flow run per generation
-(``<system>-gen<NNN>``): train the committee (members in parallel), attack, select,
-label each selected structure in its own task (with retries and a time limit, into the
-content-addressed label store), append the generation's labels to the dataset in one
-task (the one writer of the HDF5 file), evaluate the committee's calibration on them.
-After each generation the run decides whether to stop (:func:`advloop.flows.steps.decide`).
-Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun. 12, 5104 (2021).
+(``<system>-gen<NNN>``) that runs :func:`advloop.flows.loop.run_generation` with
+:class:`PrefectJobs`: the committee's members train in parallel tasks, the attack and the
+selection are a task each, each selected structure is labelled in its own task (with
+retries and a time limit, into the content-addressed label store), one task appends the
+generation's labels to the dataset (the one writer of the HDF5 file) and one evaluates
+the committee's calibration on them. The loop decides when the run stops
+(:func:`advloop.flows.loop.decide`). Schwalbe-Koda, Tan & Gómez-Bombarelli, Nat. Commun.
+12, 5104 (2021).
 
 Members train and labels are computed on the task runners of ``config.runners``
 (:mod:`advloop.flows.runners`): by default in the generation flow's threads; on any other runner
@@ -14,11 +17,13 @@ Members train and labels are computed on the task runners of ``config.runners``
 (``<system>-gen<NNN>-training`` / ``-labelling``) with that task runner, on clusters
 started once per run.
 
-Tasks are thin wrappers over :mod:`advloop.flows.steps`; they pass configs, indices and
-metrics, never models or arrays. Every flow and task run is tagged with the system's
-name; the UI shows the artifacts of :mod:`advloop.flows.artifacts`, and automations can act on
-the events of :mod:`advloop.flows.events`. The run's final state is Completed with the reason it
-stopped as its message; calling :func:`run_active_learning` returns the summary dict.
+Tasks are thin wrappers over :mod:`advloop.flows.steps`; they pass configs, indices,
+structures and metrics, never models or datasets. Every flow run is tagged with the
+system's name. The observers of the loop's records are the terminal table
+(:mod:`advloop.flows.report`), the UI's artifacts (:mod:`advloop.flows.artifacts`) and
+the events automations act on (:mod:`advloop.flows.events`). The run's final state is
+Completed with the reason it stopped as its message; calling :func:`run_active_learning`
+returns the summary as a dict (``summary.json``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from uuid import UUID
 
@@ -36,16 +41,15 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
 
-from advloop.calculators.factory import level_of_theory
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
 from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
+from advloop.flows.loop import (ActiveLearningLoop, GenerationOutcome, mean_member_metrics,
+                                run_generation)
 from advloop.flows.report import GenerationTable
-from advloop.flows.timing import Timed, split_generation, timed
-from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import INITIAL, RunLayout
+from advloop.flows.run_folder import INITIAL, RunLayout
+from advloop.flows.timing import Timed, timed
 
 _task = task(cache_policy=NO_CACHE)
-
 
 
 def _label_task_name() -> str:
@@ -66,7 +70,7 @@ def _labelling_flow_name() -> str:
 
 prepare_initial = _task(steps.prepare_initial, name="prepare-initial-structures")
 append_initial = _task(steps.append_initial, name="append-initial-labels")
-# The generation's steps report the interval their bodies ran in, so that the flow can
+# The generation's steps report the interval their bodies ran in, so that the loop can
 # tell compute from orchestration (flows/timing.py).
 train_member = _task(timed("training", steps.train_step), name="train-member",
                      task_run_name="train-gen{generation}-member{member}")
@@ -80,33 +84,6 @@ append_labels = _task(timed("labelling", steps.append_labels), name="append-labe
                       task_run_name="append-labels-gen{generation}")
 evaluate = _task(timed("labelling", steps.evaluate_step), name="evaluate-calibration",
                  task_run_name="evaluate-gen{generation}")
-
-
-def _check_failures(config: RunConfig, report: steps.LabelReport, what: str) -> None:
-    # Over every structure of the step: those already in the dataset are labels an earlier
-    # invocation computed, so a re-run sees the ratio the first run saw (counting only
-    # the structures labelled now, a resumed run with one stored failure saw 1 of 1).
-    requested = report.requested
-    if requested and report.failed / requested > config.budget.max_failure_ratio:
-        raise steps.LabellingError(
-            f"{report.failed} of {requested} {what} DFT labels failed, a failure ratio of "
-            f"{report.failed / requested:.3g}, above budget.max_failure_ratio = "
-            f"{config.budget.max_failure_ratio}: " + "; ".join(report.failures[:3]))
-
-
-def _enforce_failures(config: RunConfig, report: steps.LabelReport, what: str,
-                      generation: int | None, logger: logging.LoggerAdapter | None = None) -> None:
-    """Log each failed label to ``logger``, then :func:`_check_failures`, emitting
-    ``advloop.labels.failure-ratio-exceeded`` first if the run stops."""
-    for failure in report.failures if logger is not None else ():
-        logger.warning("label failed: %s", failure)
-    try:
-        _check_failures(config, report, what)
-    except steps.LabellingError:
-        events.emit(events.failure_ratio_event(
-            config.system.name, generation, report.failed, report.requested,
-            config.budget.max_failure_ratio, report.failures))
-        raise
 
 
 def _run(step, clock: list[Timed], *args):
@@ -127,11 +104,7 @@ def _train_committee(config: RunConfig, generation: int, clock: list[Timed],
         results.append(future.result())
         table.member_trained(generation, member[id(future)], done, n, results[-1].value)
     clock.extend(results)
-    metrics = [r.value for r in results]
-    keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
-    mean = {k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)}
-    # members retried at a lower learning rate after their training diverged (a total)
-    return {**mean, "divergence_retries": int(sum(m.get("divergence_retries", 0) for m in metrics))}
+    return mean_member_metrics([r.value for r in results])
 
 
 def _label_selected(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
@@ -145,12 +118,14 @@ def _label_selected(config: RunConfig, generation: int, selected: list[int], clo
                                          timeout_seconds=compute.label_timeout_seconds)
     progress = artifacts.LabelProgress(config.system.name, generation, len(selected))
     table.labelled(generation, 0, len(selected))
+    structures = dict(zip(selected, steps.selected_structures(config, generation, selected)))
     pending, running = list(selected), []
     results: list[steps.LabelResult] = []
     failed = 0
     while pending or running:
         while pending and len(running) < compute.label_workers:
-            running.append(label.submit(config, generation, pending.pop(0)))
+            index = pending.pop(0)
+            running.append(label.submit(config, generation, index, structures[index]))
         future: PrefectFuture = next(as_completed(running))
         running.remove(future)
         try:
@@ -206,110 +181,72 @@ def _phase_runner(config: RunConfig, phase: runners.Phase,
     return runners.task_runner(settings, phase, getattr(clusters, phase) if clusters else None)
 
 
-def _train(config: RunConfig, generation: int, clock: list[Timed], table: GenerationTable,
-           clusters: runners.ClusterAddresses | None) -> dict[str, float]:
-    runner = _phase_runner(config, "training", clusters)
-    if runner is None:
-        return _train_committee(config, generation, clock, table)
-    with runners.api_for_workers():
-        metrics, intervals = train_committee.with_options(task_runner=runner)(
-            config, generation, table)
-    clock.extend(intervals)
-    return metrics
+class PrefectJobs:
+    """The loop's jobs (:class:`advloop.flows.loop.Jobs`) as Prefect tasks and flows, on
+    the task runners of ``config.runners`` and the run's Dask ``clusters``
+    (:func:`advloop.flows.runners.open_clusters`; None: a phase starts its own). The
+    ``table`` shows members and labels as they finish."""
 
+    def __init__(self, table: GenerationTable, clusters: runners.ClusterAddresses | None = None):
+        self.table, self.clusters = table, clusters
+        self.clock: list[Timed] = []
 
-def _label(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
-           table: GenerationTable, logger: logging.LoggerAdapter,
-           clusters: runners.ClusterAddresses | None) -> list[steps.LabelResult]:
-    runner = _phase_runner(config, "labelling", clusters)
-    if runner is None:
-        return _label_selected(config, generation, selected, clock, table, logger)
-    with runners.api_for_workers():
-        results, intervals = label_candidates.with_options(task_runner=runner)(
-            config, generation, selected, table)
-    clock.extend(intervals)
-    return results
+    def label_initial(self, config: RunConfig) -> steps.LabelReport:
+        """The initial dataset, labelled as a generation's candidates are: one task per
+        structure not yet in it, on the labelling runner, then one append."""
+        todo = prepare_initial(config)
+        if todo:
+            self._label(config, INITIAL, todo)
+        return append_initial(config)
 
+    def train(self, config: RunConfig, generation: int) -> dict[str, float]:
+        runner = _phase_runner(config, "training", self.clusters)
+        if runner is None:
+            return _train_committee(config, generation, self.clock, self.table)
+        with runners.api_for_workers():
+            metrics, intervals = train_committee.with_options(task_runner=runner)(
+                config, generation, self.table)
+        self.clock.extend(intervals)
+        return metrics
 
-def _label_initial(config: RunConfig, table: GenerationTable, logger: logging.LoggerAdapter,
-                   clusters: runners.ClusterAddresses | None) -> steps.LabelReport:
-    """The initial dataset, labelled as a generation's candidates are: one task per
-    structure not yet in it, on the labelling runner, then one append."""
-    todo = prepare_initial(config)
-    if todo:
-        _label(config, INITIAL, todo, [], table, logger, clusters)
-    return append_initial(config)
+    def explore(self, config: RunConfig, generation: int) -> steps.ExploreReport:
+        return _run(explore, self.clock, config, generation)
 
+    def select(self, config: RunConfig, generation: int, max_selected: int) -> steps.SelectReport:
+        return _run(select, self.clock, config, generation, max_selected)
 
-@dataclass
-class GenerationOutcome:
-    """What a generation sub-flow hands back: its record (without timings), the intervals
-    its steps ran in, and whether the wall-time budget cut it short (then the record is
-    incomplete and not kept; a re-run resumes the generation)."""
+    def _label(self, config: RunConfig, generation: int,
+               selected: list[int]) -> list[steps.LabelResult]:
+        runner = _phase_runner(config, "labelling", self.clusters)
+        if runner is None:
+            return _label_selected(config, generation, selected, self.clock, self.table,
+                                   get_run_logger())
+        with runners.api_for_workers():
+            results, intervals = label_candidates.with_options(task_runner=runner)(
+                config, generation, selected, self.table)
+        self.clock.extend(intervals)
+        return results
 
-    record: dict
-    clock: list[Timed] = field(default_factory=list)
-    interrupted: bool = False
+    def label(self, config: RunConfig, generation: int, selected: list[int]) -> steps.LabelReport:
+        results = self._label(config, generation, selected)
+        return replace(_run(append_labels, self.clock, config, generation, selected),
+                       cached=sum(r.cached for r in results))
 
+    def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
+        return _run(evaluate, self.clock, config, generation, indices)
 
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.time() >= deadline
+    def generation(self, config: RunConfig, generation: int, max_selected: int, final: bool,
+                   deadline: float | None) -> GenerationOutcome:
+        return generation_flow(config, generation, max_selected, final, deadline, self)
 
 
 @flow(name="advloop-generation", flow_run_name="{config.system.name}-gen{generation:03d}",
       log_prints=False)
-def run_generation(config: RunConfig, generation: int, max_selected: int, final: bool,
-                   deadline: float | None = None,
-                   table: GenerationTable | None = None,
-                   clusters: runners.ClusterAddresses | None = None) -> GenerationOutcome:
-    """One generation: train its committee; unless ``final``, explore, select at most
-    ``max_selected`` candidates, label each, append them and evaluate calibration.
-    Stops early (``interrupted``) before a step that would start after ``deadline``
-    (``time.time()`` s). Training and labelling run on the task runners of
-    ``config.runners``, as sub-flows unless ``threads``, on the run's Dask ``clusters``
-    (:func:`advloop.flows.runners.open_clusters`; None: a phase starts its own)."""
+def generation_flow(config: RunConfig, generation: int, max_selected: int, final: bool,
+                    deadline: float | None, jobs: PrefectJobs) -> GenerationOutcome:
+    """One generation (:func:`advloop.flows.loop.run_generation`) as a flow run of its own."""
     _tag_flow_run(config.system.name)
-    logger = get_run_logger()
-    table = table or GenerationTable()
-    clock: list[Timed] = []
-    train = _train(config, generation, clock, table, clusters)
-    out = GenerationOutcome({"generation": generation, **{f"train_{k}": v for k, v in train.items()}}, clock)
-    record = out.record
-    logger.info("committee trained: validation force MAE %.4g eV/Å", train.get("val_forces_mae", float("nan")))
-    if final:
-        return out
-    if _past(deadline):
-        return replace(out, interrupted=True)
-    rep = _run(explore, clock, config, generation)
-    record.update(attack_sigma_f_mean=rep.sigma_f_mean, attack_sigma_f_max=rep.sigma_f_max,
-                  attack_stopped=rep.n_stopped, attack_seeds=rep.n_seeds,
-                  attack_candidates=rep.n_candidates)
-    logger.info("explored: %d candidates, σF mean %.4g, max %.4g eV/Å", rep.n_candidates,
-                rep.sigma_f_mean, rep.sigma_f_max)
-    if not steps.labelling_needed(config, explore=rep):
-        return out
-    if _past(deadline):
-        return replace(out, interrupted=True)
-    sel = _run(select, clock, config, generation, max_selected)
-    record.update(selected=len(sel.selected), selection_threshold=sel.threshold,
-                  candidates_above_threshold=sel.n_above, selected_sigma_f_mean=sel.sigma_f_mean,
-                  selected_sigma_f_max=sel.sigma_f_max, rejected=sel.rejected_counts())
-    logger.info("selected %d of %d candidates above the threshold %.4g eV/Å", len(sel.selected),
-                sel.n_above, sel.threshold)
-    if not steps.labelling_needed(config, select=sel):
-        return out
-    if _past(deadline):
-        return replace(out, interrupted=True)
-    results = _label(config, generation, sel.selected, clock, table, logger, clusters)
-    lab = replace(_run(append_labels, clock, config, generation, sel.selected),
-                  cached=sum(r.cached for r in results))
-    logger.info("appended %d labels (%d failed, %d from an earlier run's label store)",
-                lab.added, lab.failed, lab.cached)
-    _enforce_failures(config, lab, "adversarial", generation, logger)
-    calibration = _run(evaluate, clock, config, generation, lab.indices)
-    record.update(labels_added=lab.added, labels_failed=lab.failed, labels_cached=lab.cached,
-                  **{f"calibration_{k}": v for k, v in calibration.items()})
-    return out
+    return run_generation(config, jobs, generation, max_selected, final, deadline)
 
 
 def _tag_flow_run(tag: str) -> None:
@@ -352,98 +289,48 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
             if problems:
                 raise ConfigError(str(layout.root), problems)
             run_folder.write_fingerprint(config)
-            return _run_loop(config, layout, table or GenerationTable())
+            return _run_loop(config, table or GenerationTable())
     except (KeyboardInterrupt, TerminationSignal) as err:
         if interruptions.requested_by_runner(err):
             raise  # a cancellation asked for in the UI: Prefect's engine ends it Cancelled
         return interruptions.interrupted_state(err, layout)  # type: ignore[return-value]
+    except steps.LabellingError as err:
+        _emit_failure_event(config, err)
+        raise
     except Exception as err:
         if interruptions.is_disk_full(err):
             raise interruptions.DiskFullError(interruptions.disk_full_message(err, layout)) from err
         raise
 
 
-def _run_loop(config: RunConfig, layout: RunLayout, table: GenerationTable) -> Completed:
+def _emit_failure_event(config: RunConfig, err: steps.LabellingError) -> None:
+    """``advloop.labels.failure-ratio-exceeded`` for a run stopped by too many failed labels."""
+    if err.report is not None:
+        report = err.report
+        events.emit(events.failure_ratio_event(
+            config.system.name, err.generation, report.failed, report.requested,
+            config.budget.max_failure_ratio, report.failures))
+
+
+def _run_loop(config: RunConfig, table: GenerationTable) -> Completed:
     logger = get_run_logger()
     system = config.system.name
-    config_sha = run_folder.record_config(config)
-    t_start = time.time()
-    hours = config.budget.max_wall_hours
-    deadline = t_start + hours * 3600 if hours is not None else None
     _tag_flow_run(system)
-
     with runners.open_clusters(config) as clusters:
-        initial = _label_initial(config, table, logger, clusters)
-        _enforce_failures(config, initial, "initial", None, logger)
-        logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
-                    initial.added, initial.failed, initial.skipped_known)
-
-        done = {r["generation"]: r for r in steps.read_generation_records(layout.root)}
-        records: list[dict] = []
-        decision: steps.StopDecision | None = None
-        table.header()
-        for g in range(config.budget.max_generations + 1):
-            labels_used = sum(r.get("labels_added", 0) for r in records)
-            final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
-            record = done.get(g)
-            if record is not None and not final and steps.only_trained(record):
-                record = None  # the last generation of a smaller budget: explore from it now
-            fresh = record is None
-            if fresh:
-                if _past(deadline):
-                    decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
-                    break
-                t0 = time.time()
-                outcome = run_generation(config, g, config.budget.max_labels - labels_used, final,
-                                         deadline, table, clusters)
-                if outcome.interrupted:
-                    decision = steps.wall_time_stop(config, max(time.time() - t_start, hours * 3600))
-                    break
-                record = outcome.record
-                record["dataset_size"] = len(Dataset(layout.dataset))
-                t1 = time.time()
-                record.update(seconds=t1 - t0, **split_generation(outcome.clock, t0, t1),
-                              config_sha256=config_sha)
-                steps.append_generation_record(config, record)
-            else:
-                restored = steps.restore_generation(config, record)
-                if restored:
-                    logger.warning("generation %d: %d labelled structures were missing from the "
-                                   "dataset; appended again from the label store", g, restored)
-            records.append(record)
-            table.row(record)
-            logger.info("generation %d: %s", g, json.dumps(record))
-            if fresh:
-                artifacts.publish_generation_table(system, records)
-                events.emit(events.generation_finished_event(system, record))
-            decision = steps.decide(config, records, time.time() - t_start)
-            if decision is not None:
-                break
-    if decision is None:  # the generation budget was lowered below a finished run's
-        decision = steps.StopDecision("max_generations", "generation budget spent "
-                                      f"(budget.max_generations = {config.budget.max_generations})")
-
-    summary = {
-        "system": system,
-        "stop_reason": decision.reason,
-        "stop_explanation": decision.explanation,
-        "generations": len(records),
-        "final_committee_generation": records[-1]["generation"] if records else None,
-        "dataset_size": len(Dataset(layout.dataset)),
-        "labels_initial": initial.added + initial.skipped_known,
-        "labels_explored": sum(r.get("labels_added", 0) for r in records),
-        "labels_failed": initial.failed + sum(r.get("labels_failed", 0) for r in records),
-        "strategy": config.exploration.strategy,
-        "level_of_theory": level_of_theory(config.labels, config.dft, config.periodic_dft),
-        "wall_seconds": time.time() - t_start,
-        "run_dir": str(layout.root),
-    }
-    run_folder.write_atomic(layout.summary, json.dumps(summary, indent=2))
+        loop = ActiveLearningLoop(config, PrefectJobs(table, clusters))
+        for done in loop.irun():
+            table.row(done.record)
+            logger.info("generation %d: %s", done.record.generation,
+                        json.dumps(done.record.to_dict()))
+            if done.fresh:
+                artifacts.publish_generation_table(system, loop.records)
+                events.emit(events.generation_finished_event(system, done.record))
+    summary = loop.summary()
     table.footer(summary)
-    artifacts.publish_summary(summary, records, config.convergence.force_std_threshold)
+    artifacts.publish_summary(summary, loop.records, config.convergence.force_std_threshold)
     events.emit(events.run_finished_event(summary))
-    logger.info("stopped: %s", summary["stop_explanation"])
-    return Completed(message=summary["stop_explanation"], data=summary)
+    logger.info("stopped: %s", summary.stop_explanation)
+    return Completed(message=summary.stop_explanation, data=summary.to_dict())
 
 
 def _config_file_run_name() -> str:

@@ -22,14 +22,15 @@ import base64
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 from xml.sax.saxutils import escape
 
 from advloop.flows.events import json_safe
-from advloop.potentials.run_layout import batch_name
+from advloop.flows.records import GenerationRecord, RunSummary
+from advloop.flows.run_folder import batch_name
 
-# column in the table artifact -> key of the generation record
+# column in the table artifact -> field of the generation record
 TABLE_COLUMNS: dict[str, str] = {
     "generation": "generation",
     "dataset_size": "dataset_size",
@@ -46,7 +47,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "seconds": "seconds",
 }
 
-# learning-curve series: (legend, record key, colour)
+# learning-curve series: (legend, record field, colour)
 _SERIES = (("σF of attacked geometries (mean)", "attack_sigma_f_mean", "#d62728"),
            ("validation force MAE", "train_val_forces_mae", "#1f77b4"))
 
@@ -62,7 +63,7 @@ def _readable(value):
     return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
-def generation_rows(records: Sequence[Mapping]) -> list[dict]:
+def generation_rows(records: Sequence[GenerationRecord]) -> list[dict]:
     """One table row per generation record (columns :data:`TABLE_COLUMNS`; floats to 4
     significant digits; missing or non-finite values are None)."""
     return [{column: json_safe(_readable(record.get(key))) for column, key in TABLE_COLUMNS.items()}
@@ -73,15 +74,15 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def learning_curve_svg(records: Sequence[Mapping], threshold: float | None = None,
+def learning_curve_svg(records: Sequence[GenerationRecord], threshold: float | None = None,
                        width: int = 480, height: int = 260) -> str:
     """An SVG line chart of σ_F of the attacked geometries and the validation force MAE
     (both eV/Å) against generation, with ``threshold`` (eV/Å) as a dashed line."""
     left, right, top, bottom = 60, 16, 34, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    gens = [int(r["generation"]) for r in records] or [0]
+    gens = [r.generation for r in records] or [0]
     g0, g1 = min(gens), max(gens)
-    values = [r[k] for r in records for _, k, _ in _SERIES if _finite(r.get(k))]
+    values = [r.get(k) for r in records for _, k, _ in _SERIES if _finite(r.get(k))]
     ymax = max(values + ([threshold] if threshold else []) + [1e-12]) * 1.1
 
     def x(g: float) -> float:
@@ -111,7 +112,7 @@ def learning_curve_svg(records: Sequence[Mapping], threshold: float | None = Non
                    f'<text x="{left + plot_w - 2}" y="{y(threshold) - 4:.1f}" text-anchor="end" '
                    f'fill="gray">convergence threshold</text>')
     for n, (legend, key, colour) in enumerate(_SERIES):
-        points = [(x(r["generation"]), y(r[key])) for r in records if _finite(r.get(key))]
+        points = [(x(r.generation), y(r.get(key))) for r in records if _finite(r.get(key))]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
@@ -131,21 +132,21 @@ def _cell(value) -> str:
     return "-" if not _finite(value) else f"{value:.4g}"
 
 
-def summary_markdown(summary: Mapping, records: Sequence[Mapping],
+def summary_markdown(summary: RunSummary, records: Sequence[GenerationRecord],
                      threshold: float | None = None) -> str:
     """The run's summary in markdown: outcome, totals, learning curve (image and table)."""
     lines = [
-        f"# {summary['system']}: {summary['stop_reason']}",
+        f"# {summary.system}: {summary.stop_reason}",
         "",
-        f"**{summary['stop_explanation']}**",
+        f"**{summary.stop_explanation}**",
         "",
         "| | |", "|---|---|",
-        f"| generations | {summary['generations']} |",
-        f"| dataset | {summary['dataset_size']} structures ({summary['labels_initial']} initial, "
-        f"{summary['labels_explored']} from {summary['strategy']}) |",
-        f"| level of theory | {summary['level_of_theory']} |",
-        f"| wall time (this invocation) | {summary['wall_seconds']:.0f} s |",
-        f"| run folder | `{summary['run_dir']}` |",
+        f"| generations | {summary.generations} |",
+        f"| dataset | {summary.dataset_size} structures ({summary.labels_initial} initial, "
+        f"{summary.labels_explored} from {summary.strategy}) |",
+        f"| level of theory | {summary.level_of_theory} |",
+        f"| wall time (this invocation) | {summary.wall_seconds:.0f} s |",
+        f"| run folder | `{summary.run_dir}` |",
         "",
         "## Learning curve",
         "",
@@ -155,13 +156,13 @@ def summary_markdown(summary: Mapping, records: Sequence[Mapping],
         "| generation | σF attacked, mean (eV/Å) | validation force MAE (eV/Å) | labels added |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['generation']} | {_cell(r.get('attack_sigma_f_mean'))} | "
-              f"{_cell(r.get('train_val_forces_mae'))} | {r.get('labels_added', 0)} |"
+    lines += [f"| {r.generation} | {_cell(r.get('attack_sigma_f_mean'))} | "
+              f"{_cell(r.get('train_val_forces_mae'))} | {r.labels} |"
               for r in records]
     return "\n".join(lines) + "\n"
 
 
-def publish_generation_table(system: str, records: Sequence[Mapping]) -> UUID:
+def publish_generation_table(system: str, records: Sequence[GenerationRecord]) -> UUID:
     """A new version of the ``<system>-generations`` table with every generation so far."""
     from prefect.artifacts import create_table_artifact
 
@@ -170,12 +171,12 @@ def publish_generation_table(system: str, records: Sequence[Mapping]) -> UUID:
         description=f"{system}: one row per active-learning generation (σF and MAE in eV/Å)")
 
 
-def publish_summary(summary: Mapping, records: Sequence[Mapping], threshold: float | None) -> UUID:
+def publish_summary(summary: RunSummary, records: Sequence[GenerationRecord], threshold: float | None) -> UUID:
     from prefect.artifacts import create_markdown_artifact
 
     return create_markdown_artifact(
-        summary_markdown(summary, records, threshold), key=artifact_key(summary["system"], "summary"),
-        description=f"{summary['system']}: {summary['stop_explanation']}")
+        summary_markdown(summary, records, threshold), key=artifact_key(summary.system, "summary"),
+        description=f"{summary.system}: {summary.stop_explanation}")
 
 
 class LabelProgress:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+if TYPE_CHECKING:
+    from advloop.flows.records import GenerationRecord, RunSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adversarial active learning for neural interatomic potentials.")
@@ -204,7 +206,7 @@ def export(
 ) -> None:
     """Write a run's labelled dataset (DFT energies and forces) to a file."""
     from advloop.potentials.dataset import Dataset, DatasetError
-    from advloop.potentials.run_layout import RunLayout
+    from advloop.flows.run_folder import RunLayout
 
     try:
         dataset = Dataset(RunLayout(run_dir).dataset)
@@ -343,19 +345,6 @@ def _one_line(err: Exception) -> str:
 # advloop status
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """generations.jsonl's records; a line being written (not yet valid JSON) is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -368,8 +357,8 @@ class _RunFolder:
     """What a run folder says about its run (see :func:`_run_folder`)."""
 
     root: Path
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]  # empty unless the latest start has finished
+    records: list[GenerationRecord]
+    summary: RunSummary | None  # None unless the latest start has finished
     state: str  # "running" or "stopped: <stop_reason>"
     dataset_size: int | None
     updated: float  # s since the epoch, last write of config, records or summary
@@ -386,25 +375,20 @@ def _run_folder(root: Path) -> _RunFolder | None:
     every start or resume rewrites), else ``running``: a run killed without a summary
     also reads ``running``, hence the time of the last update beside it.
     """
-    from advloop.potentials.run_layout import RunLayout
+    from advloop.flows.run_folder import RunLayout, read_generations, read_summary
 
     layout = RunLayout(root)
     files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
     if not files:
         return None
-    records = _read_records(layout.generations)
-    summary: dict[str, Any] = {}
-    if layout.summary.is_file():
-        try:
-            summary = json.loads(layout.summary.read_text())
-        except json.JSONDecodeError:
-            summary = {}
+    records = read_generations(root)
+    summary = read_summary(root)
     started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
-    if summary and layout.summary.stat().st_mtime >= started:
-        state, size = f"stopped: {summary.get('stop_reason')}", summary.get("dataset_size")
+    if summary is not None and layout.summary.stat().st_mtime >= started:
+        state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
     else:
-        sizes = [r["dataset_size"] for r in records if "dataset_size" in r]
-        state, size, summary = "running", (sizes[-1] if sizes else None), {}
+        sizes = [r.dataset_size for r in records if r.dataset_size is not None]
+        state, size, summary = "running", (sizes[-1] if sizes else None), None
     return _RunFolder(root=root, records=records, summary=summary, state=state,
                       dataset_size=size, updated=max(p.stat().st_mtime for p in files))
 
@@ -499,21 +483,16 @@ def status(
                f"run folder {folder.root}")
     if folder.records:
         table = GenerationTable(sys.stdout)
-        table.header()
         for record in folder.records:
             table.row(record)
     else:
         typer.echo("no generation finished yet (labelling the initial dataset or training)")
     summary = folder.summary
-    if summary:
-        typer.echo(summary.get("stop_explanation") or f"stopped: {summary.get('stop_reason')}")
-        line = f"dataset: {summary.get('dataset_size', '-')} structures"
-        if "labels_initial" in summary:
-            line += (f" ({summary['labels_initial']} initial, {summary.get('labels_explored', 0)} "
-                     f"from {summary.get('strategy', 'exploration')})")
-        if "level_of_theory" in summary:
-            line += f" at {summary['level_of_theory']}"
-        typer.echo(line)
+    if summary is not None:
+        typer.echo(summary.stop_explanation or f"stopped: {summary.stop_reason}")
+        typer.echo(f"dataset: {summary.dataset_size} structures ({summary.labels_initial} "
+                   f"initial, {summary.labels_explored} from {summary.strategy}) at "
+                   f"{summary.level_of_theory}")
     if server:
         use_prefect_defaults()
         _print_flow_runs(folder.system)

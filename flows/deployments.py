@@ -29,7 +29,7 @@ import datetime
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,7 +127,7 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
     configuration (see calculators/factory.py and docs/reliability.md).
     """
     from advloop.flows.config import ConfigError, validate_config
-    from advloop.potentials.run_layout import RunLayout
+    from advloop.flows.run_folder import RunLayout
 
     source = "submitted config"
     try:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from advloop.flows.steps import CONVERGED
+from advloop.flows.records import CONVERGED, GenerationRecord, RunSummary
 
 GENERATION_FINISHED = "advloop.generation.finished"
 RUN_CONVERGED = "advloop.run.converged"
@@ -69,14 +69,14 @@ class RunEvent:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def generation_finished_event(system: str, record: Mapping) -> RunEvent:
-    return RunEvent(GENERATION_FINISHED, run_resource(system), json_safe(record))
+def generation_finished_event(system: str, record: GenerationRecord) -> RunEvent:
+    return RunEvent(GENERATION_FINISHED, run_resource(system), json_safe(record.to_dict()))
 
 
-def run_finished_event(summary: Mapping) -> RunEvent:
-    """``advloop.run.converged`` or ``advloop.run.stopped``, by ``summary["stop_reason"]``."""
-    name = RUN_CONVERGED if summary["stop_reason"] in CONVERGED else RUN_STOPPED
-    return RunEvent(name, run_resource(summary["system"]), json_safe(summary))
+def run_finished_event(summary: RunSummary) -> RunEvent:
+    """``advloop.run.converged`` or ``advloop.run.stopped``, by the summary's stop reason."""
+    name = RUN_CONVERGED if summary.stop_reason in CONVERGED else RUN_STOPPED
+    return RunEvent(name, run_resource(summary.system), json_safe(summary.to_dict()))
 
 
 def failure_ratio_event(system: str, generation: int | None, failed: int, requested: int,

@@ -24,7 +24,7 @@ from pathlib import Path
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Crashed, State
 
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 
 __all__ = ["DiskFullError", "disk_full_message", "interrupted_message", "interrupted_state",
            "exception_chain", "is_disk_full", "kept", "requested_by_runner"]

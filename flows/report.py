@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from advloop.potentials.run_layout import batch_name
+from advloop.flows.records import GenerationRecord, RunSummary
+from advloop.flows.run_folder import batch_name
 
 _COLUMNS = [
     ("gen", "generation", "{:>3d}"),
@@ -43,6 +44,7 @@ class GenerationTable:
         self.live = bool(isatty and isatty()) if live is None else live
         self._progress = None  # rich.progress.Progress while a bar is shown
         self._bars: dict[str, object] = {}  # description -> rich TaskID
+        self._headed = False
 
     def _emit(self, line: str) -> None:
         self.close()
@@ -88,7 +90,7 @@ class GenerationTable:
 
     def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
         """``done`` of ``generation``'s ``total`` selected structures (of the initial
-        ones for ``advloop.potentials.run_layout.INITIAL``) have a label task finished, ``failed``
+        ones for :data:`advloop.flows.run_folder.INITIAL`) have a label task finished, ``failed``
         of them without a label."""
         name = batch_name(generation)
         line = (f"{name}: labelling {total} structures" if done == 0 else
@@ -98,8 +100,12 @@ class GenerationTable:
     def header(self) -> None:
         cells = [f"{title:>{len(fmt.format(0))}}" for title, _, fmt in _COLUMNS]
         self._emit("  ".join(cells))
+        self._headed = True
 
-    def row(self, record: dict) -> None:
+    def row(self, record: GenerationRecord) -> None:
+        """One generation's row (after the header, on the first row)."""
+        if not self._headed:
+            self.header()
         cells = []
         for _, key, fmt in _COLUMNS:
             width = len(fmt.format(0))
@@ -107,10 +113,10 @@ class GenerationTable:
             cells.append("-".rjust(width) if value is None else fmt.format(value))
         self._emit("  ".join(cells))
 
-    def footer(self, summary: dict) -> None:
+    def footer(self, summary: RunSummary) -> None:
         self._emit(
-            f"stopped after {summary['generations']} generation(s): {summary['stop_explanation']}\n"
-            f"dataset: {summary['dataset_size']} structures ({summary['labels_initial']} initial, "
-            f"{summary['labels_explored']} from {summary['strategy']}) at {summary['level_of_theory']}\n"
-            f"run folder: {summary['run_dir']}"
+            f"stopped after {summary.generations} generation(s): {summary.stop_explanation}\n"
+            f"dataset: {summary.dataset_size} structures ({summary.labels_initial} initial, "
+            f"{summary.labels_explored} from {summary.strategy}) at {summary.level_of_theory}\n"
+            f"run folder: {summary.run_dir}"
         )

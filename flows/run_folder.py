@@ -1,5 +1,30 @@
-"""What keeps one run folder whole: one run at a time, one definition of its data, and
-records that are written whole or not at all.
+"""The run folder: where a run keeps its files, and what keeps it whole. The one module
+that knows the layout and owns the formats of the files in it (the dataset's HDF5 is
+:mod:`advloop.potentials.dataset`'s, checkpoints :mod:`advloop.potentials.checkpoint`'s
+and labels :mod:`advloop.calculators.label_store`'s; this module says where they go)::
+
+    runs/<system name>/
+        config.yaml                 the validated configuration of the latest invocation
+        configs/<sha>.yaml          every configuration the run has run with (generation
+                                    records name theirs by ``config_sha256``)
+        fingerprint.json            the settings that define the run's data
+        run.lock                    held by the process running the run
+        dataset.h5                  labelled structures (see advloop.potentials.dataset)
+        dataset.h5.lock             held while the dataset is read (shared) or written (alone)
+        .dask-tls/                  TLS key and certificate of a Slurm runner's workers
+        committee/gen_000/member_0.pt ...   checkpoints of each generation's committee
+        candidates/initial.npz      the displaced starting structures of the initial dataset
+        candidates/gen_001.npz      a generation's candidates, exactly, with their uncertainties
+        candidates/gen_001_trace.npz   the attack's objective and σ per step and seed
+        candidates/gen_001_selection.json   the candidates chosen for labelling, kept before
+                                    any is labelled (a resumed run labels exactly these)
+        labels/ab/<key>.npz         every label computed, keyed by structure and level of theory
+        generations.jsonl           one JSON record per finished generation
+        summary.json                the run's outcome: why it stopped, totals
+        submissions/<time>-<id>/    configs and structures sent with `advloop submit`
+
+What keeps it whole: one run at a time, one definition of its data, and records that are
+written whole or not at all.
 
 - :func:`hold` takes the run folder's lock (``run.lock``, ``fcntl.flock``) for a run's
   whole length: a second ``advloop run``, worker or served flow of the same folder is
@@ -13,6 +38,9 @@ records that are written whole or not at all.
   selection, convergence, budgets, training, compute and runners) may change between
   invocations; each generation record names the config it ran with (``config_sha256``,
   kept in ``configs/<sha>.yaml``).
+- Candidates are kept once and exactly (:func:`write_candidates`, float64 ``.npz``) with
+  their explore report; the initial structures likewise (:func:`write_initial`); each
+  generation's selection is kept before anything is labelled (:func:`write_selection`).
 - :func:`write_atomic` writes a file whole (temporary file, fsync, rename), readable by
   its owner only; :func:`read_records` reads ``generations.jsonl``, skipping a torn line
   with a warning, and :func:`append_record` rewrites it whole with one record more.
@@ -30,23 +58,114 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from ase import Atoms
+
+from advloop.adversarial.structures import Candidates
 from advloop.calculators.factory import theory_settings
+from advloop.flows.records import GenerationRecord, RunSummary
+from advloop.potentials.checkpoint import CommitteeFolder
 from advloop.potentials.hashing import structure_hash
-from advloop.potentials.run_layout import RunLayout
 
 if TYPE_CHECKING:
     from advloop.flows.config import RunConfig
 
-__all__ = ["RunFolderBusy", "append_record", "config_sha256", "fingerprint", "hold",
-           "read_records", "record_config", "resume_problems", "write_atomic",
-           "write_fingerprint"]
+__all__ = ["INITIAL", "RunFolderBusy", "RunLayout", "append_record", "batch_name",
+           "config_sha256", "fingerprint", "hold", "read_candidates", "read_initial",
+           "read_generations", "read_records", "read_selection", "read_summary", "record_config", "resume_problems",
+           "append_generation", "write_atomic", "write_candidates", "write_summary", "write_fingerprint", "write_initial",
+           "write_selection"]
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = 1
+
+
+#: The batch of structures labelled for the initial dataset, in the places where a
+#: generation's number names a batch (:meth:`RunLayout.batch`, label tasks).
+INITIAL = -1
+
+
+def batch_name(generation: int) -> str:
+    """How a batch of structures to label is named to people: ``initial`` or ``gen 3``."""
+    return "initial" if generation == INITIAL else f"gen {generation}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.h5"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations.jsonl"
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def labels(self) -> Path:
+        """The content-addressed label store (see advloop.calculators.label_store)."""
+        return self.root / "labels"
+
+    @property
+    def submissions(self) -> Path:
+        """Inputs of runs submitted to a server (see advloop.flows.deployments)."""
+        return self.root / "submissions"
+
+    @property
+    def committee(self) -> CommitteeFolder:
+        return CommitteeFolder.of_run(self.root)
+
+    def committee_dir(self, generation: int) -> Path:
+        return self.committee.generation_dir(generation)
+
+    def member_checkpoint(self, generation: int, member: int) -> Path:
+        return self.committee.member(generation, member)
+
+    def trained_generations(self) -> list[int]:
+        return self.committee.trained_generations()
+
+    def committee_checkpoints(self, generation: int | None = None) -> list[Path]:
+        """Checkpoints of ``generation`` (default: the latest trained one)."""
+        return self.committee.checkpoints(generation)
+
+    def candidates(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}.npz"
+
+    def legacy_candidates(self, generation: int) -> Path:
+        """Candidates as extended XYZ (8 decimals), written by advloop before 0.2."""
+        return self.root / "candidates" / f"gen_{generation:03d}.extxyz"
+
+    @property
+    def initial_structures(self) -> Path:
+        return self.root / "candidates" / "initial.npz"
+
+    def selection(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}_selection.json"
+
+    def exploration_trace(self, generation: int) -> Path:
+        return self.root / "candidates" / f"gen_{generation:03d}_trace.npz"
 
 
 class RunFolderBusy(RuntimeError):
@@ -101,6 +220,31 @@ def append_record(path: Path, record: Mapping) -> None:
     dropped), so a kill at any moment leaves either the old file or the new one."""
     lines = [json.dumps(r) for r in read_records(path)] + [json.dumps(dict(record))]
     write_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_generations(root: Path) -> list[GenerationRecord]:
+    """The generation records of a run folder in order, one per generation (a torn line is
+    skipped with a warning; of a generation recorded twice, the last record)."""
+    records = {r["generation"]: r for r in read_records(RunLayout(root).generations)}
+    return [GenerationRecord.from_dict(records[g]) for g in sorted(records)]
+
+
+def append_generation(root: Path, record: GenerationRecord) -> None:
+    """Keep a finished generation's record in ``generations.jsonl`` (written whole)."""
+    append_record(RunLayout(root).generations, record.to_dict())
+
+
+def write_summary(root: Path, summary: RunSummary) -> None:
+    write_atomic(RunLayout(root).summary, json.dumps(summary.to_dict(), indent=2))
+
+
+def read_summary(root: Path) -> RunSummary | None:
+    """The summary of a run that stopped (None: none, or not readable whole)."""
+    path = RunLayout(root).summary
+    try:
+        return RunSummary.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,3 +415,122 @@ def record_config(config: RunConfig) -> str:
     if not kept.exists():
         write_atomic(kept, text)
     return sha
+
+
+
+# ---------------------------------------------------------------------------------------
+# Structures: the initial batch, each generation's candidates and its selection.
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` whole: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _frames(numbers: np.ndarray, positions: np.ndarray, starts: np.ndarray,
+            cells: np.ndarray, pbc: np.ndarray) -> list[Atoms]:
+    return [Atoms(numbers=numbers[a:b], positions=positions[a:b], cell=cells[k], pbc=pbc[k])
+            for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+
+
+def write_initial(layout: RunLayout, structures: list[Atoms]) -> None:
+    """Keep the initial structures (the displaced starting structures), exactly."""
+    starts = np.concatenate([[0], np.cumsum([len(a) for a in structures])]).astype(np.int64)
+    _save_npz(layout.initial_structures, {
+        "numbers": np.concatenate([a.numbers for a in structures]),
+        "positions": np.concatenate([a.positions for a in structures]),
+        "starts": starts, "cells": np.stack([a.cell.array for a in structures]),
+        "pbc": np.stack([a.pbc for a in structures])})
+
+
+def read_initial(layout: RunLayout) -> list[Atoms]:
+    """The initial structures :func:`write_initial` kept."""
+    with np.load(layout.initial_structures) as f:
+        if "starts" in f:
+            return _frames(f["numbers"], f["positions"], f["starts"], f["cells"], f["pbc"])
+        # one [n_structures, n_atoms] block, as advloop 0.1 wrote them
+        return [Atoms(numbers=z, positions=x, cell=c, pbc=p)
+                for z, x, c, p in zip(f["numbers"], f["positions"], f["cells"], f["pbc"])]
+
+
+def write_candidates(layout: RunLayout, generation: int, candidates: Candidates,
+                     report: Mapping[str, Any]) -> None:
+    """Keep a generation's candidates exactly, with the report of the exploration that
+    made them. ``candidates.parent`` holds each candidate's seed as a dataset index."""
+    _save_npz(layout.candidates(generation), {
+        "numbers": candidates.numbers, "positions": candidates.positions,
+        "starts": candidates.starts, "cells": candidates.cells, "pbc": candidates.pbc,
+        "parent": candidates.parent, "sigma_f_mean": candidates.sigma_f_mean,
+        "sigma_f_max": candidates.sigma_f_max, "score": candidates.score,
+        "stopped": np.array(json.dumps({str(k): v for k, v in candidates.stopped.items()})),
+        "report": np.array(json.dumps(dict(report)))})
+
+
+def read_candidates(layout: RunLayout, generation: int) -> tuple[Candidates, dict[str, Any]] | None:
+    """A generation's candidates and explore report (None: not explored yet, or candidates
+    written by an older advloop without their report, which are explored again)."""
+    path = layout.candidates(generation)
+    if not path.exists():
+        return _read_legacy_candidates(layout.legacy_candidates(generation))
+    with np.load(path) as f:
+        starts = f["starts"]
+        candidates = Candidates(
+            f["numbers"], f["positions"], np.diff(starts), f["cells"], f["pbc"], f["parent"],
+            f["sigma_f_mean"], f["sigma_f_max"], f["score"],
+            {int(k): v for k, v in json.loads(str(f["stopped"])).items()})
+        return candidates, json.loads(str(f["report"]))
+
+
+def _read_legacy_candidates(path: Path) -> tuple[Candidates, dict[str, Any]] | None:
+    """Candidates of advloop 0.1 (extended XYZ, the report in the first frame's info)."""
+    if not path.exists():
+        return None
+    from ase.io import read
+
+    frames = read(str(path), index=":")
+    if "explore_report" not in frames[0].info:
+        return None
+    report = json.loads(frames[0].info["explore_report"])
+    if len(frames) == 1 and len(frames[0]) == 0:
+        return Candidates.empty(), report
+    info = [a.info for a in frames]
+    return Candidates(
+        np.concatenate([a.numbers for a in frames]), np.concatenate([a.positions for a in frames]),
+        np.array([len(a) for a in frames]), np.stack([a.cell.array for a in frames]),
+        np.stack([a.pbc for a in frames]), np.array([int(i["parent"]) for i in info]),
+        np.array([float(i["forces_std_mean"]) for i in info]),
+        np.array([float(i["forces_std_max"]) for i in info]),
+        np.array([float(i["score"]) for i in info])), report
+
+
+def candidate_structures(candidates: Candidates, indices: list[int] | None = None) -> list[Atoms]:
+    """Candidates ``indices`` (default: all) as ``ase.Atoms``, exactly as kept."""
+    starts = candidates.starts
+    chosen = range(len(candidates)) if indices is None else indices
+    return [Atoms(numbers=candidates.numbers[starts[k]:starts[k + 1]],
+                  positions=candidates.positions[starts[k]:starts[k + 1]],
+                  cell=candidates.cells[k], pbc=candidates.pbc[k]) for k in chosen]
+
+
+def write_selection(layout: RunLayout, generation: int, selection: Mapping[str, Any]) -> None:
+    """Keep a generation's selection (before anything of it is labelled)."""
+    write_atomic(layout.selection(generation), json.dumps(dict(selection), indent=1) + "\n")
+
+
+def read_selection(layout: RunLayout, generation: int) -> dict[str, Any] | None:
+    """The selection kept for ``generation`` (None: none kept, or a file that does not read
+    whole, which is made again)."""
+    path = layout.selection(generation)
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) and "report" in kept else None

@@ -1,44 +1,43 @@
-"""The steps of one active-learning generation, as plain functions of files.
+"""The steps of one active-learning generation, as plain functions of the run folder.
 
-Each step reads what it needs from the run folder and writes its product there, so the
-Prefect tasks in :mod:`advloop.flows.active_learning` are thin wrappers that pass small records.
-A step whose product already exists returns it without recomputing: re-running an
-interrupted run continues where it stopped.
+Each step reads what it needs from the run folder (:mod:`advloop.flows.run_folder`) and
+writes its product there, so the loop (:mod:`advloop.flows.loop`) and the Prefect tasks
+that wrap these steps (:mod:`advloop.flows.active_learning`) pass small records. A step
+whose product already exists returns it without recomputing: re-running an interrupted
+run continues where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.io import read, write
 
 from advloop.adversarial.attack import attack
 from advloop.adversarial.baselines import committee_md, random_displacement
 from advloop.adversarial.seeding import choose_seeds
-from advloop.adversarial.selection import select_candidates
+from advloop.adversarial.selection import Rejection, RejectReason, select_candidates
 from advloop.adversarial.structures import Candidates, Seeds
 from advloop.calculators.factory import level_of_theory, make_calculator, theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
 from advloop.flows.config import RunConfig, initial_structures
-from advloop.flows.run_folder import append_record, read_records, write_atomic
+from advloop.flows.records import GenerationRecord
+from advloop.flows.run_folder import (INITIAL, RunLayout, candidate_structures, read_candidates,
+                                      read_initial, read_selection, write_candidates,
+                                      write_initial, write_selection)
 from advloop.potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import (Dataset, DatasetError, Provenance, split_indices,
                                         structure_hash)
 from advloop.potentials.model import EnergyModel
-from advloop.potentials.run_layout import INITIAL, RunLayout
 from advloop.potentials.training import resolve_device, train_member
 from advloop.potentials.uncertainty import force_calibration
 
@@ -51,7 +50,13 @@ logger = logging.getLogger(__name__)
 
 
 class LabellingError(RuntimeError):
-    """Too many DFT labels failed for the run to go on."""
+    """Too many DFT labels failed for the run to go on. ``generation``: the batch's
+    generation (None: the initial labels); ``report``: the batch's report."""
+
+    def __init__(self, message: str, generation: int | None = None,
+                 report: LabelReport | None = None):
+        super().__init__(message)
+        self.generation, self.report = generation, report
 
 
 # A new model's initial weights come from torch's process-wide generator, which
@@ -74,7 +79,6 @@ class LabelReport:
     failures: list[str]
     indices: list[int] = field(default_factory=list)  # dataset indices of the new records
     cached: int = 0  # labels read back from the label store instead of computed
-    calibration: dict[str, float] = field(default_factory=dict)
 
 
 def _set_aside_if_damaged(path: Path) -> None:
@@ -102,18 +106,11 @@ def prepare_initial(config: RunConfig) -> list[int]:
     layout = RunLayout(config.run_dir())
     _set_aside_if_damaged(layout.dataset)
     Dataset.create(layout.dataset, exist_ok=True)
-    path = layout.initial_structures
-    if not path.exists():
-        structures = initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, numbers=np.stack([a.numbers for a in structures]),
-                 positions=np.stack([a.positions for a in structures]),
-                 cells=np.stack([a.cell.array for a in structures]),
-                 pbc=np.stack([a.pbc for a in structures]))
-        tmp.replace(path)
+    if not layout.initial_structures.exists():
+        write_initial(layout, initial_structures(
+            config, _rng(config, _INITIAL_STREAM, config.initial_data.seed)))
     known = set(Dataset(layout.dataset).hashes())
-    return [k for k, a in enumerate(_read_candidates(layout, INITIAL)) if structure_hash(a) not in known]
+    return [k for k, a in enumerate(read_initial(layout)) if structure_hash(a) not in known]
 
 
 def _check_initial(dataset: Dataset, report: LabelReport) -> LabelReport:
@@ -128,8 +125,7 @@ def initial_dataset(config: RunConfig) -> LabelReport:
     """Create the run's dataset from the initial structures, labelled one after another:
     the flow's work (:func:`prepare_initial`, a :func:`label_one` task per structure,
     :func:`append_initial`) in this process. Nothing already labelled is recomputed."""
-    results = [label_one(config, INITIAL, index) for index in prepare_initial(config)]
-    return replace(append_initial(config), cached=sum(r.cached for r in results))
+    return label_batch(config, INITIAL, prepare_initial(config))
 
 
 def train_step(config: RunConfig, generation: int, member: int) -> dict[str, float]:
@@ -201,15 +197,11 @@ def _explore(config: RunConfig, committee: Committee, seeds: Seeds, data,
 
 def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     """Explore from seeds drawn from the dataset with generation ``generation``'s committee
-    and write the candidate geometries, with their uncertainties, to the run folder."""
+    and keep the candidate geometries, with their uncertainties, in the run folder."""
     layout = RunLayout(config.run_dir())
-    out = layout.candidates(generation)
-    if out.exists():
-        frames = read(str(out), index=":")
-        if "explore_report" in frames[0].info:
-            return ExploreReport(**json.loads(frames[0].info["explore_report"]))
-        # Written by a version whose empty ``stopped=`` hid the report from ASE's parser:
-        # explore again (deterministic), replacing the file.
+    kept = read_candidates(layout, generation)
+    if kept is not None:
+        return ExploreReport(**kept[1])
     torch.set_num_threads(config.compute.torch_threads)
     t0 = time.perf_counter()
     committee = _committee(config, generation)
@@ -230,81 +222,72 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
         seconds=time.perf_counter() - t0,
         n_candidates=len(candidates),
     )
-    frames = []
-    starts = candidates.starts
-    for k in range(len(candidates)):
-        rows = slice(starts[k], starts[k + 1])
-        atoms = Atoms(numbers=candidates.numbers[rows], positions=candidates.positions[rows],
-                      cell=candidates.cells[k], pbc=candidates.pbc[k])
-        parent = int(candidates.parent[k])
-        atoms.info.update(parent=int(seeds.index[parent]),
-                          forces_std_mean=float(candidates.sigma_f_mean[k]),
-                          forces_std_max=float(candidates.sigma_f_max[k]),
-                          score=float(candidates.score[k]))
-        if parent in candidates.stopped:  # an empty value would hide later keys from ASE
-            atoms.info["stopped"] = candidates.stopped[parent]
-        frames.append(atoms)
-    header = frames[0] if frames else Atoms()
-    header.info["explore_report"] = json.dumps(asdict(report))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    write(str(tmp), frames or [header], format="extxyz")
-    tmp.replace(out)
+    # parents and stopped seeds as dataset indices, which outlive this batch of seeds
+    kept_candidates = replace(candidates, parent=seeds.index[candidates.parent].astype(np.int64),
+                              stopped={int(seeds.index[k]): v for k, v in candidates.stopped.items()})
+    write_candidates(layout, generation, kept_candidates, asdict(report))
     return report
 
 
-def _read_candidates(layout: RunLayout, generation: int) -> list[Atoms]:
-    """The candidate geometries explore_step wrote (none: a file with one empty frame), or
-    the initial structures (``generation`` :data:`INITIAL`, from :func:`prepare_initial`)."""
-    if generation == INITIAL:
-        with np.load(layout.initial_structures) as f:
-            return [Atoms(numbers=z, positions=x, cell=c, pbc=p)
-                    for z, x, c, p in zip(f["numbers"], f["positions"], f["cells"], f["pbc"])]
-    frames = read(str(layout.candidates(generation)), index=":")
-    return [] if len(frames) == 1 and len(frames[0]) == 0 else frames
+def generation_candidates(config: RunConfig, generation: int) -> Candidates:
+    """The candidates :func:`explore_step` kept for ``generation`` (parents as dataset
+    indices). Raises FileNotFoundError if it has not explored."""
+    kept = read_candidates(RunLayout(config.run_dir()), generation)
+    if kept is None:
+        raise FileNotFoundError(f"generation {generation} of {config.run_dir()} has not explored")
+    return kept[0]
 
 
 @dataclass(frozen=True)
 class SelectReport:
     selected: list[int]  # indices into the generation's candidates
     threshold: float  # eV/Å
-    rejected: dict[int, str]
+    rejected: dict[int, Rejection]
     n_above: int = 0  # candidates with a finite σ_F at or above the threshold
     sigma_f_mean: float = float("nan")  # eV/Å, mean over the selected of their mean σ_F
     sigma_f_max: float = float("nan")  # eV/Å, max over the selected of their max σ_F
 
-    def rejected_counts(self) -> dict[str, int]:
-        """How many candidates each kind of reason rejected."""
-        kinds = {"below threshold": "below_threshold", "near-duplicate of training": "known",
-                 "near-duplicate of candidate": "duplicate", "over cap": "over_cap",
-                 "not finite": "not_finite"}
-        counts: dict[str, int] = {}
-        for reason in self.rejected.values():
-            kind = next((v for k, v in kinds.items() if reason.startswith(k)), "unphysical")
-            counts[kind] = counts.get(kind, 0) + 1
+    def rejected_counts(self) -> dict[RejectReason, int]:
+        """How many candidates each reason rejected."""
+        counts: dict[RejectReason, int] = {}
+        for rejection in self.rejected.values():
+            counts[rejection.reason] = counts.get(rejection.reason, 0) + 1
         return counts
+
+
+# Reasons as advloop 0.1 kept them (sentences), by the start that tells their kind.
+_LEGACY_REASONS: dict[str, RejectReason] = {
+    "below threshold": "below_threshold", "near-duplicate of training": "known",
+    "near-duplicate of candidate": "duplicate", "over cap": "over_cap", "not finite": "not_finite"}
+
+
+def _rejection(kept: object) -> Rejection:
+    if isinstance(kept, dict):
+        return Rejection(kept["reason"], kept["detail"])
+    text = str(kept)
+    reason = next((v for k, v in _LEGACY_REASONS.items() if text.startswith(k)), "unphysical")
+    return Rejection(reason, text)
 
 
 def _write_selection(layout: RunLayout, generation: int, report: SelectReport, strategy: str,
                      hashes: list[str]) -> None:
-    write_atomic(layout.selection(generation), json.dumps(
-        {"generation": generation, "strategy": strategy, "hashes": hashes,
-         "report": {**asdict(report), "rejected": {str(k): v for k, v in report.rejected.items()}}},
-        indent=1) + "\n")
+    rejected = {str(k): asdict(r) for k, r in report.rejected.items()}
+    write_selection(layout, generation, {"generation": generation, "strategy": strategy,
+                                         "hashes": hashes,
+                                         "report": {**asdict(report), "rejected": rejected}})
 
 
 def _read_selection(layout: RunLayout, generation: int) -> tuple[SelectReport, str] | None:
     """The selection kept for ``generation`` and the strategy that explored it (None: none
-    kept, or a file that does not read whole, which is made again)."""
-    path = layout.selection(generation)
-    if not path.exists():
+    kept, or one that does not read whole, which is made again)."""
+    kept = read_selection(layout, generation)
+    if kept is None:
         return None
     try:
-        kept = json.loads(path.read_text())
-        report = kept["report"]
-        report["rejected"] = {int(k): v for k, v in report["rejected"].items()}
+        report = dict(kept["report"])
+        report["rejected"] = {int(k): _rejection(v) for k, v in report["rejected"].items()}
         return SelectReport(**report), str(kept["strategy"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -319,8 +302,8 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     kept = _read_selection(layout, generation)
     if kept is not None:
         return kept[0]
-    frames = _read_candidates(layout, generation)
-    if not frames:
+    candidates = generation_candidates(config, generation)
+    if not len(candidates):
         return SelectReport([], float("nan"), {})
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)
@@ -330,35 +313,34 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     settings = config.selection
     if max_selected < settings.max_selected:
         settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
-    n_atoms = len(frames[0])
-    periodic = bool(frames[0].pbc.any())
-    sigma = np.array([a.info["forces_std_mean"] for a in frames])
+    n_atoms = int(candidates.n_atoms[0])
+    periodic = bool(candidates.pbc.any())
+    sigma = candidates.sigma_f_mean
     result = select_candidates(
-        frames[0].numbers,
-        np.stack([a.positions for a in frames]),
+        candidates.numbers[:n_atoms],
+        candidates.positions.reshape(-1, n_atoms, 3),
         sigma,
         data.positions.reshape(-1, n_atoms, 3),
         train_pred.forces_std_mean,
         settings,
-        cells=np.stack([a.cell.array for a in frames]) if periodic else None,
+        cells=candidates.cells if periodic else None,
         train_cells=data.cell if periodic else None,
-        pbc=frames[0].pbc if periodic else None,
+        pbc=candidates.pbc[0] if periodic else None,
     )
     selected = [int(i) for i in result.selected]
-    hashes = [structure_hash(a) for a in frames]
+    hashes = [structure_hash(a) for a in candidate_structures(candidates)]
     # A run folder from before selections were kept, resumed after this generation's
     # labels were appended: its choice is the candidates the dataset holds.
     appended = {h for h, p in zip(dataset.hashes(), dataset.provenance())
                 if p.generation == generation and p.strategy != "initial"}
     if appended:
         selected = [k for k, h in enumerate(hashes) if h in appended]
-    chosen = [frames[i] for i in selected]
     report = SelectReport(
         selected, float(result.threshold),
         {int(k): v for k, v in result.rejected.items() if int(k) not in selected},
         n_above=int(np.sum(np.isfinite(sigma) & (sigma >= result.threshold))),
-        sigma_f_mean=float(np.mean([a.info["forces_std_mean"] for a in chosen])) if chosen else float("nan"),
-        sigma_f_max=float(np.max([a.info["forces_std_max"] for a in chosen])) if chosen else float("nan"),
+        sigma_f_mean=float(np.mean(sigma[selected])) if selected else float("nan"),
+        sigma_f_max=float(np.max(candidates.sigma_f_max[selected])) if selected else float("nan"),
     )
     _write_selection(layout, generation, report, config.exploration.strategy,
                      [hashes[i] for i in selected])
@@ -372,12 +354,14 @@ def selection_strategy(config: RunConfig, generation: int) -> str:
     return kept[1] if kept is not None else config.exploration.strategy
 
 
-def _selected_frames(config: RunConfig, generation: int, selected: Sequence[int]) -> list[Atoms]:
-    frames = _read_candidates(RunLayout(config.run_dir()), generation)
-    chosen = [frames[i] for i in selected]
-    for atoms in chosen:
-        atoms.calc = None
-    return chosen
+def selected_structures(config: RunConfig, generation: int, selected: Sequence[int]) -> list[Atoms]:
+    """Candidates ``selected`` of ``generation`` (initial structures for :data:`INITIAL`)
+    as ``ase.Atoms``, read from the run folder at once."""
+    layout = RunLayout(config.run_dir())
+    if generation == INITIAL:
+        structures = read_initial(layout)
+        return [structures[i] for i in selected]
+    return candidate_structures(generation_candidates(config, generation), list(selected))
 
 
 @dataclass(frozen=True)
@@ -392,9 +376,11 @@ class LabelResult:
     error: str | None = None
 
 
-def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
+def label_one(config: RunConfig, generation: int, index: int,
+              atoms: Atoms | None = None) -> LabelResult:
     """Label candidate ``index`` of ``generation`` (or initial structure ``index`` for
-    :data:`INITIAL`) into the run's label store.
+    :data:`INITIAL`) into the run's label store. ``atoms``: that structure, as
+    :func:`selected_structures` gives it (read from the run folder if not given).
 
     Writes only the store (one file per label, atomically), never the dataset, so many
     of these can run at once; :func:`append_labels` (:func:`append_initial`) then adds
@@ -402,7 +388,8 @@ def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
     calculation (ASE's ``CalculationFailed``) is a result with ``ok=False``, stored too;
     any other exception propagates.
     """
-    [atoms] = _selected_frames(config, generation, [index])
+    if atoms is None:
+        [atoms] = selected_structures(config, generation, [index])
     calc, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
     [outcome] = label_structures([atoms], calc, LabelStore(RunLayout(config.run_dir()).labels), theory)
     return LabelResult(index, label_key(atoms, theory), outcome.ok, outcome.cached,
@@ -410,7 +397,7 @@ def label_one(config: RunConfig, generation: int, index: int) -> LabelResult:
 
 
 def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, generation: int,
-                   parents: Callable[[Atoms], int]) -> LabelReport:
+                   parents: Sequence[int]) -> LabelReport:
     """Append the stored labels of the structures ``chosen`` to the dataset, with
     provenance ``generation`` and ``strategy``, and report on the batch as a whole.
 
@@ -448,7 +435,7 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
         # skip_known: another writer of this run folder may have appended some meanwhile
         dataset.append(
             [chosen[k] for k, _ in new], [s.energy for _, s in new], [s.forces for _, s in new],
-            [Provenance(generation, strategy, level, parents(chosen[k])) for k, _ in new],
+            [Provenance(generation, strategy, level, int(parents[k])) for k, _ in new],
             skip_known=True)
         index = {h: k for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))
                  if p.generation == generation and p.strategy == strategy}
@@ -464,34 +451,35 @@ def append_labels(config: RunConfig, generation: int, selected: list[int]) -> La
     skipped (a re-run appends nothing twice); a selected structure with no label in the
     store (its labelling task failed for good) counts as a failed label.
     """
-    return _append_stored(config, _selected_frames(config, generation, selected),
+    candidates = generation_candidates(config, generation)
+    return _append_stored(config, candidate_structures(candidates, selected),
                           selection_strategy(config, generation), generation,
-                          lambda atoms: int(atoms.info["parent"]))
+                          candidates.parent[selected])
 
 
 def append_initial(config: RunConfig) -> LabelReport:
     """Append the stored labels of every initial structure (:func:`prepare_initial`) to
     the dataset, as :func:`append_labels` does for a generation; raise
     :class:`LabellingError` if fewer than two are in it then."""
-    frames = _read_candidates(RunLayout(config.run_dir()), INITIAL)
-    report = _append_stored(config, frames, "initial", 0, lambda atoms: -1)
+    frames = read_initial(RunLayout(config.run_dir()))
+    report = _append_stored(config, frames, "initial", 0, [-1] * len(frames))
     return _check_initial(Dataset(RunLayout(config.run_dir()).dataset), report)
 
 
-def restore_generation(config: RunConfig, record: Mapping) -> int:
+def restore_generation(config: RunConfig, record: GenerationRecord) -> int:
     """Make sure a recorded generation's labels are in the dataset: append any the
     dataset lacks (it was deleted, or set aside as damaged) from the label store, in the
     generation's kept selection order, and return how many. Raises :class:`DatasetError`
     if the dataset then holds fewer records than the generation ended with (its labels
     are gone from the label store too)."""
     layout = RunLayout(config.run_dir())
-    generation = int(record["generation"])
+    generation = record.generation
     before = len(Dataset(layout.dataset))
     kept = _read_selection(layout, generation)
     if kept is not None and kept[0].selected:
         append_labels(config, generation, kept[0].selected)
     after = len(Dataset(layout.dataset))
-    expected = record.get("dataset_size")
+    expected = record.dataset_size
     if expected is not None and after < expected:
         raise DatasetError(
             f"{layout.dataset} holds {after} labelled structures, but generation {generation} "
@@ -515,106 +503,12 @@ def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dic
     return asdict(cal)
 
 
-def label_step(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
-    """Label the selected candidates of ``generation`` one after another, append them to
-    the dataset and measure the committee's calibration on them: the flow's work
-    (:func:`label_one` tasks, :func:`append_labels`, :func:`evaluate_step`) in this
-    process."""
-    results = [label_one(config, generation, index) for index in selected]
-    report = replace(append_labels(config, generation, selected),
-                     cached=sum(r.cached for r in results))
-    return replace(report, calibration=evaluate_step(config, generation, report.indices))
-
-
-StopReason = Literal["converged", "few_candidates", "no_candidates", "max_generations",
-                     "max_labels", "max_wall_time"]
-# Reasons that mean the potential is done, as opposed to a budget or the search running out.
-CONVERGED: frozenset[str] = frozenset({"converged", "few_candidates"})
-
-
-@dataclass(frozen=True)
-class StopDecision:
-    reason: StopReason
-    explanation: str
-
-
-def wall_time_stop(config: RunConfig, elapsed_seconds: float) -> StopDecision | None:
-    """The wall-time budget's decision after ``elapsed_seconds`` of this invocation."""
-    limit = config.budget.max_wall_hours
-    if limit is None or elapsed_seconds < limit * 3600:
-        return None
-    return StopDecision("max_wall_time",
-                        f"wall-time budget spent: {elapsed_seconds / 3600:.3g} h in this "
-                        f"invocation, budget.max_wall_hours = {limit:g} (re-run the same "
-                        "config to resume)")
-
-
-def only_trained(record: Mapping) -> bool:
-    """Whether a generation record is of a final generation: trained, nothing explored."""
-    return "attack_sigma_f_mean" not in record
-
-
-def decide(config: RunConfig, records: Sequence[Mapping], elapsed_seconds: float) -> StopDecision | None:
-    """Whether the run stops after the last of its generation ``records`` (in order), and
-    why; None: go on. Checked in this order (the first that holds wins):
-
-    1. the last generation only trained (its committee is the final one): the generation
-       or the label budget is spent (``max_generations`` / ``max_labels``);
-    2. the attacked geometries' mean σ_F was below ``convergence.force_std_threshold`` for
-       the last ``convergence.patience`` generations (``converged``);
-    3. fewer than ``convergence.min_candidates`` attacked geometries were above the
-       selection threshold (``few_candidates``);
-    4. selection ran and chose nothing (``no_candidates``);
-    5. ``elapsed_seconds`` of this invocation reached ``budget.max_wall_hours`` (``max_wall_time``).
-    """
-    if not records:
-        return wall_time_stop(config, elapsed_seconds)
-    last, conv, budget = records[-1], config.convergence, config.budget
-    if only_trained(last):
-        if last["generation"] >= budget.max_generations:
-            return StopDecision("max_generations", "generation budget spent (budget.max_generations"
-                                f" = {budget.max_generations})")
-        return StopDecision("max_labels", f"label budget spent (budget.max_labels = {budget.max_labels})")
-    below = 0
-    for record in reversed(records):
-        if record.get("attack_sigma_f_mean", math.inf) >= conv.force_std_threshold:
-            break
-        below += 1
-    if below >= conv.patience:
-        return StopDecision("converged", "converged: the attacked geometries' mean force "
-                            f"uncertainty stayed below {conv.force_std_threshold:g} eV/Å for "
-                            f"{conv.patience} generation(s)")
-    above = last.get("candidates_above_threshold")
-    if conv.min_candidates and above is not None and above < conv.min_candidates:
-        return StopDecision("few_candidates", f"converged: only {above} attacked geometries had a "
-                            "force uncertainty at or above the selection threshold "
-                            f"({last.get('selection_threshold', math.nan):.4g} eV/Å), fewer than "
-                            f"convergence.min_candidates = {conv.min_candidates}")
-    if "selected" in last and last["selected"] == 0:
-        return StopDecision("no_candidates", "no attacked geometry passed selection (all below the "
-                            "uncertainty threshold, near-duplicates or unphysical)")
-    return wall_time_stop(config, elapsed_seconds)
-
-
-def labelling_needed(config: RunConfig, explore: ExploreReport | None = None,
-                     select: SelectReport | None = None) -> bool:
-    """Whether a generation goes on to the next step: after exploring, while the attacked
-    geometries are uncertain enough; after selecting, while enough candidates are above
-    the threshold and some were selected (the rules of :func:`decide`)."""
-    if explore is not None and explore.sigma_f_mean < config.convergence.force_std_threshold:
-        return False
-    if select is not None:
-        return bool(select.selected) and select.n_above >= config.convergence.min_candidates
-    return True
-
-
-def append_generation_record(config: RunConfig, record: dict) -> None:
-    """Keep a finished generation's record in ``generations.jsonl`` (written whole)."""
-    append_record(RunLayout(config.run_dir()).generations, record)
-
-
-def read_generation_records(run_dir: Path) -> list[dict]:
-    """The generation records of a run folder in order, one per generation (a torn line is
-    skipped with a warning; of a generation recorded twice, the last record)."""
-    records = {r["generation"]: r for r in read_records(RunLayout(run_dir).generations)}
-    return [records[g] for g in sorted(records)]
+def label_batch(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
+    """Label the selected candidates of ``generation`` (initial structures for
+    :data:`INITIAL`) one after another and append them to the dataset: the flow's
+    labelling (:func:`label_one` tasks, then :func:`append_labels`) in this process."""
+    structures = selected_structures(config, generation, selected)
+    results = [label_one(config, generation, k, atoms) for k, atoms in zip(selected, structures)]
+    report = append_labels(config, generation, selected) if generation != INITIAL \
+        else append_initial(config)
+    return replace(report, cached=sum(r.cached for r in results))

@@ -8,12 +8,17 @@ Checkpoints are read with ``weights_only=True``: a file holding any other pickle
 (one that would run code while unpickling) is refused before anything in it is called.
 Tensors holding NaN or infinity are refused both ways, so a diverged model never becomes
 a checkpoint and a damaged one never becomes a committee member.
+
+A committee folder (a run's ``committee/``) holds one folder per trained generation,
+``gen_000/member_0.pt ...``: :class:`CommitteeFolder` is the one place that knows it.
 """
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +27,7 @@ from advloop.potentials.model import EnergyModel, ModelSpec
 
 FORMAT = "advloop-member"
 VERSION = 1
+_GEN = re.compile(r"gen_(\d+)$")
 
 
 class CheckpointError(Exception):
@@ -98,3 +104,43 @@ def load_member(path: str | Path, expected: ModelSpec | None = None,
 
 def checkpoint_metrics(path: str | Path) -> dict[str, float]:
     return dict(read_checkpoint(path)["metrics"])
+
+
+@dataclass(frozen=True)
+class CommitteeFolder:
+    """The checkpoints of every generation's committee under ``root``
+    (``gen_NNN/member_K.pt``)."""
+
+    root: Path
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> CommitteeFolder:
+        """The committee folder of a run folder (``<run>/committee``)."""
+        return cls(Path(run_dir) / "committee")
+
+    def generation_dir(self, generation: int) -> Path:
+        return self.root / f"gen_{generation:03d}"
+
+    def member(self, generation: int, member: int) -> Path:
+        return self.generation_dir(generation) / f"member_{member}.pt"
+
+    def trained_generations(self) -> list[int]:
+        """The generations with at least one whole member checkpoint, in order."""
+        if not self.root.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _GEN.match(p.name))
+                      and any(p.glob("member_*.pt")))
+
+    def checkpoints(self, generation: int | None = None) -> list[Path]:
+        """The member checkpoints of ``generation`` (default: the latest trained one), in
+        member order. Raises FileNotFoundError if there is none."""
+        gens = self.trained_generations()
+        if not gens:
+            raise FileNotFoundError(f"no trained committee in {self.root}")
+        if generation is None:
+            generation = gens[-1]
+        elif generation not in gens:
+            raise FileNotFoundError(
+                f"generation {generation} has no committee in {self.root.parent}; trained: {gens}")
+        return sorted(self.generation_dir(generation).glob("member_*.pt"),
+                      key=lambda p: int(p.stem.split("_")[1]))

@@ -256,7 +256,7 @@ def test_selection_deduplicates_periodic_images():
                                settings, cells=np.stack([cell, cell]), train_cells=cell[None],
                                pbc=np.ones(3, dtype=bool))
     assert list(result.selected) == [1]
-    assert result.rejected[0].startswith("near-duplicate of training structure")
+    assert result.rejected[0].detail.startswith("near-duplicate of training structure")
 
 
 def _dense_check(z: np.ndarray, pos: np.ndarray, min_distance_factor: float,

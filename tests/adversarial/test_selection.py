@@ -71,8 +71,9 @@ def test_below_threshold_rejected() -> None:
     unc = np.array([threshold - 1e-3, threshold + 1e-3, 0.0, 1.0])
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, settings)
     assert result.selected.tolist() == [3, 1]  # decreasing uncertainty
-    assert result.rejected[0].startswith("below threshold")
-    assert result.rejected[2].startswith("below threshold")
+    assert result.rejected[0].detail.startswith("below threshold")
+    assert result.rejected[0].reason == "below_threshold"
+    assert result.rejected[2].detail.startswith("below threshold")
     assert_partition(result, 4)
 
 
@@ -84,7 +85,8 @@ def test_near_duplicate_candidates_keep_most_uncertain() -> None:
     unc = np.array([0.5, 0.6, 0.4])
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings())
     assert 1 in result.selected and 0 not in result.selected
-    assert result.rejected[0].startswith("near-duplicate of candidate 1")
+    assert result.rejected[0].detail.startswith("near-duplicate of candidate 1")
+    assert result.rejected[0].reason == "duplicate"
     assert result.selected.tolist() == [1, 2]
     assert_partition(result, 3)
 
@@ -99,7 +101,8 @@ def test_candidate_equal_to_training_structure_rejected() -> None:
     cands[0] = train[3] @ rot.T + 2.0
     result = select_candidates(NUMBERS, cands, np.array([1.0, 1.0]), train, train_unc, SelectionSettings())
     assert result.selected.tolist() == [1]
-    assert result.rejected[0].startswith("near-duplicate of training structure 3 (RMSD 0.000 Å)")
+    assert result.rejected[0].detail.startswith("near-duplicate of training structure 3 (RMSD 0.000 Å)")
+    assert result.rejected[0].reason == "known"
     assert_partition(result, 2)
 
 
@@ -111,8 +114,9 @@ def test_exploded_and_clashing_geometries_rejected() -> None:
     cands[1, 2] = cands[1, 1] + np.array([0.0, 0.0, 0.2])  # H on top of H
     result = select_candidates(NUMBERS, cands, np.array([5.0, 5.0, 1.0]), train, train_unc, SelectionSettings())
     assert result.selected.tolist() == [2]
-    assert result.rejected[0].startswith("fragmented")
-    assert result.rejected[1].startswith("atoms 1 and 2 at 0.20 Å")
+    assert result.rejected[0].detail.startswith("fragmented")
+    assert result.rejected[0].reason == "unphysical"
+    assert result.rejected[1].detail.startswith("atoms 1 and 2 at 0.20 Å")
     assert_partition(result, 3)
 
 
@@ -124,9 +128,9 @@ def test_non_finite_rejected() -> None:
     unc = np.array([1.0, np.nan, np.inf])
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings())
     assert result.selected.size == 0
-    assert all(result.rejected[i].startswith("not finite") for i in range(3))
-    assert result.rejected[0] == "not finite (positions)"
-    assert result.rejected[1] == "not finite (uncertainty)"
+    assert all(result.rejected[i].detail.startswith("not finite") for i in range(3))
+    assert result.rejected[0].detail == "not finite (positions)"
+    assert result.rejected[1].detail == "not finite (uncertainty)"
     assert_partition(result, 3)
 
 
@@ -138,7 +142,7 @@ def test_cap_respected_most_uncertain_first() -> None:
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings(max_selected=5))
     assert result.selected.size == 5
     np.testing.assert_array_equal(result.selected, np.argsort(-unc)[:5])
-    assert sum(reason == "over cap" for reason in result.rejected.values()) == 7
+    assert sum(r.reason == "over_cap" for r in result.rejected.values()) == 7
     assert_partition(result, 12)
 
 
@@ -161,8 +165,8 @@ def test_mixed_batch_each_candidate_has_exactly_one_fate() -> None:
     assert_partition(result, n)
     assert result.selected.size == 4
     assert result.selected[0] == 6
-    assert result.rejected[5].startswith("near-duplicate of candidate 6")
-    assert result.rejected[4].startswith("near-duplicate of training structure 0")
+    assert result.rejected[5].detail.startswith("near-duplicate of candidate 6")
+    assert result.rejected[4].detail.startswith("near-duplicate of training structure 0")
     # selected are in decreasing uncertainty, all above threshold, pairwise distinct
     sel_unc = unc[result.selected]
     assert np.all(np.diff(sel_unc) <= 0) and np.all(sel_unc >= result.threshold)

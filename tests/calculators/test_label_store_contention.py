@@ -22,7 +22,7 @@ from advloop.flows import steps
 from advloop.flows.config import RunConfig
 from advloop.potentials.dataset import Dataset, Provenance
 from advloop.potentials.hashing import structure_hash
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from tests.processes import clean_context, run_processes
 
 N_CANDIDATES, N_PROCESSES, N_THREADS = 24, 4, 4

@@ -21,7 +21,7 @@ from advloop.flows.cli import app
 from advloop.flows.config import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 
 
 @pytest.mark.slow
@@ -122,10 +122,10 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # A generation whose next step would start past the wall-time deadline stops there
     # (its committee is on disk already; exploring would be the next step).
-    from advloop.flows.active_learning import run_generation
+    from advloop.flows.active_learning import PrefectJobs, generation_flow
 
-    cut = run_generation(longer, 2, 5, False, deadline=time.time())
-    assert cut.interrupted and "attack_sigma_f_mean" not in cut.record
+    cut = generation_flow(longer, 2, 5, False, time.time(), PrefectJobs(GenerationTable(io.StringIO())))
+    assert cut.interrupted and not cut.record.explored
     assert not layout.candidates(2).exists()
 
 

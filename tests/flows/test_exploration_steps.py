@@ -8,14 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
-from ase.io import read
 
 from advloop.flows.config import validate_config
-from advloop.flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset,
-                                 label_one, label_step, select_step, train_step)
+from advloop.flows.steps import (append_labels, evaluate_step, explore_step,
+                                 generation_candidates, initial_dataset, label_batch, label_one,
+                                 select_step, train_step)
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, 
     config = _with(prepared_run, tmp_path, exploration={"strategy": strategy, "n_seeds": 3},
                    **extra)
     report = explore_step(config, 0)
-    frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
+    candidates = generation_candidates(config, 0)
     trace = RunLayout(config.run_dir()).exploration_trace(0)
     assert trace.exists() == (strategy == "adversarial")
     if strategy == "adversarial":
@@ -65,15 +65,14 @@ def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, 
             assert t["objective"].shape == t["sigma"].shape == (6, 3)  # n_steps + 1, seeds
     expected = {"random": 6, "adversarial": 3}.get(strategy)
     if expected is not None:
-        assert report.n_candidates == len(frames) == expected
+        assert report.n_candidates == len(candidates) == expected
     assert report.n_candidates >= 1 and report.n_seeds == 3
-    assert all(np.isfinite(a.info["forces_std_mean"]) and a.info["forces_std_mean"] > 0
-               for a in frames)
-    assert all(0 <= a.info["parent"] < 6 for a in frames)
+    assert np.all(np.isfinite(candidates.sigma_f_mean)) and np.all(candidates.sigma_f_mean > 0)
+    assert np.all((0 <= candidates.parent) & (candidates.parent < 6))  # dataset indices
 
     selected = select_step(config, 0, max_selected=2)
     assert 1 <= len(selected.selected) <= 2
-    labelled = label_step(config, 0, selected.selected)
+    labelled = label_batch(config, 0, selected.selected)
     provenance = Dataset(RunLayout(config.run_dir()).dataset).provenance()
     assert labelled.added == len(selected.selected)
     assert [p.strategy for p in provenance[6:]] == [strategy] * labelled.added
@@ -84,13 +83,12 @@ def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp
                                                         "seeds": "previous"},
                    random={"std": 0.08})
     explore_step(config, 0)
-    labelled = label_step(config, 0, select_step(config, 0, max_selected=2).selected)
+    labelled = label_batch(config, 0, select_step(config, 0, max_selected=2).selected)
     assert labelled.added == 2
     for member in range(config.committee.n_members):
         train_step(config, 1, member)
     explore_step(config, 1)
-    frames = read(str(RunLayout(config.run_dir()).candidates(1)), index=":")
-    assert sorted({a.info["parent"] for a in frames}) == labelled.indices
+    assert sorted(set(generation_candidates(config, 1).parent.tolist())) == labelled.indices
 
 
 def test_labels_one_structure_at_a_time_then_one_append(prepared_run, tmp_path):
@@ -142,14 +140,15 @@ def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prep
     """A run folder from before the initial structures were kept in the run folder (or
     one whose copy was lost): they are generated again from the config's seed, equal to
     the labelled ones to the bit, so nothing is labelled again."""
+    from advloop.flows.run_folder import read_initial
     from advloop.flows.steps import append_initial, prepare_initial
 
     config = _with(prepared_run, tmp_path)
     layout = RunLayout(config.run_dir())
-    kept = np.load(layout.initial_structures)["positions"]
+    kept = np.stack([a.positions for a in read_initial(layout)])
     layout.initial_structures.unlink()
     assert prepare_initial(config) == []  # every structure already in the dataset
-    np.testing.assert_array_equal(np.load(layout.initial_structures)["positions"], kept)
+    np.testing.assert_array_equal(np.stack([a.positions for a in read_initial(layout)]), kept)
     stored = Dataset(layout.dataset).arrays()
     np.testing.assert_array_equal(stored.positions[:len(kept) * kept.shape[1]], kept.reshape(-1, 3))
     size = len(Dataset(layout.dataset))
@@ -168,7 +167,7 @@ def test_tblite_labels_a_run(prepared_run, tmp_path):
 
 
 def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
-    from advloop.flows.active_learning import _check_failures
+    from advloop.flows.loop import check_failures
     from advloop.flows.steps import LabellingError
 
     config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
@@ -177,15 +176,15 @@ def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
     explore_step(config, 0)
     selected = select_step(config, 0, max_selected=2).selected
     before = len(Dataset(RunLayout(config.run_dir()).dataset))
-    report = label_step(config, 0, selected)  # no exception: failures are outcomes
+    report = label_batch(config, 0, selected)  # no exception: failures are outcomes
     assert report.failed == len(selected) and report.added == 0
     assert all("SCFConvergenceError" in f for f in report.failures)
     assert len(Dataset(RunLayout(config.run_dir()).dataset)) == before
     with pytest.raises(LabellingError, match="max_failure_ratio"):
-        _check_failures(config, report, "explored")
+        check_failures(config, report, "explored", 0)
     lenient = config.model_copy(update={"budget": config.budget.model_copy(
         update={"max_failure_ratio": 1.0})})
-    _check_failures(lenient, report, "explored")  # within the limit: the run goes on
+    check_failures(lenient, report, "explored", 0)  # within the limit: the run goes on
 
 
 def test_a_periodic_cell_runs_through_every_step(tmp_path):
@@ -207,18 +206,19 @@ def test_a_periodic_cell_runs_through_every_step(tmp_path):
         train_step(config, 0, member)
     explore_step(config, 0)
     selected = select_step(config, 0, max_selected=2).selected
-    report = label_step(config, 0, selected)
+    report = label_batch(config, 0, selected)
     assert report.added == len(selected) >= 1
     data = Dataset(RunLayout(config.run_dir()).dataset).arrays()
     assert data.pbc.all() and np.allclose(data.cell, np.eye(3) * 3.6)
-    frames = read(str(RunLayout(config.run_dir()).candidates(0)), index=":")
-    assert all(a.pbc.all() and np.allclose(a.cell.array, np.eye(3) * 3.6) for a in frames)
+    candidates = generation_candidates(config, 0)
+    assert candidates.pbc.all() and np.allclose(candidates.cells, np.eye(3) * 3.6)
     # calibration predicts the new labels with their periodic images
     new = data.subset(report.indices)
     pred = Committee.from_checkpoints(RunLayout(config.run_dir()).committee_checkpoints(0)) \
         .predict_arrays(new.numbers, new.positions, new.n_atoms, new.cell, new.pbc)
     errors = np.linalg.norm(pred.forces_mean - new.forces, axis=1)
-    assert report.calibration["observed_mean"] == pytest.approx(errors.mean(), rel=1e-5)
+    calibration = evaluate_step(config, 0, report.indices)
+    assert calibration["observed_mean"] == pytest.approx(errors.mean(), rel=1e-5)
 
 
 def test_periodic_cells_need_a_periodic_labeller(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from advloop.flows.config import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from tests.flows.stand_in import calls, counter_path, fails, write_config
 
 FRACTION = 0.2
@@ -32,7 +32,7 @@ def _failed(computed: list[str], fraction: float = FRACTION) -> set[str]:
 @pytest.mark.slow
 def test_failures_below_the_limit_are_recorded_and_the_run_finishes(prefect_backend, tmp_path):
     from advloop.flows.active_learning import run_active_learning
-    from advloop.flows.steps import read_generation_records
+    from advloop.flows.run_folder import read_generations
 
     config = validate_config(write_config(tmp_path, "nh3-failing", FRACTION, max_failure_ratio=0.5))
     summary = run_active_learning(config, GenerationTable(io.StringIO()))
@@ -41,8 +41,8 @@ def test_failures_below_the_limit_are_recorded_and_the_run_finishes(prefect_back
     layout = RunLayout(config.run_dir())
     computed = calls(tmp_path, "nh3-failing")
     failed = _failed(computed)
-    [record, _] = read_generation_records(layout.root)
-    assert record["labels_failed"] == 1 and record["labels_added"] == 2  # 1 of 3 failed
+    [record, _] = read_generations(layout.root)
+    assert record.labels_failed == 1 and record.labels_added == 2  # 1 of 3 failed
     assert summary["labels_failed"] == len(failed) == 2  # and 1 of the 6 initial ones
     hashes = set(Dataset(layout.dataset).hashes())
     assert not failed & hashes and set(computed) - failed == hashes

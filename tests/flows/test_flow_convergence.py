@@ -8,8 +8,9 @@ import math
 import pytest
 
 from advloop.flows.config import RunConfig
-from advloop.flows.steps import (ExploreReport, SelectReport, decide, labelling_needed,
-                                 wall_time_stop)
+from advloop.flows.loop import decide, labelling_needed, wall_time_stop
+from advloop.flows.records import GenerationRecord
+from advloop.flows.steps import ExploreReport, SelectReport
 
 
 def _config(convergence: dict | None = None, budget: dict | None = None) -> RunConfig:
@@ -18,7 +19,7 @@ def _config(convergence: dict | None = None, budget: dict | None = None) -> RunC
 
 
 def _gen(generation: int, sigma: float | None = 0.2, selected: int | None = 2,
-         above: int | None = 5) -> dict:
+         above: int | None = 5) -> GenerationRecord:
     """A generation record as the flow writes it (None: that step did not run)."""
     record = {"generation": generation, "train_val_forces_mae": 0.1}
     if sigma is not None:
@@ -26,16 +27,16 @@ def _gen(generation: int, sigma: float | None = 0.2, selected: int | None = 2,
     if selected is not None:
         record.update(selected=selected, candidates_above_threshold=above,
                       selection_threshold=0.08, labels_added=selected)
-    return record
+    return GenerationRecord.from_dict(record)
 
 
 def test_budgets_end_with_a_training_only_generation():
     config = _config(budget={"max_generations": 2, "max_labels": 10})
     assert decide(config, [_gen(0)], 0.0) is None
-    final = {"generation": 2, "train_val_forces_mae": 0.05}
+    final = GenerationRecord(2, train_val_forces_mae=0.05)
     stop = decide(config, [_gen(0), _gen(1), final], 0.0)
     assert stop.reason == "max_generations" and "budget.max_generations = 2" in stop.explanation
-    stop = decide(config, [_gen(0), {"generation": 1}], 0.0)  # labels ran out first
+    stop = decide(config, [_gen(0), GenerationRecord(1)], 0.0)  # labels ran out first
     assert stop.reason == "max_labels" and "budget.max_labels = 10" in stop.explanation
 
 

@@ -13,7 +13,9 @@ from advloop.flows.timing import timed
 
 def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch):
     """No calculator runs: a stand-in for steps.label_one returns a label for structures 0
-    and 3, a failed calculation for 1, and raises for 2 on every attempt."""
+    and 3, a failed calculation for 1, and raises for 2 on every attempt. The structures
+    are read once for the whole batch and each task gets its own."""
+    from ase import Atoms
     from prefect import flow, get_run_logger
 
     from advloop.flows import active_learning, steps
@@ -21,7 +23,14 @@ def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch
     calls, lock = [], threading.Lock()
     running, peak = [0], [0]
 
-    def label_one(config, generation, index):
+    reads = []
+
+    def selected_structures(config, generation, selected):
+        reads.append(list(selected))
+        return [Atoms("H", positions=[[float(k), 0.0, 0.0]]) for k in selected]
+
+    def label_one(config, generation, index, atoms):
+        assert atoms.positions[0, 0] == index  # the task's own structure
         with lock:
             calls.append(index)
             running[0] += 1
@@ -35,6 +44,7 @@ def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch
             with lock:
                 running[0] -= 1
 
+    monkeypatch.setattr(steps, "selected_structures", selected_structures)
     monkeypatch.setattr(active_learning, "label_structure", active_learning._task(
         timed("labelling", label_one), name="label-structure"))
     config = RunConfig.model_validate({
@@ -53,6 +63,7 @@ def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch
     assert sorted(r.index for r in results) == [0, 1, 3]  # 2 has no label
     assert [r.ok for r in sorted(results, key=lambda r: r.index)] == [True, False, True]
     assert calls.count(2) == 2  # one retry
+    assert reads == [[0, 1, 2, 3]]  # one read for the batch
     assert peak[0] <= 2  # compute.label_workers
     assert len(clock) == 3 and {c.phase for c in clock} == {"labelling"}
     assert stream.getvalue().splitlines()[-1] == "gen 0: 4 of 4 labels done, 2 failed"

@@ -4,6 +4,8 @@ failure-ratio event, and the local reporter's progress output."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import base64
 import io
 import json
@@ -14,11 +16,12 @@ import numpy as np
 import pytest
 
 from advloop.flows import events
+from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.artifacts import (TABLE_COLUMNS, artifact_key, generation_rows,
                                      learning_curve_svg, summary_markdown)
 from advloop.flows.report import GenerationTable
 
-RECORDS = [
+RECORDS = [GenerationRecord.from_dict(r) for r in [
     {"generation": 0, "dataset_size": 8, "labels_added": 2, "labels_failed": 0,
      "attack_sigma_f_mean": 0.31, "attack_sigma_f_max": 0.9, "selected_sigma_f_mean": 0.4,
      "selected_sigma_f_max": 1.1, "train_val_energy_mae": 0.02, "train_val_forces_mae": 0.42,
@@ -26,12 +29,12 @@ RECORDS = [
     {"generation": 1, "dataset_size": 10, "labels_added": 2, "attack_sigma_f_mean": 0.12,
      "train_val_forces_mae": 0.25},
     {"generation": 2, "dataset_size": 10, "train_val_forces_mae": 0.2},  # final: trained only
-]
-SUMMARY = {"system": "NH3_tiny.v2", "stop_reason": "max_generations",
+]]
+SUMMARY = RunSummary(**{"system": "NH3_tiny.v2", "stop_reason": "max_generations",
            "stop_explanation": "generation budget spent (budget.max_generations = 2)",
            "generations": 3, "final_committee_generation": 2, "dataset_size": 10,
-           "labels_initial": 6, "labels_explored": 4, "strategy": "adversarial",
-           "level_of_theory": "RHF/STO-3G", "wall_seconds": 42.0, "run_dir": "runs/NH3_tiny.v2"}
+           "labels_initial": 6, "labels_explored": 4, "labels_failed": 0, "strategy": "adversarial",
+           "level_of_theory": "RHF/STO-3G", "wall_seconds": 42.0, "run_dir": "runs/NH3_tiny.v2"})
 
 
 def test_artifact_keys_follow_prefects_rules():
@@ -64,15 +67,16 @@ def test_learning_curve_is_an_svg_with_both_series():
 def test_summary_markdown_embeds_the_curve_as_a_data_uri_and_a_table():
     text = summary_markdown(SUMMARY, RECORDS, threshold=0.05)
     assert text.startswith("# NH3_tiny.v2: max_generations")
-    assert SUMMARY["stop_explanation"] in text
+    assert SUMMARY.stop_explanation in text
     uri = re.search(r"\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", text)
     assert uri and base64.b64decode(uri.group(1)).decode().startswith("<svg")
     assert "| 0 | 0.31 | 0.42 | 2 |" in text and "| 2 | - | 0.2 | 0 |" in text
 
 
 def test_events_name_the_run_and_carry_json_safe_records():
-    record = {**RECORDS[0], "rejected": {"known": np.int64(3)}, "ok": np.bool_(True),
-              "sigma": np.float32(0.5), "bad": float("inf")}
+    record = GenerationRecord.from_dict({
+        **RECORDS[0].to_dict(), "rejected": {"known": np.int64(3)}, "ok": np.bool_(True),
+        "sigma": np.float32(0.5), "bad": float("inf")})  # keys of another version kept
     ev = events.generation_finished_event("nh3", record)
     assert ev.event == "advloop.generation.finished"
     assert ev.resource == {"prefect.resource.id": "advloop.run.nh3", "prefect.resource.name": "nh3"}
@@ -82,7 +86,7 @@ def test_events_name_the_run_and_carry_json_safe_records():
 
     assert events.run_finished_event(SUMMARY).event == "advloop.run.stopped"
     for reason in ("converged", "few_candidates"):
-        done = events.run_finished_event({**SUMMARY, "stop_reason": reason})
+        done = events.run_finished_event(replace(SUMMARY, stop_reason=reason))
         assert done.event == "advloop.run.converged" and done.payload["stop_reason"] == reason
     fail = events.failure_ratio_event("nh3", 3, failed=3, requested=4, max_failure_ratio=0.5,
                                       failures=[f"f{k}" for k in range(9)])
@@ -93,6 +97,7 @@ def test_events_name_the_run_and_carry_json_safe_records():
 def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
     from advloop.flows import active_learning
     from advloop.flows.config import RunConfig
+    from advloop.flows.loop import check_failures
     from advloop.flows.steps import LabelReport, LabellingError
 
     sent = []
@@ -100,12 +105,14 @@ def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
     config = RunConfig.model_validate({"system": {"name": "nh3", "structures": "nh3.xyz"}})
     report = LabelReport(requested=4, added=1, failed=3, skipped_known=0, seconds=1.0,
                          failures=["SCFConvergenceError"] * 3)
-    with pytest.raises(LabellingError, match="3 of 4 adversarial"):
-        active_learning._enforce_failures(config, report, "adversarial", 2)
+    with pytest.raises(LabellingError, match="3 of 4 adversarial") as raised:
+        check_failures(config, report, "adversarial", 2)
+    active_learning._emit_failure_event(config, raised.value)  # as the flow does, then fails
     [ev] = sent
     assert ev.event == events.LABEL_FAILURES and ev.payload["generation"] == 2
-    active_learning._enforce_failures(config, LabelReport(4, 3, 1, 0, 1.0, ["x"]), "adversarial", 2)
-    assert len(sent) == 1  # within budget.max_failure_ratio: nothing sent
+    assert ev.payload["failed"] == 3 and ev.payload["requested"] == 4
+    check_failures(config, LabelReport(4, 3, 1, 0, 1.0, ["x"]), "adversarial", 2)  # within the
+    # budget.max_failure_ratio: no error, so nothing is sent
 
 
 def test_reporter_prints_plain_progress_lines_off_a_terminal():

@@ -20,7 +20,7 @@ import pytest
 from advloop.flows.config import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from tests.flows.stand_in import calls, counter_path, fails, write_nan_forces_config
 
 FRACTION = 0.2
@@ -34,7 +34,7 @@ def _corrupted(computed: list[str], fraction: float = FRACTION) -> set[str]:
 @pytest.mark.slow
 def test_nan_forces_are_failed_labels_and_the_dataset_stays_finite(prefect_backend, tmp_path):
     from advloop.flows.active_learning import run_active_learning
-    from advloop.flows.steps import read_generation_records
+    from advloop.flows.run_folder import read_generations
 
     config = validate_config(write_nan_forces_config(tmp_path, "nh3-nan", FRACTION, 0.5))
     summary = run_active_learning(config, GenerationTable(io.StringIO()))
@@ -43,8 +43,8 @@ def test_nan_forces_are_failed_labels_and_the_dataset_stays_finite(prefect_backe
     layout = RunLayout(config.run_dir())
     computed = calls(tmp_path, "nh3-nan")
     corrupted = _corrupted(computed)
-    [record, _] = read_generation_records(layout.root)
-    assert record["labels_failed"] == 1 and record["labels_added"] == 2  # 1 of 3 was NaN
+    [record, _] = read_generations(layout.root)
+    assert record.labels_failed == 1 and record.labels_added == 2  # 1 of 3 was NaN
     assert summary["labels_failed"] == len(corrupted) == 2  # and 1 of the 6 initial ones
     assert json.loads(layout.summary.read_text())["labels_failed"] == 2
 

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from tests.flows.stand_in import N_INITIAL, ROOT, calls, subprocess_env, write_config
 
 # In the order a run meets them; each is armed in the re-run after the previous kill.
@@ -87,11 +87,11 @@ def _arm(point: str, layout: RunLayout) -> None:
     """Install the kill at ``point`` (see :data:`KILL_POINTS`) in this process, which runs
     the run of ``layout``."""
     from advloop.calculators.label_store import LabelStore
-    from advloop.flows import active_learning, steps
+    from advloop.flows import active_learning, run_folder, steps
     from advloop.potentials import training
 
     def gen0_recorded() -> bool:
-        return bool(steps.read_generation_records(layout.root))
+        return bool(run_folder.read_generations(layout.root))
 
     if point == "initial-label":
         _kill_after(LabelStore, "put", lambda *a, **k: _n_labels(layout) == 3)
@@ -110,7 +110,9 @@ def _arm(point: str, layout: RunLayout) -> None:
     elif point == "member-saved":
         _kill_after(steps, "save_member", lambda *a, **k: True)
     elif point == "exploring":
-        _kill_after(steps, "write", lambda path, *a, **k: str(path).endswith(".extxyz.tmp"))
+        # np.savez of the candidates' temporary file (.gen_000.<pid>-<thread>.tmp.npz)
+        _kill_after(np, "savez", lambda path, *a, **k: "/.gen_" in str(path)
+                    and str(path).endswith(".tmp.npz"))
     elif point in ("explored", "selected", "evaluated"):
         name = {"explored": "explore", "selected": "select", "evaluated": "evaluate"}[point]
         _kill_after(active_learning, name, lambda *a, **k: True)
@@ -122,7 +124,7 @@ def _arm(point: str, layout: RunLayout) -> None:
     elif point == "appended":
         _kill_after(active_learning, "append_labels", lambda *a, **k: True)
     elif point == "recorded":
-        _kill_after(steps, "append_generation_record", lambda *a, **k: True)
+        _kill_after(run_folder, "append_generation", lambda *a, **k: True)
     else:
         raise ValueError(f"no kill point {point!r}")
 
@@ -186,9 +188,9 @@ def assert_same_dataset(layout: RunLayout, reference: RunLayout) -> None:
 
 
 def _records(layout: RunLayout) -> list[dict]:
-    from advloop.flows.steps import read_generation_records
+    from advloop.flows.run_folder import read_generations
 
-    return read_generation_records(layout.root)
+    return [r.to_dict() for r in read_generations(layout.root)]
 
 
 def _check_after_kill(layout: RunLayout, ref_data: Dataset, ref_records: list[dict]) -> None:

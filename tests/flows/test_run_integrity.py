@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from advloop.potentials.dataset import Dataset
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from tests.flows.stand_in import (N_INITIAL, ROOT, calls, subprocess_env, write_config,
                                   write_slow_config)
 from tests.flows.test_resume_after_kill import assert_same_dataset, comparable
@@ -57,9 +57,9 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> 
 
 
 def _records(layout: RunLayout) -> list[dict]:
-    from advloop.flows.steps import read_generation_records
+    from advloop.flows.run_folder import read_generations
 
-    return read_generation_records(layout.root)
+    return [r.to_dict() for r in read_generations(layout.root)]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from ase.io import read, write
 from advloop.calculators.label_store import LabelStore
 from advloop.flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
 from advloop.flows.report import GenerationTable
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from advloop.potentials.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from advloop.potentials.checkpoint import CheckpointError, load_member, non_fini
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Arrays, Dataset, Provenance
 from advloop.potentials.model import EnergyModel
-from advloop.potentials.run_layout import RunLayout
+from advloop.flows.run_folder import RunLayout
 from advloop.potentials.training import (DIVERGENCE_RETRIES, TrainingDivergedError,
                                          TrainingSettings, itrain, train_member)
 from tests.conftest import TINY_SPEC, displaced, emt_arrays
