@@ -87,9 +87,7 @@ def random_arrays(n_structures: int, n_atoms: int, rng: np.random.Generator) -> 
 def make_members(device: torch.device, seed: int = 0) -> list[EnergyModel]:
     members = []
     for k in range(N_MEMBERS):
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + k)
-            members.append(EnergyModel(SPEC).to(device))
+        members.append(EnergyModel(SPEC, torch.Generator().manual_seed(seed + k)).to(device))
     return members
 
 

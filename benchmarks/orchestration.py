@@ -116,18 +116,18 @@ def _write_candidates(config: RunConfig, n: int) -> None:
     molecule displaced at random, the same for every run)."""
     from ase.io import read
 
-    from advloop.flows.run_folder import RunLayout
+    from advloop.adversarial.structures import Candidates
+    from advloop.flows.run_folder import RunLayout, write_candidates
 
     rng = np.random.default_rng(11)
     frames = []
-    for k in range(n):
+    for _ in range(n):
         atoms = read(str(config.system.structures))
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
-        atoms.info.update(parent=0, forces_std_mean=0.1, forces_std_max=0.2, score=1.0)
         frames.append(atoms)
-    path = RunLayout(config.run_dir()).candidates(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(str(path), frames, format="extxyz")
+    candidates = Candidates.from_atoms(frames, np.zeros(n), np.full(n, 0.1), np.full(n, 0.2),
+                                       np.ones(n))
+    write_candidates(RunLayout(config.run_dir()), 0, candidates, {"n_candidates": n})
 
 
 def labelling_efficiency(root: Path, quick: bool) -> dict:

@@ -10,7 +10,6 @@ run continues where it stopped.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import (Dataset, DatasetError, Provenance, split_indices,
                                         structure_hash)
 from advloop.potentials.model import EnergyModel
+from advloop.potentials.threads import torch_threads
 from advloop.potentials.training import resolve_device, train_member
 from advloop.potentials.uncertainty import force_calibration
 
@@ -57,12 +57,6 @@ class LabellingError(RuntimeError):
                  report: LabelReport | None = None):
         super().__init__(message)
         self.generation, self.report = generation, report
-
-
-# A new model's initial weights come from torch's process-wide generator, which
-# train_step seeds per member; members trained in parallel threads take turns at it, or
-# their weights would depend on thread timing.
-_TORCH_SEEDING = threading.Lock()
 
 
 def _rng(config: RunConfig, stream: int, *keys: int) -> np.random.Generator:
@@ -139,7 +133,14 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     path = layout.member_checkpoint(generation, member)
     if path.exists():
         return checkpoint_metrics(path)
-    torch.set_num_threads(config.compute.torch_threads)
+    with torch_threads(config.compute.torch_threads):
+        model, metrics = _train_member(config, generation, member, layout)
+    save_member(model, path, metrics)
+    return metrics
+
+
+def _train_member(config: RunConfig, generation: int, member: int,
+                  layout: RunLayout) -> tuple[EnergyModel, dict[str, float]]:
     device = resolve_device(config.compute.device)
     data = Dataset(layout.dataset).arrays()
     train_idx, val_idx = split_indices(len(data), config.training.val_fraction,
@@ -149,9 +150,11 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
             train_idx, size=len(train_idx), replace=True))
     previous = layout.member_checkpoint(generation - 1, member)
     warm = config.committee.warm_start and generation > 0 and previous.exists()
-    with _TORCH_SEEDING, torch.random.fork_rng():
-        torch.manual_seed(int(_rng(config, _MEMBER_STREAM, member).integers(2**31)))
-        model = load_member(previous, expected=config.model) if warm else EnergyModel(config.model)
+    if warm:
+        model = load_member(previous, expected=config.model)
+    else:
+        seed = int(_rng(config, _MEMBER_STREAM, member).integers(2**31))
+        model = EnergyModel(config.model, torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     result = train_member(model, data.subset(train_idx), data.subset(val_idx) if len(val_idx) else None,
                           config.training, _rng(config, _MEMBER_STREAM, member, generation),
@@ -160,8 +163,7 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
                "cuda": float(device.type == "cuda"), "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
                "n_val": float(len(val_idx))}
-    save_member(model, path, metrics)
-    return metrics
+    return model, metrics
 
 
 def _committee(config: RunConfig, generation: int) -> Committee:
@@ -202,7 +204,12 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     kept = read_candidates(layout, generation)
     if kept is not None:
         return ExploreReport(**kept[1])
-    torch.set_num_threads(config.compute.torch_threads)
+    with torch_threads(config.compute.torch_threads):
+        report = _explore_generation(config, generation, layout)
+    return report
+
+
+def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -> ExploreReport:
     t0 = time.perf_counter()
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)

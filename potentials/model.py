@@ -87,10 +87,47 @@ def build_representation(spec: ModelSpec) -> nn.Module:
     )
 
 
-class EnergyModel(nn.Module):
-    """One committee member: total energy (eV) of each structure in a batch."""
+def initialize(network: nn.Module, generator: torch.Generator) -> None:
+    """Draw every weight of ``network`` from ``generator``, with the distributions
+    schnetpack gives them: Glorot-uniform weights and zero biases for its ``Dense`` layers,
+    N(0, 1) embeddings (the padding row zero), PyTorch's default for plain ``Linear``
+    layers. Nothing process-wide is read or changed, so members built in parallel threads
+    get the same weights as members built one by one.
 
-    def __init__(self, spec: ModelSpec):
+    Raises TypeError for a parameter of a layer it does not know (a new architecture must
+    say how its weights are drawn)."""
+    known = set()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, spk.nn.Dense):
+                if module.weight_init is not nn.init.xavier_uniform_ or (
+                        module.bias is not None and module.bias_init is not nn.init.zeros_):
+                    raise TypeError(f"{module}: initializers other than schnetpack's defaults")
+                nn.init.xavier_uniform_(module.weight, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.kaiming_uniform_(module.weight, a=5 ** 0.5, generator=generator)
+                if module.bias is not None:
+                    bound = 1 / module.in_features ** 0.5
+                    module.bias.uniform_(-bound, bound, generator=generator)
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 1.0, generator=generator)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            else:
+                continue
+            known.update(id(p) for p in module.parameters(recurse=False))
+    unknown = [name for name, p in network.named_parameters() if id(p) not in known]
+    if unknown:
+        raise TypeError(f"no initializer for parameters {unknown[:3]}")
+
+
+class EnergyModel(nn.Module):
+    """One committee member: total energy (eV) of each structure in a batch. Its initial
+    weights are drawn from ``generator`` (:func:`initialize`; default: seed 0)."""
+
+    def __init__(self, spec: ModelSpec, generator: torch.Generator | None = None):
         super().__init__()
         self.spec = spec
         self.network = spk.model.NeuralNetworkPotential(
@@ -98,6 +135,8 @@ class EnergyModel(nn.Module):
             input_modules=[spk.atomistic.PairwiseDistances()],
             output_modules=[spk.atomistic.Atomwise(n_in=spec.n_atom_basis, output_key="energy")],
         )
+        initialize(self.network, generator if generator is not None
+                   else torch.Generator().manual_seed(0))
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 

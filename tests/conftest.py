@@ -45,9 +45,7 @@ def emt_arrays(structures: list[Atoms]) -> Arrays:
 
 
 def make_member(seed: int, spec: ModelSpec = TINY_SPEC, dtype=torch.float64) -> EnergyModel:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = EnergyModel(spec)
+    model = EnergyModel(spec, torch.Generator().manual_seed(seed))
     model.network.to(dtype)
     return model
 

@@ -15,14 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ase.build import molecule
 from ase.calculators.emt import EMT
-from ase.io import read, write
 
+from advloop.adversarial.structures import Candidates
 from advloop.calculators.label_store import LabelStore
 from advloop.flows import steps
 from advloop.flows.config import RunConfig
 from advloop.potentials.dataset import Dataset, Provenance
 from advloop.potentials.hashing import structure_hash
-from advloop.flows.run_folder import RunLayout
+from advloop.flows.run_folder import RunLayout, write_candidates
 from tests.processes import clean_context, run_processes
 
 N_CANDIDATES, N_PROCESSES, N_THREADS = 24, 4, 4
@@ -64,15 +64,16 @@ def test_labels_stored_and_appended_at_once_by_many_writers_are_all_there(tmp_pa
     Dataset.create(layout.dataset).append([seed], [0.0], [np.zeros((4, 3))],
                                           [Provenance(0, "initial", "EMT")])
     candidates = _candidates(N_CANDIDATES)
-    layout.candidates(0).parent.mkdir(parents=True)
-    write(layout.candidates(0), candidates, format="extxyz")
+    n = len(candidates)
+    write_candidates(layout, 0, Candidates.from_atoms(candidates, np.zeros(n), np.full(n, 0.1),
+                                                     np.full(n, 0.2), np.ones(n)), {})
 
     ctx = clean_context()
     start, labelled = ctx.Barrier(N_PROCESSES), ctx.Barrier(N_PROCESSES)
     run_processes(ctx, [(_label_then_append, (config, p, labelled, start))
                         for p in range(N_PROCESSES)])
 
-    candidates = read(layout.candidates(0), index=":")  # as the steps read them
+    candidates = steps.selected_structures(config, 0, list(range(N_CANDIDATES)))
     reference = []
     for atoms in candidates:
         atoms.calc = EMT()

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from ase.io import read, write
+from ase.io import read
 
+from advloop.adversarial.structures import Candidates
 from advloop.calculators.label_store import LabelStore
 from advloop.flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
 from advloop.flows.report import GenerationTable
-from advloop.flows.run_folder import RunLayout
+from advloop.flows.run_folder import RunLayout, write_candidates
 from advloop.potentials.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,14 +39,13 @@ def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -
     })
     rng = np.random.default_rng(7)
     frames = []
-    for k in range(N_CANDIDATES):
+    for _ in range(N_CANDIDATES):
         atoms = read(str(NH3))
         atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
-        atoms.info.update(parent=k % 2, forces_std_mean=0.1, forces_std_max=0.2, score=1.0)
         frames.append(atoms)
-    path = RunLayout(config.run_dir()).candidates(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(str(path), frames, format="extxyz")
+    n = N_CANDIDATES
+    write_candidates(RunLayout(config.run_dir()), 0, Candidates.from_atoms(
+        frames, np.arange(n) % 2, np.full(n, 0.1), np.full(n, 0.2), np.ones(n)), {})
     return config
 
 

@@ -21,9 +21,7 @@ def _members(n: int = 3, spec: ModelSpec = SPEC) -> list[EnergyModel]:
     """Untrained float64 members that differ only in their torch seed."""
     members = []
     for seed in range(n):
-        with torch.random.fork_rng():
-            torch.manual_seed(100 + seed)
-            model = EnergyModel(spec)
+        model = EnergyModel(spec, torch.Generator().manual_seed(100 + seed))
         model.network.to(torch.float64)
         model.element_energy[1] = -13.6
         model.element_energy[7] = -1480.0

@@ -23,9 +23,8 @@ def _spec(architecture: str) -> ModelSpec:
 
 def _model(architecture: str, seed: int = 0, radial_basis: str = "gaussian") -> EnergyModel:
     """A float64 untrained model with non-trivial reference energies and scale."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = EnergyModel(replace(_spec(architecture), radial_basis=radial_basis))
+    model = EnergyModel(replace(_spec(architecture), radial_basis=radial_basis),
+                        torch.Generator().manual_seed(seed))
     model.network.to(torch.float64)
     model.element_energy[1] = -13.6
     model.element_energy[7] = -1480.0
@@ -242,3 +241,20 @@ def test_periodic_cell_translated_and_wrapped_gives_same_energy(architecture: st
     np.testing.assert_allclose(e1, e0, rtol=0, atol=tol)
     np.testing.assert_allclose(f1, f0, rtol=0, atol=tol)
     assert np.abs(f0).max() > 1e-3  # the rattled cell has non-trivial forces
+
+
+@pytest.mark.parametrize("architecture", ["painn", "schnet", "so3net"])
+def test_initial_weights_come_from_the_generator_alone(architecture: str) -> None:
+    """Same generator seed, same weights, whatever torch's process-wide generator holds;
+    another seed, other weights. Members built in parallel threads need no lock."""
+    spec = _spec(architecture)
+    torch.manual_seed(1)
+    first = EnergyModel(spec, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    again = EnergyModel(spec, torch.Generator().manual_seed(7))
+    other = EnergyModel(spec, torch.Generator().manual_seed(8))
+    pairs = list(zip(first.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters()))
+    emb = next(m for m in first.modules() if isinstance(m, torch.nn.Embedding))
+    assert torch.all(emb.weight[0] == 0)  # the padding row

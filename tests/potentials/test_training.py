@@ -22,9 +22,7 @@ SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 
 
 def _new_model(seed: int, spec: ModelSpec = SPEC) -> EnergyModel:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return EnergyModel(spec)
+    return EnergyModel(spec, torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,7 @@ def nh3() -> tuple[list, Arrays]:
 
 
 def _model(seed: int = 0) -> EnergyModel:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return EnergyModel(TINY_SPEC)
+    return EnergyModel(TINY_SPEC, torch.Generator().manual_seed(seed))
 
 
 def test_a_diverging_member_is_retried_from_its_start_at_half_the_rate(nh3, caplog, tmp_path):
