@@ -24,7 +24,9 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
     the labelling that made the generation's training set (the initial labels for
     generation 0); ``seconds_exploration``, the exploration and selection that followed
     (0 for the last generation, which does not explore); ``seconds_metrics``; and
-    ``n_candidates`` and ``n_selected``, what exploration found and selection kept.
+    ``n_candidates`` and ``n_selected``, what exploration found and selection kept. The
+    last row also holds the run's ``stop_reason`` (the production stop rule applies: a
+    strategy that finds nothing worth labelling ends its run there).
 
     ``first_row``: generation 0, already labelled, trained and measured in this run folder
     (e.g. shared between strategies of one seed), taken as it is.
@@ -38,7 +40,8 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
             raise ConfigError(str(layout.root), problems)
         run_folder.write_fingerprint(config)
         labelling = 0.0
-        for done in ActiveLearningLoop(config, jobs).irun():
+        loop = ActiveLearningLoop(config, jobs)
+        for done in loop.irun():
             record = done.record
             if not rows:  # the loop's first job labelled the initial structures
                 labelling = jobs.clock[0].end - jobs.clock[0].start
@@ -58,4 +61,5 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
                        n_candidates=record.attack_candidates or 0, n_selected=record.selected or 0)
             labelling = record.seconds_labelling or 0.0
             rows.append(row)
+    rows[-1]["stop_reason"] = loop.summary().stop_reason
     return rows

@@ -26,8 +26,10 @@ RECORDS = [
 SUMMARY = {"system": "ammonia", "stop_reason": "converged",
            "stop_explanation": "converged: the attacked geometries' mean force uncertainty "
                                "stayed below 0.05 eV/Å for 1 generation(s)",
-           "generations": 3, "dataset_size": 16, "labels_initial": 12, "labels_explored": 4,
-           "strategy": "adversarial", "level_of_theory": "RKS-PBE/6-31G*"}
+           "generations": 3, "final_committee_generation": 2, "dataset_size": 16,
+           "labels_initial": 12, "labels_explored": 4, "labels_failed": 0,
+           "strategy": "adversarial", "level_of_theory": "RKS-PBE/6-31G*",
+           "wall_seconds": 120.0, "run_dir": "runs/ammonia"}
 
 
 def _make_run(root: Path, records: list[dict], summary: dict | None, partial_line: bool = False,

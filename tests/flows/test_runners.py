@@ -49,6 +49,18 @@ def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -
     return config
 
 
+def _label(config: RunConfig, selected: list[int], clusters=None, clock: list | None = None):
+    """Generation 0's ``selected`` candidates labelled as the flow labels them, on the
+    config's labelling runner (inside a flow run); the intervals go to ``clock``."""
+    from advloop.flows.active_learning import PrefectJobs
+
+    jobs = PrefectJobs(GenerationTable(io.StringIO()), clusters)
+    results = jobs._label(config, 0, selected)
+    if clock is not None:
+        clock.extend(jobs.clock)
+    return results
+
+
 def _stored(config: RunConfig, results) -> list:
     store = LabelStore(RunLayout(config.run_dir()).labels)
     return [store.get(r.key) for r in sorted(results, key=lambda r: r.index)]
@@ -81,9 +93,9 @@ def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend
     generation flow's threads, and in a sub-flow on a 2-worker Dask cluster that the run
     started (advloop.flows.runners.open_clusters)."""
     from distributed import Client, get_task_stream
-    from prefect import flow, get_run_logger
+    from prefect import flow
 
-    from advloop.flows import active_learning, runners
+    from advloop.flows import runners
 
     threads = _config(tmp_path / "threads", "nh3-threads")
     dask = _config(tmp_path / "dask", "nh3-dask",
@@ -92,18 +104,14 @@ def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend
 
     @flow
     def generation():
-        logger = get_run_logger()
         clock_t, clock_d = [], []
-        by_threads = active_learning._label(threads, 0, selected, clock_t,
-                                            GenerationTable(io.StringIO()), logger, None)
+        by_threads = _label(threads, selected, clock=clock_t)
         with runners.open_clusters(dask) as clusters:
             assert clusters.training is None and clusters.labelling is not None
             with Client(clusters.labelling) as client:
                 assert len(client.scheduler_info()["workers"]) == 2
                 with get_task_stream(client) as stream:  # read when the block ends
-                    by_dask = active_learning._label(dask, 0, selected, clock_d,
-                                                     GenerationTable(io.StringIO()), logger,
-                                                     clusters)
+                    by_dask = _label(dask, selected, clusters, clock_d)
                 workers = {t["worker"] for t in stream.data}
         return by_threads, by_dask, clock_t, clock_d, workers
 
@@ -123,9 +131,9 @@ def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
     (advloop.flows.runners.cluster_security), and a client without them cannot connect."""
     from distributed import Client, LocalCluster
     from distributed.security import Security
-    from prefect import flow, get_run_logger
+    from prefect import flow
 
-    from advloop.flows import active_learning, runners
+    from advloop.flows import runners
 
     config = _config(tmp_path, "nh3-tls", runners={"labelling": {"kind": "dask", "n_workers": 1}})
     selected = list(range(N_CANDIDATES))
@@ -138,8 +146,7 @@ def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
 
         @flow
         def generation():
-            return active_learning._label(config, 0, selected, [], GenerationTable(io.StringIO()),
-                                          get_run_logger(), runners.ClusterAddresses(labelling=address))
+            return _label(config, selected, runners.ClusterAddresses(labelling=address))
 
         with runners.cluster_security(address, cluster.security):
             results = generation()
@@ -208,9 +215,8 @@ def test_a_clusters_dashboard_listens_on_this_machine_only(kind, tmp_path):
 
 
 def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
-    from prefect import flow, get_run_logger
+    from prefect import flow
 
-    from advloop.flows import active_learning
 
     threads = _config(tmp_path / "threads", "nh3-threads-pool")
     pool = _config(tmp_path / "pool", "nh3-pool", runners={"labelling": {"kind": "processes",
@@ -218,11 +224,8 @@ def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_
 
     @flow
     def generation():
-        logger = get_run_logger()
-        return (active_learning._label(threads, 0, list(range(N_CANDIDATES)), [],
-                                       GenerationTable(io.StringIO()), logger, None),
-                active_learning._label(pool, 0, list(range(N_CANDIDATES)), [],
-                                       GenerationTable(io.StringIO()), logger, None))
+        return (_label(threads, list(range(N_CANDIDATES))),
+                _label(pool, list(range(N_CANDIDATES))))
 
     by_threads, by_pool = generation()
     _same_labels(threads, by_threads, pool, by_pool)
