@@ -120,13 +120,19 @@ def _bounds_text(bounds: Iterable[BaseMetadata]) -> str:
     high = by_kind.get(Lt) or by_kind.get(Le)
     if low is not None and high is not None:
         lo, hi = getattr(low, _SYMBOL[type(low)][1]), getattr(high, _SYMBOL[type(high)][1])
-        return (f"in {'(' if isinstance(low, Gt) else '['}{_show(lo)}, "
-                f"{_show(hi)}{')' if isinstance(high, Lt) else ']'}")
+        return (f"in {'(' if isinstance(low, Gt) else '['}{_limit(lo)}, "
+                f"{_limit(hi)}{')' if isinstance(high, Lt) else ']'}")
     one = low if low is not None else high
     if one is None:
         return ""
     symbol, attr = _SYMBOL[type(one)]
-    return f"{symbol} {_show(getattr(one, attr))}"
+    return f"{symbol} {_limit(getattr(one, attr))}"
+
+
+def _limit(value: Any) -> str:
+    """A bound as a rule shows it: ``0`` (pydantic reports a float field's bound 0 as 0.0),
+    ``1e-09``, ``100``."""
+    return f"{float(value):g}" if isinstance(value, numbers.Real) else repr(value)
 
 
 def _show(value: Any) -> str:
@@ -264,4 +270,4 @@ def describe_bound(error: dict, unit: str | None = None) -> str | None:
     if kind is None:
         return None
     limit = (error.get("ctx") or {}).get(kind[0])
-    return f"must be {kind[1]} {_show(limit)}" + (f" {unit}" if unit else "")
+    return f"must be {kind[1]} {_limit(limit)}" + (f" {unit}" if unit else "")
