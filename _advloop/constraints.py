@@ -10,7 +10,7 @@ config loads::
 
         temperature: PositiveFloat = field(default=1000.0, metadata={"unit": "K"})
         n_steps: PositiveInt = 60
-        max_strain: Annotated[float, Interval(gt=0, lt=1)] = 0.05
+        uncertainty: Literal["forces", "energy"] = "forces"
 
         def __post_init__(self) -> None:
             check_fields(self, "attack")
