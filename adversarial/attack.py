@@ -25,10 +25,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from advloop.adversarial.geometry import bonds_per_seed, check_geometry
+from advloop.adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
 from advloop.adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
                                            kT_from_temperature, log_partition)
 from advloop.adversarial.structures import Candidates, Seeds
+from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import build_graph
 
@@ -45,32 +46,25 @@ class AttackSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    temperature: float = field(default=1000.0, metadata={"unit": "K"})
-    n_steps: int = 60
-    learning_rate: float = 0.01
-    initial_noise: float = field(default=0.01, metadata={"unit": "Å"})
-    max_displacement: float = field(default=0.6, metadata={"unit": "Å"})
-    neighbor_refresh: int = 5
-    min_distance_factor: float = 0.5
-    max_bond_factor: float = 2.0
+    temperature: PositiveFloat = field(default=1000.0, metadata={"unit": "K"})
+    n_steps: PositiveInt = 60
+    learning_rate: PositiveFloat = 0.01
+    initial_noise: NonNegativeFloat = field(default=0.01, metadata={"unit": "Å"})
+    max_displacement: PositiveFloat = field(default=0.6, metadata={"unit": "Å"})
+    neighbor_refresh: PositiveInt = 5
+    min_distance_factor: NonNegativeFloat = 0.5
+    max_bond_factor: NonNegativeFloat = 2.0
     uncertainty: Uncertainty = "forces"
     energy: EnergyForm = "total"
     strain: bool = False
-    max_strain: float = 0.05
+    max_strain: PositiveFloat = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "learning_rate", "max_displacement", "max_strain"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"attack.{name} must be positive, got {getattr(self, name)}")
-        if self.uncertainty not in ("forces", "energy"):
-            raise ValueError(f"attack.uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
-        if self.energy not in ("total", "per_atom"):
-            raise ValueError(f"attack.energy must be 'total' or 'per_atom', got {self.energy!r}")
-        for name in ("n_steps", "neighbor_refresh"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"attack.{name} must be at least 1, got {getattr(self, name)}")
-        if self.initial_noise < 0:
-            raise ValueError(f"attack.initial_noise must be >= 0 Å, got {self.initial_noise}")
+        check_fields(self, "attack")
+        try:
+            validate_factors(self.min_distance_factor, self.max_bond_factor)
+        except ValueError as err:
+            raise ValueError(f"attack.{err}") from None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ase.data import atomic_masses
 
 from advloop.adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
 from advloop.adversarial.structures import Candidates, Seeds, atom_offsets
+from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import Graph, build_graph
 
@@ -38,18 +39,9 @@ __all__ = ["CommitteeMDSettings", "MDStep", "RandomDisplacementSettings", "commi
            "icommittee_md", "random_displacement"]
 
 
-def _validate(prefix: str, settings: object, positive: tuple[str, ...] = (),
-              at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+def _check(settings: RandomDisplacementSettings | CommitteeMDSettings, prefix: str) -> None:
     """Raise ValueError naming ``prefix.key`` for the first value out of range."""
-    for name in positive:
-        if not getattr(settings, name) > 0:
-            raise ValueError(f"{prefix}.{name} must be positive, got {getattr(settings, name)}")
-    for name in at_least_one:
-        if getattr(settings, name) < 1:
-            raise ValueError(f"{prefix}.{name} must be at least 1, got {getattr(settings, name)}")
-    for name in non_negative:
-        if not getattr(settings, name) >= 0:
-            raise ValueError(f"{prefix}.{name} must be >= 0, got {getattr(settings, name)}")
+    check_fields(settings, prefix)
     try:
         validate_factors(settings.min_distance_factor, settings.max_bond_factor)
     except ValueError as err:
@@ -64,13 +56,13 @@ class RandomDisplacementSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    std: float = field(default=0.05, metadata={"unit": "Å"})
-    n_per_seed: int = 1
-    min_distance_factor: float = 0.5
-    max_bond_factor: float = 2.0
+    std: PositiveFloat = field(default=0.05, metadata={"unit": "Å"})
+    n_per_seed: PositiveInt = 1
+    min_distance_factor: NonNegativeFloat = 0.5
+    max_bond_factor: NonNegativeFloat = 2.0
 
     def __post_init__(self) -> None:
-        _validate("random", self, positive=("std",), at_least_one=("n_per_seed",))
+        _check(self, "random")
 
 
 @dataclass(frozen=True)
@@ -87,22 +79,20 @@ class CommitteeMDSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    temperature: float = field(default=300.0, metadata={"unit": "K"})
-    timestep: float = field(default=0.5, metadata={"unit": "fs"})
-    n_steps: int = 200
-    friction: float = field(default=0.02, metadata={"unit": "1/fs"})
-    sample_interval: int = 10
-    trust_lower: float = field(default=0.05, metadata={"unit": "eV/Å"})
+    temperature: PositiveFloat = field(default=300.0, metadata={"unit": "K"})
+    timestep: PositiveFloat = field(default=0.5, metadata={"unit": "fs"})
+    n_steps: PositiveInt = 200
+    friction: NonNegativeFloat = field(default=0.02, metadata={"unit": "1/fs"})
+    sample_interval: PositiveInt = 10
+    trust_lower: NonNegativeFloat = field(default=0.05, metadata={"unit": "eV/Å"})
     trust_upper: float = field(default=0.5, metadata={"unit": "eV/Å"})
-    min_distance_factor: float = 0.5
-    max_bond_factor: float = 2.0
-    max_frames_per_seed: int = 4
-    skin: float = field(default=0.5, metadata={"unit": "Å"})
+    min_distance_factor: NonNegativeFloat = 0.5
+    max_bond_factor: NonNegativeFloat = 2.0
+    max_frames_per_seed: PositiveInt = 4
+    skin: PositiveFloat = field(default=0.5, metadata={"unit": "Å"})
 
     def __post_init__(self) -> None:
-        _validate("md", self, positive=("temperature", "timestep", "skin"),
-                  at_least_one=("n_steps", "sample_interval", "max_frames_per_seed"),
-                  non_negative=("friction", "trust_lower"))
+        _check(self, "md")
         if not self.trust_upper > self.trust_lower:
             raise ValueError(f"md.trust_upper ({self.trust_upper}) must be larger than "
                              f"md.trust_lower ({self.trust_lower})")

@@ -13,7 +13,6 @@ Units: positions in Å, uncertainties in eV/Å (e.g. mean per-atom force std), R
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from advloop.adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
                                           pairwise_periodic_rmsd)
+from advloop.constraints import NonNegativeFloat, Percentile, PositiveInt, check_fields
 
 __all__ = ["RejectReason", "Rejection", "SelectionResult", "SelectionSettings", "select_candidates"]
 
@@ -39,11 +39,6 @@ class Rejection:
 
     def __str__(self) -> str:
         return self.detail
-
-
-def _is_real(value: object) -> bool:
-    """True for int/float scalars (numpy included), False for bool and everything else."""
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
 @dataclass(frozen=True)
@@ -68,28 +63,15 @@ class SelectionSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    percentile: float = 90.0
-    rmsd_threshold: float = field(default=0.05, metadata={"unit": "Å"})
-    min_distance_factor: float = 0.5
-    max_bond_factor: float = 2.0
-    max_selected: int = 8
+    percentile: Percentile = 90.0
+    rmsd_threshold: NonNegativeFloat = field(default=0.05, metadata={"unit": "Å"})
+    min_distance_factor: NonNegativeFloat = 0.5
+    max_bond_factor: NonNegativeFloat = 2.0
+    max_selected: PositiveInt = 8
 
     def __post_init__(self) -> None:
-        if not _is_real(self.percentile) or not 0.0 <= float(self.percentile) <= 100.0:
-            raise ValueError(f"percentile must be a number in [0, 100], got {self.percentile!r}")
-        if (
-            not _is_real(self.rmsd_threshold)
-            or not math.isfinite(float(self.rmsd_threshold))
-            or self.rmsd_threshold < 0
-        ):
-            raise ValueError(f"rmsd_threshold must be a finite number >= 0 (Å), got {self.rmsd_threshold!r}")
+        check_fields(self, "selection")
         validate_factors(self.min_distance_factor, self.max_bond_factor)
-        if (
-            isinstance(self.max_selected, bool)
-            or not isinstance(self.max_selected, (int, np.integer))
-            or self.max_selected < 1
-        ):
-            raise ValueError(f"max_selected must be an integer >= 1, got {self.max_selected!r}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from ase import Atoms
@@ -30,6 +30,7 @@ from advloop.calculators.scf_ladder import (DEFAULT_SCF_LADDER, REUSE_MAX_DISPLA
                                             DensityGuess, RungAttempt, ScfRung)
 from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
 from advloop.calculators.settings_calculator import SettingsCalculator
+from advloop.constraints import Interval, NonNegativeInt, PositiveInt, check_fields, doc
 from advloop.potentials.hashing import structure_hash
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 
 Method = Literal["RKS", "UKS", "RHF", "UHF"]
 Dispersion = Literal["d3bj", "d4"]
-_METHODS: tuple[str, ...] = get_args(Method)
-_DISPERSIONS: tuple[str, ...] = get_args(Dispersion)
 _KS_METHODS = ("RKS", "UKS")
 _RESTRICTED_METHODS = ("RKS", "RHF")
 
@@ -55,10 +54,6 @@ _RESTRICTED_METHODS = ("RKS", "RHF")
 # 0.30 Å for H-H (the floor), 0.39 Å for O-H, 0.61 Å for C-C.
 MIN_INTERATOMIC_DISTANCE = 0.3  # Å
 MIN_DISTANCE_FACTOR = 0.4  # × the sum of the two covalent radii
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_dispersion(dispersion: str | None, xc: str) -> None:
@@ -136,52 +131,29 @@ class PySCFSettings:
     xc: str = "PBE"
     basis: str = "6-31G*"
     charge: int = 0
-    spin: int = 0
+    spin: Annotated[NonNegativeInt, doc("2S, the number of unpaired electrons")] = 0
     density_fit: bool = False
-    grid_level: int = 3
-    conv_tol: float = field(default=1e-9, metadata={"unit": "Hartree"})
-    max_cycle: int = 100
-    threads: int | None = None
-    max_memory_mb: int = field(default=2000, metadata={"unit": "MB"})
-    verbose: int = 0
+    grid_level: Annotated[int, Interval(ge=0, le=9)] = 3
+    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(default=1e-9, metadata={"unit": "Hartree"})
+    max_cycle: PositiveInt = 100
+    threads: PositiveInt | None = None
+    max_memory_mb: PositiveInt = field(default=2000, metadata={"unit": "MB"})
+    verbose: Annotated[int, Interval(ge=0, le=9)] = 0
     scf_ladder: tuple[ScfRung, ...] = DEFAULT_SCF_LADDER
     reuse_density: bool = False
     dispersion: Dispersion | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scf_ladder", validate_ladder(self.scf_ladder))
-        if not isinstance(self.reuse_density, bool):
-            raise ValueError(f"reuse_density must be True or False, got {self.reuse_density!r}")
-        if self.method not in _METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(_METHODS)}")
+        check_fields(self)
         if not isinstance(self.basis, str) or not self.basis.strip():
             raise ValueError(f"basis must be a non-empty basis-set name, got {self.basis!r}")
-        if not _is_int(self.charge):
-            raise ValueError(f"charge must be an integer, got {self.charge!r}")
-        if not _is_int(self.spin):
-            raise ValueError(f"spin (2S, number of unpaired electrons) must be an integer, got {self.spin!r}")
-        if self.spin < 0:
-            raise ValueError(f"spin is 2S, the number of unpaired electrons, and must be >= 0; got {self.spin}")
         if self.method in _RESTRICTED_METHODS and self.spin != 0:
             unrestricted = "UKS" if self.method == "RKS" else "UHF"
             raise ValueError(
                 f"method {self.method} is closed-shell and needs spin=0, got spin={self.spin}; "
                 f"use method={unrestricted!r} for open-shell systems"
             )
-        if not isinstance(self.density_fit, bool):
-            raise ValueError(f"density_fit must be True or False, got {self.density_fit!r}")
-        if not _is_int(self.grid_level) or not 0 <= self.grid_level <= 9:
-            raise ValueError(f"grid_level must be an integer in [0, 9], got {self.grid_level!r}")
-        if not isinstance(self.conv_tol, (int, float)) or not 0.0 < float(self.conv_tol) < 1.0:
-            raise ValueError(f"conv_tol (Hartree) must be a positive number below 1, got {self.conv_tol!r}")
-        if not _is_int(self.max_cycle) or self.max_cycle < 1:
-            raise ValueError(f"max_cycle must be an integer >= 1, got {self.max_cycle!r}")
-        if not _is_int(self.max_memory_mb) or self.max_memory_mb < 1:
-            raise ValueError(f"max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
-        if not _is_int(self.verbose) or not 0 <= self.verbose <= 9:
-            raise ValueError(f"verbose must be an integer in [0, 9], got {self.verbose!r}")
         if self.method in _KS_METHODS:
             if not isinstance(self.xc, str) or not self.xc.strip():
                 raise ValueError(f"xc must be a non-empty functional name, got {self.xc!r}")
@@ -192,10 +164,6 @@ class PySCFSettings:
                     f"unknown exchange-correlation functional xc={self.xc!r} for method {self.method} "
                     f"(libxc/PySCF names such as 'PBE', 'B3LYP', 'PBE0')"
                 ) from err
-        if self.dispersion not in (None, *_DISPERSIONS):
-            raise ValueError(
-                f"unknown dispersion correction {self.dispersion!r}; choose {', '.join(_DISPERSIONS)} or None"
-            )
         implied = parse_dft(self.xc.strip().lower())[2] if self.method in _KS_METHODS else None
         if implied is not None and self.dispersion is not None:
             raise ValueError(

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from ase import Atoms
@@ -79,26 +79,19 @@ from pyscf.pbc.scf.addons import smearing_
 from advloop.calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
 from advloop.calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE, ThreadScopedCalculator
 from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
+from advloop.constraints import (Interval, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval,
+                                 check_fields, doc)
 from advloop.potentials.hashing import structure_hash
 
 __all__ = ["PeriodicPySCFCalculator", "PeriodicPySCFSettings"]
 
 PeriodicMethod = Literal["RKS", "UKS"]
-_METHODS: tuple[str, ...] = get_args(PeriodicMethod)
 
 MIN_CELL_VOLUME = 1.0  # Å^3; a smaller cell is degenerate (or has no cell at all)
 # Largest accepted |electrons on the FFT mesh - electrons| / electrons for the converged
 # density. Measured: 3e-5 for H2 in a 4 Å box at ke_cutoff 20 Ha (17^3 points), 2e-9 at
 # 100 Ha; a broken OpenMP binding (see _check_density_on_mesh) gives errors of 0.4 to 1.
 MAX_RELATIVE_ELECTRON_COUNT_ERROR = 1e-3
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -144,20 +137,21 @@ class PeriodicPySCFSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}  # unknown keys, inf and NaN are errors
 
-    method: PeriodicMethod = "RKS"
+    method: Annotated[PeriodicMethod, doc("periodic Hartree-Fock has no analytic gradients in PySCF")] = "RKS"
     xc: str = "PBE"
     basis: str = "gth-szv"
     pseudo: str = "gth-pbe"
     charge: int = 0
-    spin: int = 0
-    ke_cutoff: float | None = field(default=None, metadata={"unit": "Hartree"})
-    smearing: float = field(default=0.0, metadata={"unit": "Hartree"})
-    conv_tol: float = field(default=1e-8, metadata={"unit": "Hartree"})
-    max_cycle: int = 100
-    threads: int | None = None
+    spin: Annotated[NonNegativeInt, doc("2S, the number of unpaired electrons per cell")] = 0
+    ke_cutoff: PositiveFloat | None = field(default=None, metadata={"unit": "Hartree"})
+    smearing: Annotated[UnitInterval, doc("the Fermi-Dirac width; 0.01 Ha is about 3160 K")] = field(
+        default=0.0, metadata={"unit": "Hartree"})
+    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(default=1e-8, metadata={"unit": "Hartree"})
+    max_cycle: PositiveInt = 100
+    threads: PositiveInt | None = None
     scf_ladder: tuple[str, ...] = ("default", "more_cycles", "level_shift")
-    max_memory_mb: int = field(default=4000, metadata={"unit": "MB"})
-    verbose: int = 0
+    max_memory_mb: PositiveInt = field(default=4000, metadata={"unit": "MB"})
+    verbose: Annotated[int, Interval(ge=0, le=9)] = 0
 
     def __post_init__(self) -> None:
         ladder = validate_ladder(self.scf_ladder)
@@ -165,11 +159,7 @@ class PeriodicPySCFSettings:
             raise ValueError("periodic_dft.scf_ladder: the 'newton' rung is not available for "
                              "periodic multigrid SCF; use default, more_cycles, level_shift")
         object.__setattr__(self, "scf_ladder", ladder)
-        if self.method not in _METHODS:
-            raise ValueError(
-                f"periodic_dft.method: unknown periodic method {self.method!r}; choose one of {', '.join(_METHODS)} "
-                "(periodic Hartree-Fock has no analytic gradients in PySCF)"
-            )
+        check_fields(self, "periodic_dft")
         _check_xc(self.xc)
         if not isinstance(self.basis, str) or not self.basis.strip():
             raise ValueError(f"periodic_dft.basis must be a non-empty basis-set name such as 'gth-szv', got {self.basis!r}")
@@ -179,35 +169,11 @@ class PeriodicPySCFSettings:
                 "PySCF's periodic analytic gradients support GTH pseudopotentials only (no ECPs), and "
                 "all-electron cells need impractically fine meshes"
             )
-        if not _is_int(self.charge):
-            raise ValueError(f"periodic_dft.charge must be an integer, got {self.charge!r}")
-        if not _is_int(self.spin) or self.spin < 0:
-            raise ValueError(f"periodic_dft.spin is 2S, the number of unpaired electrons, an integer >= 0; got {self.spin!r}")
         if self.method == "RKS" and self.spin != 0:
             raise ValueError(
                 f"periodic_dft.spin: method RKS is closed-shell and needs spin=0, got spin={self.spin}; "
                 "use method='UKS' for open-shell cells"
             )
-        if self.ke_cutoff is not None and (not _is_real(self.ke_cutoff) or not float(self.ke_cutoff) > 0.0):
-            raise ValueError(
-                f"periodic_dft.ke_cutoff must be a positive number (Hartree) or None for PySCF's default, "
-                f"got {self.ke_cutoff!r}"
-            )
-        if not _is_real(self.smearing) or not 0.0 <= float(self.smearing) < 1.0:
-            raise ValueError(
-                f"periodic_dft.smearing is the Fermi-Dirac width in Hartree, a number in [0, 1); got {self.smearing!r} "
-                "(0.01 Ha is about 3160 K)"
-            )
-        if not _is_real(self.conv_tol) or not 0.0 < float(self.conv_tol) < 1.0:
-            raise ValueError(f"periodic_dft.conv_tol (Hartree) must be a positive number below 1, got {self.conv_tol!r}")
-        if not _is_int(self.max_cycle) or self.max_cycle < 1:
-            raise ValueError(f"periodic_dft.max_cycle must be an integer >= 1, got {self.max_cycle!r}")
-        if not _is_int(self.max_memory_mb) or self.max_memory_mb < 1:
-            raise ValueError(f"periodic_dft.max_memory_mb must be a positive integer (MB), got {self.max_memory_mb!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"periodic_dft.threads must be a positive integer or None, got {self.threads!r}")
-        if not _is_int(self.verbose) or not 0 <= self.verbose <= 9:
-            raise ValueError(f"periodic_dft.verbose must be an integer in [0, 9], got {self.verbose!r}")
 
     @property
     def level_of_theory(self) -> str:

@@ -15,18 +15,20 @@ here: callers take ``-∂E/∂X`` with the ``create_graph`` they need (schnetpac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from ase.neighborlist import primitive_neighbor_list
 from torch import nn
 
+from advloop.constraints import NonNegativeInt, PositiveFloat, PositiveInt, check_fields
 from advloop.potentials._schnetpack import schnetpack as spk
 from advloop.potentials._schnetpack import spk_properties as K
 
 MAX_Z = 100
-ARCHITECTURES = ("painn", "schnet", "so3net")
+Architecture = Literal["painn", "schnet", "so3net"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
 @dataclass(frozen=True)
@@ -40,27 +42,16 @@ class ModelSpec:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    architecture: Literal["painn", "schnet", "so3net"] = "painn"
-    n_atom_basis: int = 32
-    n_interactions: int = 3
-    n_rbf: int = 20
-    cutoff: float = field(default=5.0, metadata={"unit": "Å"})
-    lmax: int = 2  # SO3net only: highest angular momentum of its features
+    architecture: Architecture = "painn"
+    n_atom_basis: PositiveInt = 32
+    n_interactions: PositiveInt = 3
+    n_rbf: PositiveInt = 20
+    cutoff: PositiveFloat = field(default=5.0, metadata={"unit": "Å"})
+    lmax: NonNegativeInt = 2  # SO3net only: highest angular momentum of its features
     radial_basis: Literal["gaussian", "bessel"] = "gaussian"
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; use one of "
-                             f"{', '.join(ARCHITECTURES)}")
-        if self.radial_basis not in ("gaussian", "bessel"):
-            raise ValueError(f"model.radial_basis must be 'gaussian' or 'bessel', got {self.radial_basis!r}")
-        if self.lmax < 0:
-            raise ValueError(f"model.lmax must be >= 0, got {self.lmax}")
-        for name in ("n_atom_basis", "n_interactions", "n_rbf"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if not self.cutoff > 0:
-            raise ValueError(f"model.cutoff must be positive (Å), got {self.cutoff}")
+        check_fields(self, "model")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from advloop.constraints import (NonNegativeFloat, NonNegativeInt, OpenFraction, PositiveFloat,
+                                 PositiveInt, UnitInterval, check_fields)
 from advloop.potentials.checkpoint import non_finite
 from advloop.potentials.dataset import Arrays
 from advloop.potentials.model import EnergyModel, Graph, build_graph, energy_and_forces
@@ -44,37 +46,25 @@ class TrainingSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
-    max_epochs: int = 300
-    warm_start_epochs: int = 120
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warm_start_learning_rate: float = 5e-4
-    warm_start_warmup_epochs: int = 5
-    energy_weight: float = 0.2
-    forces_weight: float = 1.0
-    val_fraction: float = 0.2
-    patience: int = 60
-    lr_patience: int = 20
-    lr_factor: float = 0.5
-    min_learning_rate: float = 1e-5
+    max_epochs: PositiveInt = 300
+    warm_start_epochs: PositiveInt = 120
+    batch_size: PositiveInt = 16
+    learning_rate: PositiveFloat = 1e-3
+    warm_start_learning_rate: PositiveFloat = 5e-4
+    warm_start_warmup_epochs: NonNegativeInt = 5
+    energy_weight: NonNegativeFloat = 0.2
+    forces_weight: NonNegativeFloat = 1.0
+    val_fraction: UnitInterval = 0.2
+    patience: PositiveInt = 60
+    lr_patience: PositiveInt = 20
+    lr_factor: OpenFraction = 0.5
+    min_learning_rate: PositiveFloat = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "warm_start_epochs", "batch_size", "patience", "lr_patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training.{name} must be at least 1, got {getattr(self, name)}")
-        if self.warm_start_warmup_epochs < 0:
-            raise ValueError("training.warm_start_warmup_epochs must be >= 0, got "
-                             f"{self.warm_start_warmup_epochs}")
-        for name in ("learning_rate", "warm_start_learning_rate", "min_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"training.{name} must be positive, got {getattr(self, name)}")
-        if self.energy_weight < 0 or self.forces_weight < 0 or \
-                self.energy_weight + self.forces_weight == 0:
-            raise ValueError("training.energy_weight and forces_weight must be >= 0, not both 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 < self.lr_factor < 1.0:
-            raise ValueError(f"training.lr_factor must be in (0, 1), got {self.lr_factor}")
+        check_fields(self, "training")
+        if self.energy_weight + self.forces_weight == 0:
+            raise ValueError("training.energy_weight and forces_weight are both 0: nothing "
+                             "would be fitted; give at least one a positive weight")
 
 
 def resolve_device(choice: Literal["auto", "cpu", "cuda"]) -> torch.device:

@@ -48,7 +48,7 @@ def assert_scores_match_committee(committee: Committee, cands) -> None:
 def test_settings_reject_bad_values():
     RandomDisplacementSettings()
     CommitteeMDSettings()
-    for kwargs, match in [({"std": 0}, "random.std must be positive"),
+    for kwargs, match in [({"std": 0}, r"random\.std = 0: must be > 0 Å"),
                           ({"n_per_seed": 0}, "random.n_per_seed"),
                           ({"min_distance_factor": 3.0}, "random.max_bond_factor")]:
         with pytest.raises(ValueError, match=match):

@@ -230,15 +230,15 @@ def test_errors_survive_pickling() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(method="CCSD"), "unknown method"),
-        (dict(spin=-1), "must be >= 0"),
+        (dict(method="CCSD"), "method = 'CCSD': must be one of 'RKS', 'UKS', 'RHF', 'UHF'"),
+        (dict(spin=-1), r"spin = -1: must be ≥ 0 \(2S, the number of unpaired electrons\)"),
         (dict(method="RKS", spin=2), "use method='UKS'"),
         (dict(method="RHF", spin=1), "use method='UHF'"),
         (dict(xc="NOT_A_FUNCTIONAL"), "unknown exchange-correlation functional"),
         (dict(grid_level=12), "grid_level"),
         (dict(conv_tol=0.0), "conv_tol"),
         (dict(max_cycle=0), "max_cycle"),
-        (dict(charge=0.5), "charge must be an integer"),
+        (dict(charge=0.5), "charge = 0.5: must be an integer"),
         (dict(basis=""), "basis"),
     ],
 )
@@ -500,7 +500,7 @@ def test_dispersion_settings_rejected_with_reasons(monkeypatch: pytest.MonkeyPat
     assert PySCFSettings(method="UKS", xc="b3lyp", spin=1, dispersion="d4").level_of_theory == "UKS/B3LYP-D4/6-31G*"
     with pytest.raises(ValueError, match=r"'d3bj' has no parameters for xc='LDA'"):
         PySCFSettings(xc="LDA", dispersion="d3bj")
-    with pytest.raises(ValueError, match="unknown dispersion correction 'd2'"):
+    with pytest.raises(ValueError, match=r"dispersion = 'd2': must be one of 'd3bj', 'd4', or None"):
         PySCFSettings(dispersion="d2")
     # PySCF applies a correction named in xc itself; it must not be given twice
     named_in_xc = PySCFSettings(xc="B3LYP-D3BJ").level_of_theory

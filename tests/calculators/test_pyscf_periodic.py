@@ -316,7 +316,7 @@ def test_two_openmp_runtimes_caught_not_returned_as_labels() -> None:
         (dict(pseudo="cc-pvdz"), r"dft\.pseudo must name a GTH"),
         (dict(basis=""), r"dft\.basis"),
         (dict(spin=2), r"dft\.spin: method RKS is closed-shell"),
-        (dict(method="UKS", spin=-1), r"dft\.spin is 2S"),
+        (dict(method="UKS", spin=-1), r"dft\.spin = -1: must be ≥ 0 \(2S, the number of unpaired electrons"),
         (dict(charge=0.5), r"dft\.charge"),
         (dict(ke_cutoff=0.0), r"dft\.ke_cutoff"),
         (dict(ke_cutoff="100"), r"dft\.ke_cutoff"),

@@ -64,7 +64,7 @@ def test_wrong_types_and_ranges(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, data))
     text = str(err.value)
-    assert "temperature must be positive" in text
+    assert "attack.temperature: Input should be greater than 0 (got -5)" in text
     assert "committee.n_members" in text
     assert "budget.max_labels" in text
 

@@ -207,7 +207,7 @@ def test_fit_normalisation_two_compositions_is_exact() -> None:
     ({"cutoff": 0.0}, "cutoff"),
     ({"cutoff": -1.0}, "cutoff"),
     ({"cutoff": float("nan")}, "cutoff"),
-    ({"architecture": "mace"}, "unknown architecture"),
+    ({"architecture": "mace"}, r"model\.architecture = 'mace': must be one of 'painn', 'schnet', 'so3net'"),
     ({"n_interactions": 0}, "n_interactions"),
     ({"n_atom_basis": 0}, "n_atom_basis"),
     ({"n_rbf": 0}, "n_rbf"),
