@@ -10,7 +10,9 @@ stayed ``Running`` and the terminal filled with connection errors.
 where Prefect's clients look for it, as Prefect's own test harness does) in a session of
 its own, so a signal to the run's group reaches the run alone; on Linux the server is
 also told to stop when the process that started it dies (``PR_SET_PDEATHSIG``), so a run
-killed with SIGKILL does not leave it behind. Prefect stops it when the run exits.
+killed with SIGKILL does not leave it behind. Prefect stops it when the run exits. The
+server's own output (its errors, and the noise of its shutdown) goes to
+``embedded-server.log`` in ``PREFECT_HOME``, not to the run's terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 __all__ = ["start"]
 
@@ -47,10 +50,19 @@ def start() -> None:
     server = SubprocessASGIServer()  # the instance Prefect's clients use
     if server.running:
         return
+    settings = get_current_settings()
+    log_path = Path(settings.home).expanduser() / "embedded-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")  # noqa: SIM115
     popen = subprocess.Popen
     with _POPEN:
-        subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc]
+        subprocess.Popen = functools.partial(  # type: ignore[misc]
+            popen, preexec_fn=_die_with_parent, stdout=log, stderr=subprocess.STDOUT)
         try:
-            server.start(timeout=get_current_settings().server.ephemeral.startup_timeout_seconds)
+            server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
+        except Exception as err:
+            raise RuntimeError(f"Prefect's embedded server did not start: {err}; its output is "
+                               f"in {log_path}") from err
         finally:
             subprocess.Popen = popen  # type: ignore[misc]
+            log.close()  # the server holds its own copy of the file
