@@ -38,7 +38,8 @@ from prefect.states import Completed
 
 from advloop.calculators.factory import level_of_theory
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
-from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
+from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner
+from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.flows.timing import Timed, split_generation, timed
 from advloop.potentials.dataset import Dataset
@@ -433,8 +434,8 @@ def _run_loop(config: RunConfig, layout: RunLayout, table: GenerationTable) -> C
         "labels_initial": initial.added + initial.skipped_known,
         "labels_explored": sum(r.get("labels_added", 0) for r in records),
         "labels_failed": initial.failed + sum(r.get("labels_failed", 0) for r in records),
-        "strategy": config.exploration.strategy,
-        "level_of_theory": level_of_theory(config.labels, config.dft, config.periodic_dft),
+        "strategy": config.exploration.kind,
+        "level_of_theory": level_of_theory(config.labels),
         "wall_seconds": time.time() - t_start,
         "run_dir": str(layout.root),
     }

@@ -126,7 +126,8 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
     one exception is a ``labels.python`` calculator, imported by path, which is trusted
     configuration (see calculators/factory.py and docs/reliability.md).
     """
-    from advloop.flows.config import ConfigError, validate_config
+    from advloop.flows.config import ConfigError
+    from advloop.flows.validation import validate_config
     from advloop.potentials.run_layout import RunLayout
 
     source = "submitted config"
@@ -215,7 +216,7 @@ def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
     from prefect.schedules import Cron
 
     from advloop.flows.active_learning import run_config_file
-    from advloop.flows.config import validate_config
+    from advloop.flows.validation import validate_config
 
     deployments = [run_submission.to_deployment(
         name=SUBMISSION_DEPLOYMENT, tags=[TAG], entrypoint_type=EntrypointType.MODULE_PATH,
