@@ -44,7 +44,8 @@ from benchmarks.committee import record_header, write_record
 from benchmarks.loop import Measure, run_loop
 from advloop.calculators.factory import LabelSettings, make_calculator
 from advloop.calculators.pyscf_calculator import PySCFSettings
-from advloop.flows.config import RunConfig, validate_config
+from advloop.flows.config import RunConfig
+from advloop.flows.validation import validate_config
 from advloop.potentials.committee import Committee
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_xtb.json"

@@ -79,9 +79,8 @@ from benchmarks.committee import record_header, write_record
 from benchmarks.loop import Measure, generation_zero, run_loop
 from advloop.calculators.factory import LabelSettings, make_calculator
 from advloop.calculators.pyscf_calculator import PySCFSettings
-from advloop.flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
-                                  ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig,
-                                  check_inputs)
+from advloop.flows.config import BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError, ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig
+from advloop.flows.inputs import check_inputs
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.run_layout import RunLayout

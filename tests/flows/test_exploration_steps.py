@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from advloop.flows.config import validate_config
+from advloop.flows.validation import validate_config
 from advloop.flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset,
                                  label_one, label_step, select_step, train_step)
 from advloop.potentials.committee import Committee

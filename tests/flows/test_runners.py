@@ -15,7 +15,8 @@ import yaml
 from ase.io import read, write
 
 from advloop.calculators.label_store import LabelStore
-from advloop.flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
+from advloop.flows.config import ConfigError, RunConfig, SlurmRunner
+from advloop.flows.validation import load_config, validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.run_layout import RunLayout
 from advloop.potentials.training import resolve_device
@@ -413,7 +414,7 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
 def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
     import importlib.util
 
-    from advloop.flows.config import check_inputs
+    from advloop.flows.inputs import check_inputs
 
     config = validate_config(SLURM_EXAMPLE, run_folder=False)
     real = importlib.util.find_spec
