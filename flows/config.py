@@ -411,9 +411,18 @@ class RunnersConfig(_Strict):
         return {"kind": value} if isinstance(value, str) else value
 
 
-def _with_kind(value: Any) -> Any:
-    """A section given as its kind's name alone (``labels: emt``) as ``{kind: emt}``."""
-    return {"kind": value} if isinstance(value, str) else value
+# The kind of a section that does not name one: today's defaults.
+DEFAULT_KINDS = {"labels": "pyscf", "exploration": "adversarial"}
+
+
+def _with_kind(section: str, value: Any) -> Any:
+    """A section given as its kind's name alone (``labels: emt``) as ``{kind: emt}``, and
+    one that names no kind with the default kind."""
+    if isinstance(value, str):
+        return {"kind": value}
+    if isinstance(value, dict) and "kind" not in value:
+        return {"kind": DEFAULT_KINDS[section], **value}
+    return value
 
 
 def _geometry_into(section: str, value: Any, geometry: dict[str, float]) -> Any:
@@ -463,9 +472,9 @@ class RunConfig(_Strict):
         if not isinstance(data, dict):
             return data
         data = {**data}
-        for section in ("labels", "exploration"):
+        for section in DEFAULT_KINDS:
             if section in data:
-                data[section] = _with_kind(data[section])
+                data[section] = _with_kind(section, data[section])
         geometry = data.get("geometry", GeometryConfig())
         try:
             limits = (geometry if isinstance(geometry, GeometryConfig)

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from advloop.flows.config import GEOMETRY_KEYS, LIMITS, ConfigError, RunConfig, short_repr
+from advloop.flows.config import (DEFAULT_KINDS, GEOMETRY_KEYS, LIMITS, ConfigError, RunConfig,
+                                  short_repr)
 from advloop.flows.inputs import (check_inputs, check_run_folder, format_validation_error,
                                   read_mapping, shown_loc)
 from advloop.flows.run_folder import resume_problems
@@ -128,7 +129,8 @@ def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
             value = value.get(part) if isinstance(value, dict) else None
         if kind:
             given = raw.get(section)
-            if not isinstance(given, dict) or given.get("kind") != kind.rstrip("]"):
+            if not isinstance(given, dict) or (given.get("kind", DEFAULT_KINDS.get(section))
+                                               != kind.rstrip("]")):
                 continue
         if key in reported or isinstance(value, bool) or value is None:
             continue
