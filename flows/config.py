@@ -176,6 +176,8 @@ class RandomExploration(RandomDisplacementSettings):
         _check_seeds(self)
 
 
+_EXPLORATION_KINDS = {"adversarial": AdversarialExploration, "md": MDExploration,
+                      "random": RandomExploration}
 # How each generation looks for new geometries: the adversarial attack, or one of the
 # baselines it is compared with, each with its own settings.
 ExplorationSettings = Annotated[AdversarialExploration | MDExploration | RandomExploration,
@@ -487,6 +489,19 @@ class RunConfig(_Strict):
 
     def run_dir(self) -> Path:
         return self.output_dir / self.system.name
+
+    def exploring(self, kind: str, **settings: Any) -> RunConfig:
+        """This config exploring with ``kind`` (``adversarial``, ``md``, ``random``): the same
+        seeds, n_seeds and geometry limits; that kind's ``settings``, and for the rest its
+        defaults, or this config's own where ``kind`` is its kind already. Raises
+        ValueError (or TypeError on a setting the kind does not have)."""
+        cls = _EXPLORATION_KINDS[kind]
+        current = self.exploration
+        own = ({f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+               if current.kind == kind else {"seeds": current.seeds, "n_seeds": current.n_seeds})
+        own.pop("kind", None)
+        exploration = cls(**{**own, **settings, **self.geometry.model_dump()})
+        return self.model_copy(update={"exploration": exploration})
 
     def to_yaml(self) -> str:
         """The config as YAML that loads back to it: each kind first in its section, and
