@@ -123,7 +123,7 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
 
     Nothing submitted is unpickled or executed: the YAML is read with ``yaml.safe_load``
     and the structure file with ``ase.io.read``, none of whose formats unpickles; the
-    one exception is a ``labels.python`` calculator, imported by path, which is trusted
+    one exception is a ``labels.kind: python`` calculator, imported by path, which is trusted
     configuration (see calculators/factory.py and docs/reliability.md).
     """
     from advloop.flows.config import ConfigError

@@ -109,7 +109,7 @@ def _check_expansion(root: yaml.Node) -> None:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
-    last one silently, so a second ``dft:`` section would replace the first)."""
+    last one silently, so a second ``labels:`` section would replace the first)."""
 
     def construct_mapping(self, node, deep=False):
         first: dict[Any, Any] = {}  # key -> where it was first given
