@@ -32,7 +32,7 @@ def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -
     (NH3 displaced at random), as exploration would have left them."""
     config = RunConfig.model_validate({
         "system": {"name": name, "structures": str(NH3)},
-        "labels": {"calculator": "tblite"},
+        "labels": {"kind": "tblite"},
         "compute": {"label_workers": 2, "label_retries": 0, **compute},
         "runners": runners or {},
         "output_dir": str(tmp_path / "runs"),
