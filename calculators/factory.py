@@ -55,10 +55,6 @@ __all__ = ["EMTLabels", "Labeller", "PeriodicPySCFLabels", "PySCFLabels", "Pytho
 _NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density", "threads"}
 
 
-def _where(structures: Sequence[Atoms], k: int) -> str:
-    return f"system.structures frame {k}"
-
-
 def _electron_problems(structures: Sequence[Atoms], charge: int, spin: int | None,
                        spin_key: str, spin_name: str) -> list[str]:
     """The electron count that ``labels.charge`` leaves, and whether ``spin`` unpaired
@@ -104,7 +100,7 @@ class PySCFLabels(PySCFSettings):
     def preflight(self, structures: Sequence[Atoms]) -> list[str]:
         """A molecule (no periodic cell), with an electron count that ``spin`` fits, of
         elements the basis set covers."""
-        problems = [f"{_where(structures, k)}: a periodic cell cannot be labelled by the "
+        problems = [f"system.structures frame {k}: a periodic cell cannot be labelled by the "
                     "molecular PySCF calculator; choose labels.kind: pyscf_periodic or tblite "
                     "(or your own: python)"
                     for k, atoms in enumerate(structures) if atoms.pbc.any()]
@@ -134,7 +130,7 @@ class PeriodicPySCFLabels(PeriodicPySCFSettings):
     def preflight(self, structures: Sequence[Atoms]) -> list[str]:
         """A periodic cell, with an electron count that ``spin`` fits, of elements the basis
         set and pseudopotential family cover."""
-        problems = [f"{_where(structures, k)}: labels.kind pyscf_periodic needs a periodic "
+        problems = [f"system.structures frame {k}: labels.kind pyscf_periodic needs a periodic "
                     "cell (pbc and a cell in the structure file); use labels.kind: pyscf for a "
                     "molecule"
                     for k, atoms in enumerate(structures) if not atoms.pbc.any()]

@@ -19,10 +19,10 @@ import dataclasses
 import re
 import reprlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from advloop.adversarial.attack import AttackSettings

@@ -12,9 +12,9 @@ import yaml
 from ase.io import read
 
 from advloop.flows.config import RunConfig
-from advloop.flows.validation import validate_config
 from advloop.flows.steps import (append_labels, evaluate_step, explore_step, initial_dataset,
                                  label_one, label_step, select_step, train_step)
+from advloop.flows.validation import validate_config
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
 from advloop.potentials.run_layout import RunLayout
