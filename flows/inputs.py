@@ -320,6 +320,10 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     unit = siblings.get(loc[-1]) if loc else None
     in_unit = f" in {unit}" if unit else ""
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        others = _kinds_with_key(root, raw_loc)
+        if others:
+            return (f"{key}: unknown key for {key.rsplit('.', 1)[0]}.kind {raw_loc[-2]} (a "
+                    f"setting of kind {' and '.join(others)}: choose that kind, or drop it)")
         close = difflib.get_close_matches(str(loc[-1]), list(siblings), n=1)
         guess = f"; did you mean {close[0]!r}?" if close else ""
         return f"{key}: unknown key{guess} (check its spelling; {_EXAMPLE})"
@@ -361,6 +365,21 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
             text = f"{key}: {msg}"
         return text + ("" if isinstance(value, dict) else got)
     return f"{key}: {msg}{got}"
+
+
+def _kinds_with_key(root: type[BaseModel], loc: tuple) -> list[str]:
+    """The other kinds of the union on ``kind`` that ``loc`` (``labels.pyscf.uhf``) is in
+    that have its last key (``tblite``); empty where it is in none or none has it."""
+    if len(loc) < 2:
+        return []
+    section: Any = root
+    for part in loc[:-3]:
+        section = _field_types(section).get(part)
+    members = _union_members(_field_types(section).get(loc[-3]) if len(loc) >= 3 else None)
+    if str(loc[-2]) not in members:
+        return []
+    return [k for k, member in members.items()
+            if k != str(loc[-2]) and loc[-1] in _field_types(member)]
 
 
 def _union_kinds(root: type[BaseModel], loc: tuple) -> list[str]:

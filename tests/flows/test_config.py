@@ -156,7 +156,7 @@ def test_exploration_and_labeller_settings_are_checked(tmp_path):
         load_config(_write(tmp_path, data))
     text = str(err.value)
     assert "exploration.uncertainty" in text
-    assert "exploration.trust_upper: unknown key" in text  # an md setting, not the attack's
+    assert "exploration.trust_upper: unknown key for exploration.kind adversarial (a setting of kind md" in text
 
 
 def test_a_labeller_named_by_import_path_must_exist(tmp_path):

@@ -79,8 +79,14 @@ def test_each_exploration_kind_is_the_settings_its_strategy_reads(tmp_path):
         config = load_config(_write(tmp_path, {**base, "exploration": {"kind": kind, **extra}}))
         assert isinstance(config.exploration, cls)
         assert all(getattr(config.exploration, k) == v for k, v in extra.items())
-    with pytest.raises(ConfigError, match="exploration.std: unknown key"):
+    with pytest.raises(ConfigError, match=r"exploration.std: unknown key for exploration.kind md "
+                                          r"\(a setting of kind random: choose that kind"):
         load_config(_write(tmp_path, {**base, "exploration": {"kind": "md", "std": 0.1}}))
+    with pytest.raises(ConfigError, match=r"labels.uhf: unknown key for labels.kind pyscf \(a "
+                                          r"setting of kind tblite"):
+        load_config(_write(tmp_path, {**base, "labels": {"uhf": 1}}))
+    with pytest.raises(ConfigError, match=r"labels.spn: unknown key; did you mean 'spin'"):
+        load_config(_write(tmp_path, {**base, "labels": {"spn": 1}}))
 
 
 def test_the_geometry_section_reaches_every_geometry_check(tmp_path):
