@@ -333,7 +333,7 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
         return (f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of "
                 f"{', '.join(_union_kinds(root, raw_loc))}")
     if kind == "union_tag_not_found":
-        return f"{key}: say which with kind: one of {', '.join(_union_kinds(root, raw_loc))}"
+        return f"{key}: say which runner with kind: one of {', '.join(_union_kinds(root, raw_loc))}"
     if kind in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
         if _number_with_unit(value):
             return f"{key}: give a plain number{in_unit}, without a unit{got}"

@@ -296,7 +296,7 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
     ({"training": "mpi"}, "runners.training: unknown kind 'mpi'"),
     ({"labelling": {"n_workers": 2}}, "runners.labelling: say which runner with kind"),
     ({"labelling": {**SLURM, "cores": -4}},
-     "runners.labelling.slurm.cores: Input should be greater than or equal to 1 (got -4)"),
+     "runners.labelling.cores: Input should be greater than or equal to 1 (got -4)"),
     ({"labelling": {**SLURM, "min_jobs": 5, "max_jobs": 2}},
      "min_jobs (5) is above max_jobs (2): adaptive scaling needs min_jobs <= max_jobs"),
     ({"labelling": {**SLURM, "tasks_per_job": 3}}, "cores (8) must be a multiple of tasks_per_job (3)"),
@@ -305,13 +305,13 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
     ({"labelling": {**SLURM, "walltime": "2h"}}, "walltime '2h' must be Slurm's HH:MM:SS"),
     ({"training": {**SLURM, "job_extra_directives": ["#SBATCH --gres=gpu:1"]}},
      "must be options only ('--gres=gpu:1'), without '#SBATCH'"),
-    ({"training": {**SLURM, "gpus": -1}}, "runners.training.slurm.gpus: Input should be greater"),
-    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.slurm.queue: unknown key"),
+    ({"training": {**SLURM, "gpus": -1}}, "runners.training.gpus: Input should be greater"),
+    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.queue: unknown key"),
     ({"labelling": {"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 4}},
      "address connects to a running Dask cluster; n_workers size a local one"),
     ({"labelling": {"kind": "dask", "address": "somewhere"}}, "is not a Dask scheduler address"),
     ({"labelling": {"kind": "processes", "max_workers": 0}},
-     "runners.labelling.processes.max_workers: Input should be greater than or equal to 1"),
+     "runners.labelling.max_workers: Input should be greater than or equal to 1"),
 ])
 def test_bad_runner_settings_are_refused(tmp_path, runners, expected):
     problems = _problems(tmp_path, runners)
