@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.ammonia_xtb import KCAL_PER_MOL, _config, committee_metrics, oracle_reference, summarise
 from benchmarks.committee import record_header, write_record
-from advloop.calculators.factory import LabelSettings, level_of_theory
+from advloop.calculators.factory import PySCFLabels, level_of_theory
 from advloop.flows.config import RunConfig
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
@@ -40,7 +40,7 @@ from advloop.flows.run_folder import RunLayout, read_generations
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_dft.json"
 STRATEGIES = ("adversarial", "md")
-PYSCF = LabelSettings(calculator="pyscf")
+PYSCF = PySCFLabels()  # RKS/PBE/6-31G*, as examples/ammonia.yaml
 PHASES = ("training", "exploration", "selection", "labelling", "orchestration")
 # quick mode: a cheap level of theory; the numbers check the code, they are not results
 QUICK_DFT = {"method": "RHF", "basis": "STO-3G"}
@@ -92,16 +92,16 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
     torch.set_num_threads(1)
     overrides = {"convergence": {"force_std_threshold": 1e-9},  # run every generation
                  "budget": {"max_labels": 10_000},
-                 **({"dft": QUICK_DFT} if quick else {})}
+                 **({"labels": QUICK_DFT} if quick else {})}
     runs: dict[str, dict[int, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="advloop-bench-") as tmp:
         base = Path(root or tmp)
         configs = {(s, seed): _config(s, seed, base, quick, labels_per_generation, generations,
                                       labels=PYSCF, name=f"dft-{s}", overrides=overrides)
                    for s in strategies for seed in seeds}
-        dft = next(iter(configs.values())).dft
+        labels = next(iter(configs.values())).labels
         t0 = time.perf_counter()
-        ref = oracle_reference(n_frames, np.random.default_rng(0), PYSCF, dft)
+        ref = oracle_reference(n_frames, np.random.default_rng(0), labels)
         reference_seconds = time.perf_counter() - t0
         for (strategy, seed), config in configs.items():
             summary = run_active_learning(config, GenerationTable(io.StringIO()))
@@ -110,7 +110,7 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
             print(f"{strategy:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
                   f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
                   f"{last['force_rmse_1000K']:.3f} eV/Å  stop: {summary['stop_reason']}", flush=True)
-    return {"oracle": {"method": level_of_theory(PYSCF, dft), "barrier_eV": ref["barrier_eV"],
+    return {"oracle": {"method": level_of_theory(labels), "barrier_eV": ref["barrier_eV"],
                        "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
                        "trajectory_frames": n_frames, "trajectory_temperature_K": 1000.0,
                        "reference_seconds": reference_seconds},

@@ -4,7 +4,7 @@ Run ``python -m benchmarks.ammonia_xtb [--quick] [--output PATH]``; writes
 ``benchmarks/results/ammonia_xtb.json``.
 
 The active-learning loop of advloop itself (the plain generation steps of
-:mod:`advloop.flows.steps`: train, explore, select, label, with ``labels.calculator: tblite``)
+:mod:`advloop.flows.steps`: train, explore, select, label, with ``labels.kind: tblite``)
 runs once per exploration strategy (adversarial, committee MD, random displacement) and
 seed, from the same initial labels, committee settings and label budget per generation.
 After each generation's training the committee is measured against the oracle:
@@ -42,9 +42,9 @@ from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
 from advloop.adversarial.structures import Seeds
 from benchmarks.committee import record_header, write_record
 from benchmarks.measured_run import Measure, measured_run
-from advloop.calculators.factory import LabelSettings, make_calculator
-from advloop.calculators.pyscf_calculator import PySCFSettings
-from advloop.flows.config import RunConfig, validate_config
+from advloop.calculators.factory import Labeller, TBLiteLabels, make_calculator
+from advloop.flows.config import RunConfig
+from advloop.flows.validation import validate_config
 from advloop.potentials.committee import Committee
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_xtb.json"
@@ -53,36 +53,36 @@ STRATEGIES = ("adversarial", "md", "random")
 KCAL_PER_MOL = units.kcal / units.mol  # eV
 
 
-XTB = LabelSettings(calculator="tblite")
+XTB = TBLiteLabels()
 MD_TEMPERATURE = 2500.0  # K, stability runs
 
 # One attack setting changed at a time (adversarial strategy only; config section -> fields)
 ABLATIONS: dict[str, dict[str, dict]] = {
-    "attack_temperature_1000K": {"attack": {"temperature": 1000.0}},
-    "attack_temperature_500K": {"attack": {"temperature": 500.0}},
+    "attack_temperature_1000K": {"exploration": {"temperature": 1000.0}},
+    "attack_temperature_500K": {"exploration": {"temperature": 500.0}},
     "seeds_lowest_energy": {"exploration": {"seeds": "lowest_energy"}},
 }
 
 
-def _oracle(labels: LabelSettings = XTB, dft: PySCFSettings | None = None):
-    return make_calculator(labels, dft or PySCFSettings())[0]
+def _oracle(labels: Labeller = XTB):
+    return make_calculator(labels)[0]
 
 
-def oracle_reference(n_frames: int, rng: np.random.Generator, labels: LabelSettings = XTB,
-                     dft: PySCFSettings | None = None, steps_per_frame: int = 20) -> dict:
+def oracle_reference(n_frames: int, rng: np.random.Generator, labels: Labeller = XTB,
+                     steps_per_frame: int = 20) -> dict:
     """The oracle's minimum, planar transition state, barrier (eV) and 1000 K frames
     (one every ``steps_per_frame`` Langevin steps of 0.5 fs)."""
     minimum = read(EXAMPLE.parent / "structures" / "nh3.xyz")
-    minimum.calc = _oracle(labels, dft)
+    minimum.calc = _oracle(labels)
     BFGS(minimum, logfile=None).run(fmax=1e-3)
     planar = minimum.copy()
     planar.positions[:, 2] = 0.0  # D3h start; the in-plane forces keep it planar
-    planar.calc = _oracle(labels, dft)
+    planar.calc = _oracle(labels)
     BFGS(planar, logfile=None).run(fmax=1e-3)
     barrier = planar.get_potential_energy() - minimum.get_potential_energy()
 
     hot = minimum.copy()
-    hot.calc = _oracle(labels, dft)
+    hot.calc = _oracle(labels)
     thermalize_momenta(hot, temperature_K=1000.0, rng=rng)
     dynamics = Langevin(hot, 0.5 * units.fs, temperature_K=1000.0, friction=0.02 / units.fs,
                         fixcm=False, rng=rng)
@@ -134,19 +134,18 @@ def with_overrides(config: RunConfig, overrides: dict[str, dict] | None) -> RunC
 
 
 def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_generation: int,
-            generations: int, labels: LabelSettings = XTB, name: str | None = None,
+            generations: int, labels: Labeller = XTB, name: str | None = None,
             overrides: dict[str, dict] | None = None) -> RunConfig:
     base = validate_config(EXAMPLE, output_dir=root)
     training = replace(base.training, max_epochs=80 if quick else 300,
                        warm_start_epochs=30 if quick else 120)
-    config = base.model_copy(update={
+    config = base.exploring(strategy).model_copy(update={
         "system": base.system.model_copy(update={"name": f"{name or strategy}-{seed}"}),
         "labels": labels,
         "committee": base.committee.model_copy(update={"seed": seed,
                                                        "n_members": 3 if quick else 4}),
         "initial_data": base.initial_data.model_copy(update={"seed": seed}),
         "training": training,
-        "exploration": base.exploration.model_copy(update={"strategy": strategy}),
         "selection": replace(base.selection, max_selected=labels_per_generation),
         "budget": base.budget.model_copy(update={"max_generations": generations}),
     })

@@ -122,12 +122,11 @@ def config_text(name: str, output_dir: Path, n_labels: int, runner: str) -> str:
 # for DFT (the benchmark measures orchestration, not labels)
 system: {{name: {name}, structures: {STRUCTURES}}}
 initial_data: {{n_structures: {N_INITIAL}, displacement: 0.05, seed: {SEEDS['initial_data.seed']}}}
-labels: {{calculator: emt}}
+labels: {{kind: emt}}
 model: {{n_atom_basis: 8, n_interactions: 1, n_rbf: 8, cutoff: 4.0}}
 committee: {{n_members: 2, seed: {SEEDS['committee.seed']}}}
 training: {{max_epochs: 3, warm_start_epochs: 2, batch_size: 8}}
-exploration: {{strategy: random, n_seeds: {N_INITIAL}}}
-random: {{std: 0.1, n_per_seed: {n_per_seed}}}
+exploration: {{kind: random, n_seeds: {N_INITIAL}, std: 0.1, n_per_seed: {n_per_seed}}}
 selection: {{percentile: 0, rmsd_threshold: 0.01, max_selected: {n_labels}}}
 convergence: {{force_std_threshold: 1.0e-6}}
 budget: {{max_generations: 1, max_labels: {n_labels}}}

@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.build import molecule
 
 from benchmarks.committee import machine_info, write_record
-from advloop.calculators.factory import LabelSettings, make_calculator
+from advloop.calculators.factory import TBLiteLabels, make_calculator
 from advloop.calculators.labeller import label_structures
 from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
 
@@ -62,7 +62,7 @@ def rattled(name: str, n: int, std: float, rng: np.random.Generator,
 
 def _calculator(method: str, settings: PySCFSettings | None):
     if method == "GFN2-xTB":
-        return make_calculator(LabelSettings(calculator="tblite"), PySCFSettings())[0]
+        return make_calculator(TBLiteLabels())[0]
     return PySCFCalculator(settings=settings)
 
 

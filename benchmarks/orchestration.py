@@ -101,8 +101,8 @@ def _labelling_config(root: Path, name: str, quick: bool, workers: int) -> RunCo
     root.mkdir(parents=True, exist_ok=True)
     structures = root / f"{mol}.xyz"
     write(str(structures), molecule(mol))
-    labels = ({"labels": {"calculator": "tblite"}} if quick else
-              {"dft": {"method": "RKS", "xc": "PBE", "basis": "6-31G*"}})
+    labels = ({"labels": {"kind": "tblite"}} if quick else
+              {"labels": {"kind": "pyscf", "method": "RKS", "xc": "PBE", "basis": "6-31G*"}})
     config = RunConfig.model_validate({
         "system": {"name": name, "structures": str(structures)}, **labels,
         "compute": {"label_workers": workers, "label_retries": 0},
@@ -143,7 +143,7 @@ def labelling_efficiency(root: Path, quick: bool) -> dict:
         config = _labelling_config(root / f"w{workers}", f"labels-{workers}w", quick, workers)
         _write_candidates(config, warm + n)
         out["molecule"] = config.system.structures.stem
-        out["level_of_theory"] = ("GFN2-xTB" if quick else config.dft.level_of_theory)
+        out["level_of_theory"] = config.labels.level_of_theory
         load_before = _load()
         t_start = time.perf_counter()
         with runners.open_clusters(config) as clusters, _server_busy() as busy:
@@ -188,13 +188,13 @@ def _run_config(root: Path, name: str, quick: bool, runners: dict | None = None)
     return RunConfig.model_validate({
         "system": {"name": name, "structures": str(nh3)},
         "initial_data": {"n_structures": 8, "displacement": 0.05, "seed": 0},
-        "dft": {"method": "RHF", "basis": "STO-3G"},
+        "labels": {"kind": "pyscf", "method": "RHF", "basis": "STO-3G"},
         "model": {"n_atom_basis": 16, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0},
         "committee": {"n_members": 2 if quick else 4, "seed": 0},
         "training": ({"max_epochs": 10, "warm_start_epochs": 5, "batch_size": 8} if quick else
                      {"max_epochs": 60, "warm_start_epochs": 30, "batch_size": 8}),
-        "exploration": {"n_seeds": 4 if quick else 8},
-        "attack": {"n_steps": 5 if quick else 20, "temperature": 1000.0},
+        "exploration": {"kind": "adversarial", "n_seeds": 4 if quick else 8,
+                        "n_steps": 5 if quick else 20, "temperature": 1000.0},
         "selection": {"percentile": 0, "rmsd_threshold": 0.001, "max_selected": 2 if quick else 6},
         "convergence": {"force_std_threshold": 1.0e-6},
         "budget": {"max_generations": 1 if quick else 3, "max_labels": 100},
@@ -233,10 +233,10 @@ def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
         "settings": {"n_members": config.committee.n_members,
                      "max_epochs": config.training.max_epochs,
                      "warm_start_epochs": config.training.warm_start_epochs,
-                     "n_seeds": config.exploration.n_seeds, "attack_steps": config.attack.n_steps,
+                     "n_seeds": config.exploration.n_seeds, "attack_steps": config.exploration.n_steps,
                      "max_selected": config.selection.max_selected,
                      "max_generations": config.budget.max_generations,
-                     "labels": config.dft.level_of_theory},
+                     "labels": config.labels.level_of_theory},
         "stop_reason": summary["stop_reason"],
         "run_wall_seconds": wall,
         "server_busy_retries": busy.retries,

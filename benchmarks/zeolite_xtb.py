@@ -15,7 +15,7 @@ puts the framework 0.48 eV per Si6O12 higher and distorts it below cubic symmetr
 the cubic cell keeps Im-3m (it returns to it from a random distortion).
 
 The active-learning loop of advloop itself (the generation steps of :mod:`advloop.flows.steps`:
-train, explore, select, label, with ``labels.calculator: tblite``) runs once per
+train, explore, select, label, with ``labels.kind: tblite``) runs once per
 exploration strategy (adversarial, committee MD, random displacement) and seed, from the
 same initial labels, committee settings and label budget per generation, as in
 :mod:`benchmarks.ammonia_xtb`. After each generation's training the committee is measured:
@@ -69,19 +69,17 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import BFGS
 from ase.spacegroup import crystal
 
-from advloop.adversarial.attack import AttackSettings
-from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
-                                           icommittee_md)
+from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
 from advloop.adversarial.selection import SelectionSettings
 from advloop.adversarial.structures import Seeds
 from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
 from benchmarks.measured_run import Measure, measured_run
-from advloop.calculators.factory import LabelSettings, make_calculator
-from advloop.calculators.pyscf_calculator import PySCFSettings
-from advloop.flows.config import (BudgetConfig, CommitteeConfig, ComputeConfig, ConfigError,
-                                  ExplorationConfig, InitialDataConfig, RunConfig, SystemConfig,
-                                  check_inputs)
+from advloop.calculators.factory import TBLiteLabels, make_calculator
+from advloop.flows.config import (AdversarialExploration, BudgetConfig, CommitteeConfig,
+                                  ComputeConfig, ConfigError, InitialDataConfig, MDExploration,
+                                  RandomExploration, RunConfig, SystemConfig)
+from advloop.flows.inputs import check_inputs
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import ModelSpec
 from advloop.flows.run_folder import RunLayout
@@ -107,7 +105,7 @@ FRICTION = 0.02  # 1/fs, Langevin friction of the oracle and committee trajector
 # on total rather than per-atom energies (the attack stays closer to its seeds).
 ABLATIONS: dict[str, dict[str, dict]] = {
     "seeds_lowest_energy": {"exploration": {"seeds": "lowest_energy"}},
-    "attack_energy_total": {"attack": {"energy": "total"}},
+    "attack_energy_total": {"exploration": {"energy": "total"}},
 }
 
 
@@ -151,7 +149,7 @@ QUICK = replace(FULL, seeds=(0,), generations=1, labels_per_generation=2, n_init
 
 
 def _oracle():
-    return make_calculator(LabelSettings(calculator="tblite"), PySCFSettings())[0]
+    return make_calculator(TBLiteLabels())[0]
 
 
 # -- the structures ---------------------------------------------------------------------
@@ -331,27 +329,29 @@ def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | 
     config = RunConfig(
         system=SystemConfig(name=f"sod-nh3-{name or strategy}-{seed}", structures=GUEST_CIF),
         initial_data=InitialDataConfig(n_structures=sizes.n_initial, displacement=0.05, seed=seed),
-        labels=LabelSettings(calculator="tblite"),
+        labels=TBLiteLabels(),
         model=ModelSpec(architecture="painn", n_atom_basis=sizes.n_atom_basis,
                         n_interactions=sizes.n_interactions, n_rbf=20, cutoff=sizes.cutoff),
         committee=CommitteeConfig(n_members=sizes.n_members, seed=seed, warm_start=True),
         training=TrainingSettings(max_epochs=sizes.max_epochs,
                                   warm_start_epochs=sizes.warm_start_epochs, batch_size=8,
                                   learning_rate=0.002, val_fraction=0.2, patience=60),
-        exploration=ExplorationConfig(strategy=strategy, seeds="random",
-                                      n_seeds=sizes.n_explore_seeds),
-        # per-atom energies at the test temperature: the attack reaches geometries about
-        # kT per atom above the training set, where thermal ones are (3/2 kT per atom)
-        attack=AttackSettings(temperature=sizes.temperature, energy="per_atom",
-                              n_steps=sizes.attack_steps, learning_rate=0.01,
-                              initial_noise=0.02, max_displacement=0.6),
-        random=RandomDisplacementSettings(std=0.1),  # Å, about the thermal rms at 1200 K
-        # DP-GEN's trust window, widened for committees of a few dozen labels (force
-        # RMSE 0.3-0.7 eV/Å at 1200 K): with the default 0.5 eV/Å every early
-        # trajectory stops before its first sample and md never gets a label
-        md=CommitteeMDSettings(temperature=sizes.temperature, timestep=sizes.timestep,
-                               n_steps=sizes.explore_md_steps, friction=FRICTION,
-                               trust_lower=0.1, trust_upper=1.5),
+        exploration={
+            # per-atom energies at the test temperature: the attack reaches geometries about
+            # kT per atom above the training set, where thermal ones are (3/2 kT per atom)
+            "adversarial": AdversarialExploration(
+                temperature=sizes.temperature, energy="per_atom", n_steps=sizes.attack_steps,
+                learning_rate=0.01, initial_noise=0.02, max_displacement=0.6,
+                seeds="random", n_seeds=sizes.n_explore_seeds),
+            # Å, about the thermal rms at 1200 K
+            "random": RandomExploration(std=0.1, seeds="random", n_seeds=sizes.n_explore_seeds),
+            # DP-GEN's trust window, widened for committees of a few dozen labels (force
+            # RMSE 0.3-0.7 eV/Å at 1200 K): with the default 0.5 eV/Å every early
+            # trajectory stops before its first sample and md never gets a label
+            "md": MDExploration(temperature=sizes.temperature, timestep=sizes.timestep,
+                                n_steps=sizes.explore_md_steps, friction=FRICTION,
+                                trust_lower=0.1, trust_upper=1.5, seeds="random",
+                                n_seeds=sizes.n_explore_seeds)}[strategy],
         selection=SelectionSettings(percentile=50.0, rmsd_threshold=0.02,
                                     max_selected=sizes.labels_per_generation),
         budget=BudgetConfig(max_generations=sizes.generations,

@@ -338,7 +338,7 @@ def check_labelable(atoms: Atoms, settings: PySCFSettings) -> list[str]:
     if atoms.pbc.any():
         problems.append(
             f"PySCFCalculator computes molecules, not periodic cells (pbc={atoms.pbc.tolist()}): "
-            "use PeriodicPySCFCalculator (labels.calculator: pyscf_periodic) for a cell, or set "
+            "use PeriodicPySCFCalculator (labels.kind: pyscf_periodic) for a cell, or set "
             "atoms.pbc = False for an isolated molecule"
         )
     if len(atoms) == 0:

@@ -279,7 +279,7 @@ class PeriodicPySCFCalculator(ThreadScopedCalculator):
             raise SCFConvergenceError(
                 f"periodic SCF did not converge to conv_tol={settings.conv_tol:g} Ha on any rung of "
                 f"the SCF ladder ({settings.level_of_theory}, charge={settings.charge}, "
-                f"spin={settings.spin}): {tried}. Add periodic_dft.smearing for a small-gap "
+                f"spin={settings.spin}): {tried}. Add labels.smearing for a small-gap "
                 "cell, or check the structure",
                 structure_hash=shash,
                 directory=self.directory,
@@ -328,7 +328,7 @@ def _check_density_on_mesh(mf: Any, cell: pbc_gto.Cell, shash: str, directory: s
         cutoff = "unset" if cell.ke_cutoff is None else f"{cell.ke_cutoff:g} Ha"
         raise LabelError(
             f"the converged density integrates to {on_mesh:.6f} electrons on the {cell.mesh.tolist()} FFT mesh "
-            f"instead of {expected:g}. Either the mesh is too coarse (raise periodic_dft.ke_cutoff, now {cutoff}) "
+            f"instead of {expected:g}. Either the mesh is too coarse (raise labels.ke_cutoff, now {cutoff}) "
             "or PySCF's C libraries are bound to two OpenMP runtimes (pyscf.lib was "
             "imported before torch and pyscf.pbc after it: import torch before any PySCF module, or set "
             "OMP_NUM_THREADS=1)",

@@ -42,9 +42,10 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed
 
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
-from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner, validate_config
+from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner
 from advloop.flows.loop import (ActiveLearningLoop, GenerationOutcome, mean_member_metrics,
                                 run_generation)
+from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.flows.run_folder import INITIAL, RunLayout
 from advloop.flows.timing import Timed, timed

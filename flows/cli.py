@@ -96,7 +96,8 @@ class _ServerErrors:
 
 
 def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
-    from advloop.flows.config import ConfigError, validate_config
+    from advloop.flows.config import ConfigError
+    from advloop.flows.validation import validate_config
 
     try:
         return validate_config(config, output_dir, run_folder=run_folder)
@@ -112,7 +113,7 @@ def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)", re
     cfg = _validated(config, None)
     typer.echo(f"{config}: valid. System {cfg.system.name!r}, "
                f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "
-               f"labels at {level_of_theory(cfg.labels, cfg.dft, cfg.periodic_dft)}; run folder {cfg.run_dir()}")
+               f"labels at {level_of_theory(cfg.labels)}; run folder {cfg.run_dir()}")
 
 
 @app.command()

@@ -1,45 +1,70 @@
-"""Run configuration: small models per concern, composed into one :class:`RunConfig`.
+"""Run configuration: the schema, small models per concern composed into one :class:`RunConfig`.
 
-A config is YAML. Relative paths are resolved against the config file's folder, and a
-leading ``~`` is the home folder. Unknown keys are errors; no number may be infinite or
-NaN; counts have upper bounds far above any real run (:data:`LIMITS`). :func:`validate_config` checks the file, the structures, the level of
-theory and the run folder (writable, with enough free disk) together and reports every
-problem at once, each with what to do about it, computing nothing and leaving nothing
-behind (the checks and their messages are in :mod:`advloop.flows.inputs`).
+A config is YAML. Sections where one of several alternatives applies are unions on
+``kind``: ``labels`` (:mod:`advloop.calculators.factory`: ``pyscf``, ``pyscf_periodic``,
+``tblite``, ``emt``, ``python``), ``exploration`` (``adversarial``, ``md``, ``random``) and
+the ``runners``. The geometry limits that exploration, selection and the input checks
+share are one section, ``geometry``. Unknown keys are errors; no number may be infinite
+or NaN; counts have upper bounds far above any real run (:data:`LIMITS`).
+
+This module is the schema only, and imports no other part of :mod:`advloop.flows`. Reading
+a file, the checks of what it names and their messages are in :mod:`advloop.flows.inputs`,
+and :mod:`advloop.flows.validation` puts them together (``load_config``,
+``validate_config``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import reprlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import yaml
-from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from advloop.adversarial.attack import AttackSettings
 from advloop.adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
+from advloop.adversarial.geometry import validate_factors
 from advloop.adversarial.seeding import SeedPolicy
 from advloop.adversarial.selection import SelectionSettings
-from advloop.calculators.factory import LabelSettings
-from advloop.calculators.pyscf_calculator import PySCFSettings
-from advloop.calculators.pyscf_periodic import PeriodicPySCFSettings
+from advloop.calculators.factory import Labeller, PySCFLabels
 from advloop.potentials.model import ModelSpec
-from advloop.flows.inputs import (ConfigError, check_inputs, check_run_folder,
-                                  format_validation_error, read_mapping, read_structures,
-                                  short_repr)
-from advloop.flows.run_folder import resume_problems
 from advloop.potentials.training import TrainingSettings
 
-__all__ = ["LIMITS", "ConfigError", "RunConfig", "check_inputs", "check_run_folder",
-           "initial_structures", "load_config", "read_structures", "validate_config"]
+__all__ = ["GEOMETRY_KEYS", "LIMITS", "AdversarialExploration", "ConfigError",
+           "ExplorationSettings", "GeometryConfig", "LabelSettings", "MDExploration",
+           "RandomExploration", "RunConfig", "short_repr"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 PositiveInt = Annotated[int, Field(ge=1)]
 _BYTES = re.compile(r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE)  # a size as Dask and Slurm read it
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){1,2}$")  # Slurm's [D-]HH:MM[:SS] or MM:SS
+
+
+class ConfigError(Exception):
+    """A config or its inputs are invalid. ``problems`` lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+_ECHO = 80  # characters of a value echoed in a message ("... (got 'abc')")
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _ECHO, _ECHO, 40
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters (with an ellipsis), looking at no more of
+    a long or deeply nested value than it shows."""
+    text = _REPR.repr(value)
+    return text if len(text) <= _ECHO else text[:_ECHO - 1] + "…"
 
 
 class _Strict(BaseModel):
@@ -81,14 +106,84 @@ class InitialDataConfig(_Strict):
         return value
 
 
-class ExplorationConfig(_Strict):
-    """How each generation looks for new geometries: the strategy (the adversarial attack,
-    or one of the baselines it is compared with: random displacement, committee molecular
-    dynamics), the seed structures it starts from, and how many."""
+class GeometryConfig(_Strict):
+    """When a geometry is unphysical, for everything that checks one (the structures a run
+    starts from, the attack, committee MD and random displacement, and selection; see
+    :func:`advloop.adversarial.geometry.check_geometry`): two atoms closer than
+    ``min_distance_factor`` × their summed covalent radii clash, and a structure whose
+    bonds (atoms closer than ``max_bond_factor`` × summed radii) no longer connect it is
+    fragmented. Both dimensionless, 0 <= min_distance_factor < max_bond_factor."""
 
-    strategy: Literal["adversarial", "random", "md"] = "adversarial"
+    min_distance_factor: float = Field(0.5, ge=0)
+    max_bond_factor: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GeometryConfig:
+        validate_factors(self.min_distance_factor, self.max_bond_factor)
+        return self
+
+
+# The keys of `geometry`, which the settings of exploration and selection take from it.
+GEOMETRY_KEYS = ("min_distance_factor", "max_bond_factor")
+
+
+def _check_seeds(settings: Any) -> None:
+    n_seeds = settings.n_seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"exploration.n_seeds must be a whole number >= 1, got {n_seeds!r}")
+
+
+@dataclass(frozen=True)
+class AdversarialExploration(AttackSettings):
+    """The adversarial attack (:mod:`advloop.adversarial.attack`; its settings, in Å and K)
+    from ``n_seeds`` seed structures chosen by ``seeds`` (``random``, ``lowest_energy``,
+    ``previous``: see :mod:`advloop.adversarial.seeding`)."""
+
+    kind: Literal["adversarial"] = "adversarial"
     seeds: SeedPolicy = "random"
-    n_seeds: PositiveInt = 16
+    n_seeds: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_seeds(self)
+
+
+@dataclass(frozen=True)
+class MDExploration(CommitteeMDSettings):
+    """Committee molecular dynamics (:func:`advloop.adversarial.baselines.committee_md`;
+    its settings, in K, fs, eV/Å and Å) from ``n_seeds`` seeds chosen by ``seeds``."""
+
+    kind: Literal["md"] = "md"
+    seeds: SeedPolicy = "random"
+    n_seeds: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_seeds(self)
+
+
+@dataclass(frozen=True)
+class RandomExploration(RandomDisplacementSettings):
+    """Random Gaussian displacement (:func:`advloop.adversarial.baselines.random_displacement`;
+    ``std`` in Å) of ``n_seeds`` seeds chosen by ``seeds``."""
+
+    kind: Literal["random"] = "random"
+    seeds: SeedPolicy = "random"
+    n_seeds: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_seeds(self)
+
+
+_EXPLORATION_KINDS = {"adversarial": AdversarialExploration, "md": MDExploration,
+                      "random": RandomExploration}
+# How each generation looks for new geometries: the adversarial attack, or one of the
+# baselines it is compared with, each with its own settings.
+ExplorationSettings = Annotated[AdversarialExploration | MDExploration | RandomExploration,
+                                Field(discriminator="kind")]
+# Who labels the structures: a union on `kind` (see advloop.calculators.factory).
+LabelSettings = Annotated[Labeller, Field(discriminator="kind")]
 
 
 class CommitteeConfig(_Strict):
@@ -318,19 +413,51 @@ class RunnersConfig(_Strict):
         return {"kind": value} if isinstance(value, str) else value
 
 
+# The kind of a section that does not name one: today's defaults.
+DEFAULT_KINDS = {"labels": "pyscf", "exploration": "adversarial"}
+
+
+def _with_kind(section: str, value: Any) -> Any:
+    """A section given as its kind's name alone (``labels: emt``) as ``{kind: emt}``, and
+    one that names no kind with the default kind."""
+    if isinstance(value, str):
+        return {"kind": value}
+    if isinstance(value, dict) and "kind" not in value:
+        return {"kind": DEFAULT_KINDS[section], **value}
+    return value
+
+
+def _geometry_into(section: str, value: Any, geometry: dict[str, float]) -> Any:
+    """The settings ``value`` of ``section`` (a mapping or a settings object) with the
+    geometry limits of the ``geometry`` section; ValueError where it sets one of its own
+    that differs (set it in ``geometry`` instead)."""
+    if isinstance(value, dict):
+        own = {k: value[k] for k in GEOMETRY_KEYS if k in value}
+        clash = [k for k, v in own.items() if v != geometry[k]]
+        if clash:
+            raise ValueError(f"{section}.{clash[0]}: the geometry limits are one section; set "
+                             f"geometry.{clash[0]} instead")
+        return {**value, **geometry}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        defaults = {f.name: f.default for f in dataclasses.fields(value)}
+        clash = [k for k in GEOMETRY_KEYS
+                 if getattr(value, k) not in (geometry[k], defaults.get(k))]
+        if clash:
+            raise ValueError(f"{section}.{clash[0]}: the geometry limits are one section; set "
+                             f"geometry.{clash[0]} instead")
+        return dataclasses.replace(value, **geometry)
+    return value
+
+
 class RunConfig(_Strict):
     system: SystemConfig
     initial_data: InitialDataConfig = InitialDataConfig()
-    labels: LabelSettings = LabelSettings()
-    dft: PySCFSettings = PySCFSettings()
-    periodic_dft: PeriodicPySCFSettings = PeriodicPySCFSettings()
+    labels: LabelSettings = PySCFLabels()
     model: ModelSpec = ModelSpec()
     committee: CommitteeConfig = CommitteeConfig()
     training: TrainingSettings = TrainingSettings()
-    exploration: ExplorationConfig = ExplorationConfig()
-    attack: AttackSettings = AttackSettings()
-    random: RandomDisplacementSettings = RandomDisplacementSettings()
-    md: CommitteeMDSettings = CommitteeMDSettings()
+    exploration: ExplorationSettings = AdversarialExploration()
+    geometry: GeometryConfig = GeometryConfig()
     selection: SelectionSettings = SelectionSettings()
     convergence: ConvergenceConfig = ConvergenceConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -338,11 +465,54 @@ class RunConfig(_Strict):
     runners: RunnersConfig = RunnersConfig()
     output_dir: Path = Path("runs")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds_and_geometry(cls, data: Any) -> Any:
+        """Sections given by their kind alone, and the ``geometry`` limits handed to the
+        settings that check geometries (exploration, selection), so that there is one
+        place to set them."""
+        if not isinstance(data, dict):
+            return data
+        data = {**data}
+        for section in DEFAULT_KINDS:
+            if section in data:
+                data[section] = _with_kind(section, data[section])
+        geometry = data.get("geometry", GeometryConfig())
+        try:
+            limits = (geometry if isinstance(geometry, GeometryConfig)
+                      else GeometryConfig.model_validate(geometry)).model_dump()
+        except ValueError:  # reported at geometry.*
+            return data
+        for section, default in (("exploration", {"kind": "adversarial"}), ("selection", {})):
+            data[section] = _geometry_into(section, data.get(section, default), limits)
+        return data
+
     def run_dir(self) -> Path:
         return self.output_dir / self.system.name
 
+    def exploring(self, kind: str, **settings: Any) -> RunConfig:
+        """This config exploring with ``kind`` (``adversarial``, ``md``, ``random``): the same
+        seeds, n_seeds and geometry limits; that kind's ``settings``, and for the rest its
+        defaults, or this config's own where ``kind`` is its kind already. Raises
+        ValueError (or TypeError on a setting the kind does not have)."""
+        cls = _EXPLORATION_KINDS[kind]
+        current = self.exploration
+        own = ({f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+               if current.kind == kind else {"seeds": current.seeds, "n_seeds": current.n_seeds})
+        own.pop("kind", None)
+        exploration = cls(**{**own, **settings, **self.geometry.model_dump()})
+        return self.model_copy(update={"exploration": exploration})
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The config as YAML that loads back to it: each kind first in its section, and
+        the geometry limits in ``geometry`` only."""
+        dumped = self.model_dump(mode="json")
+        for section in ("labels", "exploration"):
+            dumped[section] = {"kind": dumped[section].pop("kind"), **dumped[section]}
+        for section in ("exploration", "selection"):
+            for key in GEOMETRY_KEYS:
+                dumped[section].pop(key, None)
+        return yaml.safe_dump(dumped, sort_keys=False)
 
 
 def _limits() -> dict[str, tuple[int, str]]:
@@ -356,12 +526,12 @@ def _limits() -> dict[str, tuple[int, str]]:
                                          "generation, and a few dozen are usual"),
         ("exploration.n_seeds",): (10_000, "a generation explores its seeds in one batch in "
                                    "memory, and tens are usual"),
-        ("random.n_per_seed", "md.max_frames_per_seed"): (10_000, "every candidate of a "
-                                                          "generation is held in memory at once"),
-        ("attack.n_steps", "attack.neighbor_refresh"): (100_000, "an attack converges in tens "
-                                                        "of steps"),
-        ("md.n_steps", "md.sample_interval"): (10_000_000, "10^7 steps are days of committee MD "
-                                               "per seed and generation"),
+        ("exploration.n_per_seed", "exploration.max_frames_per_seed"): (
+            10_000, "every candidate of a generation is held in memory at once"),
+        ("exploration[adversarial].n_steps", "exploration.neighbor_refresh"): (
+            100_000, "an attack converges in tens of steps"),
+        ("exploration[md].n_steps", "exploration.sample_interval"): (
+            10_000_000, "10^7 steps are days of committee MD per seed and generation"),
         ("selection.max_selected", "convergence.min_candidates"): (
             100_000, "each selected structure is a DFT label, and a few to tens a generation "
             "are usual"),
@@ -376,9 +546,9 @@ def _limits() -> dict[str, tuple[int, str]]:
                                                              "of generations"),
         ("budget.max_labels",): (10_000_000, "each is a DFT calculation"),
         ("compute.label_retries",): (100, "a label that failed 100 times will fail again"),
-        ("dft.max_cycle", "periodic_dft.max_cycle"): (100_000, "an SCF that has not converged "
-                                                      "in 100000 iterations never will"),
-        ("compute.torch_threads", "dft.threads", "periodic_dft.threads"): (1024, threads),
+        ("labels.max_cycle",): (100_000, "an SCF that has not converged in 100000 iterations "
+                                "never will"),
+        ("compute.torch_threads", "labels.threads"): (1024, threads),
         ("compute.label_workers",): (10_000, "more labels at once than any queue runs"),
     }
     for phase in ("training", "labelling"):
@@ -393,93 +563,6 @@ def _limits() -> dict[str, tuple[int, str]]:
 
 # Upper bounds on counts, far above any real run, so that a slip of the keyboard (10^12
 # epochs, 10^6 members) is refused with the limit and its reason before a run that would
-# never end, or exhaust memory, starts: key -> (largest value, why).
+# never end, or exhaust memory, starts: key -> (largest value, why). A key
+# `section[kind].key` holds where that section is of that kind only.
 LIMITS: dict[str, tuple[int, str]] = _limits()
-
-
-def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
-    """The counts of the config mapping ``raw`` above :data:`LIMITS`, except the keys in
-    ``reported`` (already refused for another reason). Read from the mapping itself, so that
-    they are reported with every other problem of the file."""
-    out = []
-    for key, (limit, why) in LIMITS.items():
-        value: object = raw
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if key in reported or isinstance(value, bool) or value is None:
-            continue
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:  # not a number: pydantic says so
-                continue
-        if isinstance(number, (int, float)) and number > limit:
-            out.append(f"{key}: {short_repr(value)} is above the limit of {limit}: {why}; give at "
-                       f"most {limit}")
-    return out
-
-
-def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunConfig:
-    """Parse and validate a config file (syntax, keys, types, ranges and
-    :data:`LIMITS`); no file checks. A leading ``~`` in ``system.structures``,
-    ``output_dir`` and the ``output_dir`` argument is the home folder.
-
-    Raises :class:`ConfigError`.
-    """
-    path = Path(path)
-    raw = read_mapping(path)
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as err:
-        problems = format_validation_error(err, RunConfig)
-        reported = {".".join(str(x) for x in e["loc"]) for e in err.errors()}
-        raise ConfigError(str(path), problems + _limit_problems(raw, reported)) from err
-    problems = _limit_problems(raw, set())
-    if problems:
-        raise ConfigError(str(path), problems)
-    structures = _home(config.system.structures, "system.structures", path)
-    out = _home(Path(output_dir) if output_dir is not None else config.output_dir,
-                "--output-dir" if output_dir is not None else "output_dir", path)
-    updates = {"system": config.system.model_copy(
-        update={"structures": path.resolve().parent / structures}), "output_dir": out}
-    return config.model_copy(update=updates)
-
-
-def _home(value: Path, key: str, config: Path) -> Path:
-    """``value`` with a leading ``~`` or ``~user`` made the home folder; ConfigError if
-    there is no such user."""
-    try:
-        return value.expanduser()
-    except RuntimeError as err:  # ~user of an unknown user, or no home folder
-        raise ConfigError(str(config), [
-            f"{key}: cannot find the home folder of {str(value).split('/')[0]!r}; give the "
-            "path without '~', or with the name of a user of this machine"]) from err
-
-
-def validate_config(path: str | Path, output_dir: str | Path | None = None, *,
-                    run_folder: bool = True) -> RunConfig:
-    """Full validation: the config, its inputs and, with ``run_folder``, its run folder on
-    this machine (see :func:`check_run_folder`; leave it out where the run happens
-    elsewhere, as for a submission to a cluster's shared path). Raises
-    :class:`ConfigError` with every problem found; computes nothing and leaves nothing
-    behind."""
-    config = load_config(path, output_dir)
-    problems = check_inputs(config) + (check_run_folder(config) if run_folder else [])
-    if run_folder and not problems:
-        problems = resume_problems(config)  # an existing run folder's data settings
-    if problems:
-        raise ConfigError(str(path), problems)
-    return config
-
-
-def initial_structures(config: RunConfig, rng: np.random.Generator) -> list[Atoms]:
-    """The starting structures displaced at random (Gaussian, std in Å), round-robin."""
-    frames = read_structures(config.system.structures)
-    out = []
-    for k in range(config.initial_data.n_structures):
-        atoms = frames[k % len(frames)].copy()
-        atoms.calc = None
-        atoms.positions += rng.normal(0.0, config.initial_data.displacement, atoms.positions.shape)
-        out.append(atoms)
-    return out

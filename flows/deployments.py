@@ -123,11 +123,12 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
 
     Nothing submitted is unpickled or executed: the YAML is read with ``yaml.safe_load``
     and the structure file with ``ase.io.read``, none of whose formats unpickles; the
-    one exception is a ``labels.python`` calculator, imported by path, which is trusted
+    one exception is a ``labels.kind: python`` calculator, imported by path, which is trusted
     configuration (see calculators/factory.py and docs/reliability.md).
     """
-    from advloop.flows.config import ConfigError, validate_config
+    from advloop.flows.config import ConfigError
     from advloop.flows.run_folder import RunLayout
+    from advloop.flows.validation import validate_config
 
     source = "submitted config"
     try:
@@ -215,7 +216,7 @@ def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
     from prefect.schedules import Cron
 
     from advloop.flows.active_learning import run_config_file
-    from advloop.flows.config import validate_config
+    from advloop.flows.validation import validate_config
 
     deployments = [run_submission.to_deployment(
         name=SUBMISSION_DEPLOYMENT, tags=[TAG], entrypoint_type=EntrypointType.MODULE_PATH,

@@ -1,4 +1,5 @@
-"""Reading a run config file and checking what it names, for :mod:`advloop.flows.config`.
+"""Reading a run config file and checking what it names (the schema is
+:mod:`advloop.flows.config`; :mod:`advloop.flows.validation` puts the two together).
 
 Every message names the key or file, what is wrong, and what to do about it:
 :func:`read_mapping` reads the YAML (refusing duplicate keys), :func:`format_validation_error`
@@ -14,35 +15,26 @@ import dataclasses
 import difflib
 import importlib.util
 import re
-import reprlib
 import shutil
 import stat
 import tempfile
 import typing
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import yaml
 from ase import Atoms
 from ase.data import chemical_symbols
 from pydantic import BaseModel, ValidationError
 
 from advloop.adversarial.geometry import check_geometry
-from advloop.calculators.factory import element_problems, python_calculator
+from advloop.calculators.factory import label_problems
+from advloop.flows.config import ConfigError, RunConfig, RunnersConfig, short_repr
 
-if TYPE_CHECKING:
-    from advloop.flows.config import RunConfig, RunnersConfig
-
-
-class ConfigError(Exception):
-    """A config or its inputs are invalid. ``problems`` lists every problem found."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+__all__ = ["ConfigError", "check_inputs", "check_run_folder", "format_validation_error",
+           "initial_structures", "read_mapping", "read_structures", "shown_loc"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -61,17 +53,6 @@ MAX_CONFIG_BYTES = 1_000_000
 MAX_YAML_VALUES = 10_000  # values (scalars, lists, mappings) once aliases are expanded
 MAX_YAML_DEPTH = 50  # lists and mappings nested in each other
 MAX_TEXT = 4096  # characters of one value (the longest path Linux allows)
-_ECHO = 80  # characters of a value echoed in a message ("... (got 'abc')")
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
-_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _ECHO, _ECHO, 40
-
-
-def short_repr(value: Any) -> str:
-    """``repr(value)`` cut to about 80 characters (with an ellipsis), looking at no more of
-    a long or deeply nested value than it shows."""
-    text = _REPR.repr(value)
-    return text if len(text) <= _ECHO else text[:_ECHO - 1] + "…"
 
 
 class _TooLarge(yaml.YAMLError):
@@ -128,7 +109,7 @@ def _check_expansion(root: yaml.Node) -> None:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
-    last one silently, so a second ``dft:`` section would replace the first)."""
+    last one silently, so a second ``labels:`` section would replace the first)."""
 
     def construct_mapping(self, node, deep=False):
         first: dict[Any, Any] = {}  # key -> where it was first given
@@ -247,14 +228,58 @@ def _unit_of(description: str | None) -> str | None:
     return words[0] if words and words[0] in _UNITS else None
 
 
-def _section(root: type[BaseModel], loc: tuple) -> Any:
-    """The class of the section of the config model ``root`` at ``loc`` (``()``: root)."""
+def _union_members(annotation: Any) -> dict[str, Any]:
+    """The members of a union on ``kind`` (``Annotated[A | B, Field(discriminator=...)]``) by
+    their kind; empty for any other annotation."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    out = {}
+    for member in typing.get_args(annotation):
+        hints = _field_types(member)
+        for kind in typing.get_args(hints.get("kind")):
+            out[str(kind)] = member
+    return out
+
+
+def _field_types(section: Any) -> dict[str, Any]:
+    """A section class's keys and their annotations (pydantic model or dataclass)."""
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return {name: f.annotation for name, f in section.model_fields.items()}
+    if isinstance(section, type) and dataclasses.is_dataclass(section):
+        try:
+            return typing.get_type_hints(section, include_extras=True)
+        except Exception:  # an annotation that cannot be resolved: no keys known
+            return {}
+    return {}
+
+
+def _walk(root: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
+    """(the keys of pydantic's error location ``loc`` as the config spells them, the class of
+    the section there): a union on ``kind`` puts the kind into the location
+    (``labels.pyscf.xc``), which the config does not spell (``labels.xc``)."""
     section: Any = root
+    shown: list = []
     for part in loc:
-        is_model = isinstance(section, type) and issubclass(section, BaseModel)
-        field = section.model_fields.get(part) if is_model else None
-        section = field.annotation if field else None
-    return section
+        members = _union_members(section)
+        if members and str(part) in members:
+            section = members[str(part)]
+            continue
+        if members:
+            section = None
+        section = _field_types(section).get(part) if section is not None else None
+        shown.append(part)
+    return tuple(shown), section
+
+
+def shown_loc(root: type[BaseModel], loc: tuple) -> tuple:
+    """Pydantic's error location ``loc`` as the config spells it (see :func:`_walk`)."""
+    return _walk(root, loc)[0]
+
+
+def _section(root: type[BaseModel], loc: tuple) -> Any:
+    """The class of the section of the config model ``root`` at ``loc`` (``()``: root), the
+    member of a union on ``kind`` where ``loc`` names its kind."""
+    return _walk(root, loc)[1]
 
 
 def _units(section: Any) -> dict[str, str | None]:
@@ -278,25 +303,37 @@ def _number_with_unit(value: Any) -> bool:
     return False  # "1e5": a number that an integer field refuses
 
 
+# Sections whose settings classes name their keys by the section they had before labels
+# and exploration became kinds ("attack.temperature must be positive"), and those names.
+_OLD_PREFIXES = {"exploration": ("attack.", "md.", "random."),
+                 "labels": ("periodic_dft.", "dft.")}
+
+
 def _problem(error: dict, root: type[BaseModel]) -> str:
     """One of pydantic's errors as ``key: what is wrong and what to do (got ...)``."""
-    loc = tuple(error["loc"])
+    raw_loc = tuple(error["loc"])
+    loc = shown_loc(root, raw_loc)
     key = ".".join(str(x) for x in loc) or "(top level)"
     kind, value = error["type"], error.get("input")
     got = f" (got {short_repr(value)})"
-    siblings = _units(_section(root, loc[:-1])) if loc else {}  # the keys beside this one
+    siblings = _units(_section(root, raw_loc[:-1])) if loc else {}  # the keys beside this one
     unit = siblings.get(loc[-1]) if loc else None
     in_unit = f" in {unit}" if unit else ""
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        others = _kinds_with_key(root, raw_loc)
+        if others:
+            return (f"{key}: unknown key for {key.rsplit('.', 1)[0]}.kind {raw_loc[-2]} (a "
+                    f"setting of kind {' and '.join(others)}: choose that kind, or drop it)")
         close = difflib.get_close_matches(str(loc[-1]), list(siblings), n=1)
         guess = f"; did you mean {close[0]!r}?" if close else ""
         return f"{key}: unknown key{guess} (check its spelling; {_EXAMPLE})"
     if kind == "missing":
         return f"{key}: required key is missing; add it ({_EXAMPLE})"
     if kind == "union_tag_invalid":
-        return f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of {', '.join(_union_kinds(root, loc))}"
+        return (f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of "
+                f"{', '.join(_union_kinds(root, raw_loc))}")
     if kind == "union_tag_not_found":
-        return f"{key}: say which runner with kind: one of {', '.join(_union_kinds(root, loc))}"
+        return f"{key}: say which runner with kind: one of {', '.join(_union_kinds(root, raw_loc))}"
     if kind in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
         if _number_with_unit(value):
             return f"{key}: give a plain number{in_unit}, without a unit{got}"
@@ -315,10 +352,14 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     if kind in ("list_type", "tuple_type"):
         return f"{key}: must be a list, such as [a, b]{got}"
     msg = error["msg"].removeprefix("Value error, ")
+    for old in _OLD_PREFIXES.get(str(loc[0]) if loc else "", ()):
+        if msg.startswith(old):
+            msg = f"{loc[0]}.{msg.removeprefix(old)}"
+            break
     if kind == "value_error":  # a settings class's own check, on the key or its section
         if msg.startswith((f"{key}.", f"{key}:", f"{key} ")):
             text = msg  # `attack.temperature must be positive, got -3.0`
-        elif msg.split(" ", 1)[0] in _units(_section(root, loc)):
+        elif msg.split(" ", 1)[0] in _units(_section(root, raw_loc)):
             text = f"{key}.{msg}"  # `percentile must be ...` in section selection
         else:
             text = f"{key}: {msg}"
@@ -326,11 +367,27 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     return f"{key}: {msg}{got}"
 
 
+def _kinds_with_key(root: type[BaseModel], loc: tuple) -> list[str]:
+    """The other kinds of the union on ``kind`` that ``loc`` (``labels.pyscf.uhf``) is in
+    that have its last key (``tblite``); empty where it is in none or none has it."""
+    if len(loc) < 2:
+        return []
+    section: Any = root
+    for part in loc[:-3]:
+        section = _field_types(section).get(part)
+    members = _union_members(_field_types(section).get(loc[-3]) if len(loc) >= 3 else None)
+    if str(loc[-2]) not in members:
+        return []
+    return [k for k, member in members.items()
+            if k != str(loc[-2]) and loc[-1] in _field_types(member)]
+
+
 def _union_kinds(root: type[BaseModel], loc: tuple) -> list[str]:
-    """The ``kind`` values the tagged union at ``loc`` accepts (runners: threads, ...)."""
-    members = typing.get_args(_section(root, loc))
-    fields = [getattr(m, "model_fields", {}).get("kind") for m in members]
-    return [str(k) for f in fields if f is not None for k in typing.get_args(f.annotation)]
+    """The ``kind`` values the union at ``loc`` accepts (runners: threads, ...)."""
+    section: Any = root
+    for part in loc[:-1]:
+        section = _field_types(section).get(part)
+    return list(_union_members(_field_types(section).get(loc[-1]) if loc else None))
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> list[str]:
@@ -439,7 +496,9 @@ def _geometry_problem(reason: str) -> str:
 
 
 def check_inputs(config: RunConfig) -> list[str]:
-    """Problems with the config's structures and level of theory (empty if none)."""
+    """Problems with the config's structures, its labeller (the labeller's own pre-flight
+    checks, :func:`advloop.calculators.factory.label_problems`) and its runners (empty if
+    none)."""
     problems: list[str] = []
     try:
         frames = read_structures(config.system.structures)
@@ -449,50 +508,25 @@ def check_inputs(config: RunConfig) -> list[str]:
         problems.append("system.structures: all structures must have the same atoms in the "
                         "same order (one composition per run); split them into one run per "
                         "composition")
-    pyscf = config.labels.calculator == "pyscf"
     for k, atoms in enumerate(frames):
         where = f"system.structures frame {k}"
         if len(atoms) == 0:
             problems.append(f"{where}: has no atoms; give at least one atom per structure")
             continue
-        if atoms.pbc.any() and pyscf:
-            problems.append(f"{where}: a periodic cell cannot be labelled "
-                            "by the molecular PySCF calculator; choose labels.calculator: "
-                            "pyscf_periodic or tblite (or your own: python)")
-        elif not atoms.pbc.any() and config.labels.calculator == "pyscf_periodic":
-            problems.append(f"{where}: labels.calculator pyscf_periodic "
-                            "needs a periodic cell (pbc and a cell in the structure file); "
-                            "use labels.calculator: pyscf for a molecule")
-        elif atoms.pbc.any() and not atoms.pbc.all():
+        if atoms.pbc.any() and not atoms.pbc.all():
             problems.append(f"{where}: pbc must be all true or all false, "
                             f"got {atoms.pbc.tolist()}")
-        try:
+        try:  # the clash limit only: a starting structure may be several molecules
             reason = check_geometry(atoms.numbers, atoms.positions,
-                                    config.selection.min_distance_factor, 1e9,
+                                    config.geometry.min_distance_factor, 1e9,
                                     atoms.cell.array, atoms.pbc)
         except ValueError as err:  # e.g. a dummy atom (X, atomic number 0)
             problems.append(f"{where}: {err}; use real element symbols")
             continue
         if reason is not None:
             problems.append(f"{where}: {_geometry_problem(reason)}")
-    protons = int(frames[0].numbers.sum())
-    n_electrons = protons - config.dft.charge
-    if n_electrons <= 0:
-        problems.append(f"dft.charge {config.dft.charge} leaves {n_electrons} electrons "
-                        f"({protons} protons); the charge must be below {protons} (it is the "
-                        "total charge in e: 0 for a neutral system, 1 for a cation)")
-    elif (n_electrons - config.dft.spin) % 2:
-        problems.append(
-            f"dft.spin (2S = {config.dft.spin}) cannot fit {n_electrons} electrons "
-            f"(charge {config.dft.charge}): 2S must be {'odd' if n_electrons % 2 else 'even'} "
-            "(it counts the unpaired electrons), or change dft.charge")
-    symbols = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()} - {"X"})
-    problems.extend(element_problems(config.labels, config.dft, config.periodic_dft, symbols))
-    if config.labels.calculator == "python":
-        try:  # builds the user's calculator from labels.options, computes nothing
-            python_calculator(config.labels)
-        except ValueError as err:
-            problems.append(str(err))
+    # the labeller's own checks: what it treats, and the electrons its charge and spin allow
+    problems.extend(label_problems(config.labels, frames))
     problems.extend(_runner_problems(config.runners))
     return problems
 
@@ -545,3 +579,15 @@ def check_run_folder(config: RunConfig) -> list[str]:
                 "free some space, choose an output_dir on another disk (or advloop run "
                 "--output-dir), or lower compute.min_free_disk_mb (0 turns the check off)"]
     return []
+
+
+def initial_structures(config: RunConfig, rng: np.random.Generator) -> list[Atoms]:
+    """The starting structures displaced at random (Gaussian, std in Å), round-robin."""
+    frames = read_structures(config.system.structures)
+    out = []
+    for k in range(config.initial_data.n_structures):
+        atoms = frames[k % len(frames)].copy()
+        atoms.calc = None
+        atoms.positions += rng.normal(0.0, config.initial_data.displacement, atoms.positions.shape)
+        out.append(atoms)
+    return out

@@ -376,8 +376,8 @@ class ActiveLearningLoop:
             labels_initial=initial.added + initial.skipped_known,
             labels_explored=sum(r.labels for r in records),
             labels_failed=initial.failed + sum(r.labels_failed or 0 for r in records),
-            strategy=config.exploration.strategy,
-            level_of_theory=level_of_theory(config.labels, config.dft, config.periodic_dft),
+            strategy=config.exploration.kind,
+            level_of_theory=level_of_theory(config.labels),
             wall_seconds=time.time() - self.started,
             run_dir=str(config.run_dir()),
         )

@@ -330,7 +330,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     dataset (``initial_data.*``), the model (``model.*``) and the committee's size and
     seed (``committee.n_members``, ``committee.seed``)."""
     flat: dict[str, Any] = {}
-    theory = theory_settings(config.labels, config.dft, config.periodic_dft)
+    theory = theory_settings(config.labels)
     _flatten("labels", json.loads(json.dumps(theory, default=str)), flat)
     flat["system.structures"] = _structures_hash(config)
     dumped = config.model_dump(mode="json")

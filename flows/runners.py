@@ -52,7 +52,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from advloop.flows.config import (ConfigError, DaskRunner, ProcessesRunner, RunConfig,
-                                  RunnerSettings, SlurmRunner, ThreadsRunner, load_config)
+                                  RunnerSettings, SlurmRunner, ThreadsRunner)
+from advloop.flows.validation import load_config
 
 Phase = Literal["training", "labelling"]
 PHASES: tuple[Phase, ...] = ("training", "labelling")

@@ -27,7 +27,8 @@ from advloop.adversarial.structures import Candidates, Seeds
 from advloop.calculators.factory import level_of_theory, make_calculator, theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
-from advloop.flows.config import RunConfig, initial_structures
+from advloop.flows.config import RunConfig
+from advloop.flows.inputs import initial_structures
 from advloop.flows.records import GenerationRecord
 from advloop.flows.run_folder import (INITIAL, RunLayout, candidate_structures, read_candidates,
                                       read_initial, read_selection, write_candidates,
@@ -185,16 +186,16 @@ def _explore(config: RunConfig, committee: Committee, seeds: Seeds, data,
              rng: np.random.Generator, trace: Path) -> Candidates:
     """Run the configured exploration strategy from ``seeds``; an attack also writes its
     trajectory of objective and σ per step and seed to ``trace``."""
-    strategy = config.exploration.strategy
+    strategy = config.exploration.kind
     if strategy == "adversarial":
-        candidates, result = attack(committee, seeds, data.energy, data.n_atoms, config.attack,
+        candidates, result = attack(committee, seeds, data.energy, data.n_atoms, config.exploration,
                                     torch.Generator().manual_seed(int(rng.integers(2**31))))
         trace.parent.mkdir(parents=True, exist_ok=True)
         np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
         return candidates
     if strategy == "random":
-        return random_displacement(committee, seeds, config.random, rng)
-    return committee_md(committee, seeds, config.md, rng)
+        return random_displacement(committee, seeds, config.exploration, rng)
+    return committee_md(committee, seeds, config.exploration, rng)
 
 
 def explore_step(config: RunConfig, generation: int) -> ExploreReport:
@@ -349,7 +350,7 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         sigma_f_mean=float(np.mean(sigma[selected])) if selected else float("nan"),
         sigma_f_max=float(np.max(candidates.sigma_f_max[selected])) if selected else float("nan"),
     )
-    _write_selection(layout, generation, report, config.exploration.strategy,
+    _write_selection(layout, generation, report, config.exploration.kind,
                      [hashes[i] for i in selected])
     return report
 
@@ -358,7 +359,7 @@ def selection_strategy(config: RunConfig, generation: int) -> str:
     """The exploration strategy of ``generation``'s kept selection (the config's if none
     is kept): the provenance its labels get, whatever the config says on a resume."""
     kept = _read_selection(RunLayout(config.run_dir()), generation)
-    return kept[1] if kept is not None else config.exploration.strategy
+    return kept[1] if kept is not None else config.exploration.kind
 
 
 def selected_structures(config: RunConfig, generation: int, selected: Sequence[int]) -> list[Atoms]:
@@ -397,7 +398,7 @@ def label_one(config: RunConfig, generation: int, index: int,
     """
     if atoms is None:
         [atoms] = selected_structures(config, generation, [index])
-    calc, theory, _ = make_calculator(config.labels, config.dft, config.periodic_dft)
+    calc, theory, _ = make_calculator(config.labels)
     [outcome] = label_structures([atoms], calc, LabelStore(RunLayout(config.run_dir()).labels), theory)
     return LabelResult(index, label_key(atoms, theory), outcome.ok, outcome.cached,
                        outcome.seconds, outcome.error)
@@ -416,8 +417,8 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
     t0 = time.perf_counter()
     layout = RunLayout(config.run_dir())
     dataset = Dataset(layout.dataset)
-    level = level_of_theory(config.labels, config.dft, config.periodic_dft)
-    theory = theory_settings(config.labels, config.dft, config.periodic_dft)
+    level = level_of_theory(config.labels)
+    theory = theory_settings(config.labels)
     index = {h: (k, p) for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))}
     store = LabelStore(layout.labels)
     ours: dict[int, int] = {}  # position in chosen -> dataset index

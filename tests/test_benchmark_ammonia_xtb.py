@@ -21,7 +21,7 @@ def test_oracle_reference_is_a_planar_saddle_above_a_pyramidal_minimum():
 def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
     out = run([0], generations=1, labels_per_generation=2, quick=True, n_frames=3, n_md=2,
               md_steps=20, root=tmp_path,
-              ablations={"cold_attack": {"attack": {"temperature": 300.0}}})
+              ablations={"cold_attack": {"exploration": {"temperature": 300.0}}})
     assert set(out["runs"]) == set(STRATEGIES) == set(out["summary"])
     for strategy, by_seed in out["runs"].items():
         rows = by_seed["0"]
@@ -37,10 +37,10 @@ def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
 
     # an ablation reruns the adversarial strategy with its one setting changed
     ablation = out["ablations"]["cold_attack"]
-    assert ablation["changed"] == {"attack": {"temperature": 300.0}}
+    assert ablation["changed"] == {"exploration": {"temperature": 300.0}}
     rows = ablation["runs"]["0"]
     assert rows[1]["n_labels"] > rows[0]["n_labels"] and "md_stable_fraction" not in rows[0]
     assert "final_force_rmse_1000K_mean" in ablation["summary"]
     config = _config("adversarial", 0, tmp_path, True, 2, 1, name="cold_attack",
                      overrides=ablation["changed"])
-    assert config.attack.temperature == 300.0 and config.system.name == "cold_attack-0"
+    assert config.exploration.temperature == 300.0 and config.system.name == "cold_attack-0"

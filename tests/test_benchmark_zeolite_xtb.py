@@ -126,5 +126,5 @@ def test_ablation_runs_the_adversarial_strategy_with_one_setting_changed(tmp_pat
     assert [r["generation"] for r in rows] == [0, 1] and rows[1]["n_labels"] > rows[0]["n_labels"]
     assert ablation["summary"]["final"]["n_labels"]["mean"] == rows[-1]["n_labels"]
     config = zeolite_xtb.make_config("adversarial", 0, tmp_path, TINY, "lowest", changed)
-    assert config.exploration.seeds == "lowest_energy" and config.exploration.strategy == "adversarial"
+    assert config.exploration.seeds == "lowest_energy" and config.exploration.kind == "adversarial"
     assert (tmp_path / "sod-nh3-lowest-0" / "dataset.h5").exists()

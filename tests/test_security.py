@@ -25,7 +25,7 @@ from advloop.potentials.checkpoint import FORMAT, VERSION, CheckpointError, load
 from advloop.potentials.model import EnergyModel, ModelSpec
 
 SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
-CONFIG = "system: {name: nh3-submitted, structures: nh3.xyz}\nlabels: {calculator: emt}\n"
+CONFIG = "system: {name: nh3-submitted, structures: nh3.xyz}\nlabels: {kind: emt}\n"
 NH3_XYZ = (Path(__file__).resolve().parents[1] / "examples" / "structures" / "nh3.xyz").read_bytes()
 
 

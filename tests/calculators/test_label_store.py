@@ -8,10 +8,11 @@ from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed
 from ase.calculators.emt import EMT
 
-from advloop.calculators.factory import LabelSettings, import_factory, make_calculator
+from advloop.calculators.factory import (EMTLabels, PeriodicPySCFLabels, PySCFLabels,
+                                         PythonLabels, TBLiteLabels, import_factory,
+                                         make_calculator)
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
-from advloop.calculators.pyscf_calculator import PySCFSettings
 from tests.conftest import displaced
 
 
@@ -95,7 +96,7 @@ def test_store_needs_theory():
 
 
 def test_tblite_labels_have_forces_equal_to_minus_the_energy_gradient():
-    calc, theory, name = make_calculator(LabelSettings(calculator="tblite"), PySCFSettings())
+    calc, theory, name = make_calculator(TBLiteLabels())
     assert name == "GFN2-xTB" and theory["method"] == "GFN2-xTB"
     atoms = _structures(1)[0]
     out = label_structures([atoms], calc)[0]
@@ -111,7 +112,7 @@ def test_tblite_labels_have_forces_equal_to_minus_the_energy_gradient():
 
 def test_python_calculator_by_import_path(tmp_path):
     calc, theory, name = make_calculator(
-        LabelSettings(calculator="python", python="ase.calculators.emt:EMT"), PySCFSettings())
+        PythonLabels(factory="ase.calculators.emt:EMT"))
     assert isinstance(calc, EMT) and name == "ase.calculators.emt:EMT"
     assert theory == {"calculator": "python", "python": "ase.calculators.emt:EMT", "options": {}}
     with pytest.raises(ValueError, match="cannot import"):
@@ -119,15 +120,15 @@ def test_python_calculator_by_import_path(tmp_path):
     with pytest.raises(ValueError, match="no callable"):
         import_factory("ase.calculators.emt:NoSuchThing")
     with pytest.raises(ValueError, match="package.module:callable"):
-        LabelSettings(calculator="python")
-    with pytest.raises(ValueError, match="calculator: python"):
-        LabelSettings(calculator="emt", python="x:y")
+        PythonLabels(factory="no_colon")
+    with pytest.raises(TypeError):
+        EMTLabels(factory="x:y")  # an EMT labeller has no factory
 
 
 def test_pyscf_theory_ignores_settings_that_do_not_change_numbers():
-    _, a, _ = make_calculator(LabelSettings(), PySCFSettings(verbose=0, max_memory_mb=1000))
-    _, b, _ = make_calculator(LabelSettings(), PySCFSettings(verbose=4, max_memory_mb=4000))
-    _, c, _ = make_calculator(LabelSettings(), PySCFSettings(basis="STO-3G"))
+    _, a, _ = make_calculator(PySCFLabels(verbose=0, max_memory_mb=1000))
+    _, b, _ = make_calculator(PySCFLabels(verbose=4, max_memory_mb=4000))
+    _, c, _ = make_calculator(PySCFLabels(basis="STO-3G"))
     assert a == b and a != c
 
 
@@ -135,8 +136,8 @@ def test_periodic_pyscf_from_the_factory():
     from advloop.calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
     settings = PeriodicPySCFSettings(ke_cutoff=100.0)
-    calc, theory, name = make_calculator(LabelSettings(calculator="pyscf_periodic"),
-                                         PySCFSettings(), settings)
+    calc, theory, name = make_calculator(PeriodicPySCFLabels(ke_cutoff=100.0))
+    assert calc.settings == settings
     assert isinstance(calc, PeriodicPySCFCalculator) and name == settings.level_of_theory
     assert theory["calculator"] == "pyscf_periodic" and theory["ke_cutoff"] == 100.0
     assert "verbose" not in theory

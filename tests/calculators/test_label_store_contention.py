@@ -58,7 +58,7 @@ def _label_then_append(config: RunConfig, process: int, labelled, barrier) -> No
 
 def test_labels_stored_and_appended_at_once_by_many_writers_are_all_there(tmp_path):
     config = RunConfig.model_validate({"system": {"name": "nh3-contention", "structures": "nh3.xyz"},
-                                       "labels": {"calculator": "emt"}, "output_dir": str(tmp_path)})
+                                       "labels": {"kind": "emt"}, "output_dir": str(tmp_path)})
     layout = RunLayout(config.run_dir())
     seed = molecule("NH3")
     Dataset.create(layout.dataset).append([seed], [0.0], [np.zeros((4, 3))],

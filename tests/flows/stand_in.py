@@ -68,8 +68,9 @@ def write_config(folder: Path, name: str, fail_fraction: float = 0.0,
                               output_dir=folder / "runs")
     text = text.replace("max_selected: 2", "max_selected: 3").replace(
         "max_labels: 10", f"max_labels: 10, max_failure_ratio: {max_failure_ratio}")
-    text += (f"labels: {{calculator: python, python: '{FACTORY}', options: "
-             f"{{counter: '{counter_path(folder, name)}', fail_fraction: {fail_fraction}}}}}\n")
+    text = text.replace("labels: {kind: pyscf, method: RHF, basis: STO-3G}",
+                        f"labels: {{kind: python, factory: '{FACTORY}', options: "
+                        f"{{counter: '{counter_path(folder, name)}', fail_fraction: {fail_fraction}}}}}")
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path

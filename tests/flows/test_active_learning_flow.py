@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from advloop.calculators.committee_calculator import CommitteeCalculator
 from advloop.flows.cli import app
-from advloop.flows.config import validate_config
+from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout

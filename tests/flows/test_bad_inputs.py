@@ -25,7 +25,8 @@ import yaml
 from typer.testing import CliRunner
 
 from advloop.flows.cli import app
-from advloop.flows.config import ConfigError, validate_config
+from advloop.flows.config import ConfigError
+from advloop.flows.validation import validate_config
 from tests.flows.prefect_server import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ from ase.io import write
 from typer.testing import CliRunner
 
 from advloop.flows.cli import app
-from advloop.flows.config import ConfigError, load_config, validate_config
+from advloop.flows.config import ConfigError
+from advloop.flows.validation import load_config, validate_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ammonia.yaml"
 
@@ -58,13 +59,13 @@ def test_unknown_and_misspelt_keys_are_all_reported(tmp_path):
 
 def test_wrong_types_and_ranges(tmp_path):
     data = _example(tmp_path)
-    data["attack"]["temperature"] = -5
+    data["exploration"]["temperature"] = -5
     data["committee"]["n_members"] = 1
     data["budget"]["max_labels"] = "many"
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, data))
     text = str(err.value)
-    assert "attack.temperature: Input should be greater than 0 (got -5)" in text
+    assert "exploration.temperature: Input should be greater than 0 (got -5)" in text
     assert "committee.n_members" in text
     assert "budget.max_labels" in text
 
@@ -84,15 +85,15 @@ def test_physically_impossible_inputs(tmp_path):
     (tmp_path / "clash.xyz").write_text("4\n\nN 0 0 0\nH 0 0 0.1\nH 0.9 0 -0.3\nH -0.5 0.8 -0.3\n")
     data = _example(tmp_path)
     data["system"]["structures"] = "clash.xyz"
-    data["dft"]["method"] = "UKS"
-    data["dft"]["spin"] = 1  # NH3 has 10 electrons: 2S must be even
-    data["dft"]["basis"] = "cc-pVDZ-doesnotexist"
+    data["labels"]["method"] = "UKS"
+    data["labels"]["spin"] = 1  # NH3 has 10 electrons: 2S must be even
+    data["labels"]["basis"] = "cc-pVDZ-doesnotexist"
     with pytest.raises(ConfigError) as err:
         validate_config(_write(tmp_path, data))
     text = str(err.value)
     assert "atoms 0 and 1" in text
-    assert "cannot fit 10 electrons" in text
-    assert "no functions for element" in text
+    assert "labels.spin (2S = 1) cannot fit 10 electrons" in text
+    assert "labels.basis 'cc-pVDZ-doesnotexist' has no functions for element" in text
 
 
 def test_system_name_cannot_escape_the_run_folder(tmp_path):
@@ -116,8 +117,8 @@ def test_cli_validate_exit_codes_and_run_refuses_bad_config(tmp_path):
     assert "valid" in ok.output
 
     data = _example(tmp_path)
-    data["dft"]["method"] = "UKS"
-    data["dft"]["spin"] = 1
+    data["labels"]["method"] = "UKS"
+    data["labels"]["spin"] = 1
     bad = _write(tmp_path, data)
     out = tmp_path / "out"
     result = runner.invoke(app, ["validate", str(bad)])
@@ -131,22 +132,36 @@ def test_cli_validate_exit_codes_and_run_refuses_bad_config(tmp_path):
 
 def test_exploration_and_labeller_settings_are_checked(tmp_path):
     data = _example(tmp_path)
-    data["exploration"] = {"strategy": "metadynamics", "seeds": "best"}
-    data["md"] = {"trust_lower": 0.5, "trust_upper": 0.1}
-    data["attack"]["uncertainty"] = "stress"
-    data["labels"] = {"calculator": "python"}
+    data["exploration"] = {"kind": "metadynamics", "seeds": "best"}
+    data["labels"] = {"kind": "python"}
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, data))
     text = str(err.value)
-    assert "exploration.strategy" in text and "exploration.seeds" in text
-    assert "trust_upper" in text
-    assert "attack.uncertainty" in text
-    assert "package.module:callable" in text
+    assert "exploration: unknown kind 'metadynamics'; use one of adversarial, md, random" in text
+    assert "labels.factory: required key is missing" in text
+    data["exploration"] = {"kind": "md", "seeds": "best", "trust_lower": 0.5, "trust_upper": 0.1}
+    data["labels"] = {"kind": "python", "factory": "no_colon"}
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "exploration.seeds" in text
+    data["exploration"]["seeds"] = "random"
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "exploration.trust_upper (0.1) must be larger than" in text
+    assert "labels.factory must name a factory as 'package.module:callable'" in text
+    data["exploration"] = {"kind": "adversarial", "uncertainty": "stress", "trust_upper": 1.0}
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    text = str(err.value)
+    assert "exploration.uncertainty" in text
+    assert "exploration.trust_upper: unknown key for exploration.kind adversarial (a setting of kind md" in text
 
 
 def test_a_labeller_named_by_import_path_must_exist(tmp_path):
     data = _example(tmp_path)
-    data["labels"] = {"calculator": "python", "python": "no_such_site_package.calc:make"}
+    data["labels"] = {"kind": "python", "factory": "no_such_site_package.calc:make"}
     with pytest.raises(ConfigError, match="cannot import module 'no_such_site_package.calc'"):
         validate_config(_write(tmp_path, data))
 
@@ -182,13 +197,13 @@ def test_a_long_value_is_echoed_cut_short(tmp_path):
     where a whole number belongs, a 4000-character word where a number belongs."""
     data = _example(tmp_path)
     data["committee"]["n_members"] = list(range(3000))
-    data["attack"]["temperature"] = "x" * 4000
+    data["exploration"]["temperature"] = "x" * 4000
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, data))
     members = next(p for p in err.value.problems if p.startswith("committee.n_members"))
-    temperature = next(p for p in err.value.problems if p.startswith("attack.temperature"))
+    temperature = next(p for p in err.value.problems if p.startswith("exploration.temperature"))
     assert members.startswith("committee.n_members: must be a whole number (got [0, 1, 2, 3, ...")
-    assert temperature.startswith("attack.temperature: must be a number in K (got 'xxx")
+    assert temperature.startswith("exploration.temperature: must be a number in K (got 'xxx")
     assert max(len(members), len(temperature)) < 150, err.value.problems
 
 
@@ -209,11 +224,11 @@ def test_validating_10000_atoms_takes_little_memory(system, tmp_path):
     if system == "water_box":
         atoms, labels = _water_box(), {}
     else:
-        atoms, labels = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((14, 14, 13)), {"calculator": "emt"}
+        atoms, labels = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((14, 14, 13)), {"kind": "emt"}
     assert len(atoms) > 10_000
     write(tmp_path / "big.extxyz", atoms)
     path = _write(tmp_path, {"system": {"name": system, "structures": "big.extxyz"},
-                             "labels": labels or {"calculator": "pyscf"},
+                             "labels": labels or {"kind": "pyscf"},
                              "output_dir": str(tmp_path / "runs")})
     validate_config(path)  # imports and caches outside the measurement
     tracemalloc.start()

@@ -8,11 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
-from advloop.flows.config import validate_config
+from advloop.flows.config import RunConfig
 from advloop.flows.steps import (append_labels, evaluate_step, explore_step,
                                  generation_candidates, initial_dataset, label_batch, label_one,
                                  select_step, train_step)
+from advloop.flows.validation import validate_config
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout
@@ -35,27 +37,26 @@ def prepared_run(tmp_path_factory):
 
 
 def _with(config, tmp_path, **sections):
-    """A copy of the prepared run (dataset and committee) under new exploration settings."""
-    updates = {name: getattr(config, name).__class__(**{**_fields(getattr(config, name)), **v})
-               for name, v in sections.items()}
-    new = config.model_copy(update={**updates, "output_dir": tmp_path / "runs"})
+    """A copy of the prepared run (dataset and committee) under new settings: each of
+    ``sections`` updates that section, except ``labels`` and ``exploration``, which it
+    replaces (a kind and that kind's settings)."""
+    data = yaml.safe_load(config.to_yaml())
+    for name, v in sections.items():
+        data[name] = v if name in ("labels", "exploration") else {**data[name], **v}
+    new = RunConfig.model_validate({**data, "output_dir": str(tmp_path / "runs")})
     shutil.copytree(config.run_dir(), new.run_dir())
     return new
 
 
-def _fields(section) -> dict:
-    return section.model_dump() if hasattr(section, "model_dump") else dict(vars(section))
-
-
 @pytest.mark.parametrize("strategy, extra", [
-    ("random", {"random": {"std": 0.08, "n_per_seed": 2}}),
-    ("md", {"md": {"temperature": 800.0, "n_steps": 40, "sample_interval": 5,
-                   "trust_lower": 0.0, "trust_upper": 50.0}}),
-    ("adversarial", {"attack": {"n_steps": 5}}),
+    ("random", {"std": 0.08, "n_per_seed": 2}),
+    ("md", {"temperature": 800.0, "n_steps": 40, "sample_interval": 5,
+            "trust_lower": 0.0, "trust_upper": 50.0}),
+    ("adversarial", {"n_steps": 5}),
 ])
 def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, extra):
-    config = _with(prepared_run, tmp_path, exploration={"strategy": strategy, "n_seeds": 3},
-                   **extra)
+    config = _with(prepared_run, tmp_path,
+                   exploration={"kind": strategy, "n_seeds": 3, **extra})
     report = explore_step(config, 0)
     candidates = generation_candidates(config, 0)
     trace = RunLayout(config.run_dir()).exploration_trace(0)
@@ -79,9 +80,8 @@ def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, 
 
 
 def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp_path):
-    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 2,
-                                                        "seeds": "previous"},
-                   random={"std": 0.08})
+    config = _with(prepared_run, tmp_path, exploration={"kind": "random", "n_seeds": 2,
+                                                        "seeds": "previous", "std": 0.08})
     explore_step(config, 0)
     labelled = label_batch(config, 0, select_step(config, 0, max_selected=2).selected)
     assert labelled.added == 2
@@ -92,8 +92,8 @@ def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp
 
 
 def test_labels_one_structure_at_a_time_then_one_append(prepared_run, tmp_path):
-    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
-                   random={"std": 0.08})
+    config = _with(prepared_run, tmp_path, exploration={"kind": "random", "n_seeds": 3,
+                                                        "std": 0.08})
     explore_step(config, 0)
     sel = select_step(config, 0, max_selected=3)
     assert sel.n_above >= len(sel.selected) >= 2
@@ -158,7 +158,7 @@ def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prep
 
 
 def test_tblite_labels_a_run(prepared_run, tmp_path):
-    config = _with(prepared_run, tmp_path, labels={"calculator": "tblite"})
+    config = _with(prepared_run, tmp_path, labels={"kind": "tblite"})
     RunLayout(config.run_dir()).dataset.unlink()
     report = initial_dataset(config)
     assert report.added == 6 and report.cached == 0  # another level of theory: new labels
@@ -170,9 +170,10 @@ def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
     from advloop.flows.loop import check_failures
     from advloop.flows.steps import LabellingError
 
-    config = _with(prepared_run, tmp_path, exploration={"strategy": "random", "n_seeds": 3},
-                   random={"std": 0.08},
-                   dft={"max_cycle": 1, "scf_ladder": ("default",), "conv_tol": 1e-12})
+    config = _with(prepared_run, tmp_path,
+                   exploration={"kind": "random", "n_seeds": 3, "std": 0.08},
+                   labels={"kind": "pyscf", "method": "RHF", "basis": "STO-3G", "max_cycle": 1,
+                           "scf_ladder": ["default"], "conv_tol": 1e-12})
     explore_step(config, 0)
     selected = select_step(config, 0, max_selected=2).selected
     before = len(Dataset(RunLayout(config.run_dir()).dataset))
@@ -198,8 +199,8 @@ def test_a_periodic_cell_runs_through_every_step(tmp_path):
     write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
     path = tmp_path / "cu.yaml"
     path.write_text(TINY_CONFIG.format(name="cu", structures=tmp_path / "cu.extxyz",
-                                       output_dir=tmp_path / "runs")
-                    + "labels: {calculator: emt}\n")
+                                       output_dir=tmp_path / "runs").replace(
+                        "labels: {kind: pyscf, method: RHF, basis: STO-3G}", "labels: {kind: emt}"))
     config = validate_config(path)
     initial_dataset(config)
     for member in range(config.committee.n_members):

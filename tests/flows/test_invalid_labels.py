@@ -17,7 +17,7 @@ import json
 import numpy as np
 import pytest
 
-from advloop.flows.config import validate_config
+from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
 from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout

@@ -134,7 +134,7 @@ def run(config_path: str, kill_at: str = "") -> None:
     ``kill_at`` if one is named."""
     from advloop.flows import embedded_server
     from advloop.flows.active_learning import run_active_learning
-    from advloop.flows.config import validate_config
+    from advloop.flows.validation import validate_config
     from advloop.flows.report import GenerationTable
 
     config = validate_config(config_path)

@@ -169,7 +169,7 @@ def test_the_run_folder_lock_goes_with_its_process(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "line"), [
-    ({"labels": {"calculator": "emt"}}, 'labels.calculator: "python" → "emt"'),
+    ({"labels": {"kind": "emt"}}, 'labels.calculator: "python" → "emt"'),
     ({"initial_data": {"n_structures": 6, "displacement": 0.05, "seed": 1}}, "initial_data.seed: 0 → 1"),
     ({"model": {"n_atom_basis": 32, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0}},
      "model.n_atom_basis: 16 → 32"),

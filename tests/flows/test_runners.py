@@ -16,7 +16,8 @@ from ase.io import read
 
 from advloop.adversarial.structures import Candidates
 from advloop.calculators.label_store import LabelStore
-from advloop.flows.config import ConfigError, RunConfig, SlurmRunner, load_config, validate_config
+from advloop.flows.config import ConfigError, RunConfig, SlurmRunner
+from advloop.flows.validation import load_config, validate_config
 from advloop.flows.report import GenerationTable
 from advloop.flows.run_folder import RunLayout, write_candidates
 from advloop.potentials.training import resolve_device
@@ -32,7 +33,7 @@ def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -
     (NH3 displaced at random), as exploration would have left them."""
     config = RunConfig.model_validate({
         "system": {"name": name, "structures": str(NH3)},
-        "labels": {"calculator": "tblite"},
+        "labels": {"kind": "tblite"},
         "compute": {"label_workers": 2, "label_retries": 0, **compute},
         "runners": runners or {},
         "output_dir": str(tmp_path / "runs"),
@@ -298,7 +299,7 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
     ({"training": "mpi"}, "runners.training: unknown kind 'mpi'"),
     ({"labelling": {"n_workers": 2}}, "runners.labelling: say which runner with kind"),
     ({"labelling": {**SLURM, "cores": -4}},
-     "runners.labelling.slurm.cores: Input should be greater than or equal to 1 (got -4)"),
+     "runners.labelling.cores: Input should be greater than or equal to 1 (got -4)"),
     ({"labelling": {**SLURM, "min_jobs": 5, "max_jobs": 2}},
      "min_jobs (5) is above max_jobs (2): adaptive scaling needs min_jobs <= max_jobs"),
     ({"labelling": {**SLURM, "tasks_per_job": 3}}, "cores (8) must be a multiple of tasks_per_job (3)"),
@@ -307,13 +308,13 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
     ({"labelling": {**SLURM, "walltime": "2h"}}, "walltime '2h' must be Slurm's HH:MM:SS"),
     ({"training": {**SLURM, "job_extra_directives": ["#SBATCH --gres=gpu:1"]}},
      "must be options only ('--gres=gpu:1'), without '#SBATCH'"),
-    ({"training": {**SLURM, "gpus": -1}}, "runners.training.slurm.gpus: Input should be greater"),
-    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.slurm.queue: unknown key"),
+    ({"training": {**SLURM, "gpus": -1}}, "runners.training.gpus: Input should be greater"),
+    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.queue: unknown key"),
     ({"labelling": {"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 4}},
      "address connects to a running Dask cluster; n_workers size a local one"),
     ({"labelling": {"kind": "dask", "address": "somewhere"}}, "is not a Dask scheduler address"),
     ({"labelling": {"kind": "processes", "max_workers": 0}},
-     "runners.labelling.processes.max_workers: Input should be greater than or equal to 1"),
+     "runners.labelling.max_workers: Input should be greater than or equal to 1"),
 ])
 def test_bad_runner_settings_are_refused(tmp_path, runners, expected):
     problems = _problems(tmp_path, runners)
@@ -416,7 +417,7 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
 def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
     import importlib.util
 
-    from advloop.flows.config import check_inputs
+    from advloop.flows.inputs import check_inputs
 
     config = validate_config(SLURM_EXAMPLE, run_folder=False)
     real = importlib.util.find_spec

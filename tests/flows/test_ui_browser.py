@@ -46,12 +46,11 @@ system:
   name: {name}
   structures: {structures}
 initial_data: {{n_structures: 6, displacement: 0.05, seed: 0}}
-labels: {{calculator: emt}}
+labels: {{kind: emt}}
 model: {{n_atom_basis: 8, n_interactions: 1, n_rbf: 8, cutoff: 4.0}}
 committee: {{n_members: 2, seed: 0, bootstrap: true}}
 training: {{max_epochs: 3, warm_start_epochs: 2, batch_size: 6}}
-exploration: {{n_seeds: 2}}
-attack: {{n_steps: 2, temperature: 1000.0}}
+exploration: {{kind: adversarial, n_seeds: 2, n_steps: 2, temperature: 1000.0}}
 selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}
 convergence: {{force_std_threshold: 1.0e-6}}
 budget: {{max_generations: 1, max_labels: 10}}
