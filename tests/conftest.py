@@ -1,6 +1,13 @@
-"""Shared fixtures: tiny NH3 data labelled by a stand-in oracle, and tiny committees."""
+"""Shared fixtures: tiny NH3 data labelled by a stand-in oracle, tiny committees, and a
+real Prefect backend for flow and benchmark tests: Prefect's test harness (a temporary
+local server on SQLite) with PREFECT_HOME in a temporary folder, so results and the
+database never leak between test sessions."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +19,12 @@ from ase.calculators.emt import EMT
 from advloop.potentials.dataset import Arrays
 from advloop.potentials.model import EnergyModel, ModelSpec
 from advloop.potentials.training import TrainingSettings, train_member
+
+_HOME = tempfile.mkdtemp(prefix="advloop-prefect-")
+# Must be set before prefect is imported (tests import it lazily, inside fixtures/tests).
+os.environ["PREFECT_HOME"] = _HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 TINY_SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 
@@ -67,3 +80,12 @@ def trained_members(nh3_emt_data) -> list[EnergyModel]:
         train_member(model, nh3_emt_data, None, settings, np.random.default_rng(seed))
         members.append(model)
     return members
+
+
+@pytest.fixture(scope="session")
+def prefect_backend():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+    shutil.rmtree(_HOME, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The tiny run config of the flow tests, with no side effect on import (a run's own
 process imports it through the stand-in calculator, tests/flows/stand_in.py, and must keep
-the PREFECT_HOME it was given; tests/flows/conftest.py sets the test session's)."""
+the PREFECT_HOME it was given; tests/conftest.py sets the test session's)."""
 
 from __future__ import annotations
 

@@ -87,6 +87,7 @@ def _named(name: str) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_creating_it_again_changes_nothing_and_leaves_one(server):
     from prefect.client.orchestration import get_client
 
@@ -179,6 +180,7 @@ def _until(probe, timeout: float, what: str):
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_killed_flow_run_is_marked_crashed_and_a_live_one_is_not(server, tmp_path):
     """kill -9 one flow run's process: with heartbeats every 30 s and N = 70 s, the server
     marks it Crashed about 70 s after its last heartbeat; another run that sleeps 100 s

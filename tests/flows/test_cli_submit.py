@@ -73,6 +73,7 @@ def _flow_runs(url: str) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deployment,
                                              tiny_config, tmp_path):
     from prefect.client.orchestration import get_client
@@ -128,6 +129,7 @@ def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deploym
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_submit_refuses_a_bad_config_before_contacting_the_server(prefect_server,
                                                                    submissions_deployment, tmp_path):
     before = len(_flow_runs(prefect_server))
@@ -251,6 +253,7 @@ def test_a_bad_submission_is_a_config_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissions_deployment,
                                                         tmp_path):
     """Submit from one folder, run a process worker in another: the config and structures

@@ -206,6 +206,7 @@ def _check_after_kill(layout: RunLayout, ref_data: Dataset, ref_records: list[di
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_run_killed_again_and_again_anywhere_ends_as_an_uninterrupted_run(tmp_path):
     prefect_home = tmp_path / "prefect-home"  # shared: its database is migrated once
     done = _run_process(write_config(tmp_path, "nh3-reference"), prefect_home)

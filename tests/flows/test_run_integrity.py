@@ -32,7 +32,7 @@ from tests.flows.stand_in import (N_INITIAL, ROOT, calls, subprocess_env, write_
 from tests.flows.test_resume_after_kill import assert_same_dataset, comparable
 
 CLI = [sys.executable, "-c", "from advloop.flows.cli import app; app(prog_name='advloop')"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 
 def _start(args: list[str], prefect_home: Path) -> subprocess.Popen:

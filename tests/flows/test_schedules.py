@@ -32,7 +32,7 @@ from tests.flows.prefect_server import (
     require_postgres,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 CRON = "0 2 * * *"  # 02:00 UTC daily: the next run is always in the future
 FAST_SCHEDULER = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",

@@ -27,7 +27,7 @@ import pytest
 from tests.flows.prefect_server import (BIN, EMT_RUN_CONFIG, TINY_FLOW, clean_env, free_port,
                                        prefect_server)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 # Made per test session, passed in environment variables only, never written to a file.
 AUTH = f"advloop-test:{secrets.token_urlsafe(18)}"

@@ -25,7 +25,7 @@ from tests.flows.prefect_server import (
     require_postgres,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 
 def _wait_for(probe, timeout: float, what: str):

@@ -121,6 +121,7 @@ def _check_screenshot(path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
     chromium = _chromium_or_skip()
     out = artifacts_dir()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.flows.prefect_server import clean_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mode(path: Path) -> int:
@@ -62,6 +62,7 @@ def test_an_existing_database_others_can_read_is_made_private(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_the_embedded_servers_database_stays_private(tmp_path):
     """A flow on Prefect's embedded server (as `advloop run` starts it), in a PREFECT_HOME
     folder that exists with the usual mode 0755: its SQLite files are 0600."""

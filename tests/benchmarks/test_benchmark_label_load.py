@@ -18,6 +18,7 @@ def _load(values) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_quick_mode_adds_every_label_and_reports_every_field(tmp_path):
     results = run(quick=True, root=tmp_path)
     out = json.loads(json.dumps(record(results, ["--quick"], True, 12.5)))  # as written
