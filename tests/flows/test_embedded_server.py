@@ -12,7 +12,7 @@ import pytest
 
 from tests.flows.stand_in import subprocess_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 CODE = """
 import os
