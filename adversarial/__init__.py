@@ -5,10 +5,19 @@ selection of what to label. Every strategy takes :class:`Seeds` and returns
 :class:`Candidates`."""
 
 from advloop.adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
-from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
-                                           committee_md, icommittee_md, random_displacement)
-from advloop.adversarial.geometry import (check_geometry, kabsch_rmsd, pairwise_kabsch_rmsd,
-                                          pairwise_periodic_rmsd)
+from advloop.adversarial.baselines import (
+                                           CommitteeMDSettings,
+                                           RandomDisplacementSettings,
+                                           committee_md,
+                                           icommittee_md,
+                                           random_displacement,
+)
+from advloop.adversarial.geometry import (
+                                           check_geometry,
+                                           kabsch_rmsd,
+                                           pairwise_kabsch_rmsd,
+                                           pairwise_periodic_rmsd,
+)
 from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
 from advloop.adversarial.seeding import choose_seeds
 from advloop.adversarial.selection import SelectionResult, SelectionSettings, select_candidates

@@ -26,8 +26,13 @@ import numpy as np
 import torch
 
 from advloop.adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
-from advloop.adversarial.objective import (EnergyForm, Uncertainty, adversarial_objective,
-                                           kT_from_temperature, log_partition)
+from advloop.adversarial.objective import (
+    EnergyForm,
+    Uncertainty,
+    adversarial_objective,
+    kT_from_temperature,
+    log_partition,
+)
 from advloop.adversarial.structures import Candidates, Seeds
 from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
 from advloop.potentials.committee import Committee

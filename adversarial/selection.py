@@ -18,8 +18,12 @@ from typing import Literal
 
 import numpy as np
 
-from advloop.adversarial.geometry import (validate_factors, check_geometry, pairwise_kabsch_rmsd,
-                                          pairwise_periodic_rmsd)
+from advloop.adversarial.geometry import (
+    check_geometry,
+    pairwise_kabsch_rmsd,
+    pairwise_periodic_rmsd,
+    validate_factors,
+)
 from advloop.constraints import NonNegativeFloat, Percentile, PositiveInt, check_fields
 
 __all__ = ["RejectReason", "Rejection", "SelectionResult", "SelectionSettings", "select_candidates"]

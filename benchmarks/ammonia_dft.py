@@ -30,13 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.ammonia_xtb import KCAL_PER_MOL, _config, committee_metrics, oracle_reference, summarise
-from benchmarks.committee import record_header, write_record
 from advloop.calculators.factory import PySCFLabels, level_of_theory
 from advloop.flows.config import RunConfig
+from advloop.flows.run_folder import RunLayout, read_generations
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
-from advloop.flows.run_folder import RunLayout, read_generations
+from benchmarks.ammonia_xtb import (
+    KCAL_PER_MOL,
+    _config,
+    committee_metrics,
+    oracle_reference,
+    summarise,
+)
+from benchmarks.committee import record_header, write_record
 
 RESULTS = Path(__file__).parent / "results" / "ammonia_dft.json"
 STRATEGIES = ("adversarial", "md")

@@ -53,10 +53,18 @@ import torch
 from advloop.adversarial.attack import AttackSettings, AttackStep, iattack
 from advloop.adversarial.geometry import check_geometry
 from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
-from benchmarks.committee import (DENSITY, MIN_DISTANCE, N_MEMBERS, SPEC, machine_info,
-                                  make_members, random_arrays, write_record)
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import build_graph
+from benchmarks.committee import (
+    DENSITY,
+    MIN_DISTANCE,
+    N_MEMBERS,
+    SPEC,
+    machine_info,
+    make_members,
+    random_arrays,
+    write_record,
+)
 
 RESULTS = Path(__file__).parent / "results" / "attack.json"
 DTYPE = torch.float32

@@ -35,8 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advloop.potentials.batched import (StackedCommittee, member_by_member_energies_forces,
-                                        single_backward_energies_forces, stacked_energies_forces)
+from advloop.potentials.batched import (
+    StackedCommittee,
+    member_by_member_energies_forces,
+    single_backward_energies_forces,
+    stacked_energies_forces,
+)
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Arrays
 from advloop.potentials.model import EnergyModel, ModelSpec, build_graph

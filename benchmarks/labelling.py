@@ -29,10 +29,10 @@ import numpy as np
 from ase import Atoms
 from ase.build import molecule
 
-from benchmarks.committee import machine_info, write_record
 from advloop.calculators.factory import TBLiteLabels, make_calculator
 from advloop.calculators.labeller import label_structures
 from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+from benchmarks.committee import machine_info, write_record
 
 RESULTS = Path(__file__).parent / "results" / "labelling.json"
 PBE = PySCFSettings(method="RKS", xc="PBE", basis="6-31G*")

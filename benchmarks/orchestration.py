@@ -54,8 +54,8 @@ import numpy as np
 from ase.build import molecule
 from ase.io import write
 
-from benchmarks.committee import machine_info, write_record
 from advloop.flows.config import RunConfig
+from benchmarks.committee import machine_info, write_record
 
 RESULTS = Path(__file__).parent / "results" / "orchestration.json"
 PHASES = ("training", "exploration", "selection", "labelling", "orchestration")

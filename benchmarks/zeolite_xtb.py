@@ -48,9 +48,9 @@ attack's Boltzmann factor. Sizes are set so that the full run (3 seeds × 3 stra
 from __future__ import annotations
 
 import argparse
-import json
 import io
 import itertools
+import json
 import shutil
 import tempfile
 import time
@@ -72,18 +72,27 @@ from ase.spacegroup import crystal
 from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
 from advloop.adversarial.selection import SelectionSettings
 from advloop.adversarial.structures import Seeds
+from advloop.calculators.factory import TBLiteLabels, make_calculator
+from advloop.flows.config import (
+    AdversarialExploration,
+    BudgetConfig,
+    CommitteeConfig,
+    ComputeConfig,
+    ConfigError,
+    InitialDataConfig,
+    MDExploration,
+    RandomExploration,
+    RunConfig,
+    SystemConfig,
+)
+from advloop.flows.inputs import check_inputs
+from advloop.flows.run_folder import RunLayout
+from advloop.potentials.committee import Committee
+from advloop.potentials.model import ModelSpec
+from advloop.potentials.training import TrainingSettings
 from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
 from benchmarks.measured_run import Measure, measured_run
-from advloop.calculators.factory import TBLiteLabels, make_calculator
-from advloop.flows.config import (AdversarialExploration, BudgetConfig, CommitteeConfig,
-                                  ComputeConfig, ConfigError, InitialDataConfig, MDExploration,
-                                  RandomExploration, RunConfig, SystemConfig)
-from advloop.flows.inputs import check_inputs
-from advloop.potentials.committee import Committee
-from advloop.potentials.model import ModelSpec
-from advloop.flows.run_folder import RunLayout
-from advloop.potentials.training import TrainingSettings
 
 RESULTS = Path(__file__).parent / "results" / "zeolite_xtb.json"
 STRUCTURES = Path(__file__).resolve().parents[1] / "examples" / "structures"

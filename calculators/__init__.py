@@ -2,9 +2,9 @@
 
 from advloop.calculators.committee_calculator import CommitteeCalculator
 from advloop.calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
-from advloop.potentials.hashing import structure_hash
 from advloop.calculators.labeller import LabelOutcome, label_structures
 from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
+from advloop.potentials.hashing import structure_hash
 
 __all__ = [
     "CommitteeCalculator",

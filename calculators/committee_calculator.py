@@ -10,8 +10,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from advloop.potentials import properties as P
-from advloop.potentials.committee import Committee
 from advloop.potentials.checkpoint import CommitteeFolder
+from advloop.potentials.committee import Committee
 
 
 class CommitteeCalculator(Calculator):

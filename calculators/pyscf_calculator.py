@@ -26,9 +26,15 @@ from pyscf.lib.exceptions import BasisNotFoundError
 from pyscf.scf.dispersion import parse_dft, parse_disp
 
 from advloop.calculators.errors import InvalidStructureError, SCFConvergenceError
-from advloop.calculators.scf_ladder import (DEFAULT_SCF_LADDER, REUSE_MAX_DISPLACEMENT,
-                                            DensityGuess, RungAttempt, ScfRung)
-from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
+from advloop.calculators.scf_ladder import (
+    DEFAULT_SCF_LADDER,
+    REUSE_MAX_DISPLACEMENT,
+    DensityGuess,
+    RungAttempt,
+    ScfRung,
+    run_scf_ladder,
+    validate_ladder,
+)
 from advloop.calculators.settings_calculator import SettingsCalculator
 from advloop.constraints import Interval, NonNegativeInt, PositiveInt, check_fields, doc
 from advloop.potentials.hashing import structure_hash

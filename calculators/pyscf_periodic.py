@@ -79,8 +79,15 @@ from pyscf.pbc.scf.addons import smearing_
 from advloop.calculators.errors import InvalidStructureError, LabelError, SCFConvergenceError
 from advloop.calculators.pyscf_calculator import MIN_INTERATOMIC_DISTANCE, ThreadScopedCalculator
 from advloop.calculators.scf_ladder import run_scf_ladder, validate_ladder
-from advloop.constraints import (Interval, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval,
-                                 check_fields, doc)
+from advloop.constraints import (
+    Interval,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_fields,
+    doc,
+)
 from advloop.potentials.hashing import structure_hash
 
 __all__ = ["PeriodicPySCFCalculator", "PeriodicPySCFSettings"]

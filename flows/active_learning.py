@@ -43,12 +43,16 @@ from prefect.states import Completed
 
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
 from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner
-from advloop.flows.loop import (ActiveLearningLoop, GenerationOutcome, mean_member_metrics,
-                                run_generation)
-from advloop.flows.validation import validate_config
+from advloop.flows.loop import (
+    ActiveLearningLoop,
+    GenerationOutcome,
+    mean_member_metrics,
+    run_generation,
+)
 from advloop.flows.report import GenerationTable
 from advloop.flows.run_folder import INITIAL, RunLayout
 from advloop.flows.timing import Timed, timed
+from advloop.flows.validation import validate_config
 
 _task = task(cache_policy=NO_CACHE)
 

@@ -165,8 +165,9 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     line saying what to do) off the terminal; the run's log on the server keeps them."""
     import logging
 
-    from advloop.flows.interruptions import exception_chain, is_disk_full
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    from advloop.flows.interruptions import exception_chain, is_disk_full
 
     def keep(record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
@@ -206,8 +207,8 @@ def export(
              "(an ASEAtomsData database)")] = "extxyz",
 ) -> None:
     """Write a run's labelled dataset (DFT energies and forces) to a file."""
-    from advloop.potentials.dataset import Dataset, DatasetError
     from advloop.flows.run_folder import RunLayout
+    from advloop.potentials.dataset import Dataset, DatasetError
 
     try:
         dataset = Dataset(RunLayout(run_dir).dataset)
@@ -246,7 +247,8 @@ def submit(
     cfg = _validated(config, output_dir, run_folder=False)  # the worker checks the run folder
     use_prefect_defaults()
     from advloop.flows.config import ConfigError
-    from advloop.flows.deployments import Submission, submit as submit_run
+    from advloop.flows.deployments import Submission
+    from advloop.flows.deployments import submit as submit_run
 
     try:
         submission = Submission.pack(config, cfg)
@@ -288,8 +290,13 @@ def serve(
     it has made none 90 s after the deployment was registered."""
     use_prefect_defaults()
     from advloop.flows.config import ConfigError
-    from advloop.flows.deployments import (api_url, build_deployments, display_url, schedule_ids,
-                                           server_client)
+    from advloop.flows.deployments import (
+        api_url,
+        build_deployments,
+        display_url,
+        schedule_ids,
+        server_client,
+    )
 
     try:
         deployments = build_deployments(config or [], cron, timezone, output_dir)
@@ -418,8 +425,12 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 def _print_flow_runs(system: str | None) -> None:
     """The latest flow runs of ``system`` (or of advloop) on the server, then a warning
     on stderr for each of its deployments whose active schedule has no upcoming run."""
-    from advloop.flows.deployments import (flow_run_url, latest_flow_runs, no_upcoming_run_warning,
-                                           schedules_without_runs)
+    from advloop.flows.deployments import (
+        flow_run_url,
+        latest_flow_runs,
+        no_upcoming_run_warning,
+        schedules_without_runs,
+    )
 
     with _ServerErrors():
         runs = latest_flow_runs(system)

@@ -31,9 +31,19 @@ from advloop.flows import run_folder
 from advloop.flows.config import ConfigError, RunConfig
 from advloop.flows.records import GenerationRecord, RunSummary, StopDecision
 from advloop.flows.run_folder import RunLayout
-from advloop.flows.steps import (ExploreReport, LabellingError, LabelReport, SelectReport,
-                                 evaluate_step, explore_step, initial_dataset, label_batch,
-                                 restore_generation, select_step, train_step)
+from advloop.flows.steps import (
+    ExploreReport,
+    LabellingError,
+    LabelReport,
+    SelectReport,
+    evaluate_step,
+    explore_step,
+    initial_dataset,
+    label_batch,
+    restore_generation,
+    select_step,
+    train_step,
+)
 from advloop.flows.timing import Timed, split_generation, timed
 from advloop.potentials.dataset import Dataset
 

@@ -51,8 +51,15 @@ from urllib.parse import urlparse
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from advloop.flows.config import (ConfigError, DaskRunner, ProcessesRunner, RunConfig,
-                                  RunnerSettings, SlurmRunner, ThreadsRunner)
+from advloop.flows.config import (
+    ConfigError,
+    DaskRunner,
+    ProcessesRunner,
+    RunConfig,
+    RunnerSettings,
+    SlurmRunner,
+    ThreadsRunner,
+)
 from advloop.flows.validation import load_config
 
 Phase = Literal["training", "labelling"]

@@ -30,13 +30,26 @@ from advloop.calculators.labeller import label_structures
 from advloop.flows.config import RunConfig
 from advloop.flows.inputs import initial_structures
 from advloop.flows.records import GenerationRecord
-from advloop.flows.run_folder import (INITIAL, RunLayout, candidate_structures, read_candidates,
-                                      read_initial, read_selection, write_candidates,
-                                      write_initial, write_selection)
+from advloop.flows.run_folder import (
+    INITIAL,
+    RunLayout,
+    candidate_structures,
+    read_candidates,
+    read_initial,
+    read_selection,
+    write_candidates,
+    write_initial,
+    write_selection,
+)
 from advloop.potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from advloop.potentials.committee import Committee
-from advloop.potentials.dataset import (Dataset, DatasetError, Provenance, split_indices,
-                                        structure_hash)
+from advloop.potentials.dataset import (
+    Dataset,
+    DatasetError,
+    Provenance,
+    split_indices,
+    structure_hash,
+)
 from advloop.potentials.model import EnergyModel
 from advloop.potentials.threads import torch_threads
 from advloop.potentials.training import resolve_device, train_member

@@ -20,10 +20,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from advloop.flows.config import (DEFAULT_KINDS, GEOMETRY_KEYS, LIMITS, ConfigError, RunConfig,
-                                  short_repr)
-from advloop.flows.inputs import (check_inputs, check_run_folder, format_validation_error,
-                                  read_mapping, shown_loc)
+from advloop.flows.config import (
+    DEFAULT_KINDS,
+    GEOMETRY_KEYS,
+    LIMITS,
+    ConfigError,
+    RunConfig,
+    short_repr,
+)
+from advloop.flows.inputs import (
+    check_inputs,
+    check_run_folder,
+    format_validation_error,
+    read_mapping,
+    shown_loc,
+)
 from advloop.flows.run_folder import resume_problems
 
 __all__ = ["load_config", "moved_key_problems", "validate_config"]

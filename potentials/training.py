@@ -15,7 +15,6 @@ which member and what to change. A diverged model is never handed back.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -23,8 +22,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from advloop.constraints import (NonNegativeFloat, NonNegativeInt, OpenFraction, PositiveFloat,
-                                 PositiveInt, UnitInterval, check_fields)
+from advloop.constraints import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_fields,
+)
 from advloop.potentials.checkpoint import non_finite
 from advloop.potentials.dataset import Arrays
 from advloop.potentials.model import EnergyModel, Graph, build_graph, energy_and_forces

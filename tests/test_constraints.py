@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import numpy as np
 import pydantic
 import pytest
+from annotated_types import Ge, Gt, Le, Lt
+
 from advloop.adversarial.attack import AttackSettings
 from advloop.adversarial.baselines import (
     CommitteeMDSettings,
@@ -43,7 +45,6 @@ from advloop.constraints import (
 )
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
-from annotated_types import Ge, Gt, Le, Lt
 
 _CONFIG = {"extra": "forbid", "allow_inf_nan": False}
 

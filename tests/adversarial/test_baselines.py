@@ -10,8 +10,13 @@ import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
 
-from advloop.adversarial.baselines import (CommitteeMDSettings, RandomDisplacementSettings,
-                                           committee_md, icommittee_md, random_displacement)
+from advloop.adversarial.baselines import (
+    CommitteeMDSettings,
+    RandomDisplacementSettings,
+    committee_md,
+    icommittee_md,
+    random_displacement,
+)
 from advloop.adversarial.geometry import check_geometry
 from advloop.adversarial.structures import Seeds
 from advloop.potentials.committee import Committee

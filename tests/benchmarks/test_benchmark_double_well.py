@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.double_well import (STRATEGIES, BenchmarkSettings, CommitteeSettings, DoubleWell,
-                                    MLPCommittee, initial_data, member_seeds, predict, run,
-                                    train_committee)
+from benchmarks.double_well import (
+    STRATEGIES,
+    BenchmarkSettings,
+    CommitteeSettings,
+    DoubleWell,
+    MLPCommittee,
+    initial_data,
+    member_seeds,
+    predict,
+    run,
+    train_committee,
+)
 
 ROW_KEYS = {"generation", "n_labels", "n_candidates", "labels_in_unseen_well",
             "fraction_in_unseen_well", "seconds", "boltzmann_force_rmse",
@@ -52,7 +61,7 @@ def test_forces_are_minus_the_gradient_of_the_energy():
         return committee.energies(x).detach().numpy().T  # [n, members]
 
     _, forces = committee.energies_forces(torch.as_tensor(xy, dtype=torch.float64))
-    expected = np.stack([central_differences(lambda p: member_energies(p)[:, m], xy) for m in range(3)])
+    expected = np.stack([central_differences(lambda p, m=m: member_energies(p)[:, m], xy) for m in range(3)])
     np.testing.assert_allclose(forces.detach().numpy(), expected, rtol=1e-6, atol=1e-8)
 
 

@@ -56,7 +56,7 @@ def test_quick_mode_reports_every_field_per_system_and_strategy(prefect_backend,
             {STABILITY[system]} if STABILITY[system] else set())
         for ratios in entry["label_ratios"].values():
             assert set(ratios["baselines"]) == set(entry["strategies"]) - {"adversarial"}
-        for strategy, s in entry["strategies"].items():
+        for s in entry["strategies"].values():
             assert s["seeds"] and len(s["labels"]["per_seed"]) == len(s["seeds"])
             assert s["labels"]["mean"] > 0
             for key in ERRORS[system]:

@@ -13,9 +13,18 @@ from ase.io import read
 from ase.neighborlist import neighbor_list
 
 from benchmarks import zeolite_xtb
-from benchmarks.zeolite_xtb import (BOND_FACTOR, BREAK_FACTOR, CONTACT_FACTOR, FRAMEWORK_CIF,
-                                    GUEST_CIF, QUICK, STRATEGIES, _oracle, distance_ratios,
-                                    topology_kept)
+from benchmarks.zeolite_xtb import (
+    BOND_FACTOR,
+    BREAK_FACTOR,
+    CONTACT_FACTOR,
+    FRAMEWORK_CIF,
+    GUEST_CIF,
+    QUICK,
+    STRATEGIES,
+    _oracle,
+    distance_ratios,
+    topology_kept,
+)
 
 TINY = replace(QUICK, labels_per_generation=2, n_initial=4, n_atom_basis=8, cutoff=4.0,
                max_epochs=8, warm_start_epochs=4, n_explore_seeds=3, attack_steps=5,

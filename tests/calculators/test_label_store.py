@@ -8,9 +8,15 @@ from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed
 from ase.calculators.emt import EMT
 
-from advloop.calculators.factory import (EMTLabels, PeriodicPySCFLabels, PySCFLabels,
-                                         PythonLabels, TBLiteLabels, import_factory,
-                                         make_calculator)
+from advloop.calculators.factory import (
+    EMTLabels,
+    PeriodicPySCFLabels,
+    PySCFLabels,
+    PythonLabels,
+    TBLiteLabels,
+    import_factory,
+    make_calculator,
+)
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
 from tests.conftest import displaced

@@ -8,9 +8,17 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from advloop.calculators.factory import (EMTLabels, PeriodicPySCFLabels, PySCFLabels,
-                                         PythonLabels, TBLiteLabels, label_problems,
-                                         level_of_theory, make_calculator, theory_settings)
+from advloop.calculators.factory import (
+    EMTLabels,
+    PeriodicPySCFLabels,
+    PySCFLabels,
+    PythonLabels,
+    TBLiteLabels,
+    label_problems,
+    level_of_theory,
+    make_calculator,
+    theory_settings,
+)
 from advloop.calculators.label_store import label_key
 
 NH3 = molecule("NH3")

@@ -20,8 +20,14 @@ from ase.collections import s22
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto
 
-from advloop.calculators import (InvalidStructureError, LabelError, PySCFCalculator, PySCFSettings,
-                                 SCFConvergenceError, structure_hash)
+from advloop.calculators import (
+    InvalidStructureError,
+    LabelError,
+    PySCFCalculator,
+    PySCFSettings,
+    SCFConvergenceError,
+    structure_hash,
+)
 from advloop.calculators.pyscf_calculator import check_labelable
 
 FD_STEP = 1e-3  # Å

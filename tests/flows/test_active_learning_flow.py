@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from advloop.calculators.committee_calculator import CommitteeCalculator
 from advloop.flows.cli import app
-from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
-from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout
+from advloop.flows.validation import validate_config
+from advloop.potentials.dataset import Dataset
 
 
 @pytest.mark.slow
@@ -132,8 +132,12 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 def _check_prefect_server(summary: dict) -> None:
     """The flow runs, artifacts and events the tiny run left on the Prefect server."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                                FlowRunFilterTags)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     from advloop.flows.artifacts import TABLE_COLUMNS

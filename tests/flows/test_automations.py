@@ -14,9 +14,14 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from advloop.flows.automations import (CRASH_AUTOMATION, DEFAULT_HEARTBEAT_SECONDS,
-                                       crash_automation, ensure_automation, ensure_crash_automation,
-                                       signature)
+from advloop.flows.automations import (
+    CRASH_AUTOMATION,
+    DEFAULT_HEARTBEAT_SECONDS,
+    crash_automation,
+    ensure_automation,
+    ensure_crash_automation,
+    signature,
+)
 from advloop.flows.cli import app
 from tests.flows.prefect_server import clean_env, prefect_server
 

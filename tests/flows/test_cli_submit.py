@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from advloop.flows.cli import app
-from advloop.flows.validation import validate_config
 from advloop.flows.deployments import DEFAULT_DEPLOYMENT, Submission, stage_submission
+from advloop.flows.validation import validate_config
 from tests.flows.prefect_server import BIN, EMT_RUN_CONFIG, clean_env, free_port
 from tests.flows.prefect_server import prefect_server as start_prefect_server
 

@@ -11,13 +11,21 @@ import pytest
 import yaml
 
 from advloop.flows.config import RunConfig
-from advloop.flows.steps import (append_labels, evaluate_step, explore_step,
-                                 generation_candidates, initial_dataset, label_batch, label_one,
-                                 select_step, train_step)
+from advloop.flows.run_folder import RunLayout
+from advloop.flows.steps import (
+    append_labels,
+    evaluate_step,
+    explore_step,
+    generation_candidates,
+    initial_dataset,
+    label_batch,
+    label_one,
+    select_step,
+    train_step,
+)
 from advloop.flows.validation import validate_config
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
-from advloop.flows.run_folder import RunLayout
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import json
 
 import pytest
 
-from advloop.flows.validation import validate_config
 from advloop.flows.report import GenerationTable
-from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout
+from advloop.flows.validation import validate_config
+from advloop.potentials.dataset import Dataset
 from tests.flows.stand_in import calls, counter_path, fails, write_config
 
 FRACTION = 0.2

@@ -4,21 +4,25 @@ failure-ratio event, and the local reporter's progress output."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import base64
 import io
 import json
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from advloop.flows import events
+from advloop.flows.artifacts import (
+    TABLE_COLUMNS,
+    artifact_key,
+    generation_rows,
+    learning_curve_svg,
+    summary_markdown,
+)
 from advloop.flows.records import GenerationRecord, RunSummary
-from advloop.flows.artifacts import (TABLE_COLUMNS, artifact_key, generation_rows,
-                                     learning_curve_svg, summary_markdown)
 from advloop.flows.report import GenerationTable
 
 RECORDS = [GenerationRecord.from_dict(r) for r in [
@@ -98,7 +102,7 @@ def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
     from advloop.flows import active_learning
     from advloop.flows.config import RunConfig
     from advloop.flows.loop import check_failures
-    from advloop.flows.steps import LabelReport, LabellingError
+    from advloop.flows.steps import LabellingError, LabelReport
 
     sent = []
     monkeypatch.setattr(active_learning.events, "emit", sent.append)

@@ -20,9 +20,9 @@ from advloop.adversarial.structures import Candidates
 from advloop.calculators.label_store import LabelStore
 from advloop.flows import steps
 from advloop.flows.config import RunConfig
+from advloop.flows.run_folder import RunLayout, write_candidates
 from advloop.potentials.dataset import Dataset, Provenance
 from advloop.potentials.hashing import structure_hash
-from advloop.flows.run_folder import RunLayout, write_candidates
 from tests.processes import clean_context, run_processes
 
 N_CANDIDATES, N_PROCESSES, N_THREADS = 24, 4, 4

@@ -32,8 +32,8 @@ import h5py
 import numpy as np
 import pytest
 
-from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout
+from advloop.potentials.dataset import Dataset
 from tests.flows.stand_in import N_INITIAL, ROOT, calls, subprocess_env, write_config
 
 # In the order a run meets them; each is armed in the re-run after the previous kill.
@@ -134,8 +134,8 @@ def run(config_path: str, kill_at: str = "") -> None:
     ``kill_at`` if one is named."""
     from advloop.flows import embedded_server
     from advloop.flows.active_learning import run_active_learning
-    from advloop.flows.validation import validate_config
     from advloop.flows.report import GenerationTable
+    from advloop.flows.validation import validate_config
 
     config = validate_config(config_path)
     if kill_at:

@@ -25,10 +25,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advloop.potentials.dataset import Dataset
 from advloop.flows.run_folder import RunLayout
-from tests.flows.stand_in import (N_INITIAL, ROOT, calls, subprocess_env, write_config,
-                                  write_slow_config)
+from advloop.potentials.dataset import Dataset
+from tests.flows.stand_in import (
+    N_INITIAL,
+    ROOT,
+    calls,
+    subprocess_env,
+    write_config,
+    write_slow_config,
+)
 from tests.flows.test_resume_after_kill import assert_same_dataset, comparable
 
 CLI = [sys.executable, "-c", "from advloop.flows.cli import app; app(prog_name='advloop')"]

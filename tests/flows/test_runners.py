@@ -17,9 +17,9 @@ from ase.io import read
 from advloop.adversarial.structures import Candidates
 from advloop.calculators.label_store import LabelStore
 from advloop.flows.config import ConfigError, RunConfig, SlurmRunner
-from advloop.flows.validation import load_config, validate_config
 from advloop.flows.report import GenerationTable
 from advloop.flows.run_folder import RunLayout, write_candidates
+from advloop.flows.validation import load_config, validate_config
 from advloop.potentials.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import secrets
 import signal
 import subprocess

@@ -24,8 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.prefect_server import (BIN, EMT_RUN_CONFIG, TINY_FLOW, clean_env, free_port,
-                                       prefect_server)
+from tests.flows.prefect_server import (
+    BIN,
+    EMT_RUN_CONFIG,
+    TINY_FLOW,
+    clean_env,
+    free_port,
+    prefect_server,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.system]
 

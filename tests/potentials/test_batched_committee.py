@@ -7,8 +7,11 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
-from advloop.potentials.batched import (StackedCommittee, looped_energies_forces,
-                                        stacked_energies_forces)
+from advloop.potentials.batched import (
+    StackedCommittee,
+    looped_energies_forces,
+    stacked_energies_forces,
+)
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import ModelSpec, build_graph
 from tests.conftest import TINY_SPEC, make_member
@@ -116,8 +119,10 @@ def test_rejects_mixed_members() -> None:
 
 @pytest.mark.parametrize("create_graph", [False, True])
 def test_member_by_member_and_single_backward_agree(create_graph):
-    from advloop.potentials.batched import (member_by_member_energies_forces,
-                                            single_backward_energies_forces)
+    from advloop.potentials.batched import (
+        member_by_member_energies_forces,
+        single_backward_energies_forces,
+    )
 
     members = _members()
     graph, positions = _batch(periodic=True)

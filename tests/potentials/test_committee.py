@@ -9,10 +9,10 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
+from advloop.flows.run_folder import RunLayout
 from advloop.potentials.checkpoint import save_member
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import EnergyModel, ModelSpec, build_graph, energy_and_forces
-from advloop.flows.run_folder import RunLayout
 
 SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
 

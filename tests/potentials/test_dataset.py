@@ -11,8 +11,14 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import read
 
-from advloop.potentials.dataset import (Arrays, Dataset, DatasetError, Provenance, split_indices,
-                                        structure_hash)
+from advloop.potentials.dataset import (
+    Arrays,
+    Dataset,
+    DatasetError,
+    Provenance,
+    split_indices,
+    structure_hash,
+)
 
 
 def _records(n: int, seed: int) -> tuple[list[Atoms], list[float], list[np.ndarray]]:
@@ -181,7 +187,7 @@ def test_parent_may_point_to_earlier_record_of_same_append(tmp_path: Path) -> No
 def _write_garbage_past_commit(path: Path, n_rows: int, n_atom_rows: int) -> None:
     """What a process killed mid-append leaves: rows written, commit marker not raised."""
     with h5py.File(path, "a") as f:
-        for name, ds in f["atoms"].items():
+        for ds in f["atoms"].values():
             old = ds.shape[0]
             ds.resize(old + n_atom_rows, axis=0)
             if ds.dtype.kind in "fi":

@@ -14,8 +14,14 @@ from ase.calculators.emt import EMT
 from advloop.potentials.checkpoint import CheckpointError, load_member, save_member
 from advloop.potentials.dataset import Arrays, split_indices
 from advloop.potentials.model import EnergyModel, ModelSpec, build_graph, energy_and_forces
-from advloop.potentials.training import (Batches, EpochRecord, TrainingSettings, evaluate_loss,
-                                         itrain, train_member)
+from advloop.potentials.training import (
+    Batches,
+    EpochRecord,
+    TrainingSettings,
+    evaluate_loss,
+    itrain,
+    train_member,
+)
 from tests.conftest import displaced, emt_arrays, make_member
 
 SPEC = ModelSpec(n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)

@@ -20,13 +20,18 @@ from ase.build import molecule
 
 from advloop.flows import steps
 from advloop.flows.config import RunConfig
+from advloop.flows.run_folder import RunLayout
 from advloop.potentials.checkpoint import CheckpointError, load_member, non_finite, save_member
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Arrays, Dataset, Provenance
 from advloop.potentials.model import EnergyModel
-from advloop.flows.run_folder import RunLayout
-from advloop.potentials.training import (DIVERGENCE_RETRIES, TrainingDivergedError,
-                                         TrainingSettings, itrain, train_member)
+from advloop.potentials.training import (
+    DIVERGENCE_RETRIES,
+    TrainingDivergedError,
+    TrainingSettings,
+    itrain,
+    train_member,
+)
 from tests.conftest import TINY_SPEC, displaced, emt_arrays
 
 SETTINGS = TrainingSettings(max_epochs=10, batch_size=4)
