@@ -56,9 +56,26 @@ from annotated_types import (
 )
 
 __all__ = [
-    "Fraction", "Ge", "Gt", "Interval", "Le", "Lt", "NonNegativeFloat", "NonNegativeInt",
-    "OpenFraction", "Percentile", "PositiveFloat", "PositiveInt", "Probability", "Unit",
-    "UnitInterval", "check_fields", "describe_bound", "doc", "field_units", "rule_of",
+    "Fraction",
+    "Ge",
+    "Gt",
+    "Interval",
+    "Le",
+    "Lt",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "OpenFraction",
+    "Percentile",
+    "PositiveFloat",
+    "PositiveInt",
+    "Probability",
+    "Unit",
+    "UnitInterval",
+    "check_fields",
+    "describe_bound",
+    "doc",
+    "field_units",
+    "rule_of",
 ]
 
 #: > 0, such as a temperature (K), a learning rate, a cutoff (Å).
@@ -104,7 +121,9 @@ class _Rule:
             text = "one of " + ", ".join(repr(v) for v in self.kind)
         else:
             number = "a finite number" if noun == "finite" else "a number"
-            word = {int: "an integer", float: number, bool: "true or false"}[self.kind] if noun else ""
+            word = (
+                {int: "an integer", float: number, bool: "true or false"}[self.kind] if noun else ""
+            )
             text = " ".join(part for part in (word, _bounds_text(self.bounds)) if part)
         if self.unit and self.kind in (int, float):
             text += f" {self.unit}"
@@ -120,8 +139,10 @@ def _bounds_text(bounds: Iterable[BaseMetadata]) -> str:
     high = by_kind.get(Lt) or by_kind.get(Le)
     if low is not None and high is not None:
         lo, hi = getattr(low, _SYMBOL[type(low)][1]), getattr(high, _SYMBOL[type(high)][1])
-        return (f"in {'(' if isinstance(low, Gt) else '['}{_limit(lo)}, "
-                f"{_limit(hi)}{')' if isinstance(high, Lt) else ']'}")
+        return (
+            f"in {'(' if isinstance(low, Gt) else '['}{_limit(lo)}, "
+            f"{_limit(hi)}{')' if isinstance(high, Lt) else ']'}"
+        )
     one = low if low is not None else high
     if one is None:
         return ""
@@ -188,7 +209,9 @@ def _rules(cls: type) -> tuple[dict[str, _Rule], bool]:
     try:
         hints = typing.get_type_hints(cls, include_extras=True)
     except (NameError, TypeError) as err:  # an annotation naming what the module lacks
-        raise TypeError(f"check_fields cannot read the annotations of {cls.__qualname__}: {err}") from err
+        raise TypeError(
+            f"check_fields cannot read the annotations of {cls.__qualname__}: {err}"
+        ) from err
     rules = {}
     for f in dataclasses.fields(cls):
         rule = _rule_of_hint(hints.get(f.name), f.metadata.get("unit"))
@@ -210,8 +233,10 @@ def field_units(cls: type) -> dict[str, str | None]:
     """Each field of dataclass ``cls`` and its unit (None where it has none): an
     ``annotated_types.Unit`` in the annotation, else ``metadata["unit"]``."""
     rules, _ = _rules(cls)
-    return {f.name: rules[f.name].unit if f.name in rules else f.metadata.get("unit")
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: rules[f.name].unit if f.name in rules else f.metadata.get("unit")
+        for f in dataclasses.fields(cls)
+    }
 
 
 def _problem(value: Any, rule: _Rule, no_inf_nan: bool) -> Literal["", "kind", "finite", "bound"]:
@@ -234,7 +259,9 @@ def _problem(value: Any, rule: _Rule, no_inf_nan: bool) -> Literal["", "kind", "
     for bound in rule.bounds:
         symbol, attr = _SYMBOL[type(bound)]
         limit = getattr(bound, attr)
-        if not {">": value > limit, "≥": value >= limit, "<": value < limit, "≤": value <= limit}[symbol]:
+        if not {">": value > limit, "≥": value >= limit, "<": value < limit, "≤": value <= limit}[
+            symbol
+        ]:
             return "bound"
     return ""
 
@@ -258,8 +285,12 @@ def check_fields(instance: Any, prefix: str | None = None) -> None:
             raise ValueError(f"{where} = {_show(value)}: must be {rule.describe(noun)}{why}")
 
 
-_PYDANTIC_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", "≥"),
-                    "less_than": ("lt", "<"), "less_than_equal": ("le", "≤")}
+_PYDANTIC_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", "≥"),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "≤"),
+}
 
 
 def describe_bound(error: dict, unit: str | None = None) -> str | None:

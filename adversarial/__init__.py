@@ -6,17 +6,17 @@ selection of what to label. Every strategy takes :class:`Seeds` and returns
 
 from advloop.adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
 from advloop.adversarial.baselines import (
-                                           CommitteeMDSettings,
-                                           RandomDisplacementSettings,
-                                           committee_md,
-                                           icommittee_md,
-                                           random_displacement,
+    CommitteeMDSettings,
+    RandomDisplacementSettings,
+    committee_md,
+    icommittee_md,
+    random_displacement,
 )
 from advloop.adversarial.geometry import (
-                                           check_geometry,
-                                           kabsch_rmsd,
-                                           pairwise_kabsch_rmsd,
-                                           pairwise_periodic_rmsd,
+    check_geometry,
+    kabsch_rmsd,
+    pairwise_kabsch_rmsd,
+    pairwise_periodic_rmsd,
 )
 from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
 from advloop.adversarial.seeding import choose_seeds
@@ -24,10 +24,27 @@ from advloop.adversarial.selection import SelectionResult, SelectionSettings, se
 from advloop.adversarial.structures import Candidates, Seeds
 
 __all__ = [
-    "AttackResult", "AttackSettings", "Candidates", "CommitteeMDSettings",
-    "RandomDisplacementSettings", "Seeds", "SelectionResult", "SelectionSettings",
-    "adversarial_objective", "attack", "check_geometry", "choose_seeds", "committee_md",
-    "iattack", "icommittee_md", "kT_from_temperature", "kabsch_rmsd", "log_partition",
-    "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd", "random_displacement", "run_attack",
+    "AttackResult",
+    "AttackSettings",
+    "Candidates",
+    "CommitteeMDSettings",
+    "RandomDisplacementSettings",
+    "Seeds",
+    "SelectionResult",
+    "SelectionSettings",
+    "adversarial_objective",
+    "attack",
+    "check_geometry",
+    "choose_seeds",
+    "committee_md",
+    "iattack",
+    "icommittee_md",
+    "kT_from_temperature",
+    "kabsch_rmsd",
+    "log_partition",
+    "pairwise_kabsch_rmsd",
+    "pairwise_periodic_rmsd",
+    "random_displacement",
+    "run_attack",
     "select_candidates",
 ]

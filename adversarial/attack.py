@@ -104,10 +104,18 @@ def _symmetric(e: torch.Tensor) -> torch.Tensor:
     return 0.5 * (e + e.transpose(-1, -2))
 
 
-def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
-            n_atoms: np.ndarray, kT: float, log_q: float, settings: AttackSettings,
-            generator: torch.Generator, cells: np.ndarray | None = None,
-            pbc: np.ndarray | None = None) -> Iterator[AttackStep]:
+def iattack(
+    committee: Committee,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    n_atoms: np.ndarray,
+    kT: float,
+    log_q: float,
+    settings: AttackSettings,
+    generator: torch.Generator,
+    cells: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
+) -> Iterator[AttackStep]:
     """Attack seeds given as flat arrays: numbers [n_atoms], positions [n_atoms, 3] Å,
     n_atoms [n_seeds], cells [n_seeds, 3, 3] Å and pbc [n_seeds, 3] (default: molecules).
     kT in eV; log_q from :func:`advloop.adversarial.objective.log_partition`, in the same energy
@@ -122,21 +130,32 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
     dev = committee.device
     f64 = {"dtype": torch.float64, "device": dev}
-    cells0 = torch.zeros(n_seeds, 3, 3, **f64) if cells is None else \
-        torch.as_tensor(np.asarray(cells), **f64)
+    cells0 = (
+        torch.zeros(n_seeds, 3, 3, **f64)
+        if cells is None
+        else torch.as_tensor(np.asarray(cells), **f64)
+    )
     pbc = np.zeros((n_seeds, 3), dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
     if settings.strain and not pbc.any(axis=1).all():
         raise ValueError("attack.strain needs periodic seeds (a cell with pbc); these have none")
     x0 = torch.as_tensor(np.asarray(positions), **f64)
     bonds = bonds_per_seed(numbers, np.asarray(positions), starts, cells0.cpu().numpy(), pbc)
-    delta = (torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-             * settings.initial_noise).to(dev)
+    delta = (
+        torch.randn(x0.shape, generator=generator, dtype=torch.float64) * settings.initial_noise
+    ).to(dev)
     delta.requires_grad_(True)
     params = [delta]
     strain = torch.zeros(n_seeds, 3, 3, **f64)
     if settings.strain:
-        strain = (torch.randn(strain.shape, generator=generator, dtype=torch.float64)
-                  * settings.initial_noise / 10.0).to(dev).requires_grad_(True)
+        strain = (
+            (
+                torch.randn(strain.shape, generator=generator, dtype=torch.float64)
+                * settings.initial_noise
+                / 10.0
+            )
+            .to(dev)
+            .requires_grad_(True)
+        )
         params.append(strain)
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
     idx_m = torch.as_tensor(np.repeat(np.arange(n_seeds), n_atoms), device=dev)
@@ -158,8 +177,15 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
         # Freeze seeds that left physical space; they keep their last sane geometry.
         for s in np.flatnonzero(active.cpu().numpy()):
             rows = slice(starts[s], starts[s + 1])
-            reason = check_geometry(numbers[rows], current[rows], settings.min_distance_factor,
-                                    settings.max_bond_factor, current_cells[s], pbc[s], bonds[s])
+            reason = check_geometry(
+                numbers[rows],
+                current[rows],
+                settings.min_distance_factor,
+                settings.max_bond_factor,
+                current_cells[s],
+                pbc[s],
+                bonds[s],
+            )
             if reason is not None:
                 stopped[int(s)] = f"step {step}: {reason}"
                 active[s] = False
@@ -168,14 +194,24 @@ def iattack(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
             last_good[atom_active] = x.detach()[atom_active]
             last_cells[active] = cell.detach()[active]
         if graph is None or step % settings.neighbor_refresh == 0:
-            graph = build_graph(numbers, last_good.cpu().numpy(), n_atoms, committee.spec.cutoff,
-                                last_cells.cpu().numpy(), pbc).to(dev)
+            graph = build_graph(
+                numbers,
+                last_good.cpu().numpy(),
+                n_atoms,
+                committee.spec.cutoff,
+                last_cells.cpu().numpy(),
+                pbc,
+            ).to(dev)
         x_eval = torch.where(atom_active[:, None], x, last_good)
-        graph_eval = replace(graph, cells=torch.where(active.clone()[:, None, None], cell, last_cells)) \
-            if settings.strain else graph
+        graph_eval = (
+            replace(graph, cells=torch.where(active.clone()[:, None, None], cell, last_cells))
+            if settings.strain
+            else graph
+        )
         energies, forces = committee.energies_forces(graph_eval, x_eval, create_graph=True)
-        objective, var = adversarial_objective(energies, forces, idx_m, kT, log_q,
-                                               settings.uncertainty, settings.energy)
+        objective, var = adversarial_objective(
+            energies, forces, idx_m, kT, log_q, settings.uncertainty, settings.energy
+        )
         bad = ~torch.isfinite(objective.detach()) & active
         for s in np.flatnonzero(bad.cpu().numpy()):
             stopped[int(s)] = f"step {step}: objective not finite"
@@ -211,13 +247,23 @@ def run_attack(*args, **kwargs) -> AttackResult:
     for last in iattack(*args, **kwargs):
         objective.append(last.objective)
         sigma.append(last.sigma)
-    return AttackResult(positions=last.positions, cells=last.cells, objective=np.array(objective),
-                        sigma=np.array(sigma), stopped=last.stopped)
+    return AttackResult(
+        positions=last.positions,
+        cells=last.cells,
+        objective=np.array(objective),
+        sigma=np.array(sigma),
+        stopped=last.stopped,
+    )
 
 
-def attack(committee: Committee, seeds: Seeds, train_energies: np.ndarray,
-           train_n_atoms: np.ndarray, settings: AttackSettings,
-           generator: torch.Generator) -> tuple[Candidates, AttackResult]:
+def attack(
+    committee: Committee,
+    seeds: Seeds,
+    train_energies: np.ndarray,
+    train_n_atoms: np.ndarray,
+    settings: AttackSettings,
+    generator: torch.Generator,
+) -> tuple[Candidates, AttackResult]:
     """Attack ``seeds`` and return the final geometries as candidates, with the run.
 
     Q comes from the training energies [n_train] eV (with their sizes [n_train] for
@@ -225,16 +271,34 @@ def attack(committee: Committee, seeds: Seeds, train_energies: np.ndarray,
     σ_F statistics come from one committee pass on the final geometries.
     """
     kT = kT_from_temperature(settings.temperature)
-    log_q = log_partition(train_energies, kT,
-                          train_n_atoms if settings.energy == "per_atom" else None)
-    result = run_attack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT, log_q,
-                        settings, generator, seeds.cells, seeds.pbc)
-    pred = committee.predict_arrays(seeds.numbers, result.positions, seeds.n_atoms,
-                                    result.cells, seeds.pbc)
+    log_q = log_partition(
+        train_energies, kT, train_n_atoms if settings.energy == "per_atom" else None
+    )
+    result = run_attack(
+        committee,
+        seeds.numbers,
+        seeds.positions,
+        seeds.n_atoms,
+        kT,
+        log_q,
+        settings,
+        generator,
+        seeds.cells,
+        seeds.pbc,
+    )
+    pred = committee.predict_arrays(
+        seeds.numbers, result.positions, seeds.n_atoms, result.cells, seeds.pbc
+    )
     candidates = Candidates(
-        numbers=seeds.numbers.copy(), positions=result.positions, n_atoms=seeds.n_atoms.copy(),
-        cells=result.cells, pbc=seeds.pbc.copy(), parent=np.arange(len(seeds)),
-        sigma_f_mean=pred.forces_std_mean, sigma_f_max=pred.forces_std_max,
-        score=result.objective[-1], stopped=result.stopped,
+        numbers=seeds.numbers.copy(),
+        positions=result.positions,
+        n_atoms=seeds.n_atoms.copy(),
+        cells=result.cells,
+        pbc=seeds.pbc.copy(),
+        parent=np.arange(len(seeds)),
+        sigma_f_mean=pred.forces_std_mean,
+        sigma_f_max=pred.forces_std_max,
+        score=result.objective[-1],
+        stopped=result.stopped,
     )
     return candidates, result

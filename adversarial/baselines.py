@@ -35,8 +35,14 @@ from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, ch
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import Graph, build_graph
 
-__all__ = ["CommitteeMDSettings", "MDStep", "RandomDisplacementSettings", "committee_md",
-           "icommittee_md", "random_displacement"]
+__all__ = [
+    "CommitteeMDSettings",
+    "MDStep",
+    "RandomDisplacementSettings",
+    "committee_md",
+    "icommittee_md",
+    "random_displacement",
+]
 
 
 def _check(settings: RandomDisplacementSettings | CommitteeMDSettings, prefix: str) -> None:
@@ -94,12 +100,18 @@ class CommitteeMDSettings:
     def __post_init__(self) -> None:
         _check(self, "md")
         if not self.trust_upper > self.trust_lower:
-            raise ValueError(f"md.trust_upper ({self.trust_upper}) must be larger than "
-                             f"md.trust_lower ({self.trust_lower})")
+            raise ValueError(
+                f"md.trust_upper ({self.trust_upper}) must be larger than "
+                f"md.trust_lower ({self.trust_lower})"
+            )
 
 
-def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisplacementSettings,
-                        rng: np.random.Generator) -> Candidates:
+def random_displacement(
+    committee: Committee,
+    seeds: Seeds,
+    settings: RandomDisplacementSettings,
+    rng: np.random.Generator,
+) -> Candidates:
     """``n_per_seed`` copies of every seed, each atom displaced by N(0, std²) per
     Cartesian component, scored in one batched committee pass (score = sigma_f_mean).
 
@@ -109,7 +121,9 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
     """
     parent = np.repeat(np.arange(len(seeds)), settings.n_per_seed)
     starts = seeds.starts
-    rows = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in parent] + [np.zeros(0, int)])
+    rows = np.concatenate(
+        [np.arange(starts[s], starts[s + 1]) for s in parent] + [np.zeros(0, int)]
+    )
     positions = seeds.positions[rows] + rng.normal(0.0, settings.std, (len(rows), 3))
     numbers, n_atoms = seeds.numbers[rows], seeds.n_atoms[parent]
     cells, pbc = seeds.cells[parent], seeds.pbc[parent]
@@ -119,8 +133,15 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
     keep = np.ones(len(parent), dtype=bool)
     for c, s in enumerate(parent):
         atoms = slice(cand_starts[c], cand_starts[c + 1])
-        reason = check_geometry(numbers[atoms], positions[atoms], settings.min_distance_factor,
-                                settings.max_bond_factor, cells[c], pbc[c], bonds[s])
+        reason = check_geometry(
+            numbers[atoms],
+            positions[atoms],
+            settings.min_distance_factor,
+            settings.max_bond_factor,
+            cells[c],
+            pbc[c],
+            bonds[s],
+        )
         if reason is not None:
             keep[c] = False
             reasons.setdefault(int(s), []).append(reason)
@@ -128,8 +149,9 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
     if keep.any():
         kept_idx = np.flatnonzero(keep)
         kept = np.repeat(keep, n_atoms)
-        pred = committee.predict_arrays(numbers[kept], positions[kept], n_atoms[keep],
-                                        cells[keep], pbc[keep])
+        pred = committee.predict_arrays(
+            numbers[kept], positions[kept], n_atoms[keep], cells[keep], pbc[keep]
+        )
         idx = np.repeat(np.arange(len(kept_idx)), n_atoms[keep])
         bad = np.bincount(idx, weights=~np.isfinite(pred.forces_std), minlength=len(kept_idx)) > 0
         sigma_mean[kept_idx] = np.where(bad, 0.0, pred.forces_std_mean)
@@ -137,11 +159,23 @@ def random_displacement(committee: Committee, seeds: Seeds, settings: RandomDisp
         for c in kept_idx[bad]:
             reasons.setdefault(int(parent[c]), []).append("committee forces not finite")
         keep[kept_idx[bad]] = False
-    stopped = {s: f"{len(r)} of {settings.n_per_seed} displacements rejected: {r[0]}"
-               for s, r in sorted(reasons.items())}
+    stopped = {
+        s: f"{len(r)} of {settings.n_per_seed} displacements rejected: {r[0]}"
+        for s, r in sorted(reasons.items())
+    }
     kept = np.repeat(keep, n_atoms)
-    return Candidates(numbers[kept], positions[kept], n_atoms[keep], cells[keep], pbc[keep],
-                      parent[keep], sigma_mean[keep], sigma_max[keep], sigma_mean[keep], stopped)
+    return Candidates(
+        numbers[kept],
+        positions[kept],
+        n_atoms[keep],
+        cells[keep],
+        pbc[keep],
+        parent[keep],
+        sigma_mean[keep],
+        sigma_max[keep],
+        sigma_mean[keep],
+        stopped,
+    )
 
 
 @dataclass
@@ -166,8 +200,9 @@ class MDStep:
     stopped: dict[int, str] = field(default_factory=dict)
 
 
-def _evaluate(committee: Committee, graph: Graph, x: np.ndarray, idx_m: np.ndarray,
-              n_atoms: np.ndarray) -> tuple[np.ndarray, ...]:
+def _evaluate(
+    committee: Committee, graph: Graph, x: np.ndarray, idx_m: np.ndarray, n_atoms: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Committee-mean energies [S] eV and forces [A, 3] eV/Å, max and mean per-atom force
     deviation [S] eV/Å, and which structures gave finite results [S]; non-finite entries
     are returned as 0."""
@@ -178,17 +213,25 @@ def _evaluate(committee: Committee, graph: Graph, x: np.ndarray, idx_m: np.ndarr
     f_mean = forces.mean(dim=0).numpy()  # [A, 3]
     e_mean = energies.mean(dim=0).numpy()  # [S]
     atom_ok = np.isfinite(f_std) & np.isfinite(f_mean).all(axis=1)
-    finite = (np.bincount(idx_m, weights=~atom_ok, minlength=len(n_atoms)) == 0) & np.isfinite(e_mean)
+    finite = (np.bincount(idx_m, weights=~atom_ok, minlength=len(n_atoms)) == 0) & np.isfinite(
+        e_mean
+    )
     f_std = np.where(atom_ok, f_std, 0.0)
     dev_max = np.zeros(len(n_atoms))
     np.maximum.at(dev_max, idx_m, f_std)
     dev_mean = np.bincount(idx_m, weights=f_std, minlength=len(n_atoms)) / n_atoms
-    return (np.where(finite, e_mean, 0.0), np.where(atom_ok[:, None], f_mean, 0.0),
-            dev_max, dev_mean, finite)
+    return (
+        np.where(finite, e_mean, 0.0),
+        np.where(atom_ok[:, None], f_mean, 0.0),
+        dev_max,
+        dev_mean,
+        finite,
+    )
 
 
-def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSettings,
-                  rng: np.random.Generator) -> Iterator[MDStep]:
+def icommittee_md(
+    committee: Committee, seeds: Seeds, settings: CommitteeMDSettings, rng: np.random.Generator
+) -> Iterator[MDStep]:
     """Langevin dynamics of all seeds in one batch on the committee-mean potential.
 
     BAOAB splitting (Leimkuhler & Matthews, Appl. Math. Res. Express 2013, 34), which is
@@ -216,8 +259,10 @@ def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSetti
     bonds = bonds_per_seed(seeds.numbers, seeds.positions, starts, cells, pbc)
 
     def com_free(v: np.ndarray) -> np.ndarray:
-        momentum = np.stack([np.bincount(idx_m, weights=(mass * v)[:, k], minlength=n_seeds)
-                             for k in range(3)], axis=1)  # [S, 3]
+        momentum = np.stack(
+            [np.bincount(idx_m, weights=(mass * v)[:, k], minlength=n_seeds) for k in range(3)],
+            axis=1,
+        )  # [S, 3]
         total_mass = np.bincount(idx_m, weights=mass[:, 0], minlength=n_seeds)
         return v - (momentum / total_mass[:, None])[idx_m]
 
@@ -245,13 +290,22 @@ def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSetti
         e_new, f_new, dev_max, dev_mean, finite = _evaluate(committee, graph, x_new, idx_m, n_atoms)
         for s in np.flatnonzero(active):
             atoms = slice(starts[s], starts[s + 1])
-            reason = check_geometry(seeds.numbers[atoms], x_new[atoms], settings.min_distance_factor,
-                                    settings.max_bond_factor, cells[s], pbc[s], bonds[s])
+            reason = check_geometry(
+                seeds.numbers[atoms],
+                x_new[atoms],
+                settings.min_distance_factor,
+                settings.max_bond_factor,
+                cells[s],
+                pbc[s],
+                bonds[s],
+            )
             if reason is None and not finite[s]:
                 reason = "committee energy or forces not finite"
             if reason is None and dev_max[s] >= settings.trust_upper:
-                reason = (f"max force deviation {dev_max[s]:.3g} eV/Å reached "
-                          f"trust_upper {settings.trust_upper:g} eV/Å")
+                reason = (
+                    f"max force deviation {dev_max[s]:.3g} eV/Å reached "
+                    f"trust_upper {settings.trust_upper:g} eV/Å"
+                )
             if reason is not None:
                 stopped[int(s)] = f"step {step}: {reason}"
                 if step == 0 and finite[s]:
@@ -263,15 +317,23 @@ def icommittee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSetti
         f = np.where(moving, f_new, 0.0)
         v = np.where(moving, v_half + 0.5 * dt * f / mass if step else v_half, 0.0)
         kinetic = np.bincount(idx_m, weights=0.5 * (mass * v * v).sum(axis=1), minlength=n_seeds)
-        yield MDStep(step=step, positions=x.copy(), sigma_f_max=stats[0].copy(),
-                     sigma_f_mean=stats[1].copy(), energy=stats[2].copy(), kinetic=kinetic,
-                     active=active.copy(), stopped=dict(stopped))
+        yield MDStep(
+            step=step,
+            positions=x.copy(),
+            sigma_f_max=stats[0].copy(),
+            sigma_f_mean=stats[1].copy(),
+            energy=stats[2].copy(),
+            kinetic=kinetic,
+            active=active.copy(),
+            stopped=dict(stopped),
+        )
         if not active.any():
             return
 
 
-def committee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSettings,
-                 rng: np.random.Generator) -> Candidates:
+def committee_md(
+    committee: Committee, seeds: Seeds, settings: CommitteeMDSettings, rng: np.random.Generator
+) -> Candidates:
     """Run :func:`icommittee_md` and select frames as DP-GEN does.
 
     Every ``sample_interval`` steps (not step 0, the seed itself), each active seed's
@@ -285,22 +347,38 @@ def committee_md(committee: Committee, seeds: Seeds, settings: CommitteeMDSettin
     for state in icommittee_md(committee, seeds, settings, rng):
         if state.step == 0 or state.step % settings.sample_interval:
             continue
-        inside = (state.active & (state.sigma_f_max >= settings.trust_lower)
-                  & (state.sigma_f_max < settings.trust_upper))
+        inside = (
+            state.active
+            & (state.sigma_f_max >= settings.trust_lower)
+            & (state.sigma_f_max < settings.trust_upper)
+        )
         for s in np.flatnonzero(inside):
             frames.setdefault(int(s), []).append(
-                (float(state.sigma_f_max[s]), float(state.sigma_f_mean[s]),
-                 state.positions[starts[s]:starts[s + 1]].copy()))
+                (
+                    float(state.sigma_f_max[s]),
+                    float(state.sigma_f_mean[s]),
+                    state.positions[starts[s] : starts[s + 1]].copy(),
+                )
+            )
     stopped = {} if state is None else state.stopped
-    chosen = [(s, frame) for s in sorted(frames)
-              for frame in sorted(frames[s], key=lambda fr: -fr[0])[:settings.max_frames_per_seed]]
+    chosen = [
+        (s, frame)
+        for s in sorted(frames)
+        for frame in sorted(frames[s], key=lambda fr: -fr[0])[: settings.max_frames_per_seed]
+    ]
     if not chosen:
         return Candidates.empty(stopped)
     parent = np.array([s for s, _ in chosen], dtype=np.int64)
     score = np.array([fr[0] for _, fr in chosen])
     return Candidates(
-        numbers=np.concatenate([seeds.numbers[starts[s]:starts[s + 1]] for s in parent]),
+        numbers=np.concatenate([seeds.numbers[starts[s] : starts[s + 1]] for s in parent]),
         positions=np.concatenate([fr[2] for _, fr in chosen]),
-        n_atoms=seeds.n_atoms[parent], cells=seeds.cells[parent], pbc=seeds.pbc[parent],
-        parent=parent, sigma_f_mean=np.array([fr[1] for _, fr in chosen]),
-        sigma_f_max=score, score=score, stopped=stopped)
+        n_atoms=seeds.n_atoms[parent],
+        cells=seeds.cells[parent],
+        pbc=seeds.pbc[parent],
+        parent=parent,
+        sigma_f_mean=np.array([fr[1] for _, fr in chosen]),
+        sigma_f_max=score,
+        score=score,
+        stopped=stopped,
+    )

@@ -25,7 +25,15 @@ import numpy as np
 from ase.data import covalent_radii
 from ase.neighborlist import primitive_neighbor_list
 
-__all__ = ["BONDED_FACTOR", "bonded_pairs", "bonds_per_seed", "check_geometry", "kabsch_rmsd", "pairwise_kabsch_rmsd", "pairwise_periodic_rmsd"]
+__all__ = [
+    "BONDED_FACTOR",
+    "bonded_pairs",
+    "bonds_per_seed",
+    "check_geometry",
+    "kabsch_rmsd",
+    "pairwise_kabsch_rmsd",
+    "pairwise_periodic_rmsd",
+]
 
 # Upper bound on the number of 3×3 covariance matrices held at once by
 # pairwise_kabsch_rmsd (each block costs ~ 9 × 8 bytes × this, plus SVD workspace).
@@ -159,7 +167,10 @@ def pairwise_kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def validate_factors(min_distance_factor: float, max_bond_factor: float) -> None:
     """Raise ValueError unless 0 <= min_distance_factor < max_bond_factor, both finite."""
-    for name, value in (("min_distance_factor", min_distance_factor), ("max_bond_factor", max_bond_factor)):
+    for name, value in (
+        ("min_distance_factor", min_distance_factor),
+        ("max_bond_factor", max_bond_factor),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ValueError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(float(value)) or value < 0:
@@ -250,10 +261,14 @@ def check_geometry(
             raise ValueError(f"numbers must be integer atomic numbers, got {z!r}")
         z = z.astype(np.int64)
     if np.any(z < 1) or np.any(z >= len(covalent_radii)):
-        raise ValueError(f"numbers must be atomic numbers in 1..{len(covalent_radii) - 1}, got {z!r}")
+        raise ValueError(
+            f"numbers must be atomic numbers in 1..{len(covalent_radii) - 1}, got {z!r}"
+        )
     pos = np.asarray(positions, dtype=np.float64)
     if pos.shape != (z.shape[0], 3):
-        raise ValueError(f"positions must have shape [n_atoms, 3] = ({z.shape[0]}, 3), got {pos.shape}")
+        raise ValueError(
+            f"positions must have shape [n_atoms, 3] = ({z.shape[0]}, 3), got {pos.shape}"
+        )
     n_atoms = z.shape[0]
     if n_atoms == 0:
         raise ValueError("the structure has no atoms")
@@ -265,8 +280,9 @@ def check_geometry(
     radii = covalent_radii[z]  # [n_atoms], Å
     if pbc is not None and np.any(pbc):
         cell, pbc = np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool)
-        return (_periodic_clash(z, pos, cell, pbc, radii, min_distance_factor)
-                or _broken_bond(pos, cell, pbc, radii, max_bond_factor, bonds))
+        return _periodic_clash(z, pos, cell, pbc, radii, min_distance_factor) or _broken_bond(
+            pos, cell, pbc, radii, max_bond_factor, bonds
+        )
     if n_atoms <= _DENSE_MAX_ATOMS:
         return _molecule_dense(pos, radii, min_distance_factor, max_bond_factor)
     return _molecule_sparse(pos, radii, min_distance_factor, max_bond_factor)
@@ -276,8 +292,9 @@ def _clash_reason(i: int, j: int, distance: float, limit: float) -> str:
     return f"atoms {i} and {j} at {distance:.2f} Å (limit {limit:.2f} Å)"
 
 
-def _molecule_dense(pos: np.ndarray, radii: np.ndarray, min_distance_factor: float,
-                    max_bond_factor: float) -> str | None:
+def _molecule_dense(
+    pos: np.ndarray, radii: np.ndarray, min_distance_factor: float, max_bond_factor: float
+) -> str | None:
     """:func:`check_geometry` of a molecule from all its distances at once."""
     n_atoms = len(pos)
     r_sum = radii[:, None] + radii[None, :]  # [n_atoms, n_atoms], Å
@@ -296,8 +313,9 @@ def _molecule_dense(pos: np.ndarray, radii: np.ndarray, min_distance_factor: flo
     return None
 
 
-def _molecule_sparse(pos: np.ndarray, radii: np.ndarray, min_distance_factor: float,
-                     max_bond_factor: float) -> str | None:
+def _molecule_sparse(
+    pos: np.ndarray, radii: np.ndarray, min_distance_factor: float, max_bond_factor: float
+) -> str | None:
     """:func:`check_geometry` of a large molecule from the pairs within reach of a clash or
     a bond only (a KD-tree), with the same result as :func:`_molecule_dense`: the same
     distance and ratio arithmetic on each pair, ties broken in the same (i, j) order."""
@@ -315,8 +333,9 @@ def _molecule_sparse(pos: np.ndarray, radii: np.ndarray, min_distance_factor: fl
         clash = np.flatnonzero(ratio < min_distance_factor)
         if len(clash):
             worst = int(clash[np.argmin(ratio[clash])])
-            return _clash_reason(int(i[worst]), int(j[worst]), distance[worst],
-                                 min_distance_factor * r_sum[worst])
+            return _clash_reason(
+                int(i[worst]), int(j[worst]), distance[worst], min_distance_factor * r_sum[worst]
+            )
     # Every pair is bonded where even the closest-bonding pair reaches across the whole
     # molecule (a margin covers rounding): one fragment, without listing n² pairs.
     extent = float(np.linalg.norm(pos.max(axis=0) - pos.min(axis=0)))
@@ -324,8 +343,9 @@ def _molecule_sparse(pos: np.ndarray, radii: np.ndarray, min_distance_factor: fl
         return None
     i, j = _pairs_in_reach(tree, max_bond_factor * 2.0 * float(radii.max()))
     bonded = np.linalg.norm(pos[i] - pos[j], axis=-1) < max_bond_factor * (radii[i] + radii[j])
-    graph = coo_matrix((np.ones(int(bonded.sum()), dtype=bool), (i[bonded], j[bonded])),
-                       shape=(n_atoms, n_atoms))
+    graph = coo_matrix(
+        (np.ones(int(bonded.sum()), dtype=bool), (i[bonded], j[bonded])), shape=(n_atoms, n_atoms)
+    )
     n_fragments = int(connected_components(graph, directed=False)[0])
     if n_fragments > 1:
         return f"fragmented ({n_fragments} fragments)"
@@ -340,8 +360,14 @@ def _pairs_in_reach(tree, reach: float) -> tuple[np.ndarray, np.ndarray]:
     return pairs[order, 0].astype(np.int64), pairs[order, 1].astype(np.int64)
 
 
-def _periodic_clash(z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-                    radii: np.ndarray, min_distance_factor: float) -> str | None:
+def _periodic_clash(
+    z: np.ndarray,
+    pos: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    radii: np.ndarray,
+    min_distance_factor: float,
+) -> str | None:
     """The closest clash between atoms of a periodic cell (images included), or None."""
     if min_distance_factor == 0:
         return None
@@ -354,43 +380,73 @@ def _periodic_clash(z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.nd
     worst = int(np.argmin(ratio))
     if ratio[worst] >= 1.0:
         return None
-    return (f"atoms {int(i[worst])} and {int(j[worst])} at {d[worst]:.2f} Å "
-            f"(limit {limit[worst]:.2f} Å, periodic images included)")
+    return (
+        f"atoms {int(i[worst])} and {int(j[worst])} at {d[worst]:.2f} Å "
+        f"(limit {limit[worst]:.2f} Å, periodic images included)"
+    )
 
 
-def bonded_pairs(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray | None = None,
-                 pbc: np.ndarray | None = None, factor: float = BONDED_FACTOR) -> np.ndarray:
+def bonded_pairs(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
+    factor: float = BONDED_FACTOR,
+) -> np.ndarray:
     """The bonds of a structure: pairs ``i < j`` closer than ``factor`` × their summed
     covalent radii, through any periodic image. Returns int64 [n_bonds, 2], sorted."""
     z = np.asarray(numbers, dtype=np.int64)
     pos = np.asarray(positions, dtype=np.float64)
     periodic = pbc is not None and bool(np.any(pbc))
-    i, j = _pairs_within(pos, np.asarray(cell if periodic else np.zeros((3, 3)), dtype=np.float64),
-                         np.asarray(pbc if periodic else np.zeros(3, bool), dtype=bool),
-                         factor * covalent_radii[z])
+    i, j = _pairs_within(
+        pos,
+        np.asarray(cell if periodic else np.zeros((3, 3)), dtype=np.float64),
+        np.asarray(pbc if periodic else np.zeros(3, bool), dtype=bool),
+        factor * covalent_radii[z],
+    )
     return np.unique(np.stack([i, j], axis=1), axis=0).reshape(-1, 2)
 
 
-def bonds_per_seed(numbers: np.ndarray, positions: np.ndarray, starts: np.ndarray,
-                   cells: np.ndarray, pbc: np.ndarray) -> list[np.ndarray | None]:
+def bonds_per_seed(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    starts: np.ndarray,
+    cells: np.ndarray,
+    pbc: np.ndarray,
+) -> list[np.ndarray | None]:
     """:func:`bonded_pairs` of each periodic seed of a flat batch (None for a molecule,
     whose check is connectivity): the ``bonds`` its moved geometries must keep. Seed
     ``s`` is rows ``starts[s]:starts[s + 1]``, with cell ``cells[s]`` and ``pbc[s]``."""
-    return [bonded_pairs(numbers[starts[s]:starts[s + 1]], positions[starts[s]:starts[s + 1]],
-                         cells[s], pbc[s]) if np.any(pbc[s]) else None
-            for s in range(len(starts) - 1)]
+    return [
+        bonded_pairs(
+            numbers[starts[s] : starts[s + 1]],
+            positions[starts[s] : starts[s + 1]],
+            cells[s],
+            pbc[s],
+        )
+        if np.any(pbc[s])
+        else None
+        for s in range(len(starts) - 1)
+    ]
 
 
-def _pairs_within(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-                  radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_within(
+    pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radii: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``i < j`` closer than ``radii[i] + radii[j]`` Å (any image where periodic)."""
     i, j = primitive_neighbor_list("ij", pbc, cell, pos, radii, self_interaction=False)
     keep = i < j
     return i[keep].astype(np.int64), j[keep].astype(np.int64)
 
 
-def _broken_bond(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radii: np.ndarray,
-                 max_bond_factor: float, bonds: np.ndarray | None) -> str | None:
+def _broken_bond(
+    pos: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    radii: np.ndarray,
+    max_bond_factor: float,
+    bonds: np.ndarray | None,
+) -> str | None:
     """The first of ``bonds`` no longer within ``max_bond_factor`` × summed radii, or None."""
     if bonds is None or len(bonds) == 0:
         return None
@@ -401,12 +457,15 @@ def _broken_bond(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radii: np.n
     if not broken.any():
         return None
     a, b = (int(x) for x in bonds[np.argmax(broken)])
-    return (f"bond broken: atoms {a} and {b} more than "
-            f"{max_bond_factor * (radii[a] + radii[b]):.2f} Å apart")
+    return (
+        f"bond broken: atoms {a} and {b} more than "
+        f"{max_bond_factor * (radii[a] + radii[b]):.2f} Å apart"
+    )
 
 
-def pairwise_periodic_rmsd(a: np.ndarray, cells_a: np.ndarray, b: np.ndarray,
-                           cells_b: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+def pairwise_periodic_rmsd(
+    a: np.ndarray, cells_a: np.ndarray, b: np.ndarray, cells_b: np.ndarray, pbc: np.ndarray
+) -> np.ndarray:
     """RMSD between periodic structures, up to a rigid translation, with minimum images.
 
     A periodic cell has no rotational symmetry to remove, but a translation of every atom

@@ -42,7 +42,9 @@ def kT_from_temperature(temperature: float) -> float:
     return kB * temperature
 
 
-def log_partition(train_energies: np.ndarray, kT: float, n_atoms: np.ndarray | None = None) -> float:
+def log_partition(
+    train_energies: np.ndarray, kT: float, n_atoms: np.ndarray | None = None
+) -> float:
     """log Q = log mean_i exp(−E_i/kT) over training energies [n_train] eV.
 
     With ``n_atoms`` [n_train], E_i is the energy per atom (for ``energy="per_atom"``).
@@ -57,9 +59,15 @@ def log_partition(train_energies: np.ndarray, kT: float, n_atoms: np.ndarray | N
     return float(m + math.log(np.mean(np.exp(x - m))))
 
 
-def adversarial_objective(energies: torch.Tensor, forces: torch.Tensor, idx_m: torch.Tensor,
-                          kT: float, log_q: float, uncertainty: Uncertainty = "forces",
-                          energy: EnergyForm = "total") -> tuple[torch.Tensor, torch.Tensor]:
+def adversarial_objective(
+    energies: torch.Tensor,
+    forces: torch.Tensor,
+    idx_m: torch.Tensor,
+    kT: float,
+    log_q: float,
+    uncertainty: Uncertainty = "forces",
+    energy: EnergyForm = "total",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective L [n_structures] and the variance σ² [n_structures] it weights.
 
     energies [n_members, n_structures] eV, forces [n_members, n_atoms, 3] eV/Å, idx_m
@@ -71,10 +79,13 @@ def adversarial_objective(energies: torch.Tensor, forces: torch.Tensor, idx_m: t
     n_struct = energies.shape[1]
     dtype, device = forces.dtype, forces.device
     counts = torch.zeros(n_struct, dtype=dtype, device=device).index_add(
-        0, idx_m, torch.ones(len(idx_m), dtype=dtype, device=device))
+        0, idx_m, torch.ones(len(idx_m), dtype=dtype, device=device)
+    )
     if uncertainty == "forces":
         var_atom = forces.var(dim=0).mean(dim=-1)  # [n_atoms]
-        var = torch.zeros(n_struct, dtype=dtype, device=device).index_add(0, idx_m, var_atom) / counts
+        var = (
+            torch.zeros(n_struct, dtype=dtype, device=device).index_add(0, idx_m, var_atom) / counts
+        )
     elif uncertainty == "energy":
         var = energies.var(dim=0)
     else:

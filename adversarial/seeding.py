@@ -18,8 +18,13 @@ __all__ = ["SeedPolicy", "choose_seeds"]
 SeedPolicy = Literal["random", "lowest_energy", "previous"]
 
 
-def choose_seeds(energy_per_atom: np.ndarray, n_seeds: int, policy: SeedPolicy,
-                 rng: np.random.Generator, previous: np.ndarray | None = None) -> np.ndarray:
+def choose_seeds(
+    energy_per_atom: np.ndarray,
+    n_seeds: int,
+    policy: SeedPolicy,
+    rng: np.random.Generator,
+    previous: np.ndarray | None = None,
+) -> np.ndarray:
     """Sorted dataset indices of at most ``n_seeds`` seeds.
 
     energy_per_atom [n_structures] eV; ``previous``: the indices the last generation
@@ -45,5 +50,7 @@ def choose_seeds(energy_per_atom: np.ndarray, n_seeds: int, policy: SeedPolicy,
         fill = rng.choice(rest, size=k - len(recent), replace=False)
         chosen = np.concatenate([recent, fill])
     else:
-        raise ValueError(f"seed policy must be 'random', 'lowest_energy' or 'previous', got {policy!r}")
+        raise ValueError(
+            f"seed policy must be 'random', 'lowest_energy' or 'previous', got {policy!r}"
+        )
     return np.sort(chosen.astype(np.int64))

@@ -29,8 +29,9 @@ from advloop.constraints import NonNegativeFloat, Percentile, PositiveInt, check
 __all__ = ["RejectReason", "Rejection", "SelectionResult", "SelectionSettings", "select_candidates"]
 
 #: Why selection passed over a candidate, in the order the filters run.
-RejectReason = Literal["not_finite", "unphysical", "below_threshold", "known", "duplicate",
-                       "over_cap"]
+RejectReason = Literal[
+    "not_finite", "unphysical", "below_threshold", "known", "duplicate", "over_cap"
+]
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,9 @@ def select_candidates(
     n_candidates = cand.shape[0]
     unc = np.asarray(uncertainty, dtype=np.float64)
     if unc.shape != (n_candidates,):
-        raise ValueError(f"uncertainty must have shape [n_candidates] = ({n_candidates},), got {unc.shape}")
+        raise ValueError(
+            f"uncertainty must have shape [n_candidates] = ({n_candidates},), got {unc.shape}"
+        )
     train = np.asarray(train_positions, dtype=np.float64)
     if train.ndim != 3 or train.shape[1:] != (n_atoms, 3):
         raise ValueError(
@@ -169,7 +172,9 @@ def select_candidates(
             f"train_positions has {train.shape[0]} structures but train_uncertainty has {train_unc.shape[0]}"
         )
     if not np.all(np.isfinite(train_unc)):
-        raise ValueError("train_uncertainty contains NaN or inf; fix the training-set uncertainties first")
+        raise ValueError(
+            "train_uncertainty contains NaN or inf; fix the training-set uncertainties first"
+        )
     if not np.all(np.isfinite(train)):
         raise ValueError("train_positions contains NaN or inf coordinates")
     if not isinstance(settings, SelectionSettings):
@@ -198,16 +203,23 @@ def select_candidates(
     for idx in range(n_candidates):
         if idx in rejected:
             continue
-        reason = check_geometry(z, cand[idx], settings.min_distance_factor, settings.max_bond_factor,
-                                cells[idx] if periodic else None, pbc if periodic else None)
+        reason = check_geometry(
+            z,
+            cand[idx],
+            settings.min_distance_factor,
+            settings.max_bond_factor,
+            cells[idx] if periodic else None,
+            pbc if periodic else None,
+        )
         if reason is not None:
             rejected[idx] = Rejection("unphysical", reason)
 
     # 3. below threshold
     for idx in range(n_candidates):
         if idx not in rejected and unc[idx] < threshold:
-            rejected[idx] = Rejection("below_threshold",
-                                      f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)")
+            rejected[idx] = Rejection(
+                "below_threshold", f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)"
+            )
 
     # 4. near-duplicate of the training set
     alive = np.array([i for i in range(n_candidates) if i not in rejected], dtype=np.intp)
@@ -217,15 +229,20 @@ def select_candidates(
         nearest_rmsd = to_train[np.arange(alive.size), nearest]
         duplicate = nearest_rmsd < settings.rmsd_threshold
         for k in np.flatnonzero(duplicate):
-            rejected[int(alive[k])] = Rejection("known", (
-                f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"))
+            rejected[int(alive[k])] = Rejection(
+                "known",
+                (
+                    f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"
+                ),
+            )
         alive = alive[~duplicate]
 
     # 5. greedy in decreasing uncertainty: near-duplicate of a selected one, then cap
     order = alive[np.argsort(-unc[alive], kind="stable")]
     if order.size and settings.rmsd_threshold > 0:
-        among = distances(order, cand[order],
-                          np.asarray(cells)[order] if periodic else None)  # [n_alive, n_alive], Å
+        among = distances(
+            order, cand[order], np.asarray(cells)[order] if periodic else None
+        )  # [n_alive, n_alive], Å
     else:
         among = np.full((order.size, order.size), np.inf)
     selected_pos: list[int] = []  # positions in `order`
@@ -234,9 +251,13 @@ def select_candidates(
             rmsd_to_selected = among[k, selected_pos]
             m = int(np.argmin(rmsd_to_selected))
             if rmsd_to_selected[m] < settings.rmsd_threshold:
-                rejected[int(idx)] = Rejection("duplicate", (
-                    f"near-duplicate of candidate {int(order[selected_pos[m]])} "
-                    f"(RMSD {rmsd_to_selected[m]:.3f} Å)"))
+                rejected[int(idx)] = Rejection(
+                    "duplicate",
+                    (
+                        f"near-duplicate of candidate {int(order[selected_pos[m]])} "
+                        f"(RMSD {rmsd_to_selected[m]:.3f} Å)"
+                    ),
+                )
                 continue
         if len(selected_pos) >= settings.max_selected:
             rejected[int(idx)] = Rejection("over_cap", "over cap")

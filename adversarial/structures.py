@@ -40,8 +40,10 @@ class Seeds:
         n = len(self.n_atoms)
         total = int(np.sum(self.n_atoms))
         if self.numbers.shape != (total,) or self.positions.shape != (total, 3):
-            raise ValueError(f"seeds: numbers {self.numbers.shape} and positions "
-                             f"{self.positions.shape} must cover n_atoms (total {total})")
+            raise ValueError(
+                f"seeds: numbers {self.numbers.shape} and positions "
+                f"{self.positions.shape} must cover n_atoms (total {total})"
+            )
         if self.cells.shape != (n, 3, 3) or self.pbc.shape != (n, 3) or self.index.shape != (n,):
             raise ValueError("seeds: cells [n, 3, 3], pbc [n, 3] and index [n] must match n_atoms")
 
@@ -109,23 +111,43 @@ class Candidates:
         return atom_offsets(self.n_atoms)
 
     @classmethod
-    def from_atoms(cls, structures: list, parent, sigma_f_mean, sigma_f_max, score,
-                   stopped: dict[int, str] | None = None) -> Candidates:
+    def from_atoms(
+        cls,
+        structures: list,
+        parent,
+        sigma_f_mean,
+        sigma_f_max,
+        score,
+        stopped: dict[int, str] | None = None,
+    ) -> Candidates:
         """Candidates from a list of ``ase.Atoms`` and per-candidate arrays."""
         if not structures:
             return cls.empty(stopped)
-        return cls(np.concatenate([a.numbers for a in structures]),
-                   np.concatenate([a.positions for a in structures]),
-                   np.array([len(a) for a in structures], dtype=np.int64),
-                   np.stack([a.cell.array for a in structures]),
-                   np.stack([a.pbc for a in structures]),
-                   np.asarray(parent, dtype=np.int64), np.asarray(sigma_f_mean, dtype=float),
-                   np.asarray(sigma_f_max, dtype=float), np.asarray(score, dtype=float),
-                   dict(stopped or {}))
+        return cls(
+            np.concatenate([a.numbers for a in structures]),
+            np.concatenate([a.positions for a in structures]),
+            np.array([len(a) for a in structures], dtype=np.int64),
+            np.stack([a.cell.array for a in structures]),
+            np.stack([a.pbc for a in structures]),
+            np.asarray(parent, dtype=np.int64),
+            np.asarray(sigma_f_mean, dtype=float),
+            np.asarray(sigma_f_max, dtype=float),
+            np.asarray(score, dtype=float),
+            dict(stopped or {}),
+        )
 
     @classmethod
     def empty(cls, stopped: dict[int, str] | None = None) -> Candidates:
         z = np.zeros(0)
-        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, 3)), np.zeros(0, dtype=np.int64),
-                   np.zeros((0, 3, 3)), np.zeros((0, 3), dtype=bool), np.zeros(0, dtype=np.int64),
-                   z, z, z, dict(stopped or {}))
+        return cls(
+            np.zeros(0, dtype=np.int64),
+            np.zeros((0, 3)),
+            np.zeros(0, dtype=np.int64),
+            np.zeros((0, 3, 3)),
+            np.zeros((0, 3), dtype=bool),
+            np.zeros(0, dtype=np.int64),
+            z,
+            z,
+            z,
+            dict(stopped or {}),
+        )

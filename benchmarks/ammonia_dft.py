@@ -54,8 +54,10 @@ QUICK_DFT = {"method": "RHF", "basis": "STO-3G"}
 
 def labels_per_generation(layout: RunLayout, generations: list[int]) -> dict[int, int]:
     """Labels the committee of each generation was trained on (initial ones included)."""
-    trained_on = [p.generation if p.strategy != "initial" else -1
-                  for p in Dataset(layout.dataset).provenance()]
+    trained_on = [
+        p.generation if p.strategy != "initial" else -1
+        for p in Dataset(layout.dataset).provenance()
+    ]
     return {g: sum(1 for t in trained_on if t < g) for g in generations}
 
 
@@ -69,17 +71,27 @@ def evaluate_run(config: RunConfig, ref: dict) -> list[dict]:
     for g in generations:
         committee = Committee.from_checkpoints(layout.committee_checkpoints(g))
         record = records.get(g, {})
-        rows.append({"generation": g, "n_labels": n_labels[g],
-                     **committee_metrics(committee, ref, 0, 0, np.random.default_rng(g)),
-                     "seconds": record.get("seconds"),
-                     **{f"seconds_{p}": record.get(f"seconds_{p}") for p in PHASES}})
+        rows.append(
+            {
+                "generation": g,
+                "n_labels": n_labels[g],
+                **committee_metrics(committee, ref, 0, 0, np.random.default_rng(g)),
+                "seconds": record.get("seconds"),
+                **{f"seconds_{p}": record.get(f"seconds_{p}") for p in PHASES},
+            }
+        )
     return rows
 
 
 def timing_summary(runs: dict[str, dict[int, list[dict]]]) -> dict:
     """Mean seconds per generation and phase over all runs' generations that explored."""
-    rows = [r for by_seed in runs.values() for rs in by_seed.values() for r in rs
-            if r.get("seconds_exploration")]
+    rows = [
+        r
+        for by_seed in runs.values()
+        for rs in by_seed.values()
+        for r in rs
+        if r.get("seconds_exploration")
+    ]
     out = {p: float(np.mean([r[f"seconds_{p}"] for r in rows])) for p in PHASES} if rows else {}
     if rows:
         out["total"] = float(np.mean([r["seconds"] for r in rows]))
@@ -88,23 +100,44 @@ def timing_summary(runs: dict[str, dict[int, list[dict]]]) -> dict:
     return out
 
 
-def run(seeds: list[int], generations: int, labels_per_generation: int, quick: bool,
-        n_frames: int = 12, strategies: tuple[str, ...] = STRATEGIES,
-        root: Path | None = None, rmse_target: float = 0.1) -> dict:
+def run(
+    seeds: list[int],
+    generations: int,
+    labels_per_generation: int,
+    quick: bool,
+    n_frames: int = 12,
+    strategies: tuple[str, ...] = STRATEGIES,
+    root: Path | None = None,
+    rmse_target: float = 0.1,
+) -> dict:
     """Each strategy and seed as a Prefect flow run with DFT labels, then the metrics."""
     from advloop.flows.active_learning import run_active_learning
     from advloop.flows.report import GenerationTable
 
     torch.set_num_threads(1)
-    overrides = {"convergence": {"force_std_threshold": 1e-9},  # run every generation
-                 "budget": {"max_labels": 10_000},
-                 **({"labels": QUICK_DFT} if quick else {})}
+    overrides = {
+        "convergence": {"force_std_threshold": 1e-9},  # run every generation
+        "budget": {"max_labels": 10_000},
+        **({"labels": QUICK_DFT} if quick else {}),
+    }
     runs: dict[str, dict[int, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="advloop-bench-") as tmp:
         base = Path(root or tmp)
-        configs = {(s, seed): _config(s, seed, base, quick, labels_per_generation, generations,
-                                      labels=PYSCF, name=f"dft-{s}", overrides=overrides)
-                   for s in strategies for seed in seeds}
+        configs = {
+            (s, seed): _config(
+                s,
+                seed,
+                base,
+                quick,
+                labels_per_generation,
+                generations,
+                labels=PYSCF,
+                name=f"dft-{s}",
+                overrides=overrides,
+            )
+            for s in strategies
+            for seed in seeds
+        }
         labels = next(iter(configs.values())).labels
         t0 = time.perf_counter()
         ref = oracle_reference(n_frames, np.random.default_rng(0), labels)
@@ -113,26 +146,41 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
             summary = run_active_learning(config, GenerationTable(io.StringIO()))
             runs.setdefault(strategy, {})[seed] = rows = evaluate_run(config, ref)
             last = rows[-1]
-            print(f"{strategy:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
-                  f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
-                  f"{last['force_rmse_1000K']:.3f} eV/Å  stop: {summary['stop_reason']}", flush=True)
-    return {"oracle": {"method": level_of_theory(labels), "barrier_eV": ref["barrier_eV"],
-                       "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
-                       "trajectory_frames": n_frames, "trajectory_temperature_K": 1000.0,
-                       "reference_seconds": reference_seconds},
-            "settings": {"seeds": seeds, "generations": generations,
-                         "labels_per_generation": labels_per_generation, "quick": quick,
-                         "force_rmse_target": rmse_target, "strategies": list(strategies),
-                         "orchestrator": "Prefect flow run_active_learning, embedded server"},
-            "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
-            "summary": summarise(runs, rmse_target),
-            "seconds_per_generation": timing_summary(runs)}
+            print(
+                f"{strategy:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
+                f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
+                f"{last['force_rmse_1000K']:.3f} eV/Å  stop: {summary['stop_reason']}",
+                flush=True,
+            )
+    return {
+        "oracle": {
+            "method": level_of_theory(labels),
+            "barrier_eV": ref["barrier_eV"],
+            "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
+            "trajectory_frames": n_frames,
+            "trajectory_temperature_K": 1000.0,
+            "reference_seconds": reference_seconds,
+        },
+        "settings": {
+            "seeds": seeds,
+            "generations": generations,
+            "labels_per_generation": labels_per_generation,
+            "quick": quick,
+            "force_rmse_target": rmse_target,
+            "strategies": list(strategies),
+            "orchestrator": "Prefect flow run_active_learning, embedded server",
+        },
+        "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
+        "summary": summarise(runs, rmse_target),
+        "seconds_per_generation": timing_summary(runs),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="RHF/STO-3G, one seed, one generation: checks the code")
+    parser.add_argument(
+        "--quick", action="store_true", help="RHF/STO-3G, one seed, one generation: checks the code"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from advloop.flows.cli import use_prefect_defaults
@@ -143,11 +191,18 @@ def main(argv: list[str] | None = None) -> dict:
         results = run([0], generations=1, labels_per_generation=3, quick=True, n_frames=3)
     else:
         results = run([0, 1, 2], generations=5, labels_per_generation=8, quick=False)
-    header = record_header("benchmarks.ammonia_dft", argv, ("schnetpack", "pyscf", "prefect", "ase"),
-                           args.quick, time.perf_counter() - t0)
-    record = {**header,
-              "environment": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-              **results}
+    header = record_header(
+        "benchmarks.ammonia_dft",
+        argv,
+        ("schnetpack", "pyscf", "prefect", "ase"),
+        args.quick,
+        time.perf_counter() - t0,
+    )
+    record = {
+        **header,
+        "environment": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        **results,
+    }
     return write_record(args.output, record)
 
 

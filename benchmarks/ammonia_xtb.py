@@ -68,8 +68,9 @@ def _oracle(labels: Labeller = XTB):
     return make_calculator(labels)[0]
 
 
-def oracle_reference(n_frames: int, rng: np.random.Generator, labels: Labeller = XTB,
-                     steps_per_frame: int = 20) -> dict:
+def oracle_reference(
+    n_frames: int, rng: np.random.Generator, labels: Labeller = XTB, steps_per_frame: int = 20
+) -> dict:
     """The oracle's minimum, planar transition state, barrier (eV) and 1000 K frames
     (one every ``steps_per_frame`` Langevin steps of 0.5 fs)."""
     minimum = read(EXAMPLE.parent / "structures" / "nh3.xyz")
@@ -84,39 +85,56 @@ def oracle_reference(n_frames: int, rng: np.random.Generator, labels: Labeller =
     hot = minimum.copy()
     hot.calc = _oracle(labels)
     thermalize_momenta(hot, temperature_K=1000.0, rng=rng)
-    dynamics = Langevin(hot, 0.5 * units.fs, temperature_K=1000.0, friction=0.02 / units.fs,
-                        fixcm=False, rng=rng)
+    dynamics = Langevin(
+        hot, 0.5 * units.fs, temperature_K=1000.0, friction=0.02 / units.fs, fixcm=False, rng=rng
+    )
     frames = []
     for _ in range(n_frames):
         dynamics.run(steps_per_frame)
         frames.append((hot.positions.copy(), hot.get_forces().copy()))
-    return {"minimum": minimum.positions.copy(), "ts": planar.positions.copy(),
-            "numbers": minimum.numbers.copy(), "barrier_eV": float(barrier),
-            "frames": frames}
+    return {
+        "minimum": minimum.positions.copy(),
+        "ts": planar.positions.copy(),
+        "numbers": minimum.numbers.copy(),
+        "barrier_eV": float(barrier),
+        "frames": frames,
+    }
 
 
-def committee_metrics(committee: Committee, ref: dict, n_md: int, md_steps: int,
-                      rng: np.random.Generator) -> dict:
+def committee_metrics(
+    committee: Committee, ref: dict, n_md: int, md_steps: int, rng: np.random.Generator
+) -> dict:
     """Barrier error (kcal/mol), force RMSE on the oracle frames (eV/Å), MD stability."""
     z = ref["numbers"]
     n = len(z)
-    pair = committee.predict_arrays(np.tile(z, 2), np.concatenate([ref["minimum"], ref["ts"]]),
-                                    np.array([n, n]))
+    pair = committee.predict_arrays(
+        np.tile(z, 2), np.concatenate([ref["minimum"], ref["ts"]]), np.array([n, n])
+    )
     barrier = float(pair.energy_mean[1] - pair.energy_mean[0])
     positions = np.concatenate([p for p, _ in ref["frames"]])
     forces = np.concatenate([f for _, f in ref["frames"]])
-    pred = committee.predict_arrays(np.tile(z, len(ref["frames"])), positions,
-                                    np.full(len(ref["frames"]), n))
+    pred = committee.predict_arrays(
+        np.tile(z, len(ref["frames"])), positions, np.full(len(ref["frames"]), n)
+    )
     rmse = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
-    out = {"barrier_eV": barrier,
-           "barrier_error_kcal_mol": abs(barrier - ref["barrier_eV"]) / KCAL_PER_MOL,
-           "force_rmse_1000K": rmse}
+    out = {
+        "barrier_eV": barrier,
+        "barrier_error_kcal_mol": abs(barrier - ref["barrier_eV"]) / KCAL_PER_MOL,
+        "force_rmse_1000K": rmse,
+    }
     if n_md == 0:
         return out
-    seeds = Seeds(np.tile(z, n_md), np.tile(ref["minimum"], (n_md, 1)), np.full(n_md, n),
-                  np.zeros((n_md, 3, 3)), np.zeros((n_md, 3), dtype=bool), np.arange(n_md))
-    md = CommitteeMDSettings(temperature=MD_TEMPERATURE, timestep=0.5, n_steps=md_steps,
-                             trust_lower=0.0, trust_upper=1e9)
+    seeds = Seeds(
+        np.tile(z, n_md),
+        np.tile(ref["minimum"], (n_md, 1)),
+        np.full(n_md, n),
+        np.zeros((n_md, 3, 3)),
+        np.zeros((n_md, 3), dtype=bool),
+        np.arange(n_md),
+    )
+    md = CommitteeMDSettings(
+        temperature=MD_TEMPERATURE, timestep=0.5, n_steps=md_steps, trust_lower=0.0, trust_upper=1e9
+    )
     state = None
     for state in icommittee_md(committee, seeds, md, rng):  # noqa: B007  (the last state)
         pass
@@ -126,37 +144,58 @@ def committee_metrics(committee: Committee, ref: dict, n_md: int, md_steps: int,
 def with_overrides(config: RunConfig, overrides: dict[str, dict] | None) -> RunConfig:
     """``config`` with the fields of some sections replaced (config section -> fields);
     a section is a pydantic model or a frozen dataclass."""
+
     def changed(section, fields: dict):
-        return section.model_copy(update=fields) if hasattr(section, "model_copy") \
+        return (
+            section.model_copy(update=fields)
+            if hasattr(section, "model_copy")
             else replace(section, **fields)
-    return config.model_copy(update={key: changed(getattr(config, key), fields)
-                                     for key, fields in (overrides or {}).items()})
+        )
+
+    return config.model_copy(
+        update={
+            key: changed(getattr(config, key), fields) for key, fields in (overrides or {}).items()
+        }
+    )
 
 
-def _config(strategy: str, seed: int, root: Path, quick: bool, labels_per_generation: int,
-            generations: int, labels: Labeller = XTB, name: str | None = None,
-            overrides: dict[str, dict] | None = None) -> RunConfig:
+def _config(
+    strategy: str,
+    seed: int,
+    root: Path,
+    quick: bool,
+    labels_per_generation: int,
+    generations: int,
+    labels: Labeller = XTB,
+    name: str | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> RunConfig:
     base = validate_config(EXAMPLE, output_dir=root)
-    training = replace(base.training, max_epochs=80 if quick else 300,
-                       warm_start_epochs=30 if quick else 120)
-    config = base.exploring(strategy).model_copy(update={
-        "system": base.system.model_copy(update={"name": f"{name or strategy}-{seed}"}),
-        "labels": labels,
-        "committee": base.committee.model_copy(update={"seed": seed,
-                                                       "n_members": 3 if quick else 4}),
-        "initial_data": base.initial_data.model_copy(update={"seed": seed}),
-        "training": training,
-        "selection": replace(base.selection, max_selected=labels_per_generation),
-        "budget": base.budget.model_copy(update={"max_generations": generations}),
-    })
+    training = replace(
+        base.training, max_epochs=80 if quick else 300, warm_start_epochs=30 if quick else 120
+    )
+    config = base.exploring(strategy).model_copy(
+        update={
+            "system": base.system.model_copy(update={"name": f"{name or strategy}-{seed}"}),
+            "labels": labels,
+            "committee": base.committee.model_copy(
+                update={"seed": seed, "n_members": 3 if quick else 4}
+            ),
+            "initial_data": base.initial_data.model_copy(update={"seed": seed}),
+            "training": training,
+            "selection": replace(base.selection, max_selected=labels_per_generation),
+            "budget": base.budget.model_copy(update={"max_generations": generations}),
+        }
+    )
     return with_overrides(config, overrides)
 
 
 def measure(ref: dict, n_md: int, md_steps: int, seed: int) -> Measure:
     """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`, with
     MD velocities seeded by the committee seed and generation."""
-    return lambda committee, g: committee_metrics(committee, ref, n_md, md_steps,
-                                                  np.random.default_rng([seed, g]))
+    return lambda committee, g: committee_metrics(
+        committee, ref, n_md, md_steps, np.random.default_rng([seed, g])
+    )
 
 
 def _labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
@@ -175,24 +214,40 @@ def summarise(runs: dict[str, dict[int, list[dict]]], rmse_target: float) -> dic
             entry[f"final_{key}_mean"] = float(values.mean())
             entry[f"final_{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         entry["labels_to_barrier_within_1_kcal_mol"] = {
-            seed: _labels_to_reach(rows, "barrier_error_kcal_mol", 1.0) for seed, rows in by_seed.items()}
+            seed: _labels_to_reach(rows, "barrier_error_kcal_mol", 1.0)
+            for seed, rows in by_seed.items()
+        }
         entry["labels_to_force_rmse_target"] = {
-            seed: _labels_to_reach(rows, "force_rmse_1000K", rmse_target) for seed, rows in by_seed.items()}
+            seed: _labels_to_reach(rows, "force_rmse_1000K", rmse_target)
+            for seed, rows in by_seed.items()
+        }
         out[strategy] = entry
     return out
 
 
 def _print(name: str, seed: int, last: dict) -> None:
     stable = f"  MD stable {last['md_stable_fraction']:.2f}" if "md_stable_fraction" in last else ""
-    print(f"{name:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
-          f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
-          f"{last['force_rmse_1000K']:.3f} eV/Å{stable}", flush=True)
+    print(
+        f"{name:12s} seed {seed}: {last['n_labels']:3d} labels  barrier error "
+        f"{last['barrier_error_kcal_mol']:6.2f} kcal/mol  force RMSE "
+        f"{last['force_rmse_1000K']:.3f} eV/Å{stable}",
+        flush=True,
+    )
 
 
-def run(seeds: list[int], generations: int, labels_per_generation: int, quick: bool,
-        rmse_target: float = 0.1, n_frames: int = 20, n_md: int = 16, md_steps: int = 1000,
-        strategies: tuple[str, ...] = STRATEGIES, root: Path | None = None,
-        ablations: dict[str, dict[str, dict]] | None = None) -> dict:
+def run(
+    seeds: list[int],
+    generations: int,
+    labels_per_generation: int,
+    quick: bool,
+    rmse_target: float = 0.1,
+    n_frames: int = 20,
+    n_md: int = 16,
+    md_steps: int = 1000,
+    strategies: tuple[str, ...] = STRATEGIES,
+    root: Path | None = None,
+    ablations: dict[str, dict[str, dict]] | None = None,
+) -> dict:
     """Every strategy for every seed, then each ablation of the adversarial strategy
     (without the stability runs)."""
     torch.set_num_threads(1)
@@ -204,46 +259,88 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
         for strategy in strategies:
             for seed in seeds:
                 config = _config(strategy, seed, base, quick, labels_per_generation, generations)
-                runs.setdefault(strategy, {})[seed] = rows = measured_run(config, measure(ref, n_md, md_steps, seed))
+                runs.setdefault(strategy, {})[seed] = rows = measured_run(
+                    config, measure(ref, n_md, md_steps, seed)
+                )
                 _print(strategy, seed, rows[-1])
         for name, overrides in (ablations or {}).items():
             for seed in seeds:
-                config = _config("adversarial", seed, base, quick, labels_per_generation,
-                                 generations, name=name, overrides=overrides)
-                ablated.setdefault(name, {})[seed] = rows = measured_run(config, measure(ref, 0, 0, seed))
+                config = _config(
+                    "adversarial",
+                    seed,
+                    base,
+                    quick,
+                    labels_per_generation,
+                    generations,
+                    name=name,
+                    overrides=overrides,
+                )
+                ablated.setdefault(name, {})[seed] = rows = measured_run(
+                    config, measure(ref, 0, 0, seed)
+                )
                 _print(name, seed, rows[-1])
-    return {"oracle": {"method": "GFN2-xTB (tblite)", "barrier_eV": ref["barrier_eV"],
-                       "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
-                       "trajectory_frames": n_frames, "trajectory_temperature_K": 1000.0},
-            "settings": {"seeds": seeds, "generations": generations,
-                         "labels_per_generation": labels_per_generation, "quick": quick,
-                         "force_rmse_target": rmse_target, "md_runs": n_md,
-                         "md_steps": md_steps, "md_temperature_K": MD_TEMPERATURE,
-                         "md_timestep_fs": 0.5},
-            "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
-            "summary": summarise(runs, rmse_target),
-            "ablations": {name: {"changed": ablations[name],
-                                 "runs": {str(k): v for k, v in by_seed.items()},
-                                 "summary": summarise({name: by_seed}, rmse_target)[name]}
-                          for name, by_seed in ablated.items()}}
+    return {
+        "oracle": {
+            "method": "GFN2-xTB (tblite)",
+            "barrier_eV": ref["barrier_eV"],
+            "barrier_kcal_mol": ref["barrier_eV"] / KCAL_PER_MOL,
+            "trajectory_frames": n_frames,
+            "trajectory_temperature_K": 1000.0,
+        },
+        "settings": {
+            "seeds": seeds,
+            "generations": generations,
+            "labels_per_generation": labels_per_generation,
+            "quick": quick,
+            "force_rmse_target": rmse_target,
+            "md_runs": n_md,
+            "md_steps": md_steps,
+            "md_temperature_K": MD_TEMPERATURE,
+            "md_timestep_fs": 0.5,
+        },
+        "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
+        "summary": summarise(runs, rmse_target),
+        "ablations": {
+            name: {
+                "changed": ablations[name],
+                "runs": {str(k): v for k, v in by_seed.items()},
+                "summary": summarise({name: by_seed}, rmse_target)[name],
+            }
+            for name, by_seed in ablated.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, two generations, small committee")
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, two generations, small committee"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     if args.quick:
-        results = run([0], generations=2, labels_per_generation=4, quick=True, n_frames=10,
-                      n_md=4, md_steps=100)
+        results = run(
+            [0],
+            generations=2,
+            labels_per_generation=4,
+            quick=True,
+            n_frames=10,
+            n_md=4,
+            md_steps=100,
+        )
     else:
-        results = run([0, 1, 2], generations=5, labels_per_generation=8, quick=False,
-                      ablations=ABLATIONS)
-    header = record_header("benchmarks.ammonia_xtb", argv, ("schnetpack", "tblite", "ase"), args.quick,
-                           time.perf_counter() - t0)
-    record = {**header,
-              **results}
+        results = run(
+            [0, 1, 2], generations=5, labels_per_generation=8, quick=False, ablations=ABLATIONS
+        )
+    header = record_header(
+        "benchmarks.ammonia_xtb",
+        argv,
+        ("schnetpack", "tblite", "ase"),
+        args.quick,
+        time.perf_counter() - t0,
+    )
+    record = {**header, **results}
     return write_record(args.output, record)
 
 

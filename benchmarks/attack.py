@@ -76,8 +76,13 @@ RATIO_GOAL = 3.5  # attack step / forward pass, the goal of the issue
 # fragments, so the factor is 6, at which every one is in one piece; and the step size is
 # small so that no two atoms drift into a clash (a random committee's attack pulls some
 # together). None of these changes the work done per step.
-SETTINGS = dataclasses.replace(AttackSettings(temperature=TEMPERATURE), n_steps=10**9,
-                               max_displacement=1.0e3, max_bond_factor=6.0, learning_rate=1.0e-4)
+SETTINGS = dataclasses.replace(
+    AttackSettings(temperature=TEMPERATURE),
+    n_steps=10**9,
+    max_displacement=1.0e3,
+    max_bond_factor=6.0,
+    learning_rate=1.0e-4,
+)
 
 
 def advance(steps: Iterator[AttackStep]) -> AttackStep:
@@ -88,9 +93,13 @@ def advance(steps: Iterator[AttackStep]) -> AttackStep:
     return step
 
 
-def time_forward_and_steps(forward: Callable[[], object], steps: Iterator[AttackStep],
-                           refresh: int, min_time: float, min_periods: int = 3,
-                           ) -> tuple[dict, dict, AttackStep]:
+def time_forward_and_steps(
+    forward: Callable[[], object],
+    steps: Iterator[AttackStep],
+    refresh: int,
+    min_time: float,
+    min_periods: int = 3,
+) -> tuple[dict, dict, AttackStep]:
     """Timings of forward passes and attack steps taken alternately, one of each in turn,
     so that load from other processes on a shared machine affects them alike (the
     committee benchmark's ``time_variants`` alternates whole calls; here an attack step
@@ -119,17 +128,34 @@ def time_forward_and_steps(forward: Callable[[], object], steps: Iterator[Attack
             forward_s.append(t1 - t0)
             total += step_s[-1]
         period_s.append(total / refresh)
-    return ({"median_s": statistics.median(forward_s), "min_s": min(forward_s),
-             "repeats": len(forward_s)},
-            {"median_s": statistics.median(period_s), "min_period_s": min(period_s),
-             "min_s": min(step_s), "periods": len(period_s), "steps_per_period": refresh,
-             "steps_run": last.step},
-            last)
+    return (
+        {
+            "median_s": statistics.median(forward_s),
+            "min_s": min(forward_s),
+            "repeats": len(forward_s),
+        },
+        {
+            "median_s": statistics.median(period_s),
+            "min_period_s": min(period_s),
+            "min_s": min(step_s),
+            "periods": len(period_s),
+            "steps_per_period": refresh,
+            "steps_run": last.step,
+        },
+        last,
+    )
 
 
-def attack_parts(committee: Committee, numbers: np.ndarray, positions: np.ndarray,
-                 n_atoms: np.ndarray, kT: float, log_q: float, settings: AttackSettings,
-                 n_steps: int) -> dict[str, float]:
+def attack_parts(
+    committee: Committee,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    n_atoms: np.ndarray,
+    kT: float,
+    log_q: float,
+    settings: AttackSettings,
+    n_steps: int,
+) -> dict[str, float]:
     """Median seconds per step of each part of an attack step, replayed outside
     :func:`iattack` with the same calls; the neighbour list is rebuilt every step here
     and its time divided by ``neighbor_refresh``."""
@@ -140,9 +166,18 @@ def attack_parts(committee: Committee, numbers: np.ndarray, positions: np.ndarra
     delta.requires_grad_(True)
     optimizer = torch.optim.Adam([delta], lr=settings.learning_rate)
     idx_m = torch.as_tensor(np.repeat(np.arange(len(n_atoms)), n_atoms))
-    times: dict[str, list[float]] = {name: [] for name in (
-        "geometry_checks", "neighbor_list", "committee_forward", "committee_forces_create_graph",
-        "objective", "backward", "optimizer_step")}
+    times: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "geometry_checks",
+            "neighbor_list",
+            "committee_forward",
+            "committee_forces_create_graph",
+            "objective",
+            "backward",
+            "optimizer_step",
+        )
+    }
 
     def timed(name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -154,15 +189,20 @@ def attack_parts(committee: Committee, numbers: np.ndarray, positions: np.ndarra
         x = x0 + delta
         current = x.detach().numpy()
         for s in range(len(n_atoms)):
-            check_geometry(numbers[starts[s]:starts[s + 1]], current[starts[s]:starts[s + 1]],
-                           settings.min_distance_factor, settings.max_bond_factor)
+            check_geometry(
+                numbers[starts[s] : starts[s + 1]],
+                current[starts[s] : starts[s + 1]],
+                settings.min_distance_factor,
+                settings.max_bond_factor,
+            )
         t = timed("geometry_checks", t)
         graph = build_graph(numbers, current, n_atoms, committee.spec.cutoff)
         t = timed("neighbor_list", t)
         # Committee.energies_forces(graph, x, create_graph=True), split in two.
         member_positions = x.unsqueeze(0).expand(len(committee), -1, -1)
-        energies = torch.stack([m(graph, member_positions[k])
-                                for k, m in enumerate(committee.members)])
+        energies = torch.stack(
+            [m(graph, member_positions[k]) for k, m in enumerate(committee.members)]
+        )
         t = timed("committee_forward", t)
         (grad,) = torch.autograd.grad(energies.sum(), member_positions, create_graph=True)
         forces = -grad
@@ -182,8 +222,9 @@ def attack_parts(committee: Committee, numbers: np.ndarray, positions: np.ndarra
     return parts
 
 
-def bench_size(n_atoms: int, batch_atoms: int, min_time: float, device: torch.device,
-               rng: np.random.Generator) -> dict:
+def bench_size(
+    n_atoms: int, batch_atoms: int, min_time: float, device: torch.device, rng: np.random.Generator
+) -> dict:
     """Forward pass and attack step timings on max(1, batch_atoms // n_atoms) random
     molecules of n_atoms atoms each."""
     n_structures = max(1, batch_atoms // n_atoms)
@@ -199,15 +240,26 @@ def bench_size(n_atoms: int, batch_atoms: int, min_time: float, device: torch.de
     energies, _ = committee.energies_forces(graph, x)
     kT = kT_from_temperature(TEMPERATURE)
     log_q = log_partition(energies.detach().mean(0).cpu().numpy(), kT)
-    steps = iattack(committee, numbers, positions, n_atoms_arr, kT, log_q, SETTINGS,
-                    torch.Generator().manual_seed(0))
+    steps = iattack(
+        committee,
+        numbers,
+        positions,
+        n_atoms_arr,
+        kT,
+        log_q,
+        SETTINGS,
+        torch.Generator().manual_seed(0),
+    )
     refresh = SETTINGS.neighbor_refresh
     forward_timing, step_timing, last = time_forward_and_steps(
-        lambda: committee.energies_forces(graph, x), steps, refresh, min_time)
+        lambda: committee.energies_forces(graph, x), steps, refresh, min_time
+    )
     steps.close()
     if last.stopped:
-        raise RuntimeError(f"seeds froze while being timed, so the steps timed were not all "
-                           f"full steps: {last.stopped}")
+        raise RuntimeError(
+            f"seeds froze while being timed, so the steps timed were not all "
+            f"full steps: {last.stopped}"
+        )
     forward = forward_timing["median_s"]
     step = step_timing["median_s"]
     parts = attack_parts(committee, numbers, positions, n_atoms_arr, kT, log_q, SETTINGS, refresh)
@@ -230,8 +282,15 @@ def bench_size(n_atoms: int, batch_atoms: int, min_time: float, device: torch.de
     }
 
 
-def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 1,
-        device: str = "cpu", output: Path | None = None, command: str | None = None) -> dict:
+def run(
+    sizes: Sequence[int],
+    batch_atoms: int,
+    min_time: float,
+    threads: int = 1,
+    device: str = "cpu",
+    output: Path | None = None,
+    command: str | None = None,
+) -> dict:
     """Benchmark each molecule size; return the record and write it to ``output`` as JSON.
 
     Sets torch's intra-op threads to ``threads`` while it runs and restores them after.
@@ -246,8 +305,10 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
         raise ValueError(f"batch_atoms must be at least 1, got {batch_atoms}")
     dev = torch.device(device)
     if dev.type != "cpu":
-        raise ValueError(f"device {device!r}: this benchmark's step breakdown (attack_parts) "
-                         "replays a step on the CPU only; use --device cpu")
+        raise ValueError(
+            f"device {device!r}: this benchmark's step breakdown (attack_parts) "
+            "replays a step on the CPU only; use --device cpu"
+        )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -256,12 +317,15 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
         for n in sizes:
             r = bench_size(n, batch_atoms, min_time, dev, rng)
             results.append(r)
-            print(f"attack {n:4d} atoms x {r['n_structures_per_batch']:3d}: "
-                  f"forward {1e3 * r['forward_seconds']:8.1f} ms  "
-                  f"step {1e3 * r['attack_step_seconds']:8.1f} ms  "
-                  f"ratio {r['attack_step_over_forward']:5.2f}  "
-                  f"{r['geometry_steps_per_second']:7.1f} geometry-steps/s  "
-                  f"{r['atom_steps_per_second']:8.0f} atom-steps/s", flush=True)
+            print(
+                f"attack {n:4d} atoms x {r['n_structures_per_batch']:3d}: "
+                f"forward {1e3 * r['forward_seconds']:8.1f} ms  "
+                f"step {1e3 * r['attack_step_seconds']:8.1f} ms  "
+                f"ratio {r['attack_step_over_forward']:5.2f}  "
+                f"{r['geometry_steps_per_second']:7.1f} geometry-steps/s  "
+                f"{r['atom_steps_per_second']:8.0f} atom-steps/s",
+                flush=True,
+            )
         machine = machine_info()
     finally:
         torch.set_num_threads(previous_threads)
@@ -278,10 +342,16 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
-            "model": SPEC.to_dict(), "n_members": N_MEMBERS, "dtype": "float32",
-            "trained": False, "device": str(dev), "threads": threads,
-            "batch_atoms": batch_atoms, "min_time_s": min_time,
-            "density_atoms_per_A3": DENSITY, "min_distance_A": MIN_DISTANCE,
+            "model": SPEC.to_dict(),
+            "n_members": N_MEMBERS,
+            "dtype": "float32",
+            "trained": False,
+            "device": str(dev),
+            "threads": threads,
+            "batch_atoms": batch_atoms,
+            "min_time_s": min_time,
+            "density_atoms_per_A3": DENSITY,
+            "min_distance_A": MIN_DISTANCE,
             "attack": dataclasses.asdict(SETTINGS),
             "kT_eV": kT_from_temperature(TEMPERATURE),
             "log_q": "log_partition of the committee-mean energies of the batch",
@@ -290,7 +360,8 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
             "max_attack_step_over_forward": worst["attack_step_over_forward"],
             "max_attack_step_over_forward_n_atoms": worst["n_atoms"],
             "max_attack_step_over_forward_min_times": max(
-                r["attack_step_over_forward_min_times"] for r in results),
+                r["attack_step_over_forward_min_times"] for r in results
+            ),
             "goal_attack_step_over_forward": RATIO_GOAL,
         },
         "results": results,
@@ -301,23 +372,43 @@ def run(sizes: Sequence[int], batch_atoms: int, min_time: float, threads: int = 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes 10, 50, 100 atoms only")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: on small shared machines "
-                             "more threads than free cores makes every op wait)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="only cpu for now (the step breakdown replays a step on the CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on small shared machines "
+        "more threads than free cores makes every op wait)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="only cpu for now (the step breakdown replays a step on the CPU)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.device != "cpu":
         parser.error("--device cuda: the step breakdown (attack_parts) runs on the CPU only")
-    command = " ".join([Path(sys.executable).name, "-m", "benchmarks.attack",
-                        *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        [
+            Path(sys.executable).name,
+            "-m",
+            "benchmarks.attack",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
     sizes = [10, 50, 100] if args.quick else [10, 50, 100, 250, 500]
-    return run(sizes, batch_atoms=500 if args.quick else 1000,
-               min_time=0.5 if args.quick else 2.0, threads=args.threads,
-               device=args.device, output=args.output, command=command)
+    return run(
+        sizes,
+        batch_atoms=500 if args.quick else 1000,
+        min_time=0.5 if args.quick else 2.0,
+        threads=args.threads,
+        device=args.device,
+        output=args.output,
+        command=command,
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ def random_molecule(n_atoms: int, rng: np.random.Generator) -> tuple[np.ndarray,
     placed = 0
     for _ in range(1000 * n_atoms):
         trial = rng.uniform(0.0, side, 3)
-        if placed == 0 or np.min(np.linalg.norm(positions[:placed] - trial, axis=1)) >= MIN_DISTANCE:
+        if (
+            placed == 0
+            or np.min(np.linalg.norm(positions[:placed] - trial, axis=1)) >= MIN_DISTANCE
+        ):
             positions[placed] = trial
             placed += 1
             if placed == n_atoms:
@@ -95,13 +98,18 @@ def make_members(device: torch.device, seed: int = 0) -> list[EnergyModel]:
     return members
 
 
-def time_variants(variants: dict[str, Callable[[], object]], min_time: float,
-                  min_rounds: int = 3, device: torch.device | None = None) -> dict[str, dict]:
+def time_variants(
+    variants: dict[str, Callable[[], object]],
+    min_time: float,
+    min_rounds: int = 3,
+    device: torch.device | None = None,
+) -> dict[str, dict]:
     """Median and min seconds per call of each variant after one warm-up call each.
 
     Variants run interleaved, one call each per round, so that load from other
     processes on a shared machine affects them alike.
     """
+
     def sync():
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -119,12 +127,15 @@ def time_variants(variants: dict[str, Callable[[], object]], min_time: float,
             sync()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
-            for name, t in times.items()}
+    return {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
+        for name, t in times.items()
+    }
 
 
-def bench_inference(n_atoms: int, batch_atoms: int, min_time: float, device: torch.device,
-                    rng: np.random.Generator) -> dict:
+def bench_inference(
+    n_atoms: int, batch_atoms: int, min_time: float, device: torch.device, rng: np.random.Generator
+) -> dict:
     n_structures = max(1, batch_atoms // n_atoms)
     data = random_arrays(n_structures, n_atoms, rng)
     graph = build_graph(data.numbers, data.positions, data.n_atoms, SPEC.cutoff).to(device)
@@ -138,7 +149,9 @@ def bench_inference(n_atoms: int, batch_atoms: int, min_time: float, device: tor
     variants = {
         "looped": lambda: committee.energies_forces(graph, positions),
         "looped_own_backward": lambda: member_by_member_energies_forces(members, graph, positions),
-        "looped_single_backward": lambda: single_backward_energies_forces(members, graph, positions),
+        "looped_single_backward": lambda: single_backward_energies_forces(
+            members, graph, positions
+        ),
         "batched": lambda: stacked_energies_forces(members, graph, positions),
         "batched_prestacked": lambda: stacked.energies_forces(graph, positions),
     }
@@ -155,18 +168,24 @@ def bench_inference(n_atoms: int, batch_atoms: int, min_time: float, device: tor
         out[f"{name}_timing"] = t
     looped = timings["looped"]["median_s"]
     out["batched_over_looped_speedup"] = looped / timings["batched"]["median_s"]
-    out["batched_prestacked_over_looped_speedup"] = looped / timings["batched_prestacked"]["median_s"]
+    out["batched_prestacked_over_looped_speedup"] = (
+        looped / timings["batched_prestacked"]["median_s"]
+    )
     out["batched_over_looped_speedup_min_times"] = (
-        timings["looped"]["min_s"] / timings["batched"]["min_s"])
+        timings["looped"]["min_s"] / timings["batched"]["min_s"]
+    )
     out["looped_single_backward_over_looped_speedup"] = (
-        looped / timings["looped_single_backward"]["median_s"])
+        looped / timings["looped_single_backward"]["median_s"]
+    )
     out["batched_over_looped_own_backward_speedup"] = (
-        timings["looped_own_backward"]["median_s"] / timings["batched"]["median_s"])
+        timings["looped_own_backward"]["median_s"] / timings["batched"]["median_s"]
+    )
     return out
 
 
-def bench_training(n_atoms: int, n_structures: int, device: torch.device,
-                   rng: np.random.Generator) -> dict:
+def bench_training(
+    n_atoms: int, n_structures: int, device: torch.device, rng: np.random.Generator
+) -> dict:
     """One member, two epochs; the second is the steady state (the first also builds
     the neighbour lists and fits the reference energies)."""
     if device.type != "cpu":
@@ -198,16 +217,21 @@ def write_record(path: Path, record: dict) -> dict:
     return record
 
 
-def record_header(module: str, argv: list[str] | None, packages: tuple[str, ...], quick: bool,
-                  seconds: float) -> dict:
+def record_header(
+    module: str, argv: list[str] | None, packages: tuple[str, ...], quick: bool, seconds: float
+) -> dict:
     """The fields a benchmark record starts with: the command that made it, the machine,
     the versions of python, torch and ``packages``, the date, the mode and its seconds."""
     return {
-        "command": " ".join([Path(sys.executable).name, "-m", module,
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "-m", module, *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": machine_info(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     **{name: version(name) for name in packages}},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            **{name: version(name) for name in packages},
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
         "seconds": seconds,
@@ -228,9 +252,13 @@ def machine_info() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes 10, 50, 100 atoms only")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: on small shared machines "
-                             "more threads than free cores makes every op wait)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on small shared machines "
+        "more threads than free cores makes every op wait)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -249,21 +277,33 @@ def main(argv: list[str] | None = None) -> dict:
     for n in sizes:
         inference.append(bench_inference(n, batch_atoms, min_time, device, rng))
         r = inference[-1]
-        print(f"inference {n:4d} atoms: looped {r['looped_structures_per_s']:8.1f}/s  "
-              f"own-backward loop {r['looped_own_backward_structures_per_s']:8.1f}/s  "
-              f"single-backward loop {r['looped_single_backward_structures_per_s']:8.1f}/s  "
-              f"batched {r['batched_structures_per_s']:8.1f}/s  "
-              f"prestacked {r['batched_prestacked_structures_per_s']:8.1f}/s  "
-              f"speedup {r['batched_over_looped_speedup']:.2f}", flush=True)
+        print(
+            f"inference {n:4d} atoms: looped {r['looped_structures_per_s']:8.1f}/s  "
+            f"own-backward loop {r['looped_own_backward_structures_per_s']:8.1f}/s  "
+            f"single-backward loop {r['looped_single_backward_structures_per_s']:8.1f}/s  "
+            f"batched {r['batched_structures_per_s']:8.1f}/s  "
+            f"prestacked {r['batched_prestacked_structures_per_s']:8.1f}/s  "
+            f"speedup {r['batched_over_looped_speedup']:.2f}",
+            flush=True,
+        )
         training.append(bench_training(n, n_train, device, rng))
         t = training[-1]
         if "epoch_s" in t:
-            print(f"training  {n:4d} atoms: {t['structures_per_s_per_member']:8.1f} "
-                  f"structures/s per member", flush=True)
+            print(
+                f"training  {n:4d} atoms: {t['structures_per_s_per_member']:8.1f} "
+                f"structures/s per member",
+                flush=True,
+            )
 
     record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.committee",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                Path(sys.executable).name,
+                "-m",
+                "benchmarks.committee",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "machine": machine_info(),
         "versions": {
             "python": platform.python_version(),
@@ -273,9 +313,14 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
-            "model": SPEC.to_dict(), "n_members": N_MEMBERS, "dtype": "float32",
-            "device": str(device), "batch_atoms": batch_atoms, "min_time_s": min_time,
-            "density_atoms_per_A3": DENSITY, "min_distance_A": MIN_DISTANCE,
+            "model": SPEC.to_dict(),
+            "n_members": N_MEMBERS,
+            "dtype": "float32",
+            "device": str(device),
+            "batch_atoms": batch_atoms,
+            "min_time_s": min_time,
+            "density_atoms_per_A3": DENSITY,
+            "min_distance_A": MIN_DISTANCE,
             "train_structures": n_train,
         },
         "results": {"inference": inference, "training": training},

@@ -173,8 +173,16 @@ class MLPCommittee(torch.nn.Module):
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1.0 / math.sqrt(fan_in)
             for shape, params in (((fan_in, fan_out), self.weights), ((1, fan_out), self.biases)):
-                params.append(torch.nn.Parameter(torch.stack(
-                    [torch.empty(shape, dtype=F64).uniform_(-bound, bound, generator=g) for g in gens])))
+                params.append(
+                    torch.nn.Parameter(
+                        torch.stack(
+                            [
+                                torch.empty(shape, dtype=F64).uniform_(-bound, bound, generator=g)
+                                for g in gens
+                            ]
+                        )
+                    )
+                )
         self.energy_shift = energy_shift
 
     @property
@@ -190,8 +198,9 @@ class MLPCommittee(torch.nn.Module):
                 h = torch.nn.functional.silu(h)
         return h[..., 0] + self.energy_shift
 
-    def energies_forces(self, xy: torch.Tensor, create_graph: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def energies_forces(
+        self, xy: torch.Tensor, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies [n_members, n] and forces [n_members, n, 2] of points xy [n, 2];
         with ``create_graph`` both stay differentiable with respect to xy and weights."""
         if not xy.requires_grad:
@@ -212,8 +221,13 @@ def member_seeds(seed: int, generation: int, n_members: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([seed, generation]).generate_state(n_members)]
 
 
-def train_committee(xy: np.ndarray, energy: np.ndarray, forces: np.ndarray,
-                    settings: CommitteeSettings, seeds: list[int]) -> MLPCommittee:
+def train_committee(
+    xy: np.ndarray,
+    energy: np.ndarray,
+    forces: np.ndarray,
+    settings: CommitteeSettings,
+    seeds: list[int],
+) -> MLPCommittee:
     """Train a committee from scratch on points xy [n, 2], energies [n], forces [n, 2]."""
     model = MLPCommittee(settings.hidden, seeds, float(np.mean(energy)))
     x, e, f = (torch.as_tensor(a, dtype=F64) for a in (xy, energy, forces))
@@ -221,8 +235,9 @@ def train_committee(xy: np.ndarray, energy: np.ndarray, forces: np.ndarray,
     for _ in range(settings.epochs):
         optimizer.zero_grad(set_to_none=True)
         e_pred, f_pred = model.energies_forces(x, create_graph=True)
-        loss = (((e_pred - e) ** 2).mean(dim=1)
-                + settings.force_weight * ((f_pred - f) ** 2).mean(dim=(1, 2)))
+        loss = ((e_pred - e) ** 2).mean(dim=1) + settings.force_weight * ((f_pred - f) ** 2).mean(
+            dim=(1, 2)
+        )
         loss.sum().backward()  # a sum over members: each member gets its own gradient
         optimizer.step()
     return model
@@ -231,12 +246,21 @@ def train_committee(xy: np.ndarray, energy: np.ndarray, forces: np.ndarray,
 def predict(model: MLPCommittee, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Committee-mean energies [n], mean forces [n, 2] and σ_F [n] at xy [n, 2]."""
     e, f = model.energies_forces(torch.as_tensor(xy, dtype=F64))
-    return (e.mean(0).detach().numpy(), f.mean(0).detach().numpy(),
-            force_deviation(f).detach().numpy())
+    return (
+        e.mean(0).detach().numpy(),
+        f.mean(0).detach().numpy(),
+        force_deviation(f).detach().numpy(),
+    )
 
 
-def attack(model: MLPCommittee, seeds_xy: np.ndarray, kT: float, log_q: float,
-           ex: ExplorationSettings, generator: torch.Generator) -> np.ndarray:
+def attack(
+    model: MLPCommittee,
+    seeds_xy: np.ndarray,
+    kT: float,
+    log_q: float,
+    ex: ExplorationSettings,
+    generator: torch.Generator,
+) -> np.ndarray:
     """Adversarial points [n, 2]: Adam ascent of the objective on δ from seeds [n, 2].
     A seed whose objective stops being finite is frozen at its last finite point."""
     x0 = torch.as_tensor(seeds_xy, dtype=F64)
@@ -267,8 +291,13 @@ def attack(model: MLPCommittee, seeds_xy: np.ndarray, kT: float, log_q: float,
     return last.numpy()
 
 
-def committee_md(model: MLPCommittee, starts: np.ndarray, kT: float, ex: ExplorationSettings,
-                 rng: np.random.Generator) -> np.ndarray:
+def committee_md(
+    model: MLPCommittee,
+    starts: np.ndarray,
+    kT: float,
+    ex: ExplorationSettings,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """DP-GEN candidates [n, 2]: BAOAB Langevin walkers (unit mass) from starts [w, 2] on
     the committee-mean potential; every md_sample_interval steps, frames of walkers
     still running with trust_lower ≤ σ_F < trust_upper. A walker stops (and is frozen)
@@ -298,8 +327,9 @@ def committee_md(model: MLPCommittee, starts: np.ndarray, kT: float, ex: Explora
     return np.array(frames).reshape(-1, 2)
 
 
-def select(candidates: np.ndarray, sigma: np.ndarray, train_xy: np.ndarray, k: int,
-           min_distance: float) -> np.ndarray:
+def select(
+    candidates: np.ndarray, sigma: np.ndarray, train_xy: np.ndarray, k: int, min_distance: float
+) -> np.ndarray:
     """Indices of at most k candidates [n, 2], most uncertain first (σ_F [n]), none
     closer than min_distance to a training point [m, 2] or to another selection."""
     chosen: list[int] = []
@@ -314,9 +344,16 @@ def select(candidates: np.ndarray, sigma: np.ndarray, train_xy: np.ndarray, k: i
     return np.array(chosen, dtype=np.int64)
 
 
-def explore(strategy: Strategy, model: MLPCommittee, train_xy: np.ndarray, train_e: np.ndarray,
-            kT: float, ex: ExplorationSettings, rng: np.random.Generator,
-            generator: torch.Generator) -> np.ndarray:
+def explore(
+    strategy: Strategy,
+    model: MLPCommittee,
+    train_xy: np.ndarray,
+    train_e: np.ndarray,
+    kT: float,
+    ex: ExplorationSettings,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> np.ndarray:
     """Candidate points [n, 2] of one strategy."""
     if strategy == "adversarial":
         seeds = train_xy[rng.integers(len(train_xy), size=ex.n_candidates)]
@@ -338,7 +375,7 @@ def initial_data(settings: BenchmarkSettings, seed: int) -> np.ndarray:
         trial = rng.uniform(-settings.initial_box, settings.initial_box, (256, 2))
         keep = settings.potential.energy(trial) < settings.initial_energy_max
         points = np.concatenate([points, trial[keep]])
-    return points[:settings.n_initial]
+    return points[: settings.n_initial]
 
 
 class Evaluator:
@@ -369,17 +406,32 @@ class Evaluator:
         return out
 
 
-def run_strategy(strategy: Strategy, seed: int, generations: int, labels_per_generation: int,
-                 settings: BenchmarkSettings, evaluator: Evaluator,
-                 first: tuple[MLPCommittee, dict]) -> list[dict]:
+def run_strategy(
+    strategy: Strategy,
+    seed: int,
+    generations: int,
+    labels_per_generation: int,
+    settings: BenchmarkSettings,
+    evaluator: Evaluator,
+    first: tuple[MLPCommittee, dict],
+) -> list[dict]:
     """Metrics [generations + 1] of one strategy and seed; row 0 is the shared start
     ``first`` (the committee trained on the initial data and its metrics)."""
     pot, ex = settings.potential, settings.exploration
     xy = initial_data(settings, seed)
     n_initial = len(xy)
     model, metrics = first
-    rows = [{"generation": 0, "n_labels": 0, "n_candidates": 0, "labels_in_unseen_well": 0,
-             "fraction_in_unseen_well": 0.0, "seconds": 0.0, **metrics}]
+    rows = [
+        {
+            "generation": 0,
+            "n_labels": 0,
+            "n_candidates": 0,
+            "labels_in_unseen_well": 0,
+            "fraction_in_unseen_well": 0.0,
+            "seconds": 0.0,
+            **metrics,
+        }
+    ]
     for gen in range(1, generations + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([seed, gen, 1])
@@ -389,14 +441,26 @@ def run_strategy(strategy: Strategy, seed: int, generations: int, labels_per_gen
         sigma = predict(model, candidates)[2] if len(candidates) else np.zeros(0)
         picked = select(candidates, sigma, xy, labels_per_generation, ex.min_distance)
         xy = np.concatenate([xy, candidates[picked].reshape(-1, 2)])  # the oracle labels below
-        model = train_committee(xy, pot.energy(xy), pot.forces(xy), settings.committee,
-                                member_seeds(seed, gen, settings.committee.n_members))
+        model = train_committee(
+            xy,
+            pot.energy(xy),
+            pot.forces(xy),
+            settings.committee,
+            member_seeds(seed, gen, settings.committee.n_members),
+        )
         new = xy[n_initial:]
         n_unseen = int(np.sum(new[:, 0] > evaluator.x_saddle))
-        rows.append({"generation": gen, "n_labels": len(new), "n_candidates": len(candidates),
-                     "labels_in_unseen_well": n_unseen,
-                     "fraction_in_unseen_well": n_unseen / len(new) if len(new) else 0.0,
-                     "seconds": time.perf_counter() - t0, **evaluator(model)})
+        rows.append(
+            {
+                "generation": gen,
+                "n_labels": len(new),
+                "n_candidates": len(candidates),
+                "labels_in_unseen_well": n_unseen,
+                "fraction_in_unseen_well": n_unseen / len(new) if len(new) else 0.0,
+                "seconds": time.perf_counter() - t0,
+                **evaluator(model),
+            }
+        )
     return rows
 
 
@@ -419,33 +483,61 @@ def summarise(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> di
     for strategy, per_seed in {"adversarial": results["adversarial"], **results}.items():
         finals = [per_seed[str(s)][-1] for s in seeds]
         entry = {}
-        for key in ("boltzmann_force_rmse", "boltzmann_force_rmse_seen_well",
-                    "boltzmann_force_rmse_unseen_well", "labels_in_unseen_well", "n_labels"):
+        for key in (
+            "boltzmann_force_rmse",
+            "boltzmann_force_rmse_seen_well",
+            "boltzmann_force_rmse_unseen_well",
+            "labels_in_unseen_well",
+            "n_labels",
+        ):
             entry[f"final_{key}_mean"], entry[f"final_{key}_std"] = _mean_std(
-                [r[key] for r in finals])
+                [r[key] for r in finals]
+            )
         entry["labels_to_match_adversarial_per_seed"] = {  # first generation at or below
-            str(s): next((r["n_labels"] for r in per_seed[str(s)]
-                          if r["boltzmann_force_rmse"] <= adv_final[s]), None) for s in seeds}
+            str(s): next(
+                (
+                    r["n_labels"]
+                    for r in per_seed[str(s)]
+                    if r["boltzmann_force_rmse"] <= adv_final[s]
+                ),
+                None,
+            )
+            for s in seeds
+        }
         n_gen = len(per_seed[str(seeds[0])])
         mean_rmse, mean_labels = (
             [float(np.mean([per_seed[str(s)][g][key] for s in seeds])) for g in range(n_gen)]
-            for key in ("boltzmann_force_rmse", "n_labels"))
-        entry["mean_curve_boltzmann_force_rmse"], entry["mean_curve_n_labels"] = mean_rmse, mean_labels
+            for key in ("boltzmann_force_rmse", "n_labels")
+        )
+        entry["mean_curve_boltzmann_force_rmse"], entry["mean_curve_n_labels"] = (
+            mean_rmse,
+            mean_labels,
+        )
         reached = [n for r, n in zip(mean_rmse, mean_labels) if r <= adv_mean]
         entry["labels_to_match_adversarial_mean_curve"] = reached[0] if reached else None
         adv = summary.get("adversarial", entry)
-        at = [g for g, n in enumerate(adv["mean_curve_n_labels"])
-              if n >= entry["final_n_labels_mean"]]
+        at = [
+            g for g, n in enumerate(adv["mean_curve_n_labels"]) if n >= entry["final_n_labels_mean"]
+        ]
         entry["adversarial_rmse_at_these_labels"], entry["adversarial_labels_at_these_labels"] = (
             (adv["mean_curve_boltzmann_force_rmse"][at[0]], adv["mean_curve_n_labels"][at[0]])
-            if at else (None, None))
+            if at
+            else (None, None)
+        )
         summary[strategy] = entry
     return summary
 
 
-def run(seeds: list[int], generations: int, labels_per_generation: int, quick: bool,
-        settings: BenchmarkSettings | None = None, epochs: int | None = None,
-        strategies: tuple[Strategy, ...] = STRATEGIES, threads: int = 1) -> dict:
+def run(
+    seeds: list[int],
+    generations: int,
+    labels_per_generation: int,
+    quick: bool,
+    settings: BenchmarkSettings | None = None,
+    epochs: int | None = None,
+    strategies: tuple[Strategy, ...] = STRATEGIES,
+    threads: int = 1,
+) -> dict:
     """Every strategy for every seed; returns settings, per-strategy per-seed metric rows
     (``results[strategy][str(seed)]``, one per generation, row 0 before any acquisition)
     and the summary. ``quick`` trains 300 epochs instead of 600; ``epochs`` overrides
@@ -466,30 +558,50 @@ def run(seeds: list[int], generations: int, labels_per_generation: int, quick: b
         for seed in seeds:
             xy0 = initial_data(settings, seed)
             pot = settings.potential
-            model0 = train_committee(xy0, pot.energy(xy0), pot.forces(xy0), settings.committee,
-                                     member_seeds(seed, 0, settings.committee.n_members))
+            model0 = train_committee(
+                xy0,
+                pot.energy(xy0),
+                pot.forces(xy0),
+                settings.committee,
+                member_seeds(seed, 0, settings.committee.n_members),
+            )
             first = (model0, evaluator(model0))
             for strategy in strategies:
-                rows = run_strategy(strategy, seed, generations, labels_per_generation, settings,
-                                    evaluator, first)
+                rows = run_strategy(
+                    strategy, seed, generations, labels_per_generation, settings, evaluator, first
+                )
                 results[strategy][str(seed)] = rows
                 last = rows[-1]
-                print(f"seed {seed} {strategy:11s} labels {last['n_labels']:3d}  unseen "
-                      f"{last['labels_in_unseen_well']:3d}  weighted F RMSE "
-                      f"{rows[0]['boltzmann_force_rmse']:.3f} -> {last['boltzmann_force_rmse']:.3f}",
-                      flush=True)
+                print(
+                    f"seed {seed} {strategy:11s} labels {last['n_labels']:3d}  unseen "
+                    f"{last['labels_in_unseen_well']:3d}  weighted F RMSE "
+                    f"{rows[0]['boltzmann_force_rmse']:.3f} -> {last['boltzmann_force_rmse']:.3f}",
+                    flush=True,
+                )
         seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(previous_threads)
     left, saddle, right = settings.potential.stationary_x()
     return {
-        "settings": {**asdict(settings), "seeds": list(seeds), "generations": generations,
-                     "labels_per_generation": labels_per_generation, "quick": quick,
-                     "threads": threads, "strategies": list(strategies)},
-        "system": {"x_left_minimum": left, "x_saddle": saddle, "x_right_minimum": right,
-                   "barrier": float(settings.potential.energy(np.array([saddle, 0.0]))
-                                    - settings.potential.energy(np.array([left, 0.0]))),
-                   "unseen_well_boltzmann_population": evaluator.unseen_population},
+        "settings": {
+            **asdict(settings),
+            "seeds": list(seeds),
+            "generations": generations,
+            "labels_per_generation": labels_per_generation,
+            "quick": quick,
+            "threads": threads,
+            "strategies": list(strategies),
+        },
+        "system": {
+            "x_left_minimum": left,
+            "x_saddle": saddle,
+            "x_right_minimum": right,
+            "barrier": float(
+                settings.potential.energy(np.array([saddle, 0.0]))
+                - settings.potential.energy(np.array([left, 0.0]))
+            ),
+            "unseen_well_boltzmann_population": evaluator.unseen_population,
+        },
         "results": results,
         "summary": summarise(results, list(seeds)),
         "seconds": seconds,
@@ -500,15 +612,20 @@ def format_summary(record: dict) -> str:
     """The summary as a table: mean ± std over seeds of the final values; labels to match
     the adversarial final RMSE and the adversarial RMSE (labels) at this strategy's final
     labels, both on the seed-mean curves."""
+
     def pm(entry: dict, key: str, fmt: str) -> str:
         return f"{entry[key + '_mean']:{fmt}} ± {entry[key + '_std']:{fmt}}"
 
-    lines = [f"{'strategy':12s} {'labels':>14s} {'weighted F RMSE':>17s} {'seen well':>17s} "
-             f"{'unseen well':>17s} {'labels unseen':>14s} {'labels to match adv.':>21s} "
-             f"{'adv. RMSE at these labels':>26s}"]
+    lines = [
+        f"{'strategy':12s} {'labels':>14s} {'weighted F RMSE':>17s} {'seen well':>17s} "
+        f"{'unseen well':>17s} {'labels unseen':>14s} {'labels to match adv.':>21s} "
+        f"{'adv. RMSE at these labels':>26s}"
+    ]
     for strategy, e in record["summary"].items():
-        match, adv_at = (e["labels_to_match_adversarial_mean_curve"],
-                         e["adversarial_rmse_at_these_labels"])
+        match, adv_at = (
+            e["labels_to_match_adversarial_mean_curve"],
+            e["adversarial_rmse_at_these_labels"],
+        )
         if adv_at is not None:
             adv_at = f"{adv_at:.3f} ({e['adversarial_labels_at_these_labels']:.1f})"
         lines.append(
@@ -517,25 +634,37 @@ def format_summary(record: dict) -> str:
             f"{pm(e, 'final_boltzmann_force_rmse_seen_well', '7.3f'):>17s} "
             f"{pm(e, 'final_boltzmann_force_rmse_unseen_well', '7.3f'):>17s} "
             f"{pm(e, 'final_labels_in_unseen_well', '5.1f'):>14s} "
-            f"{'never' if match is None else f'{match:.1f}':>21s} {adv_at or 'n/a':>26s}")
+            f"{'never' if match is None else f'{match:.1f}':>21s} {adv_at or 'n/a':>26s}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="3 seeds, 3 generations, 300 epochs (CI); "
-                             "full: 5 seeds, 8 generations, 600 epochs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 seeds, 3 generations, 300 epochs (CI); full: 5 seeds, 8 generations, 600 epochs",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     seeds, generations = ([0, 1, 2], 3) if args.quick else ([0, 1, 2, 3, 4], 8)
     record = run(seeds, generations, labels_per_generation=8, quick=args.quick)
     record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.double_well",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                Path(sys.executable).name,
+                "-m",
+                "benchmarks.double_well",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "machine": {**machine_info(), "torch_threads_used": record["settings"]["threads"]},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         **record,

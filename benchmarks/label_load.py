@@ -100,11 +100,17 @@ SERVER_BUSY = {
     "server_retryable_errors": "Encountered retryable exception",
     "database_is_locked_lines": "database is locked",
 }
-FAILURE = ("Finished in state Failed", "Finished in state Crashed", "failed after its retries",
-           "label failed:")
+FAILURE = (
+    "Finished in state Failed",
+    "Finished in state Crashed",
+    "failed after its retries",
+    "label failed:",
+)
 # Settings that change what the run prints, nothing else (see the module docstring).
-OBSERVE = {"PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
-           "PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL": "DEBUG"}
+OBSERVE = {
+    "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL": "DEBUG",
+}
 
 
 def _load() -> list[float]:
@@ -114,17 +120,16 @@ def _load() -> list[float]:
 def config_text(name: str, output_dir: Path, n_labels: int, runner: str) -> str:
     """The run's config (YAML): one generation that selects and labels ``n_labels``
     structures with EMT, 4 label tasks at once on the ``runner`` kind."""
-    labelling = ("threads" if runner == "threads"
-                 else f"{{kind: {runner}, max_workers: {WORKERS}}}")
+    labelling = "threads" if runner == "threads" else f"{{kind: {runner}, max_workers: {WORKERS}}}"
     n_per_seed = math.ceil(2 * n_labels / N_INITIAL)
     return f"""\
 # advloop run of one generation of {n_labels} label tasks, {WORKERS} at once; EMT stands in
 # for DFT (the benchmark measures orchestration, not labels)
 system: {{name: {name}, structures: {STRUCTURES}}}
-initial_data: {{n_structures: {N_INITIAL}, displacement: 0.05, seed: {SEEDS['initial_data.seed']}}}
+initial_data: {{n_structures: {N_INITIAL}, displacement: 0.05, seed: {SEEDS["initial_data.seed"]}}}
 labels: {{kind: emt}}
 model: {{n_atom_basis: 8, n_interactions: 1, n_rbf: 8, cutoff: 4.0}}
-committee: {{n_members: 2, seed: {SEEDS['committee.seed']}}}
+committee: {{n_members: 2, seed: {SEEDS["committee.seed"]}}}
 training: {{max_epochs: 3, warm_start_epochs: 2, batch_size: 8}}
 exploration: {{kind: random, n_seeds: {N_INITIAL}, std: 0.1, n_per_seed: {n_per_seed}}}
 selection: {{percentile: 0, rmsd_threshold: 0.01, max_selected: {n_labels}}}
@@ -156,6 +161,7 @@ def run_env(prefect_home: Path) -> dict[str, str]:
 
 
 # --- memory -------------------------------------------------------------------------
+
 
 def _proc_tree(pid: int) -> list[tuple[int, str, int]]:
     """``(pid, command line, RSS bytes)`` of ``pid`` and every process under it."""
@@ -221,11 +227,17 @@ class Sampler:
             if tree:
                 mb = {"flow": 0.0, "server": 0.0, "workers": 0.0}
                 for pid, cmd, rss in tree:
-                    role = ("flow" if pid == self.pid else "server" if "uvicorn" in cmd
-                            else "workers")
+                    role = (
+                        "flow" if pid == self.pid else "server" if "uvicorn" in cmd else "workers"
+                    )
                     mb[role] += rss / 2**20
-                self.samples.append([round(t, 2), float(count_labels(self.layout)),
-                                     *(round(mb[k], 1) for k in ROLES)])
+                self.samples.append(
+                    [
+                        round(t, 2),
+                        float(count_labels(self.layout)),
+                        *(round(mb[k], 1) for k in ROLES),
+                    ]
+                )
             self._stop.wait(SAMPLE_SECONDS)
 
     def stop(self) -> None:
@@ -251,8 +263,10 @@ def memory_summary(samples: list[list[float]], n_labels: int) -> dict:
     finished = np.nonzero(done >= n_labels)[0]
     if not len(started) or not len(finished):
         most = int(done.max()) if len(done) else 0
-        raise RuntimeError(f"the samples never saw labelling start and end ({len(samples)} "
-                           f"samples, at most {most} labels)")
+        raise RuntimeError(
+            f"the samples never saw labelling start and end ({len(samples)} "
+            f"samples, at most {most} labels)"
+        )
     first = max(started[0] - 1, 0)
     last = finished[0]
     window = slice(first, last + 1)
@@ -277,8 +291,9 @@ def memory_summary(samples: list[list[float]], n_labels: int) -> dict:
         "rss_mb_at_labelling_end": at(last),
         "rss_mb_peak_labelling": {k: round(float(v[window].max()), 1) for k, v in cols.items()},
         "rss_mb_peak_run": {k: round(float(v.max()), 1) for k, v in cols.items()},
-        "rss_growth_mb_labelling": {k: round(float(v[last] - v[first]), 1)
-                                    for k, v in cols.items()},
+        "rss_growth_mb_labelling": {
+            k: round(float(v[last] - v[first]), 1) for k, v in cols.items()
+        },
         "rss_growth_mb_per_100_labels": {k: slope(v) for k, v in cols.items()},
         "samples_columns": ["seconds", "labels_stored", *(f"rss_mb_{r}" for r in ROLES)],
         "samples": samples,
@@ -286,6 +301,7 @@ def memory_summary(samples: list[list[float]], n_labels: int) -> dict:
 
 
 # --- one run -------------------------------------------------------------------------
+
 
 def _line_time(line: str, day: datetime.date) -> float | None:
     """``time.time()`` s of a log line that starts with Prefect's ``HH:MM:SS.mmm |`` (local
@@ -297,8 +313,9 @@ def _line_time(line: str, day: datetime.date) -> float | None:
     return datetime.datetime.combine(day, clock).timestamp()
 
 
-def scan_output(text: str, window: tuple[float, float] | None = None,
-                day: datetime.date | None = None) -> dict:
+def scan_output(
+    text: str, window: tuple[float, float] | None = None, day: datetime.date | None = None
+) -> dict:
     """Server-busy and failure lines of a run's output (see the module docstring); with
     ``window`` (``time.time()`` s), also the client retries logged inside it; the SQL
     statements the server answered 503 to, by kind."""
@@ -306,10 +323,12 @@ def scan_output(text: str, window: tuple[float, float] | None = None,
     out: dict = {k: sum(pattern in line for line in lines) for k, pattern in SERVER_BUSY.items()}
     if window is not None:
         day = day or datetime.date.today()
-        times = [_line_time(line, day) for line in lines
-                 if SERVER_BUSY["client_503_retries"] in line]
+        times = [
+            _line_time(line, day) for line in lines if SERVER_BUSY["client_503_retries"] in line
+        ]
         out["client_503_retries_during_labelling"] = sum(
-            t is not None and window[0] <= t <= window[1] for t in times)
+            t is not None and window[0] <= t <= window[1] for t in times
+        )
     statements: dict[str, int] = {}
     busy = False
     for line in lines:
@@ -321,9 +340,18 @@ def scan_output(text: str, window: tuple[float, float] | None = None,
             busy = False
     out["server_retryable_statements"] = statements
     out["failure_lines"] = sum(any(p in line for p in FAILURE) for line in lines)
-    examples = [line.strip() for line in lines
-                if any(p in line for p in (SERVER_BUSY["client_503_retries"],
-                                           SERVER_BUSY["server_retryable_errors"], *FAILURE))]
+    examples = [
+        line.strip()
+        for line in lines
+        if any(
+            p in line
+            for p in (
+                SERVER_BUSY["client_503_retries"],
+                SERVER_BUSY["server_retryable_errors"],
+                *FAILURE,
+            )
+        )
+    ]
     out["examples"] = list(dict.fromkeys(examples))[:6]
     return out
 
@@ -331,8 +359,9 @@ def scan_output(text: str, window: tuple[float, float] | None = None,
 def label_window(layout: RunLayout) -> tuple[float, float]:
     """Times (``time.time()`` s) of the generation's first and last label stored: the
     label store's files after the :data:`N_INITIAL` oldest (the initial labels)."""
-    times = sorted(p.stat().st_mtime for p in layout.labels.glob("*/*.npz")
-                   if not p.name.endswith(".tmp.npz"))[N_INITIAL:]
+    times = sorted(
+        p.stat().st_mtime for p in layout.labels.glob("*/*.npz") if not p.name.endswith(".tmp.npz")
+    )[N_INITIAL:]
     if not times:
         raise RuntimeError(f"no label of generation 0 in {layout.labels}")
     return times[0], times[-1]
@@ -361,8 +390,9 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
     stdout, stderr = root / f"{name}.out", root / f"{name}.err"
     t0 = time.time()
     with open(stdout, "w") as out, open(stderr, "w") as err:
-        proc = subprocess.Popen(command, cwd=ROOT, env=run_env(home), stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=run_env(home), stdout=out, stderr=err, start_new_session=True
+        )
         sampler = Sampler(proc.pid, layout, t0)
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
@@ -377,8 +407,9 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
     wall = time.time() - t0
     text = stdout.read_text() + "\n" + stderr.read_text()
     if code != 0:
-        raise RuntimeError(f"advloop run with {runner} labelling exited with {code}:\n"
-                           f"{text[-4000:]}")
+        raise RuntimeError(
+            f"advloop run with {runner} labelling exited with {code}:\n{text[-4000:]}"
+        )
     summary = json.loads(layout.summary.read_text())
     record = next(r.to_dict() for r in read_generations(layout.root) if r.generation == 0)
     first, last = label_window(layout)
@@ -404,29 +435,34 @@ def run_once(root: Path, runner: str, n_labels: int, timeout: float = 1800) -> d
         # each label task reads the whole candidates file: n_labels such reads
         "candidates_read_seconds": candidates_read_seconds(layout),
         # retries from the candidates' file (exploration's end) to the last label stored
-        "server": scan_output(text, (layout.candidates(0).stat().st_mtime, last),
-                              datetime.date.fromtimestamp(t0)),
+        "server": scan_output(
+            text, (layout.candidates(0).stat().st_mtime, last), datetime.date.fromtimestamp(t0)
+        ),
         "memory": memory_summary(sampler.samples, n_labels),
         "load_average_before": load_before,
         "load_average_after": _load(),
         "config": config.read_text(),
     }
     busy, mem = out["server"], out["memory"]
-    start, end, peak = (mem[k]["total"] for k in ("rss_mb_at_labelling_start",
-                                                   "rss_mb_at_labelling_end",
-                                                   "rss_mb_peak_labelling"))
-    print(f"{runner}: {out['labels_added']} of {n_labels} labels added, "
-          f"{out['labels_failed']} failed; run {wall:.1f} s, labels stored over {window:.1f} s; "
-          f"{busy['client_503_retries']} client 503 retries "
-          f"({busy['client_503_retries_during_labelling']} while labelling), "
-          f"{busy['database_is_locked_lines']} 'database is locked' lines, "
-          f"{busy['failure_lines']} failure lines; RSS total {start:.0f} → {end:.0f} MB "
-          f"(peak {peak:.0f}), {mem['rss_growth_mb_per_100_labels']['total']} MB per 100 labels")
+    start, end, peak = (
+        mem[k]["total"]
+        for k in ("rss_mb_at_labelling_start", "rss_mb_at_labelling_end", "rss_mb_peak_labelling")
+    )
+    print(
+        f"{runner}: {out['labels_added']} of {n_labels} labels added, "
+        f"{out['labels_failed']} failed; run {wall:.1f} s, labels stored over {window:.1f} s; "
+        f"{busy['client_503_retries']} client 503 retries "
+        f"({busy['client_503_retries_during_labelling']} while labelling), "
+        f"{busy['database_is_locked_lines']} 'database is locked' lines, "
+        f"{busy['failure_lines']} failure lines; RSS total {start:.0f} → {end:.0f} MB "
+        f"(peak {peak:.0f}), {mem['rss_growth_mb_per_100_labels']['total']} MB per 100 labels"
+    )
     return out
 
 
-def run(quick: bool, root: Path, runners: tuple[str, ...] = RUNNERS,
-        n_labels: int | None = None) -> dict:
+def run(
+    quick: bool, root: Path, runners: tuple[str, ...] = RUNNERS, n_labels: int | None = None
+) -> dict:
     """A run per labelling runner kind, in folders under ``root``; ``n_labels`` label
     tasks (default: :data:`N_QUICK` or :data:`N_FULL`)."""
     n = n_labels or (N_QUICK if quick else N_FULL)
@@ -460,10 +496,14 @@ def machine() -> dict:
     except (OSError, subprocess.CalledProcessError, ValueError):
         nproc = len(os.sched_getaffinity(0))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "nproc": nproc, "memory_gb": round(memory / 2**30, 1),
-            "shared": "other jobs may run on this machine: see load_average"}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "nproc": nproc,
+        "memory_gb": round(memory / 2**30, 1),
+        "shared": "other jobs may run on this machine: see load_average",
+    }
 
 
 def record(results: dict, argv: list[str], quick: bool, seconds: float) -> dict:
@@ -471,9 +511,10 @@ def record(results: dict, argv: list[str], quick: bool, seconds: float) -> dict:
     return {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.label_load", *argv]),
         "machine": machine(),
-        "versions": {"python": platform.python_version(),
-                     **{k: _version(k) for k in ("prefect", "torch", "sqlalchemy", "ase",
-                                                 "psutil")}},
+        "versions": {
+            "python": platform.python_version(),
+            **{k: _version(k) for k in ("prefect", "torch", "sqlalchemy", "ase", "psutil")},
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
         "seconds": round(seconds, 2),
@@ -487,8 +528,10 @@ _NUMBERS = re.compile(r"\[\s*(-?[\d.]+(?:e-?\d+)?(?:,\s*-?[\d.]+(?:e-?\d+)?)*)\s
 def write_record(path: Path, out: dict) -> dict:
     """Write the record as indented JSON, each list of numbers (a memory sample, a load
     average) on one line."""
-    text = _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
-                        json.dumps(out, indent=2))
+    text = _NUMBERS.sub(
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+        json.dumps(out, indent=2),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     print(f"wrote {path}")
@@ -498,13 +541,22 @@ def write_record(path: Path, out: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{N_QUICK} labels instead of {N_FULL}")
-    parser.add_argument("--labels", type=int, default=None,
-                        help="label tasks in the generation (instead of --quick's or the "
-                             "default number)")
-    parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS),
-                        help="labelling runner kinds, one run each (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{N_QUICK} labels instead of {N_FULL}"
+    )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=None,
+        help="label tasks in the generation (instead of --quick's or the default number)",
+    )
+    parser.add_argument(
+        "--runners",
+        nargs="+",
+        choices=RUNNERS,
+        default=list(RUNNERS),
+        help="labelling runner kinds, one run each (default: all)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.labels is not None and args.labels < 1:

@@ -45,8 +45,9 @@ def _one_thread() -> None:
     lib.num_threads(1)
 
 
-def rattled(name: str, n: int, std: float, rng: np.random.Generator,
-            chain: bool = False) -> list[Atoms]:
+def rattled(
+    name: str, n: int, std: float, rng: np.random.Generator, chain: bool = False
+) -> list[Atoms]:
     """``n`` copies of molecule ``name`` with Gaussian noise (std in Å per coordinate) on
     the equilibrium geometry, or, with ``chain``, each on the one before (as consecutive
     labels of a run are)."""
@@ -66,23 +67,34 @@ def _calculator(method: str, settings: PySCFSettings | None):
     return PySCFCalculator(settings=settings)
 
 
-def seconds_per_label(name: str, method: str, settings: PySCFSettings | None,
-                      repeats: int, rng: np.random.Generator) -> dict:
+def seconds_per_label(
+    name: str, method: str, settings: PySCFSettings | None, repeats: int, rng: np.random.Generator
+) -> dict:
     structures = rattled(name, repeats + 1, 0.02, rng)
     calc = _calculator(method, settings)
     label_structures(structures[:1], calc)  # warm-up: imports, basis parsing, grids
     outcomes = label_structures(structures[1:], calc)
     times = [o.seconds for o in outcomes]
-    return {"molecule": name, "n_atoms": len(structures[0]), "method": method,
-            "seconds_per_label_median": float(np.median(times)),
-            "seconds_per_label_min": float(np.min(times)), "repeats": len(times),
-            "failed": sum(not o.ok for o in outcomes)}
+    return {
+        "molecule": name,
+        "n_atoms": len(structures[0]),
+        "method": method,
+        "seconds_per_label_median": float(np.median(times)),
+        "seconds_per_label_min": float(np.min(times)),
+        "repeats": len(times),
+        "failed": sum(not o.ok for o in outcomes),
+    }
 
 
 def density_reuse(name: str, n: int, rng: np.random.Generator) -> dict:
     structures = rattled(name, n, 0.02, rng, chain=True)
-    out = {"molecule": name, "n_atoms": len(structures[0]), "method": PBE.level_of_theory,
-           "n_geometries": n, "step_A": 0.02}
+    out = {
+        "molecule": name,
+        "n_atoms": len(structures[0]),
+        "method": PBE.level_of_theory,
+        "n_geometries": n,
+        "step_A": 0.02,
+    }
     energies = {}
     for reuse in (False, True):
         calc = PySCFCalculator(settings=replace(PBE, reuse_density=reuse))
@@ -112,8 +124,12 @@ def _label_chunk(structures: list[Atoms]) -> float:
 
 def workers(name: str, n: int, rng: np.random.Generator) -> dict:
     structures = rattled(name, n, 0.02, rng)
-    out = {"molecule": name, "n_atoms": len(structures[0]), "method": PBE.level_of_theory,
-           "n_structures": n}
+    out = {
+        "molecule": name,
+        "n_atoms": len(structures[0]),
+        "method": PBE.level_of_theory,
+        "n_structures": n,
+    }
     for n_workers in (1, 2):
         chunks = [structures[k::n_workers] for k in range(n_workers)]
         with ProcessPoolExecutor(n_workers) as pool:
@@ -127,14 +143,21 @@ def workers(name: str, n: int, rng: np.random.Generator) -> dict:
     return out
 
 
-def run(quick: bool, molecules: list[str] | None = None, repeats: int | None = None,
-        reuse_molecule: str | None = None, reuse_geometries: int | None = None,
-        worker_molecule: str = "CH3OH", worker_structures: int | None = None) -> dict:
+def run(
+    quick: bool,
+    molecules: list[str] | None = None,
+    repeats: int | None = None,
+    reuse_molecule: str | None = None,
+    reuse_geometries: int | None = None,
+    worker_molecule: str = "CH3OH",
+    worker_structures: int | None = None,
+) -> dict:
     """All three measurements; the keyword arguments override the mode's sizes."""
     _one_thread()
     rng = np.random.default_rng(0)
-    molecules = molecules or (["H2O", "NH3", "CH3OH"] if quick
-                              else ["H2O", "NH3", "CH3OH", "C2H6", "C6H6"])
+    molecules = molecules or (
+        ["H2O", "NH3", "CH3OH"] if quick else ["H2O", "NH3", "CH3OH", "C2H6", "C6H6"]
+    )
     repeats = repeats or (3 if quick else 5)
     methods = [("RKS/PBE/6-31G*", PBE), ("GFN2-xTB", None)]
     if not quick:
@@ -144,17 +167,29 @@ def run(quick: bool, molecules: list[str] | None = None, repeats: int | None = N
         for method, settings in methods:
             per_label.append(seconds_per_label(name, method, settings, repeats, rng))
             r = per_label[-1]
-            print(f"{name:6s} {r['n_atoms']:3d} atoms  {method:22s} "
-                  f"{r['seconds_per_label_median']:8.3f} s/label", flush=True)
-    reuse = density_reuse(reuse_molecule or ("CH3OH" if quick else "C6H6"),
-                          reuse_geometries or (6 if quick else 10), rng)
-    print(f"density reuse: {reuse['without_reuse_seconds']:.2f} s -> "
-          f"{reuse['with_reuse_seconds']:.2f} s ({reuse['speedup']:.2f}x), SCF cycles "
-          f"{reuse['without_reuse_scf_cycles']} -> {reuse['with_reuse_scf_cycles']}", flush=True)
+            print(
+                f"{name:6s} {r['n_atoms']:3d} atoms  {method:22s} "
+                f"{r['seconds_per_label_median']:8.3f} s/label",
+                flush=True,
+            )
+    reuse = density_reuse(
+        reuse_molecule or ("CH3OH" if quick else "C6H6"),
+        reuse_geometries or (6 if quick else 10),
+        rng,
+    )
+    print(
+        f"density reuse: {reuse['without_reuse_seconds']:.2f} s -> "
+        f"{reuse['with_reuse_seconds']:.2f} s ({reuse['speedup']:.2f}x), SCF cycles "
+        f"{reuse['without_reuse_scf_cycles']} -> {reuse['with_reuse_scf_cycles']}",
+        flush=True,
+    )
     parallel = workers(worker_molecule, worker_structures or (8 if quick else 16), rng)
-    print(f"workers: 1 -> {parallel['workers_1_labels_per_s']:.2f}/s, 2 -> "
-          f"{parallel['workers_2_labels_per_s']:.2f}/s (efficiency "
-          f"{parallel['parallel_efficiency_2']:.2f})", flush=True)
+    print(
+        f"workers: 1 -> {parallel['workers_1_labels_per_s']:.2f}/s, 2 -> "
+        f"{parallel['workers_2_labels_per_s']:.2f}/s (efficiency "
+        f"{parallel['parallel_efficiency_2']:.2f})",
+        flush=True,
+    )
     return {"seconds_per_label": per_label, "density_reuse": reuse, "workers": parallel}
 
 
@@ -165,11 +200,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     results = run(args.quick)
     record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.labelling",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                Path(sys.executable).name,
+                "-m",
+                "benchmarks.labelling",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "machine": {**machine_info(), "openmp_threads_per_label": 1},
-        "versions": {"python": platform.python_version(), "pyscf": version("pyscf"),
-                     "tblite": version("tblite"), "ase": version("ase"), "numpy": np.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "pyscf": version("pyscf"),
+            "tblite": version("tblite"),
+            "ase": version("ase"),
+            "numpy": np.__version__,
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "results": results,

@@ -48,17 +48,25 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
             if record.generation == 0 and first_row is not None:
                 row = dict(first_row)
             else:
-                committee = Committee.from_checkpoints(layout.committee_checkpoints(record.generation))
+                committee = Committee.from_checkpoints(
+                    layout.committee_checkpoints(record.generation)
+                )
                 t0 = time.perf_counter()
                 metrics = measure(committee, record.generation)
-                row = {"generation": record.generation,
-                       "n_labels": (record.dataset_size or 0) - record.labels, **metrics,
-                       "seconds_training": record.seconds_training or 0.0,
-                       "seconds_metrics": time.perf_counter() - t0,
-                       "seconds_labelling": labelling}
-            row.update(seconds_exploration=(record.seconds_exploration or 0.0)
-                       + (record.seconds_selection or 0.0),
-                       n_candidates=record.attack_candidates or 0, n_selected=record.selected or 0)
+                row = {
+                    "generation": record.generation,
+                    "n_labels": (record.dataset_size or 0) - record.labels,
+                    **metrics,
+                    "seconds_training": record.seconds_training or 0.0,
+                    "seconds_metrics": time.perf_counter() - t0,
+                    "seconds_labelling": labelling,
+                }
+            row.update(
+                seconds_exploration=(record.seconds_exploration or 0.0)
+                + (record.seconds_selection or 0.0),
+                n_candidates=record.attack_candidates or 0,
+                n_selected=record.selected or 0,
+            )
             labelling = record.seconds_labelling or 0.0
             rows.append(row)
     rows[-1]["stop_reason"] = loop.summary().stop_reason

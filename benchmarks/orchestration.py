@@ -101,13 +101,22 @@ def _labelling_config(root: Path, name: str, quick: bool, workers: int) -> RunCo
     root.mkdir(parents=True, exist_ok=True)
     structures = root / f"{mol}.xyz"
     write(str(structures), molecule(mol))
-    labels = ({"labels": {"kind": "tblite"}} if quick else
-              {"labels": {"kind": "pyscf", "method": "RKS", "xc": "PBE", "basis": "6-31G*"}})
-    config = RunConfig.model_validate({
-        "system": {"name": name, "structures": str(structures)}, **labels,
-        "compute": {"label_workers": workers, "label_retries": 0},
-        "runners": {"labelling": {"kind": "dask", "n_workers": workers, "threads_per_worker": 1}},
-        "output_dir": str(root / "runs")})
+    labels = (
+        {"labels": {"kind": "tblite"}}
+        if quick
+        else {"labels": {"kind": "pyscf", "method": "RKS", "xc": "PBE", "basis": "6-31G*"}}
+    )
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": name, "structures": str(structures)},
+            **labels,
+            "compute": {"label_workers": workers, "label_retries": 0},
+            "runners": {
+                "labelling": {"kind": "dask", "n_workers": workers, "threads_per_worker": 1}
+            },
+            "output_dir": str(root / "runs"),
+        }
+    )
     return config
 
 
@@ -125,8 +134,9 @@ def _write_candidates(config: RunConfig, n: int) -> None:
         atoms = read(str(config.system.structures))
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
         frames.append(atoms)
-    candidates = Candidates.from_atoms(frames, np.zeros(n), np.full(n, 0.1), np.full(n, 0.2),
-                                       np.ones(n))
+    candidates = Candidates.from_atoms(
+        frames, np.zeros(n), np.full(n, 0.1), np.full(n, 0.2), np.ones(n)
+    )
     write_candidates(RunLayout(config.run_dir()), 0, candidates, {"n_candidates": n})
 
 
@@ -148,8 +158,11 @@ def labelling_efficiency(root: Path, quick: bool) -> dict:
         t_start = time.perf_counter()
         with runners.open_clusters(config) as clusters, _server_busy() as busy:
             t_cluster = time.perf_counter() - t_start
-            flow = label_candidates.with_options(task_runner=runners.task_runner(
-                config.runners.labelling, "labelling", clusters.labelling))
+            flow = label_candidates.with_options(
+                task_runner=runners.task_runner(
+                    config.runners.labelling, "labelling", clusters.labelling
+                )
+            )
             table = GenerationTable(io.StringIO())
             with runners.api_for_workers():
                 flow(config, 0, list(range(workers)), table)  # imports on every worker
@@ -162,7 +175,8 @@ def labelling_efficiency(root: Path, quick: bool) -> dict:
         keys[workers] = np.array([r.key for r in sorted(results, key=lambda r: r.index)])
         compute = sum(c.end - c.start for c in clock)
         out[f"workers_{workers}"] = {
-            "seconds": seconds, "seconds_cluster_start": t_cluster,
+            "seconds": seconds,
+            "seconds_cluster_start": t_cluster,
             "seconds_label_compute_sum": compute,
             "seconds_per_label_mean": compute / n,
             # the share of the workers' time spent inside label bodies: below 1 by the
@@ -170,9 +184,13 @@ def labelling_efficiency(root: Path, quick: bool) -> dict:
             # means the cores were shared (other jobs, the flow process)
             "worker_busy_fraction": compute / (workers * seconds),
             "server_busy_retries": busy.retries,
-            "load_average_before": load_before, "load_average_after": _load()}
-        print(f"{workers} Dask worker(s): {n} labels in {seconds:.2f} s "
-              f"(labels' own compute {compute:.2f} s)")
+            "load_average_before": load_before,
+            "load_average_after": _load(),
+        }
+        print(
+            f"{workers} Dask worker(s): {n} labels in {seconds:.2f} s "
+            f"(labels' own compute {compute:.2f} s)"
+        )
     if not (keys[1] == keys[2]).all():
         raise RuntimeError("the two runs labelled different structures")
     t1, t2 = out["workers_1"]["seconds"], out["workers_2"]["seconds"]
@@ -185,26 +203,41 @@ def _run_config(root: Path, name: str, quick: bool, runners: dict | None = None)
     root.mkdir(parents=True, exist_ok=True)
     nh3 = root / "NH3.xyz"
     write(str(nh3), molecule("NH3"))
-    return RunConfig.model_validate({
-        "system": {"name": name, "structures": str(nh3)},
-        "initial_data": {"n_structures": 8, "displacement": 0.05, "seed": 0},
-        "labels": {"kind": "pyscf", "method": "RHF", "basis": "STO-3G"},
-        "model": {"n_atom_basis": 16, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0},
-        "committee": {"n_members": 2 if quick else 4, "seed": 0},
-        "training": ({"max_epochs": 10, "warm_start_epochs": 5, "batch_size": 8} if quick else
-                     {"max_epochs": 60, "warm_start_epochs": 30, "batch_size": 8}),
-        "exploration": {"kind": "adversarial", "n_seeds": 4 if quick else 8,
-                        "n_steps": 5 if quick else 20, "temperature": 1000.0},
-        "selection": {"percentile": 0, "rmsd_threshold": 0.001, "max_selected": 2 if quick else 6},
-        "convergence": {"force_std_threshold": 1.0e-6},
-        "budget": {"max_generations": 1 if quick else 3, "max_labels": 100},
-        "compute": {"label_workers": 2, "label_retries": 0},
-        "runners": runners or {},
-        "output_dir": str(root / "runs")})
+    return RunConfig.model_validate(
+        {
+            "system": {"name": name, "structures": str(nh3)},
+            "initial_data": {"n_structures": 8, "displacement": 0.05, "seed": 0},
+            "labels": {"kind": "pyscf", "method": "RHF", "basis": "STO-3G"},
+            "model": {"n_atom_basis": 16, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0},
+            "committee": {"n_members": 2 if quick else 4, "seed": 0},
+            "training": (
+                {"max_epochs": 10, "warm_start_epochs": 5, "batch_size": 8}
+                if quick
+                else {"max_epochs": 60, "warm_start_epochs": 30, "batch_size": 8}
+            ),
+            "exploration": {
+                "kind": "adversarial",
+                "n_seeds": 4 if quick else 8,
+                "n_steps": 5 if quick else 20,
+                "temperature": 1000.0,
+            },
+            "selection": {
+                "percentile": 0,
+                "rmsd_threshold": 0.001,
+                "max_selected": 2 if quick else 6,
+            },
+            "convergence": {"force_std_threshold": 1.0e-6},
+            "budget": {"max_generations": 1 if quick else 3, "max_labels": 100},
+            "compute": {"label_workers": 2, "label_retries": 0},
+            "runners": runners or {},
+            "output_dir": str(root / "runs"),
+        }
+    )
 
 
-def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
-                           name: str = "overhead") -> dict:
+def orchestration_overhead(
+    root: Path, quick: bool, runners: dict | None = None, name: str = "overhead"
+) -> dict:
     """A small run through ``run_active_learning``; the split of each generation's time."""
     from advloop.flows.active_learning import run_active_learning
     from advloop.flows.report import GenerationTable
@@ -219,32 +252,43 @@ def orchestration_overhead(root: Path, quick: bool, runners: dict | None = None,
     records = [r.to_dict() for r in read_generations(config.run_dir())]
     generations = []
     for r in records:
-        row = {"generation": r["generation"], "seconds": r["seconds"],
-               **{f"seconds_{p}": r[f"seconds_{p}"] for p in PHASES},
-               "overhead_fraction": r["seconds_orchestration"] / r["seconds"],
-               "labels_added": r.get("labels_added", 0)}
+        row = {
+            "generation": r["generation"],
+            "seconds": r["seconds"],
+            **{f"seconds_{p}": r[f"seconds_{p}"] for p in PHASES},
+            "overhead_fraction": r["seconds_orchestration"] / r["seconds"],
+            "labels_added": r.get("labels_added", 0),
+        }
         generations.append(row)
-        print(f"{name} generation {row['generation']}: {row['seconds']:.1f} s, orchestration "
-              f"{row['seconds_orchestration']:.2f} s ({row['overhead_fraction']:.1%})")
+        print(
+            f"{name} generation {row['generation']}: {row['seconds']:.1f} s, orchestration "
+            f"{row['seconds_orchestration']:.2f} s ({row['overhead_fraction']:.1%})"
+        )
     fractions = [g["overhead_fraction"] for g in generations]
     total = sum(g["seconds"] for g in generations)
     return {
         "runners": {p: getattr(config.runners, p).kind for p in ("training", "labelling")},
-        "settings": {"n_members": config.committee.n_members,
-                     "max_epochs": config.training.max_epochs,
-                     "warm_start_epochs": config.training.warm_start_epochs,
-                     "n_seeds": config.exploration.n_seeds, "attack_steps": config.exploration.n_steps,
-                     "max_selected": config.selection.max_selected,
-                     "max_generations": config.budget.max_generations,
-                     "labels": config.labels.level_of_theory},
+        "settings": {
+            "n_members": config.committee.n_members,
+            "max_epochs": config.training.max_epochs,
+            "warm_start_epochs": config.training.warm_start_epochs,
+            "n_seeds": config.exploration.n_seeds,
+            "attack_steps": config.exploration.n_steps,
+            "max_selected": config.selection.max_selected,
+            "max_generations": config.budget.max_generations,
+            "labels": config.labels.level_of_theory,
+        },
         "stop_reason": summary["stop_reason"],
         "run_wall_seconds": wall,
         "server_busy_retries": busy.retries,
         "overhead_fraction": float(np.mean(fractions)),
         "overhead_fraction_of_total": sum(g["seconds_orchestration"] for g in generations) / total,
-        "seconds_orchestration_mean": float(np.mean([g["seconds_orchestration"] for g in generations])),
+        "seconds_orchestration_mean": float(
+            np.mean([g["seconds_orchestration"] for g in generations])
+        ),
         "generations": generations,
-        "load_average_before": load_before, "load_average_after": _load(),
+        "load_average_before": load_before,
+        "load_average_after": _load(),
     }
 
 
@@ -254,13 +298,20 @@ def run(quick: bool, root: Path) -> dict:
     load_start = _load()
     labelling = labelling_efficiency(root / "labelling", quick)
     overhead = orchestration_overhead(root / "run", quick)
-    out = {"load_average": {"start": load_start},
-           "labelling": labelling, "parallel_efficiency": labelling["parallel_efficiency"],
-           "overhead": overhead, "overhead_fraction": overhead["overhead_fraction"]}
+    out = {
+        "load_average": {"start": load_start},
+        "labelling": labelling,
+        "parallel_efficiency": labelling["parallel_efficiency"],
+        "overhead": overhead,
+        "overhead_fraction": overhead["overhead_fraction"],
+    }
     if not quick:
         out["overhead_dask_labelling"] = orchestration_overhead(
-            root / "run-dask", False, {"labelling": {"kind": "dask", "n_workers": 2}},
-            name="overhead-dask")
+            root / "run-dask",
+            False,
+            {"labelling": {"kind": "dask", "n_workers": 2}},
+            name="overhead-dask",
+        )
     out["load_average"]["end"] = _load()
     return out
 
@@ -273,10 +324,15 @@ def record(results: dict, argv: list[str], quick: bool, seconds: float) -> dict:
     return {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.orchestration", *argv]),
         "machine": {**machine_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "versions": {"python": platform.python_version(), "prefect": prefect.__version__,
-                     "prefect_dask": version("prefect-dask"), "distributed": version("distributed"),
-                     "torch": torch.__version__, "pyscf": version("pyscf"),
-                     "tblite": version("tblite")},
+        "versions": {
+            "python": platform.python_version(),
+            "prefect": prefect.__version__,
+            "prefect_dask": version("prefect-dask"),
+            "distributed": version("distributed"),
+            "torch": torch.__version__,
+            "pyscf": version("pyscf"),
+            "tblite": version("tblite"),
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
         "seconds": seconds,
@@ -287,13 +343,18 @@ def record(results: dict, argv: list[str], quick: bool, seconds: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="4 GFN2-xTB labels; a run of 2 members and 1+1 generations")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 GFN2-xTB labels; a run of 2 members and 1+1 generations",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if "prefect" in sys.modules:
-        parser.error("run as a program (python -m benchmarks.orchestration): Prefect must not "
-                     "be imported before its temporary home is set")
+        parser.error(
+            "run as a program (python -m benchmarks.orchestration): Prefect must not "
+            "be imported before its temporary home is set"
+        )
     home = tempfile.mkdtemp(prefix="advloop-bench-prefect-")
     # before prefect is imported (lazily, in the steps): a temporary local server with its
     # database in a throwaway folder
@@ -312,8 +373,11 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     out = record(results, argv, args.quick, time.perf_counter() - t0)
-    print(json.dumps({k: out[k] for k in ("parallel_efficiency", "overhead_fraction",
-                                           "load_average")}))
+    print(
+        json.dumps(
+            {k: out[k] for k in ("parallel_efficiency", "overhead_fraction", "load_average")}
+        )
+    )
     return write_record(args.output, out)
 
 

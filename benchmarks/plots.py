@@ -27,15 +27,27 @@ def _panel(ax, runs: dict, key: str, ylabel: str, log: bool = False, target: flo
     for strategy, by_seed in runs.items():
         curves = list(by_seed.values())
         for rows in curves:
-            ax.plot([r["n_labels"] for r in rows], [r[key] for r in rows],
-                    color=COLOURS[strategy], alpha=0.25, lw=0.8)
+            ax.plot(
+                [r["n_labels"] for r in rows],
+                [r[key] for r in rows],
+                color=COLOURS[strategy],
+                alpha=0.25,
+                lw=0.8,
+            )
         # mean per generation over the runs that reached it (a run may stop early)
         n = max(len(rows) for rows in curves)
         at = [[rows[g] for rows in curves if len(rows) > g] for g in range(n)]
         labels = [np.mean([r["n_labels"] for r in rows]) for rows in at]
         values = [np.mean([r[key] for r in rows]) for rows in at]
-        ax.plot(labels, values, color=COLOURS[strategy], lw=2.2, marker="o", ms=3,
-                label=LABELS[strategy])
+        ax.plot(
+            labels,
+            values,
+            color=COLOURS[strategy],
+            lw=2.2,
+            marker="o",
+            ms=3,
+            label=LABELS[strategy],
+        )
     if target is not None:
         ax.axhline(target, color="k", ls="--", lw=0.8)
     if log:
@@ -59,8 +71,10 @@ def main() -> list[Path]:
         written.append(OUT / "double_well.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    for name, title in (("ammonia_xtb", "NH3, GFN2-xTB oracle"),
-                        ("ammonia_dft", "NH3, PBE/6-31G* oracle (Prefect flow)")):
+    for name, title in (
+        ("ammonia_xtb", "NH3, GFN2-xTB oracle"),
+        ("ammonia_dft", "NH3, PBE/6-31G* oracle (Prefect flow)"),
+    ):
         path = RESULTS / f"{name}.json"
         if not path.exists():
             continue
@@ -72,7 +86,12 @@ def main() -> list[Path]:
         _panel(axes[1], runs, "force_rmse_1000K", "force RMSE, 1000 K frames (eV/Å)")
         if stability:
             temperature = record["settings"]["md_temperature_K"]
-            _panel(axes[2], runs, "md_stable_fraction", f"stable committee-MD runs, {temperature:.0f} K")
+            _panel(
+                axes[2],
+                runs,
+                "md_stable_fraction",
+                f"stable committee-MD runs, {temperature:.0f} K",
+            )
         axes[0].legend(frameon=False)
         fig.suptitle(title)
         fig.tight_layout()

@@ -146,15 +146,47 @@ class Sizes:
     frame_interval: int
 
 
-FULL = Sizes(seeds=(0, 1, 2), generations=3, labels_per_generation=8, n_initial=12,
-             n_members=3, n_atom_basis=24, n_interactions=2, cutoff=4.5, max_epochs=80,
-             warm_start_epochs=30, n_explore_seeds=8, attack_steps=40, explore_md_steps=100,
-             temperature=1500.0, timestep=1.0, n_md=6, md_steps=400, oracle_equilibration=20,
-             n_frames=8, frame_interval=10)
-QUICK = replace(FULL, seeds=(0,), generations=1, labels_per_generation=2, n_initial=6,
-                n_members=2, n_atom_basis=16, max_epochs=20, warm_start_epochs=10,
-                n_explore_seeds=4, attack_steps=10, explore_md_steps=20, n_md=3, md_steps=40,
-                oracle_equilibration=4, n_frames=3, frame_interval=4)
+FULL = Sizes(
+    seeds=(0, 1, 2),
+    generations=3,
+    labels_per_generation=8,
+    n_initial=12,
+    n_members=3,
+    n_atom_basis=24,
+    n_interactions=2,
+    cutoff=4.5,
+    max_epochs=80,
+    warm_start_epochs=30,
+    n_explore_seeds=8,
+    attack_steps=40,
+    explore_md_steps=100,
+    temperature=1500.0,
+    timestep=1.0,
+    n_md=6,
+    md_steps=400,
+    oracle_equilibration=20,
+    n_frames=8,
+    frame_interval=10,
+)
+QUICK = replace(
+    FULL,
+    seeds=(0,),
+    generations=1,
+    labels_per_generation=2,
+    n_initial=6,
+    n_members=2,
+    n_atom_basis=16,
+    max_epochs=20,
+    warm_start_epochs=10,
+    n_explore_seeds=4,
+    attack_steps=10,
+    explore_md_steps=20,
+    n_md=3,
+    md_steps=40,
+    oracle_equilibration=4,
+    n_frames=3,
+    frame_interval=4,
+)
 
 
 def _oracle():
@@ -162,6 +194,7 @@ def _oracle():
 
 
 # -- the structures ---------------------------------------------------------------------
+
 
 def _relax(atoms: Atoms, fmax: float) -> Atoms:
     """Relax positions and cell with GFN2-xTB to max force ``fmax`` eV/Å."""
@@ -182,8 +215,12 @@ def build_structures(directory: Path = STRUCTURES, fmax: float = 1e-3) -> tuple[
     O (x, x, 1/2) with x = 0.146, a = 8.965 Å), relaxed with GFN2-xTB (positions and cell,
     max force ``fmax`` eV/Å); then NH3 with N at the cage centre (1/2, 1/2, 1/2), relaxed
     again and translated back so that the framework does not drift."""
-    framework = crystal(["Si", "O"], basis=[(0.25, 0.0, 0.5), (0.146, 0.146, 0.5)],
-                        spacegroup=229, cellpar=[8.965, 8.965, 8.965, 90, 90, 90])
+    framework = crystal(
+        ["Si", "O"],
+        basis=[(0.25, 0.0, 0.5), (0.146, 0.146, 0.5)],
+        spacegroup=229,
+        cellpar=[8.965, 8.965, 8.965, 90, 90, 90],
+    )
     framework = _relax(framework, fmax)
     guest = molecule("NH3")
     guest.positions += framework.cell.array.sum(axis=0) / 2 - guest.positions[0]
@@ -192,15 +229,23 @@ def build_structures(directory: Path = STRUCTURES, fmax: float = 1e-3) -> tuple[
     drift = loaded.get_scaled_positions(wrap=False)[:n_fw] - framework.get_scaled_positions()
     drift -= np.round(drift)
     loaded.set_scaled_positions(loaded.get_scaled_positions(wrap=False) - drift.mean(axis=0))
-    common = ("Built by benchmarks/zeolite_xtb.py build_structures(): Im-3m, Si 12d (1/4,0,1/2),\n"
-              "O (x,x,1/2); cubic cell (not the 18-atom primitive one: tblite is Gamma-only).\n"
-              f"Relaxed with GFN2-xTB (tblite, 3D periodic), positions and cell, fmax {fmax} eV/A.")
-    _write_cif(directory / "sod.cif", framework,
-               f"Pure-silica sodalite (SOD), cubic cell Si12O24, 36 atoms.\n{common}")
-    _write_cif(directory / "sod_nh3.cif", loaded,
-               "Pure-silica sodalite (SOD) with one NH3 in the sodalite cage centred at the\n"
-               "cell centre (placed with N at the cage centre, then relaxed); cubic cell\n"
-               f"Si12O24 + NH3, 40 atoms (the other cage is empty).\n{common}")
+    common = (
+        "Built by benchmarks/zeolite_xtb.py build_structures(): Im-3m, Si 12d (1/4,0,1/2),\n"
+        "O (x,x,1/2); cubic cell (not the 18-atom primitive one: tblite is Gamma-only).\n"
+        f"Relaxed with GFN2-xTB (tblite, 3D periodic), positions and cell, fmax {fmax} eV/A."
+    )
+    _write_cif(
+        directory / "sod.cif",
+        framework,
+        f"Pure-silica sodalite (SOD), cubic cell Si12O24, 36 atoms.\n{common}",
+    )
+    _write_cif(
+        directory / "sod_nh3.cif",
+        loaded,
+        "Pure-silica sodalite (SOD) with one NH3 in the sodalite cage centred at the\n"
+        "cell centre (placed with N at the cage centre, then relaxed); cubic cell\n"
+        f"Si12O24 + NH3, 40 atoms (the other cage is empty).\n{common}",
+    )
     return framework, loaded
 
 
@@ -221,10 +266,13 @@ def distance_ratios(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray
     radii = covalent_radii[np.asarray(numbers)]
     r_sum = radii[:, None] + radii[None, :]  # [n_atoms, n_atoms] Å
     widths = abs(np.linalg.det(cell)) / np.linalg.norm(
-        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
+    )
     if BREAK_FACTOR * r_sum.max() >= 0.5 * widths.min():
-        raise ValueError(f"bond lengths up to {BREAK_FACTOR * r_sum.max():.2f} Å need a cell "
-                         f"wider than twice that; the smallest width is {widths.min():.2f} Å")
+        raise ValueError(
+            f"bond lengths up to {BREAK_FACTOR * r_sum.max():.2f} Å need a cell "
+            f"wider than twice that; the smallest width is {widths.min():.2f} Å"
+        )
     frac = np.asarray(positions, dtype=np.float64) @ np.linalg.inv(cell)  # [S, N, 3]
     diff = frac[:, :, None, :] - frac[:, None, :, :]
     diff -= np.round(diff)
@@ -239,11 +287,13 @@ def topology_kept(ratios: np.ndarray, bonds: np.ndarray) -> np.ndarray:
     """bool [n_structures]: no bond of ``bonds`` [n_atoms, n_atoms] (the relaxed
     structure's) stretched past ``BREAK_FACTOR`` and no other pair closer than
     ``CONTACT_FACTOR`` (a new bond or a clash), from :func:`distance_ratios`."""
-    return ((np.where(bonds, ratios, 0.0) <= BREAK_FACTOR).all(axis=(1, 2))
-            & (np.where(bonds, np.inf, ratios) >= CONTACT_FACTOR).all(axis=(1, 2)))
+    return (np.where(bonds, ratios, 0.0) <= BREAK_FACTOR).all(axis=(1, 2)) & (
+        np.where(bonds, np.inf, ratios) >= CONTACT_FACTOR
+    ).all(axis=(1, 2))
 
 
 # -- the oracle's reference ---------------------------------------------------------------
+
 
 def oracle_reference(sizes: Sizes, rng: np.random.Generator) -> dict:
     """The relaxed structure, its bonds, the oracle's residual force there, and frames
@@ -259,8 +309,14 @@ def oracle_reference(sizes: Sizes, rng: np.random.Generator) -> dict:
     hot = atoms.copy()
     hot.calc = _oracle()
     thermalize_momenta(hot, temperature_K=2.0 * sizes.temperature, rng=rng)
-    dynamics = Langevin(hot, sizes.timestep * units.fs, temperature_K=sizes.temperature,
-                        friction=FRICTION / units.fs, fixcm=False, rng=rng)
+    dynamics = Langevin(
+        hot,
+        sizes.timestep * units.fs,
+        temperature_K=sizes.temperature,
+        friction=FRICTION / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
     extremes = []  # per step: largest bond ratio, smallest non-bonded ratio
 
     def check() -> None:
@@ -275,18 +331,27 @@ def oracle_reference(sizes: Sizes, rng: np.random.Generator) -> dict:
         frames.append((hot.positions.copy(), hot.get_forces().copy()))
         kinetic_k.append(hot.get_temperature())
     stretch, contact = np.array(extremes).T
-    return {"numbers": atoms.numbers.copy(), "positions": atoms.positions.copy(),
-            "cell": atoms.cell.array.copy(), "pbc": atoms.pbc.copy(), "bonds": bonds,
-            "fmax_eV_A": fmax, "frames": frames, "max_bond_ratio": float(stretch.max()),
-            "min_contact_ratio": float(contact.min()),
-            "frame_temperature_K": float(np.mean(kinetic_k)),
-            "formula": atoms.get_chemical_formula()}
+    return {
+        "numbers": atoms.numbers.copy(),
+        "positions": atoms.positions.copy(),
+        "cell": atoms.cell.array.copy(),
+        "pbc": atoms.pbc.copy(),
+        "bonds": bonds,
+        "fmax_eV_A": fmax,
+        "frames": frames,
+        "max_bond_ratio": float(stretch.max()),
+        "min_contact_ratio": float(contact.min()),
+        "frame_temperature_K": float(np.mean(kinetic_k)),
+        "formula": atoms.get_chemical_formula(),
+    }
 
 
 # -- the committee's metrics -------------------------------------------------------------
 
-def md_stability(committee: Committee, ref: dict, sizes: Sizes,
-                 rng: np.random.Generator) -> tuple[float, float]:
+
+def md_stability(
+    committee: Committee, ref: dict, sizes: Sizes, rng: np.random.Generator
+) -> tuple[float, float]:
     """(fraction of stable runs, mean survival time in fs) of ``sizes.n_md`` Langevin runs
     of ``sizes.md_steps`` steps at ``sizes.temperature`` on the committee mean, all from
     the relaxed structure with their own Maxwell-Boltzmann velocities. A run fails at the
@@ -294,18 +359,31 @@ def md_stability(committee: Committee, ref: dict, sizes: Sizes,
     committee forces are not finite (icommittee_md stops it). The clash check of
     icommittee_md is off (``min_distance_factor=0``): a clash is a contact."""
     z, n_atoms, n = ref["numbers"], len(ref["numbers"]), sizes.n_md
-    seeds = Seeds(np.tile(z, n), np.tile(ref["positions"], (n, 1)), np.full(n, n_atoms),
-                  np.tile(ref["cell"], (n, 1, 1)), np.tile(ref["pbc"], (n, 1)), np.arange(n))
-    settings = CommitteeMDSettings(temperature=sizes.temperature, timestep=sizes.timestep,
-                                   n_steps=sizes.md_steps, friction=FRICTION, trust_lower=0.0,
-                                   trust_upper=1e9, min_distance_factor=0.0)
+    seeds = Seeds(
+        np.tile(z, n),
+        np.tile(ref["positions"], (n, 1)),
+        np.full(n, n_atoms),
+        np.tile(ref["cell"], (n, 1, 1)),
+        np.tile(ref["pbc"], (n, 1)),
+        np.arange(n),
+    )
+    settings = CommitteeMDSettings(
+        temperature=sizes.temperature,
+        timestep=sizes.timestep,
+        n_steps=sizes.md_steps,
+        friction=FRICTION,
+        trust_lower=0.0,
+        trust_upper=1e9,
+        min_distance_factor=0.0,
+    )
     alive = np.ones(n, dtype=bool)
     survived = np.full(n, float(sizes.md_steps))  # steps
     for state in icommittee_md(committee, seeds, settings, rng):
         positions = state.positions.reshape(n, n_atoms, 3)
         finite = np.isfinite(positions).all(axis=(1, 2))
-        ratios = distance_ratios(z, np.where(finite[:, None, None], positions, ref["positions"]),
-                                 ref["cell"])
+        ratios = distance_ratios(
+            z, np.where(finite[:, None, None], positions, ref["positions"]), ref["cell"]
+        )
         failed = alive & (~state.active | ~finite | ~topology_kept(ratios, ref["bonds"]))
         survived[failed] = state.step
         alive &= ~failed
@@ -314,24 +392,35 @@ def md_stability(committee: Committee, ref: dict, sizes: Sizes,
     return float(alive.mean()), float(survived.mean() * sizes.timestep)
 
 
-def committee_metrics(committee: Committee, ref: dict, sizes: Sizes,
-                      rng: np.random.Generator) -> dict:
+def committee_metrics(
+    committee: Committee, ref: dict, sizes: Sizes, rng: np.random.Generator
+) -> dict:
     """Force RMSE (eV/Å) on the oracle's hot frames and MD stability; see the module doc."""
     z, k = ref["numbers"], len(ref["frames"])
-    pred = committee.predict_arrays(np.tile(z, k), np.concatenate([p for p, _ in ref["frames"]]),
-                                    np.full(k, len(z)), np.tile(ref["cell"], (k, 1, 1)),
-                                    np.tile(ref["pbc"], (k, 1)))
+    pred = committee.predict_arrays(
+        np.tile(z, k),
+        np.concatenate([p for p, _ in ref["frames"]]),
+        np.full(k, len(z)),
+        np.tile(ref["cell"], (k, 1, 1)),
+        np.tile(ref["pbc"], (k, 1)),
+    )
     forces = np.concatenate([f for _, f in ref["frames"]])
     rmse = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
     stable, survival = md_stability(committee, ref, sizes, rng)
-    return {"md_stable_fraction": stable, "md_survival_fs_mean": survival,
-            "force_rmse_hot": rmse}
+    return {"md_stable_fraction": stable, "md_survival_fs_mean": survival, "force_rmse_hot": rmse}
 
 
 # -- the loop -----------------------------------------------------------------------------
 
-def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | None = None,
-                overrides: dict[str, dict] | None = None) -> RunConfig:
+
+def make_config(
+    strategy: str,
+    seed: int,
+    root: Path,
+    sizes: Sizes,
+    name: str | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> RunConfig:
     """The run configuration of one strategy and seed, named ``name`` (default: the
     strategy), with the ``overrides`` of an ablation (config section -> fields); raises
     ConfigError on bad inputs."""
@@ -339,32 +428,58 @@ def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | 
         system=SystemConfig(name=f"sod-nh3-{name or strategy}-{seed}", structures=GUEST_CIF),
         initial_data=InitialDataConfig(n_structures=sizes.n_initial, displacement=0.05, seed=seed),
         labels=TBLiteLabels(),
-        model=ModelSpec(architecture="painn", n_atom_basis=sizes.n_atom_basis,
-                        n_interactions=sizes.n_interactions, n_rbf=20, cutoff=sizes.cutoff),
+        model=ModelSpec(
+            architecture="painn",
+            n_atom_basis=sizes.n_atom_basis,
+            n_interactions=sizes.n_interactions,
+            n_rbf=20,
+            cutoff=sizes.cutoff,
+        ),
         committee=CommitteeConfig(n_members=sizes.n_members, seed=seed, warm_start=True),
-        training=TrainingSettings(max_epochs=sizes.max_epochs,
-                                  warm_start_epochs=sizes.warm_start_epochs, batch_size=8,
-                                  learning_rate=0.002, val_fraction=0.2, patience=60),
+        training=TrainingSettings(
+            max_epochs=sizes.max_epochs,
+            warm_start_epochs=sizes.warm_start_epochs,
+            batch_size=8,
+            learning_rate=0.002,
+            val_fraction=0.2,
+            patience=60,
+        ),
         exploration={
             # per-atom energies at the test temperature: the attack reaches geometries about
             # kT per atom above the training set, where thermal ones are (3/2 kT per atom)
             "adversarial": AdversarialExploration(
-                temperature=sizes.temperature, energy="per_atom", n_steps=sizes.attack_steps,
-                learning_rate=0.01, initial_noise=0.02, max_displacement=0.6,
-                seeds="random", n_seeds=sizes.n_explore_seeds),
+                temperature=sizes.temperature,
+                energy="per_atom",
+                n_steps=sizes.attack_steps,
+                learning_rate=0.01,
+                initial_noise=0.02,
+                max_displacement=0.6,
+                seeds="random",
+                n_seeds=sizes.n_explore_seeds,
+            ),
             # Å, about the thermal rms at 1200 K
             "random": RandomExploration(std=0.1, seeds="random", n_seeds=sizes.n_explore_seeds),
             # DP-GEN's trust window, widened for committees of a few dozen labels (force
             # RMSE 0.3-0.7 eV/Å at 1200 K): with the default 0.5 eV/Å every early
             # trajectory stops before its first sample and md never gets a label
-            "md": MDExploration(temperature=sizes.temperature, timestep=sizes.timestep,
-                                n_steps=sizes.explore_md_steps, friction=FRICTION,
-                                trust_lower=0.1, trust_upper=1.5, seeds="random",
-                                n_seeds=sizes.n_explore_seeds)}[strategy],
-        selection=SelectionSettings(percentile=50.0, rmsd_threshold=0.02,
-                                    max_selected=sizes.labels_per_generation),
-        budget=BudgetConfig(max_generations=sizes.generations,
-                            max_labels=max(1, sizes.generations * sizes.labels_per_generation)),
+            "md": MDExploration(
+                temperature=sizes.temperature,
+                timestep=sizes.timestep,
+                n_steps=sizes.explore_md_steps,
+                friction=FRICTION,
+                trust_lower=0.1,
+                trust_upper=1.5,
+                seeds="random",
+                n_seeds=sizes.n_explore_seeds,
+            ),
+        }[strategy],
+        selection=SelectionSettings(
+            percentile=50.0, rmsd_threshold=0.02, max_selected=sizes.labels_per_generation
+        ),
+        budget=BudgetConfig(
+            max_generations=sizes.generations,
+            max_labels=max(1, sizes.generations * sizes.labels_per_generation),
+        ),
         compute=ComputeConfig(torch_threads=1),
         output_dir=root,
     )
@@ -378,8 +493,9 @@ def make_config(strategy: str, seed: int, root: Path, sizes: Sizes, name: str | 
 def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
     """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`, with
     MD velocities seeded by the committee seed and generation."""
-    return lambda committee, g: committee_metrics(committee, ref, sizes,
-                                                  np.random.default_rng([seed, g]))
+    return lambda committee, g: committee_metrics(
+        committee, ref, sizes, np.random.default_rng([seed, g])
+    )
 
 
 def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
@@ -415,14 +531,23 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
     out = {}
     for strategy, by_seed in runs.items():
         n_rows = min(len(rows) for rows in by_seed.values())
-        curve = [{"generation": g, **{key: _stats([rows[g][key] for rows in by_seed.values()])
-                                      for key in METRICS}} for g in range(n_rows)]
+        curve = [
+            {
+                "generation": g,
+                **{key: _stats([rows[g][key] for rows in by_seed.values()]) for key in METRICS},
+            }
+            for g in range(n_rows)
+        ]
         out[strategy] = {"seeds": [int(s) for s in by_seed], "final": curve[-1], "curve": curve}
     return out
 
 
-def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | None = None,
-        ablations: dict[str, dict[str, dict]] | None = None) -> dict:
+def run(
+    sizes: Sizes,
+    strategies: tuple[str, ...] = STRATEGIES,
+    root: Path | None = None,
+    ablations: dict[str, dict[str, dict]] | None = None,
+) -> dict:
     """Every strategy and seed of ``sizes``, then every ablation of the adversarial
     strategy (config section -> fields changed) for every seed; the record's oracle,
     settings, runs, summary and ablations.
@@ -439,54 +564,90 @@ def run(sizes: Sizes, strategies: tuple[str, ...] = STRATEGIES, root: Path | Non
     with tempfile.TemporaryDirectory(prefix="advloop-zeolite-") as tmp:
         base = Path(root or tmp)
         for seed in sizes.seeds:
-            configs = {strategy: make_config(strategy, seed, base, sizes) for strategy in strategies}
-            configs |= {name: make_config("adversarial", seed, base, sizes, name, changed)
-                        for name, changed in ablations.items()}
+            configs = {
+                strategy: make_config(strategy, seed, base, sizes) for strategy in strategies
+            }
+            configs |= {
+                name: make_config("adversarial", seed, base, sizes, name, changed)
+                for name, changed in ablations.items()
+            }
             metrics = measure(ref, sizes, seed)
             first, *others = configs.values()
             # generation 0 alone: the loop with no generation to explore
-            zero = first.model_copy(update={"budget": first.budget.model_copy(
-                update={"max_generations": 0})})
+            zero = first.model_copy(
+                update={"budget": first.budget.model_copy(update={"max_generations": 0})}
+            )
             [first_row] = measured_run(zero, metrics)
             for config in others:
                 share_generation_zero(first, config)
             for name, config in configs.items():
                 rows = measured_run(config, metrics, first_row)
                 (ablated if name in ablations else runs).setdefault(name, {})[str(seed)] = rows
-                print(f"{name:12s} seed {seed}: " + "  ".join(
-                    f"{r['n_labels']}:{r['md_stable_fraction']:.2f}/{r['force_rmse_hot']:.2f}"
-                    for r in rows) + "  (labels:stable/RMSE eV/Å)", flush=True)
-    return {"oracle": {"method": "GFN2-xTB (tblite), 3D periodic, Γ point",
-                       "structure": str(GUEST_CIF.relative_to(STRUCTURES.parents[1])),
-                       "formula": ref["formula"], "n_atoms": int(len(ref["numbers"])),
-                       "cell_A": ref["cell"].tolist(),
-                       "max_force_at_structure_eV_A": ref["fmax_eV_A"],
-                       "trajectory_temperature_K": sizes.temperature,
-                       "trajectory_mean_kinetic_temperature_K": ref["frame_temperature_K"],
-                       "trajectory_frames": sizes.n_frames,
-                       "trajectory_max_bond_ratio": ref["max_bond_ratio"],
-                       "trajectory_min_contact_ratio": ref["min_contact_ratio"]},
-            "settings": {**asdict(sizes), "bond_factor": BOND_FACTOR,
-                         "break_factor": BREAK_FACTOR, "contact_factor": CONTACT_FACTOR, "friction_per_fs": FRICTION,
-                         "generation_0_shared_across_strategies": True,
-                         "config": _config_record(make_config("adversarial", sizes.seeds[0],
-                                                              Path("runs"), sizes))},
-            "runs": runs,
-            "summary": summarise(runs),
-            "ablations": {name: {"changed": ablations[name], "runs": by_seed,
-                                 "summary": summarise({name: by_seed})[name]}
-                          for name, by_seed in ablated.items()}}
+                print(
+                    f"{name:12s} seed {seed}: "
+                    + "  ".join(
+                        f"{r['n_labels']}:{r['md_stable_fraction']:.2f}/{r['force_rmse_hot']:.2f}"
+                        for r in rows
+                    )
+                    + "  (labels:stable/RMSE eV/Å)",
+                    flush=True,
+                )
+    return {
+        "oracle": {
+            "method": "GFN2-xTB (tblite), 3D periodic, Γ point",
+            "structure": str(GUEST_CIF.relative_to(STRUCTURES.parents[1])),
+            "formula": ref["formula"],
+            "n_atoms": int(len(ref["numbers"])),
+            "cell_A": ref["cell"].tolist(),
+            "max_force_at_structure_eV_A": ref["fmax_eV_A"],
+            "trajectory_temperature_K": sizes.temperature,
+            "trajectory_mean_kinetic_temperature_K": ref["frame_temperature_K"],
+            "trajectory_frames": sizes.n_frames,
+            "trajectory_max_bond_ratio": ref["max_bond_ratio"],
+            "trajectory_min_contact_ratio": ref["min_contact_ratio"],
+        },
+        "settings": {
+            **asdict(sizes),
+            "bond_factor": BOND_FACTOR,
+            "break_factor": BREAK_FACTOR,
+            "contact_factor": CONTACT_FACTOR,
+            "friction_per_fs": FRICTION,
+            "generation_0_shared_across_strategies": True,
+            "config": _config_record(
+                make_config("adversarial", sizes.seeds[0], Path("runs"), sizes)
+            ),
+        },
+        "runs": runs,
+        "summary": summarise(runs),
+        "ablations": {
+            name: {
+                "changed": ablations[name],
+                "runs": by_seed,
+                "summary": summarise({name: by_seed})[name],
+            }
+            for name, by_seed in ablated.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed, one generation, tiny committee (CI; numbers are not results)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, one generation, tiny committee (CI; numbers are not results)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--ablations-only", action="store_true",
-                        help="run only the ablations and put them into the existing --output record")
-    parser.add_argument("--build-structures", action="store_true",
-                        help=f"rebuild and relax {FRAMEWORK_CIF.name} and {GUEST_CIF.name}, then exit")
+    parser.add_argument(
+        "--ablations-only",
+        action="store_true",
+        help="run only the ablations and put them into the existing --output record",
+    )
+    parser.add_argument(
+        "--build-structures",
+        action="store_true",
+        help=f"rebuild and relax {FRAMEWORK_CIF.name} and {GUEST_CIF.name}, then exit",
+    )
     args = parser.parse_args(argv)
     if args.build_structures:
         build_structures()
@@ -496,15 +657,27 @@ def main(argv: list[str] | None = None) -> dict:
     ablations = {} if args.quick else ABLATIONS
     if args.ablations_only:
         results = run(sizes, strategies=(), ablations=ablations)
-        header = record_header("benchmarks.zeolite_xtb", argv, ("schnetpack", "tblite", "ase"),
-                               args.quick, time.perf_counter() - t0)
+        header = record_header(
+            "benchmarks.zeolite_xtb",
+            argv,
+            ("schnetpack", "tblite", "ase"),
+            args.quick,
+            time.perf_counter() - t0,
+        )
         record = json.loads(args.output.read_text())
         record["ablations"] = results["ablations"]
-        record["ablations_record"] = {k: header[k] for k in ("command", "date", "seconds", "machine")}
+        record["ablations_record"] = {
+            k: header[k] for k in ("command", "date", "seconds", "machine")
+        }
         return write_record(args.output, record)
     results = run(sizes, ablations=ablations)
-    header = record_header("benchmarks.zeolite_xtb", argv, ("schnetpack", "tblite", "ase"), args.quick,
-                           time.perf_counter() - t0)
+    header = record_header(
+        "benchmarks.zeolite_xtb",
+        argv,
+        ("schnetpack", "tblite", "ase"),
+        args.quick,
+        time.perf_counter() - t0,
+    )
     return write_record(args.output, {**header, **results})
 
 

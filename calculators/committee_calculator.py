@@ -26,24 +26,33 @@ class CommitteeCalculator(Calculator):
         self.committee = committee
 
     @classmethod
-    def from_checkpoints(cls, paths: list[str | Path], dtype: torch.dtype = torch.float64,
-                         **kwargs) -> CommitteeCalculator:
+    def from_checkpoints(
+        cls, paths: list[str | Path], dtype: torch.dtype = torch.float64, **kwargs
+    ) -> CommitteeCalculator:
         return cls(Committee.from_checkpoints(paths, dtype=dtype), **kwargs)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, generation: int | None = None,
-                 dtype: torch.dtype = torch.float64, **kwargs) -> CommitteeCalculator:
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        generation: int | None = None,
+        dtype: torch.dtype = torch.float64,
+        **kwargs,
+    ) -> CommitteeCalculator:
         """The committee of a run folder: its latest trained generation by default."""
         paths = CommitteeFolder.of_run(run_dir).checkpoints(generation)
         return cls.from_checkpoints(paths, dtype=dtype, **kwargs)
 
-    def calculate(self, atoms: Atoms | None = None, properties=(P.ENERGY,),
-                  system_changes=all_changes) -> None:
+    def calculate(
+        self, atoms: Atoms | None = None, properties=(P.ENERGY,), system_changes=all_changes
+    ) -> None:
         super().calculate(atoms, properties, system_changes)
         a = self.atoms
         pbc = np.asarray(a.pbc, dtype=bool)
         pred = self.committee.predict_arrays(
-            a.numbers, a.positions, np.array([len(a)]),
+            a.numbers,
+            a.positions,
+            np.array([len(a)]),
             cells=a.cell[:][None] if pbc.any() else None,
             pbc=pbc[None] if pbc.any() else None,
         )

@@ -47,16 +47,28 @@ from ase.calculators.calculator import BaseCalculator
 from advloop.calculators.pyscf_calculator import PySCFCalculator, PySCFSettings
 from advloop.calculators.pyscf_periodic import PeriodicPySCFCalculator, PeriodicPySCFSettings
 
-__all__ = ["EMTLabels", "Labeller", "PeriodicPySCFLabels", "PySCFLabels", "PythonLabels",
-           "TBLiteLabels", "import_factory", "label_problems", "level_of_theory",
-           "make_calculator", "python_calculator", "theory_settings"]
+__all__ = [
+    "EMTLabels",
+    "Labeller",
+    "PeriodicPySCFLabels",
+    "PySCFLabels",
+    "PythonLabels",
+    "TBLiteLabels",
+    "import_factory",
+    "label_problems",
+    "level_of_theory",
+    "make_calculator",
+    "python_calculator",
+    "theory_settings",
+]
 
 # PySCF settings that change cost or robustness but not the converged numbers.
 _NOT_THEORY = {"verbose", "max_memory_mb", "max_cycle", "scf_ladder", "reuse_density", "threads"}
 
 
-def _electron_problems(structures: Sequence[Atoms], charge: int, spin: int | None,
-                       spin_key: str, spin_name: str) -> list[str]:
+def _electron_problems(
+    structures: Sequence[Atoms], charge: int, spin: int | None, spin_key: str, spin_name: str
+) -> list[str]:
     """The electron count that ``labels.charge`` leaves, and whether ``spin`` unpaired
     electrons (2S; None: not checked) fit it."""
     if not structures or len(structures[0]) == 0:
@@ -64,13 +76,17 @@ def _electron_problems(structures: Sequence[Atoms], charge: int, spin: int | Non
     protons = int(structures[0].numbers.sum())
     n_electrons = protons - charge
     if n_electrons <= 0:
-        return [f"labels.charge {charge} leaves {n_electrons} electrons ({protons} protons); "
-                f"the charge must be below {protons} (it is the total charge in e: 0 for a "
-                "neutral system, 1 for a cation)"]
+        return [
+            f"labels.charge {charge} leaves {n_electrons} electrons ({protons} protons); "
+            f"the charge must be below {protons} (it is the total charge in e: 0 for a "
+            "neutral system, 1 for a cation)"
+        ]
     if spin is not None and (n_electrons - spin) % 2:
-        return [f"labels.{spin_key} ({spin_name} = {spin}) cannot fit {n_electrons} electrons "
-                f"(charge {charge}): {spin_name} must be {'odd' if n_electrons % 2 else 'even'} "
-                "(it counts the unpaired electrons), or change labels.charge"]
+        return [
+            f"labels.{spin_key} ({spin_name} = {spin}) cannot fit {n_electrons} electrons "
+            f"(charge {charge}): {spin_name} must be {'odd' if n_electrons % 2 else 'even'} "
+            "(it counts the unpaired electrons), or change labels.charge"
+        ]
     return []
 
 
@@ -91,8 +107,10 @@ class PySCFLabels(PySCFSettings):
         return PySCFSettings(**{f.name: getattr(self, f.name) for f in fields(PySCFSettings)})
 
     def theory(self) -> dict:
-        return {"calculator": "pyscf",
-                **{k: v for k, v in asdict(self.settings()).items() if k not in _NOT_THEORY}}
+        return {
+            "calculator": "pyscf",
+            **{k: v for k, v in asdict(self.settings()).items() if k not in _NOT_THEORY},
+        }
 
     def make_calculator(self) -> BaseCalculator:
         return PySCFCalculator(settings=self.settings())
@@ -100,10 +118,13 @@ class PySCFLabels(PySCFSettings):
     def preflight(self, structures: Sequence[Atoms]) -> list[str]:
         """A molecule (no periodic cell), with an electron count that ``spin`` fits, of
         elements the basis set covers."""
-        problems = [f"system.structures frame {k}: a periodic cell cannot be labelled by the "
-                    "molecular PySCF calculator; choose labels.kind: pyscf_periodic or tblite "
-                    "(or your own: python)"
-                    for k, atoms in enumerate(structures) if atoms.pbc.any()]
+        problems = [
+            f"system.structures frame {k}: a periodic cell cannot be labelled by the "
+            "molecular PySCF calculator; choose labels.kind: pyscf_periodic or tblite "
+            "(or your own: python)"
+            for k, atoms in enumerate(structures)
+            if atoms.pbc.any()
+        ]
         problems += _electron_problems(structures, self.charge, self.spin, "spin", "2S")
         return problems + _pyscf_problems(self.basis, _symbols(structures))
 
@@ -117,12 +138,15 @@ class PeriodicPySCFLabels(PeriodicPySCFSettings):
 
     def settings(self) -> PeriodicPySCFSettings:
         """The calculator's settings (these fields without ``kind``)."""
-        return PeriodicPySCFSettings(**{f.name: getattr(self, f.name)
-                                        for f in fields(PeriodicPySCFSettings)})
+        return PeriodicPySCFSettings(
+            **{f.name: getattr(self, f.name) for f in fields(PeriodicPySCFSettings)}
+        )
 
     def theory(self) -> dict:
-        return {"calculator": "pyscf_periodic",
-                **{k: v for k, v in asdict(self.settings()).items() if k not in _NOT_THEORY}}
+        return {
+            "calculator": "pyscf_periodic",
+            **{k: v for k, v in asdict(self.settings()).items() if k not in _NOT_THEORY},
+        }
 
     def make_calculator(self) -> BaseCalculator:
         return PeriodicPySCFCalculator(settings=self.settings())
@@ -130,10 +154,13 @@ class PeriodicPySCFLabels(PeriodicPySCFSettings):
     def preflight(self, structures: Sequence[Atoms]) -> list[str]:
         """A periodic cell, with an electron count that ``spin`` fits, of elements the basis
         set and pseudopotential family cover."""
-        problems = [f"system.structures frame {k}: labels.kind pyscf_periodic needs a periodic "
-                    "cell (pbc and a cell in the structure file); use labels.kind: pyscf for a "
-                    "molecule"
-                    for k, atoms in enumerate(structures) if not atoms.pbc.any()]
+        problems = [
+            f"system.structures frame {k}: labels.kind pyscf_periodic needs a periodic "
+            "cell (pbc and a cell in the structure file); use labels.kind: pyscf for a "
+            "molecule"
+            for k, atoms in enumerate(structures)
+            if not atoms.pbc.any()
+        ]
         problems += _electron_problems(structures, self.charge, self.spin, "spin", "2S")
         return problems + _periodic_pyscf_problems(self, _symbols(structures))
 
@@ -154,8 +181,9 @@ class TBLiteLabels:
 
     def __post_init__(self) -> None:
         if isinstance(self.uhf, bool) or not isinstance(self.uhf, int) or self.uhf < 0:
-            raise ValueError(f"uhf is the number of unpaired electrons, an integer >= 0; "
-                             f"got {self.uhf!r}")
+            raise ValueError(
+                f"uhf is the number of unpaired electrons, an integer >= 0; got {self.uhf!r}"
+            )
         if isinstance(self.charge, bool) or not isinstance(self.charge, int):
             raise ValueError(f"charge must be an integer, got {self.charge!r}")
 
@@ -164,21 +192,27 @@ class TBLiteLabels:
         return self.method
 
     def theory(self) -> dict:
-        return {"calculator": "tblite", "method": self.method, "charge": self.charge,
-                "multiplicity": self.uhf + 1}
+        return {
+            "calculator": "tblite",
+            "method": self.method,
+            "charge": self.charge,
+            "multiplicity": self.uhf + 1,
+        }
 
     def make_calculator(self) -> BaseCalculator:
         from tblite.ase import TBLite
 
-        return TBLite(method=self.method, charge=self.charge, multiplicity=self.uhf + 1,
-                      verbosity=0)
+        return TBLite(
+            method=self.method, charge=self.charge, multiplicity=self.uhf + 1, verbosity=0
+        )
 
     def preflight(self, structures: Sequence[Atoms]) -> list[str]:
         """Elements H to Rn, electrons left by the charge, and a ``uhf`` of the electron
         count's parity (tblite refuses an odd ``uhf`` on an even count and an even one
         above 0 on an odd count; ``uhf: 0`` on an odd count is one unpaired electron)."""
-        problems = _electron_problems(structures, self.charge, self.uhf or None, "uhf",
-                                      "the number of unpaired electrons")
+        problems = _electron_problems(
+            structures, self.charge, self.uhf or None, "uhf", "the number of unpaired electrons"
+        )
         return problems + _tblite_problems(self.method, _symbols(structures))
 
 
@@ -221,8 +255,10 @@ class PythonLabels:
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or ":" not in self.factory:
-            raise ValueError("labels.factory must name a factory as 'package.module:callable' "
-                             "when labels.kind is 'python'")
+            raise ValueError(
+                "labels.factory must name a factory as 'package.module:callable' "
+                "when labels.kind is 'python'"
+            )
 
     @property
     def level_of_theory(self) -> str:
@@ -260,8 +296,11 @@ def _raised_at(err: BaseException) -> str:
     TypeError for a keyword the callable does not take)."""
     if isinstance(err, SyntaxError) and err.filename:
         return f" ({err.filename}, line {err.lineno})"
-    frames = [f for f in traceback.extract_tb(err.__traceback__)[1:]  # [0]: the call here
-              if not f.filename.startswith("<frozen importlib")]
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)[1:]  # [0]: the call here
+        if not f.filename.startswith("<frozen importlib")
+    ]
     return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
@@ -276,17 +315,23 @@ def import_factory(path: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"labels.factory: cannot import module {module_name!r}: {_brief(err)}; "
-                         "labels.factory must name a package.module:callable that this Python "
-                         "can import: check the spelling, or install the package") from err
+        raise ValueError(
+            f"labels.factory: cannot import module {module_name!r}: {_brief(err)}; "
+            "labels.factory must name a package.module:callable that this Python "
+            "can import: check the spelling, or install the package"
+        ) from err
     except (Exception, SystemExit) as err:  # the module's own code failed as it was imported
-        raise ValueError(f"labels.factory: importing module {module_name!r} raised {_brief(err)}"
-                         f"{_raised_at(err)}; that is an error in the module's own code, not in "
-                         "advloop or the config: fix the module, or name another one") from err
+        raise ValueError(
+            f"labels.factory: importing module {module_name!r} raised {_brief(err)}"
+            f"{_raised_at(err)}; that is an error in the module's own code, not in "
+            "advloop or the config: fix the module, or name another one"
+        ) from err
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"labels.factory: module {module_name!r} has no callable {attr!r}; name a "
-                         "function or class it defines, as package.module:callable")
+        raise ValueError(
+            f"labels.factory: module {module_name!r} has no callable {attr!r}; name a "
+            "function or class it defines, as package.module:callable"
+        )
     return factory
 
 
@@ -303,14 +348,21 @@ def python_calculator(labels: PythonLabels) -> BaseCalculator:
     try:
         calc = factory(**labels.options)
     except (Exception, SystemExit) as err:
-        fix = ("give labels.options that its parameters take" if isinstance(err, TypeError)
-               else "fix labels.options or the factory")
-        raise ValueError(f"labels.options: calling {labels.factory} with labels.options ({options}) "
-                         f"raised {_brief(err)}{_raised_at(err)}; {fix}") from err
+        fix = (
+            "give labels.options that its parameters take"
+            if isinstance(err, TypeError)
+            else "fix labels.options or the factory"
+        )
+        raise ValueError(
+            f"labels.options: calling {labels.factory} with labels.options ({options}) "
+            f"raised {_brief(err)}{_raised_at(err)}; {fix}"
+        ) from err
     if not isinstance(calc, BaseCalculator):
-        raise ValueError(f"labels.factory: {labels.factory} returned {type(calc).__name__}, not an "
-                         "ASE calculator (ase.calculators.calculator.BaseCalculator); make the "
-                         "factory return one, such as an instance of a Calculator subclass")
+        raise ValueError(
+            f"labels.factory: {labels.factory} returned {type(calc).__name__}, not an "
+            "ASE calculator (ase.calculators.calculator.BaseCalculator); make the "
+            "factory return one, such as an instance of a Calculator subclass"
+        )
     return calc
 
 
@@ -320,9 +372,11 @@ def _emt_problems(symbols: list[str]) -> list[str]:
     missing = [s for s in symbols if s not in parameters]
     if not missing:
         return []
-    return [f"labels.kind: emt has no parameters for {', '.join(missing)} (ASE's EMT "
-            f"covers {', '.join(sorted(parameters))} only); choose labels.kind: tblite or "
-            "pyscf for this system"]
+    return [
+        f"labels.kind: emt has no parameters for {', '.join(missing)} (ASE's EMT "
+        f"covers {', '.join(sorted(parameters))} only); choose labels.kind: tblite or "
+        "pyscf for this system"
+    ]
 
 
 def _tblite_problems(method: str, symbols: list[str]) -> list[str]:
@@ -331,8 +385,10 @@ def _tblite_problems(method: str, symbols: list[str]) -> list[str]:
     missing = [s for s in symbols if atomic_numbers[s] > 86]
     if not missing:
         return []
-    return [f"labels.method: {method} has no parameters for {', '.join(missing)} (tblite's "
-            "xTB methods cover H to Rn, Z 1-86); choose labels.kind: pyscf for this system"]
+    return [
+        f"labels.method: {method} has no parameters for {', '.join(missing)} (tblite's "
+        "xTB methods cover H to Rn, Z 1-86); choose labels.kind: pyscf for this system"
+    ]
 
 
 def _pyscf_problems(basis: str, symbols: list[str]) -> list[str]:
@@ -346,9 +402,11 @@ def _pyscf_problems(basis: str, symbols: list[str]) -> list[str]:
                 if not pyscf_basis.load(basis, symbol):
                     raise KeyError(symbol)
             except Exception:
-                out.append(f"labels.basis {basis!r} has no functions for element {symbol}; check "
-                           f"the basis name, or choose one that covers {symbol} (def2-SVP "
-                           "covers H to Rn)")
+                out.append(
+                    f"labels.basis {basis!r} has no functions for element {symbol}; check "
+                    f"the basis name, or choose one that covers {symbol} (def2-SVP "
+                    "covers H to Rn)"
+                )
     return out
 
 
@@ -361,17 +419,28 @@ def _periodic_pyscf_problems(settings: PeriodicPySCFSettings, symbols: list[str]
         warnings.simplefilter("ignore")
         for symbol in symbols:
             for key, name, load, fix in (
-                    ("basis", settings.basis, pbc_basis.load, "a GTH basis that covers it, such "
-                     "as gth-dzvp-molopt-sr"),
-                    ("pseudo", settings.pseudo, pbc_pseudo.load, "a GTH family that covers it, "
-                     "such as gth-pbe")):
+                (
+                    "basis",
+                    settings.basis,
+                    pbc_basis.load,
+                    "a GTH basis that covers it, such as gth-dzvp-molopt-sr",
+                ),
+                (
+                    "pseudo",
+                    settings.pseudo,
+                    pbc_pseudo.load,
+                    "a GTH family that covers it, such as gth-pbe",
+                ),
+            ):
                 try:
                     found = bool(load(name, symbol))
                 except Exception:
                     found = False
                 if not found:
-                    out.append(f"labels.{key} {name!r} has nothing for element {symbol}; "
-                               f"check the name, or choose {fix}")
+                    out.append(
+                        f"labels.{key} {name!r} has nothing for element {symbol}; "
+                        f"check the name, or choose {fix}"
+                    )
     return out
 
 

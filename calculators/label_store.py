@@ -37,8 +37,15 @@ from ase import Atoms
 from advloop.calculators.errors import InvalidLabelError
 from advloop.potentials.hashing import structure_hash
 
-__all__ = ["MAX_ABS_ENERGY_EV_PER_ATOM", "MAX_FORCE_EV_PER_A", "LabelStore", "StoredLabel",
-           "check_label", "label_key", "theory_json"]
+__all__ = [
+    "MAX_ABS_ENERGY_EV_PER_ATOM",
+    "MAX_FORCE_EV_PER_A",
+    "LabelStore",
+    "StoredLabel",
+    "check_label",
+    "label_key",
+    "theory_json",
+]
 
 #: eV/Å; a label with an atom's |F| at or above it is refused. Physical forces on the
 #: structures a run labels stay far below: at half the summed covalent radii (the closest
@@ -54,8 +61,9 @@ MAX_FORCE_EV_PER_A = 1e4
 MAX_ABS_ENERGY_EV_PER_ATOM = 1e7
 
 
-def check_label(energy: object, forces: object, n_atoms: int | None, *,
-                structure_hash: str | None = None) -> tuple[float, np.ndarray]:
+def check_label(
+    energy: object, forces: object, n_atoms: int | None, *, structure_hash: str | None = None
+) -> tuple[float, np.ndarray]:
     """Check a label as a calculator returned it; return it as (float, float64 array).
 
     A valid label has an energy (eV) that is one finite real number (a Python or numpy
@@ -85,8 +93,10 @@ def check_label(energy: object, forces: object, n_atoms: int | None, *,
     if value is not None and rows is not None:
         per_atom = value / max(rows, 1)
         if abs(per_atom) > MAX_ABS_ENERGY_EV_PER_ATOM:
-            problems.append(f"energy {value:.2g} eV ({per_atom:.2g} eV per atom) is beyond "
-                            f"the ±{MAX_ABS_ENERGY_EV_PER_ATOM:.0e} eV per atom limit")
+            problems.append(
+                f"energy {value:.2g} eV ({per_atom:.2g} eV per atom) is beyond "
+                f"the ±{MAX_ABS_ENERGY_EV_PER_ATOM:.0e} eV per atom limit"
+            )
     if problems:
         raise InvalidLabelError("; ".join(problems), structure_hash=structure_hash)
     return value, array
@@ -121,21 +131,26 @@ def _checked_forces(forces: object, n_atoms: int | None, problems: list[str]) ->
         problems.append(f"forces are not real numbers (dtype {f.dtype})")
         return None
     if f.ndim != 2 or f.shape[1] != 3 or (n_atoms is not None and f.shape[0] != n_atoms):
-        problems.append(f"forces have shape {f.shape}, expected "
-                        f"[{'n_atoms' if n_atoms is None else n_atoms}, 3]")
+        problems.append(
+            f"forces have shape {f.shape}, expected "
+            f"[{'n_atoms' if n_atoms is None else n_atoms}, 3]"
+        )
         return None
     f = np.array(f, dtype=np.float64)
     bad = int(np.count_nonzero(~np.isfinite(f)))
     if bad:
-        problems.append(f"{bad} force component{'s are' if bad != 1 else ' is'} not finite "
-                        "(nan or inf)")
+        problems.append(
+            f"{bad} force component{'s are' if bad != 1 else ' is'} not finite (nan or inf)"
+        )
         return None
     if len(f):
         norms = np.linalg.norm(f, axis=1)
         worst = int(np.argmax(norms))
         if norms[worst] >= MAX_FORCE_EV_PER_A:
-            problems.append(f"max |F| {norms[worst]:.2g} eV/Å (atom {worst}) is above the "
-                            f"{MAX_FORCE_EV_PER_A:.0e} eV/Å limit")
+            problems.append(
+                f"max |F| {norms[worst]:.2g} eV/Å (atom {worst}) is above the "
+                f"{MAX_FORCE_EV_PER_A:.0e} eV/Å limit"
+            )
             return None
     return f
 
@@ -201,8 +216,15 @@ class LabelStore:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, InvalidLabelError):
             return None  # a file that is not a valid label is recomputed, never trusted
 
-    def put(self, key: str, theory: Mapping, energy: float | None, forces: np.ndarray | None,
-            error: str | None, seconds: float) -> None:
+    def put(
+        self,
+        key: str,
+        theory: Mapping,
+        energy: float | None,
+        forces: np.ndarray | None,
+        error: str | None,
+        seconds: float,
+    ) -> None:
         """Store one label (or failure, with ``error`` set) atomically.
 
         Raises:
@@ -219,10 +241,14 @@ class LabelStore:
         # unique per writer (process and thread), so concurrent writers of one key never
         # share a temporary file; the last rename wins with a complete file either way
         tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, energy=np.float64(np.nan if energy is None else energy),
-                 forces=np.zeros((0, 3)) if forces is None else np.asarray(forces, dtype=np.float64),
-                 error=np.str_(error or ""), seconds=np.float64(seconds),
-                 theory=np.str_(theory_json(theory)))
+        np.savez(
+            tmp,
+            energy=np.float64(np.nan if energy is None else energy),
+            forces=np.zeros((0, 3)) if forces is None else np.asarray(forces, dtype=np.float64),
+            error=np.str_(error or ""),
+            seconds=np.float64(seconds),
+            theory=np.str_(theory_json(theory)),
+        )
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         tmp.replace(path)

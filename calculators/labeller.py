@@ -62,10 +62,14 @@ class LabelOutcome:
     def __post_init__(self) -> None:
         if self.error is None:
             if self.energy is None or self.forces is None:
-                raise ValueError(f"outcome {self.index}: no error, so energy and forces are required")
+                raise ValueError(
+                    f"outcome {self.index}: no error, so energy and forces are required"
+                )
             forces = np.array(self.forces, dtype=float)
             if forces.ndim != 2 or forces.shape[1] != 3:
-                raise ValueError(f"outcome {self.index}: forces must have shape [n_atoms, 3], got {forces.shape}")
+                raise ValueError(
+                    f"outcome {self.index}: forces must have shape [n_atoms, 3], got {forces.shape}"
+                )
             energy = float(self.energy)
             if not (np.isfinite(energy) and np.isfinite(forces).all()):
                 raise ValueError(f"outcome {self.index}: energy and forces must be finite")
@@ -81,9 +85,12 @@ class LabelOutcome:
         return self.error is None
 
 
-def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
-                     store: LabelStore | None = None,
-                     theory: Mapping | None = None) -> list[LabelOutcome]:
+def label_structures(
+    structures: Sequence[Atoms],
+    calculator: BaseCalculator,
+    store: LabelStore | None = None,
+    theory: Mapping | None = None,
+) -> list[LabelOutcome]:
     """Compute energy (eV) and forces (eV/Å) for each structure with one ASE calculator.
 
     Each structure is copied, the copy is attached to ``calculator``, and forces then
@@ -122,8 +129,11 @@ def label_structures(structures: Sequence[Atoms], calculator: BaseCalculator,
         key = label_key(structure, theory) if store is not None else None
         stored = store.get(key, n_atoms=len(structure)) if store is not None else None
         if stored is not None:
-            outcomes.append(LabelOutcome(index, stored.energy, stored.forces, stored.error,
-                                         stored.seconds, cached=True))
+            outcomes.append(
+                LabelOutcome(
+                    index, stored.energy, stored.forces, stored.error, stored.seconds, cached=True
+                )
+            )
             continue
         outcome = _label_one(index, structure, calculator)
         if store is not None:
@@ -139,9 +149,11 @@ def _label_one(index: int, structure: Atoms, calculator: BaseCalculator) -> Labe
     try:
         forces = atoms.get_forces(apply_constraint=False)
         energy = atoms.get_potential_energy(apply_constraint=False)
-        energy, forces = check_label(energy, forces, len(atoms),
-                                     structure_hash=structure_hash(structure))
+        energy, forces = check_label(
+            energy, forces, len(atoms), structure_hash=structure_hash(structure)
+        )
     except CalculationFailed as err:  # InvalidLabelError from check_label included
-        return LabelOutcome(index, None, None, f"{type(err).__name__}: {err}",
-                            time.perf_counter() - start)
+        return LabelOutcome(
+            index, None, None, f"{type(err).__name__}: {err}", time.perf_counter() - start
+        )
     return LabelOutcome(index, energy, forces, None, time.perf_counter() - start)

@@ -85,7 +85,9 @@ def _check_dispersion(dispersion: str | None, xc: str) -> None:
         else:
             dftd4.DFTD4Dispersion(h2, xc=method, atm=with_3body).get_dispersion()
     except RuntimeError as err:
-        raise ValueError(f"dispersion correction {version!r} has no parameters for xc={xc!r}: {err}") from err
+        raise ValueError(
+            f"dispersion correction {version!r} has no parameters for xc={xc!r}: {err}"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,10 @@ class PySCFSettings:
             parameters for the functional, or whose package is missing.
     """
 
-    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}  # unknown keys, inf and NaN are errors
+    __pydantic_config__ = {
+        "extra": "forbid",
+        "allow_inf_nan": False,
+    }  # unknown keys, inf and NaN are errors
 
     method: Method = "RKS"
     xc: str = "PBE"
@@ -140,7 +145,9 @@ class PySCFSettings:
     spin: Annotated[NonNegativeInt, doc("2S, the number of unpaired electrons")] = 0
     density_fit: bool = False
     grid_level: Annotated[int, Interval(ge=0, le=9)] = 3
-    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(default=1e-9, metadata={"unit": "Hartree"})
+    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(
+        default=1e-9, metadata={"unit": "Hartree"}
+    )
     max_cycle: PositiveInt = 100
     threads: PositiveInt | None = None
     max_memory_mb: PositiveInt = field(default=2000, metadata={"unit": "MB"})
@@ -206,15 +213,20 @@ class ThreadScopedCalculator(SettingsCalculator):
     PySCF's default), restored afterwards. ``calculate`` follows ASE's contract (it sets
     ``self.atoms``) and then calls ``_calculate``, which subclasses implement."""
 
-    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
-                  system_changes: Sequence[str] = all_changes) -> None:
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
         """ASE's entry point: :meth:`_calculate` with ``settings.threads`` OpenMP threads."""
         super().calculate(atoms, list(properties), system_changes)
         with lib.with_omp_threads(self._settings.threads):
             self._calculate(atoms, properties, system_changes)
 
-    def _calculate(self, atoms: Atoms | None, properties: Sequence[str],
-                   system_changes: Sequence[str]) -> None:
+    def _calculate(
+        self, atoms: Atoms | None, properties: Sequence[str], system_changes: Sequence[str]
+    ) -> None:
         raise NotImplementedError
 
 
@@ -254,8 +266,13 @@ class PySCFCalculator(ThreadScopedCalculator):
     implemented_properties = ["energy", "forces"]
     settings_class = PySCFSettings
 
-    def __init__(self, settings: PySCFSettings | None = None, *,
-                 directory: str | os.PathLike[str] = ".", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: PySCFSettings | None = None,
+        *,
+        directory: str | os.PathLike[str] = ".",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(settings, directory=directory, **kwargs)
         self._density_guess: DensityGuess | None = None
         self._clear_scf_record()
@@ -295,13 +312,19 @@ class PySCFCalculator(ThreadScopedCalculator):
             shash = structure_hash(atoms)
         problems = check_labelable(atoms, s)
         if problems:
-            raise InvalidStructureError("; ".join(problems), structure_hash=shash, directory=self.directory)
+            raise InvalidStructureError(
+                "; ".join(problems), structure_hash=shash, directory=self.directory
+            )
         mol = _build_mole(atoms, s, shash, self.directory)
         key = (tuple(atoms.numbers.tolist()), s.basis, s.charge, s.spin, s.method)
         guess = self._density_guess if s.reuse_density else None
         dm0 = guess.for_geometry(key, atoms.positions) if guess is not None else None
         outcome = run_scf_ladder(lambda: _make_scf(mol, s), s.scf_ladder, s.max_cycle, dm0)
-        self.scf_rung, self.scf_cycles, self.scf_attempts = outcome.rung, outcome.cycles, outcome.attempts
+        self.scf_rung, self.scf_cycles, self.scf_attempts = (
+            outcome.rung,
+            outcome.cycles,
+            outcome.attempts,
+        )
         if outcome.mf is None:
             tried = "; ".join(attempt.describe() for attempt in outcome.attempts)
             raise SCFConvergenceError(
@@ -366,7 +389,9 @@ def check_labelable(atoms: Atoms, settings: PySCFSettings) -> list[str]:
         problems.extend(_close_contacts(numbers, positions, symbols))
     n_electrons = int(numbers.sum()) - settings.charge
     if n_electrons < 1:
-        problems.append(f"charge={settings.charge} leaves {n_electrons} electrons for {atoms.get_chemical_formula()}")
+        problems.append(
+            f"charge={settings.charge} leaves {n_electrons} electrons for {atoms.get_chemical_formula()}"
+        )
     elif settings.spin > n_electrons or (n_electrons - settings.spin) % 2 != 0:
         parity = "odd" if n_electrons % 2 else "even"
         problems.append(
@@ -374,7 +399,9 @@ def check_labelable(atoms: Atoms, settings: PySCFSettings) -> list[str]:
             f"{n_electrons} electrons in {atoms.get_chemical_formula()}: the number of electrons minus "
             f"2S must be even and non-negative (an {parity} electron count needs an {parity} spin)"
         )
-    missing = [symbol for symbol in sorted(set(symbols)) if not _basis_covers(settings.basis, symbol)]
+    missing = [
+        symbol for symbol in sorted(set(symbols)) if not _basis_covers(settings.basis, symbol)
+    ]
     if missing:
         problems.append(
             f"basis set {settings.basis!r} not found for element(s) {', '.join(missing)}; "
@@ -397,7 +424,10 @@ def _close_contacts(numbers: np.ndarray, positions: np.ndarray, symbols: list[st
         if d < bound
     ]
     if len(close) > 3:  # a collapsed structure: name a few pairs, count the rest
-        close = [*close[:3], f"and {len(close) - 3} more pairs of atoms closer than their minimum distance"]
+        close = [
+            *close[:3],
+            f"and {len(close) - 3} more pairs of atoms closer than their minimum distance",
+        ]
     return close
 
 
@@ -422,7 +452,10 @@ def _has_ecp(basis: str, symbol: str) -> bool:
 def _build_mole(atoms: Atoms, settings: PySCFSettings, shash: str, directory: str) -> gto.Mole:
     """Build a PySCF molecule in Å. Raises InvalidStructureError if PySCF rejects the basis."""
     mol = gto.Mole()
-    mol.atom = [(symbol, tuple(position)) for symbol, position in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    mol.atom = [
+        (symbol, tuple(position))
+        for symbol, position in zip(atoms.get_chemical_symbols(), atoms.positions)
+    ]
     mol.unit = "Angstrom"
     mol.basis = settings.basis
     # A basis made for an effective core potential (def2-* beyond Kr, LANL2DZ, *-PP) has no

@@ -142,18 +142,26 @@ class PeriodicPySCFSettings:
             out-of-range number.
     """
 
-    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}  # unknown keys, inf and NaN are errors
+    __pydantic_config__ = {
+        "extra": "forbid",
+        "allow_inf_nan": False,
+    }  # unknown keys, inf and NaN are errors
 
-    method: Annotated[PeriodicMethod, doc("periodic Hartree-Fock has no analytic gradients in PySCF")] = "RKS"
+    method: Annotated[
+        PeriodicMethod, doc("periodic Hartree-Fock has no analytic gradients in PySCF")
+    ] = "RKS"
     xc: str = "PBE"
     basis: str = "gth-szv"
     pseudo: str = "gth-pbe"
     charge: int = 0
     spin: Annotated[NonNegativeInt, doc("2S, the number of unpaired electrons per cell")] = 0
     ke_cutoff: PositiveFloat | None = field(default=None, metadata={"unit": "Hartree"})
-    smearing: Annotated[UnitInterval, doc("the Fermi-Dirac width; 0.01 Ha is about 3160 K")] = field(
-        default=0.0, metadata={"unit": "Hartree"})
-    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(default=1e-8, metadata={"unit": "Hartree"})
+    smearing: Annotated[UnitInterval, doc("the Fermi-Dirac width; 0.01 Ha is about 3160 K")] = (
+        field(default=0.0, metadata={"unit": "Hartree"})
+    )
+    conv_tol: Annotated[float, Interval(gt=0, lt=1)] = field(
+        default=1e-8, metadata={"unit": "Hartree"}
+    )
     max_cycle: PositiveInt = 100
     threads: PositiveInt | None = None
     scf_ladder: tuple[str, ...] = ("default", "more_cycles", "level_shift")
@@ -163,13 +171,17 @@ class PeriodicPySCFSettings:
     def __post_init__(self) -> None:
         ladder = validate_ladder(self.scf_ladder)
         if "newton" in ladder:
-            raise ValueError("periodic_dft.scf_ladder: the 'newton' rung is not available for "
-                             "periodic multigrid SCF; use default, more_cycles, level_shift")
+            raise ValueError(
+                "periodic_dft.scf_ladder: the 'newton' rung is not available for "
+                "periodic multigrid SCF; use default, more_cycles, level_shift"
+            )
         object.__setattr__(self, "scf_ladder", ladder)
         check_fields(self, "periodic_dft")
         _check_xc(self.xc)
         if not isinstance(self.basis, str) or not self.basis.strip():
-            raise ValueError(f"periodic_dft.basis must be a non-empty basis-set name such as 'gth-szv', got {self.basis!r}")
+            raise ValueError(
+                f"periodic_dft.basis must be a non-empty basis-set name such as 'gth-szv', got {self.basis!r}"
+            )
         if not isinstance(self.pseudo, str) or not self.pseudo.strip().lower().startswith("gth"):
             raise ValueError(
                 f"periodic_dft.pseudo must name a GTH pseudopotential family such as 'gth-pbe', got {self.pseudo!r}; "
@@ -201,7 +213,9 @@ class PeriodicPySCFSettings:
 def _check_xc(xc: object) -> None:
     """Raise ValueError unless ``xc`` is an LDA or GGA functional without exact exchange or VV10."""
     if not isinstance(xc, str) or not xc.strip():
-        raise ValueError(f"periodic_dft.xc must be a non-empty functional name such as 'PBE', got {xc!r}")
+        raise ValueError(
+            f"periodic_dft.xc must be a non-empty functional name such as 'PBE', got {xc!r}"
+        )
     try:
         kind = libxc.xc_type(xc)
         hybrid = libxc.is_hybrid_xc(xc)
@@ -211,7 +225,13 @@ def _check_xc(xc: object) -> None:
             f"periodic_dft.xc: unknown exchange-correlation functional {xc!r} (libxc/PySCF names such as 'PBE')"
         ) from err
     if kind not in ("LDA", "GGA") or hybrid or nonlocal_:
-        what = "a hybrid or Hartree-Fock" if hybrid else "a non-local (VV10)" if nonlocal_ else f"an {kind}"
+        what = (
+            "a hybrid or Hartree-Fock"
+            if hybrid
+            else "a non-local (VV10)"
+            if nonlocal_
+            else f"an {kind}"
+        )
         raise ValueError(
             f"periodic_dft.xc={xc!r} is {what} functional; PySCF's periodic analytic gradients (multigrid, Γ point) "
             "support LDA and GGA functionals only, e.g. 'PBE', 'BLYP', 'LDA'"
@@ -278,8 +298,12 @@ class PeriodicPySCFCalculator(ThreadScopedCalculator):
         shash = structure_hash(atoms)
         _check_structure(atoms, settings, shash, self.directory)
         cell = _build_cell(atoms, settings, shash, self.directory)
-        outcome = run_scf_ladder(lambda: _make_scf(cell, settings), settings.scf_ladder,
-                                 settings.max_cycle, check_stability=False)
+        outcome = run_scf_ladder(
+            lambda: _make_scf(cell, settings),
+            settings.scf_ladder,
+            settings.max_cycle,
+            check_stability=False,
+        )
         self.scf_rung, self.scf_attempts = outcome.rung, outcome.attempts
         if outcome.mf is None:
             tried = "; ".join(attempt.describe() for attempt in outcome.attempts)
@@ -344,7 +368,9 @@ def _check_density_on_mesh(mf: Any, cell: pbc_gto.Cell, shash: str, directory: s
         )
 
 
-def _check_structure(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, directory: str) -> None:
+def _check_structure(
+    atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, directory: str
+) -> None:
     """Reject cells that cannot or should not be computed. Raises InvalidStructureError."""
 
     def reject(message: str) -> InvalidStructureError:
@@ -380,8 +406,10 @@ def _check_structure(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, 
         closest = int(np.argmin(distance))
         a, b = int(first[closest]), int(second[closest])
         symbols = atoms.get_chemical_symbols()
-        which = f"atom {a} ({symbols[a]}) and a periodic image of itself" if a == b else (
-            f"atoms {a} ({symbols[a]}) and {b} ({symbols[b]}), periodic images included,"
+        which = (
+            f"atom {a} ({symbols[a]}) and a periodic image of itself"
+            if a == b
+            else (f"atoms {a} ({symbols[a]}) and {b} ({symbols[b]}), periodic images included,")
         )
         raise reject(
             f"{which} are {distance[closest]:.3f} Å apart, closer than the {MIN_INTERATOMIC_DISTANCE} Å "
@@ -412,10 +440,15 @@ def _check_structure(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, 
         )
 
 
-def _build_cell(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, directory: str) -> pbc_gto.Cell:
+def _build_cell(
+    atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, directory: str
+) -> pbc_gto.Cell:
     """Build a PySCF cell in Å. Raises InvalidStructureError for an element outside the basis."""
     cell = pbc_gto.Cell()
-    cell.atom = [(symbol, tuple(position)) for symbol, position in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    cell.atom = [
+        (symbol, tuple(position))
+        for symbol, position in zip(atoms.get_chemical_symbols(), atoms.positions)
+    ]
     cell.a = np.asarray(atoms.cell[:], dtype=float)
     cell.unit = "Angstrom"
     cell.basis = settings.basis
@@ -443,10 +476,14 @@ def _build_cell(atoms: Atoms, settings: PeriodicPySCFSettings, shash: str, direc
 def _make_scf(cell: pbc_gto.Cell, settings: PeriodicPySCFSettings) -> Any:
     """Bind the settings to a Γ-point multigrid Kohn-Sham object (not yet run)."""
     kohn_sham = pbc_dft.RKS if settings.method == "RKS" else pbc_dft.UKS
-    mf = kohn_sham(cell, xc=settings.xc).multigrid_numint()  # the only Γ-point scheme with gradients
+    mf = kohn_sham(
+        cell, xc=settings.xc
+    ).multigrid_numint()  # the only Γ-point scheme with gradients
     if settings.smearing > 0:
         # fix_spin keeps 2S = settings.spin for UKS (separate Fermi levels per spin).
-        mf = smearing_(mf, sigma=float(settings.smearing), method="fermi", fix_spin=settings.method == "UKS")
+        mf = smearing_(
+            mf, sigma=float(settings.smearing), method="fermi", fix_spin=settings.method == "UKS"
+        )
     mf.conv_tol = settings.conv_tol
     mf.max_cycle = settings.max_cycle
     mf.max_memory = settings.max_memory_mb

@@ -83,10 +83,14 @@ def validate_ladder(ladder: Iterable[str]) -> tuple[ScfRung, ...]:
         raise ValueError(f"scf_ladder must name at least one rung out of {', '.join(SCF_RUNGS)}")
     for rung in rungs:
         if rung not in SCF_RUNGS:
-            raise ValueError(f"unknown SCF ladder rung {rung!r}; known rungs are {', '.join(SCF_RUNGS)}")
+            raise ValueError(
+                f"unknown SCF ladder rung {rung!r}; known rungs are {', '.join(SCF_RUNGS)}"
+            )
     repeated = sorted({rung for rung in rungs if rungs.count(rung) > 1})
     if repeated:
-        raise ValueError(f"SCF ladder rung(s) {', '.join(map(repr, repeated))} appear more than once")
+        raise ValueError(
+            f"SCF ladder rung(s) {', '.join(map(repr, repeated))} appear more than once"
+        )
     return rungs  # type: ignore[return-value]
 
 
@@ -199,7 +203,9 @@ def _configure(mf: scf.hf.SCF, rung: str, max_cycle: int) -> tuple[scf.hf.SCF, i
         limit = max_cycle
         mf = mf.newton()
     else:
-        raise ValueError(f"unknown SCF ladder rung {rung!r}; known rungs are {', '.join(SCF_RUNGS)}")
+        raise ValueError(
+            f"unknown SCF ladder rung {rung!r}; known rungs are {', '.join(SCF_RUNGS)}"
+        )
     mf.max_cycle = limit
     return mf, limit
 
@@ -216,7 +222,9 @@ class _Trace:
         done = self.cycles
 
         def record(envs: dict[str, Any]) -> None:
-            iteration = envs["imacro"] if "imacro" in envs else envs["cycle"]  # Newton or DIIS kernel
+            iteration = (
+                envs["imacro"] if "imacro" in envs else envs["cycle"]
+            )  # Newton or DIIS kernel
             self.cycles = max(self.cycles, done + int(iteration) + 1)
             self.energy = float(envs["e_tot"])
             self.delta_e = float(envs["e_tot"] - envs["last_hf_e"])
@@ -254,7 +262,10 @@ def _settle(mf: scf.hf.SCF, max_cycle: int, trace: _Trace) -> tuple[scf.hf.SCF, 
         newton.max_cycle = max_cycle
         trace.run(newton, mo_coeff=mo_coeff, mo_occ=mf.mo_occ)
         if not newton.converged:
-            return mf, "converged to a saddle point (internally unstable) and Newton did not converge from it"
+            return (
+                mf,
+                "converged to a saddle point (internally unstable) and Newton did not converge from it",
+            )
         mf = _plain(newton)
     _, _, stable, _ = mf.stability(internal=True, external=False, return_status=True)
     if stable:
@@ -328,9 +339,18 @@ def run_scf_ladder(
         )
         if converged:
             if k:
-                _log.info("SCF converged on rung %r after %d failed rung(s), %d cycles in all",
-                          rung, k, sum(a.cycles for a in attempts))
+                _log.info(
+                    "SCF converged on rung %r after %d failed rung(s), %d cycles in all",
+                    rung,
+                    k,
+                    sum(a.cycles for a in attempts),
+                )
             return LadderResult(mf=mf, rung=rung, attempts=tuple(attempts))
-        _log.warning("SCF rung %r did not converge (%d of %d cycles%s)", rung, trace.cycles,
-                     limit, f"; {error}" if error else "")
+        _log.warning(
+            "SCF rung %r did not converge (%d of %d cycles%s)",
+            rung,
+            trace.cycles,
+            limit,
+            f"; {error}" if error else "",
+        )
     return LadderResult(mf=None, rung=None, attempts=tuple(attempts))

@@ -21,11 +21,14 @@ class SettingsCalculator(Calculator):
 
     settings_class: ClassVar[type]
 
-    def __init__(self, settings: Any = None, *, directory: str | os.PathLike[str] = ".",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Any = None, *, directory: str | os.PathLike[str] = ".", **kwargs: Any
+    ) -> None:
         if settings is not None and kwargs:
-            raise TypeError(f"pass either settings={self.settings_class.__name__}(...) or its "
-                            "fields as keywords, not both")
+            raise TypeError(
+                f"pass either settings={self.settings_class.__name__}(...) or its "
+                "fields as keywords, not both"
+            )
         self._settings = settings if settings is not None else self.settings_class(**kwargs)
         super().__init__(directory=directory)
         self.parameters = Parameters(dataclasses.asdict(self._settings))
@@ -49,8 +52,11 @@ class SettingsCalculator(Calculator):
         if not kwargs:
             return {}
         new_settings = dataclasses.replace(self._settings, **kwargs)
-        changed = {key: getattr(new_settings, key) for key in kwargs
-                   if getattr(self._settings, key) != getattr(new_settings, key)}
+        changed = {
+            key: getattr(new_settings, key)
+            for key in kwargs
+            if getattr(self._settings, key) != getattr(new_settings, key)
+        }
         self._settings = new_settings
         self.parameters = Parameters(dataclasses.asdict(new_settings))
         if changed:

@@ -61,8 +61,11 @@ def _label_task_name() -> str:
     from prefect.runtime import task_run
 
     p = task_run.parameters
-    return (f"label-initial-{p['index']}" if p["generation"] == INITIAL
-            else f"label-gen{p['generation']}-candidate{p['index']}")
+    return (
+        f"label-initial-{p['index']}"
+        if p["generation"] == INITIAL
+        else f"label-gen{p['generation']}-candidate{p['index']}"
+    )
 
 
 def _labelling_flow_name() -> str:
@@ -77,18 +80,34 @@ prepare_initial = _task(steps.prepare_initial, name="prepare-initial-structures"
 append_initial = _task(steps.append_initial, name="append-initial-labels")
 # The generation's steps report the interval their bodies ran in, so that the loop can
 # tell compute from orchestration (flows/timing.py).
-train_member = _task(timed("training", steps.train_step), name="train-member",
-                     task_run_name="train-gen{generation}-member{member}")
-explore = _task(timed("exploration", steps.explore_step), name="explore",
-                task_run_name="explore-gen{generation}")
-select = _task(timed("selection", steps.select_step), name="select-candidates",
-               task_run_name="select-gen{generation}")
-label_structure = _task(timed("labelling", steps.label_one), name="label-structure",
-                        task_run_name=_label_task_name)
-append_labels = _task(timed("labelling", steps.append_labels), name="append-labels",
-                      task_run_name="append-labels-gen{generation}")
-evaluate = _task(timed("labelling", steps.evaluate_step), name="evaluate-calibration",
-                 task_run_name="evaluate-gen{generation}")
+train_member = _task(
+    timed("training", steps.train_step),
+    name="train-member",
+    task_run_name="train-gen{generation}-member{member}",
+)
+explore = _task(
+    timed("exploration", steps.explore_step),
+    name="explore",
+    task_run_name="explore-gen{generation}",
+)
+select = _task(
+    timed("selection", steps.select_step),
+    name="select-candidates",
+    task_run_name="select-gen{generation}",
+)
+label_structure = _task(
+    timed("labelling", steps.label_one), name="label-structure", task_run_name=_label_task_name
+)
+append_labels = _task(
+    timed("labelling", steps.append_labels),
+    name="append-labels",
+    task_run_name="append-labels-gen{generation}",
+)
+evaluate = _task(
+    timed("labelling", steps.evaluate_step),
+    name="evaluate-calibration",
+    task_run_name="evaluate-gen{generation}",
+)
 
 
 def _run(step, clock: list[Timed], *args):
@@ -98,8 +117,9 @@ def _run(step, clock: list[Timed], *args):
     return result.value
 
 
-def _train_committee(config: RunConfig, generation: int, clock: list[Timed],
-                     table: GenerationTable) -> dict[str, float]:
+def _train_committee(
+    config: RunConfig, generation: int, clock: list[Timed], table: GenerationTable
+) -> dict[str, float]:
     n = config.committee.n_members
     table.training_started(generation, n)
     futures = [train_member.submit(config, generation, k) for k in range(n)]
@@ -112,15 +132,23 @@ def _train_committee(config: RunConfig, generation: int, clock: list[Timed],
     return mean_member_metrics([r.value for r in results])
 
 
-def _label_selected(config: RunConfig, generation: int, selected: list[int], clock: list[Timed],
-                    table: GenerationTable, logger: logging.LoggerAdapter) -> list[steps.LabelResult]:
+def _label_selected(
+    config: RunConfig,
+    generation: int,
+    selected: list[int],
+    clock: list[Timed],
+    table: GenerationTable,
+    logger: logging.LoggerAdapter,
+) -> list[steps.LabelResult]:
     """One labelling task per selected candidate, at most ``compute.label_workers`` at once;
     progress goes to the UI and the local reporter as each finishes. A task that fails for
     good (after its retries) is logged and counted; its label stays missing."""
     compute = config.compute
-    label = label_structure.with_options(retries=compute.label_retries,
-                                         retry_delay_seconds=compute.label_retry_delay_seconds,
-                                         timeout_seconds=compute.label_timeout_seconds)
+    label = label_structure.with_options(
+        retries=compute.label_retries,
+        retry_delay_seconds=compute.label_retry_delay_seconds,
+        timeout_seconds=compute.label_timeout_seconds,
+    )
     progress = artifacts.LabelProgress(config.system.name, generation, len(selected))
     table.labelled(generation, 0, len(selected))
     structures = dict(zip(selected, steps.selected_structures(config, generation, selected)))
@@ -139,7 +167,9 @@ def _label_selected(config: RunConfig, generation: int, selected: list[int], clo
             if interruptions.is_disk_full(err):
                 raise
             failed += 1
-            logger.warning("labelling task %s failed after its retries: %s", future.task_run_id, err)
+            logger.warning(
+                "labelling task %s failed after its retries: %s", future.task_run_id, err
+            )
         else:
             clock.append(result)
             results.append(result.value)
@@ -150,10 +180,14 @@ def _label_selected(config: RunConfig, generation: int, selected: list[int], clo
     return results
 
 
-@flow(name="advloop-training", flow_run_name="{config.system.name}-gen{generation:03d}-training",
-      log_prints=False)
-def train_committee(config: RunConfig, generation: int,
-                    table: GenerationTable | None = None) -> tuple[dict[str, float], list[Timed]]:
+@flow(
+    name="advloop-training",
+    flow_run_name="{config.system.name}-gen{generation:03d}-training",
+    log_prints=False,
+)
+def train_committee(
+    config: RunConfig, generation: int, table: GenerationTable | None = None
+) -> tuple[dict[str, float], list[Timed]]:
     """A generation's members trained on the task runner of ``runners.training``: the
     committee's mean metrics and the intervals the members trained in."""
     _tag_flow_run(config.system.name)
@@ -162,21 +196,23 @@ def train_committee(config: RunConfig, generation: int,
 
 
 @flow(name="advloop-labelling", flow_run_name=_labelling_flow_name, log_prints=False)
-def label_candidates(config: RunConfig, generation: int, selected: list[int],
-                     table: GenerationTable | None = None
-                     ) -> tuple[list[steps.LabelResult], list[Timed]]:
+def label_candidates(
+    config: RunConfig, generation: int, selected: list[int], table: GenerationTable | None = None
+) -> tuple[list[steps.LabelResult], list[Timed]]:
     """A generation's ``selected`` candidates (or initial structures, for ``INITIAL``)
     labelled on the task runner of ``runners.labelling`` into the label store: the
     results and the intervals they ran in."""
     _tag_flow_run(config.system.name)
     clock: list[Timed] = []
-    results = _label_selected(config, generation, selected, clock, table or GenerationTable(),
-                              get_run_logger())
+    results = _label_selected(
+        config, generation, selected, clock, table or GenerationTable(), get_run_logger()
+    )
     return results, clock
 
 
-def _phase_runner(config: RunConfig, phase: runners.Phase,
-                  clusters: runners.ClusterAddresses | None):
+def _phase_runner(
+    config: RunConfig, phase: runners.Phase, clusters: runners.ClusterAddresses | None
+):
     """The task runner of a phase's sub-flow; None: the phase's tasks run in the
     generation flow's own thread pool (``threads``, no sub-flow)."""
     settings = getattr(config.runners, phase)
@@ -210,7 +246,8 @@ class PrefectJobs:
             return _train_committee(config, generation, self.clock, self.table)
         with runners.api_for_workers():
             metrics, intervals = train_committee.with_options(task_runner=runner)(
-                config, generation, self.table)
+                config, generation, self.table
+            )
         self.clock.extend(intervals)
         return metrics
 
@@ -220,35 +257,55 @@ class PrefectJobs:
     def select(self, config: RunConfig, generation: int, max_selected: int) -> steps.SelectReport:
         return _run(select, self.clock, config, generation, max_selected)
 
-    def _label(self, config: RunConfig, generation: int,
-               selected: list[int]) -> list[steps.LabelResult]:
+    def _label(
+        self, config: RunConfig, generation: int, selected: list[int]
+    ) -> list[steps.LabelResult]:
         runner = _phase_runner(config, "labelling", self.clusters)
         if runner is None:
-            return _label_selected(config, generation, selected, self.clock, self.table,
-                                   get_run_logger())
+            return _label_selected(
+                config, generation, selected, self.clock, self.table, get_run_logger()
+            )
         with runners.api_for_workers():
             results, intervals = label_candidates.with_options(task_runner=runner)(
-                config, generation, selected, self.table)
+                config, generation, selected, self.table
+            )
         self.clock.extend(intervals)
         return results
 
     def label(self, config: RunConfig, generation: int, selected: list[int]) -> steps.LabelReport:
         results = self._label(config, generation, selected)
-        return replace(_run(append_labels, self.clock, config, generation, selected),
-                       cached=sum(r.cached for r in results))
+        return replace(
+            _run(append_labels, self.clock, config, generation, selected),
+            cached=sum(r.cached for r in results),
+        )
 
     def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
         return _run(evaluate, self.clock, config, generation, indices)
 
-    def generation(self, config: RunConfig, generation: int, max_selected: int, final: bool,
-                   deadline: float | None) -> GenerationOutcome:
+    def generation(
+        self,
+        config: RunConfig,
+        generation: int,
+        max_selected: int,
+        final: bool,
+        deadline: float | None,
+    ) -> GenerationOutcome:
         return generation_flow(config, generation, max_selected, final, deadline, self)
 
 
-@flow(name="advloop-generation", flow_run_name="{config.system.name}-gen{generation:03d}",
-      log_prints=False)
-def generation_flow(config: RunConfig, generation: int, max_selected: int, final: bool,
-                    deadline: float | None, jobs: PrefectJobs) -> GenerationOutcome:
+@flow(
+    name="advloop-generation",
+    flow_run_name="{config.system.name}-gen{generation:03d}",
+    log_prints=False,
+)
+def generation_flow(
+    config: RunConfig,
+    generation: int,
+    max_selected: int,
+    final: bool,
+    deadline: float | None,
+    jobs: PrefectJobs,
+) -> GenerationOutcome:
     """One generation (:func:`advloop.flows.loop.run_generation`) as a flow run of its own."""
     _tag_flow_run(config.system.name)
     return run_generation(config, jobs, generation, max_selected, final, deadline)
@@ -312,9 +369,16 @@ def _emit_failure_event(config: RunConfig, err: steps.LabellingError) -> None:
     """``advloop.labels.failure-ratio-exceeded`` for a run stopped by too many failed labels."""
     if err.report is not None:
         report = err.report
-        events.emit(events.failure_ratio_event(
-            config.system.name, err.generation, report.failed, report.requested,
-            config.budget.max_failure_ratio, report.failures))
+        events.emit(
+            events.failure_ratio_event(
+                config.system.name,
+                err.generation,
+                report.failed,
+                report.requested,
+                config.budget.max_failure_ratio,
+                report.failures,
+            )
+        )
 
 
 def _run_loop(config: RunConfig, table: GenerationTable) -> Completed:
@@ -325,8 +389,9 @@ def _run_loop(config: RunConfig, table: GenerationTable) -> Completed:
         loop = ActiveLearningLoop(config, PrefectJobs(table, clusters))
         for done in loop.irun():
             table.row(done.record)
-            logger.info("generation %d: %s", done.record.generation,
-                        json.dumps(done.record.to_dict()))
+            logger.info(
+                "generation %d: %s", done.record.generation, json.dumps(done.record.to_dict())
+            )
             if done.fresh:
                 artifacts.publish_generation_table(system, loop.records)
                 events.emit(events.generation_finished_event(system, done.record))

@@ -48,8 +48,10 @@ TABLE_COLUMNS: dict[str, str] = {
 }
 
 # learning-curve series: (legend, record field, colour)
-_SERIES = (("σF of attacked geometries (mean)", "attack_sigma_f_mean", "#d62728"),
-           ("validation force MAE", "train_val_forces_mae", "#1f77b4"))
+_SERIES = (
+    ("σF of attacked geometries (mean)", "attack_sigma_f_mean", "#d62728"),
+    ("validation force MAE", "train_val_forces_mae", "#1f77b4"),
+)
 
 
 def artifact_key(system: str, what: str) -> str:
@@ -66,16 +68,22 @@ def _readable(value):
 def generation_rows(records: Sequence[GenerationRecord]) -> list[dict]:
     """One table row per generation record (columns :data:`TABLE_COLUMNS`; floats to 4
     significant digits; missing or non-finite values are None)."""
-    return [{column: json_safe(_readable(record.get(key))) for column, key in TABLE_COLUMNS.items()}
-            for record in records]
+    return [
+        {column: json_safe(_readable(record.get(key))) for column, key in TABLE_COLUMNS.items()}
+        for record in records
+    ]
 
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def learning_curve_svg(records: Sequence[GenerationRecord], threshold: float | None = None,
-                       width: int = 480, height: int = 260) -> str:
+def learning_curve_svg(
+    records: Sequence[GenerationRecord],
+    threshold: float | None = None,
+    width: int = 480,
+    height: int = 260,
+) -> str:
     """An SVG line chart of σ_F of the attacked geometries and the validation force MAE
     (both eV/Å) against generation, with ``threshold`` (eV/Å) as a dashed line."""
     left, right, top, bottom = 60, 16, 34, 40
@@ -91,35 +99,49 @@ def learning_curve_svg(records: Sequence[GenerationRecord], threshold: float | N
     def y(v: float) -> float:
         return top + plot_h * (1 - v / ymax)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+    ]
     for k in range(5):
         v = ymax * k / 4
-        out.append(f'<line x1="{left - 4}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="black"/>'
-                   f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+        out.append(
+            f'<line x1="{left - 4}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="black"/>'
+            f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>'
+        )
     stride = max(1, math.ceil((g1 - g0 + 1) / 12))
     for g in range(g0, g1 + 1, stride):
         out.append(f'<text x="{x(g):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{g}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">generation</text>'
-               f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">eV/Å</text>')
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">generation</text>'
+        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">eV/Å</text>'
+    )
     if threshold:
-        out.append(f'<line x1="{left}" y1="{y(threshold):.1f}" x2="{left + plot_w}" '
-                   f'y2="{y(threshold):.1f}" stroke="gray" stroke-dasharray="5,4"/>'
-                   f'<text x="{left + plot_w - 2}" y="{y(threshold) - 4:.1f}" text-anchor="end" '
-                   f'fill="gray">convergence threshold</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y(threshold):.1f}" x2="{left + plot_w}" '
+            f'y2="{y(threshold):.1f}" stroke="gray" stroke-dasharray="5,4"/>'
+            f'<text x="{left + plot_w - 2}" y="{y(threshold) - 4:.1f}" text-anchor="end" '
+            f'fill="gray">convergence threshold</text>'
+        )
     for n, (legend, key, colour) in enumerate(_SERIES):
         points = [(x(r.generation), y(r.get(key))) for r in records if _finite(r.get(key))]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        out.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in points)
+            out.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
+            )
+        out.extend(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in points
+        )
         ly = 10 + 13 * n  # legend, one line per series above the plot
-        out.append(f'<line x1="{left}" y1="{ly}" x2="{left + 18}" y2="{ly}" stroke="{colour}" '
-                   f'stroke-width="2"/><text x="{left + 22}" y="{ly + 4}">{escape(legend)}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{ly}" x2="{left + 18}" y2="{ly}" stroke="{colour}" '
+            f'stroke-width="2"/><text x="{left + 22}" y="{ly + 4}">{escape(legend)}</text>'
+        )
     out.append("</svg>")
     return "\n".join(out)
 
@@ -132,15 +154,17 @@ def _cell(value) -> str:
     return "-" if not _finite(value) else f"{value:.4g}"
 
 
-def summary_markdown(summary: RunSummary, records: Sequence[GenerationRecord],
-                     threshold: float | None = None) -> str:
+def summary_markdown(
+    summary: RunSummary, records: Sequence[GenerationRecord], threshold: float | None = None
+) -> str:
     """The run's summary in markdown: outcome, totals, learning curve (image and table)."""
     lines = [
         f"# {summary.system}: {summary.stop_reason}",
         "",
         f"**{summary.stop_explanation}**",
         "",
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| generations | {summary.generations} |",
         f"| dataset | {summary.dataset_size} structures ({summary.labels_initial} initial, "
         f"{summary.labels_explored} from {summary.strategy}) |",
@@ -156,9 +180,11 @@ def summary_markdown(summary: RunSummary, records: Sequence[GenerationRecord],
         "| generation | σF attacked, mean (eV/Å) | validation force MAE (eV/Å) | labels added |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r.generation} | {_cell(r.get('attack_sigma_f_mean'))} | "
-              f"{_cell(r.get('train_val_forces_mae'))} | {r.labels} |"
-              for r in records]
+    lines += [
+        f"| {r.generation} | {_cell(r.get('attack_sigma_f_mean'))} | "
+        f"{_cell(r.get('train_val_forces_mae'))} | {r.labels} |"
+        for r in records
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -167,16 +193,22 @@ def publish_generation_table(system: str, records: Sequence[GenerationRecord]) -
     from prefect.artifacts import create_table_artifact
 
     return create_table_artifact(
-        generation_rows(records), key=artifact_key(system, "generations"),
-        description=f"{system}: one row per active-learning generation (σF and MAE in eV/Å)")
+        generation_rows(records),
+        key=artifact_key(system, "generations"),
+        description=f"{system}: one row per active-learning generation (σF and MAE in eV/Å)",
+    )
 
 
-def publish_summary(summary: RunSummary, records: Sequence[GenerationRecord], threshold: float | None) -> UUID:
+def publish_summary(
+    summary: RunSummary, records: Sequence[GenerationRecord], threshold: float | None
+) -> UUID:
     from prefect.artifacts import create_markdown_artifact
 
     return create_markdown_artifact(
-        summary_markdown(summary, records, threshold), key=artifact_key(summary.system, "summary"),
-        description=f"{summary.system}: {summary.stop_explanation}")
+        summary_markdown(summary, records, threshold),
+        key=artifact_key(summary.system, "summary"),
+        description=f"{summary.system}: {summary.stop_explanation}",
+    )
 
 
 class LabelProgress:
@@ -191,12 +223,14 @@ class LabelProgress:
 
         self.generation, self.total = generation, total
         self.min_interval, self._last = min_interval, time.monotonic()
-        self.id = create_progress_artifact(0.0, key=artifact_key(system, "labelling"),
-                                           description=self._describe(0, 0))
+        self.id = create_progress_artifact(
+            0.0, key=artifact_key(system, "labelling"), description=self._describe(0, 0)
+        )
 
     def _describe(self, done: int, failed: int) -> str:
-        return (f"{batch_name(self.generation)}: {done} of {self.total} labels done"
-                + (f", {failed} failed" if failed else ""))
+        return f"{batch_name(self.generation)}: {done} of {self.total} labels done" + (
+            f", {failed} failed" if failed else ""
+        )
 
     def update(self, done: int, failed: int = 0) -> None:
         from prefect.artifacts import update_progress_artifact
@@ -205,5 +239,6 @@ class LabelProgress:
         if done < self.total and now - self._last < self.min_interval:
             return
         self._last = now
-        update_progress_artifact(self.id, 100.0 * done / max(self.total, 1),
-                                 description=self._describe(done, failed))
+        update_progress_artifact(
+            self.id, 100.0 * done / max(self.total, 1), description=self._describe(done, failed)
+        )

@@ -54,8 +54,9 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 CRASH_MESSAGE = "advloop: no heartbeat from this flow run for {seconds} s; marked Crashed"
 
 
-def crash_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
-                     name: str = CRASH_AUTOMATION) -> Automation:
+def crash_automation(
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS, name: str = CRASH_AUTOMATION
+) -> Automation:
     """The crash-detection automation (not yet on any server): a proactive trigger per
     flow run, armed by each ``prefect.flow-run.heartbeat``, that fires when no further
     event of that flow run arrives within ``heartbeat_seconds``, and an action that sets
@@ -70,7 +71,8 @@ def crash_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
         raise ValueError(
             f"--heartbeat-seconds {heartbeat_seconds} is too short: flow runs send a heartbeat "
             f"at most every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), so use at least "
-            f"{MIN_HEARTBEAT_SECONDS}, and about 3 x the workers' heartbeat frequency")
+            f"{MIN_HEARTBEAT_SECONDS}, and about 3 x the workers' heartbeat frequency"
+        )
     return Automation(
         name=name,
         description=(
@@ -78,7 +80,8 @@ def crash_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
             f"heartbeats ({HEARTBEAT_EVENT}) without another heartbeat or a state change: "
             "its process died without reporting. Made by `advloop automations create`; "
             "flow runs send heartbeats every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s "
-            "(default 180)."),
+            "(default 180)."
+        ),
         enabled=True,
         trigger=EventTrigger(
             after={HEARTBEAT_EVENT},
@@ -89,17 +92,29 @@ def crash_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
             threshold=1,
             within=timedelta(seconds=heartbeat_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=CRASH_MESSAGE.format(seconds=heartbeat_seconds))],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=CRASH_MESSAGE.format(seconds=heartbeat_seconds)
+            )
+        ],
     )
 
 
 def signature(automation: Any) -> dict[str, Any]:
     """What makes two automations do the same (name, description, enabled, trigger and
     actions; not ids), as plain JSON data with sets sorted: compare with ``==``."""
-    data = automation.model_dump(mode="json", include={
-        "name", "description", "enabled", "trigger", "actions", "actions_on_trigger",
-        "actions_on_resolve"})
+    data = automation.model_dump(
+        mode="json",
+        include={
+            "name",
+            "description",
+            "enabled",
+            "trigger",
+            "actions",
+            "actions_on_trigger",
+            "actions_on_resolve",
+        },
+    )
     trigger = {k: v for k, v in data["trigger"].items() if k != "id"}
     for key in ("after", "expect", "for_each"):
         if isinstance(trigger.get(key), list):
@@ -132,8 +147,9 @@ def ensure_automation(automation: Automation) -> Ensured:
     desired = AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"}))
     with server_client() as client:
         # most recently updated first
-        same_name = [a for a in client.read_automations_by_name(desired.name)
-                     if a.name == desired.name]
+        same_name = [
+            a for a in client.read_automations_by_name(desired.name) if a.name == desired.name
+        ]
         removed = 0
         if not same_name:
             outcome, automation_id = "created", client.create_automation(desired)

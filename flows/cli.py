@@ -14,8 +14,11 @@ import typer
 if TYPE_CHECKING:
     from advloop.flows.records import GenerationRecord, RunSummary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Adversarial active learning for neural interatomic potentials.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Adversarial active learning for neural interatomic potentials.",
+)
 
 # Prefect settings this command needs unless the user set them: a closed network makes
 # telemetry print errors, and a 2-core machine can need more than the default 20 s to
@@ -59,20 +62,29 @@ def _private_prefect_home() -> None:
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         db = home / "prefect.db"
-        if not db.exists() and not os.environ.get("PREFECT_API_URL") \
-                and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+        if (
+            not db.exists()
+            and not os.environ.get("PREFECT_API_URL")
+            and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+        ):
             os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         opened = []
         for path in (home / name for name in _PREFECT_DB_FILES):
-            if path.is_file() and path.stat().st_mode & 0o077 \
-                    and path.stat().st_uid == os.geteuid():
+            if (
+                path.is_file()
+                and path.stat().st_mode & 0o077
+                and path.stat().st_uid == os.geteuid()
+            ):
                 path.chmod(0o600)
                 opened.append(path.name)
     except OSError:
         return
     if opened:
-        typer.echo(f"advloop: {db} was readable by other users (it holds your run configs); "
-                   f"made {', '.join(opened)} readable by you only", err=True)
+        typer.echo(
+            f"advloop: {db} was readable by other users (it holds your run configs); "
+            f"made {', '.join(opened)} readable by you only",
+            err=True,
+        )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -106,21 +118,27 @@ def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)]) -> None:
+def validate(
+    config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
+) -> None:
     """Check a config and its structure files; compute nothing."""
     from advloop.calculators.factory import level_of_theory
 
     cfg = _validated(config, None)
-    typer.echo(f"{config}: valid. System {cfg.system.name!r}, "
-               f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "
-               f"labels at {level_of_theory(cfg.labels)}; run folder {cfg.run_dir()}")
+    typer.echo(
+        f"{config}: valid. System {cfg.system.name!r}, "
+        f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "
+        f"labels at {level_of_theory(cfg.labels)}; run folder {cfg.run_dir()}"
+    )
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
-    output_dir: Annotated[Path | None, typer.Option(help="parent of the run folder "
-                                                    "(default: the config's output_dir, 'runs')")] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="parent of the run folder (default: the config's output_dir, 'runs')"),
+    ] = None,
 ) -> None:
     """Validate, then run (or resume) the active-learning loop on Prefect's embedded server."""
     cfg = _validated(config, output_dir)
@@ -171,10 +189,14 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
 
     def keep(record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
-        return err is None or not (is_disk_full(err) or any(
-            isinstance(e, expected) for e in exception_chain(err)))
+        return err is None or not (
+            is_disk_full(err) or any(isinstance(e, expected) for e in exception_chain(err))
+        )
 
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
+    ]
     for logger in loggers:
         for handler in getattr(logger, "handlers", ()):
             if isinstance(handler, PrefectConsoleHandler):
@@ -202,9 +224,13 @@ def _exit_now(code: int) -> None:
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<system name>)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
-    format: Annotated[Literal["extxyz", "schnetpack"], typer.Option(
-        help="extxyz (ase.io.read gives Atoms with energy and forces) or schnetpack "
-             "(an ASEAtomsData database)")] = "extxyz",
+    format: Annotated[
+        Literal["extxyz", "schnetpack"],
+        typer.Option(
+            help="extxyz (ase.io.read gives Atoms with energy and forces) or schnetpack "
+            "(an ASEAtomsData database)"
+        ),
+    ] = "extxyz",
 ) -> None:
     """Write a run's labelled dataset (DFT energies and forces) to a file."""
     from advloop.flows.run_folder import RunLayout
@@ -226,18 +252,25 @@ def export(
     typer.echo(f"wrote {n} structures to {output}")
 
 
-
 @app.command()
 def submit(
     config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
     # the default is advloop.flows.deployments.DEFAULT_DEPLOYMENT, spelt out so that `--help` does
     # not import prefect
-    deployment: Annotated[str, typer.Option(help="FLOW/DEPLOYMENT to run it")] = "advloop-submission/submissions",
-    output_dir: Annotated[Path | None, typer.Option(help="parent of the run folder, a path the "
-                                                    "worker sees (default: the config's output_dir, "
-                                                    "made absolute here)")] = None,
-    force: Annotated[bool, typer.Option(help="submit even if the system already has an "
-                                        "unfinished flow run")] = False,
+    deployment: Annotated[
+        str, typer.Option(help="FLOW/DEPLOYMENT to run it")
+    ] = "advloop-submission/submissions",
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="parent of the run folder, a path the "
+            "worker sees (default: the config's output_dir, "
+            "made absolute here)"
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="submit even if the system already has an unfinished flow run")
+    ] = False,
 ) -> None:
     """Validate, then queue a run on the Prefect server (PREFECT_API_URL) for a worker.
 
@@ -257,14 +290,19 @@ def submit(
     with _ServerErrors():
         done = submit_run(submission, deployment, force=force)
     run = done.flow_run
-    typer.echo(f"submitted {cfg.system.name!r} to {done.deployment}: flow run {run.name!r} "
-               f"({run.id}), {run.state_name}")
+    typer.echo(
+        f"submitted {cfg.system.name!r} to {done.deployment}: flow run {run.name!r} "
+        f"({run.id}), {run.state_name}"
+    )
     typer.echo(f"run folder (on the worker): {Path(submission.output_dir) / cfg.system.name}")
     if done.url:
         typer.echo(f"UI: {done.url}")
     if done.workers_online == 0:
-        typer.echo(f"note: no worker is polling work pool {done.work_pool!r} now; it runs when one "
-                   f"starts: prefect worker start --pool {done.work_pool}", err=True)
+        typer.echo(
+            f"note: no worker is polling work pool {done.work_pool!r} now; it runs when one "
+            f"starts: prefect worker start --pool {done.work_pool}",
+            err=True,
+        )
     runs_dir = Path(submission.output_dir)
     where = "" if runs_dir == Path("runs").resolve() else f" --runs-dir {runs_dir}"
     typer.echo(f"follow it: advloop status {cfg.system.name}{where} --server")
@@ -272,13 +310,23 @@ def submit(
 
 @app.command()
 def serve(
-    config: Annotated[list[Path] | None, typer.Option(
-        "--config", help="a run config to run on the schedule (repeat for several)")] = None,
-    cron: Annotated[str, typer.Option(help="schedule of the configs' runs (cron; each run "
-                                      "resumes its run folder)")] = "0 2 * * *",
-    timezone: Annotated[str | None, typer.Option(help="IANA timezone of --cron (default UTC)")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="parent of the scheduled runs' "
-                                                    "folders (default: each config's output_dir)")] = None,
+    config: Annotated[
+        list[Path] | None,
+        typer.Option("--config", help="a run config to run on the schedule (repeat for several)"),
+    ] = None,
+    cron: Annotated[
+        str,
+        typer.Option(help="schedule of the configs' runs (cron; each run resumes its run folder)"),
+    ] = "0 2 * * *",
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA timezone of --cron (default UTC)")
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="parent of the scheduled runs' folders (default: each config's output_dir)"
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="most flow runs at once")] = None,
 ) -> None:
     """Serve the submissions deployment and scheduled runs from this machine until stopped.
@@ -337,8 +385,12 @@ def _report_schedules(scheduled: list[str], before: frozenset) -> None:
                 typer.echo(f"next run of {name}: {start:%Y-%m-%d %H:%M} UTC")
 
     if scheduled:
-        threading.Thread(target=contextvars.copy_context().run, args=(report,),
-                         name="advloop-schedules", daemon=True).start()
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(report,),
+            name="advloop-schedules",
+            daemon=True,
+        ).start()
 
 
 def _one_line(err: Exception) -> str:
@@ -397,8 +449,14 @@ def _run_folder(root: Path) -> _RunFolder | None:
     else:
         sizes = [r.dataset_size for r in records if r.dataset_size is not None]
         state, size, summary = "running", (sizes[-1] if sizes else None), None
-    return _RunFolder(root=root, records=records, summary=summary, state=state,
-                      dataset_size=size, updated=max(p.stat().st_mtime for p in files))
+    return _RunFolder(
+        root=root,
+        records=records,
+        summary=summary,
+        state=state,
+        dataset_size=size,
+        updated=max(p.stat().st_mtime for p in files),
+    )
 
 
 def _find_run(run: str, runs_dir: Path) -> Path | None:
@@ -410,8 +468,11 @@ def _find_run(run: str, runs_dir: Path) -> Path | None:
 
 
 def _unknown_run(run: str, runs_dir: Path) -> str:
-    known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and _run_folder(p)) \
-        if runs_dir.is_dir() else []
+    known = (
+        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and _run_folder(p))
+        if runs_dir.is_dir()
+        else []
+    )
     hint = f"runs in {runs_dir}: {', '.join(known)}" if known else f"no runs in {runs_dir}"
     return f"{run!r} is neither a run folder nor a system in {runs_dir} ({hint}; another parent: --runs-dir)"
 
@@ -443,8 +504,15 @@ def _print_flow_runs(system: str | None) -> None:
         rows = []
         for r, flow_name in runs:
             t = r.start_time or r.expected_start_time
-            rows.append([r.name, flow_name, r.state_name or "-", t.strftime("%Y-%m-%d %H:%M")
-                         if t else "-", flow_run_url(r.id) or str(r.id)])
+            rows.append(
+                [
+                    r.name,
+                    flow_name,
+                    r.state_name or "-",
+                    t.strftime("%Y-%m-%d %H:%M") if t else "-",
+                    flow_run_url(r.id) or str(r.id),
+                ]
+            )
         _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
     for name in unscheduled:
         typer.echo(no_upcoming_run_warning(name), err=True)
@@ -452,11 +520,19 @@ def _print_flow_runs(system: str | None) -> None:
 
 @app.command()
 def status(
-    run: Annotated[str | None, typer.Argument(help="a run folder, or a system name under "
-                                              "--runs-dir (default: list every run)")] = None,
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="a run folder, or a system name under --runs-dir (default: list every run)"
+        ),
+    ] = None,
     runs_dir: Annotated[Path, typer.Option(help="the folder holding run folders")] = Path("runs"),
-    server: Annotated[bool, typer.Option("--server", help="also list the latest Prefect "
-                                         "flow runs (needs PREFECT_API_URL)")] = False,
+    server: Annotated[
+        bool,
+        typer.Option(
+            "--server", help="also list the latest Prefect flow runs (needs PREFECT_API_URL)"
+        ),
+    ] = False,
 ) -> None:
     """Where runs stand: every run folder, or one run's generations and outcome.
 
@@ -466,15 +542,27 @@ def status(
     or failing)."""
     now = time.time()
     if run is None:
-        found = [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))] \
-            if runs_dir.is_dir() else []
+        found = (
+            [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))]
+            if runs_dir.is_dir()
+            else []
+        )
         if not found:
             typer.echo(f"no run folders in {runs_dir} (another parent: --runs-dir)")
         else:
-            _print_table([[f.system, str(len(f.records)),
-                           "-" if f.dataset_size is None else str(f.dataset_size),
-                           f.state, _age(now - f.updated)] for f in found],
-                         ["system", "generations", "dataset", "state", "updated"])
+            _print_table(
+                [
+                    [
+                        f.system,
+                        str(len(f.records)),
+                        "-" if f.dataset_size is None else str(f.dataset_size),
+                        f.state,
+                        _age(now - f.updated),
+                    ]
+                    for f in found
+                ],
+                ["system", "generations", "dataset", "state", "updated"],
+            )
         if server:
             use_prefect_defaults()
             _print_flow_runs(None)
@@ -491,8 +579,10 @@ def status(
     if root is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
     folder = _run_folder(root)
-    typer.echo(f"{folder.system}: {folder.state} (updated {_age(now - folder.updated)}), "
-               f"run folder {folder.root}")
+    typer.echo(
+        f"{folder.system}: {folder.state} (updated {_age(now - folder.updated)}), "
+        f"run folder {folder.root}"
+    )
     if folder.records:
         table = GenerationTable(sys.stdout)
         for record in folder.records:
@@ -502,9 +592,11 @@ def status(
     summary = folder.summary
     if summary is not None:
         typer.echo(summary.stop_explanation or f"stopped: {summary.stop_reason}")
-        typer.echo(f"dataset: {summary.dataset_size} structures ({summary.labels_initial} "
-                   f"initial, {summary.labels_explored} from {summary.strategy}) at "
-                   f"{summary.level_of_theory}")
+        typer.echo(
+            f"dataset: {summary.dataset_size} structures ({summary.labels_initial} "
+            f"initial, {summary.labels_explored} from {summary.strategy}) at "
+            f"{summary.level_of_theory}"
+        )
     if server:
         use_prefect_defaults()
         _print_flow_runs(folder.system)
@@ -513,11 +605,16 @@ def status(
 # ---------------------------------------------------------------------------------------
 # advloop automations
 
+
 @app.command("slurm-script")
 def slurm_script(
-    config: Annotated[Path, typer.Argument(help="run config (YAML) with a slurm runner", readable=False)],
-    phase: Annotated[Literal["training", "labelling"] | None, typer.Option(
-        help="only this phase's runner (default: both)")] = None,
+    config: Annotated[
+        Path, typer.Argument(help="run config (YAML) with a slurm runner", readable=False)
+    ],
+    phase: Annotated[
+        Literal["training", "labelling"] | None,
+        typer.Option(help="only this phase's runner (default: both)"),
+    ] = None,
 ) -> None:
     """Print the Slurm job script each slurm runner of a config submits; submits nothing."""
     from advloop.flows.runners import main as print_job_scripts
@@ -527,18 +624,23 @@ def slurm_script(
         raise typer.Exit(code)
 
 
-automations_app = typer.Typer(no_args_is_help=True,
-                              help="Automations on the Prefect server (PREFECT_API_URL).")
+automations_app = typer.Typer(
+    no_args_is_help=True, help="Automations on the Prefect server (PREFECT_API_URL)."
+)
 app.add_typer(automations_app, name="automations")
 
 
 @automations_app.command("create")
 def automations_create(
     # the default is advloop.flows.automations.DEFAULT_HEARTBEAT_SECONDS, spelt out like submit's
-    heartbeat_seconds: Annotated[int, typer.Option(
-        help="mark a flow run Crashed when this many seconds pass after a heartbeat with no "
-             "further heartbeat or state change; about 3 x the workers' "
-             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180), at least 60")] = 540,
+    heartbeat_seconds: Annotated[
+        int,
+        typer.Option(
+            help="mark a flow run Crashed when this many seconds pass after a heartbeat with no "
+            "further heartbeat or state change; about 3 x the workers' "
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180), at least 60"
+        ),
+    ] = 540,
 ) -> None:
     """Create or update the crash-detection automation on the server.
 
@@ -558,16 +660,24 @@ def automations_create(
         done = ensure_automation(wanted)
         url = api_url()
     stored = done.automation
-    typer.echo(f"{done.outcome} automation {stored.name!r} ({stored.id}) on {display_url(url)}: "
-               f"a flow run with no heartbeat or state change for {heartbeat_seconds} s is "
-               "marked Crashed")
+    typer.echo(
+        f"{done.outcome} automation {stored.name!r} ({stored.id}) on {display_url(url)}: "
+        f"a flow run with no heartbeat or state change for {heartbeat_seconds} s is "
+        "marked Crashed"
+    )
     if done.removed:
         typer.echo(f"removed {done.removed} other automation(s) of the same name")
     frequency = heartbeat_frequency()
     if frequency is None:
-        typer.echo("note: PREFECT_FLOWS_HEARTBEAT_FREQUENCY is unset here, so flow runs started "
-                   "from this environment send no heartbeats; set it on the workers", err=True)
+        typer.echo(
+            "note: PREFECT_FLOWS_HEARTBEAT_FREQUENCY is unset here, so flow runs started "
+            "from this environment send no heartbeats; set it on the workers",
+            err=True,
+        )
     elif heartbeat_seconds < 2 * frequency:
-        typer.echo(f"note: {heartbeat_seconds} s is less than twice the heartbeat interval set "
-                   f"here ({frequency} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): live runs may be "
-                   f"marked Crashed; use about {3 * frequency} s", err=True)
+        typer.echo(
+            f"note: {heartbeat_seconds} s is less than twice the heartbeat interval set "
+            f"here ({frequency} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): live runs may be "
+            f"marked Crashed; use about {3 * frequency} s",
+            err=True,
+        )

@@ -34,13 +34,25 @@ from advloop.calculators.factory import Labeller, PySCFLabels
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
 
-__all__ = ["GEOMETRY_KEYS", "LIMITS", "AdversarialExploration", "ConfigError",
-           "ExplorationSettings", "GeometryConfig", "LabelSettings", "MDExploration",
-           "RandomExploration", "RunConfig", "short_repr"]
+__all__ = [
+    "GEOMETRY_KEYS",
+    "LIMITS",
+    "AdversarialExploration",
+    "ConfigError",
+    "ExplorationSettings",
+    "GeometryConfig",
+    "LabelSettings",
+    "MDExploration",
+    "RandomExploration",
+    "RunConfig",
+    "short_repr",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 PositiveInt = Annotated[int, Field(ge=1)]
-_BYTES = re.compile(r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE)  # a size as Dask and Slurm read it
+_BYTES = re.compile(
+    r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE
+)  # a size as Dask and Slurm read it
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){1,2}$")  # Slurm's [D-]HH:MM[:SS] or MM:SS
 
 
@@ -64,7 +76,7 @@ def short_repr(value: Any) -> str:
     """``repr(value)`` cut to about 80 characters (with an ellipsis), looking at no more of
     a long or deeply nested value than it shows."""
     text = _REPR.repr(value)
-    return text if len(text) <= _ECHO else text[:_ECHO - 1] + "…"
+    return text if len(text) <= _ECHO else text[: _ECHO - 1] + "…"
 
 
 class _Strict(BaseModel):
@@ -83,7 +95,8 @@ class SystemConfig(_Strict):
         if not _NAME.fullmatch(self.name):
             raise ValueError(
                 f"system.name {short_repr(self.name)} must be 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit (it names the run folder)")
+                "starting with a letter or digit (it names the run folder)"
+            )
         return self
 
 
@@ -102,7 +115,8 @@ class InitialDataConfig(_Strict):
             raise ValueError(
                 "must be at least 2: the committee trains on the initial "
                 "structures and the selection threshold is a percentile of their uncertainties, "
-                "so a run cannot start from fewer than 2 labelled structures (12 is the default)")
+                "so a run cannot start from fewer than 2 labelled structures (12 is the default)"
+            )
         return value
 
 
@@ -176,12 +190,16 @@ class RandomExploration(RandomDisplacementSettings):
         _check_seeds(self)
 
 
-_EXPLORATION_KINDS = {"adversarial": AdversarialExploration, "md": MDExploration,
-                      "random": RandomExploration}
+_EXPLORATION_KINDS = {
+    "adversarial": AdversarialExploration,
+    "md": MDExploration,
+    "random": RandomExploration,
+}
 # How each generation looks for new geometries: the adversarial attack, or one of the
 # baselines it is compared with, each with its own settings.
-ExplorationSettings = Annotated[AdversarialExploration | MDExploration | RandomExploration,
-                                Field(discriminator="kind")]
+ExplorationSettings = Annotated[
+    AdversarialExploration | MDExploration | RandomExploration, Field(discriminator="kind")
+]
 # Who labels the structures: a union on `kind` (see advloop.calculators.factory).
 LabelSettings = Annotated[Labeller, Field(discriminator="kind")]
 
@@ -210,8 +228,12 @@ class ConvergenceConfig(_Strict):
 
     force_std_threshold: float = Field(0.05, gt=0, description="eV/Å")
     patience: PositiveInt = 1
-    min_candidates: int = Field(0, ge=0, description="attacked geometries above the "
-                                "selection threshold; fewer stops the run (0: off)")
+    min_candidates: int = Field(
+        0,
+        ge=0,
+        description="attacked geometries above the "
+        "selection threshold; fewer stops the run (0: off)",
+    )
 
 
 class BudgetConfig(_Strict):
@@ -294,17 +316,25 @@ class DaskRunner(_Strict):
     @model_validator(mode="after")
     def _address_or_local(self) -> DaskRunner:
         if self.address is not None:
-            local = [k for k in ("n_workers", "threads_per_worker", "memory_limit")
-                     if getattr(self, k) is not None]
+            local = [
+                k
+                for k in ("n_workers", "threads_per_worker", "memory_limit")
+                if getattr(self, k) is not None
+            ]
             if local:
-                raise ValueError(f"address connects to a running Dask cluster; {', '.join(local)} "
-                                 "size a local one: give one or the other")
+                raise ValueError(
+                    f"address connects to a running Dask cluster; {', '.join(local)} "
+                    "size a local one: give one or the other"
+                )
             if not re.match(r"^([a-z]+://)?\S+:\d+$", self.address):
-                raise ValueError(f"address {self.address!r} is not a Dask scheduler address "
-                                 "such as tcp://host:8786")
+                raise ValueError(
+                    f"address {self.address!r} is not a Dask scheduler address "
+                    "such as tcp://host:8786"
+                )
         if self.memory_limit is not None and not _BYTES.match(self.memory_limit):
-            raise ValueError(f"memory_limit {self.memory_limit!r} must be a size such as "
-                             "'4GB' or '3.5GiB'")
+            raise ValueError(
+                f"memory_limit {self.memory_limit!r} must be a size such as '4GB' or '3.5GiB'"
+            )
         return self
 
 
@@ -358,30 +388,39 @@ class SlurmRunner(_Strict):
         if isinstance(value, int):  # YAML 1.1 reads 12:00:00 as sexagesimal seconds
             hours, seconds = divmod(value, 3600)
             text = f"{hours:02d}:{seconds // 60:02d}:{seconds % 60:02d}"
-            raise ValueError(f"walltime must be quoted, such as \"{text}\" (YAML reads an "
-                             f"unquoted H:MM:SS as a number of seconds, here {value})")
+            raise ValueError(
+                f'walltime must be quoted, such as "{text}" (YAML reads an '
+                f"unquoted H:MM:SS as a number of seconds, here {value})"
+            )
         if isinstance(value, float):
-            raise ValueError("walltime must be quoted, such as \"04:00:00\"")
+            raise ValueError('walltime must be quoted, such as "04:00:00"')
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SlurmRunner:
         problems = []
         if self.min_jobs > self.max_jobs:
-            problems.append(f"min_jobs ({self.min_jobs}) is above max_jobs ({self.max_jobs}): "
-                            "adaptive scaling needs min_jobs <= max_jobs")
+            problems.append(
+                f"min_jobs ({self.min_jobs}) is above max_jobs ({self.max_jobs}): "
+                "adaptive scaling needs min_jobs <= max_jobs"
+            )
         if self.cores % self.tasks_per_job:
-            problems.append(f"cores ({self.cores}) must be a multiple of tasks_per_job "
-                            f"({self.tasks_per_job}): each task gets cores / tasks_per_job threads")
+            problems.append(
+                f"cores ({self.cores}) must be a multiple of tasks_per_job "
+                f"({self.tasks_per_job}): each task gets cores / tasks_per_job threads"
+            )
         if not _BYTES.match(self.memory):
             problems.append(f"memory {self.memory!r} must be a size such as '32GB' or '64GiB'")
         if not _WALLTIME.match(self.walltime):
-            problems.append(f"walltime {self.walltime!r} must be Slurm's HH:MM:SS, MM:SS or "
-                            "D-HH:MM:SS")
+            problems.append(
+                f"walltime {self.walltime!r} must be Slurm's HH:MM:SS, MM:SS or D-HH:MM:SS"
+            )
         bad = [d for d in self.job_extra_directives if d.lstrip().startswith("#")]
         if bad:
-            problems.append(f"job_extra_directives {bad} must be options only "
-                            "('--gres=gpu:1'), without '#SBATCH'")
+            problems.append(
+                f"job_extra_directives {bad} must be options only "
+                "('--gres=gpu:1'), without '#SBATCH'"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -391,8 +430,9 @@ class SlurmRunner(_Strict):
         return self.cores // self.tasks_per_job
 
 
-RunnerSettings = Annotated[ThreadsRunner | ProcessesRunner | DaskRunner | SlurmRunner,
-                           Field(discriminator="kind")]
+RunnerSettings = Annotated[
+    ThreadsRunner | ProcessesRunner | DaskRunner | SlurmRunner, Field(discriminator="kind")
+]
 
 
 class RunnersConfig(_Strict):
@@ -435,16 +475,21 @@ def _geometry_into(section: str, value: Any, geometry: dict[str, float]) -> Any:
         own = {k: value[k] for k in GEOMETRY_KEYS if k in value}
         clash = [k for k, v in own.items() if v != geometry[k]]
         if clash:
-            raise ValueError(f"{section}.{clash[0]}: the geometry limits are one section; set "
-                             f"geometry.{clash[0]} instead")
+            raise ValueError(
+                f"{section}.{clash[0]}: the geometry limits are one section; set "
+                f"geometry.{clash[0]} instead"
+            )
         return {**value, **geometry}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         defaults = {f.name: f.default for f in dataclasses.fields(value)}
-        clash = [k for k in GEOMETRY_KEYS
-                 if getattr(value, k) not in (geometry[k], defaults.get(k))]
+        clash = [
+            k for k in GEOMETRY_KEYS if getattr(value, k) not in (geometry[k], defaults.get(k))
+        ]
         if clash:
-            raise ValueError(f"{section}.{clash[0]}: the geometry limits are one section; set "
-                             f"geometry.{clash[0]} instead")
+            raise ValueError(
+                f"{section}.{clash[0]}: the geometry limits are one section; set "
+                f"geometry.{clash[0]} instead"
+            )
         return dataclasses.replace(value, **geometry)
     return value
 
@@ -479,8 +524,11 @@ class RunConfig(_Strict):
                 data[section] = _with_kind(section, data[section])
         geometry = data.get("geometry", GeometryConfig())
         try:
-            limits = (geometry if isinstance(geometry, GeometryConfig)
-                      else GeometryConfig.model_validate(geometry)).model_dump()
+            limits = (
+                geometry
+                if isinstance(geometry, GeometryConfig)
+                else GeometryConfig.model_validate(geometry)
+            ).model_dump()
         except ValueError:  # reported at geometry.*
             return data
         for section, default in (("exploration", {"kind": "adversarial"}), ("selection", {})):
@@ -497,8 +545,11 @@ class RunConfig(_Strict):
         ValueError (or TypeError on a setting the kind does not have)."""
         cls = _EXPLORATION_KINDS[kind]
         current = self.exploration
-        own = ({f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
-               if current.kind == kind else {"seeds": current.seeds, "n_seeds": current.n_seeds})
+        own = (
+            {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+            if current.kind == kind
+            else {"seeds": current.seeds, "n_seeds": current.n_seeds}
+        )
         own.pop("kind", None)
         exploration = cls(**{**own, **settings, **self.geometry.model_dump()})
         return self.model_copy(update={"exploration": exploration})
@@ -520,43 +571,73 @@ def _limits() -> dict[str, tuple[int, str]]:
     epochs = "a committee member converges in hundreds of epochs"
     threads = "more than the cores of any node"
     table = {
-        ("committee.n_members",): (64, "each member is a network trained every generation, and "
-                                   "4-8 are usual"),
-        ("initial_data.n_structures",): (100_000, "each is a DFT label made before the first "
-                                         "generation, and a few dozen are usual"),
-        ("exploration.n_seeds",): (10_000, "a generation explores its seeds in one batch in "
-                                   "memory, and tens are usual"),
+        ("committee.n_members",): (
+            64,
+            "each member is a network trained every generation, and 4-8 are usual",
+        ),
+        ("initial_data.n_structures",): (
+            100_000,
+            "each is a DFT label made before the first generation, and a few dozen are usual",
+        ),
+        ("exploration.n_seeds",): (
+            10_000,
+            "a generation explores its seeds in one batch in memory, and tens are usual",
+        ),
         ("exploration.n_per_seed", "exploration.max_frames_per_seed"): (
-            10_000, "every candidate of a generation is held in memory at once"),
+            10_000,
+            "every candidate of a generation is held in memory at once",
+        ),
         ("exploration[adversarial].n_steps", "exploration.neighbor_refresh"): (
-            100_000, "an attack converges in tens of steps"),
+            100_000,
+            "an attack converges in tens of steps",
+        ),
         ("exploration[md].n_steps", "exploration.sample_interval"): (
-            10_000_000, "10^7 steps are days of committee MD per seed and generation"),
+            10_000_000,
+            "10^7 steps are days of committee MD per seed and generation",
+        ),
         ("selection.max_selected", "convergence.min_candidates"): (
-            100_000, "each selected structure is a DFT label, and a few to tens a generation "
-            "are usual"),
-        ("training.max_epochs", "training.warm_start_epochs", "training.warm_start_warmup_epochs",
-         "training.patience", "training.lr_patience"): (100_000, epochs),
+            100_000,
+            "each selected structure is a DFT label, and a few to tens a generation are usual",
+        ),
+        (
+            "training.max_epochs",
+            "training.warm_start_epochs",
+            "training.warm_start_warmup_epochs",
+            "training.patience",
+            "training.lr_patience",
+        ): (100_000, epochs),
         ("training.batch_size",): (100_000, "a batch of structures is held in memory at once"),
         ("model.n_atom_basis",): (4096, "wider features do not fit in memory (32-256 are usual)"),
         ("model.n_interactions",): (64, "deeper networks do not train (2-6 are usual)"),
         ("model.n_rbf",): (1024, "20-50 radial functions are usual"),
         ("model.lmax",): (8, "the cost grows as lmax^3, and 1-3 are usual"),
-        ("budget.max_generations", "convergence.patience"): (10_000, "a run converges in tens "
-                                                             "of generations"),
+        ("budget.max_generations", "convergence.patience"): (
+            10_000,
+            "a run converges in tens of generations",
+        ),
         ("budget.max_labels",): (10_000_000, "each is a DFT calculation"),
         ("compute.label_retries",): (100, "a label that failed 100 times will fail again"),
-        ("labels.max_cycle",): (100_000, "an SCF that has not converged in 100000 iterations "
-                                "never will"),
+        ("labels.max_cycle",): (
+            100_000,
+            "an SCF that has not converged in 100000 iterations never will",
+        ),
         ("compute.torch_threads", "labels.threads"): (1024, threads),
         ("compute.label_workers",): (10_000, "more labels at once than any queue runs"),
     }
     for phase in ("training", "labelling"):
         runner = f"runners.{phase}"
-        table[(f"{runner}.max_workers", f"{runner}.threads_per_worker", f"{runner}.cores",
-               f"{runner}.tasks_per_job")] = (1024, threads)
+        table[
+            (
+                f"{runner}.max_workers",
+                f"{runner}.threads_per_worker",
+                f"{runner}.cores",
+                f"{runner}.tasks_per_job",
+            )
+        ] = (1024, threads)
         table[(f"{runner}.n_workers", f"{runner}.max_jobs", f"{runner}.min_jobs")] = (
-            10_000, "more workers or jobs than a cluster runs at once")
+            10_000,
+            "more workers or jobs than a cluster runs at once",
+        )
         table[(f"{runner}.gpus",)] = (64, "more GPUs than any node has")
     return {key: limit for keys, limit in table.items() for key in keys}
 

@@ -93,24 +93,36 @@ class Submission:
         data = config.system.structures.read_bytes()
         size = len(text.encode()) + len(data)
         if size > MAX_SUBMISSION_BYTES:
-            raise ConfigError(str(config_path), [
-                f"config and structures are {size / 2**10:.0f} KiB, above the "
-                f"{MAX_SUBMISSION_BYTES // 2**10} KiB a submission carries; put the structure "
-                "file on the shared filesystem and use a scheduled deployment "
-                "(advloop serve --config) or run it there (advloop run)"])
-        return cls(system=config.system.name, config_yaml=text,
-                   structures_name=config.system.structures.name,
-                   structures_b64=base64.b64encode(data).decode("ascii"),
-                   output_dir=str(Path(config.output_dir).resolve()))
+            raise ConfigError(
+                str(config_path),
+                [
+                    f"config and structures are {size / 2**10:.0f} KiB, above the "
+                    f"{MAX_SUBMISSION_BYTES // 2**10} KiB a submission carries; put the structure "
+                    "file on the shared filesystem and use a scheduled deployment "
+                    "(advloop serve --config) or run it there (advloop run)"
+                ],
+            )
+        return cls(
+            system=config.system.name,
+            config_yaml=text,
+            structures_name=config.system.structures.name,
+            structures_b64=base64.b64encode(data).decode("ascii"),
+            output_dir=str(Path(config.output_dir).resolve()),
+        )
 
     def parameters(self) -> dict[str, str]:
         """The flow-run parameters of :func:`run_submission`."""
-        return {"config_yaml": self.config_yaml, "structures_name": self.structures_name,
-                "structures_b64": self.structures_b64, "output_dir": self.output_dir}
+        return {
+            "config_yaml": self.config_yaml,
+            "structures_name": self.structures_name,
+            "structures_b64": self.structures_b64,
+            "output_dir": self.output_dir,
+        }
 
 
-def stage_submission(config_yaml: str, structures_name: str, structures_b64: str,
-                     output_dir: str, label: str) -> RunConfig:
+def stage_submission(
+    config_yaml: str, structures_name: str, structures_b64: str, output_dir: str, label: str
+) -> RunConfig:
     """Write a submission into ``<output_dir>/<system>/submissions/<label>/`` and return
     its validated config, whose structure file is the copy written there.
 
@@ -140,8 +152,13 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
     name = structures_name
     if Path(name).name != name or name in ("", ".", "..") or "\0" in name:
         # it is written into the run folder: a path could put it anywhere the worker writes
-        raise ConfigError(source, [f"structures_name {structures_name!r} is not a plain file "
-                                   "name (no folder, not '.' or '..')"])
+        raise ConfigError(
+            source,
+            [
+                f"structures_name {structures_name!r} is not a plain file "
+                "name (no folder, not '.' or '..')"
+            ],
+        )
     try:
         data = base64.b64decode(structures_b64, validate=True)
     except (binascii.Error, ValueError) as err:
@@ -165,18 +182,21 @@ def stage_submission(config_yaml: str, structures_name: str, structures_b64: str
             f"cannot create the run folder {config.run_dir()} on this worker ({err}); the "
             "worker must see the submitting machine's output folder at the same path on a "
             "shared filesystem, or submit with --output-dir naming a folder the worker "
-            "can write") from err
+            "can write"
+        ) from err
     for path, content in ((keep / "config.yaml", text.encode()), (keep / name, data)):
         # a config can hold a site's calculator options: readable by its owner alone
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(content)
-    return config.model_copy(update={
-        "system": config.system.model_copy(update={"structures": keep / name})})
+    return config.model_copy(
+        update={"system": config.system.model_copy(update={"structures": keep / name})}
+    )
 
 
 @flow(name=SUBMISSION_FLOW)
-def run_submission(config_yaml: str, structures_name: str, structures_b64: str,
-                   output_dir: str) -> dict:
+def run_submission(
+    config_yaml: str, structures_name: str, structures_b64: str, output_dir: str
+) -> dict:
     """Deployment entrypoint for ``advloop submit``: stage the submitted config and
     structure file in the run folder (see :func:`stage_submission`), then run or resume
     the active-learning loop. Returns the run summary."""
@@ -195,9 +215,12 @@ def run_submission(config_yaml: str, structures_name: str, structures_b64: str,
 # Deployments for `advloop serve`
 
 
-def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
-                      timezone: str | None = None,
-                      output_dir: Path | None = None) -> list[RunnerDeployment]:
+def build_deployments(
+    configs: Sequence[Path] = (),
+    cron: str = DEFAULT_CRON,
+    timezone: str | None = None,
+    output_dir: Path | None = None,
+) -> list[RunnerDeployment]:
     """The deployments ``advloop serve`` serves, built without contacting a server:
 
     - ``advloop-submission/submissions``: :func:`run_submission`, no schedule; the
@@ -218,23 +241,36 @@ def build_deployments(configs: Sequence[Path] = (), cron: str = DEFAULT_CRON,
     from advloop.flows.active_learning import run_config_file
     from advloop.flows.validation import validate_config
 
-    deployments = [run_submission.to_deployment(
-        name=SUBMISSION_DEPLOYMENT, tags=[TAG], entrypoint_type=EntrypointType.MODULE_PATH,
-        description="advloop submit: a config and its structures, passed by value")]
+    deployments = [
+        run_submission.to_deployment(
+            name=SUBMISSION_DEPLOYMENT,
+            tags=[TAG],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description="advloop submit: a config and its structures, passed by value",
+        )
+    ]
     seen: dict[str, Path] = {}
     for path in configs:
         config = validate_config(path, output_dir)
         name = config.system.name
         if name in seen:
-            raise ValueError(f"{path} and {seen[name]} both run system {name!r} "
-                             "(one run folder): keep one")
+            raise ValueError(
+                f"{path} and {seen[name]} both run system {name!r} (one run folder): keep one"
+            )
         seen[name] = path
-        deployments.append(run_config_file.to_deployment(
-            name=name, schedule=Cron(cron, timezone=timezone), tags=[TAG, name],
-            parameters={"config_path": str(Path(path).resolve()),
-                        "output_dir": str(Path(config.output_dir).resolve())},
-            entrypoint_type=EntrypointType.MODULE_PATH,
-            description=f"scheduled run of {Path(path).resolve()} (resumes {config.run_dir()})"))
+        deployments.append(
+            run_config_file.to_deployment(
+                name=name,
+                schedule=Cron(cron, timezone=timezone),
+                tags=[TAG, name],
+                parameters={
+                    "config_path": str(Path(path).resolve()),
+                    "output_dir": str(Path(config.output_dir).resolve()),
+                },
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                description=f"scheduled run of {Path(path).resolve()} (resumes {config.run_dir()})",
+            )
+        )
     return deployments
 
 
@@ -272,7 +308,9 @@ def api_url() -> str:
     if not url:
         raise ServerError(
             "error: no Prefect server configured: set PREFECT_API_URL, e.g. "
-            "export PREFECT_API_URL=http://127.0.0.1:4200/api (see infra/README.md)", 2)
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (see infra/README.md)",
+            2,
+        )
     return str(url)
 
 
@@ -293,23 +331,33 @@ def _translate(err: Exception, url: str) -> ServerError:
                 return ServerError(
                     f"error: the Prefect server at {shown} refused the credentials ({code}): "
                     "set PREFECT_API_AUTH_STRING to the server's auth string (self-hosted) "
-                    "or PREFECT_API_KEY (Prefect Cloud)", 2)
+                    "or PREFECT_API_KEY (Prefect Cloud)",
+                    2,
+                )
             if code == 422 and "parameter" in cause.response.text.lower():
                 return ServerError(
                     f"error: the Prefect server at {shown} refused the submission's size (422): "
                     "raise PREFECT_SERVER_API_MAX_PARAMETER_SIZE on the server, or put the "
-                    "structure file on the shared filesystem and use advloop serve --config", 2)
-            return ServerError(f"error: the Prefect server at {shown} answered {code} "
-                               f"({cause.response.reason_phrase}); see its log", 1)
+                    "structure file on the shared filesystem and use advloop serve --config",
+                    2,
+                )
+            return ServerError(
+                f"error: the Prefect server at {shown} answered {code} "
+                f"({cause.response.reason_phrase}); see its log",
+                1,
+            )
         if isinstance(cause, (httpx.TransportError, ConnectionError)):
             return ServerError(
                 f"error: cannot reach the Prefect server at {shown} "
                 f"({type(cause).__name__}): start it (prefect server start --host 127.0.0.1) "
-                "or fix PREFECT_API_URL", 1)
+                "or fix PREFECT_API_URL",
+                1,
+            )
         if isinstance(cause, RuntimeError) and "incompatible versions" in str(cause):
             return ServerError(f"error: {cause} (server at {shown})", 2)
-    return ServerError(f"error: the Prefect server at {shown} failed: "
-                       f"{type(err).__name__}: {err}", 1)
+    return ServerError(
+        f"error: the Prefect server at {shown} failed: {type(err).__name__}: {err}", 1
+    )
 
 
 @contextlib.contextmanager
@@ -369,14 +417,20 @@ def _active_runs(client: Any, system: str) -> list[FlowRun]:
     )
     from prefect.client.schemas.objects import StateType
 
-    return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-        tags=FlowRunFilterTags(all_=[TAG, system]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(
-            any_=[StateType(s) for s in ACTIVE_STATES]))), limit=5)
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[TAG, system]),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(s) for s in ACTIVE_STATES])
+            ),
+        ),
+        limit=5,
+    )
 
 
-def submit(submission: Submission, deployment: str = DEFAULT_DEPLOYMENT,
-           force: bool = False) -> Submitted:
+def submit(
+    submission: Submission, deployment: str = DEFAULT_DEPLOYMENT, force: bool = False
+) -> Submitted:
     """Create a Scheduled flow run of ``deployment`` with the submission's parameters,
     named and tagged after the system; return it without waiting.
 
@@ -387,8 +441,11 @@ def submit(submission: Submission, deployment: str = DEFAULT_DEPLOYMENT,
     from prefect.exceptions import ObjectNotFound
 
     if "/" not in deployment:
-        raise ServerError(f"error: --deployment {deployment!r} must be FLOW/DEPLOYMENT, "
-                          f"e.g. {DEFAULT_DEPLOYMENT}", 2)
+        raise ServerError(
+            f"error: --deployment {deployment!r} must be FLOW/DEPLOYMENT, "
+            f"e.g. {DEFAULT_DEPLOYMENT}",
+            2,
+        )
     with server_client() as client:
         try:
             dep = client.read_deployment_by_name(deployment)
@@ -396,22 +453,36 @@ def submit(submission: Submission, deployment: str = DEFAULT_DEPLOYMENT,
             raise ServerError(
                 f"error: no deployment {deployment!r} on the server {display_url(api_url())}: "
                 "start `advloop serve` or run `prefect deploy --all --prefect-file "
-                "infra/prefect.yaml` (infra/README.md)", 2) from None
+                "infra/prefect.yaml` (infra/README.md)",
+                2,
+            ) from None
         if not force and (active := _active_runs(client, submission.system)):
             run = active[0]
             raise ServerError(
                 f"error: {submission.system!r} already has flow run {run.name!r} ({run.id}) in "
                 f"state {run.state_name}, which writes the same run folder: wait for it, "
-                f"cancel it (prefect flow-run cancel {run.id}), or pass --force", 2)
+                f"cancel it (prefect flow-run cancel {run.id}), or pass --force",
+                2,
+            )
         flow_run = client.create_flow_run_from_deployment(
-            dep.id, parameters=submission.parameters(), name=submission.system,
-            tags=[TAG, submission.system])
+            dep.id,
+            parameters=submission.parameters(),
+            name=submission.system,
+            tags=[TAG, submission.system],
+        )
         online = None
         if dep.work_pool_name:
             workers = client.read_workers_for_work_pool(dep.work_pool_name)
-            online = sum(1 for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE")
-    return Submitted(flow_run=flow_run, deployment=deployment, work_pool=dep.work_pool_name,
-                     workers_online=online, url=flow_run_url(flow_run.id))
+            online = sum(
+                1 for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE"
+            )
+    return Submitted(
+        flow_run=flow_run,
+        deployment=deployment,
+        work_pool=dep.work_pool_name,
+        workers_online=online,
+        url=flow_run_url(flow_run.id),
+    )
 
 
 def latest_flow_runs(system: str | None = None, limit: int = 10) -> list[tuple[FlowRun, str]]:
@@ -424,13 +495,25 @@ def latest_flow_runs(system: str | None = None, limit: int = 10) -> list[tuple[F
     sort = FlowRunSort.EXPECTED_START_TIME_DESC
     with server_client() as client:
         if system is None:
-            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[TAG])), sort=sort, limit=limit)
+            found = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG])),
+                sort=sort,
+                limit=limit,
+            )
         else:
-            by_id = {r.id: r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[system])), sort=sort, limit=limit)}
-            for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    name=FlowRunFilterName(any_=[system])), sort=sort, limit=limit):
+            by_id = {
+                r.id: r
+                for r in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[system])),
+                    sort=sort,
+                    limit=limit,
+                )
+            }
+            for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[system])),
+                sort=sort,
+                limit=limit,
+            ):
                 by_id.setdefault(r.id, r)
             found = list(by_id.values())
 
@@ -458,11 +541,13 @@ SCHEDULER_GRACE_S = 90.0
 def no_upcoming_run_warning(deployment: str) -> str:
     """The one-line warning for a deployment (``<flow>/<deployment>``) whose active
     schedule has no Scheduled flow run."""
-    return (f"warning: deployment {deployment} has an active schedule but no upcoming flow "
-            "run, so it will never run: check that the server's scheduler service is on "
-            "(PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED) and look for 'Error scheduling "
-            "deployment' in the server's log; Prefect 3.8.8's scheduler fails on SQLAlchemy "
-            "2.1 (pip install 'sqlalchemy>=2.0,<2.1' where the server runs)")
+    return (
+        f"warning: deployment {deployment} has an active schedule but no upcoming flow "
+        "run, so it will never run: check that the server's scheduler service is on "
+        "(PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED) and look for 'Error scheduling "
+        "deployment' in the server's log; Prefect 3.8.8's scheduler fails on SQLAlchemy "
+        "2.1 (pip install 'sqlalchemy>=2.0,<2.1' where the server runs)"
+    )
 
 
 def _next_scheduled_run(client: Any, deployment_id: Any) -> FlowRun | None:
@@ -479,9 +564,12 @@ def _next_scheduled_run(client: Any, deployment_id: Any) -> FlowRun | None:
 
     runs = client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=1,
+    )
     return runs[0] if runs else None
 
 
@@ -497,8 +585,7 @@ def _schedule_age(deployment: Any) -> float | None:
     return (datetime.datetime.now(datetime.timezone.utc) - max(made)).total_seconds()
 
 
-def schedules_without_runs(system: str | None = None,
-                           grace: float | None = None) -> list[str]:
+def schedules_without_runs(system: str | None = None, grace: float | None = None) -> list[str]:
     """``<flow>/<deployment>`` of each advloop deployment (tagged ``advloop``, and
     ``system`` if given) that has an active schedule made more than ``grace`` seconds ago
     (default :data:`SCHEDULER_GRACE_S`), is not paused, and has no flow run in a
@@ -509,8 +596,9 @@ def schedules_without_runs(system: str | None = None,
     tags = [TAG] if system is None else [TAG, system]
     out = []
     with server_client() as client:
-        for dep in client.read_deployments(deployment_filter=DeploymentFilter(
-                tags=DeploymentFilterTags(all_=tags))):
+        for dep in client.read_deployments(
+            deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=tags))
+        ):
             age = _schedule_age(dep)
             if age is None or age < grace or _next_scheduled_run(client, dep.id) is not None:
                 continue
@@ -535,9 +623,12 @@ def schedule_ids(deployments: Sequence[str]) -> frozenset[Any]:
     return frozenset(ids)
 
 
-def watch_schedules(deployments: Sequence[str], before: frozenset[Any] = frozenset(),
-                    wait: float | None = None,
-                    poll: float = 2.0) -> Iterator[tuple[str, datetime.datetime | None]]:
+def watch_schedules(
+    deployments: Sequence[str],
+    before: frozenset[Any] = frozenset(),
+    wait: float | None = None,
+    poll: float = 2.0,
+) -> Iterator[tuple[str, datetime.datetime | None]]:
     """Follow the named deployments (``<flow>/<deployment>``) as ``prefect.serve``
     registers them on the configured server, and yield ``(name, start)`` for each once:
     ``start`` (UTC) of its next Scheduled flow run as soon as the server's scheduler has

@@ -57,12 +57,14 @@ def start() -> None:
     popen = subprocess.Popen
     with _POPEN:
         subprocess.Popen = functools.partial(  # type: ignore[misc]
-            popen, preexec_fn=_die_with_parent, stdout=log, stderr=subprocess.STDOUT)
+            popen, preexec_fn=_die_with_parent, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
         except Exception as err:
-            raise RuntimeError(f"Prefect's embedded server did not start: {err}; its output is "
-                               f"in {log_path}") from err
+            raise RuntimeError(
+                f"Prefect's embedded server did not start: {err}; its output is in {log_path}"
+            ) from err
         finally:
             subprocess.Popen = popen  # type: ignore[misc]
             log.close()  # the server holds its own copy of the file

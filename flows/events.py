@@ -79,14 +79,30 @@ def run_finished_event(summary: RunSummary) -> RunEvent:
     return RunEvent(name, run_resource(summary.system), json_safe(summary.to_dict()))
 
 
-def failure_ratio_event(system: str, generation: int | None, failed: int, requested: int,
-                        max_failure_ratio: float, failures: list[str]) -> RunEvent:
+def failure_ratio_event(
+    system: str,
+    generation: int | None,
+    failed: int,
+    requested: int,
+    max_failure_ratio: float,
+    failures: list[str],
+) -> RunEvent:
     """``failed`` of the ``requested`` labels of a step (those an earlier invocation
     stored included) failed; ``generation`` None: the initial dataset."""
-    return RunEvent(LABEL_FAILURES, run_resource(system), json_safe({
-        "generation": generation, "failed": failed, "requested": requested,
-        "failure_ratio": failed / requested if requested else None,
-        "max_failure_ratio": max_failure_ratio, "failures": failures[:5]}))
+    return RunEvent(
+        LABEL_FAILURES,
+        run_resource(system),
+        json_safe(
+            {
+                "generation": generation,
+                "failed": failed,
+                "requested": requested,
+                "failure_ratio": failed / requested if requested else None,
+                "max_failure_ratio": max_failure_ratio,
+                "failures": failures[:5],
+            }
+        ),
+    )
 
 
 def emit(event: RunEvent) -> None:
@@ -96,8 +112,11 @@ def emit(event: RunEvent) -> None:
 
     related = []
     if flow_run.id:
-        related.append({"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
-                        "prefect.resource.role": "flow-run",
-                        "prefect.resource.name": str(flow_run.name or "")})
-    emit_event(event=event.event, resource=event.resource, payload=event.payload,
-               related=related)
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": str(flow_run.name or ""),
+            }
+        )
+    emit_event(event=event.event, resource=event.resource, payload=event.payload, related=related)

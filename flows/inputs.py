@@ -33,8 +33,16 @@ from advloop.adversarial.geometry import check_geometry
 from advloop.calculators.factory import label_problems
 from advloop.flows.config import ConfigError, RunConfig, RunnersConfig, short_repr
 
-__all__ = ["ConfigError", "check_inputs", "check_run_folder", "format_validation_error",
-           "initial_structures", "read_mapping", "read_structures", "shown_loc"]
+__all__ = [
+    "ConfigError",
+    "check_inputs",
+    "check_run_folder",
+    "format_validation_error",
+    "initial_structures",
+    "read_mapping",
+    "read_structures",
+    "shown_loc",
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,26 +89,35 @@ def _check_expansion(root: yaml.Node) -> None:
         line = node.start_mark.line + 1
         if isinstance(node, yaml.ScalarNode):
             if len(node.value) > MAX_TEXT:
-                raise _TooLarge(f"{where(keys)}: a value of {len(node.value)} characters (line "
-                                f"{line}); a config value is a name, a number or a path, at most "
-                                f"{MAX_TEXT} characters: check that this is the value you meant")
+                raise _TooLarge(
+                    f"{where(keys)}: a value of {len(node.value)} characters (line "
+                    f"{line}); a config value is a name, a number or a path, at most "
+                    f"{MAX_TEXT} characters: check that this is the value you meant"
+                )
             n = 1
         else:
             if id(node) in open_nodes:
-                raise _TooLarge(f"{where(keys)}: a YAML alias (*name) inside the value it names "
-                                f"(line {line}) makes the value contain itself; write the value out")
+                raise _TooLarge(
+                    f"{where(keys)}: a YAML alias (*name) inside the value it names "
+                    f"(line {line}) makes the value contain itself; write the value out"
+                )
             open_nodes.add(id(node))
             if isinstance(node, yaml.MappingNode):
-                n = 1 + sum(size(k, keys) + size(v, (*keys, str(k.value)) if isinstance(
-                    k, yaml.ScalarNode) else keys) for k, v in node.value)
+                n = 1 + sum(
+                    size(k, keys)
+                    + size(v, (*keys, str(k.value)) if isinstance(k, yaml.ScalarNode) else keys)
+                    for k, v in node.value
+                )
             else:
                 n = 1 + sum(size(item, keys) for item in node.value)
             open_nodes.discard(id(node))
         if n > MAX_YAML_VALUES:
-            raise _TooLarge(f"{where(keys)}: YAML aliases (*name) expand to more than "
-                            f"{MAX_YAML_VALUES} values here (line {line}), where a whole run "
-                            "config holds about a hundred; write the values out instead of "
-                            "repeating aliases")
+            raise _TooLarge(
+                f"{where(keys)}: YAML aliases (*name) expand to more than "
+                f"{MAX_YAML_VALUES} values here (line {line}), where a whole run "
+                "config holds about a hundred; write the values out instead of "
+                "repeating aliases"
+            )
         sizes[id(node)] = n
         return n
 
@@ -123,8 +140,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             if seen is not key_node.start_mark:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"found duplicate key {key!r} (first given at line {seen.line + 1})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"found duplicate key {key!r} (first given at line {seen.line + 1})",
+                    key_node.start_mark,
+                )
         return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):  # refuse nesting deeper than MAX_YAML_DEPTH
@@ -132,9 +152,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 line = self.peek_event().start_mark.line + 1
-                raise _TooLarge(f"lists or mappings nested more than {MAX_YAML_DEPTH} deep (line "
-                                f"{line}), where a run config nests its sections 3 deep; check "
-                                "that this is a run config")
+                raise _TooLarge(
+                    f"lists or mappings nested more than {MAX_YAML_DEPTH} deep (line "
+                    f"{line}), where a run config nests its sections 3 deep; check "
+                    "that this is a run config"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -149,8 +171,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _file_kind(path: Path) -> str:
     """What a path that exists but is neither a file nor a folder is, in words."""
     mode = path.stat().st_mode
-    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")):
+    for test, kind in (
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return kind
     return "special file"
@@ -176,6 +202,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 def read_mapping(path: Path) -> dict:
     """The YAML mapping in the config file ``path``; ConfigError if there is none."""
+
     def refuse(problem: str) -> ConfigError:
         return ConfigError(str(path), [problem])
 
@@ -184,28 +211,35 @@ def read_mapping(path: Path) -> dict:
     if not path.exists():
         raise refuse("config file not found; check the path")
     if not path.is_file():
-        raise refuse(f"not a regular file (a {_file_kind(path)}); give the config file (YAML) "
-                     "itself")
+        raise refuse(
+            f"not a regular file (a {_file_kind(path)}); give the config file (YAML) itself"
+        )
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise refuse(f"the config file is {size / 1e6:.1f} MB, where a run config is a few kB "
-                     f"(at most {MAX_CONFIG_BYTES // 1_000_000} MB); check that this is the "
-                     f"config file ({_EXAMPLE})")
+        raise refuse(
+            f"the config file is {size / 1e6:.1f} MB, where a run config is a few kB "
+            f"(at most {MAX_CONFIG_BYTES // 1_000_000} MB); check that this is the "
+            f"config file ({_EXAMPLE})"
+        )
     try:
         with path.open("rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)  # a file that grew since: read no further
     except OSError as err:
-        raise refuse(f"cannot read the config file ({err.strerror}); make it readable "
-                     "(chmod u+r)") from err
+        raise refuse(
+            f"cannot read the config file ({err.strerror}); make it readable (chmod u+r)"
+        ) from err
     if len(data) > MAX_CONFIG_BYTES:
-        raise refuse(f"the config file is over {MAX_CONFIG_BYTES // 1_000_000} MB, where a run "
-                     f"config is a few kB; check that this is the config file ({_EXAMPLE})")
+        raise refuse(
+            f"the config file is over {MAX_CONFIG_BYTES // 1_000_000} MB, where a run "
+            f"config is a few kB; check that this is the config file ({_EXAMPLE})"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise refuse(f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save the "
-                     "file as UTF-8") from err
+        line = data[: err.start].count(b"\n") + 1
+        raise refuse(
+            f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save the file as UTF-8"
+        ) from err
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except _TooLarge as err:
@@ -213,12 +247,20 @@ def read_mapping(path: Path) -> dict:
     except yaml.YAMLError as err:
         raise refuse(_yaml_problem(err)) from err
     if raw is None:
-        raise refuse("the config file is empty; it needs at least a system section with name "
-                     f"and structures ({_EXAMPLE})")
+        raise refuse(
+            "the config file is empty; it needs at least a system section with name "
+            f"and structures ({_EXAMPLE})"
+        )
     if not isinstance(raw, dict):
-        what = "a list: remove the leading '- '" if isinstance(raw, list) else f"a {type(raw).__name__}"
-        raise refuse("the config must be a YAML mapping of sections (system, dft, model, ...), "
-                     f"not {what} ({_EXAMPLE})")
+        what = (
+            "a list: remove the leading '- '"
+            if isinstance(raw, list)
+            else f"a {type(raw).__name__}"
+        )
+        raise refuse(
+            "the config must be a YAML mapping of sections (system, dft, model, ...), "
+            f"not {what} ({_EXAMPLE})"
+        )
     return raw
 
 
@@ -305,8 +347,7 @@ def _number_with_unit(value: Any) -> bool:
 
 # Sections whose settings classes name their keys by the section they had before labels
 # and exploration became kinds ("attack.temperature must be positive"), and those names.
-_OLD_PREFIXES = {"exploration": ("attack.", "md.", "random."),
-                 "labels": ("periodic_dft.", "dft.")}
+_OLD_PREFIXES = {"exploration": ("attack.", "md.", "random."), "labels": ("periodic_dft.", "dft.")}
 
 
 def _problem(error: dict, root: type[BaseModel]) -> str:
@@ -322,16 +363,20 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         others = _kinds_with_key(root, raw_loc)
         if others:
-            return (f"{key}: unknown key for {key.rsplit('.', 1)[0]}.kind {raw_loc[-2]} (a "
-                    f"setting of kind {' and '.join(others)}: choose that kind, or drop it)")
+            return (
+                f"{key}: unknown key for {key.rsplit('.', 1)[0]}.kind {raw_loc[-2]} (a "
+                f"setting of kind {' and '.join(others)}: choose that kind, or drop it)"
+            )
         close = difflib.get_close_matches(str(loc[-1]), list(siblings), n=1)
         guess = f"; did you mean {close[0]!r}?" if close else ""
         return f"{key}: unknown key{guess} (check its spelling; {_EXAMPLE})"
     if kind == "missing":
         return f"{key}: required key is missing; add it ({_EXAMPLE})"
     if kind == "union_tag_invalid":
-        return (f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of "
-                f"{', '.join(_union_kinds(root, raw_loc))}")
+        return (
+            f"{key}: unknown kind {short_repr(value.get('kind'))}; use one of "
+            f"{', '.join(_union_kinds(root, raw_loc))}"
+        )
     if kind == "union_tag_not_found":
         return f"{key}: say which runner with kind: one of {', '.join(_union_kinds(root, raw_loc))}"
     if kind in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
@@ -378,8 +423,9 @@ def _kinds_with_key(root: type[BaseModel], loc: tuple) -> list[str]:
     members = _union_members(_field_types(section).get(loc[-3]) if len(loc) >= 3 else None)
     if str(loc[-2]) not in members:
         return []
-    return [k for k, member in members.items()
-            if k != str(loc[-2]) and loc[-1] in _field_types(member)]
+    return [
+        k for k, member in members.items() if k != str(loc[-2]) and loc[-1] in _field_types(member)
+    ]
 
 
 def _union_kinds(root: type[BaseModel], loc: tuple) -> list[str]:
@@ -400,11 +446,11 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> list
 
 _FORMAT_HINTS = {
     ".xyz": "an xyz file: the atom count, a comment line, then one 'symbol x y z' line per "
-            "atom, in Å",
+    "atom, in Å",
     ".extxyz": "an extended xyz file: the atom count, a Lattice=... Properties=... line, then "
-               "one line per atom",
+    "one line per atom",
     ".cif": "a CIF file: cell lengths and angles, and an atom_site loop with fractional "
-            "coordinates",
+    "coordinates",
 }
 
 
@@ -414,22 +460,30 @@ def read_structures(path: Path) -> list[Atoms]:
     from ase.io import read
 
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; give the structure file itself (xyz, extxyz, "
-                         "CIF, ... as ase.io.read reads)")
+        raise ValueError(
+            f"{path} is a folder; give the structure file itself (xyz, extxyz, "
+            "CIF, ... as ase.io.read reads)"
+        )
     if not path.exists():
-        raise ValueError(f"structure file {path} not found; check the path (a relative path "
-                         "is read from the config file's folder)")
+        raise ValueError(
+            f"structure file {path} not found; check the path (a relative path "
+            "is read from the config file's folder)"
+        )
     if not path.is_file():  # /dev/zero would be read for ever, a named pipe wait for ever
-        raise ValueError(f"{path} is not a regular file (a {_file_kind(path)}); give the "
-                         "structure file itself (xyz, extxyz, CIF, ... as ase.io.read reads)")
+        raise ValueError(
+            f"{path} is not a regular file (a {_file_kind(path)}); give the "
+            "structure file itself (xyz, extxyz, CIF, ... as ase.io.read reads)"
+        )
     try:
         with path.open("rb") as f:
             empty = not f.read(1)
     except OSError as err:
-        raise ValueError(f"structure file {path} cannot be opened ({err.strerror}); make it "
-                         "readable (chmod u+r)") from err
-    fmt = _FORMAT_HINTS.get(path.suffix.lower(), "a file ase.io.read reads (the format comes "
-                                                  "from the extension)")
+        raise ValueError(
+            f"structure file {path} cannot be opened ({err.strerror}); make it readable (chmod u+r)"
+        ) from err
+    fmt = _FORMAT_HINTS.get(
+        path.suffix.lower(), "a file ase.io.read reads (the format comes from the extension)"
+    )
     if empty:
         raise ValueError(f"structure file {path} is empty; it must be {fmt}")
     try:
@@ -439,11 +493,17 @@ def read_structures(path: Path) -> list[Atoms]:
     except KeyError as err:  # ASE's lookup of an element symbol
         symbol = err.args[0] if err.args else None
         if isinstance(symbol, str) and symbol not in chemical_symbols:
-            raise ValueError(f"structure file {path} names an unknown element {symbol!r}; use "
-                             "element symbols such as H, C, N, O, Cl (capital letter first)") from err
-        raise ValueError(f"structure file {path} could not be read ({err!r}); it must be {fmt}") from err
+            raise ValueError(
+                f"structure file {path} names an unknown element {symbol!r}; use "
+                "element symbols such as H, C, N, O, Cl (capital letter first)"
+            ) from err
+        raise ValueError(
+            f"structure file {path} could not be read ({err!r}); it must be {fmt}"
+        ) from err
     except Exception as err:  # ASE raises many types for malformed files
-        raise ValueError(f"structure file {path} could not be read ({err}); it must be {fmt}") from err
+        raise ValueError(
+            f"structure file {path} could not be read ({err}); it must be {fmt}"
+        ) from err
     if not frames:
         raise ValueError(f"structure file {path} holds no structures; it must be {fmt}")
     for k, atoms in enumerate(frames):
@@ -456,7 +516,8 @@ def read_structures(path: Path) -> list[Atoms]:
                 f"occupied ({species}), a disordered crystal that would be read as one species "
                 "on a full site; give an ordered structure with one atom per site (a supercell "
                 "with each site's species chosen, e.g. by pymatgen's "
-                "OrderDisorderedStructureTransformation)")
+                "OrderDisorderedStructureTransformation)"
+            )
     return frames
 
 
@@ -491,8 +552,10 @@ def _geometry_problem(reason: str) -> str:
     """A reason from :func:`check_geometry`, with what to do about it."""
     if reason.startswith("not finite"):
         return f"{reason}; give every coordinate as a finite number, in Å"
-    return (f"{reason}; move them apart (positions are read in Å: check the file's units "
-            "and that no atom is listed twice)")
+    return (
+        f"{reason}; move them apart (positions are read in Å: check the file's units "
+        "and that no atom is listed twice)"
+    )
 
 
 def check_inputs(config: RunConfig) -> list[str]:
@@ -505,21 +568,27 @@ def check_inputs(config: RunConfig) -> list[str]:
     except ValueError as err:
         return [f"system.structures: {err}"]
     if len({tuple(a.numbers) for a in frames}) > 1:
-        problems.append("system.structures: all structures must have the same atoms in the "
-                        "same order (one composition per run); split them into one run per "
-                        "composition")
+        problems.append(
+            "system.structures: all structures must have the same atoms in the "
+            "same order (one composition per run); split them into one run per "
+            "composition"
+        )
     for k, atoms in enumerate(frames):
         where = f"system.structures frame {k}"
         if len(atoms) == 0:
             problems.append(f"{where}: has no atoms; give at least one atom per structure")
             continue
         if atoms.pbc.any() and not atoms.pbc.all():
-            problems.append(f"{where}: pbc must be all true or all false, "
-                            f"got {atoms.pbc.tolist()}")
+            problems.append(f"{where}: pbc must be all true or all false, got {atoms.pbc.tolist()}")
         try:  # the clash limit only: a starting structure may be several molecules
-            reason = check_geometry(atoms.numbers, atoms.positions,
-                                    config.geometry.min_distance_factor, 1e9,
-                                    atoms.cell.array, atoms.pbc)
+            reason = check_geometry(
+                atoms.numbers,
+                atoms.positions,
+                config.geometry.min_distance_factor,
+                1e9,
+                atoms.cell.array,
+                atoms.pbc,
+            )
         except ValueError as err:  # e.g. a dummy atom (X, atomic number 0)
             problems.append(f"{where}: {err}; use real element symbols")
             continue
@@ -536,12 +605,16 @@ def _runner_problems(runners: RunnersConfig) -> list[str]:
     out = []
     for phase in ("training", "labelling"):
         kind = getattr(runners, phase).kind
-        needed = {"dask": ("prefect_dask", "distributed"),
-                  "slurm": ("prefect_dask", "distributed", "dask_jobqueue")}.get(kind, ())
+        needed = {
+            "dask": ("prefect_dask", "distributed"),
+            "slurm": ("prefect_dask", "distributed", "dask_jobqueue"),
+        }.get(kind, ())
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
-            out.append(f"runners.{phase}: kind {kind} needs {', '.join(missing)}, not installed: "
-                       "pip install 'advloop[cluster]'")
+            out.append(
+                f"runners.{phase}: kind {kind} needs {', '.join(missing)}, not installed: "
+                "pip install 'advloop[cluster]'"
+            )
     return out
 
 
@@ -569,15 +642,19 @@ def check_run_folder(config: RunConfig) -> list[str]:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        return [f"output_dir: cannot write in {existing} ({err.strerror}), where {where} goes; "
-                f"make it writable {instead}"]
+        return [
+            f"output_dir: cannot write in {existing} ({err.strerror}), where {where} goes; "
+            f"make it writable {instead}"
+        ]
     need = config.compute.min_free_disk_mb
     free = shutil.disk_usage(existing).free // 1_000_000
     if need and free < need:
-        return [f"output_dir: {existing} has {free} MB free on its disk, less than "
-                f"compute.min_free_disk_mb ({need} MB) for the checkpoints and labels of {where}; "
-                "free some space, choose an output_dir on another disk (or advloop run "
-                "--output-dir), or lower compute.min_free_disk_mb (0 turns the check off)"]
+        return [
+            f"output_dir: {existing} has {free} MB free on its disk, less than "
+            f"compute.min_free_disk_mb ({need} MB) for the checkpoints and labels of {where}; "
+            "free some space, choose an output_dir on another disk (or advloop run "
+            "--output-dir), or lower compute.min_free_disk_mb (0 turns the check off)"
+        ]
     return []
 
 

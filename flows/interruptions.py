@@ -26,14 +26,27 @@ from prefect.states import Cancelled, Crashed, State
 
 from advloop.flows.run_folder import RunLayout
 
-__all__ = ["DiskFullError", "disk_full_message", "interrupted_message", "interrupted_state",
-           "exception_chain", "is_disk_full", "kept", "requested_by_runner"]
+__all__ = [
+    "DiskFullError",
+    "disk_full_message",
+    "interrupted_message",
+    "interrupted_state",
+    "exception_chain",
+    "is_disk_full",
+    "kept",
+    "requested_by_runner",
+]
 
 # What libraries say when a write fails for want of space, where they do not raise an
 # OSError with errno ENOSPC: h5py ("errno = 28"), torch's zip writer ("file write
 # failed"), SQLite ("database or disk is full").
-_FULL = ("no space left on device", "errno = 28", "file write failed", "disk is full",
-         "quota exceeded")
+_FULL = (
+    "no space left on device",
+    "errno = 28",
+    "file write failed",
+    "disk is full",
+    "quota exceeded",
+)
 
 
 class DiskFullError(OSError):
@@ -73,24 +86,33 @@ def _mount_point(path: Path) -> Path:
 
 def kept(layout: RunLayout) -> str:
     """What the run folder holds, in words: ``24 labels, 3 committees``."""
-    labels = sum(1 for p in layout.labels.glob("*/*.npz") if not p.name.endswith(".tmp.npz")) \
-        if layout.labels.is_dir() else 0
+    labels = (
+        sum(1 for p in layout.labels.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))
+        if layout.labels.is_dir()
+        else 0
+    )
     committees = len(layout.trained_generations())
-    return f"{labels} label{'s' * (labels != 1)} and {committees} committee{'s' * (committees != 1)}"
+    return (
+        f"{labels} label{'s' * (labels != 1)} and {committees} committee{'s' * (committees != 1)}"
+    )
 
 
 def disk_full_message(err: BaseException, layout: RunLayout) -> str:
     """``disk full: ...`` naming the disk, the file being written and what to do."""
-    written = next((e.filename for e in exception_chain(err) if isinstance(e, OSError) and e.filename), None)
+    written = next(
+        (e.filename for e in exception_chain(err) if isinstance(e, OSError) and e.filename), None
+    )
     where = Path(written) if written else layout.root
     disk = _mount_point(where)
     free_mb = shutil.disk_usage(disk).free / 1e6
     path = f" writing {written}" if written else ""
-    return (f"disk full: the disk mounted at {disk}, which holds the run folder {layout.root}, "
-            f"has {free_mb:.0f} MB free{path} ({next(exception_chain(err)).__class__.__name__}: "
-            f"{str(err).splitlines()[0][:200] if str(err) else 'no space'}). Nothing computed is "
-            f"lost ({kept(layout)} are kept): free some space there, or move the run folder "
-            "to another disk and point output_dir at it, then re-run the same command to resume")
+    return (
+        f"disk full: the disk mounted at {disk}, which holds the run folder {layout.root}, "
+        f"has {free_mb:.0f} MB free{path} ({next(exception_chain(err)).__class__.__name__}: "
+        f"{str(err).splitlines()[0][:200] if str(err) else 'no space'}). Nothing computed is "
+        f"lost ({kept(layout)} are kept): free some space there, or move the run folder "
+        "to another disk and point output_dir at it, then re-run the same command to resume"
+    )
 
 
 def _signal_of(err: BaseException) -> signal.Signals:
@@ -102,10 +124,15 @@ def _signal_of(err: BaseException) -> signal.Signals:
 def interrupted_message(err: BaseException, layout: RunLayout) -> str:
     """``stopped by SIGTERM ...``: what stopped the run, what is kept, how to resume."""
     sig = _signal_of(err)
-    why = ("Ctrl-C" if sig == signal.SIGINT
-           else "a batch system's preemption or time limit, scancel, or a worker stopping")
-    return (f"stopped by {sig.name} ({why}); nothing is torn and {kept(layout)} are kept in "
-            f"{layout.root}: re-run the same command to resume")
+    why = (
+        "Ctrl-C"
+        if sig == signal.SIGINT
+        else "a batch system's preemption or time limit, scancel, or a worker stopping"
+    )
+    return (
+        f"stopped by {sig.name} ({why}); nothing is torn and {kept(layout)} are kept in "
+        f"{layout.root}: re-run the same command to resume"
+    )
 
 
 def requested_by_runner(err: BaseException) -> bool:

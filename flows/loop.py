@@ -47,9 +47,21 @@ from advloop.flows.steps import (
 from advloop.flows.timing import Timed, split_generation, timed
 from advloop.potentials.dataset import Dataset
 
-__all__ = ["ActiveLearningLoop", "Finished", "GenerationOutcome", "Jobs", "LabellingError",
-           "LocalJobs", "check_failures", "decide", "labelling_needed", "mean_member_metrics",
-           "run_generation", "run_locally", "wall_time_stop"]
+__all__ = [
+    "ActiveLearningLoop",
+    "Finished",
+    "GenerationOutcome",
+    "Jobs",
+    "LabellingError",
+    "LocalJobs",
+    "check_failures",
+    "decide",
+    "labelling_needed",
+    "mean_member_metrics",
+    "run_generation",
+    "run_locally",
+    "wall_time_stop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +86,18 @@ class Jobs(Protocol):
     def label(self, config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
         """Label ``generation``'s ``selected`` candidates and append them to the dataset."""
 
-    def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]: ...
+    def evaluate(
+        self, config: RunConfig, generation: int, indices: list[int]
+    ) -> dict[str, float]: ...
 
-    def generation(self, config: RunConfig, generation: int, max_selected: int, final: bool,
-                   deadline: float | None) -> GenerationOutcome:
+    def generation(
+        self,
+        config: RunConfig,
+        generation: int,
+        max_selected: int,
+        final: bool,
+        deadline: float | None,
+    ) -> GenerationOutcome:
         """One generation: :func:`run_generation` with these jobs (an executor may run it
         as a unit of its own, such as a Prefect sub-flow)."""
 
@@ -86,8 +106,9 @@ def mean_member_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]
     """A committee's training metrics: the members' mean of each, and divergence retries
     (members retrained at a lower learning rate after their training diverged) as a total."""
     keys = ("val_forces_mae", "val_energy_mae", "seconds", "epochs")
-    mean = {k: sum(m[k] for m in metrics) / len(metrics) for k in keys
-            if all(k in m for m in metrics)}
+    mean = {
+        k: sum(m[k] for m in metrics) / len(metrics) for k in keys if all(k in m for m in metrics)
+    }
     return {**mean, "divergence_retries": int(sum(m.get("divergence_retries", 0) for m in metrics))}
 
 
@@ -107,8 +128,12 @@ class LocalJobs:
         return self._timed("labelling", initial_dataset, config)
 
     def train(self, config: RunConfig, generation: int) -> dict[str, float]:
-        return mean_member_metrics([self._timed("training", train_step, config, generation, k)
-                                    for k in range(config.committee.n_members)])
+        return mean_member_metrics(
+            [
+                self._timed("training", train_step, config, generation, k)
+                for k in range(config.committee.n_members)
+            ]
+        )
 
     def explore(self, config: RunConfig, generation: int) -> ExploreReport:
         return self._timed("exploration", explore_step, config, generation)
@@ -122,27 +147,37 @@ class LocalJobs:
     def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
         return self._timed("labelling", evaluate_step, config, generation, indices)
 
-    def generation(self, config: RunConfig, generation: int, max_selected: int, final: bool,
-                   deadline: float | None) -> GenerationOutcome:
+    def generation(
+        self,
+        config: RunConfig,
+        generation: int,
+        max_selected: int,
+        final: bool,
+        deadline: float | None,
+    ) -> GenerationOutcome:
         return run_generation(config, self, generation, max_selected, final, deadline)
 
 
 # ---------------------------------------------------------------------------------------
 # The stop policy.
 
+
 def wall_time_stop(config: RunConfig, elapsed_seconds: float) -> StopDecision | None:
     """The wall-time budget's decision after ``elapsed_seconds`` of this invocation."""
     limit = config.budget.max_wall_hours
     if limit is None or elapsed_seconds < limit * 3600:
         return None
-    return StopDecision("max_wall_time",
-                        f"wall-time budget spent: {elapsed_seconds / 3600:.3g} h in this "
-                        f"invocation, budget.max_wall_hours = {limit:g} (re-run the same "
-                        "config to resume)")
+    return StopDecision(
+        "max_wall_time",
+        f"wall-time budget spent: {elapsed_seconds / 3600:.3g} h in this "
+        f"invocation, budget.max_wall_hours = {limit:g} (re-run the same "
+        "config to resume)",
+    )
 
 
-def decide(config: RunConfig, records: Sequence[GenerationRecord],
-           elapsed_seconds: float) -> StopDecision | None:
+def decide(
+    config: RunConfig, records: Sequence[GenerationRecord], elapsed_seconds: float
+) -> StopDecision | None:
     """Whether the run stops after the last of its generation ``records`` (in order), and
     why; None: go on. Checked in this order (the first that holds wins):
 
@@ -160,9 +195,13 @@ def decide(config: RunConfig, records: Sequence[GenerationRecord],
     last, conv, budget = records[-1], config.convergence, config.budget
     if not last.explored:
         if last.generation >= budget.max_generations:
-            return StopDecision("max_generations", "generation budget spent (budget.max_generations"
-                                f" = {budget.max_generations})")
-        return StopDecision("max_labels", f"label budget spent (budget.max_labels = {budget.max_labels})")
+            return StopDecision(
+                "max_generations",
+                f"generation budget spent (budget.max_generations = {budget.max_generations})",
+            )
+        return StopDecision(
+            "max_labels", f"label budget spent (budget.max_labels = {budget.max_labels})"
+        )
     below = 0
     for record in reversed(records):
         sigma = record.attack_sigma_f_mean
@@ -170,24 +209,34 @@ def decide(config: RunConfig, records: Sequence[GenerationRecord],
             break
         below += 1
     if below >= conv.patience:
-        return StopDecision("converged", "converged: the attacked geometries' mean force "
-                            f"uncertainty stayed below {conv.force_std_threshold:g} eV/Å for "
-                            f"{conv.patience} generation(s)")
+        return StopDecision(
+            "converged",
+            "converged: the attacked geometries' mean force "
+            f"uncertainty stayed below {conv.force_std_threshold:g} eV/Å for "
+            f"{conv.patience} generation(s)",
+        )
     above = last.candidates_above_threshold
     if conv.min_candidates and above is not None and above < conv.min_candidates:
         threshold = last.selection_threshold if last.selection_threshold is not None else math.nan
-        return StopDecision("few_candidates", f"converged: only {above} attacked geometries had a "
-                            "force uncertainty at or above the selection threshold "
-                            f"({threshold:.4g} eV/Å), fewer than "
-                            f"convergence.min_candidates = {conv.min_candidates}")
+        return StopDecision(
+            "few_candidates",
+            f"converged: only {above} attacked geometries had a "
+            "force uncertainty at or above the selection threshold "
+            f"({threshold:.4g} eV/Å), fewer than "
+            f"convergence.min_candidates = {conv.min_candidates}",
+        )
     if last.selected == 0:
-        return StopDecision("no_candidates", "no attacked geometry passed selection (all below the "
-                            "uncertainty threshold, near-duplicates or unphysical)")
+        return StopDecision(
+            "no_candidates",
+            "no attacked geometry passed selection (all below the "
+            "uncertainty threshold, near-duplicates or unphysical)",
+        )
     return wall_time_stop(config, elapsed_seconds)
 
 
-def labelling_needed(config: RunConfig, explore: ExploreReport | None = None,
-                     select: SelectReport | None = None) -> bool:
+def labelling_needed(
+    config: RunConfig, explore: ExploreReport | None = None, select: SelectReport | None = None
+) -> bool:
     """Whether a generation goes on to the next step: after exploring, while the attacked
     geometries are uncertain enough; after selecting, while enough candidates are above
     the threshold and some were selected (the rules of :func:`decide`)."""
@@ -198,8 +247,9 @@ def labelling_needed(config: RunConfig, explore: ExploreReport | None = None,
     return True
 
 
-def check_failures(config: RunConfig, report: LabelReport, what: str,
-                   generation: int | None) -> None:
+def check_failures(
+    config: RunConfig, report: LabelReport, what: str, generation: int | None
+) -> None:
     """Raise :class:`LabellingError` if more of a batch's labels failed than
     ``budget.max_failure_ratio`` allows.
 
@@ -214,11 +264,14 @@ def check_failures(config: RunConfig, report: LabelReport, what: str,
             f"{report.failed} of {requested} {what} DFT labels failed, a failure ratio of "
             f"{report.failed / requested:.3g}, above budget.max_failure_ratio = "
             f"{config.budget.max_failure_ratio}: " + "; ".join(report.failures[:3]),
-            generation=generation, report=report)
+            generation=generation,
+            report=report,
+        )
 
 
 # ---------------------------------------------------------------------------------------
 # One generation.
+
 
 @dataclass
 class GenerationOutcome:
@@ -234,8 +287,14 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.time() >= deadline
 
 
-def run_generation(config: RunConfig, jobs: Jobs, generation: int, max_selected: int,
-                   final: bool, deadline: float | None = None) -> GenerationOutcome:
+def run_generation(
+    config: RunConfig,
+    jobs: Jobs,
+    generation: int,
+    max_selected: int,
+    final: bool,
+    deadline: float | None = None,
+) -> GenerationOutcome:
     """One generation: train its committee; unless ``final``, explore, select at most
     ``max_selected`` candidates, label and append them, and evaluate the committee's
     calibration on them. Stops early (``interrupted``) before a step that would start
@@ -245,8 +304,11 @@ def run_generation(config: RunConfig, jobs: Jobs, generation: int, max_selected:
     train = jobs.train(config, generation)
     for key, value in train.items():
         setattr(record, f"train_{key}", value)
-    logger.info("generation %d: committee trained, validation force MAE %.4g eV/Å", generation,
-                train.get("val_forces_mae", float("nan")))
+    logger.info(
+        "generation %d: committee trained, validation force MAE %.4g eV/Å",
+        generation,
+        train.get("val_forces_mae", float("nan")),
+    )
     out = GenerationOutcome(record)
     if final:
         return out
@@ -256,8 +318,13 @@ def run_generation(config: RunConfig, jobs: Jobs, generation: int, max_selected:
     record.attack_sigma_f_mean, record.attack_sigma_f_max = rep.sigma_f_mean, rep.sigma_f_max
     record.attack_stopped, record.attack_seeds = rep.n_stopped, rep.n_seeds
     record.attack_candidates = rep.n_candidates
-    logger.info("generation %d: explored, %d candidates, σF mean %.4g, max %.4g eV/Å",
-                generation, rep.n_candidates, rep.sigma_f_mean, rep.sigma_f_max)
+    logger.info(
+        "generation %d: explored, %d candidates, σF mean %.4g, max %.4g eV/Å",
+        generation,
+        rep.n_candidates,
+        rep.sigma_f_mean,
+        rep.sigma_f_max,
+    )
     if not labelling_needed(config, explore=rep):
         return out
     if _past(deadline):
@@ -267,18 +334,32 @@ def run_generation(config: RunConfig, jobs: Jobs, generation: int, max_selected:
     record.candidates_above_threshold = sel.n_above
     record.selected_sigma_f_mean, record.selected_sigma_f_max = sel.sigma_f_mean, sel.sigma_f_max
     record.rejected = sel.rejected_counts()
-    logger.info("generation %d: selected %d of %d candidates above the threshold %.4g eV/Å",
-                generation, len(sel.selected), sel.n_above, sel.threshold)
+    logger.info(
+        "generation %d: selected %d of %d candidates above the threshold %.4g eV/Å",
+        generation,
+        len(sel.selected),
+        sel.n_above,
+        sel.threshold,
+    )
     if not labelling_needed(config, select=sel):
         return out
     if _past(deadline):
         return GenerationOutcome(record, interrupted=True)
     lab = jobs.label(config, generation, sel.selected)
-    logger.info("generation %d: appended %d labels (%d failed, %d from an earlier run's label "
-                "store)", generation, lab.added, lab.failed, lab.cached)
+    logger.info(
+        "generation %d: appended %d labels (%d failed, %d from an earlier run's label store)",
+        generation,
+        lab.added,
+        lab.failed,
+        lab.cached,
+    )
     check_failures(config, lab, "adversarial", generation)
     calibration = jobs.evaluate(config, generation, lab.indices)
-    record.labels_added, record.labels_failed, record.labels_cached = lab.added, lab.failed, lab.cached
+    record.labels_added, record.labels_failed, record.labels_cached = (
+        lab.added,
+        lab.failed,
+        lab.cached,
+    )
     for key, value in calibration.items():
         setattr(record, f"calibration_{key}", value)
     return out
@@ -286,6 +367,7 @@ def run_generation(config: RunConfig, jobs: Jobs, generation: int, max_selected:
 
 # ---------------------------------------------------------------------------------------
 # The run.
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -323,8 +405,12 @@ class ActiveLearningLoop:
 
         self.initial = initial = jobs.label_initial(config)
         check_failures(config, initial, "initial", None)
-        logger.info("initial dataset: %d structures labelled, %d failed, %d already known",
-                    initial.added, initial.failed, initial.skipped_known)
+        logger.info(
+            "initial dataset: %d structures labelled, %d failed, %d already known",
+            initial.added,
+            initial.failed,
+            initial.skipped_known,
+        )
         done = {r.generation: r for r in run_folder.read_generations(layout.root)}
         for g in range(config.budget.max_generations + 1):
             labels_used = sum(r.labels for r in self.records)
@@ -338,8 +424,9 @@ class ActiveLearningLoop:
                     self.decision = out_of_time()
                     break
                 t0, intervals = time.time(), len(jobs.clock)
-                outcome = jobs.generation(config, g, config.budget.max_labels - labels_used,
-                                          final, deadline)
+                outcome = jobs.generation(
+                    config, g, config.budget.max_labels - labels_used, final, deadline
+                )
                 if outcome.interrupted:
                     self.decision = out_of_time()
                     break
@@ -354,8 +441,12 @@ class ActiveLearningLoop:
             else:
                 restored = restore_generation(config, record)
                 if restored:
-                    logger.warning("generation %d: %d labelled structures were missing from the "
-                                   "dataset; appended again from the label store", g, restored)
+                    logger.warning(
+                        "generation %d: %d labelled structures were missing from the "
+                        "dataset; appended again from the label store",
+                        g,
+                        restored,
+                    )
             self.records.append(record)
             yield Finished(record, fresh)
             self.decision = decide(config, self.records, time.time() - self.started)
@@ -363,8 +454,10 @@ class ActiveLearningLoop:
                 break
         if self.decision is None:  # the generation budget was lowered below a finished run's
             self.decision = StopDecision(
-                "max_generations", "generation budget spent "
-                f"(budget.max_generations = {config.budget.max_generations})")
+                "max_generations",
+                "generation budget spent "
+                f"(budget.max_generations = {config.budget.max_generations})",
+            )
         self._summary = self._sum_up(self.decision, initial)
         run_folder.write_summary(layout.root, self._summary)
 
@@ -408,4 +501,3 @@ def run_locally(config: RunConfig) -> RunSummary:
             raise ConfigError(str(config.run_dir()), problems)
         run_folder.write_fingerprint(config)
         return ActiveLearningLoop(config, LocalJobs()).run()
-

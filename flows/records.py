@@ -17,11 +17,18 @@ from typing import Any, Literal
 
 from advloop.adversarial.selection import RejectReason
 
-__all__ = ["CONVERGED", "GenerationRecord", "RejectReason", "RunSummary", "StopDecision",
-           "StopReason"]
+__all__ = [
+    "CONVERGED",
+    "GenerationRecord",
+    "RejectReason",
+    "RunSummary",
+    "StopDecision",
+    "StopReason",
+]
 
-StopReason = Literal["converged", "few_candidates", "no_candidates", "max_generations",
-                     "max_labels", "max_wall_time"]
+StopReason = Literal[
+    "converged", "few_candidates", "no_candidates", "max_generations", "max_labels", "max_wall_time"
+]
 #: Reasons that mean the potential is done, as opposed to a budget or the search running out.
 CONVERGED: frozenset[str] = frozenset({"converged", "few_candidates"})
 

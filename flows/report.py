@@ -64,10 +64,15 @@ class GenerationTable:
         )
 
         if self._progress is None:
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(),
-                                      console=Console(file=self.stream), transient=True,
-                                      auto_refresh=False)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+                auto_refresh=False,
+            )
             self._progress.start()
         if description not in self._bars:
             self._bars[description] = self._progress.add_task(description, total=total)
@@ -83,24 +88,36 @@ class GenerationTable:
 
     def training_started(self, generation: int, total: int) -> None:
         """``generation``'s committee of ``total`` members starts training."""
-        self._advance(f"gen {generation}: training", 0, total,
-                      f"gen {generation}: training {total} committee members")
+        self._advance(
+            f"gen {generation}: training",
+            0,
+            total,
+            f"gen {generation}: training {total} committee members",
+        )
 
-    def member_trained(self, generation: int, member: int, done: int, total: int,
-                       metrics: dict[str, float]) -> None:
+    def member_trained(
+        self, generation: int, member: int, done: int, total: int, metrics: dict[str, float]
+    ) -> None:
         """Member ``member`` of ``generation``'s committee finished (``done`` of ``total``)."""
         mae = metrics.get("val_forces_mae")
         detail = f" (val F MAE {mae:.4f} eV/Å)" if mae is not None else ""
-        self._advance(f"gen {generation}: training", done, total,
-                      f"gen {generation}: member {member} trained, {done} of {total}{detail}")
+        self._advance(
+            f"gen {generation}: training",
+            done,
+            total,
+            f"gen {generation}: member {member} trained, {done} of {total}{detail}",
+        )
 
     def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
         """``done`` of ``generation``'s ``total`` selected structures (of the initial
         ones for :data:`advloop.flows.run_folder.INITIAL`) have a label task finished, ``failed``
         of them without a label."""
         name = batch_name(generation)
-        line = (f"{name}: labelling {total} structures" if done == 0 else
-                f"{name}: {done} of {total} labels done" + (f", {failed} failed" if failed else ""))
+        line = (
+            f"{name}: labelling {total} structures"
+            if done == 0
+            else f"{name}: {done} of {total} labels done" + (f", {failed} failed" if failed else "")
+        )
         self._advance(f"{name}: labelling", done, total, line)
 
     def header(self) -> None:

@@ -74,11 +74,31 @@ from advloop.potentials.hashing import structure_hash
 if TYPE_CHECKING:
     from advloop.flows.config import RunConfig
 
-__all__ = ["INITIAL", "RunFolderBusy", "RunLayout", "append_record", "batch_name",
-           "config_sha256", "fingerprint", "hold", "read_candidates", "read_initial",
-           "read_generations", "read_records", "read_selection", "read_summary", "record_config", "resume_problems",
-           "append_generation", "write_atomic", "write_candidates", "write_summary", "write_fingerprint", "write_initial",
-           "write_selection"]
+__all__ = [
+    "INITIAL",
+    "RunFolderBusy",
+    "RunLayout",
+    "append_record",
+    "batch_name",
+    "config_sha256",
+    "fingerprint",
+    "hold",
+    "read_candidates",
+    "read_initial",
+    "read_generations",
+    "read_records",
+    "read_selection",
+    "read_summary",
+    "record_config",
+    "resume_problems",
+    "append_generation",
+    "write_atomic",
+    "write_candidates",
+    "write_summary",
+    "write_fingerprint",
+    "write_initial",
+    "write_selection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +195,7 @@ class RunFolderBusy(RuntimeError):
 # ---------------------------------------------------------------------------------------
 # Files written whole.
 
+
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, fsync,
     rename), with permissions ``mode``."""
@@ -199,7 +220,9 @@ def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
         if not line.strip():
             continue
         try:
@@ -207,9 +230,13 @@ def read_records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict) or "generation" not in record:
-            logger.warning("%s line %d is not a whole record (the file was cut or edited); "
-                           "skipped: that generation is recomputed from the run folder's "
-                           "files, nothing is labelled again", path, number)
+            logger.warning(
+                "%s line %d is not a whole record (the file was cut or edited); "
+                "skipped: that generation is recomputed from the run folder's "
+                "files, nothing is labelled again",
+                path,
+                number,
+            )
             continue
         records.append(record)
     return records
@@ -286,9 +313,11 @@ def hold(root: Path) -> Iterator[None]:
                     f"the run folder {root} is in use by another advloop run ({_holder(path)}); "
                     "wait for it to finish or stop it, or give this run another system.name or "
                     "output_dir (two runs of one folder would label and record the same "
-                    "generations twice)") from None
-            info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                               "since": time.time()})
+                    "generations twice)"
+                ) from None
+            info = json.dumps(
+                {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+            )
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
             _HELD[path] = [fd, 1]
@@ -305,6 +334,7 @@ def hold(root: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------
 # What defines a run's data.
+
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, Mapping) and value:
@@ -352,8 +382,10 @@ def _stored_fingerprint(layout: RunLayout) -> dict[str, Any] | None:
 
 
 def _has_data(layout: RunLayout) -> bool:
-    return any(p.exists() for p in (layout.dataset, layout.initial_structures, layout.labels,
-                                    layout.generations))
+    return any(
+        p.exists()
+        for p in (layout.dataset, layout.initial_structures, layout.labels, layout.generations)
+    )
 
 
 def resume_problems(config: RunConfig) -> list[str]:
@@ -373,10 +405,12 @@ def resume_problems(config: RunConfig) -> list[str]:
         return text if key != "system.structures" else f"structures {text[1:13]}…"
 
     lines = [f"{key}: {show(key, old[key])} → {show(key, new[key])}" for key in changed]
-    lines.append(f"the run folder {layout.root} holds data made with the settings on the left: "
-                 "resuming it with these would mix them in one dataset; put them back, or "
-                 "start a new run with another system.name or output_dir (advloop run "
-                 "--output-dir)")
+    lines.append(
+        f"the run folder {layout.root} holds data made with the settings on the left: "
+        "resuming it with these would mix them in one dataset; put them back, or "
+        "start a new run with another system.name or output_dir (advloop run "
+        "--output-dir)"
+    )
     return lines
 
 
@@ -387,11 +421,23 @@ def write_fingerprint(config: RunConfig) -> bool:
     if _stored_fingerprint(layout) is not None:
         return False
     if _has_data(layout):
-        logger.warning("%s has no fingerprint.json (made by an older advloop): taking this "
-                       "config's data settings as the run's from now on", layout.root)
-    write_atomic(layout.fingerprint, json.dumps(
-        {"version": FINGERPRINT_VERSION, "created": time.time(),
-         "settings": fingerprint(config)}, indent=1) + "\n")
+        logger.warning(
+            "%s has no fingerprint.json (made by an older advloop): taking this "
+            "config's data settings as the run's from now on",
+            layout.root,
+        )
+    write_atomic(
+        layout.fingerprint,
+        json.dumps(
+            {
+                "version": FINGERPRINT_VERSION,
+                "created": time.time(),
+                "settings": fingerprint(config),
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     return True
 
 
@@ -417,9 +463,9 @@ def record_config(config: RunConfig) -> str:
     return sha
 
 
-
 # ---------------------------------------------------------------------------------------
 # Structures: the initial batch, each generation's candidates and its selection.
+
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` whole: a temporary file beside it, then a rename."""
@@ -433,20 +479,32 @@ def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         raise
 
 
-def _frames(numbers: np.ndarray, positions: np.ndarray, starts: np.ndarray,
-            cells: np.ndarray, pbc: np.ndarray) -> list[Atoms]:
-    return [Atoms(numbers=numbers[a:b], positions=positions[a:b], cell=cells[k], pbc=pbc[k])
-            for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+def _frames(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    starts: np.ndarray,
+    cells: np.ndarray,
+    pbc: np.ndarray,
+) -> list[Atoms]:
+    return [
+        Atoms(numbers=numbers[a:b], positions=positions[a:b], cell=cells[k], pbc=pbc[k])
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
+    ]
 
 
 def write_initial(layout: RunLayout, structures: list[Atoms]) -> None:
     """Keep the initial structures (the displaced starting structures), exactly."""
     starts = np.concatenate([[0], np.cumsum([len(a) for a in structures])]).astype(np.int64)
-    _save_npz(layout.initial_structures, {
-        "numbers": np.concatenate([a.numbers for a in structures]),
-        "positions": np.concatenate([a.positions for a in structures]),
-        "starts": starts, "cells": np.stack([a.cell.array for a in structures]),
-        "pbc": np.stack([a.pbc for a in structures])})
+    _save_npz(
+        layout.initial_structures,
+        {
+            "numbers": np.concatenate([a.numbers for a in structures]),
+            "positions": np.concatenate([a.positions for a in structures]),
+            "starts": starts,
+            "cells": np.stack([a.cell.array for a in structures]),
+            "pbc": np.stack([a.pbc for a in structures]),
+        },
+    )
 
 
 def read_initial(layout: RunLayout) -> list[Atoms]:
@@ -455,21 +513,33 @@ def read_initial(layout: RunLayout) -> list[Atoms]:
         if "starts" in f:
             return _frames(f["numbers"], f["positions"], f["starts"], f["cells"], f["pbc"])
         # one [n_structures, n_atoms] block, as advloop 0.1 wrote them
-        return [Atoms(numbers=z, positions=x, cell=c, pbc=p)
-                for z, x, c, p in zip(f["numbers"], f["positions"], f["cells"], f["pbc"])]
+        return [
+            Atoms(numbers=z, positions=x, cell=c, pbc=p)
+            for z, x, c, p in zip(f["numbers"], f["positions"], f["cells"], f["pbc"])
+        ]
 
 
-def write_candidates(layout: RunLayout, generation: int, candidates: Candidates,
-                     report: Mapping[str, Any]) -> None:
+def write_candidates(
+    layout: RunLayout, generation: int, candidates: Candidates, report: Mapping[str, Any]
+) -> None:
     """Keep a generation's candidates exactly, with the report of the exploration that
     made them. ``candidates.parent`` holds each candidate's seed as a dataset index."""
-    _save_npz(layout.candidates(generation), {
-        "numbers": candidates.numbers, "positions": candidates.positions,
-        "starts": candidates.starts, "cells": candidates.cells, "pbc": candidates.pbc,
-        "parent": candidates.parent, "sigma_f_mean": candidates.sigma_f_mean,
-        "sigma_f_max": candidates.sigma_f_max, "score": candidates.score,
-        "stopped": np.array(json.dumps({str(k): v for k, v in candidates.stopped.items()})),
-        "report": np.array(json.dumps(dict(report)))})
+    _save_npz(
+        layout.candidates(generation),
+        {
+            "numbers": candidates.numbers,
+            "positions": candidates.positions,
+            "starts": candidates.starts,
+            "cells": candidates.cells,
+            "pbc": candidates.pbc,
+            "parent": candidates.parent,
+            "sigma_f_mean": candidates.sigma_f_mean,
+            "sigma_f_max": candidates.sigma_f_max,
+            "score": candidates.score,
+            "stopped": np.array(json.dumps({str(k): v for k, v in candidates.stopped.items()})),
+            "report": np.array(json.dumps(dict(report))),
+        },
+    )
 
 
 def read_candidates(layout: RunLayout, generation: int) -> tuple[Candidates, dict[str, Any]] | None:
@@ -481,9 +551,17 @@ def read_candidates(layout: RunLayout, generation: int) -> tuple[Candidates, dic
     with np.load(path) as f:
         starts = f["starts"]
         candidates = Candidates(
-            f["numbers"], f["positions"], np.diff(starts), f["cells"], f["pbc"], f["parent"],
-            f["sigma_f_mean"], f["sigma_f_max"], f["score"],
-            {int(k): v for k, v in json.loads(str(f["stopped"])).items()})
+            f["numbers"],
+            f["positions"],
+            np.diff(starts),
+            f["cells"],
+            f["pbc"],
+            f["parent"],
+            f["sigma_f_mean"],
+            f["sigma_f_max"],
+            f["score"],
+            {int(k): v for k, v in json.loads(str(f["stopped"])).items()},
+        )
         return candidates, json.loads(str(f["report"]))
 
 
@@ -501,21 +579,31 @@ def _read_legacy_candidates(path: Path) -> tuple[Candidates, dict[str, Any]] | N
         return Candidates.empty(), report
     info = [a.info for a in frames]
     return Candidates(
-        np.concatenate([a.numbers for a in frames]), np.concatenate([a.positions for a in frames]),
-        np.array([len(a) for a in frames]), np.stack([a.cell.array for a in frames]),
-        np.stack([a.pbc for a in frames]), np.array([int(i["parent"]) for i in info]),
+        np.concatenate([a.numbers for a in frames]),
+        np.concatenate([a.positions for a in frames]),
+        np.array([len(a) for a in frames]),
+        np.stack([a.cell.array for a in frames]),
+        np.stack([a.pbc for a in frames]),
+        np.array([int(i["parent"]) for i in info]),
         np.array([float(i["forces_std_mean"]) for i in info]),
         np.array([float(i["forces_std_max"]) for i in info]),
-        np.array([float(i["score"]) for i in info])), report
+        np.array([float(i["score"]) for i in info]),
+    ), report
 
 
 def candidate_structures(candidates: Candidates, indices: list[int] | None = None) -> list[Atoms]:
     """Candidates ``indices`` (default: all) as ``ase.Atoms``, exactly as kept."""
     starts = candidates.starts
     chosen = range(len(candidates)) if indices is None else indices
-    return [Atoms(numbers=candidates.numbers[starts[k]:starts[k + 1]],
-                  positions=candidates.positions[starts[k]:starts[k + 1]],
-                  cell=candidates.cells[k], pbc=candidates.pbc[k]) for k in chosen]
+    return [
+        Atoms(
+            numbers=candidates.numbers[starts[k] : starts[k + 1]],
+            positions=candidates.positions[starts[k] : starts[k + 1]],
+            cell=candidates.cells[k],
+            pbc=candidates.pbc[k],
+        )
+        for k in chosen
+    ]
 
 
 def write_selection(layout: RunLayout, generation: int, selection: Mapping[str, Any]) -> None:

@@ -93,16 +93,21 @@ class ClusterAddresses:
 
 def local_cluster_kwargs(settings: DaskRunner) -> dict:
     """Keyword arguments of ``distributed.LocalCluster`` for a local ``dask`` runner."""
-    kwargs = {"n_workers": settings.n_workers or 2,
-              "threads_per_worker": settings.threads_per_worker or 1,
-              "processes": True, "dashboard_address": DASHBOARD, "silence_logs": logging.WARNING}
+    kwargs = {
+        "n_workers": settings.n_workers or 2,
+        "threads_per_worker": settings.threads_per_worker or 1,
+        "processes": True,
+        "dashboard_address": DASHBOARD,
+        "silence_logs": logging.WARNING,
+    }
     if settings.memory_limit is not None:
         kwargs["memory_limit"] = settings.memory_limit
     return kwargs
 
 
-def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase,
-                         tls_directory: Path | None = None) -> dict:
+def slurm_cluster_kwargs(
+    settings: SlurmRunner, phase: Phase, tls_directory: Path | None = None
+) -> dict:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a ``slurm`` runner.
 
     A job holds ``tasks_per_job`` single-threaded Dask workers (Dask's ``cores`` and
@@ -139,7 +144,9 @@ def slurm_cluster_kwargs(settings: SlurmRunner, phase: Phase,
         "scheduler_options": {"dashboard_address": DASHBOARD},
     }
     if settings.tls:
-        kwargs.update(security=True, shared_temp_directory=str(tls_directory) if tls_directory else None)
+        kwargs.update(
+            security=True, shared_temp_directory=str(tls_directory) if tls_directory else None
+        )
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -161,14 +168,18 @@ def task_runner(settings: RunnerSettings, phase: Phase, address: str | None = No
     address = getattr(settings, "address", None) or address
     if address is not None:
         security = _SECURITY.get(address)
-        return DaskTaskRunner(address=address,
-                              client_kwargs={"security": security} if security is not None else None)
+        return DaskTaskRunner(
+            address=address, client_kwargs={"security": security} if security is not None else None
+        )
     if isinstance(settings, DaskRunner):
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                              cluster_kwargs=local_cluster_kwargs(settings))
-    return DaskTaskRunner(cluster_class="dask_jobqueue.SLURMCluster",
-                          cluster_kwargs=slurm_cluster_kwargs(settings, phase),
-                          adapt_kwargs=slurm_adapt_kwargs(settings))
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(settings)
+        )
+    return DaskTaskRunner(
+        cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs=slurm_cluster_kwargs(settings, phase),
+        adapt_kwargs=slurm_adapt_kwargs(settings),
+    )
 
 
 def _start_cluster(settings: RunnerSettings, phase: Phase, tls_directory: Path):
@@ -209,9 +220,16 @@ def check_api_reachable(config: RunConfig, api_url: str | None = None) -> None:
     for phase in PHASES:
         settings = getattr(config.runners, phase)
         remote = isinstance(settings, SlurmRunner) or (
-            isinstance(settings, DaskRunner) and settings.address is not None
-            and (urlparse(settings.address if "://" in settings.address
-                          else f"tcp://{settings.address}").hostname or "") not in _LOOPBACK)
+            isinstance(settings, DaskRunner)
+            and settings.address is not None
+            and (
+                urlparse(
+                    settings.address if "://" in settings.address else f"tcp://{settings.address}"
+                ).hostname
+                or ""
+            )
+            not in _LOOPBACK
+        )
         if remote:
             where = f"the Prefect API at {url}" if url else "Prefect's temporary local server"
             raise RunnerError(
@@ -219,7 +237,8 @@ def check_api_reachable(config: RunConfig, api_url: str | None = None) -> None:
                 f"to the Prefect API, but {where} is reachable from this machine only. Start a "
                 "server the compute nodes can reach (prefect server start --host 0.0.0.0) and "
                 "export PREFECT_API_URL=http://<this host>:4200/api before running "
-                "(infra/slurm/README.md)")
+                "(infra/slurm/README.md)"
+            )
 
 
 @contextmanager
@@ -233,8 +252,9 @@ def open_clusters(config: RunConfig) -> Iterator[ClusterAddresses]:
     with ExitStack() as stack:
         addresses = {}
         for phase in PHASES:
-            cluster = _start_cluster(getattr(config.runners, phase), phase,
-                                     config.run_dir() / ".dask-tls")
+            cluster = _start_cluster(
+                getattr(config.runners, phase), phase, config.run_dir() / ".dask-tls"
+            )
             if cluster is not None:
                 stack.enter_context(cluster)
                 addresses[phase] = address = cluster.scheduler_address
@@ -288,8 +308,10 @@ def slurm_job_script(settings: SlurmRunner, phase: Phase = "labelling") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m advloop.flows.runners CONFIG [--phase P]``: print the Slurm job scripts."""
-    parser = argparse.ArgumentParser(description="Print the Slurm job script of each Slurm "
-                                     "runner of a run config (submits nothing).")
+    parser = argparse.ArgumentParser(
+        description="Print the Slurm job script of each Slurm "
+        "runner of a run config (submits nothing)."
+    )
     parser.add_argument("config", help="a run config (YAML)")
     parser.add_argument("--phase", choices=PHASES, help="only this phase's runner")
     args = parser.parse_args(argv)
@@ -301,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     phases = [args.phase] if args.phase else list(PHASES)
     slurm = [p for p in phases if isinstance(getattr(config.runners, p), SlurmRunner)]
     if not slurm:
-        print(f"{args.config}: no Slurm runner for {' or '.join(phases)} "
-              f"(runners: {', '.join(f'{p}: {getattr(config.runners, p).kind}' for p in PHASES)})",
-              file=sys.stderr)
+        print(
+            f"{args.config}: no Slurm runner for {' or '.join(phases)} "
+            f"(runners: {', '.join(f'{p}: {getattr(config.runners, p).kind}' for p in PHASES)})",
+            file=sys.stderr,
+        )
         return 1
     for phase in slurm:
         settings = getattr(config.runners, phase)
-        print(f"# runners.{phase}: the script of each job ({settings.min_jobs} to "
-              f"{settings.max_jobs} at once)")
+        print(
+            f"# runners.{phase}: the script of each job ({settings.min_jobs} to "
+            f"{settings.max_jobs} at once)"
+        )
         print(slurm_job_script(settings, phase))
     return 0
 

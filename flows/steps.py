@@ -67,8 +67,9 @@ class LabellingError(RuntimeError):
     """Too many DFT labels failed for the run to go on. ``generation``: the batch's
     generation (None: the initial labels); ``report``: the batch's report."""
 
-    def __init__(self, message: str, generation: int | None = None,
-                 report: LabelReport | None = None):
+    def __init__(
+        self, message: str, generation: int | None = None, report: LabelReport | None = None
+    ):
         super().__init__(message)
         self.generation, self.report = generation, report
 
@@ -103,8 +104,12 @@ def _set_aside_if_damaged(path: Path) -> None:
         reason = f"{type(err).__name__}: {err}"
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     path.replace(aside)
-    logger.warning("%s does not read (%s); kept as %s, and the dataset is rebuilt from the "
-                   "run's label store", path, reason, aside.name)
+    logger.warning(
+        "%s does not read (%s); kept as %s, and the dataset is rebuilt from the run's label store",
+        path,
+        reason,
+        aside.name,
+    )
 
 
 def prepare_initial(config: RunConfig) -> list[int]:
@@ -115,8 +120,10 @@ def prepare_initial(config: RunConfig) -> list[int]:
     _set_aside_if_damaged(layout.dataset)
     Dataset.create(layout.dataset, exist_ok=True)
     if not layout.initial_structures.exists():
-        write_initial(layout, initial_structures(
-            config, _rng(config, _INITIAL_STREAM, config.initial_data.seed)))
+        write_initial(
+            layout,
+            initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed)),
+        )
     known = set(Dataset(layout.dataset).hashes())
     return [k for k, a in enumerate(read_initial(layout)) if structure_hash(a) not in known]
 
@@ -125,7 +132,8 @@ def _check_initial(dataset: Dataset, report: LabelReport) -> LabelReport:
     if len(dataset) < 2:
         raise LabellingError(
             f"only {len(dataset)} initial structure(s) could be labelled (need at least 2): "
-            + "; ".join(report.failures[:3]))
+            + "; ".join(report.failures[:3])
+        )
     return report
 
 
@@ -153,15 +161,20 @@ def train_step(config: RunConfig, generation: int, member: int) -> dict[str, flo
     return metrics
 
 
-def _train_member(config: RunConfig, generation: int, member: int,
-                  layout: RunLayout) -> tuple[EnergyModel, dict[str, float]]:
+def _train_member(
+    config: RunConfig, generation: int, member: int, layout: RunLayout
+) -> tuple[EnergyModel, dict[str, float]]:
     device = resolve_device(config.compute.device)
     data = Dataset(layout.dataset).arrays()
-    train_idx, val_idx = split_indices(len(data), config.training.val_fraction,
-                                       _rng(config, _SPLIT_STREAM, generation))
+    train_idx, val_idx = split_indices(
+        len(data), config.training.val_fraction, _rng(config, _SPLIT_STREAM, generation)
+    )
     if config.committee.bootstrap:
-        train_idx = np.sort(_rng(config, _BOOTSTRAP_STREAM, member, generation).choice(
-            train_idx, size=len(train_idx), replace=True))
+        train_idx = np.sort(
+            _rng(config, _BOOTSTRAP_STREAM, member, generation).choice(
+                train_idx, size=len(train_idx), replace=True
+            )
+        )
     previous = layout.member_checkpoint(generation - 1, member)
     warm = config.committee.warm_start and generation > 0 and previous.exists()
     if warm:
@@ -170,13 +183,24 @@ def _train_member(config: RunConfig, generation: int, member: int,
         seed = int(_rng(config, _MEMBER_STREAM, member).integers(2**31))
         model = EnergyModel(config.model, torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
-    result = train_member(model, data.subset(train_idx), data.subset(val_idx) if len(val_idx) else None,
-                          config.training, _rng(config, _MEMBER_STREAM, member, generation),
-                          warm_start=warm, device=device,
-                          name=f"generation {generation} member {member}")
-    metrics = {**result.metrics(), "seconds": time.perf_counter() - t0,
-               "cuda": float(device.type == "cuda"), "n_train": float(len(train_idx)), "n_train_unique": float(len(set(train_idx))),
-               "n_val": float(len(val_idx))}
+    result = train_member(
+        model,
+        data.subset(train_idx),
+        data.subset(val_idx) if len(val_idx) else None,
+        config.training,
+        _rng(config, _MEMBER_STREAM, member, generation),
+        warm_start=warm,
+        device=device,
+        name=f"generation {generation} member {member}",
+    )
+    metrics = {
+        **result.metrics(),
+        "seconds": time.perf_counter() - t0,
+        "cuda": float(device.type == "cuda"),
+        "n_train": float(len(train_idx)),
+        "n_train_unique": float(len(set(train_idx))),
+        "n_val": float(len(val_idx)),
+    }
     return model, metrics
 
 
@@ -195,14 +219,26 @@ class ExploreReport:
     n_candidates: int = 0
 
 
-def _explore(config: RunConfig, committee: Committee, seeds: Seeds, data,
-             rng: np.random.Generator, trace: Path) -> Candidates:
+def _explore(
+    config: RunConfig,
+    committee: Committee,
+    seeds: Seeds,
+    data,
+    rng: np.random.Generator,
+    trace: Path,
+) -> Candidates:
     """Run the configured exploration strategy from ``seeds``; an attack also writes its
     trajectory of objective and σ per step and seed to ``trace``."""
     strategy = config.exploration.kind
     if strategy == "adversarial":
-        candidates, result = attack(committee, seeds, data.energy, data.n_atoms, config.exploration,
-                                    torch.Generator().manual_seed(int(rng.integers(2**31))))
+        candidates, result = attack(
+            committee,
+            seeds,
+            data.energy,
+            data.n_atoms,
+            config.exploration,
+            torch.Generator().manual_seed(int(rng.integers(2**31))),
+        )
         trace.parent.mkdir(parents=True, exist_ok=True)
         np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
         return candidates
@@ -228,24 +264,35 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)
     data = dataset.arrays()
-    previous = [k for k, p in enumerate(dataset.provenance())
-                if p.generation == generation - 1 and p.strategy != "initial"]
+    previous = [
+        k
+        for k, p in enumerate(dataset.provenance())
+        if p.generation == generation - 1 and p.strategy != "initial"
+    ]
     rng = _rng(config, _ATTACK_STREAM, generation)
-    chosen = choose_seeds(data.energy / data.n_atoms, config.exploration.n_seeds,
-                          config.exploration.seeds, rng, np.array(previous, dtype=np.int64))
+    chosen = choose_seeds(
+        data.energy / data.n_atoms,
+        config.exploration.n_seeds,
+        config.exploration.seeds,
+        rng,
+        np.array(previous, dtype=np.int64),
+    )
     seeds = Seeds.from_arrays(data, chosen)
-    candidates = _explore(config, committee, seeds, data, rng,
-                          layout.exploration_trace(generation))
+    candidates = _explore(config, committee, seeds, data, rng, layout.exploration_trace(generation))
     report = ExploreReport(
-        n_seeds=len(seeds), n_stopped=len(candidates.stopped),
+        n_seeds=len(seeds),
+        n_stopped=len(candidates.stopped),
         sigma_f_mean=float(candidates.sigma_f_mean.mean()) if len(candidates) else 0.0,
         sigma_f_max=float(candidates.sigma_f_max.max()) if len(candidates) else 0.0,
         seconds=time.perf_counter() - t0,
         n_candidates=len(candidates),
     )
     # parents and stopped seeds as dataset indices, which outlive this batch of seeds
-    kept_candidates = replace(candidates, parent=seeds.index[candidates.parent].astype(np.int64),
-                              stopped={int(seeds.index[k]): v for k, v in candidates.stopped.items()})
+    kept_candidates = replace(
+        candidates,
+        parent=seeds.index[candidates.parent].astype(np.int64),
+        stopped={int(seeds.index[k]): v for k, v in candidates.stopped.items()},
+    )
     write_candidates(layout, generation, kept_candidates, asdict(report))
     return report
 
@@ -278,8 +325,12 @@ class SelectReport:
 
 # Reasons as advloop 0.1 kept them (sentences), by the start that tells their kind.
 _LEGACY_REASONS: dict[str, RejectReason] = {
-    "below threshold": "below_threshold", "near-duplicate of training": "known",
-    "near-duplicate of candidate": "duplicate", "over cap": "over_cap", "not finite": "not_finite"}
+    "below threshold": "below_threshold",
+    "near-duplicate of training": "known",
+    "near-duplicate of candidate": "duplicate",
+    "over cap": "over_cap",
+    "not finite": "not_finite",
+}
 
 
 def _rejection(kept: object) -> Rejection:
@@ -290,12 +341,20 @@ def _rejection(kept: object) -> Rejection:
     return Rejection(reason, text)
 
 
-def _write_selection(layout: RunLayout, generation: int, report: SelectReport, strategy: str,
-                     hashes: list[str]) -> None:
+def _write_selection(
+    layout: RunLayout, generation: int, report: SelectReport, strategy: str, hashes: list[str]
+) -> None:
     rejected = {str(k): asdict(r) for k, r in report.rejected.items()}
-    write_selection(layout, generation, {"generation": generation, "strategy": strategy,
-                                         "hashes": hashes,
-                                         "report": {**asdict(report), "rejected": rejected}})
+    write_selection(
+        layout,
+        generation,
+        {
+            "generation": generation,
+            "strategy": strategy,
+            "hashes": hashes,
+            "report": {**asdict(report), "rejected": rejected},
+        },
+    )
 
 
 def _read_selection(layout: RunLayout, generation: int) -> tuple[SelectReport, str] | None:
@@ -329,8 +388,9 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)
     data = dataset.arrays()
-    train_pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms,
-                                          data.cell, data.pbc)
+    train_pred = committee.predict_arrays(
+        data.numbers, data.positions, data.n_atoms, data.cell, data.pbc
+    )
     settings = config.selection
     if max_selected < settings.max_selected:
         settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
@@ -352,19 +412,24 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     hashes = [structure_hash(a) for a in candidate_structures(candidates)]
     # A run folder from before selections were kept, resumed after this generation's
     # labels were appended: its choice is the candidates the dataset holds.
-    appended = {h for h, p in zip(dataset.hashes(), dataset.provenance())
-                if p.generation == generation and p.strategy != "initial"}
+    appended = {
+        h
+        for h, p in zip(dataset.hashes(), dataset.provenance())
+        if p.generation == generation and p.strategy != "initial"
+    }
     if appended:
         selected = [k for k, h in enumerate(hashes) if h in appended]
     report = SelectReport(
-        selected, float(result.threshold),
+        selected,
+        float(result.threshold),
         {int(k): v for k, v in result.rejected.items() if int(k) not in selected},
         n_above=int(np.sum(np.isfinite(sigma) & (sigma >= result.threshold))),
         sigma_f_mean=float(np.mean(sigma[selected])) if selected else float("nan"),
         sigma_f_max=float(np.max(candidates.sigma_f_max[selected])) if selected else float("nan"),
     )
-    _write_selection(layout, generation, report, config.exploration.kind,
-                     [hashes[i] for i in selected])
+    _write_selection(
+        layout, generation, report, config.exploration.kind, [hashes[i] for i in selected]
+    )
     return report
 
 
@@ -397,8 +462,9 @@ class LabelResult:
     error: str | None = None
 
 
-def label_one(config: RunConfig, generation: int, index: int,
-              atoms: Atoms | None = None) -> LabelResult:
+def label_one(
+    config: RunConfig, generation: int, index: int, atoms: Atoms | None = None
+) -> LabelResult:
     """Label candidate ``index`` of ``generation`` (or initial structure ``index`` for
     :data:`INITIAL`) into the run's label store. ``atoms``: that structure, as
     :func:`selected_structures` gives it (read from the run folder if not given).
@@ -412,13 +478,17 @@ def label_one(config: RunConfig, generation: int, index: int,
     if atoms is None:
         [atoms] = selected_structures(config, generation, [index])
     calc, theory, _ = make_calculator(config.labels)
-    [outcome] = label_structures([atoms], calc, LabelStore(RunLayout(config.run_dir()).labels), theory)
-    return LabelResult(index, label_key(atoms, theory), outcome.ok, outcome.cached,
-                       outcome.seconds, outcome.error)
+    [outcome] = label_structures(
+        [atoms], calc, LabelStore(RunLayout(config.run_dir()).labels), theory
+    )
+    return LabelResult(
+        index, label_key(atoms, theory), outcome.ok, outcome.cached, outcome.seconds, outcome.error
+    )
 
 
-def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, generation: int,
-                   parents: Sequence[int]) -> LabelReport:
+def _append_stored(
+    config: RunConfig, chosen: list[Atoms], strategy: str, generation: int, parents: Sequence[int]
+) -> LabelReport:
     """Append the stored labels of the structures ``chosen`` to the dataset, with
     provenance ``generation`` and ``strategy``, and report on the batch as a whole.
 
@@ -446,8 +516,10 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
             continue
         stored = store.get(label_key(atoms, theory), n_atoms=len(atoms))
         if stored is None:
-            failures.append(f"{strategy} structure {k}: no label in the store (its labelling "
-                            "task failed; a re-run retries it)")
+            failures.append(
+                f"{strategy} structure {k}: no label in the store (its labelling "
+                "task failed; a re-run retries it)"
+            )
         elif stored.error is not None:
             failures.append(f"{strategy} structure {k}: {stored.error}")
         else:
@@ -455,14 +527,27 @@ def _append_stored(config: RunConfig, chosen: list[Atoms], strategy: str, genera
     if new:
         # skip_known: another writer of this run folder may have appended some meanwhile
         dataset.append(
-            [chosen[k] for k, _ in new], [s.energy for _, s in new], [s.forces for _, s in new],
+            [chosen[k] for k, _ in new],
+            [s.energy for _, s in new],
+            [s.forces for _, s in new],
             [Provenance(generation, strategy, level, int(parents[k])) for k, _ in new],
-            skip_known=True)
-        index = {h: k for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))
-                 if p.generation == generation and p.strategy == strategy}
+            skip_known=True,
+        )
+        index = {
+            h: k
+            for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))
+            if p.generation == generation and p.strategy == strategy
+        }
         ours.update({k: index[structure_hash(chosen[k])] for k, _ in new})
-    return LabelReport(len(chosen), len(ours), len(failures), known,
-                       time.perf_counter() - t0, failures, [ours[k] for k in sorted(ours)])
+    return LabelReport(
+        len(chosen),
+        len(ours),
+        len(failures),
+        known,
+        time.perf_counter() - t0,
+        failures,
+        [ours[k] for k in sorted(ours)],
+    )
 
 
 def append_labels(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
@@ -473,9 +558,13 @@ def append_labels(config: RunConfig, generation: int, selected: list[int]) -> La
     store (its labelling task failed for good) counts as a failed label.
     """
     candidates = generation_candidates(config, generation)
-    return _append_stored(config, candidate_structures(candidates, selected),
-                          selection_strategy(config, generation), generation,
-                          candidates.parent[selected])
+    return _append_stored(
+        config,
+        candidate_structures(candidates, selected),
+        selection_strategy(config, generation),
+        generation,
+        candidates.parent[selected],
+    )
 
 
 def append_initial(config: RunConfig) -> LabelReport:
@@ -507,7 +596,8 @@ def restore_generation(config: RunConfig, record: GenerationRecord) -> int:
             f"ended with {expected}, and the run's label store ({layout.labels}) cannot give "
             "back the rest; restore dataset.h5 from a backup (a dataset.h5.damaged-* file "
             "beside it is the damaged original), or start a new run with another "
-            "system.name or output_dir")
+            "system.name or output_dir"
+        )
     return after - before
 
 
@@ -517,10 +607,12 @@ def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dic
     if not indices:
         return {}
     new = Dataset(RunLayout(config.run_dir()).dataset).arrays().subset(indices)
-    pred = _committee(config, generation).predict_arrays(new.numbers, new.positions, new.n_atoms,
-                                                         new.cell, new.pbc)
-    cal = force_calibration(pred.forces_std, pred.forces_mean, new.forces,
-                            np.repeat(np.arange(len(new)), new.n_atoms))
+    pred = _committee(config, generation).predict_arrays(
+        new.numbers, new.positions, new.n_atoms, new.cell, new.pbc
+    )
+    cal = force_calibration(
+        pred.forces_std, pred.forces_mean, new.forces, np.repeat(np.arange(len(new)), new.n_atoms)
+    )
     return asdict(cal)
 
 
@@ -530,6 +622,9 @@ def label_batch(config: RunConfig, generation: int, selected: list[int]) -> Labe
     labelling (:func:`label_one` tasks, then :func:`append_labels`) in this process."""
     structures = selected_structures(config, generation, selected)
     results = [label_one(config, generation, k, atoms) for k, atoms in zip(selected, structures)]
-    report = append_labels(config, generation, selected) if generation != INITIAL \
+    report = (
+        append_labels(config, generation, selected)
+        if generation != INITIAL
         else append_initial(config)
+    )
     return replace(report, cached=sum(r.cached for r in results))

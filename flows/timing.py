@@ -68,7 +68,9 @@ def split_generation(steps: Iterable[Timed], start: float, end: float) -> dict[s
         raise ValueError(f"generation ends ({end}) before it starts ({start})")
     clipped = [(s.phase, max(s.start, start), min(s.end, end)) for s in steps]
     clipped = [(p, a, b) for p, a, b in clipped if b > a]
-    out = {f"seconds_{phase}": _union_length((a, b) for p, a, b in clipped if p == phase)
-           for phase in PHASES}
+    out = {
+        f"seconds_{phase}": _union_length((a, b) for p, a, b in clipped if p == phase)
+        for phase in PHASES
+    }
     out["seconds_orchestration"] = (end - start) - _union_length((a, b) for _, a, b in clipped)
     return out

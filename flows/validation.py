@@ -40,12 +40,20 @@ from advloop.flows.run_folder import resume_problems
 __all__ = ["load_config", "moved_key_problems", "validate_config"]
 
 # Sections of the old form whose keys moved into a kind: old section -> (section, kind).
-_MOVED_SECTIONS = {"dft": ("labels", "pyscf"), "periodic_dft": ("labels", "pyscf_periodic"),
-                   "attack": ("exploration", "adversarial"), "md": ("exploration", "md"),
-                   "random": ("exploration", "random")}
+_MOVED_SECTIONS = {
+    "dft": ("labels", "pyscf"),
+    "periodic_dft": ("labels", "pyscf_periodic"),
+    "attack": ("exploration", "adversarial"),
+    "md": ("exploration", "md"),
+    "random": ("exploration", "random"),
+}
 # Keys of the old form that moved inside their section: (section, old key) -> new key.
-_RENAMED = {("labels", "calculator"): "kind", ("labels", "tblite_method"): "method",
-            ("labels", "python"): "factory", ("exploration", "strategy"): "kind"}
+_RENAMED = {
+    ("labels", "calculator"): "kind",
+    ("labels", "tblite_method"): "method",
+    ("labels", "python"): "factory",
+    ("exploration", "strategy"): "kind",
+}
 _KIND_OF_RENAMED = {("labels", "tblite_method"): "tblite", ("labels", "python"): "python"}
 
 
@@ -77,15 +85,22 @@ def moved_key_problems(raw: dict) -> list[str]:
     for (section, old_key), new_key in _RENAMED.items():
         given = raw.get(section)
         if isinstance(given, dict) and old_key in given:
-            move(f"{section}.{old_key}", section, new_key, given[old_key],
-                 _KIND_OF_RENAMED.get((section, old_key)))
+            move(
+                f"{section}.{old_key}",
+                section,
+                new_key,
+                given[old_key],
+                _KIND_OF_RENAMED.get((section, old_key)),
+            )
     for old, (section, kind) in _MOVED_SECTIONS.items():
         if old not in raw:
             continue
         value = raw[old]
         if not isinstance(value, dict) or not value:
-            out.append(f"{old}: moved into {section} (with {section}.kind: {kind}); give its "
-                       f"settings there")
+            out.append(
+                f"{old}: moved into {section} (with {section}.kind: {kind}); give its "
+                f"settings there"
+            )
             continue
         tblite = old == "dft" and labelled_by == "tblite"
         for key, item in value.items():
@@ -94,13 +109,17 @@ def moved_key_problems(raw: dict) -> list[str]:
             elif tblite and key in ("charge", "spin"):
                 move(f"dft.{key}", "labels", "charge" if key == "charge" else "uhf", item, "tblite")
             elif section == "exploration" and kind != explored_by:
-                out.append(f"{old}.{key}: moved to exploration.{key} (with exploration.kind: "
-                           f"{kind}); this run explores with {explored_by}, which does not read "
-                           "it: drop it, or choose that kind")
+                out.append(
+                    f"{old}.{key}: moved to exploration.{key} (with exploration.kind: "
+                    f"{kind}); this run explores with {explored_by}, which does not read "
+                    "it: drop it, or choose that kind"
+                )
             elif section == "labels" and kind != labelled_by:
-                out.append(f"{old}.{key}: moved to labels.{key} (with labels.kind: {kind}); "
-                           f"this run labels with {labelled_by}, which does not read it: drop "
-                           "it, or choose that kind")
+                out.append(
+                    f"{old}.{key}: moved to labels.{key} (with labels.kind: {kind}); "
+                    f"this run labels with {labelled_by}, which does not read it: drop "
+                    "it, or choose that kind"
+                )
             else:
                 move(f"{old}.{key}", section, key, item, kind)
     for section in ("exploration", "selection"):
@@ -109,18 +128,27 @@ def moved_key_problems(raw: dict) -> list[str]:
             if key in given:
                 move(f"{section}.{key}", "geometry", key, given[key], None)
     if out:
-        lines = "; ".join(f"{section}: {_flow(_merged(raw.get(section), keys))}"
-                          for section, keys in new.items())
-        out.append("this config is in the form before labels and exploration became kinds; "
-                   f"write the moved keys as {lines} (see examples/ammonia.yaml)")
+        lines = "; ".join(
+            f"{section}: {_flow(_merged(raw.get(section), keys))}" for section, keys in new.items()
+        )
+        out.append(
+            "this config is in the form before labels and exploration became kinds; "
+            f"write the moved keys as {lines} (see examples/ammonia.yaml)"
+        )
     return out
 
 
 def _merged(given: Any, moved: dict[str, Any]) -> dict[str, Any]:
     """The section ``given`` (if a mapping) with the ``moved`` keys, the old ones dropped."""
-    old = {k: v for k, v in given.items() if k not in ("calculator", "tblite_method", "python",
-                                                        "strategy", *GEOMETRY_KEYS)
-           } if isinstance(given, dict) else {}
+    old = (
+        {
+            k: v
+            for k, v in given.items()
+            if k not in ("calculator", "tblite_method", "python", "strategy", *GEOMETRY_KEYS)
+        }
+        if isinstance(given, dict)
+        else {}
+    )
     kind = moved.get("kind", old.get("kind"))
     merged = {**old, **moved}
     return {"kind": kind, **merged} if kind is not None else merged
@@ -140,8 +168,9 @@ def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
             value = value.get(part) if isinstance(value, dict) else None
         if kind:
             given = raw.get(section)
-            if not isinstance(given, dict) or (given.get("kind", DEFAULT_KINDS.get(section))
-                                               != kind.rstrip("]")):
+            if not isinstance(given, dict) or (
+                given.get("kind", DEFAULT_KINDS.get(section)) != kind.rstrip("]")
+            ):
                 continue
         if key in reported or isinstance(value, bool) or value is None:
             continue
@@ -152,8 +181,10 @@ def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
             except ValueError:  # not a number: pydantic says so
                 continue
         if isinstance(number, (int, float)) and number > limit:
-            out.append(f"{key}: {short_repr(value)} is above the limit of {limit}: {why}; give at "
-                       f"most {limit}")
+            out.append(
+                f"{key}: {short_repr(value)} is above the limit of {limit}: {why}; give at "
+                f"most {limit}"
+            )
     return out
 
 
@@ -180,10 +211,17 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
     if problems:
         raise ConfigError(str(path), problems)
     structures = _home(config.system.structures, "system.structures", path)
-    out = _home(Path(output_dir) if output_dir is not None else config.output_dir,
-                "--output-dir" if output_dir is not None else "output_dir", path)
-    updates = {"system": config.system.model_copy(
-        update={"structures": path.resolve().parent / structures}), "output_dir": out}
+    out = _home(
+        Path(output_dir) if output_dir is not None else config.output_dir,
+        "--output-dir" if output_dir is not None else "output_dir",
+        path,
+    )
+    updates = {
+        "system": config.system.model_copy(
+            update={"structures": path.resolve().parent / structures}
+        ),
+        "output_dir": out,
+    }
     return config.model_copy(update=updates)
 
 
@@ -193,13 +231,18 @@ def _home(value: Path, key: str, config: Path) -> Path:
     try:
         return value.expanduser()
     except RuntimeError as err:  # ~user of an unknown user, or no home folder
-        raise ConfigError(str(config), [
-            f"{key}: cannot find the home folder of {str(value).split('/')[0]!r}; give the "
-            "path without '~', or with the name of a user of this machine"]) from err
+        raise ConfigError(
+            str(config),
+            [
+                f"{key}: cannot find the home folder of {str(value).split('/')[0]!r}; give the "
+                "path without '~', or with the name of a user of this machine"
+            ],
+        ) from err
 
 
-def validate_config(path: str | Path, output_dir: str | Path | None = None, *,
-                    run_folder: bool = True) -> RunConfig:
+def validate_config(
+    path: str | Path, output_dir: str | Path | None = None, *, run_folder: bool = True
+) -> RunConfig:
     """Full validation: the config, its inputs and, with ``run_folder``, its run folder on
     this machine (see :func:`~advloop.flows.inputs.check_run_folder`; leave it out where the
     run happens elsewhere, as for a submission to a cluster's shared path). Raises

@@ -6,6 +6,14 @@ from advloop.potentials.model import EnergyModel, ModelSpec
 from advloop.potentials.training import TrainingSettings, train_member
 
 __all__ = [
-    "Arrays", "Committee", "CommitteePrediction", "Dataset", "DatasetError", "EnergyModel",
-    "ModelSpec", "Provenance", "TrainingSettings", "train_member",
+    "Arrays",
+    "Committee",
+    "CommitteePrediction",
+    "Dataset",
+    "DatasetError",
+    "EnergyModel",
+    "ModelSpec",
+    "Provenance",
+    "TrainingSettings",
+    "train_member",
 ]

@@ -57,7 +57,8 @@ class StackedCommittee:
         if len(kinds) != 1:
             raise ValueError(
                 f"committee members' parameters differ in dtype or device: {sorted(map(str, kinds))}; "
-                "move every member to one dtype and device first")
+                "move every member to one dtype and device first"
+            )
         self.n_members = len(members)
         self.params, self.buffers = stack_module_state(members)
         # stack_module_state makes fresh leaves that require grad when the members' do;
@@ -67,8 +68,9 @@ class StackedCommittee:
         # A copy with no storage: functional_call supplies every tensor.
         self._base = copy.deepcopy(members[0]).to("meta")
 
-    def energies_forces(self, graph: Graph, positions: torch.Tensor,
-                        create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def energies_forces(
+        self, graph: Graph, positions: torch.Tensor, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's energies [n_members, n_structures] eV and forces
         [n_members, n_atoms, 3] eV/Å for ``positions`` [n_atoms, 3] Å.
 
@@ -85,14 +87,16 @@ class StackedCommittee:
             return functional_call(self._base, (params, buffers), (graph, x))
 
         energies = torch.vmap(energy)(self.params, self.buffers, member_positions)
-        (grad,) = torch.autograd.grad(energies.sum(), member_positions,
-                                      create_graph=create_graph)
+        (grad,) = torch.autograd.grad(energies.sum(), member_positions, create_graph=create_graph)
         return energies, -grad
 
 
-def stacked_energies_forces(members: Sequence[EnergyModel], graph: Graph,
-                            positions: torch.Tensor, create_graph: bool = False,
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def stacked_energies_forces(
+    members: Sequence[EnergyModel],
+    graph: Graph,
+    positions: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies [n_members, n_structures] eV and forces [n_members, n_atoms, 3] eV/Å of
     every member, evaluated together with ``torch.vmap``.
 
@@ -102,9 +106,12 @@ def stacked_energies_forces(members: Sequence[EnergyModel], graph: Graph,
     return StackedCommittee(members).energies_forces(graph, positions, create_graph)
 
 
-def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
-                           positions: torch.Tensor, create_graph: bool = False,
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def looped_energies_forces(
+    members: Sequence[EnergyModel],
+    graph: Graph,
+    positions: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies [n_members, n_structures] eV and forces [n_members, n_atoms, 3] eV/Å of
     every member, in a Python loop over members: each member's forward pass and then its
     forces' backward pass, in turn (:func:`member_by_member_energies_forces`).
@@ -118,9 +125,12 @@ def looped_energies_forces(members: Sequence[EnergyModel], graph: Graph,
     return member_by_member_energies_forces(members, graph, positions, create_graph)
 
 
-def member_by_member_energies_forces(members: Sequence[EnergyModel], graph: Graph,
-                                     positions: torch.Tensor, create_graph: bool = False,
-                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def member_by_member_energies_forces(
+    members: Sequence[EnergyModel],
+    graph: Graph,
+    positions: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`looped_energies_forces`: forward and backward of one member at a time."""
     members = list(members)
     if not members:
@@ -130,9 +140,12 @@ def member_by_member_energies_forces(members: Sequence[EnergyModel], graph: Grap
     return (energies if create_graph else energies.detach()), torch.stack([f for _, f in results])
 
 
-def single_backward_energies_forces(members: Sequence[EnergyModel], graph: Graph,
-                                    positions: torch.Tensor, create_graph: bool = False,
-                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def single_backward_energies_forces(
+    members: Sequence[EnergyModel],
+    graph: Graph,
+    positions: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`looped_energies_forces`: all forward passes, then one backward pass.
 
     Member k reads its own view ``X_k`` of ``positions``, so one backward pass from the

@@ -36,19 +36,24 @@ class CheckpointError(Exception):
 
 def non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
-    return [k for k, v in state.items()
-            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
-def save_member(model: EnergyModel, path: str | Path, metrics: dict[str, float] | None = None) -> Path:
+def save_member(
+    model: EnergyModel, path: str | Path, metrics: dict[str, float] | None = None
+) -> Path:
     """Write ``model`` to ``path`` atomically (a crash never leaves half a file).
 
     Raises :class:`CheckpointError`, writing nothing, if a weight is not finite.
     """
     path = Path(path)
     if bad := non_finite(model.state_dict()):
-        raise CheckpointError(f"refusing to write {path}: the model's {', '.join(bad[:3])} "
-                              "hold NaN or infinite values (its training diverged)")
+        raise CheckpointError(
+            f"refusing to write {path}: the model's {', '.join(bad[:3])} "
+            "hold NaN or infinite values (its training diverged)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
@@ -83,8 +88,9 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_member(path: str | Path, expected: ModelSpec | None = None,
-                dtype: torch.dtype = torch.float32) -> EnergyModel:
+def load_member(
+    path: str | Path, expected: ModelSpec | None = None, dtype: torch.dtype = torch.float32
+) -> EnergyModel:
     """Load one member; with ``expected``, refuse a checkpoint of another architecture."""
     payload = read_checkpoint(path)
     spec = ModelSpec(**payload["spec"])
@@ -94,8 +100,10 @@ def load_member(path: str | Path, expected: ModelSpec | None = None,
             f"{expected.to_dict()}; start a new run or restore the original model settings"
         )
     if bad := non_finite(payload["state_dict"]):
-        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}); "
-                              "delete it to retrain this member")
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}); "
+            "delete it to retrain this member"
+        )
     model = EnergyModel(spec)
     model.network.to(dtype)
     model.load_state_dict(payload["state_dict"])
@@ -128,8 +136,11 @@ class CommitteeFolder:
         """The generations with at least one whole member checkpoint, in order."""
         if not self.root.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _GEN.match(p.name))
-                      and any(p.glob("member_*.pt")))
+        return sorted(
+            int(m.group(1))
+            for p in self.root.iterdir()
+            if (m := _GEN.match(p.name)) and any(p.glob("member_*.pt"))
+        )
 
     def checkpoints(self, generation: int | None = None) -> list[Path]:
         """The member checkpoints of ``generation`` (default: the latest trained one), in
@@ -141,6 +152,9 @@ class CommitteeFolder:
             generation = gens[-1]
         elif generation not in gens:
             raise FileNotFoundError(
-                f"generation {generation} has no committee in {self.root.parent}; trained: {gens}")
-        return sorted(self.generation_dir(generation).glob("member_*.pt"),
-                      key=lambda p: int(p.stem.split("_")[1]))
+                f"generation {generation} has no committee in {self.root.parent}; trained: {gens}"
+            )
+        return sorted(
+            self.generation_dir(generation).glob("member_*.pt"),
+            key=lambda p: int(p.stem.split("_")[1]),
+        )

@@ -47,16 +47,19 @@ class Committee:
             raise ValueError(f"committee members have different model settings: {specs}")
         for k, m in enumerate(members):
             if bad := non_finite(m.state_dict()):
-                raise ValueError(f"committee member {k} has NaN or infinite weights "
-                                 f"({', '.join(bad[:3])}); its predictions would be meaningless")
+                raise ValueError(
+                    f"committee member {k} has NaN or infinite weights "
+                    f"({', '.join(bad[:3])}); its predictions would be meaningless"
+                )
         self.members = list(members)
         for m in self.members:
             m.eval()
             m.requires_grad_(False)
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path],
-                         dtype: torch.dtype = torch.float32) -> Committee:
+    def from_checkpoints(
+        cls, paths: Sequence[str | Path], dtype: torch.dtype = torch.float32
+    ) -> Committee:
         return cls([load_member(p, dtype=dtype) for p in paths])
 
     @property
@@ -71,8 +74,9 @@ class Committee:
         """Where the members' weights live (callers put their tensors there)."""
         return next(self.members[0].parameters()).device
 
-    def energies_forces(self, graph: Graph, positions: torch.Tensor,
-                        create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def energies_forces(
+        self, graph: Graph, positions: torch.Tensor, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's energies [n_members, n_structures] eV and forces
         [n_members, n_atoms, 3] eV/Å.
 
@@ -81,9 +85,15 @@ class Committee:
         """
         return looped_energies_forces(self.members, graph, positions, create_graph)
 
-    def predict_arrays(self, numbers: np.ndarray, positions: np.ndarray, n_atoms: np.ndarray,
-                       cells: np.ndarray | None = None, pbc: np.ndarray | None = None,
-                       batch_size: int = 512) -> CommitteePrediction:
+    def predict_arrays(
+        self,
+        numbers: np.ndarray,
+        positions: np.ndarray,
+        n_atoms: np.ndarray,
+        cells: np.ndarray | None = None,
+        pbc: np.ndarray | None = None,
+        batch_size: int = 512,
+    ) -> CommitteePrediction:
         """Committee statistics for structures given as flat arrays (see
         :class:`advloop.potentials.dataset.Arrays` for shapes)."""
         n_atoms = np.asarray(n_atoms, dtype=np.int64)
@@ -92,9 +102,14 @@ class Committee:
         for s0 in range(0, len(n_atoms), batch_size):
             s1 = min(s0 + batch_size, len(n_atoms))
             rows = slice(starts[s0], starts[s1])
-            graph = build_graph(numbers[rows], positions[rows], n_atoms[s0:s1], self.spec.cutoff,
-                                None if cells is None else cells[s0:s1],
-                                None if pbc is None else pbc[s0:s1])
+            graph = build_graph(
+                numbers[rows],
+                positions[rows],
+                n_atoms[s0:s1],
+                self.spec.cutoff,
+                None if cells is None else cells[s0:s1],
+                None if pbc is None else pbc[s0:s1],
+            )
             pos = torch.as_tensor(positions[rows], dtype=torch.float64, device=self.device)
             e, f = self.energies_forces(graph.to(self.device), pos)
             energies.append(e.detach().cpu())
@@ -103,14 +118,17 @@ class Committee:
         return summarise(torch.cat(energies, 1), torch.cat(forces, 1), torch.cat(idx_m))
 
 
-def summarise(energies: torch.Tensor, forces: torch.Tensor, idx_m: torch.Tensor) -> CommitteePrediction:
+def summarise(
+    energies: torch.Tensor, forces: torch.Tensor, idx_m: torch.Tensor
+) -> CommitteePrediction:
     """Committee statistics from member energies [M, S] and forces [M, A, 3]."""
     n_struct = energies.shape[1]
     f_std = forces.var(dim=0).sum(dim=-1).sqrt()  # [A]
     counts = torch.zeros(n_struct, dtype=f_std.dtype).index_add_(0, idx_m, torch.ones_like(f_std))
     f_mean = torch.zeros(n_struct, dtype=f_std.dtype).index_add_(0, idx_m, f_std) / counts
     f_max = torch.zeros(n_struct, dtype=f_std.dtype).scatter_reduce(
-        0, idx_m, f_std, "amax", include_self=False)
+        0, idx_m, f_std, "amax", include_self=False
+    )
     return CommitteePrediction(
         energy_mean=energies.mean(0).numpy(),
         energy_std=energies.std(0).numpy(),

@@ -117,9 +117,11 @@ class Arrays:
         """The records ``indices`` (in that order) as a new :class:`Arrays`."""
         idx = np.asarray(indices, dtype=np.int64)
         start = self.atom_start
-        rows = np.concatenate(
-            [np.arange(start[i], start[i] + self.n_atoms[i]) for i in idx]
-        ) if len(idx) else np.zeros(0, dtype=np.int64)
+        rows = (
+            np.concatenate([np.arange(start[i], start[i] + self.n_atoms[i]) for i in idx])
+            if len(idx)
+            else np.zeros(0, dtype=np.int64)
+        )
         return Arrays(
             numbers=self.numbers[rows],
             positions=self.positions[rows],
@@ -165,7 +167,8 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
                     raise DatasetError(
                         f"{path} stayed locked by another process for {LOCK_TIMEOUT_S:g} s "
                         f"(waiting to {'write' if exclusive else 'read'} it): is another "
-                        "advloop run writing this run folder? Wait for it or stop it") from None
+                        "advloop run writing this run folder? Wait for it or stop it"
+                    ) from None
                 time.sleep(0.01)
         yield
     finally:
@@ -209,11 +212,17 @@ class Dataset:
                     f.attrs["format"] = FORMAT
                     f.attrs["version"] = VERSION
                     f.attrs["n_structures"] = 0
-                    for group, fields in (("atoms", _ATOM_FIELDS), ("structures", _STRUCTURE_FIELDS)):
+                    for group, fields in (
+                        ("atoms", _ATOM_FIELDS),
+                        ("structures", _STRUCTURE_FIELDS),
+                    ):
                         g = f.create_group(group)
                         for name, (dtype, shape) in fields.items():
                             g.create_dataset(
-                                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                name,
+                                shape=(0, *shape),
+                                maxshape=(None, *shape),
+                                dtype=dtype,
                                 chunks=(1024, *shape),
                             )
                 tmp.replace(path)
@@ -253,13 +262,16 @@ class Dataset:
                 f"arrays and {len(provenance)} provenance records; they must match"
             )
         energies = [_checked_energy(k, e) for k, e in enumerate(energies)]
-        forces = [_checked_rows(k, "force", fr, len(atoms))
-                  for k, (atoms, fr) in enumerate(zip(structures, forces))]
+        forces = [
+            _checked_rows(k, "force", fr, len(atoms))
+            for k, (atoms, fr) in enumerate(zip(structures, forces))
+        ]
         for k, atoms in enumerate(structures):
             _checked_rows(k, "position", atoms.positions, len(atoms))
             if not np.isfinite(atoms.cell[:]).all():
-                raise ValueError(f"the cell of structure {k} is not finite: "
-                                 f"{atoms.cell[:].tolist()}")
+                raise ValueError(
+                    f"the cell of structure {k} is not finite: {atoms.cell[:].tolist()}"
+                )
         if n == 0:
             return np.zeros(0, dtype=np.int64)
 
@@ -268,8 +280,10 @@ class Dataset:
             n0 = int(f.attrs["n_structures"])
             if skip_known:
                 if any(p.parent >= n0 for p in provenance):
-                    raise ValueError("with skip_known, a provenance parent must be -1 or a "
-                                     "record already in the dataset")
+                    raise ValueError(
+                        "with skip_known, a provenance parent must be -1 or a "
+                        "record already in the dataset"
+                    )
                 seen = {h.decode() for h in f["structures"]["hash"][:n0]}
                 keep = []
                 for k, h in enumerate(hashes):
@@ -278,7 +292,8 @@ class Dataset:
                         keep.append(k)
                 structures, energies, forces, provenance, hashes = (
                     [seq[k] for k in keep]
-                    for seq in (structures, energies, forces, provenance, hashes))
+                    for seq in (structures, energies, forces, provenance, hashes)
+                )
                 n = len(keep)
                 if n == 0:
                     return np.zeros(0, dtype=np.int64)
@@ -336,7 +351,9 @@ class Dataset:
             return [
                 Provenance(int(g), st.decode(), lot.decode(), int(p))
                 for g, st, lot, p in zip(
-                    s["generation"][:n], s["strategy"][:n], s["level_of_theory"][:n],
+                    s["generation"][:n],
+                    s["strategy"][:n],
+                    s["level_of_theory"][:n],
                     s["parent"][:n],
                 )
             ]
@@ -358,16 +375,21 @@ class Dataset:
         for i in indices:
             rows = slice(start[i], start[i] + arr.n_atoms[i])
             atoms = Atoms(
-                numbers=arr.numbers[rows], positions=arr.positions[rows],
-                cell=arr.cell[i], pbc=arr.pbc[i],
+                numbers=arr.numbers[rows],
+                positions=arr.positions[rows],
+                cell=arr.cell[i],
+                pbc=arr.pbc[i],
             )
             atoms.calc = SinglePointCalculator(
                 atoms, energy=float(arr.energy[i]), forces=arr.forces[rows].copy()
             )
             p = prov[i]
             atoms.info.update(
-                index=int(i), generation=p.generation, strategy=p.strategy,
-                parent=p.parent, level_of_theory=p.level_of_theory,
+                index=int(i),
+                generation=p.generation,
+                strategy=p.strategy,
+                parent=p.parent,
+                level_of_theory=p.level_of_theory,
             )
             out.append(atoms)
         return out
@@ -403,8 +425,10 @@ def _checked_rows(k: int, what: str, values: object, n_atoms: int) -> np.ndarray
         raise ValueError(f"{what}s of structure {k} have shape {a.shape}, expected {(n_atoms, 3)}")
     bad = int(np.count_nonzero(~np.isfinite(a)))
     if bad:
-        raise ValueError(f"{bad} {what} component{'s' if bad != 1 else ''} of structure {k} "
-                         f"{'are' if bad != 1 else 'is'} not finite")
+        raise ValueError(
+            f"{bad} {what} component{'s' if bad != 1 else ''} of structure {k} "
+            f"{'are' if bad != 1 else 'is'} not finite"
+        )
     return a.astype(np.float64)
 
 
@@ -425,7 +449,7 @@ def _write_rows(group: h5py.Group, rows: dict, start: int) -> None:
         values = np.asarray(values, dtype=object if group[name].dtype == _STR else None)
         ds = group[name]
         ds.resize(start + len(values), axis=0)
-        ds[start:start + len(values)] = values
+        ds[start : start + len(values)] = values
 
 
 def split_indices(

@@ -17,8 +17,13 @@ from advloop.potentials.dataset import Dataset, Provenance
 from advloop.potentials.hashing import structure_hash
 
 
-def import_labelled(dataset: Dataset, path: str | Path, level_of_theory: str,
-                    generation: int = 0, strategy: str = "imported") -> np.ndarray:
+def import_labelled(
+    dataset: Dataset,
+    path: str | Path,
+    level_of_theory: str,
+    generation: int = 0,
+    strategy: str = "imported",
+) -> np.ndarray:
     """Append every labelled frame of ``path`` that is not in ``dataset`` yet.
 
     Returns the new records' indices. Raises ValueError, before writing anything, if a
@@ -39,7 +44,9 @@ def import_labelled(dataset: Dataset, path: str | Path, level_of_theory: str,
     known = set(dataset.hashes())
     new = [k for k, a in enumerate(frames) if structure_hash(a) not in known]
     return dataset.append(
-        [frames[k] for k in new], [energies[k] for k in new], [forces[k] for k in new],
+        [frames[k] for k in new],
+        [energies[k] for k in new],
+        [forces[k] for k in new],
         [Provenance(generation, strategy, level_of_theory)] * len(new),
     )
 
@@ -50,10 +57,12 @@ def export_asedata(dataset: Dataset, path: str | Path):
     if path.exists():
         raise FileExistsError(f"{path} exists; schnetpack databases are not overwritten")
     data = spk.data.ASEAtomsData.create(
-        str(path), distance_unit="Ang", property_unit_dict={"energy": "eV", "forces": "eV/Ang"})
+        str(path), distance_unit="Ang", property_unit_dict={"energy": "eV", "forces": "eV/Ang"}
+    )
     images = dataset.to_atoms()
-    props = [{"energy": np.array([a.get_potential_energy()]), "forces": a.get_forces()}
-             for a in images]
+    props = [
+        {"energy": np.array([a.get_potential_energy()]), "forces": a.get_forces()} for a in images
+    ]
     for a in images:
         a.calc = None
     data.add_systems(props, images)

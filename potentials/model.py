@@ -64,17 +64,24 @@ def build_representation(spec: ModelSpec) -> nn.Module:
     cutoff_fn = spk.nn.CosineCutoff(spec.cutoff)
     if spec.architecture == "painn":
         return spk.representation.PaiNN(
-            n_atom_basis=spec.n_atom_basis, n_interactions=spec.n_interactions,
-            radial_basis=radial, cutoff_fn=cutoff_fn,
+            n_atom_basis=spec.n_atom_basis,
+            n_interactions=spec.n_interactions,
+            radial_basis=radial,
+            cutoff_fn=cutoff_fn,
         )
     if spec.architecture == "so3net":
         return spk.representation.SO3net(
-            n_atom_basis=spec.n_atom_basis, n_interactions=spec.n_interactions, lmax=spec.lmax,
-            radial_basis=radial, cutoff_fn=cutoff_fn,
+            n_atom_basis=spec.n_atom_basis,
+            n_interactions=spec.n_interactions,
+            lmax=spec.lmax,
+            radial_basis=radial,
+            cutoff_fn=cutoff_fn,
         )
     return spk.representation.SchNet(
-        n_atom_basis=spec.n_atom_basis, n_interactions=spec.n_interactions,
-        radial_basis=radial, cutoff_fn=cutoff_fn,
+        n_atom_basis=spec.n_atom_basis,
+        n_interactions=spec.n_interactions,
+        radial_basis=radial,
+        cutoff_fn=cutoff_fn,
     )
 
 
@@ -92,15 +99,16 @@ def initialize(network: nn.Module, generator: torch.Generator) -> None:
         for module in network.modules():
             if isinstance(module, spk.nn.Dense):
                 if module.weight_init is not nn.init.xavier_uniform_ or (
-                        module.bias is not None and module.bias_init is not nn.init.zeros_):
+                    module.bias is not None and module.bias_init is not nn.init.zeros_
+                ):
                     raise TypeError(f"{module}: initializers other than schnetpack's defaults")
                 nn.init.xavier_uniform_(module.weight, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, nn.Linear):
-                nn.init.kaiming_uniform_(module.weight, a=5 ** 0.5, generator=generator)
+                nn.init.kaiming_uniform_(module.weight, a=5**0.5, generator=generator)
                 if module.bias is not None:
-                    bound = 1 / module.in_features ** 0.5
+                    bound = 1 / module.in_features**0.5
                     module.bias.uniform_(-bound, bound, generator=generator)
             elif isinstance(module, nn.Embedding):
                 module.weight.normal_(0.0, 1.0, generator=generator)
@@ -126,8 +134,9 @@ class EnergyModel(nn.Module):
             input_modules=[spk.atomistic.PairwiseDistances()],
             output_modules=[spk.atomistic.Atomwise(n_in=spec.n_atom_basis, output_key="energy")],
         )
-        initialize(self.network, generator if generator is not None
-                   else torch.Generator().manual_seed(0))
+        initialize(
+            self.network, generator if generator is not None else torch.Generator().manual_seed(0)
+        )
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 
@@ -153,8 +162,9 @@ class EnergyModel(nn.Module):
         )
         return reference + self.scale * learned
 
-    def fit_normalisation(self, numbers: np.ndarray, n_atoms: np.ndarray,
-                          energy: np.ndarray, forces: np.ndarray) -> None:
+    def fit_normalisation(
+        self, numbers: np.ndarray, n_atoms: np.ndarray, energy: np.ndarray, forces: np.ndarray
+    ) -> None:
         """Set per-element energies (least squares, minimum norm) and the force scale.
 
         numbers [n_atoms_total], n_atoms [n_structures], energy [n_structures] eV,
@@ -202,9 +212,14 @@ class Graph:
         return Graph(**{k: v.to(device) for k, v in vars(self).items()})
 
 
-def build_graph(numbers: np.ndarray, positions: np.ndarray, n_atoms: np.ndarray,
-                cutoff: float, cells: np.ndarray | None = None,
-                pbc: np.ndarray | None = None) -> Graph:
+def build_graph(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    n_atoms: np.ndarray,
+    cutoff: float,
+    cells: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
+) -> Graph:
     """Neighbour pairs within ``cutoff`` Å for each structure of a batch.
 
     numbers [n_atoms_total], positions [n_atoms_total, 3] Å, n_atoms [n_structures],
@@ -217,7 +232,7 @@ def build_graph(numbers: np.ndarray, positions: np.ndarray, n_atoms: np.ndarray,
     starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
     idx_i, idx_j, shifts = [], [], []
     for s, (start, n) in enumerate(zip(starts, n_atoms)):
-        pos = positions[start:start + n]
+        pos = positions[start : start + n]
         if pbc[s].any():
             i, j, S = primitive_neighbor_list("ijS", pbc[s], cells[s], pos, cutoff)
         else:
@@ -238,8 +253,9 @@ def build_graph(numbers: np.ndarray, positions: np.ndarray, n_atoms: np.ndarray,
     )
 
 
-def energy_and_forces(model: nn.Module, graph: Graph, positions: torch.Tensor,
-                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def energy_and_forces(
+    model: nn.Module, graph: Graph, positions: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies [n_structures] eV and forces ``-∂E/∂X`` [n_atoms, 3] eV/Å.
 
     ``create_graph=True`` keeps the forces differentiable (training on forces, attacks).

@@ -69,8 +69,10 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         check_fields(self, "training")
         if self.energy_weight + self.forces_weight == 0:
-            raise ValueError("training.energy_weight and forces_weight are both 0: nothing "
-                             "would be fitted; give at least one a positive weight")
+            raise ValueError(
+                "training.energy_weight and forces_weight are both 0: nothing "
+                "would be fitted; give at least one a positive weight"
+            )
 
 
 def resolve_device(choice: Literal["auto", "cpu", "cuda"]) -> torch.device:
@@ -86,9 +88,11 @@ def resolve_device(choice: Literal["auto", "cpu", "cuda"]) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if choice == "cuda":
-        raise RuntimeError("compute.device is 'cuda' but torch sees no GPU on this machine "
-                           "(torch.cuda.is_available() is False); train on a GPU node, or set "
-                           "compute.device: auto")
+        raise RuntimeError(
+            "compute.device is 'cuda' but torch sees no GPU on this machine "
+            "(torch.cuda.is_available() is False); train on a GPU node, or set "
+            "compute.device: auto"
+        )
     return torch.device("cpu")
 
 
@@ -108,8 +112,9 @@ class Batches:
     def __init__(self, data: Arrays, cutoff: float, dtype: torch.dtype = torch.float32):
         self.data = data
         self.dtype = dtype
-        self._graph = build_graph(data.numbers, data.positions, data.n_atoms, cutoff,
-                                  data.cell, data.pbc)
+        self._graph = build_graph(
+            data.numbers, data.positions, data.n_atoms, cutoff, data.cell, data.pbc
+        )
         start = data.atom_start
         # pairs grouped by structure, for collation
         pair_struct = self._graph.idx_m[self._graph.idx_i].numpy()
@@ -119,13 +124,17 @@ class Batches:
     def __len__(self) -> int:
         return len(self.data)
 
-    def collate(self, indices: np.ndarray) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def collate(
+        self, indices: np.ndarray
+    ) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(graph, positions [n_atoms,3] Å, energy [n_structures] eV, forces [n_atoms,3] eV/Å)."""
         g, d = self._graph, self.data
-        atom_rows = np.concatenate([np.arange(self._atom_start[s], self._atom_start[s + 1])
-                                    for s in indices])
-        pair_rows = np.concatenate([np.arange(self._pair_start[s], self._pair_start[s + 1])
-                                    for s in indices])
+        atom_rows = np.concatenate(
+            [np.arange(self._atom_start[s], self._atom_start[s + 1]) for s in indices]
+        )
+        pair_rows = np.concatenate(
+            [np.arange(self._pair_start[s], self._pair_start[s + 1]) for s in indices]
+        )
         new_index = np.full(len(d.numbers), -1, dtype=np.int64)
         new_index[atom_rows] = np.arange(len(atom_rows))
         remap = torch.as_tensor(new_index)
@@ -162,9 +171,15 @@ def _loss(model: EnergyModel, batch, settings: TrainingSettings, create_graph: b
     return loss, de.detach(), df.detach()
 
 
-def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: TrainingSettings,
-           rng: np.random.Generator, warm_start: bool = False,
-           device: torch.device | str = "cpu") -> Iterator[EpochRecord]:
+def itrain(
+    model: EnergyModel,
+    train: Arrays,
+    val: Arrays | None,
+    settings: TrainingSettings,
+    rng: np.random.Generator,
+    warm_start: bool = False,
+    device: torch.device | str = "cpu",
+) -> Iterator[EpochRecord]:
     """Train ``model`` in place on ``device`` (the model is moved there), yielding one
     record per epoch.
 
@@ -187,7 +202,9 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
     epochs = settings.warm_start_epochs if warm_start else settings.max_epochs
     optimizer = torch.optim.Adam(model.network.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=settings.lr_factor, patience=settings.lr_patience,
+        optimizer,
+        factor=settings.lr_factor,
+        patience=settings.lr_patience,
         min_lr=settings.min_learning_rate,
     )
     n_batches = -(-len(train_batches) // settings.batch_size)
@@ -198,17 +215,20 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
         order = rng.permutation(len(train_batches))
         total, count = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
+            idx = order[start : start + settings.batch_size]
             if step < warmup_steps:
                 # A fresh Adam takes steps of about ±lr in every parameter until its
                 # moment estimates settle, which throws a trained model far from its
                 # minimum; ramping the rate up linearly keeps the warm start warm.
                 optimizer.param_groups[0]["lr"] = lr * (step + 1) / warmup_steps
             step += 1
-            loss, _, _ = _loss(model, _on(train_batches.collate(idx), device), settings,
-                               create_graph=True)
+            loss, _, _ = _loss(
+                model, _on(train_batches.collate(idx), device), settings, create_graph=True
+            )
             if not torch.isfinite(loss):  # before the step, which would spread it to every weight
-                raise TrainingDivergedError(f"the training loss became {loss.item()} at epoch {epoch}")
+                raise TrainingDivergedError(
+                    f"the training loss became {loss.item()} at epoch {epoch}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -216,20 +236,25 @@ def itrain(model: EnergyModel, train: Arrays, val: Arrays | None, settings: Trai
             count += len(idx)
         train_loss = total / count
         if bad := non_finite(model.state_dict()):
-            raise TrainingDivergedError(f"the weights {', '.join(bad[:3])} became non-finite "
-                                        f"at epoch {epoch}")
+            raise TrainingDivergedError(
+                f"the weights {', '.join(bad[:3])} became non-finite at epoch {epoch}"
+            )
         val_loss = e_mae = f_mae = None
         if val_batches is not None:
             val_loss, e_mae, f_mae = evaluate_loss(model, val_batches, settings)
             if not np.isfinite(val_loss):  # early stopping would choose on a meaningless score
-                raise TrainingDivergedError(f"the validation loss became {val_loss} at epoch {epoch}")
+                raise TrainingDivergedError(
+                    f"the validation loss became {val_loss} at epoch {epoch}"
+                )
         scheduler.step(val_loss if val_loss is not None else train_loss)
-        yield EpochRecord(epoch, train_loss, val_loss, e_mae, f_mae,
-                          optimizer.param_groups[0]["lr"])
+        yield EpochRecord(
+            epoch, train_loss, val_loss, e_mae, f_mae, optimizer.param_groups[0]["lr"]
+        )
 
 
-def evaluate_loss(model: EnergyModel, batches: Batches, settings: TrainingSettings,
-                  batch_size: int = 256) -> tuple[float, float, float]:
+def evaluate_loss(
+    model: EnergyModel, batches: Batches, settings: TrainingSettings, batch_size: int = 256
+) -> tuple[float, float, float]:
     """(loss, energy MAE in eV/atom, force MAE in eV/Å) over every structure of ``batches``,
     computed where ``model``'s weights are."""
     model.eval()
@@ -261,10 +286,16 @@ class TrainingResult:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
-                 settings: TrainingSettings, rng: np.random.Generator,
-                 warm_start: bool = False, device: torch.device | str = "cpu",
-                 name: str = "member") -> TrainingResult:
+def train_member(
+    model: EnergyModel,
+    train: Arrays,
+    val: Arrays | None,
+    settings: TrainingSettings,
+    rng: np.random.Generator,
+    warm_start: bool = False,
+    device: torch.device | str = "cpu",
+    name: str = "member",
+) -> TrainingResult:
     """Train with early stopping on ``device``; ``model`` ends with the weights of its best
     epoch, on ``device``.
 
@@ -289,18 +320,31 @@ def train_member(model: EnergyModel, train: Arrays, val: Arrays | None,
                     f"({', '.join(f'{r:g}' for r in rates)}); the last attempt: {err}. Lower "
                     f"training.{key} (now {rates[0]:g}), and check the dataset for absurd "
                     "labels (its largest force component is "
-                    f"{np.abs(train.forces).max():.3g} eV/Å)") from err
-            _log.warning("%s: training diverged at learning rate %g (%s); retrying from its "
-                         "starting weights at %g", name, rates[-1], err, rates[-1] / 2)
+                    f"{np.abs(train.forces).max():.3g} eV/Å)"
+                ) from err
+            _log.warning(
+                "%s: training diverged at learning rate %g (%s); retrying from its "
+                "starting weights at %g",
+                name,
+                rates[-1],
+                err,
+                rates[-1] / 2,
+            )
             rates.append(rates[-1] / 2)
             settings = replace(settings, **{key: rates[-1]})
         else:
             return replace(result, learning_rate=rates[-1], divergence_retries=len(rates) - 1)
 
 
-def _train_once(model: EnergyModel, train: Arrays, val: Arrays | None,
-                settings: TrainingSettings, rng: np.random.Generator,
-                warm_start: bool, device: torch.device | str) -> TrainingResult:
+def _train_once(
+    model: EnergyModel,
+    train: Arrays,
+    val: Arrays | None,
+    settings: TrainingSettings,
+    rng: np.random.Generator,
+    warm_start: bool,
+    device: torch.device | str,
+) -> TrainingResult:
     """One attempt of :func:`train_member`; raises :class:`TrainingDivergedError`."""
     best: tuple[float, EpochRecord] | None = None
     best_state = None
@@ -315,12 +359,19 @@ def _train_once(model: EnergyModel, train: Arrays, val: Arrays | None,
             break
     model.load_state_dict(best_state)
     model.eval()
-    _log.info("trained %d epoch(s)%s; best epoch %d, validation force MAE %s eV/Å",
-              last.epoch + 1, " (warm start)" if warm_start else "", best[1].epoch,
-              "-" if best[1].val_forces_mae is None else f"{best[1].val_forces_mae:.4f}")
+    _log.info(
+        "trained %d epoch(s)%s; best epoch %d, validation force MAE %s eV/Å",
+        last.epoch + 1,
+        " (warm start)" if warm_start else "",
+        best[1].epoch,
+        "-" if best[1].val_forces_mae is None else f"{best[1].val_forces_mae:.4f}",
+    )
     rec = best[1]
     return TrainingResult(
-        epochs=last.epoch + 1, best_epoch=rec.epoch, best_val_loss=rec.val_loss,
-        val_energy_mae=rec.val_energy_mae, val_forces_mae=rec.val_forces_mae,
+        epochs=last.epoch + 1,
+        best_epoch=rec.epoch,
+        best_val_loss=rec.val_loss,
+        val_energy_mae=rec.val_energy_mae,
+        val_forces_mae=rec.val_forces_mae,
         train_loss=rec.train_loss,
     )

@@ -27,7 +27,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two 1-D arrays; NaN when either is constant or n < 2."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"spearman needs two 1-D arrays of one length, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"spearman needs two 1-D arrays of one length, got {a.shape} and {b.shape}"
+        )
     if len(a) < 2:
         return float("nan")
     ra, rb = _ranks(a), _ranks(b)
@@ -49,8 +51,12 @@ class Calibration:
     observed_mean: float  # eV/Å
 
 
-def force_calibration(predicted_std: np.ndarray, predicted_forces: np.ndarray,
-                      true_forces: np.ndarray, idx_m: np.ndarray) -> Calibration:
+def force_calibration(
+    predicted_std: np.ndarray,
+    predicted_forces: np.ndarray,
+    true_forces: np.ndarray,
+    idx_m: np.ndarray,
+) -> Calibration:
     """Calibration of per-atom force std against per-atom force errors.
 
     predicted_std [n_atoms] eV/Å (committee std of each atom's force vector),

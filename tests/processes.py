@@ -20,8 +20,9 @@ def clean_context() -> BaseContext:
     return ctx
 
 
-def run_processes(ctx: BaseContext, targets: Sequence[tuple[Callable, tuple]],
-                  timeout: float = 300) -> None:
+def run_processes(
+    ctx: BaseContext, targets: Sequence[tuple[Callable, tuple]], timeout: float = 300
+) -> None:
     """Start a process per ``(function, args)``, wait for all, and fail unless every one
     exited with status 0 (its traceback is on stderr)."""
     procs = [ctx.Process(target=fn, args=args) for fn, args in targets]

@@ -66,7 +66,12 @@ def _settings(annotation: object, default: object) -> type:
 
 # type, default, accepted, refused
 CASES = [
-    (PositiveFloat, 1.0, [1e-300, 2, 3.5, np.float32(0.1), np.int64(4)], [0, 0.0, -1.0, math.inf, math.nan]),
+    (
+        PositiveFloat,
+        1.0,
+        [1e-300, 2, 3.5, np.float32(0.1), np.int64(4)],
+        [0, 0.0, -1.0, math.inf, math.nan],
+    ),
     (NonNegativeFloat, 0.0, [0, 0.0, 7.5], [-1e-12, -1, math.inf, math.nan]),
     (PositiveInt, 1, [1, 10**9, np.int64(2)], [0, -3]),
     (NonNegativeInt, 0, [0, 5], [-1]),
@@ -82,7 +87,8 @@ CASES = [
 
 @pytest.mark.parametrize(("annotation", "default", "accepted", "refused"), CASES)
 def test_each_type_refuses_the_same_values_directly_and_through_pydantic(
-        annotation, default, accepted, refused) -> None:
+    annotation, default, accepted, refused
+) -> None:
     S = _settings(annotation, default)
 
     class Config(pydantic.BaseModel):
@@ -133,13 +139,18 @@ def test_messages_name_field_value_rule_unit_and_explanation() -> None:
     cases = {
         "temperature": (-300.0, "attack.temperature = -300.0: must be > 0 K"),
         "n_steps": (0, "attack.n_steps = 0: must be ≥ 1"),
-        "smearing": (1.0, "attack.smearing = 1.0: must be in [0, 1) Hartree (the Fermi-Dirac width)"),
+        "smearing": (
+            1.0,
+            "attack.smearing = 1.0: must be in [0, 1) Hartree (the Fermi-Dirac width)",
+        ),
     }
     for name, (value, message) in cases.items():
         with pytest.raises(ValueError) as err:
             S(**{name: value})
         assert str(err.value) == message
-    with pytest.raises(ValueError, match=r"^attack\.temperature = inf: must be a finite number > 0 K$"):
+    with pytest.raises(
+        ValueError, match=r"^attack\.temperature = inf: must be a finite number > 0 K$"
+    ):
         S(temperature=math.inf)
     assert field_units(S) == {"temperature": "K", "smearing": "Hartree", "n_steps": None}
     assert rule_of(S, "smearing") == "a finite number in [0, 1) Hartree"
@@ -180,8 +191,16 @@ def test_describe_bound_words_pydantic_errors_as_check_fields_does() -> None:
 
 # --- the science settings: every annotated bound is refused both ways ---------------------
 
-SETTINGS = [AttackSettings, RandomDisplacementSettings, CommitteeMDSettings, SelectionSettings,
-            ModelSpec, TrainingSettings, PySCFSettings, PeriodicPySCFSettings]
+SETTINGS = [
+    AttackSettings,
+    RandomDisplacementSettings,
+    CommitteeMDSettings,
+    SelectionSettings,
+    ModelSpec,
+    TrainingSettings,
+    PySCFSettings,
+    PeriodicPySCFSettings,
+]
 
 
 def _outside(hint: object) -> list[object]:

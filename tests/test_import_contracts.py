@@ -32,9 +32,14 @@ def _project_files(suffixes: tuple[str, ...]) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(ROOT):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS
-                         and not d.endswith(".egg-info")
-                         and not (here / d / "pyvenv.cfg").exists())
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and not (here / d / "pyvenv.cfg").exists()
+        )
         found += [here / f for f in sorted(files) if f.endswith(suffixes)]
     return found
 
@@ -78,18 +83,24 @@ def _problems(source: str, rel: str) -> list[str]:
                 code = ast.parse(text)
             except SyntaxError:
                 continue
-            problems += [f"{rel}:{node.lineno}: code in a string: {stmt}"
-                         for _, stmt in _bare_imports(code)]
+            problems += [
+                f"{rel}:{node.lineno}: code in a string: {stmt}" for _, stmt in _bare_imports(code)
+            ]
     return problems
 
 
 def test_no_python_file_imports_a_bare_package():
     files = _project_files((".py",))
     assert len(files) > 100 and ROOT / "flows" / "cli.py" in files
-    problems = [p for path in files
-                for p in _problems(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
-    assert not problems, ("import the namespaced form (advloop.flows, advloop.potentials, "
-                          "advloop.adversarial, advloop.calculators):\n" + "\n".join(problems))
+    problems = [
+        p
+        for path in files
+        for p in _problems(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    ]
+    assert not problems, (
+        "import the namespaced form (advloop.flows, advloop.potentials, "
+        "advloop.adversarial, advloop.calculators):\n" + "\n".join(problems)
+    )
 
 
 def test_the_checks_catch_each_bare_form():
@@ -115,22 +126,40 @@ FINE = ("advloop.flows.steps", "flows/steps.py", "flows.heartbeat_frequency", "a
 # module paths or file paths, console-script targets.
 _TEXT_PATTERNS = [
     re.compile(rf"(?<![\w.])from\s+({'|'.join(PACKAGES)})(\.\w+)*\s+import\b"),
-    re.compile(rf"(?<![\w.])import\s+({'|'.join(PACKAGES)})(\.\w+)*(?=\s*(?:$|[;,#)]|\sas\s))",
-               re.M),
+    re.compile(
+        rf"(?<![\w.])import\s+({'|'.join(PACKAGES)})(\.\w+)*(?=\s*(?:$|[;,#)]|\sas\s))", re.M
+    ),
     re.compile(rf"-m\s+({'|'.join(PACKAGES)})\."),
     re.compile(rf"(?<![\w./])({'|'.join(PACKAGES)})/\w+\.py:\w+"),
-    re.compile(rf"""["'`]({'|'.join(PACKAGES)})\.\w+(\.\w+)*[:.]\w+["'`]"""),
+    re.compile(rf"""["'`]({"|".join(PACKAGES)})\.\w+(\.\w+)*[:.]\w+["'`]"""),
 ]
 
 
 def test_docs_and_configs_name_the_namespaced_modules():
-    files = [p for p in _project_files((".md", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".env",
-                                        ".example", ".service", ".conf"))
-             if "results" not in p.relative_to(ROOT).parts]
+    files = [
+        p
+        for p in _project_files(
+            (
+                ".md",
+                ".yaml",
+                ".yml",
+                ".toml",
+                ".cfg",
+                ".txt",
+                ".env",
+                ".example",
+                ".service",
+                ".conf",
+            )
+        )
+        if "results" not in p.relative_to(ROOT).parts
+    ]
     assert ROOT / "README.md" in files and ROOT / "infra" / "prefect.yaml" in files
     problems = []
     for path in files:
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        for number, line in enumerate(
+            path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+        ):
             if any(pattern.search(line) for pattern in _TEXT_PATTERNS):
                 problems.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not problems, "name the namespaced form (advloop.flows...):\n" + "\n".join(problems)
@@ -148,12 +177,17 @@ def test_the_installed_package_imports_without_the_checkout_on_the_path(tmp_path
         "    spec = importlib.util.find_spec(name)\n"
         "    if spec is not None and (spec.origin or '').startswith(root):\n"
         "        sys.exit(f'{name} is importable bare: {spec.origin}')\n"
-        "print(advloop.flows.cli.__name__, advloop.calculators.CommitteeCalculator.__module__)\n")
-    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+        "print(advloop.flows.cli.__name__, advloop.calculators.CommitteeCalculator.__module__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == ["advloop.flows.cli",
-                                   "advloop.calculators.committee_calculator"]
+    assert done.stdout.split() == ["advloop.flows.cli", "advloop.calculators.committee_calculator"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

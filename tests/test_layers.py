@@ -49,8 +49,10 @@ def _modules(package: str) -> list[Path]:
 def test_every_package_is_read() -> None:
     for package in ALLOWED:
         assert len(_modules(package)) >= 5, package
-    assert any("import prefect" in p.read_text() or "from prefect" in p.read_text()
-               for p in _modules("flows"))  # the check below would catch one elsewhere
+    assert any(
+        "import prefect" in p.read_text() or "from prefect" in p.read_text()
+        for p in _modules("flows")
+    )  # the check below would catch one elsewhere
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -64,18 +66,24 @@ def test_packages_import_only_the_layers_below(package: str) -> None:
                 if target in ALLOWED and target != package and target not in ALLOWED[package]:
                     bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
             elif package != "flows" and parts[0] in ENGINE:
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} (only flows/ "
-                           "may use the workflow engine)")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line} imports {module} (only flows/ "
+                    "may use the workflow engine)"
+                )
     assert not bad, "\n".join(bad)
 
 
 def test_package_root_modules_import_no_subpackage() -> None:
     """Modules at the package root (advloop.constraints and the like) are shared by every
     layer, so they may not depend on any."""
-    bad = [f"{path.name}:{line} imports {module}" for path in sorted((ROOT / "_advloop").glob("*.py"))
-           for line, module in _imports(path)
-           if module.split(".")[0] == "advloop" and len(module.split(".")) > 1
-           and module.split(".")[1] in ALLOWED]
+    bad = [
+        f"{path.name}:{line} imports {module}"
+        for path in sorted((ROOT / "_advloop").glob("*.py"))
+        for line, module in _imports(path)
+        if module.split(".")[0] == "advloop"
+        and len(module.split(".")) > 1
+        and module.split(".")[1] in ALLOWED
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -83,7 +91,12 @@ def test_a_violation_is_caught(tmp_path: Path) -> None:
     """The reader sees imports inside functions and relative ones."""
     (tmp_path / "adversarial").mkdir()
     module = tmp_path / "adversarial" / "m.py"
-    module.write_text("def f():\n    from advloop.calculators import factory\n"
-                      "from . import attack\nimport prefect.states\n")
-    assert _imports(module) == [(2, "advloop.calculators"), (3, "advloop.adversarial"),
-                                (4, "prefect.states")]
+    module.write_text(
+        "def f():\n    from advloop.calculators import factory\n"
+        "from . import attack\nimport prefect.states\n"
+    )
+    assert _imports(module) == [
+        (2, "advloop.calculators"),
+        (3, "advloop.adversarial"),
+        (4, "prefect.states"),
+    ]

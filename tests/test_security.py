@@ -47,9 +47,14 @@ def _check_the_payload_runs(data: bytes, folder: Path) -> None:
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     folder = tmp_path / "code-ran"
-    payload = {"format": FORMAT, "version": VERSION, "spec": SPEC.to_dict(),
-               "state_dict": EnergyModel(SPEC).state_dict(), "metrics": {},
-               "extra": _MakesAFolder(folder)}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": SPEC.to_dict(),
+        "state_dict": EnergyModel(SPEC).state_dict(),
+        "metrics": {},
+        "extra": _MakesAFolder(folder),
+    }
     path = tmp_path / "member_0.pt"
     torch.save(payload, path)
     _check_the_payload_runs(pickle.dumps(_MakesAFolder(folder)), folder)
@@ -67,13 +72,17 @@ def _files(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
 
-@pytest.mark.parametrize("name", ["../../x.xyz", "/tmp/advloop-absolute/x.xyz", "sub/x.xyz", "..", "."])
+@pytest.mark.parametrize(
+    "name", ["../../x.xyz", "/tmp/advloop-absolute/x.xyz", "sub/x.xyz", "..", "."]
+)
 def test_a_submitted_structure_file_name_with_a_folder_is_refused(tmp_path, name):
     before = _files(tmp_path)
     with pytest.raises(ConfigError, match="is not a plain file name"):
         _submit(tmp_path, name)
     assert _files(tmp_path) == before and not Path("/tmp/advloop-absolute").exists()
-    assert not (tmp_path / "out" / "nh3-submitted" / "submissions" / "label" / "../../x.xyz").exists()
+    assert not (
+        tmp_path / "out" / "nh3-submitted" / "submissions" / "label" / "../../x.xyz"
+    ).exists()
 
 
 def test_a_plain_submitted_structure_file_name_stays_in_the_run_folder(tmp_path):

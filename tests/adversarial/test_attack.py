@@ -45,14 +45,18 @@ def test_objective_gradient_matches_finite_differences(trained_members, nh3_emt_
         xp[atom, comp] += h
         xm[atom, comp] -= h
         with torch.enable_grad():
-            fd = (_objective(committee, graph, xp.requires_grad_(), idx_m, kT, log_q).sum()
-                  - _objective(committee, graph, xm.requires_grad_(), idx_m, kT, log_q).sum()) / (2 * h)
+            fd = (
+                _objective(committee, graph, xp.requires_grad_(), idx_m, kT, log_q).sum()
+                - _objective(committee, graph, xm.requires_grad_(), idx_m, kT, log_q).sum()
+            ) / (2 * h)
         assert float(grad[atom, comp]) == pytest.approx(fd.item(), rel=1e-4, abs=1e-9)
 
 
 def test_objective_is_boltzmann_weighted_force_variance():
     # Two members, one structure of two atoms: σ²_F is the mean over atoms and components.
-    forces = torch.tensor([[[1.0, 0, 0], [0, 0, 0]], [[-1.0, 0, 0], [0, 0, 2.0]]], dtype=torch.float64)
+    forces = torch.tensor(
+        [[[1.0, 0, 0], [0, 0, 0]], [[-1.0, 0, 0], [0, 0, 2.0]]], dtype=torch.float64
+    )
     energies = torch.tensor([[0.1], [0.3]], dtype=torch.float64)
     idx_m = torch.tensor([0, 0])
     kT, log_q = 0.1, np.log(0.5)
@@ -67,9 +71,16 @@ def test_attack_raises_committee_force_variance(trained_members, nh3_emt_data):
     seeds = nh3_emt_data.subset(range(6))
     kT = kT_from_temperature(1000.0)
     settings = AttackSettings(n_steps=20, learning_rate=0.01, initial_noise=0.0)
-    result = run_attack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT,
-                        log_partition(nh3_emt_data.energy, kT), settings,
-                        torch.Generator().manual_seed(0))
+    result = run_attack(
+        committee,
+        seeds.numbers,
+        seeds.positions,
+        seeds.n_atoms,
+        kT,
+        log_partition(nh3_emt_data.energy, kT),
+        settings,
+        torch.Generator().manual_seed(0),
+    )
     assert result.objective.shape == (21, 6)
     before = committee.predict_arrays(seeds.numbers, seeds.positions, seeds.n_atoms)
     after = committee.predict_arrays(seeds.numbers, result.positions, seeds.n_atoms)
@@ -86,11 +97,21 @@ def test_attack_freezes_seeds_that_become_unphysical(trained_members, nh3_emt_da
     seeds = nh3_emt_data.subset(range(3))
     kT = kT_from_temperature(1000.0)
     # A huge step and a tight bond criterion force fragmentation within a few steps.
-    settings = AttackSettings(n_steps=10, learning_rate=0.5, max_displacement=3.0,
-                              max_bond_factor=1.3)
-    steps = list(iattack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT,
-                         log_partition(nh3_emt_data.energy, kT), settings,
-                         torch.Generator().manual_seed(1)))
+    settings = AttackSettings(
+        n_steps=10, learning_rate=0.5, max_displacement=3.0, max_bond_factor=1.3
+    )
+    steps = list(
+        iattack(
+            committee,
+            seeds.numbers,
+            seeds.positions,
+            seeds.n_atoms,
+            kT,
+            log_partition(nh3_emt_data.energy, kT),
+            settings,
+            torch.Generator().manual_seed(1),
+        )
+    )
     last = steps[-1]
     assert last.stopped, "no seed was stopped"
     assert all("step" in why for why in last.stopped.values())

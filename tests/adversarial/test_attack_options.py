@@ -28,10 +28,15 @@ def test_energy_variance_and_per_atom_energy_options():
     obj, var = adversarial_objective(energies, forces, idx_m, kT, log_q, uncertainty="energy")
     expected_var = np.array([np.var([1.0, 1.4], ddof=1), np.var([-2.0, -1.0], ddof=1)])
     np.testing.assert_allclose(var.numpy(), expected_var)
-    np.testing.assert_allclose(obj.numpy(), expected_var * np.exp(-np.array([1.2, -1.5]) / kT - log_q))
-    obj, _ = adversarial_objective(energies, forces, idx_m, kT, log_q, uncertainty="energy",
-                                   energy="per_atom")
-    np.testing.assert_allclose(obj.numpy(), expected_var * np.exp(-np.array([0.6, -1.5]) / kT - log_q))
+    np.testing.assert_allclose(
+        obj.numpy(), expected_var * np.exp(-np.array([1.2, -1.5]) / kT - log_q)
+    )
+    obj, _ = adversarial_objective(
+        energies, forces, idx_m, kT, log_q, uncertainty="energy", energy="per_atom"
+    )
+    np.testing.assert_allclose(
+        obj.numpy(), expected_var * np.exp(-np.array([0.6, -1.5]) / kT - log_q)
+    )
     # Q per atom: log mean exp(-(E/N)/kT)
     assert log_partition(np.array([2.0, 3.0]), 0.5, np.array([2, 3])) == pytest.approx(-1.0 / 0.5)
 
@@ -47,16 +52,20 @@ def _periodic_seeds(n: int, rng: np.random.Generator) -> Arrays:
     return Arrays(
         numbers=np.concatenate([a.numbers for a in frames]),
         positions=np.concatenate([a.positions for a in frames]),
-        forces=np.zeros((4 * n, 3)), energy=np.zeros(n), n_atoms=np.full(n, 4),
-        cell=np.stack([a.cell.array for a in frames]), pbc=np.ones((n, 3), dtype=bool),
+        forces=np.zeros((4 * n, 3)),
+        energy=np.zeros(n),
+        n_atoms=np.full(n, 4),
+        cell=np.stack([a.cell.array for a in frames]),
+        pbc=np.ones((n, 3), dtype=bool),
     )
 
 
 def test_periodic_objective_gradient_matches_finite_differences():
     committee = Committee([make_member(s, PERIODIC_SPEC) for s in range(3)])
     data = _periodic_seeds(2, np.random.default_rng(0))
-    graph = build_graph(data.numbers, data.positions, data.n_atoms, PERIODIC_SPEC.cutoff,
-                        data.cell, data.pbc)
+    graph = build_graph(
+        data.numbers, data.positions, data.n_atoms, PERIODIC_SPEC.cutoff, data.cell, data.pbc
+    )
 
     def objective(x):
         e, f = committee.energies_forces(graph, x, create_graph=True)
@@ -78,10 +87,12 @@ def test_strain_attack_changes_the_cell_within_its_bound():
     committee = Committee([make_member(s, PERIODIC_SPEC) for s in range(3)])
     data = _periodic_seeds(2, np.random.default_rng(1))
     seeds = Seeds.from_arrays(data)
-    settings = AttackSettings(n_steps=8, learning_rate=0.01, strain=True, max_strain=0.02,
-                              temperature=5000.0)
-    candidates, result = attack(committee, seeds, data.energy, data.n_atoms, settings,
-                                torch.Generator().manual_seed(0))
+    settings = AttackSettings(
+        n_steps=8, learning_rate=0.01, strain=True, max_strain=0.02, temperature=5000.0
+    )
+    candidates, result = attack(
+        committee, seeds, data.energy, data.n_atoms, settings, torch.Generator().manual_seed(0)
+    )
     strain = np.linalg.solve(data.cell, result.cells) - np.eye(3)  # h' = h (1 + ε)
     assert np.abs(strain).max() > 1e-3, "the cell did not move"
     assert np.abs(strain).max() <= 0.02 + 1e-9
@@ -89,21 +100,34 @@ def test_strain_attack_changes_the_cell_within_its_bound():
     np.testing.assert_allclose(candidates.cells, result.cells)
     assert result.objective[-1].sum() > result.objective[0].sum()
     # without strain the cell stays put
-    _, fixed = attack(committee, seeds, data.energy, data.n_atoms,
-                      AttackSettings(n_steps=3), torch.Generator().manual_seed(0))
+    _, fixed = attack(
+        committee,
+        seeds,
+        data.energy,
+        data.n_atoms,
+        AttackSettings(n_steps=3),
+        torch.Generator().manual_seed(0),
+    )
     np.testing.assert_array_equal(fixed.cells, data.cell)
 
 
 def test_strain_attack_needs_periodic_seeds(trained_members, nh3_emt_data):
     committee = Committee(trained_members)
     with pytest.raises(ValueError, match="periodic"):
-        attack(committee, Seeds.from_arrays(nh3_emt_data, [0]), nh3_emt_data.energy,
-               nh3_emt_data.n_atoms, AttackSettings(strain=True), torch.Generator())
+        attack(
+            committee,
+            Seeds.from_arrays(nh3_emt_data, [0]),
+            nh3_emt_data.energy,
+            nh3_emt_data.n_atoms,
+            AttackSettings(strain=True),
+            torch.Generator(),
+        )
 
 
 @pytest.mark.parametrize("uncertainty", ["forces", "energy"])
 def test_boltzmann_factor_bounds_the_energy_rise_and_the_bound_grows_with_kT(
-        trained_members, nh3_emt_data, uncertainty):
+    trained_members, nh3_emt_data, uncertainty
+):
     """Since the attack raises L = σ² e^{-E/kT}/Q, each seed's energy rise is bounded by
     kT · log(σ²_end / σ²_start); a hotter attack climbs higher."""
     committee = Committee(trained_members)
@@ -111,11 +135,23 @@ def test_boltzmann_factor_bounds_the_energy_rise_and_the_bound_grows_with_kT(
     rise = {}
     for temperature in (300.0, 20000.0):
         kT = kT_from_temperature(temperature)
-        settings = AttackSettings(n_steps=40, learning_rate=0.02, initial_noise=0.0,
-                                  temperature=temperature, uncertainty=uncertainty)
-        result = run_attack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT,
-                            log_partition(nh3_emt_data.energy, kT), settings,
-                            torch.Generator().manual_seed(0))
+        settings = AttackSettings(
+            n_steps=40,
+            learning_rate=0.02,
+            initial_noise=0.0,
+            temperature=temperature,
+            uncertainty=uncertainty,
+        )
+        result = run_attack(
+            committee,
+            seeds.numbers,
+            seeds.positions,
+            seeds.n_atoms,
+            kT,
+            log_partition(nh3_emt_data.energy, kT),
+            settings,
+            torch.Generator().manual_seed(0),
+        )
         e0 = committee.predict_arrays(seeds.numbers, seeds.positions, seeds.n_atoms).energy_mean
         e1 = committee.predict_arrays(seeds.numbers, result.positions, seeds.n_atoms).energy_mean
         grew = result.objective[-1] >= result.objective[0]
@@ -146,9 +182,18 @@ def test_iattack_yields_cells_and_sigma_per_step(trained_members, nh3_emt_data):
     committee = Committee(trained_members)
     seeds = nh3_emt_data.subset([0, 1])
     kT = kT_from_temperature(1000.0)
-    steps = list(iattack(committee, seeds.numbers, seeds.positions, seeds.n_atoms, kT,
-                         log_partition(nh3_emt_data.energy, kT), AttackSettings(n_steps=3),
-                         torch.Generator().manual_seed(0)))
+    steps = list(
+        iattack(
+            committee,
+            seeds.numbers,
+            seeds.positions,
+            seeds.n_atoms,
+            kT,
+            log_partition(nh3_emt_data.energy, kT),
+            AttackSettings(n_steps=3),
+            torch.Generator().manual_seed(0),
+        )
+    )
     assert [s.step for s in steps] == [0, 1, 2, 3]
     assert all(s.cells.shape == (2, 3, 3) and s.sigma.shape == (2,) for s in steps)
     assert all(np.all(s.sigma > 0) for s in steps)

@@ -44,8 +44,9 @@ def small_committee(n: int = 2) -> Committee:
 
 
 def assert_scores_match_committee(committee: Committee, cands) -> None:
-    pred = committee.predict_arrays(cands.numbers, cands.positions, cands.n_atoms,
-                                    cands.cells, cands.pbc)
+    pred = committee.predict_arrays(
+        cands.numbers, cands.positions, cands.n_atoms, cands.cells, cands.pbc
+    )
     np.testing.assert_allclose(cands.sigma_f_mean, pred.forces_std_mean, rtol=1e-6)
     np.testing.assert_allclose(cands.sigma_f_max, pred.forces_std_max, rtol=1e-6)
 
@@ -53,15 +54,21 @@ def assert_scores_match_committee(committee: Committee, cands) -> None:
 def test_settings_reject_bad_values():
     RandomDisplacementSettings()
     CommitteeMDSettings()
-    for kwargs, match in [({"std": 0}, r"random\.std = 0: must be > 0 Å"),
-                          ({"n_per_seed": 0}, "random.n_per_seed"),
-                          ({"min_distance_factor": 3.0}, "random.max_bond_factor")]:
+    for kwargs, match in [
+        ({"std": 0}, r"random\.std = 0: must be > 0 Å"),
+        ({"n_per_seed": 0}, "random.n_per_seed"),
+        ({"min_distance_factor": 3.0}, "random.max_bond_factor"),
+    ]:
         with pytest.raises(ValueError, match=match):
             RandomDisplacementSettings(**kwargs)
-    for kwargs, match in [({"temperature": 0}, "md.temperature"), ({"timestep": -1}, "md.timestep"),
-                          ({"friction": -0.1}, "md.friction"), ({"sample_interval": 0}, "md.sample_interval"),
-                          ({"trust_lower": 0.5, "trust_upper": 0.5}, "md.trust_upper"),
-                          ({"max_frames_per_seed": 0}, "md.max_frames_per_seed")]:
+    for kwargs, match in [
+        ({"temperature": 0}, "md.temperature"),
+        ({"timestep": -1}, "md.timestep"),
+        ({"friction": -0.1}, "md.friction"),
+        ({"sample_interval": 0}, "md.sample_interval"),
+        ({"trust_lower": 0.5, "trust_upper": 0.5}, "md.trust_upper"),
+        ({"max_frames_per_seed": 0}, "md.max_frames_per_seed"),
+    ]:
         with pytest.raises(ValueError, match=match):
             CommitteeMDSettings(**kwargs)
 
@@ -79,15 +86,21 @@ def test_random_displacement_keeps_the_bonds_of_periodic_seeds():
 
     atoms = read(Path(__file__).resolve().parents[2] / "examples" / "structures" / "sod_nh3.cif")
     settings = RandomDisplacementSettings(std=0.45, n_per_seed=40)
-    cands = random_displacement(small_committee(), seeds_from([atoms]), settings,
-                                np.random.default_rng(0))
-    copies = np.tile(atoms.positions, (40, 1)) + np.random.default_rng(0).normal(0, 0.45, (40 * 40, 3))
+    cands = random_displacement(
+        small_committee(), seeds_from([atoms]), settings, np.random.default_rng(0)
+    )
+    copies = np.tile(atoms.positions, (40, 1)) + np.random.default_rng(0).normal(
+        0, 0.45, (40 * 40, 3)
+    )
     copies = copies.reshape(40, 40, 3)
     bonds = bonded_pairs(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
-    reasons = [check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc, bonds)
-               for x in copies]
-    clash_only = [check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc)
-                  for x in copies]
+    reasons = [
+        check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc, bonds)
+        for x in copies
+    ]
+    clash_only = [
+        check_geometry(atoms.numbers, x, 0.5, 2.0, atoms.cell.array, atoms.pbc) for x in copies
+    ]
     assert any(r is not None and r.startswith("bond broken") for r in reasons)
     kept = [k for k, r in enumerate(reasons) if r is None]
     assert 0 < len(kept) < sum(r is None for r in clash_only)
@@ -103,7 +116,7 @@ def test_random_displacement_has_requested_std_and_parents(nh3_emt_data):
     np.testing.assert_array_equal(cands.parent, np.repeat(np.arange(5), 40))
     np.testing.assert_array_equal(cands.n_atoms, 4)
     starts = seeds.starts
-    origin = np.concatenate([seeds.positions[starts[p]:starts[p + 1]] for p in cands.parent])
+    origin = np.concatenate([seeds.positions[starts[p] : starts[p + 1]] for p in cands.parent])
     np.testing.assert_array_equal(cands.numbers, np.tile(seeds.numbers[:4], 200))
     delta = cands.positions - origin  # 2400 Gaussian samples
     assert abs(delta.mean()) < 4 * 0.05 / np.sqrt(delta.size)
@@ -116,9 +129,12 @@ def test_random_displacement_drops_clashes_with_a_reason():
     clash = molecule("NH3")
     clash.positions[1] = clash.positions[0] + [0.05, 0.0, 0.0]  # an H inside the N
     seeds = seeds_from([molecule("NH3"), clash, molecule("H2O")])
-    cands = random_displacement(small_committee(), seeds,
-                                RandomDisplacementSettings(std=1e-3, n_per_seed=2),
-                                np.random.default_rng(1))
+    cands = random_displacement(
+        small_committee(),
+        seeds,
+        RandomDisplacementSettings(std=1e-3, n_per_seed=2),
+        np.random.default_rng(1),
+    )
     np.testing.assert_array_equal(cands.parent, [0, 0, 2, 2])
     assert list(cands.stopped) == [1]
     assert cands.stopped[1].startswith("2 of 2 displacements rejected: atoms 0 and 1")
@@ -132,8 +148,9 @@ def test_periodic_clash_uses_images_and_skips_connectivity():
     across = Atoms("Cu2", [[0.05, 1.0, 1.0], [7.95, 1.0, 1.0]], cell=cell, pbc=True)
     assert check_geometry(dilute.numbers, dilute.positions).startswith("fragmented")
     seeds = seeds_from([dilute, across])
-    cands = random_displacement(small_committee(), seeds, RandomDisplacementSettings(std=1e-3),
-                                np.random.default_rng(2))
+    cands = random_displacement(
+        small_committee(), seeds, RandomDisplacementSettings(std=1e-3), np.random.default_rng(2)
+    )
     np.testing.assert_array_equal(cands.parent, [0])
     np.testing.assert_array_equal(cands.cells[0], cell)
     assert "atoms 0 and 1 at 0.10 Å" in cands.stopped[1] and "periodic" in cands.stopped[1]
@@ -144,7 +161,9 @@ def test_nve_conserves_committee_mean_energy_plus_kinetic(trained_members, nh3_e
     # O(dt²) while K itself fluctuates; wrong units, masses or force signs break this.
     committee = Committee(trained_members[:2])
     seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
-    settings = CommitteeMDSettings(temperature=300.0, timestep=0.1, n_steps=40, friction=0.0, **WIDE)
+    settings = CommitteeMDSettings(
+        temperature=300.0, timestep=0.1, n_steps=40, friction=0.0, **WIDE
+    )
     steps = list(icommittee_md(committee, seeds, settings, np.random.default_rng(3)))
     assert len(steps) == 41 and steps[-1].active.all()
     total = np.array([s.energy + s.kinetic for s in steps])  # [steps, seeds] eV
@@ -160,7 +179,9 @@ def test_langevin_thermostat_reaches_target_temperature(trained_members, nh3_emt
     # equipartition with the potential energy; strong friction holds 3N·kT/2 of kinetic energy.
     committee = Committee(trained_members[:2])
     seeds = Seeds.from_arrays(nh3_emt_data)  # 20 seeds, 240 degrees of freedom per step
-    settings = CommitteeMDSettings(temperature=500.0, timestep=0.5, n_steps=50, friction=0.5, **WIDE)
+    settings = CommitteeMDSettings(
+        temperature=500.0, timestep=0.5, n_steps=50, friction=0.5, **WIDE
+    )
     steps = list(icommittee_md(committee, seeds, settings, np.random.default_rng(4)))
     assert steps[-1].active.all()
     kinetic = np.array([s.kinetic for s in steps[15:]])  # [steps, seeds] eV
@@ -172,12 +193,16 @@ def test_trust_window_selects_the_most_uncertain_frames(trained_members, nh3_emt
     committee = Committee(trained_members[:2])
     seeds = Seeds.from_arrays(nh3_emt_data, np.arange(6))
     base = dict(temperature=800.0, n_steps=30, sample_interval=3)
-    wide = list(icommittee_md(committee, seeds, CommitteeMDSettings(**base, **WIDE),
-                              np.random.default_rng(5)))
+    wide = list(
+        icommittee_md(
+            committee, seeds, CommitteeMDSettings(**base, **WIDE), np.random.default_rng(5)
+        )
+    )
     dev = np.array([s.sigma_f_max for s in wide])  # [steps, seeds] eV/Å
     lower, upper = np.quantile(dev[3::3], [0.3, 0.8])
-    settings = CommitteeMDSettings(**base, trust_lower=lower, trust_upper=upper,
-                                   max_frames_per_seed=2)
+    settings = CommitteeMDSettings(
+        **base, trust_lower=lower, trust_upper=upper, max_frames_per_seed=2
+    )
     cands = committee_md(committee, seeds, settings, np.random.default_rng(5))
 
     # Same random stream, so each trajectory follows the wide run until it reaches upper.
@@ -217,8 +242,9 @@ def test_unphysical_or_non_finite_seeds_are_frozen_and_reported():
     committee = Committee([committee.members[0], broken])
     seeds = seeds_from([molecule("NH3"), molecule("H2O"), molecule("CH4")])
     # Hot, with a tight bond criterion, so the molecules come apart within a few steps.
-    settings = CommitteeMDSettings(temperature=5000.0, timestep=1.0, n_steps=15, friction=0.0,
-                                   max_bond_factor=1.1, **WIDE)
+    settings = CommitteeMDSettings(
+        temperature=5000.0, timestep=1.0, n_steps=15, friction=0.0, max_bond_factor=1.1, **WIDE
+    )
     steps = list(icommittee_md(committee, seeds, settings, np.random.default_rng(7)))
     for s in steps:
         for value in (s.positions, s.sigma_f_max, s.sigma_f_mean, s.energy, s.kinetic):
@@ -234,8 +260,9 @@ def test_unphysical_or_non_finite_seeds_are_frozen_and_reported():
         assert all(np.array_equal(frozen[0], p) for p in frozen)  # did not move again
         assert check_geometry(seeds.numbers[rows], frozen[0], 0.5, 1.1) is None  # last sane one
         assert not steps[-1].active[s] and steps[-1].kinetic[s] == 0.0
-    cands = random_displacement(committee, seeds, RandomDisplacementSettings(std=1e-3),
-                                np.random.default_rng(8))
+    cands = random_displacement(
+        committee, seeds, RandomDisplacementSettings(std=1e-3), np.random.default_rng(8)
+    )
     assert 1 not in cands.parent and "not finite" in cands.stopped[1]
 
 

@@ -82,8 +82,12 @@ def test_kabsch_rmsd_shape_mismatch_raises() -> None:
 def test_pairwise_kabsch_rmsd_matches_scalar() -> None:
     rng = np.random.default_rng(4)
     base = molecule("CH4").positions
-    a = np.stack([base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(4)])
-    b = np.stack([base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(3)])
+    a = np.stack(
+        [base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(4)]
+    )
+    b = np.stack(
+        [base @ random_rotation(rng).T + rng.normal(scale=0.15, size=base.shape) for _ in range(3)]
+    )
     # include the mirror image of a chiral, distorted structure to exercise the reflection branch
     b = np.concatenate([b, (a[0] * np.array([1.0, 1.0, -1.0]))[None]])
     pair = pairwise_kabsch_rmsd(a, b)
@@ -146,7 +150,9 @@ def test_check_geometry_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="positions"):
         check_geometry(np.array([1, 1]), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="max_bond_factor"):
-        check_geometry(np.array([1, 1]), np.zeros((2, 3)), min_distance_factor=1.0, max_bond_factor=0.5)
+        check_geometry(
+            np.array([1, 1]), np.zeros((2, 3)), min_distance_factor=1.0, max_bond_factor=0.5
+        )
     with pytest.raises(ValueError, match="min_distance_factor"):
         check_geometry(np.array([1, 1]), np.zeros((2, 3)), min_distance_factor=-0.1)
     with pytest.raises(ValueError, match="atomic numbers"):
@@ -155,6 +161,7 @@ def test_check_geometry_rejects_bad_input() -> None:
 
 
 # --- periodic cells --------------------------------------------------------------------
+
 
 def _cu_cell(rng: np.random.Generator, rattle: float = 0.05):
     from ase.build import bulk
@@ -172,8 +179,9 @@ def test_periodic_rmsd_ignores_translations_and_lattice_shifts():
     cell = a.cell.array
     moved = a.positions + np.array([0.3, -1.1, 2.0])  # rigid translation
     moved[1] += cell[0] - cell[2]  # one atom shifted by a lattice vector
-    d = pairwise_periodic_rmsd(a.positions[None], cell[None], moved[None], cell[None],
-                               np.ones(3, dtype=bool))
+    d = pairwise_periodic_rmsd(
+        a.positions[None], cell[None], moved[None], cell[None], np.ones(3, dtype=bool)
+    )
     assert d[0, 0] == pytest.approx(0.0, abs=1e-10)
     # a real displacement of one atom by 0.2 Å: RMSD over 4 atoms after removing the mean
     other = a.positions.copy()
@@ -181,8 +189,9 @@ def test_periodic_rmsd_ignores_translations_and_lattice_shifts():
     step = np.zeros((4, 3))
     step[2, 0] = 0.2
     expected = np.sqrt(np.mean(np.sum((step - step.mean(0)) ** 2, axis=1)))
-    d = pairwise_periodic_rmsd(a.positions[None], cell[None], other[None], cell[None],
-                               np.ones(3, dtype=bool))
+    d = pairwise_periodic_rmsd(
+        a.positions[None], cell[None], other[None], cell[None], np.ones(3, dtype=bool)
+    )
     assert d[0, 0] == pytest.approx(expected, rel=1e-10)
 
 
@@ -217,7 +226,9 @@ def test_bonded_pairs_of_a_zeolite_with_a_guest():
     # the same bonds with every atom wrapped into the cell, or one shifted by a lattice vector
     moved = atoms.positions.copy()
     moved[5] += atoms.cell.array[1]
-    np.testing.assert_array_equal(bonded_pairs(atoms.numbers, moved, atoms.cell.array, atoms.pbc), bonds)
+    np.testing.assert_array_equal(
+        bonded_pairs(atoms.numbers, moved, atoms.cell.array, atoms.pbc), bonds
+    )
 
 
 def test_periodic_check_finds_broken_bonds_of_the_seed():
@@ -231,13 +242,21 @@ def test_periodic_check_finds_broken_bonds_of_the_seed():
     assert check_geometry(z, thermal, 0.5, 2.0, cell, pbc, bonds) is None
     n, h = 36, 37  # an N-H bond of the guest (summed radii 1.02 Å) stretched to 2.2 Å
     assert "".join(atoms.get_chemical_symbols()[k] for k in (n, h)) == "NH"
-    unit = (atoms.positions[h] - atoms.positions[n]) / np.linalg.norm(atoms.positions[h] - atoms.positions[n])
+    unit = (atoms.positions[h] - atoms.positions[n]) / np.linalg.norm(
+        atoms.positions[h] - atoms.positions[n]
+    )
     torn = atoms.positions.copy()
     torn[h] = atoms.positions[n] + 2.2 * unit
-    assert check_geometry(z, torn, 0.5, 2.0, cell, pbc, bonds) == \
-        f"bond broken: atoms {n} and {h} more than 2.04 Å apart"
-    assert check_geometry(z, torn, 0.5, 2.0, cell, pbc) is None  # without the seed's bonds: clashes only
-    torn[h] = atoms.positions[n] + 1.9 * unit  # within the limit: a stretched bond, not a broken one
+    assert (
+        check_geometry(z, torn, 0.5, 2.0, cell, pbc, bonds)
+        == f"bond broken: atoms {n} and {h} more than 2.04 Å apart"
+    )
+    assert (
+        check_geometry(z, torn, 0.5, 2.0, cell, pbc) is None
+    )  # without the seed's bonds: clashes only
+    torn[h] = (
+        atoms.positions[n] + 1.9 * unit
+    )  # within the limit: a stretched bond, not a broken one
     assert check_geometry(z, torn, 0.5, 2.0, cell, pbc, bonds) is None
 
 
@@ -252,21 +271,31 @@ def test_selection_deduplicates_periodic_images():
     new = a.positions + rng.normal(0, 0.2, a.positions.shape)
     cands = np.stack([shifted, new])
     settings = SelectionSettings(percentile=0, rmsd_threshold=0.05, max_selected=5)
-    result = select_candidates(a.numbers, cands, np.array([1.0, 1.0]), train, np.array([0.1]),
-                               settings, cells=np.stack([cell, cell]), train_cells=cell[None],
-                               pbc=np.ones(3, dtype=bool))
+    result = select_candidates(
+        a.numbers,
+        cands,
+        np.array([1.0, 1.0]),
+        train,
+        np.array([0.1]),
+        settings,
+        cells=np.stack([cell, cell]),
+        train_cells=cell[None],
+        pbc=np.ones(3, dtype=bool),
+    )
     assert list(result.selected) == [1]
     assert result.rejected[0].detail.startswith("near-duplicate of training structure")
 
 
-def _dense_check(z: np.ndarray, pos: np.ndarray, min_distance_factor: float,
-                 max_bond_factor: float) -> str | None:
+def _dense_check(
+    z: np.ndarray, pos: np.ndarray, min_distance_factor: float, max_bond_factor: float
+) -> str | None:
     """check_geometry of a molecule as every pair at once, the reference for the large
     molecules that check_geometry checks through a KD-tree of nearby pairs."""
     import advloop.adversarial.geometry as geometry
 
-    return geometry._molecule_dense(pos, geometry.covalent_radii[z], min_distance_factor,
-                                    max_bond_factor)
+    return geometry._molecule_dense(
+        pos, geometry.covalent_radii[z], min_distance_factor, max_bond_factor
+    )
 
 
 def test_large_molecules_are_checked_like_small_ones(monkeypatch):
@@ -317,4 +346,6 @@ def test_a_molecule_of_10000_atoms_is_checked_in_little_memory(factors):
     assert clash is not None and clash.startswith("atoms 4000 and 5000 at 0.17 Å")
     assert peak < 100e6, f"{peak / 1e6:.0f} MB at peak"
     far = np.vstack([pos[:3], pos[:3] + 50.0])
-    assert check_geometry(z[:6], far, *factors) == (None if factors[1] > 100 else "fragmented (2 fragments)")
+    assert check_geometry(z[:6], far, *factors) == (
+        None if factors[1] > 100 else "fragmented (2 fragments)"
+    )

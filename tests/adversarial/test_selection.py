@@ -56,7 +56,11 @@ def test_threshold_is_percentile_of_training_uncertainties() -> None:
     train_unc = rng.uniform(0.0, 1.0, size=train.shape[0])
     for percentile in (0.0, 37.5, 90.0, 100.0):
         result = select_candidates(
-            NUMBERS, displaced(rng, 3, 0.1), np.ones(3), train, train_unc,
+            NUMBERS,
+            displaced(rng, 3, 0.1),
+            np.ones(3),
+            train,
+            train_unc,
             SelectionSettings(percentile=percentile),
         )
         assert result.threshold == pytest.approx(np.percentile(train_unc, percentile))
@@ -97,11 +101,17 @@ def test_candidate_equal_to_training_structure_rejected() -> None:
     cands = displaced(rng, 2, 0.15)
     # a rigidly rotated and shifted copy of training structure 3 is still a duplicate
     angle = 0.7
-    rot = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    rot = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
     cands[0] = train[3] @ rot.T + 2.0
-    result = select_candidates(NUMBERS, cands, np.array([1.0, 1.0]), train, train_unc, SelectionSettings())
+    result = select_candidates(
+        NUMBERS, cands, np.array([1.0, 1.0]), train, train_unc, SelectionSettings()
+    )
     assert result.selected.tolist() == [1]
-    assert result.rejected[0].detail.startswith("near-duplicate of training structure 3 (RMSD 0.000 Å)")
+    assert result.rejected[0].detail.startswith(
+        "near-duplicate of training structure 3 (RMSD 0.000 Å)"
+    )
     assert result.rejected[0].reason == "known"
     assert_partition(result, 2)
 
@@ -112,7 +122,9 @@ def test_exploded_and_clashing_geometries_rejected() -> None:
     cands = displaced(rng, 3, 0.1)
     cands[0, 3] += np.array([6.0, 0.0, 0.0])  # H flies off
     cands[1, 2] = cands[1, 1] + np.array([0.0, 0.0, 0.2])  # H on top of H
-    result = select_candidates(NUMBERS, cands, np.array([5.0, 5.0, 1.0]), train, train_unc, SelectionSettings())
+    result = select_candidates(
+        NUMBERS, cands, np.array([5.0, 5.0, 1.0]), train, train_unc, SelectionSettings()
+    )
     assert result.selected.tolist() == [2]
     assert result.rejected[0].detail.startswith("fragmented")
     assert result.rejected[0].reason == "unphysical"
@@ -139,7 +151,9 @@ def test_cap_respected_most_uncertain_first() -> None:
     train, train_unc = training_set(rng)
     cands = displaced(rng, 12, 0.15)
     unc = rng.uniform(0.5, 1.0, size=12)
-    result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings(max_selected=5))
+    result = select_candidates(
+        NUMBERS, cands, unc, train, train_unc, SelectionSettings(max_selected=5)
+    )
     assert result.selected.size == 5
     np.testing.assert_array_equal(result.selected, np.argsort(-unc)[:5])
     assert sum(r.reason == "over_cap" for r in result.rejected.values()) == 7
@@ -180,7 +194,9 @@ def test_mixed_batch_each_candidate_has_exactly_one_fate() -> None:
 def test_empty_candidates() -> None:
     rng = np.random.default_rng(18)
     train, train_unc = training_set(rng)
-    result = select_candidates(NUMBERS, np.zeros((0, 4, 3)), np.zeros(0), train, train_unc, SelectionSettings())
+    result = select_candidates(
+        NUMBERS, np.zeros((0, 4, 3)), np.zeros(0), train, train_unc, SelectionSettings()
+    )
     assert result.selected.size == 0 and result.rejected == {}
 
 
@@ -196,4 +212,6 @@ def test_invalid_inputs_raise() -> None:
     with pytest.raises(ValueError, match="train_uncertainty"):
         select_candidates(NUMBERS, cands, np.ones(2), train[:0], train_unc[:0], settings)
     with pytest.raises(ValueError, match="NaN"):
-        select_candidates(NUMBERS, cands, np.ones(2), train, np.full_like(train_unc, np.nan), settings)
+        select_candidates(
+            NUMBERS, cands, np.ones(2), train, np.full_like(train_unc, np.nan), settings
+        )

@@ -12,8 +12,7 @@ from benchmarks.ammonia_dft import PHASES, STRATEGIES, run
 
 @pytest.mark.slow
 def test_tiny_dft_run_reports_errors_and_timings(prefect_backend, tmp_path):
-    out = run([0], generations=1, labels_per_generation=2, quick=True, n_frames=2,
-              root=tmp_path)
+    out = run([0], generations=1, labels_per_generation=2, quick=True, n_frames=2, root=tmp_path)
     assert out["oracle"]["method"] == "RHF/STO-3G"
     assert 0.05 < out["oracle"]["barrier_eV"] < 0.5  # a real inversion barrier
     assert set(out["runs"]) == set(STRATEGIES) == set(out["summary"])

@@ -19,17 +19,29 @@ def test_oracle_reference_is_a_planar_saddle_above_a_pyramidal_minimum():
 
 
 def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
-    out = run([0], generations=1, labels_per_generation=2, quick=True, n_frames=3, n_md=2,
-              md_steps=20, root=tmp_path,
-              ablations={"cold_attack": {"exploration": {"temperature": 300.0}}})
+    out = run(
+        [0],
+        generations=1,
+        labels_per_generation=2,
+        quick=True,
+        n_frames=3,
+        n_md=2,
+        md_steps=20,
+        root=tmp_path,
+        ablations={"cold_attack": {"exploration": {"temperature": 300.0}}},
+    )
     assert set(out["runs"]) == set(STRATEGIES) == set(out["summary"])
     for strategy, by_seed in out["runs"].items():
         rows = by_seed["0"]
         assert [r["generation"] for r in rows] == [0, 1]
         assert rows[1]["n_labels"] > rows[0]["n_labels"] == 12
         for row in rows:
-            for key in ("barrier_error_kcal_mol", "force_rmse_1000K", "md_stable_fraction",
-                        "seconds_training"):
+            for key in (
+                "barrier_error_kcal_mol",
+                "force_rmse_1000K",
+                "md_stable_fraction",
+                "seconds_training",
+            ):
                 assert math.isfinite(row[key]) and row[key] >= 0, (strategy, key)
         summary = out["summary"][strategy]
         assert "final_force_rmse_1000K_mean" in summary
@@ -41,6 +53,7 @@ def test_tiny_run_reports_every_field_for_every_strategy(tmp_path):
     rows = ablation["runs"]["0"]
     assert rows[1]["n_labels"] > rows[0]["n_labels"] and "md_stable_fraction" not in rows[0]
     assert "final_force_rmse_1000K_mean" in ablation["summary"]
-    config = _config("adversarial", 0, tmp_path, True, 2, 1, name="cold_attack",
-                     overrides=ablation["changed"])
+    config = _config(
+        "adversarial", 0, tmp_path, True, 2, 1, name="cold_attack", overrides=ablation["changed"]
+    )
     assert config.exploration.temperature == 300.0 and config.system.name == "cold_attack-0"

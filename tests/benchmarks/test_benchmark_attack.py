@@ -12,14 +12,30 @@ import torch
 from benchmarks.attack import run
 
 PER_SIZE = (
-    "n_atoms", "n_structures_per_batch", "n_atoms_per_batch", "n_pairs",
-    "forward_seconds", "forward_timing", "attack_step_seconds", "attack_step_timing",
-    "attack_step_over_forward", "attack_step_over_forward_min_times",
-    "geometry_steps_per_second", "atom_steps_per_second",
-    "attack_step_parts_seconds", "attack_step_parts_sum_seconds",
+    "n_atoms",
+    "n_structures_per_batch",
+    "n_atoms_per_batch",
+    "n_pairs",
+    "forward_seconds",
+    "forward_timing",
+    "attack_step_seconds",
+    "attack_step_timing",
+    "attack_step_over_forward",
+    "attack_step_over_forward_min_times",
+    "geometry_steps_per_second",
+    "atom_steps_per_second",
+    "attack_step_parts_seconds",
+    "attack_step_parts_sum_seconds",
 )
-PARTS = ("geometry_checks", "neighbor_list", "committee_forward",
-         "committee_forces_create_graph", "objective", "backward", "optimizer_step")
+PARTS = (
+    "geometry_checks",
+    "neighbor_list",
+    "committee_forward",
+    "committee_forces_create_graph",
+    "objective",
+    "backward",
+    "optimizer_step",
+)
 
 
 def numbers(value, path: str = "") -> Iterator[tuple[str, float]]:
@@ -50,7 +66,8 @@ def test_attack_benchmark_records_positive_finite_numbers(tmp_path):
     for path, value in values.items():
         assert math.isfinite(value) and value > 0, (path, value)
     assert result["attack_step_over_forward"] == pytest.approx(
-        result["attack_step_seconds"] / result["forward_seconds"])
+        result["attack_step_seconds"] / result["forward_seconds"]
+    )
     assert result["geometry_steps_per_second"] == pytest.approx(2 / result["attack_step_seconds"])
     assert record["summary"]["max_attack_step_over_forward"] == result["attack_step_over_forward"]
 

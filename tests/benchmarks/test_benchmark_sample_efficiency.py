@@ -15,15 +15,23 @@ STRATEGIES = {"adversarial", "md", "random"}
 
 def _entry(curves: dict[str, list[tuple[int, float]]]) -> dict:
     rows = {seed: [{"n_labels": n, "err": v} for n, v in curve] for seed, curve in curves.items()}
-    return {"curves": rows, "labels": {"mean": sum(c[-1][0] for c in curves.values()) / len(curves)}}
+    return {
+        "curves": rows,
+        "labels": {"mean": sum(c[-1][0] for c in curves.values()) / len(curves)},
+    }
 
 
 def test_label_ratio_compares_labels_to_reach_the_adversarial_final_error():
     strategies = {
-        "adversarial": _entry({"0": [(10, 1.0), (20, 0.5), (30, 0.2)],
-                               "1": [(10, 1.0), (20, 0.3), (30, 0.2)]}),  # target 0.2 at 30
-        "md": _entry({"0": [(10, 1.0), (30, 0.5), (60, 0.1)],
-                      "1": [(10, 1.0), (30, 0.4), (60, 0.2), (90, 0.1)]}),
+        "adversarial": _entry(
+            {"0": [(10, 1.0), (20, 0.5), (30, 0.2)], "1": [(10, 1.0), (20, 0.3), (30, 0.2)]}
+        ),  # target 0.2 at 30
+        "md": _entry(
+            {
+                "0": [(10, 1.0), (30, 0.5), (60, 0.1)],
+                "1": [(10, 1.0), (30, 0.4), (60, 0.2), (90, 0.1)],
+            }
+        ),
         "random": _entry({"0": [(10, 1.0), (90, 0.5)], "1": [(10, 1.0), (90, 0.3)]}),
     }
     out = label_ratios(strategies, "err")
@@ -36,9 +44,14 @@ def test_label_ratio_compares_labels_to_reach_the_adversarial_final_error():
     assert rnd["labels_to_target"] == [None, None] and rnd["ratio"] is None
     assert rnd["max_labels"] == 90
     # stability: higher is better
-    up = label_ratios({"adversarial": _entry({"0": [(5, 0.5), (10, 1.0)]}),
-                       "md": _entry({"0": [(5, 0.0), (10, 0.5), (20, 1.0)]})}, "err",
-                      higher_is_better=True)
+    up = label_ratios(
+        {
+            "adversarial": _entry({"0": [(5, 0.5), (10, 1.0)]}),
+            "md": _entry({"0": [(5, 0.0), (10, 0.5), (20, 1.0)]}),
+        },
+        "err",
+        higher_is_better=True,
+    )
     assert up["baselines"]["md"]["labels_to_target"] == [20]
     assert up["baselines"]["md"]["ratio"] == pytest.approx(2.0)
 
@@ -53,7 +66,8 @@ def test_quick_mode_reports_every_field_per_system_and_strategy(prefect_backend,
     for system, entry in record["systems"].items():
         assert set(entry["strategies"]) <= STRATEGIES and "adversarial" in entry["strategies"]
         assert set(entry["label_ratios"]) == set(ERRORS[system]) | (
-            {STABILITY[system]} if STABILITY[system] else set())
+            {STABILITY[system]} if STABILITY[system] else set()
+        )
         for ratios in entry["label_ratios"].values():
             assert set(ratios["baselines"]) == set(entry["strategies"]) - {"adversarial"}
         for s in entry["strategies"].values():

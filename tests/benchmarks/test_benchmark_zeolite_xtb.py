@@ -26,10 +26,23 @@ from benchmarks.zeolite_xtb import (
     topology_kept,
 )
 
-TINY = replace(QUICK, labels_per_generation=2, n_initial=4, n_atom_basis=8, cutoff=4.0,
-               max_epochs=8, warm_start_epochs=4, n_explore_seeds=3, attack_steps=5,
-               explore_md_steps=20, n_md=2, md_steps=10, oracle_equilibration=2, n_frames=2,
-               frame_interval=2)
+TINY = replace(
+    QUICK,
+    labels_per_generation=2,
+    n_initial=4,
+    n_atom_basis=8,
+    cutoff=4.0,
+    max_epochs=8,
+    warm_start_epochs=4,
+    n_explore_seeds=3,
+    attack_steps=5,
+    explore_md_steps=20,
+    n_md=2,
+    md_steps=10,
+    oracle_equilibration=2,
+    n_frames=2,
+    frame_interval=2,
+)
 
 
 @pytest.mark.parametrize("path, guest", [(FRAMEWORK_CIF, []), (GUEST_CIF, ["H", "H", "H", "N"])])
@@ -72,11 +85,18 @@ def test_topology_check_sees_broken_bonds_and_contacts_not_periodic_images():
     assert bonds.sum() // 2 == 48 + 3  # Si-O and N-H
     h, n = 37, 36
     o = int(np.argmin(ratios[0, h] + np.where(atoms.numbers == 8, 0.0, np.inf)))
-    moved = np.stack([atoms.positions, atoms.positions + cell[1] - 2 * cell[2],
-                      atoms.positions.copy(), atoms.positions.copy()])
-    moved[2, h] += (moved[2, h] - moved[2, n])  # N-H from 1.0 to 2.0 Å: broken
+    moved = np.stack(
+        [
+            atoms.positions,
+            atoms.positions + cell[1] - 2 * cell[2],
+            atoms.positions.copy(),
+            atoms.positions.copy(),
+        ]
+    )
+    moved[2, h] += moved[2, h] - moved[2, n]  # N-H from 1.0 to 2.0 Å: broken
     moved[3, h] = moved[3, o] + 0.6 * (moved[3, h] - moved[3, o]) / np.linalg.norm(
-        moved[3, h] - moved[3, o])  # H at 0.6 Å from a framework O: a contact
+        moved[3, h] - moved[3, o]
+    )  # H at 0.6 Å from a framework O: a contact
     kept = topology_kept(distance_ratios(atoms.numbers, moved, cell), bonds)
     assert kept.tolist() == [True, True, False, False]
 
@@ -91,8 +111,18 @@ def record(tmp_path_factory):
 
 
 def test_tiny_run_records_every_field_for_every_strategy(record):
-    for key in ("command", "machine", "versions", "date", "mode", "seconds", "settings",
-                "oracle", "runs", "summary"):
+    for key in (
+        "command",
+        "machine",
+        "versions",
+        "date",
+        "mode",
+        "seconds",
+        "settings",
+        "oracle",
+        "runs",
+        "summary",
+    ):
         assert key in record, key
     assert set(record["versions"]) == {"python", "torch", "schnetpack", "tblite", "ase"}
     assert record["mode"] == "quick" and record["settings"]["n_md"] == TINY.n_md
@@ -115,8 +145,14 @@ def test_tiny_run_records_every_field_for_every_strategy(record):
             assert rows[1]["n_labels"] > rows[0]["n_labels"], strategy
             assert rows[-1]["stop_reason"] == "max_generations"
         for row in rows:
-            for key in ("force_rmse_hot", "md_survival_fs_mean", "seconds_training",
-                        "seconds_exploration", "seconds_labelling", "seconds_metrics"):
+            for key in (
+                "force_rmse_hot",
+                "md_survival_fs_mean",
+                "seconds_training",
+                "seconds_exploration",
+                "seconds_labelling",
+                "seconds_metrics",
+            ):
                 assert math.isfinite(row[key]) and row[key] >= 0, (strategy, key)
             assert 0.0 <= row["md_stable_fraction"] <= 1.0
             assert row["md_survival_fs_mean"] <= TINY.md_steps * TINY.timestep

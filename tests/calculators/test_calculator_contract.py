@@ -63,8 +63,12 @@ def _pyscf_reference(atoms: Atoms) -> float:
     """RHF/STO-3G energy from PySCF called directly, with the geometry in bohr, eV."""
     from pyscf import gto, scf
 
-    mol = gto.M(atom=[(s, tuple(p / Bohr)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                unit="Bohr", basis="sto-3g", verbose=0)
+    mol = gto.M(
+        atom=[(s, tuple(p / Bohr)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+        unit="Bohr",
+        basis="sto-3g",
+        verbose=0,
+    )
     mf = scf.RHF(mol)
     mf.conv_tol = 1e-11
     return float(mf.kernel()) * Hartree
@@ -77,7 +81,9 @@ _PERIODIC = dict(ke_cutoff=100.0, conv_tol=1e-10)  # Hartree; a 37³ mesh, about
 
 
 def _h2_in_box() -> Atoms:
-    return Atoms("H2", positions=[[0.1, 0.2, 0.3], [0.85, 0.25, 0.2]], cell=np.eye(3) * _BOX, pbc=True)
+    return Atoms(
+        "H2", positions=[[0.1, 0.2, 0.3], [0.85, 0.25, 0.2]], cell=np.eye(3) * _BOX, pbc=True
+    )
 
 
 def _periodic_reference(atoms: Atoms) -> float:
@@ -86,10 +92,17 @@ def _periodic_reference(atoms: Atoms) -> float:
     from pyscf.pbc import gto as pbc_gto
 
     cell = pbc_gto.Cell()
-    cell.atom = [(s, tuple(p / Bohr)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    cell.atom = [
+        (s, tuple(p / Bohr)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)
+    ]
     cell.a = atoms.cell[:] / Bohr
     cell.unit = "Bohr"
-    cell.basis, cell.pseudo, cell.ke_cutoff, cell.verbose = "gth-szv", "gth-pbe", _PERIODIC["ke_cutoff"], 0
+    cell.basis, cell.pseudo, cell.ke_cutoff, cell.verbose = (
+        "gth-szv",
+        "gth-pbe",
+        _PERIODIC["ke_cutoff"],
+        0,
+    )
     cell.build()
     mf = pbc_dft.RKS(cell, xc="PBE").multigrid_numint()
     mf.conv_tol = _PERIODIC["conv_tol"]
@@ -155,9 +168,13 @@ def _committee() -> Committee:
 def _committee_reference(atoms: Atoms) -> float:
     """The mean of the members' energies, each from the model and autograd directly, eV."""
     committee = _committee()
-    graph = build_graph(atoms.numbers, atoms.positions, np.array([len(atoms)]), committee.spec.cutoff)
+    graph = build_graph(
+        atoms.numbers, atoms.positions, np.array([len(atoms)]), committee.spec.cutoff
+    )
     positions = torch.as_tensor(atoms.positions, dtype=torch.float64)
-    energies = [float(energy_and_forces(m, graph, positions)[0].detach()[0]) for m in committee.members]
+    energies = [
+        float(energy_and_forces(m, graph, positions)[0].detach()[0]) for m in committee.members
+    ]
     return float(np.mean(energies))
 
 
@@ -196,8 +213,12 @@ CASES = {
     "pyscf": Case(
         calculator=lambda: PySCFCalculator(**_PYSCF),
         atoms=lambda: _distorted(molecule("H2O"), seed=1),
-        units=_pyscf_reference, units_tol=1e-6,
-        fd_step=1e-3, fd_tol=1e-4, invariance_tol=1e-6, molecule=True,
+        units=_pyscf_reference,
+        units_tol=1e-6,
+        fd_step=1e-3,
+        fd_tol=1e-4,
+        invariance_tol=1e-6,
+        molecule=True,
     ),
     # Measured in test_pyscf_periodic.py: analytic forces agree with differences to 4e-5
     # eV/Å on this coarse mesh, and a rigid shift moves the energy by 1.7e-5 eV against
@@ -206,8 +227,12 @@ CASES = {
     "pyscf_periodic": Case(
         calculator=lambda: PeriodicPySCFCalculator(**_PERIODIC),
         atoms=_h2_in_box,
-        units=_periodic_reference, units_tol=1e-6,
-        fd_step=1e-3, fd_tol=3e-4, invariance_tol=3e-4, molecule=False,
+        units=_periodic_reference,
+        units_tol=1e-6,
+        fd_step=1e-3,
+        fd_tol=3e-4,
+        invariance_tol=3e-4,
+        molecule=False,
         fd_components=((0, 0), (1, 1), (1, 2)),
     ),
     # As advloop's labeller builds it: tblite's default accuracy (1.0). Measured on this
@@ -218,25 +243,38 @@ CASES = {
     "tblite": Case(
         calculator=_tblite,
         atoms=lambda: _distorted(molecule("NH3"), seed=2),
-        units=_tblite_reference, units_tol=1e-6,
-        fd_step=1e-3, fd_tol=3e-4, invariance_tol=1e-6, molecule=True,
+        units=_tblite_reference,
+        units_tol=1e-6,
+        fd_step=1e-3,
+        fd_tol=3e-4,
+        invariance_tol=1e-6,
+        molecule=True,
     ),
     # EMT is a closed-form, smooth energy: differences at h = 1e-4 Å agree to 1e-8 eV/Å
     # (measured); its Cu cohesive energy is 3.516 eV.
     "emt": Case(
         calculator=EMT,
         atoms=lambda: _distorted(_cu3al(), seed=3),
-        units=_emt_cohesive_energy, units_tol=0.1, units_is_constant=True,
+        units=_emt_cohesive_energy,
+        units_tol=0.1,
+        units_is_constant=True,
         units_expected=_CU_COHESIVE_EV,
-        fd_step=1e-4, fd_tol=1e-6, invariance_tol=1e-9, molecule=False,
+        fd_step=1e-4,
+        fd_tol=1e-6,
+        invariance_tol=1e-9,
+        molecule=False,
     ),
     # Float64 members: forces are autograd's exact derivative; differences at h = 1e-4 Å
     # agree to 2e-8 eV/Å (measured). PaiNN is invariant under rotations and translations.
     "committee": Case(
         calculator=lambda: CommitteeCalculator(_committee()),
         atoms=lambda: _distorted(molecule("NH3"), seed=4, std=0.05),
-        units=_committee_reference, units_tol=1e-9,
-        fd_step=1e-4, fd_tol=1e-6, invariance_tol=1e-8, molecule=True,
+        units=_committee_reference,
+        units_tol=1e-9,
+        fd_step=1e-4,
+        fd_tol=1e-6,
+        invariance_tol=1e-8,
+        molecule=True,
     ),
 }
 
@@ -313,7 +351,9 @@ def test_energy_is_invariant_under_rigid_motions(request, case):
         rotated.positions = (atoms.positions - centre) @ rotation.T + centre
         rotated.calc = case.calculator()
         assert rotated.get_potential_energy() == pytest.approx(energy, abs=case.invariance_tol)
-        np.testing.assert_allclose(rotated.get_forces(), forces @ rotation.T, atol=case.invariance_tol)
+        np.testing.assert_allclose(
+            rotated.get_forces(), forces @ rotation.T, atol=case.invariance_tol
+        )
 
 
 def test_results_are_cached_on_unchanged_atoms_and_recomputed_after_a_move(case):

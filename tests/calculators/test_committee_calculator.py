@@ -52,13 +52,18 @@ def test_spread_is_reported_per_atom(calculator):
 def test_from_run_loads_latest_generation(tmp_path):
     for gen in (0, 1):
         for k in range(2):
-            save_member(make_member(10 * gen + k), tmp_path / "committee" / f"gen_{gen:03d}" / f"member_{k}.pt")
+            save_member(
+                make_member(10 * gen + k),
+                tmp_path / "committee" / f"gen_{gen:03d}" / f"member_{k}.pt",
+            )
     atoms = molecule("NH3")
     latest = CommitteeCalculator.from_run(tmp_path)
     first = CommitteeCalculator.from_run(tmp_path, generation=0)
     expected = Committee([make_member(10), make_member(11)])
     e_latest = latest.get_potential_energy(atoms)
-    assert e_latest == pytest.approx(CommitteeCalculator(expected).get_potential_energy(atoms), abs=1e-8)
+    assert e_latest == pytest.approx(
+        CommitteeCalculator(expected).get_potential_energy(atoms), abs=1e-8
+    )
     assert first.get_potential_energy(atoms) != pytest.approx(e_latest)
     with pytest.raises(FileNotFoundError):
         CommitteeCalculator.from_run(tmp_path, generation=5)

@@ -68,7 +68,9 @@ def test_other_settings_or_geometry_give_another_key(tmp_path):
     noisy = atoms.copy()
     noisy.positions[0, 0] += 1e-9  # below the hash's 1e-6 Å resolution
     assert label_key(noisy, THEORY) == key
-    assert label_key(atoms, {"x": 1, "calculator": "emt"}) == label_key(atoms, {"calculator": "emt", "x": 1})
+    assert label_key(atoms, {"x": 1, "calculator": "emt"}) == label_key(
+        atoms, {"calculator": "emt", "x": 1}
+    )
 
 
 def test_failures_are_stored_and_not_retried(tmp_path):
@@ -113,12 +115,13 @@ def test_tblite_labels_have_forces_equal_to_minus_the_energy_gradient():
             shifted = atoms.copy()
             shifted.positions[atom, comp] += sign * h
             energies.append(label_structures([shifted], calc)[0].energy)
-        assert out.forces[atom, comp] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=2e-4)
+        assert out.forces[atom, comp] == pytest.approx(
+            -(energies[0] - energies[1]) / (2 * h), abs=2e-4
+        )
 
 
 def test_python_calculator_by_import_path(tmp_path):
-    calc, theory, name = make_calculator(
-        PythonLabels(factory="ase.calculators.emt:EMT"))
+    calc, theory, name = make_calculator(PythonLabels(factory="ase.calculators.emt:EMT"))
     assert isinstance(calc, EMT) and name == "ase.calculators.emt:EMT"
     assert theory == {"calculator": "python", "python": "ase.calculators.emt:EMT", "options": {}}
     with pytest.raises(ValueError, match="cannot import"):
@@ -174,12 +177,20 @@ def _poison(store: LabelStore, key: str, energy: float, forces: np.ndarray) -> N
     (empty error) holding whatever it returned, in the store's layout."""
     path = store.root / key[:2] / f"{key}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, energy=np.float64(energy), forces=np.asarray(forces, dtype=np.float64),
-             error=np.str_(""), seconds=np.float64(0.5), theory=np.str_('{"calculator":"emt"}'))
+    np.savez(
+        path,
+        energy=np.float64(energy),
+        forces=np.asarray(forces, dtype=np.float64),
+        error=np.str_(""),
+        seconds=np.float64(0.5),
+        theory=np.str_('{"calculator":"emt"}'),
+    )
 
 
-@pytest.mark.parametrize("poison", ["nan_energy", "inf_force", "wrong_n_atoms", "four_columns",
-                                    "flat_forces", "huge_force"])
+@pytest.mark.parametrize(
+    "poison",
+    ["nan_energy", "inf_force", "wrong_n_atoms", "four_columns", "flat_forces", "huge_force"],
+)
 def test_a_poisoned_label_file_is_recomputed(tmp_path, poison):
     atoms = _structures(1)[0]
     key = label_key(atoms, THEORY)

@@ -179,16 +179,22 @@ class _OneElementEnergyEMT(_CorruptEMT):
         results["energy"] = np.array([results["energy"]])
 
 
-@pytest.mark.parametrize("calc_class, reason", [
-    (_NaNForcesEMT, r"2 force components are not finite \(nan or inf\)"),
-    (_FourColumnForcesEMT, r"forces have shape \(4, 4\), expected \[4, 3\]"),
-    (_MissingAtomForcesEMT, r"forces have shape \(3, 3\), expected \[4, 3\]"),
-    (_HugeForcesEMT, r"max \|F\| 1e\+09 eV/Å \(atom 2\) is above the 1e\+04 eV/Å limit"),
-    (_InfEnergyEMT, r"energy is inf"),
-    (_HugeEnergyEMT, r"energy -1e\+300 eV \(-2.5e\+299 eV per atom\) is beyond the ±1e\+07 "
-                     r"eV per atom limit"),
-    (_VectorEnergyEMT, r"energy has shape \(2,\), expected a scalar"),
-])
+@pytest.mark.parametrize(
+    "calc_class, reason",
+    [
+        (_NaNForcesEMT, r"2 force components are not finite \(nan or inf\)"),
+        (_FourColumnForcesEMT, r"forces have shape \(4, 4\), expected \[4, 3\]"),
+        (_MissingAtomForcesEMT, r"forces have shape \(3, 3\), expected \[4, 3\]"),
+        (_HugeForcesEMT, r"max \|F\| 1e\+09 eV/Å \(atom 2\) is above the 1e\+04 eV/Å limit"),
+        (_InfEnergyEMT, r"energy is inf"),
+        (
+            _HugeEnergyEMT,
+            r"energy -1e\+300 eV \(-2.5e\+299 eV per atom\) is beyond the ±1e\+07 "
+            r"eV per atom limit",
+        ),
+        (_VectorEnergyEMT, r"energy has shape \(2,\), expected a scalar"),
+    ],
+)
 def test_an_invalid_label_is_a_stored_failure_with_its_reason(tmp_path, calc_class, reason) -> None:
     from advloop.calculators.label_store import LabelStore, label_key
     from advloop.potentials.hashing import structure_hash

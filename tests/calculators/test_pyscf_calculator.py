@@ -43,7 +43,9 @@ def h2(distance: float) -> Atoms:
     return Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, distance]])
 
 
-def finite_difference_forces(atoms: Atoms, calc: PySCFCalculator, step: float = FD_STEP) -> np.ndarray:
+def finite_difference_forces(
+    atoms: Atoms, calc: PySCFCalculator, step: float = FD_STEP
+) -> np.ndarray:
     """Central differences of the energy, eV/Å, ``[n_atoms, 3]``."""
     forces = np.zeros((len(atoms), 3))
     for i in range(len(atoms)):
@@ -74,7 +76,9 @@ def test_h2_rhf_sto3g_matches_szabo_ostlund() -> None:
 def test_h2o_b3lyp_matches_pyscf_called_directly(density_fit: bool) -> None:
     # Level: RKS/B3LYP/3-21G, grid level 3, conv_tol 1e-10 Ha, with and without DF.
     atoms = molecule("H2O")
-    calc = PySCFCalculator(method="RKS", xc="B3LYP", basis="3-21G", conv_tol=1e-10, density_fit=density_fit)
+    calc = PySCFCalculator(
+        method="RKS", xc="B3LYP", basis="3-21G", conv_tol=1e-10, density_fit=density_fit
+    )
     atoms.calc = calc
     forces = atoms.get_forces()
     energy = atoms.get_potential_energy()
@@ -179,7 +183,9 @@ def test_atoms_too_close_rejected_before_any_scf(no_compute: None, tmp_path) -> 
         (dict(method="UHF", spin=12), 10),  # more unpaired electrons than electrons
     ],
 )
-def test_spin_incompatible_with_electron_count_rejected(no_compute: None, settings: dict, electrons: int) -> None:
+def test_spin_incompatible_with_electron_count_rejected(
+    no_compute: None, settings: dict, electrons: int
+) -> None:
     atoms = molecule("H2O")
     calc = PySCFCalculator(basis="STO-3G", **settings)
     atoms.calc = calc
@@ -196,14 +202,18 @@ def test_periodic_structure_rejected(no_compute: None) -> None:
     atoms.cell = [5.0, 5.0, 5.0]
     atoms.pbc = True
     atoms.calc = PySCFCalculator(method="RHF", basis="STO-3G")
-    with pytest.raises(InvalidStructureError, match="PySCFCalculator computes molecules, not periodic cells"):
+    with pytest.raises(
+        InvalidStructureError, match="PySCFCalculator computes molecules, not periodic cells"
+    ):
         atoms.get_potential_energy()
 
 
 def test_element_missing_from_basis_rejected(no_compute: None) -> None:
     atoms = Atoms("AuH", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.52]])
     atoms.calc = PySCFCalculator(method="RKS", basis="6-31G*")
-    with pytest.raises(InvalidStructureError, match=r"'6-31G\*' not found for element\(s\) Au\b") as info:
+    with pytest.raises(
+        InvalidStructureError, match=r"'6-31G\*' not found for element\(s\) Au\b"
+    ) as info:
         atoms.get_potential_energy()
     assert info.value.structure_hash == structure_hash(atoms)
 
@@ -345,11 +355,23 @@ def _with_position(atoms: Atoms, index: int, value: float) -> Atoms:
             {},
             r"atoms 0 \(C\) and 1 \(C\) are 0\.550 Å apart, closer than the 0\.608 Å",
         ),
-        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.25]]), {}, r"0\.250 Å apart, closer than the 0\.300 Å"),
-        (Atoms("XH", positions=[[0, 0, 0], [0, 0, 1.0]]), {}, "atom 0 has atomic number 0, not a real element"),
+        (
+            Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.25]]),
+            {},
+            r"0\.250 Å apart, closer than the 0\.300 Å",
+        ),
+        (
+            Atoms("XH", positions=[[0, 0, 0], [0, 0, 1.0]]),
+            {},
+            "atom 0 has atomic number 0, not a real element",
+        ),
         (Atoms(), {}, "the structure has no atoms"),
         (molecule("H2O"), dict(method="UKS", spin=1), r"10 electrons in H2O"),
-        (Atoms("AuH", positions=[[0, 0, 0], [0, 0, 1.52]]), {}, r"'6-31G\*' not found for element\(s\) Au;"),
+        (
+            Atoms("AuH", positions=[[0, 0, 0], [0, 0, 1.52]]),
+            {},
+            r"'6-31G\*' not found for element\(s\) Au;",
+        ),
     ],
 )
 def test_structure_problems_reported_and_rejected_before_compute(
@@ -371,7 +393,12 @@ def test_check_labelable_reports_every_problem_at_once() -> None:
     atoms.cell = [10, 10, 10]
     problems = check_labelable(atoms, PySCFSettings(method="UKS", spin=2))
     assert len(problems) == 4
-    for fragment in ("not periodic cells", "atom 2 has a non-finite position", "81 electrons", "element(s) Au"):
+    for fragment in (
+        "not periodic cells",
+        "atom 2 has a non-finite position",
+        "81 electrons",
+        "element(s) Au",
+    ):
         assert any(fragment in p for p in problems), fragment
     # the distance check is skipped when a position is not finite
     finite = atoms.copy()
@@ -395,7 +422,9 @@ def _displaced(atoms: Atoms, n: int, seed: int, std: float = 0.03) -> list[Atoms
     return frames
 
 
-def _label(frames: list[Atoms], calc: PySCFCalculator) -> tuple[list[float], list[np.ndarray], int, list[bool]]:
+def _label(
+    frames: list[Atoms], calc: PySCFCalculator
+) -> tuple[list[float], list[np.ndarray], int, list[bool]]:
     energies, forces, cycles, reused = [], [], 0, []
     for frame in frames:
         frame = frame.copy()
@@ -409,12 +438,19 @@ def _label(frames: list[Atoms], calc: PySCFCalculator) -> tuple[list[float], lis
 
 @pytest.mark.parametrize(
     ("molecule_name", "settings"),
-    [("NH3", dict(method="RHF", basis="3-21G")), ("NH2", dict(method="UHF", basis="3-21G", spin=1))],
+    [
+        ("NH3", dict(method="RHF", basis="3-21G")),
+        ("NH2", dict(method="UHF", basis="3-21G", spin=1)),
+    ],
 )
 def test_reused_density_gives_the_same_labels(molecule_name: str, settings: dict) -> None:
     frames = _displaced(molecule(molecule_name), 5, seed=4)
-    e_new, f_new, cycles_new, reused_new = _label(frames, PySCFCalculator(**settings, reuse_density=False))
-    e_old, f_old, cycles_old, reused_old = _label(frames, PySCFCalculator(**settings, reuse_density=True))
+    e_new, f_new, cycles_new, reused_new = _label(
+        frames, PySCFCalculator(**settings, reuse_density=False)
+    )
+    e_old, f_old, cycles_old, reused_old = _label(
+        frames, PySCFCalculator(**settings, reuse_density=True)
+    )
     np.testing.assert_allclose(e_old, e_new, atol=1e-7 * Hartree, rtol=0)
     np.testing.assert_allclose(f_old, f_new, atol=1e-4)
     assert reused_new == [False] * 5
@@ -463,8 +499,12 @@ def _dispersion_energy_ev(atoms: Atoms, dispersion: str, xc: str) -> float:
     """The correction from pyscf-dispersion called directly (no SCF), eV."""
     from pyscf.dispersion import dftd3, dftd4
 
-    mol = gto.M(atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                unit="Angstrom", basis="sto-3g", verbose=0)
+    mol = gto.M(
+        atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+        unit="Angstrom",
+        basis="sto-3g",
+        verbose=0,
+    )
     if dispersion == "d3bj":
         model = dftd3.DFTD3Dispersion(mol, xc=xc, version="d3bj", atm=False)
     else:
@@ -472,7 +512,9 @@ def _dispersion_energy_ev(atoms: Atoms, dispersion: str, xc: str) -> float:
     return model.get_dispersion()["energy"] * Hartree
 
 
-@pytest.mark.parametrize(("method", "dispersion", "xc"), [("RKS", "d3bj", "pbe"), ("RHF", "d4", "hf")])
+@pytest.mark.parametrize(
+    ("method", "dispersion", "xc"), [("RKS", "d3bj", "pbe"), ("RHF", "d4", "hf")]
+)
 def test_dispersion_for_the_water_dimer(method: str, dispersion: str, xc: str) -> None:
     pytest.importorskip("pyscf.dispersion")
     atoms = s22["Water_dimer"]
@@ -483,8 +525,12 @@ def test_dispersion_for_the_water_dimer(method: str, dispersion: str, xc: str) -
     f_disp, e_disp = atoms.get_forces(), atoms.get_potential_energy()
 
     correction = e_disp - e_plain
-    assert -0.2 < correction < 0.0  # eV: attractive and small (measured -0.038 D3BJ/PBE, -0.101 D4/HF)
-    assert correction == pytest.approx(_dispersion_energy_ev(atoms, dispersion, xc), abs=1e-7 * Hartree)
+    assert (
+        -0.2 < correction < 0.0
+    )  # eV: attractive and small (measured -0.038 D3BJ/PBE, -0.101 D4/HF)
+    assert correction == pytest.approx(
+        _dispersion_energy_ev(atoms, dispersion, xc), abs=1e-7 * Hartree
+    )
     fd = np.zeros((len(atoms), 3))
     for i in range(len(atoms)):
         for k in range(3):
@@ -497,16 +543,23 @@ def test_dispersion_for_the_water_dimer(method: str, dispersion: str, xc: str) -
     assert np.abs(fd).max() > 1e-4  # the correction's forces are not negligible here
     np.testing.assert_allclose(f_disp - f_plain, fd, atol=1e-5)
     suffix = dispersion.upper()
-    assert dispersed.level_of_theory == (f"RKS/PBE-{suffix}/STO-3G" if method == "RKS" else f"RHF-{suffix}/STO-3G")
+    assert dispersed.level_of_theory == (
+        f"RKS/PBE-{suffix}/STO-3G" if method == "RKS" else f"RHF-{suffix}/STO-3G"
+    )
     assert plain.level_of_theory != dispersed.level_of_theory
 
 
 def test_dispersion_settings_rejected_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("pyscf.dispersion")
-    assert PySCFSettings(method="UKS", xc="b3lyp", spin=1, dispersion="d4").level_of_theory == "UKS/B3LYP-D4/6-31G*"
+    assert (
+        PySCFSettings(method="UKS", xc="b3lyp", spin=1, dispersion="d4").level_of_theory
+        == "UKS/B3LYP-D4/6-31G*"
+    )
     with pytest.raises(ValueError, match=r"'d3bj' has no parameters for xc='LDA'"):
         PySCFSettings(xc="LDA", dispersion="d3bj")
-    with pytest.raises(ValueError, match=r"dispersion = 'd2': must be one of 'd3bj', 'd4', or None"):
+    with pytest.raises(
+        ValueError, match=r"dispersion = 'd2': must be one of 'd3bj', 'd4', or None"
+    ):
         PySCFSettings(dispersion="d2")
     # PySCF applies a correction named in xc itself; it must not be given twice
     named_in_xc = PySCFSettings(xc="B3LYP-D3BJ").level_of_theory

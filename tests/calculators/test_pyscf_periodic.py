@@ -119,7 +119,9 @@ def test_smeared_uks_singlet_equals_rks() -> None:
     labels = {}
     for method in ("RKS", "UKS"):
         atoms = stretched_h2_in_box()
-        atoms.calc = PeriodicPySCFCalculator(method=method, ke_cutoff=KE_CUTOFF, smearing=0.05, conv_tol=1e-10)
+        atoms.calc = PeriodicPySCFCalculator(
+            method=method, ke_cutoff=KE_CUTOFF, smearing=0.05, conv_tol=1e-10
+        )
         labels[method] = (atoms.get_forces(), atoms.get_potential_energy())
     assert labels["UKS"][1] == pytest.approx(labels["RKS"][1], abs=1e-6)
     np.testing.assert_allclose(labels["UKS"][0], labels["RKS"][0], atol=1e-5)
@@ -173,7 +175,9 @@ def no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
     ("pbc", "kind"),
     [(False, "non-periodic"), ([True, True, False], "partly periodic")],
 )
-def test_non_periodic_structure_rejected_before_any_scf(no_compute: None, tmp_path, pbc, kind: str) -> None:
+def test_non_periodic_structure_rejected_before_any_scf(
+    no_compute: None, tmp_path, pbc, kind: str
+) -> None:
     atoms = h2_in_box()
     atoms.pbc = pbc
     atoms.calc = PeriodicPySCFCalculator(directory=tmp_path)
@@ -195,7 +199,9 @@ def test_missing_cell_rejected(no_compute: None) -> None:
 def test_atoms_too_close_through_the_boundary_rejected(no_compute: None) -> None:
     atoms = h2_in_box([[0.05, 1.0, 1.0], [BOX - 0.1, 1.0, 1.0]])  # 0.15 Å apart across x = 0
     atoms.calc = PeriodicPySCFCalculator()
-    with pytest.raises(InvalidStructureError, match=r"periodic images included, are 0\.150 Å apart"):
+    with pytest.raises(
+        InvalidStructureError, match=r"periodic images included, are 0\.150 Å apart"
+    ):
         atoms.get_potential_energy()
 
 
@@ -203,7 +209,9 @@ def test_atoms_too_close_through_the_boundary_rejected(no_compute: None) -> None
     ("settings", "electrons"),
     [(dict(method="UKS", spin=1), 2), (dict(charge=1), 1), (dict(method="UKS", spin=4), 2)],
 )
-def test_spin_incompatible_with_valence_electrons_rejected(no_compute: None, settings: dict, electrons: int) -> None:
+def test_spin_incompatible_with_valence_electrons_rejected(
+    no_compute: None, settings: dict, electrons: int
+) -> None:
     atoms = h2_in_box()
     atoms.calc = PeriodicPySCFCalculator(**settings)
     with pytest.raises(InvalidStructureError, match=f"with {electrons} valence electrons"):
@@ -211,15 +219,21 @@ def test_spin_incompatible_with_valence_electrons_rejected(no_compute: None, set
 
 
 def test_element_missing_from_pseudopotential_rejected(no_compute: None) -> None:
-    atoms = Atoms("UH", positions=[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]], cell=np.eye(3) * 5.0, pbc=True)
+    atoms = Atoms(
+        "UH", positions=[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]], cell=np.eye(3) * 5.0, pbc=True
+    )
     atoms.calc = PeriodicPySCFCalculator()
-    with pytest.raises(InvalidStructureError, match="pseudopotential 'gth-pbe' not found for element U"):
+    with pytest.raises(
+        InvalidStructureError, match="pseudopotential 'gth-pbe' not found for element U"
+    ):
         atoms.get_potential_energy()
 
 
 @pytest.mark.filterwarnings("ignore:Basis may be available in basis-set-exchange")
 def test_element_missing_from_basis_rejected() -> None:
-    atoms = Atoms("FeH", positions=[[0.0, 0.0, 0.0], [1.6, 0.0, 0.0]], cell=np.eye(3) * 5.0, pbc=True)
+    atoms = Atoms(
+        "FeH", positions=[[0.0, 0.0, 0.0], [1.6, 0.0, 0.0]], cell=np.eye(3) * 5.0, pbc=True
+    )
     atoms.calc = PeriodicPySCFCalculator(method="UKS", spin=1)  # gth-pbe has Fe, gth-szv does not
     with pytest.raises(InvalidStructureError, match="basis set 'gth-szv'"):
         atoms.get_potential_energy()
@@ -227,8 +241,9 @@ def test_element_missing_from_basis_rejected() -> None:
 
 def test_unconverged_scf_raises_scf_error(tmp_path) -> None:
     atoms = h2_in_box()
-    atoms.calc = PeriodicPySCFCalculator(ke_cutoff=KE_CUTOFF, max_cycle=1, directory=tmp_path,
-                                         scf_ladder=("default",))
+    atoms.calc = PeriodicPySCFCalculator(
+        ke_cutoff=KE_CUTOFF, max_cycle=1, directory=tmp_path, scf_ladder=("default",)
+    )
     with pytest.raises(SCFConvergenceError, match=r"default \(max_cycle=1\)") as info:
         atoms.get_potential_energy()
     assert isinstance(info.value, SCFError)
@@ -254,7 +269,9 @@ def test_ladder_recovers_an_scf_that_runs_out_of_cycles() -> None:
 def test_mesh_too_coarse_for_the_density_fails_the_label() -> None:
     atoms = h2_in_box()
     atoms.calc = PeriodicPySCFCalculator(ke_cutoff=4.0)  # 9^3 mesh: 1.98 electrons of 2
-    with pytest.raises(LabelError, match=r"integrates to 1\.98\d+ electrons on the \[9, 9, 9\] FFT mesh"):
+    with pytest.raises(
+        LabelError, match=r"integrates to 1\.98\d+ electrons on the \[9, 9, 9\] FFT mesh"
+    ):
         atoms.get_potential_energy()
 
 
@@ -293,7 +310,9 @@ def test_two_openmp_runtimes_caught_not_returned_as_labels() -> None:
             print("FAILED", type(err).__name__, err)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     if "GUARD_OK" in done.stdout:  # these libraries do not show the trap: the label must be right
         energy = float(done.stdout.split("ENERGY")[1].split()[0])
@@ -316,7 +335,10 @@ def test_two_openmp_runtimes_caught_not_returned_as_labels() -> None:
         (dict(pseudo="cc-pvdz"), r"dft\.pseudo must name a GTH"),
         (dict(basis=""), r"dft\.basis"),
         (dict(spin=2), r"dft\.spin: method RKS is closed-shell"),
-        (dict(method="UKS", spin=-1), r"dft\.spin = -1: must be ≥ 0 \(2S, the number of unpaired electrons"),
+        (
+            dict(method="UKS", spin=-1),
+            r"dft\.spin = -1: must be ≥ 0 \(2S, the number of unpaired electrons",
+        ),
         (dict(charge=0.5), r"dft\.charge"),
         (dict(ke_cutoff=0.0), r"dft\.ke_cutoff"),
         (dict(ke_cutoff="100"), r"dft\.ke_cutoff"),
@@ -349,7 +371,10 @@ def test_unknown_or_doubled_keywords_rejected() -> None:
             PeriodicPySCFSettings(method="UKS", xc="blyp", basis="GTH-DZVP", pseudo="GTH-BLYP"),
             "UKS-BLYP/gth-dzvp/gth-blyp/Γ",
         ),
-        (PeriodicPySCFSettings(ke_cutoff=100, smearing=0.01), "RKS-PBE/gth-szv/gth-pbe/Γ/ke=100Ha/fermi=0.01Ha"),
+        (
+            PeriodicPySCFSettings(ke_cutoff=100, smearing=0.01),
+            "RKS-PBE/gth-szv/gth-pbe/Γ/ke=100Ha/fermi=0.01Ha",
+        ),
     ],
 )
 def test_level_of_theory(settings: PeriodicPySCFSettings, expected: str) -> None:

@@ -50,7 +50,9 @@ def reference_ha() -> float:
 
 def test_default_rung_alone_fails_and_names_the_rung(tmp_path) -> None:
     atoms = stretched_water()
-    calc = PySCFCalculator(method="RHF", basis="STO-3G", max_cycle=20, scf_ladder=("default",), directory=tmp_path)
+    calc = PySCFCalculator(
+        method="RHF", basis="STO-3G", max_cycle=20, scf_ladder=("default",), directory=tmp_path
+    )
     atoms.calc = calc
     with pytest.raises(SCFConvergenceError) as info:
         atoms.get_potential_energy()
@@ -73,8 +75,9 @@ def test_default_rung_alone_fails_and_names_the_rung(tmp_path) -> None:
         (DEFAULT_SCF_LADDER, 20),
     ],
 )
-def test_ladder_converges_where_diis_fails(ladder: tuple[str, ...], max_cycle: int, reference_ha: float,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_ladder_converges_where_diis_fails(
+    ladder: tuple[str, ...], max_cycle: int, reference_ha: float, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="advloop.calculators.scf_ladder")
     atoms = stretched_water()
     calc = PySCFCalculator(method="RHF", basis="STO-3G", max_cycle=max_cycle, scf_ladder=ladder)
@@ -103,7 +106,9 @@ def test_saddle_point_from_level_shift_is_followed_to_the_minimum(reference_ha: 
     assert not mf.stability(return_status=True)[2]
 
     atoms = stretched_water()
-    calc = PySCFCalculator(method="RHF", basis="STO-3G", max_cycle=20, scf_ladder=("default", "level_shift"))
+    calc = PySCFCalculator(
+        method="RHF", basis="STO-3G", max_cycle=20, scf_ladder=("default", "level_shift")
+    )
     atoms.calc = calc
     assert atoms.get_potential_energy() / Hartree == pytest.approx(reference_ha, abs=1e-6)
     assert calc.scf_rung == "level_shift"
@@ -164,7 +169,11 @@ def test_invalid_ladder_rejected(ladder: object, match: str) -> None:
 
 
 def test_ladder_setting_defaults_and_normalisation() -> None:
-    assert PySCFSettings().scf_ladder == DEFAULT_SCF_LADDER == ("default", "more_cycles", "level_shift", "newton")
+    assert (
+        PySCFSettings().scf_ladder
+        == DEFAULT_SCF_LADDER
+        == ("default", "more_cycles", "level_shift", "newton")
+    )
     settings = PySCFSettings(scf_ladder=["default", "newton"])
     assert settings.scf_ladder == ("default", "newton")
     hash(settings)  # still a hashable frozen dataclass

@@ -13,6 +13,11 @@ from tests.flows.configs import EXAMPLES, TINY_CONFIG  # noqa: F401  (fixtures b
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_CONFIG.format(name="nh3-tiny", structures=EXAMPLES / "structures" / "nh3.xyz",
-                                       output_dir=tmp_path / "runs"))
+    path.write_text(
+        TINY_CONFIG.format(
+            name="nh3-tiny",
+            structures=EXAMPLES / "structures" / "nh3.xyz",
+            output_dir=tmp_path / "runs",
+        )
+    )
     return path

@@ -97,8 +97,9 @@ class PrefectServer:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, timeout: float = 240, port: int | None = None,
-                   **env: str) -> Iterator[PrefectServer]:
+def prefect_server(
+    home: Path, timeout: float = 240, port: int | None = None, **env: str
+) -> Iterator[PrefectServer]:
     """``prefect server start --host 127.0.0.1`` on ``port`` (default: a free one) with
     PREFECT_HOME ``home`` and the settings in ``env``; waits for ``/api/health`` (which
     answers without credentials even when the server has an auth string) and stops the
@@ -108,10 +109,14 @@ def prefect_server(home: Path, timeout: float = 240, port: int | None = None,
     url = f"http://127.0.0.1:{port}/api"
     log_path = home / "server.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=clean_env(PREFECT_HOME=str(home), **env),
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=clean_env(PREFECT_HOME=str(home), **env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -124,8 +129,10 @@ def prefect_server(home: Path, timeout: float = 240, port: int | None = None,
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {timeout:.0f} s: "
-                            f"{log_path.read_text()[-3000:]}")
+                pytest.fail(
+                    f"prefect server not healthy after {timeout:.0f} s: "
+                    f"{log_path.read_text()[-3000:]}"
+                )
             time.sleep(1)
         yield PrefectServer(url=url, home=home, log=log_path)
     finally:
@@ -154,9 +161,11 @@ def postgres_bindir() -> Path | None:
     if os.environ.get("ADVLOOP_PG_BINDIR"):
         candidates.append(Path(os.environ["ADVLOOP_PG_BINDIR"]))
     debian = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += sorted((Path(p) for p in debian),
-                         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-                         reverse=True)
+    candidates += sorted(
+        (Path(p) for p in debian),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
     if found := shutil.which("initdb"):
         candidates.append(Path(found).resolve().parent)
     for bindir in candidates:
@@ -170,9 +179,11 @@ def require_postgres() -> Path:
     PostgreSQL, so a missing one there is a broken setup, not a reason to skip)."""
     bindir = postgres_bindir()
     if bindir is None:
-        message = ("PostgreSQL server binaries (initdb, pg_ctl) not found in "
-                   "/usr/lib/postgresql/*/bin, $ADVLOOP_PG_BINDIR or on PATH; install them "
-                   f"with: apt-get install -y --no-install-recommends {POSTGRES_APT}")
+        message = (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in "
+            "/usr/lib/postgresql/*/bin, $ADVLOOP_PG_BINDIR or on PATH; install them "
+            f"with: apt-get install -y --no-install-recommends {POSTGRES_APT}"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI is set, so this test must run)")
         pytest.skip(message)
@@ -197,8 +208,9 @@ class PostgresCluster:
         where = kwargs or {"host": str(self.root), "user": self.superuser}
         return await asyncpg.connect(port=self.port, database=database, **where)
 
-    def sql(self, query: str, *args: Any, database: str = "postgres",
-            **connect: Any) -> list[tuple]:
+    def sql(
+        self, query: str, *args: Any, database: str = "postgres", **connect: Any
+    ) -> list[tuple]:
         """Run one statement; return its rows as tuples."""
         import asyncio
 
@@ -227,9 +239,11 @@ def _as_cluster_owner() -> dict[str, Any]:
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError:
-        pytest.fail("running as root, and there is no 'postgres' user to run initdb as "
-                    f"(apt-get install {POSTGRES_APT} creates it; or run the tests as "
-                    "another user)")
+        pytest.fail(
+            "running as root, and there is no 'postgres' user to run initdb as "
+            f"(apt-get install {POSTGRES_APT} creates it; or run the tests as "
+            "another user)"
+        )
     return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
 
@@ -248,19 +262,49 @@ def postgres_cluster(bindir: Path) -> Iterator[PostgresCluster]:
     data = root / "data"
 
     def run(*args: str) -> None:
-        done = subprocess.run([str(bindir / args[0]), *args[1:]], cwd=root, capture_output=True,
-                              text=True, timeout=120, **owner)
+        done = subprocess.run(
+            [str(bindir / args[0]), *args[1:]],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **owner,
+        )
         if done.returncode != 0:
             log = cluster.log.read_text()[-2000:] if cluster.log.is_file() else ""
-            pytest.fail(f"{args[0]} failed ({done.returncode}): {done.stdout[-2000:]}"
-                        f"{done.stderr[-2000:]}{log}")
+            pytest.fail(
+                f"{args[0]} failed ({done.returncode}): {done.stdout[-2000:]}"
+                f"{done.stderr[-2000:]}{log}"
+            )
 
     started = False
     try:
-        run("initdb", "-D", str(data), "-U", cluster.superuser, "--auth-local=trust",
-            "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
-        run("pg_ctl", "-D", str(data), "-l", str(cluster.log), "-w", "-t", "60", "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        run(
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            cluster.superuser,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(cluster.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         started = True
         yield cluster
     finally:

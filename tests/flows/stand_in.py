@@ -44,8 +44,9 @@ class StandInEMT(EMT):
         hash_ = structure_hash(atoms if atoms is not None else self.atoms)
         if fails(hash_, self.fail_fraction):
             self._record(f"{hash_} failed")
-            raise SCFConvergenceError("stand-in SCF did not converge (failed on purpose)",
-                                      structure_hash=hash_)
+            raise SCFConvergenceError(
+                "stand-in SCF did not converge (failed on purpose)", structure_hash=hash_
+            )
         super().calculate(atoms, properties, system_changes)
         self._record(hash_)
 
@@ -59,18 +60,23 @@ def stand_in_emt(counter: str, fail_fraction: float = 0.0) -> StandInEMT:
     return StandInEMT(counter, fail_fraction)
 
 
-def write_config(folder: Path, name: str, fail_fraction: float = 0.0,
-                 max_failure_ratio: float = 0.5) -> Path:
+def write_config(
+    folder: Path, name: str, fail_fraction: float = 0.0, max_failure_ratio: float = 0.5
+) -> Path:
     """The tiny NH3 config (tests/flows/conftest.py) labelled by the stand-in, with up to 3
     labels a generation, written to ``<folder>/<name>.yaml``, its run folder in
     ``<folder>/runs``; the stand-in's counter file is :func:`counter_path`."""
-    text = TINY_CONFIG.format(name=name, structures=EXAMPLES / "structures" / "nh3.xyz",
-                              output_dir=folder / "runs")
+    text = TINY_CONFIG.format(
+        name=name, structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=folder / "runs"
+    )
     text = text.replace("max_selected: 2", "max_selected: 3").replace(
-        "max_labels: 10", f"max_labels: 10, max_failure_ratio: {max_failure_ratio}")
-    text = text.replace("labels: {kind: pyscf, method: RHF, basis: STO-3G}",
-                        f"labels: {{kind: python, factory: '{FACTORY}', options: "
-                        f"{{counter: '{counter_path(folder, name)}', fail_fraction: {fail_fraction}}}}}")
+        "max_labels: 10", f"max_labels: 10, max_failure_ratio: {max_failure_ratio}"
+    )
+    text = text.replace(
+        "labels: {kind: pyscf, method: RHF, basis: STO-3G}",
+        f"labels: {{kind: python, factory: '{FACTORY}', options: "
+        f"{{counter: '{counter_path(folder, name)}', fail_fraction: {fail_fraction}}}}}",
+    )
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
@@ -90,9 +96,13 @@ def subprocess_env(prefect_home: Path) -> dict[str, str]:
     """The environment of a run in its own process: Prefect's embedded server on its own
     PREFECT_HOME, one OpenMP thread, this checkout importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     return env
 
 
@@ -121,12 +131,15 @@ def stand_in_emt_nan_forces(counter: str, nan_fraction: float = 0.0) -> NaNForce
     return NaNForcesEMT(counter, nan_fraction)
 
 
-def write_nan_forces_config(folder: Path, name: str, nan_fraction: float,
-                            max_failure_ratio: float = 0.5) -> Path:
+def write_nan_forces_config(
+    folder: Path, name: str, nan_fraction: float, max_failure_ratio: float = 0.5
+) -> Path:
     """:func:`write_config`'s run, labelled by :class:`NaNForcesEMT` (NaN forces for a
     ``nan_fraction`` of structures) instead of failing SCFs."""
     path = write_config(folder, name, 0.0, max_failure_ratio)
-    text = path.read_text().replace(f"'{FACTORY}'", "'tests.flows.stand_in:stand_in_emt_nan_forces'")
+    text = path.read_text().replace(
+        f"'{FACTORY}'", "'tests.flows.stand_in:stand_in_emt_nan_forces'"
+    )
     path.write_text(text.replace("fail_fraction: 0.0", f"nan_fraction: {nan_fraction}"))
     return path
 

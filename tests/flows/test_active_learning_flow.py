@@ -39,7 +39,10 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert "σF att. mean" in printed and "generation budget spent" in printed
     # progress lines of the local reporter (plain lines: the stream is not a terminal)
     assert "gen 0: member 0 trained" in printed and "gen 1: member 1 trained" in printed
-    assert f"gen 0: {summary['labels_explored']} of {summary['labels_explored']} labels done" in printed
+    assert (
+        f"gen 0: {summary['labels_explored']} of {summary['labels_explored']} labels done"
+        in printed
+    )
 
     _check_prefect_server(summary)
 
@@ -57,8 +60,12 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # A stored label is the DFT energy of its geometry, computed independently here.
     atoms = dataset.to_atoms([adversarial[0]])[0]
-    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                basis="STO-3G", unit="Angstrom", verbose=0)
+    mol = gto.M(
+        atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+        basis="STO-3G",
+        unit="Angstrom",
+        verbose=0,
+    )
     assert atoms.get_potential_energy() == pytest.approx(scf.RHF(mol).kernel() * Hartree, abs=1e-5)
 
     # Calibration of the committee's spread on the structures it had not seen.
@@ -90,7 +97,9 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # Export: ase.io.read gives the DFT energies and forces back.
     out = tmp_path / "data.extxyz"
-    result = CliRunner().invoke(app, ["export", str(layout.root), "--format", "extxyz", "-o", str(out)])
+    result = CliRunner().invoke(
+        app, ["export", str(layout.root), "--format", "extxyz", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     frames = read(str(out), ":")
     assert len(frames) == len(dataset)
@@ -99,7 +108,9 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert np.allclose(np.concatenate([f.get_forces() for f in frames]), arrays.forces)
 
     spk_db = tmp_path / "data.db"
-    result = CliRunner().invoke(app, ["export", str(layout.root), "--format", "schnetpack", "-o", str(spk_db)])
+    result = CliRunner().invoke(
+        app, ["export", str(layout.root), "--format", "schnetpack", "-o", str(spk_db)]
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote {len(dataset)} structures" in result.output
 
@@ -112,19 +123,24 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
 
     # A larger generation budget continues the finished run: its last committee (which
     # only trained) now explores, and one more generation trains.
-    longer = config.model_copy(update={"budget": config.budget.model_copy(
-        update={"max_generations": 2})})
+    longer = config.model_copy(
+        update={"budget": config.budget.model_copy(update={"max_generations": 2})}
+    )
     extended = run_active_learning(longer, GenerationTable(io.StringIO()))
     assert extended["stop_reason"] == "max_generations" and extended["generations"] == 3
     assert extended["dataset_size"] > summary["dataset_size"]
     assert layout.trained_generations() == [0, 1, 2]
-    assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/gen_00[01]/*.pt")} == mtimes
+    assert {
+        p: p.stat().st_mtime_ns for p in layout.root.glob("committee/gen_00[01]/*.pt")
+    } == mtimes
 
     # A generation whose next step would start past the wall-time deadline stops there
     # (its committee is on disk already; exploring would be the next step).
     from advloop.flows.active_learning import PrefectJobs, generation_flow
 
-    cut = generation_flow(longer, 2, 5, False, time.time(), PrefectJobs(GenerationTable(io.StringIO())))
+    cut = generation_flow(
+        longer, 2, 5, False, time.time(), PrefectJobs(GenerationTable(io.StringIO()))
+    )
     assert cut.interrupted and not cut.record.explored
     assert not layout.candidates(2).exists()
 
@@ -144,8 +160,12 @@ def _check_prefect_server(summary: dict) -> None:
 
     with get_client(sync_client=True) as client:
         # One flow run for the run, one sub-flow run per generation, all tagged with the system.
-        runs = {r.name: r for r in client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-tiny"])))}
+        runs = {
+            r.name: r
+            for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-tiny"]))
+            )
+        }
         assert set(runs) == {"nh3-tiny", "nh3-tiny-gen000", "nh3-tiny-gen001"}
         top = runs["nh3-tiny"]
         assert top.parent_task_run_id is None and top.state.is_completed()
@@ -154,17 +174,24 @@ def _check_prefect_server(summary: dict) -> None:
             assert runs[name].parent_task_run_id is not None and runs[name].state.is_completed()
         # the initial structures labelled by one task each, in the run's own flow run
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [top.id]}))
-        assert sorted(t.name for t in task_runs if t.name.startswith("label-")) == \
-            sorted(f"label-initial-{k}" for k in range(summary["labels_initial"]))
+        assert sorted(t.name for t in task_runs if t.name.startswith("label-")) == sorted(
+            f"label-initial-{k}" for k in range(summary["labels_initial"])
+        )
         # no task run carries the system tag: a tagged one takes a tag concurrency slot on
         # the server (two writes per task, SQLite lock retries on the embedded server)
-        every_task = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id={"any_": [r.id for r in runs.values()]}))
+        every_task = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs.values()]})
+        )
         assert every_task and all("nh3-tiny" not in t.tags for t in every_task)
 
         artifacts = {}
-        for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-                any_=["nh3-tiny-generations", "nh3-tiny-labelling", "nh3-tiny-summary"]))):
+        for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(
+                    any_=["nh3-tiny-generations", "nh3-tiny-labelling", "nh3-tiny-summary"]
+                )
+            )
+        ):
             artifacts.setdefault(a.key, []).append(a)
         # The table: a version per generation, the last one with a row for each.
         tables = sorted(artifacts["nh3-tiny-generations"], key=lambda a: a.created)
@@ -173,7 +200,9 @@ def _check_prefect_server(summary: dict) -> None:
         assert [r["generation"] for r in rows] == [0, 1]
         assert list(rows[0]) == list(TABLE_COLUMNS)
         assert rows[0]["labels_added"] == summary["labels_explored"]
-        assert rows[0]["sigma_f_attacked_mean_eV_A"] > 0 and rows[0]["sigma_f_selected_max_eV_A"] > 0
+        assert (
+            rows[0]["sigma_f_attacked_mean_eV_A"] > 0 and rows[0]["sigma_f_selected_max_eV_A"] > 0
+        )
         assert rows[0]["val_forces_mae_eV_A"] > 0 and rows[1]["labels_added"] is None
         # labelling progress: the initial structures' tasks, then generation 0's
         progress = sorted(artifacts["nh3-tiny-labelling"], key=lambda a: a.created)
@@ -187,9 +216,13 @@ def _check_prefect_server(summary: dict) -> None:
         # Events an automation can act on (the server stores them a moment later).
         wanted = {"advloop.generation.finished": 2, "advloop.run.stopped": 1}
         for _ in range(60):
-            page = client.read_events(filter=EventFilter(
-                event=EventNameFilter(prefix=["advloop."]),
-                resource=EventResourceFilter(id=["advloop.run.nh3-tiny"])), limit=50)
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(prefix=["advloop."]),
+                    resource=EventResourceFilter(id=["advloop.run.nh3-tiny"]),
+                ),
+                limit=50,
+            )
             found = [e.event for e in page.events]
             if all(found.count(k) >= n for k, n in wanted.items()):
                 break

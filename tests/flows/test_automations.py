@@ -51,8 +51,15 @@ def test_the_automation_is_prefects_heartbeat_recipe():
     # what the server receives
     data = automation.model_dump(mode="json", exclude={"id"})
     assert data["trigger"]["type"] == "event" and data["trigger"]["within"] == 540.0
-    assert data["actions"] == [{"type": "change-flow-run-state", "name": None,
-                                "state": "CRASHED", "message": action.message, "force": False}]
+    assert data["actions"] == [
+        {
+            "type": "change-flow-run-state",
+            "name": None,
+            "state": "CRASHED",
+            "message": action.message,
+            "force": False,
+        }
+    ]
 
 
 def test_the_command_checks_its_option_before_contacting_a_server():
@@ -72,9 +79,11 @@ def test_the_command_without_a_server_says_how_to_set_one():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with prefect_server(tmp_path_factory.mktemp("prefect-automations"),
-                        PREFECT_SERVER_UI_ENABLED="false",
-                        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as running:
+    with prefect_server(
+        tmp_path_factory.mktemp("prefect-automations"),
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+    ) as running:
         yield running
 
 
@@ -115,8 +124,9 @@ def test_creating_it_again_changes_nothing_and_leaves_one(server):
         from prefect.events.schemas.automations import AutomationCore
 
         with get_client(sync_client=True) as client:
-            client.create_automation(AutomationCore(
-                **crash_automation(120).model_dump(exclude={"id"})))
+            client.create_automation(
+                AutomationCore(**crash_automation(120).model_dump(exclude={"id"}))
+            )
         assert len(_named(CRASH_AUTOMATION)) == 2
         fixed = ensure_automation(crash_automation(600))
         assert fixed.removed == 1 and len(_named(CRASH_AUTOMATION)) == 1
@@ -134,7 +144,9 @@ def test_creating_it_again_changes_nothing_and_leaves_one(server):
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 180}):
-            result = CliRunner().invoke(app, ["automations", "create", "--heartbeat-seconds", "200"])
+            result = CliRunner().invoke(
+                app, ["automations", "create", "--heartbeat-seconds", "200"]
+            )
         assert result.exit_code == 0
         assert "less than twice the heartbeat interval set here (180 s" in result.stderr
 
@@ -158,8 +170,9 @@ def _flow_run(name: str):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[name])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
     return runs[0] if runs else None
 
 
@@ -169,9 +182,13 @@ def _heartbeats(run_id) -> int:
 
     with get_client(sync_client=True) as client:
         # limit: the client's default (100) is above what the 3.8.8 server accepts (50)
-        page = client.read_events(EventFilter(
-            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
-            resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"])), limit=50)
+        page = client.read_events(
+            EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+            ),
+            limit=50,
+        )
     return page.total
 
 
@@ -194,30 +211,53 @@ def test_a_killed_flow_run_is_marked_crashed_and_a_live_one_is_not(server, tmp_p
     from prefect.client.schemas.objects import StateType
 
     seconds = 70
-    env = clean_env(PREFECT_API_URL=server.url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
-                    PREFECT_HOME=str(tmp_path / "home"))
+    env = clean_env(
+        PREFECT_API_URL=server.url,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+        PREFECT_HOME=str(tmp_path / "home"),
+    )
     with _on(server.url):
         assert ensure_crash_automation(seconds).automation.trigger.within == timedelta(seconds=70)
-        procs = {name: subprocess.Popen([sys.executable, "-c", _SLEEPER, name, length],
-                                        cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
-                 for name, length in (("victim", "900"), ("survivor", "100"))}
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-c", _SLEEPER, name, length],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            for name, length in (("victim", "900"), ("survivor", "100"))
+        }
         try:
-            victim = _until(lambda: (r := _flow_run("victim")) and r.state.is_running() and r,
-                            180, "the victim flow run Running")
+            victim = _until(
+                lambda: (r := _flow_run("victim")) and r.state.is_running() and r,
+                180,
+                "the victim flow run Running",
+            )
             _until(lambda: _heartbeats(victim.id) >= 1, 60, "the victim's first heartbeat")
             os.killpg(procs["victim"].pid, signal.SIGKILL)
             killed = time.monotonic()
             procs["victim"].wait(30)
 
-            crashed = _until(lambda: (r := _flow_run("victim")).state.is_crashed() and r,
-                             seconds + 120, "the killed flow run Crashed")
-            assert time.monotonic() - killed >= seconds - 35  # not before N after its last heartbeat
-            assert crashed.state.message == f"advloop: no heartbeat from this flow run for {seconds} s; marked Crashed"
+            crashed = _until(
+                lambda: (r := _flow_run("victim")).state.is_crashed() and r,
+                seconds + 120,
+                "the killed flow run Crashed",
+            )
+            assert (
+                time.monotonic() - killed >= seconds - 35
+            )  # not before N after its last heartbeat
+            assert (
+                crashed.state.message
+                == f"advloop: no heartbeat from this flow run for {seconds} s; marked Crashed"
+            )
 
             out, _ = procs["survivor"].communicate(timeout=300)
-            assert procs["survivor"].returncode == 0 and out.strip().endswith("COMPLETED"), out[-3000:]
+            assert procs["survivor"].returncode == 0 and out.strip().endswith("COMPLETED"), out[
+                -3000:
+            ]
             survivor = _flow_run("survivor")
             assert survivor.state.type == StateType.COMPLETED
             with get_client(sync_client=True) as client:

@@ -33,8 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "data" / "bad_inputs"
 CASES: dict[str, dict] = yaml.safe_load((CORPUS / "cases.yaml").read_text())
 # Cases whose file modes root ignores: run in a real process, without root's override.
-PERMISSION_CASES = {name for name, case in CASES.items()
-                    if {"unreadable", "read_only_dir"} & set(case.get("setup", {}))}
+PERMISSION_CASES = {
+    name
+    for name, case in CASES.items()
+    if {"unreadable", "read_only_dir"} & set(case.get("setup", {}))
+}
 _UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
@@ -91,8 +94,10 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     for path in sorted(root.rglob("*")):
         st = path.lstat()
         out[str(path.relative_to(root))] = (
-            (stat.S_IFMT(st.st_mode), st.st_mode) if path.is_dir()
-            else (stat.S_IFMT(st.st_mode), st.st_mode, st.st_size, st.st_mtime_ns))
+            (stat.S_IFMT(st.st_mode), st.st_mode)
+            if path.is_dir()
+            else (stat.S_IFMT(st.st_mode), st.st_mode, st.st_size, st.st_mtime_ns)
+        )
     return out
 
 
@@ -112,8 +117,10 @@ def _check_refusal(name: str, command: str, exit_code: int, output: str) -> None
 
 
 def _commands(config: Path) -> dict[str, list[str]]:
-    return {"validate": ["validate", str(config)],
-            "run": ["run", str(config), "--output-dir", "out"]}
+    return {
+        "validate": ["validate", str(config)],
+        "run": ["run", str(config), "--output-dir", "out"],
+    }
 
 
 def test_the_corpus_is_complete():
@@ -122,8 +129,12 @@ def test_the_corpus_is_complete():
     assert len(CASES) >= 30
     for name, case in CASES.items():
         assert case["description"].strip() and len(case["expect"]) >= 2, name
-        assert set(case.get("setup", {})) <= {"unreadable", "file", "read_only_dir",
-                                              "python_module"}, name
+        assert set(case.get("setup", {})) <= {
+            "unreadable",
+            "file",
+            "read_only_dir",
+            "python_module",
+        }, name
     configs = {p.name for p in CORPUS.glob("*.yaml")} - {"cases.yaml"}
     named = {case.get("config", f"{name}.yaml") for name, case in CASES.items()}
     assert configs <= named, f"configs without a case: {sorted(configs - named)}"
@@ -138,8 +149,9 @@ def test_bad_input_is_refused(name, tmp_path, monkeypatch):
     try:
         for command, args in _commands(config).items():  # validate first: run must not start
             result = runner.invoke(app, args)
-            assert result.exception is None or isinstance(result.exception, SystemExit), \
+            assert result.exception is None or isinstance(result.exception, SystemExit), (
                 f"{name}: advloop {command} raised {result.exception!r}"
+            )
             _check_refusal(name, command, result.exit_code, result.output)
             assert _snapshot(tmp_path) == before, f"{name}: advloop {command} wrote files"
     finally:
@@ -158,8 +170,19 @@ def test_bad_input_is_refused_by_the_real_command(name, tmp_path):
     try:
         for command, args in _commands(config).items():
             done = subprocess.run(
-                [*prefix, sys.executable, "-c",
-                 "from advloop.flows.cli import app; app(prog_name='advloop')", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+                [
+                    *prefix,
+                    sys.executable,
+                    "-c",
+                    "from advloop.flows.cli import app; app(prog_name='advloop')",
+                    *args,
+                ],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             _check_refusal(name, command, done.returncode, done.stdout + done.stderr)
             assert _snapshot(tmp_path) == before, f"{name}: advloop {command} wrote files"
             assert not prefect_home.exists(), f"{name}: advloop {command} started Prefect"
@@ -174,13 +197,23 @@ def test_free_disk_space_is_checked_against_the_real_disk(tmp_path):
     path = tmp_path / "c.yaml"
 
     def config(min_free_disk_mb: int) -> Path:
-        path.write_text(yaml.safe_dump({
-            "system": {"name": "ammonia", "structures": str(CORPUS / "structures" / "nh3.xyz")},
-            "compute": {"min_free_disk_mb": min_free_disk_mb},
-            "output_dir": str(tmp_path / "runs")}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "system": {
+                        "name": "ammonia",
+                        "structures": str(CORPUS / "structures" / "nh3.xyz"),
+                    },
+                    "compute": {"min_free_disk_mb": min_free_disk_mb},
+                    "output_dir": str(tmp_path / "runs"),
+                }
+            )
+        )
         return path
 
-    with pytest.raises(ConfigError, match=r"MB free on its disk, less than compute.min_free_disk_mb"):
+    with pytest.raises(
+        ConfigError, match=r"MB free on its disk, less than compute.min_free_disk_mb"
+    ):
         validate_config(config(free_mb + 100_000))
     for threshold in (1, 0):
         assert validate_config(config(threshold)).compute.min_free_disk_mb == threshold

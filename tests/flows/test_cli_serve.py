@@ -27,8 +27,10 @@ def test_builder_gives_the_submissions_and_a_scheduled_deployment(tiny_config, t
     assert (scheduled.flow_name, scheduled.name) == ("advloop-run-config", "nh3-tiny")
     (schedule,) = scheduled.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.active
-    assert scheduled.parameters == {"config_path": str(tiny_config.resolve()),
-                                    "output_dir": str(tmp_path / "runs")}
+    assert scheduled.parameters == {
+        "config_path": str(tiny_config.resolve()),
+        "output_dir": str(tmp_path / "runs"),
+    }
     assert set(scheduled.tags) == {"advloop", "nh3-tiny"}
     # what a worker or the serving process will load
     assert load_flow_from_entrypoint(scheduled.entrypoint).name == "advloop-run-config"
@@ -102,8 +104,9 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
     monkeypatch.setattr(deployments, "schedule_ids", lambda names: frozenset({"earlier"}))
     monkeypatch.setattr(deployments, "watch_schedules", watch)
     monkeypatch.setattr(deployments, "api_url", lambda: "http://user:secret@127.0.0.1:4200/api")
-    result = CliRunner().invoke(app, ["serve", "--config", str(tiny_config), "--cron",
-                                      "15 3 * * *", "--limit", "2"])
+    result = CliRunner().invoke(
+        app, ["serve", "--config", str(tiny_config), "--cron", "15 3 * * *", "--limit", "2"]
+    )
     assert result.exit_code == 0, result.output
     names = [f"{d.flow_name}/{d.name}" for d in served["deployments"]]
     assert names == ["advloop-submission/submissions", "advloop-run-config/nh3-tiny"]
@@ -113,16 +116,23 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
     assert "secret" not in result.output and "http://127.0.0.1:4200/api" in result.stdout
     # the scheduled deployment's next run, once the server has made it
     assert watched == {"names": ["advloop-run-config/nh3-tiny"], "before": frozenset({"earlier"})}
-    assert result.stdout.splitlines()[-1] == "next run of advloop-run-config/nh3-tiny: 2031-01-02 02:00 UTC"
+    assert (
+        result.stdout.splitlines()[-1]
+        == "next run of advloop-run-config/nh3-tiny: 2031-01-02 02:00 UTC"
+    )
 
 
 def test_serve_command_refuses_bad_input_without_serving(tiny_config, tmp_path, monkeypatch):
     import prefect
 
     monkeypatch.setattr(prefect, "serve", lambda *a, **k: pytest.fail("served"))
-    result = CliRunner().invoke(app, ["serve", "--config", str(tiny_config), "--cron", "61 * * * *"])
+    result = CliRunner().invoke(
+        app, ["serve", "--config", str(tiny_config), "--cron", "61 * * * *"]
+    )
     assert result.exit_code == 2 and "Invalid cron string" in result.stderr
-    result = CliRunner().invoke(app, ["serve", "--config", str(tiny_config), "--timezone", "Mars/Base"])
+    result = CliRunner().invoke(
+        app, ["serve", "--config", str(tiny_config), "--timezone", "Mars/Base"]
+    )
     assert result.exit_code == 2 and "Invalid timezone" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad.yaml"

@@ -14,32 +14,67 @@ from typer.testing import CliRunner
 from advloop.flows.cli import app
 
 RECORDS = [
-    {"generation": 0, "dataset_size": 14, "labels_added": 2, "labels_failed": 0,
-     "attack_sigma_f_mean": 0.4321, "attack_sigma_f_max": 0.9, "train_val_forces_mae": 0.2468,
-     "seconds": 12.0},
-    {"generation": 1, "dataset_size": 16, "labels_added": 2, "labels_failed": 1,
-     "attack_sigma_f_mean": 0.1357, "attack_sigma_f_max": 0.3, "train_val_forces_mae": 0.1122,
-     "seconds": 15.0},
-    {"generation": 2, "dataset_size": 16, "attack_sigma_f_mean": 0.0123,
-     "train_val_forces_mae": 0.0987, "seconds": 9.0},
+    {
+        "generation": 0,
+        "dataset_size": 14,
+        "labels_added": 2,
+        "labels_failed": 0,
+        "attack_sigma_f_mean": 0.4321,
+        "attack_sigma_f_max": 0.9,
+        "train_val_forces_mae": 0.2468,
+        "seconds": 12.0,
+    },
+    {
+        "generation": 1,
+        "dataset_size": 16,
+        "labels_added": 2,
+        "labels_failed": 1,
+        "attack_sigma_f_mean": 0.1357,
+        "attack_sigma_f_max": 0.3,
+        "train_val_forces_mae": 0.1122,
+        "seconds": 15.0,
+    },
+    {
+        "generation": 2,
+        "dataset_size": 16,
+        "attack_sigma_f_mean": 0.0123,
+        "train_val_forces_mae": 0.0987,
+        "seconds": 9.0,
+    },
 ]
-SUMMARY = {"system": "ammonia", "stop_reason": "converged",
-           "stop_explanation": "converged: the attacked geometries' mean force uncertainty "
-                               "stayed below 0.05 eV/Å for 1 generation(s)",
-           "generations": 3, "final_committee_generation": 2, "dataset_size": 16,
-           "labels_initial": 12, "labels_explored": 4, "labels_failed": 0,
-           "strategy": "adversarial", "level_of_theory": "RKS-PBE/6-31G*",
-           "wall_seconds": 120.0, "run_dir": "runs/ammonia"}
+SUMMARY = {
+    "system": "ammonia",
+    "stop_reason": "converged",
+    "stop_explanation": "converged: the attacked geometries' mean force uncertainty "
+    "stayed below 0.05 eV/Å for 1 generation(s)",
+    "generations": 3,
+    "final_committee_generation": 2,
+    "dataset_size": 16,
+    "labels_initial": 12,
+    "labels_explored": 4,
+    "labels_failed": 0,
+    "strategy": "adversarial",
+    "level_of_theory": "RKS-PBE/6-31G*",
+    "wall_seconds": 120.0,
+    "run_dir": "runs/ammonia",
+}
 
 
-def _make_run(root: Path, records: list[dict], summary: dict | None, partial_line: bool = False,
-              resumed: bool = False) -> Path:
+def _make_run(
+    root: Path,
+    records: list[dict],
+    summary: dict | None,
+    partial_line: bool = False,
+    resumed: bool = False,
+) -> Path:
     """A run folder as the flow leaves it: config.yaml first, records, then summary.json."""
     root.mkdir(parents=True)
     config = root / "config.yaml"
     config.write_text(f"system: {{name: {root.name}}}\n")
     text = "".join(json.dumps(r) + "\n" for r in records)
-    (root / "generations.jsonl").write_text(text + ('{"generation": 9, "data' if partial_line else ""))
+    (root / "generations.jsonl").write_text(
+        text + ('{"generation": 9, "data' if partial_line else "")
+    )
     t = time.time() - 600
     os.utime(config, (t, t))
     os.utime(root / "generations.jsonl", (t + 30, t + 30))
@@ -56,8 +91,9 @@ def runs(tmp_path) -> Path:
     runs = tmp_path / "runs"
     _make_run(runs / "ammonia", RECORDS, SUMMARY)
     _make_run(runs / "water", RECORDS[:1], None, partial_line=True)
-    _make_run(runs / "quartz", RECORDS[:2], {**SUMMARY, "stop_reason": "max_generations"},
-              resumed=True)
+    _make_run(
+        runs / "quartz", RECORDS[:2], {**SUMMARY, "stop_reason": "max_generations"}, resumed=True
+    )
     (runs / "not-a-run").mkdir()
     return runs
 
@@ -86,7 +122,11 @@ def test_status_of_one_run_prints_its_generations_and_outcome(runs):
     assert out[0].startswith("ammonia: stopped: converged (updated ")
     assert "σF att. mean" in out[1] and "val F MAE" in out[1]
     rows = [line.split() for line in out[2:5]]
-    assert [r[:4] for r in rows] == [["0", "14", "2", "0"], ["1", "16", "2", "1"], ["2", "16", "-", "-"]]
+    assert [r[:4] for r in rows] == [
+        ["0", "14", "2", "0"],
+        ["1", "16", "2", "1"],
+        ["2", "16", "-", "-"],
+    ]
     assert rows[0][4:7] == ["0.4321", "0.9000", "0.2468"]
     assert rows[2][4] == "0.0123"
     assert out[5] == SUMMARY["stop_explanation"]

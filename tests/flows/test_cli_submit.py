@@ -29,8 +29,14 @@ _BIN, _free_port, _env = BIN, free_port, clean_env
 def _advloop(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """The CLI in a fresh process, so that Prefect reads PREFECT_API_URL from ``env``."""
     code = "from advloop.flows.cli import app; app(prog_name='advloop')"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +45,12 @@ def prefect_server(tmp_path_factory):
 
     The late-runs service is off so that a run stays `Scheduled` while the test reads it,
     the scheduler and the UI because nothing here needs them."""
-    with start_prefect_server(tmp_path_factory.mktemp("prefect-server"),
-                              PREFECT_SERVER_UI_ENABLED="false",
-                              PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
-                              PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as server:
+    with start_prefect_server(
+        tmp_path_factory.mktemp("prefect-server"),
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+    ) as server:
         yield server.url
 
 
@@ -74,16 +82,21 @@ def _flow_runs(url: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.system
-def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deployment,
-                                             tiny_config, tmp_path):
+def test_submit_creates_a_scheduled_flow_run(
+    prefect_server, submissions_deployment, tiny_config, tmp_path
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     client_home = str(tmp_path / "client-home")
     before = {r.id for r in _flow_runs(prefect_server)}
-    done = _advloop(["submit", str(tiny_config)], tmp_path, PREFECT_API_URL=prefect_server,
-                    PREFECT_HOME=client_home)
+    done = _advloop(
+        ["submit", str(tiny_config)],
+        tmp_path,
+        PREFECT_API_URL=prefect_server,
+        PREFECT_HOME=client_home,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert f"to {DEFAULT_DEPLOYMENT}: flow run 'nh3-tiny'" in done.stdout
@@ -104,11 +117,15 @@ def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deploym
     # What the worker does with those parameters gives back the submitted config.
     staged = stage_submission(**run.parameters, label="test")
     assert staged.model_dump(exclude={"system"}) == config.model_dump(exclude={"system"})
-    assert staged.system.structures == tmp_path / "runs" / "nh3-tiny" / "submissions" / "test" / "nh3.xyz"
+    assert (
+        staged.system.structures
+        == tmp_path / "runs" / "nh3-tiny" / "submissions" / "test" / "nh3.xyz"
+    )
 
     # status knows the run from the server before any run folder exists
-    status = _invoke_with_api_url(prefect_server, ["status", "nh3-tiny", "--server",
-                                                   "--runs-dir", str(tmp_path / "runs")])
+    status = _invoke_with_api_url(
+        prefect_server, ["status", "nh3-tiny", "--server", "--runs-dir", str(tmp_path / "runs")]
+    )
     assert status.exit_code == 0, status.output
     assert "no run folder yet" in status.stdout
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("nh3-tiny ")]
@@ -120,8 +137,10 @@ def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deploym
     assert "--force" in again.stderr
 
     # ... and a deployment that does not exist is named, with the fix.
-    missing = _invoke_with_api_url(prefect_server, ["submit", str(tiny_config), "--deployment",
-                                                    "advloop-submission/nope", "--force"])
+    missing = _invoke_with_api_url(
+        prefect_server,
+        ["submit", str(tiny_config), "--deployment", "advloop-submission/nope", "--force"],
+    )
     assert missing.exit_code == 2, missing.output
     assert "no deployment 'advloop-submission/nope'" in missing.stderr
     assert "advloop serve" in missing.stderr
@@ -130,8 +149,9 @@ def test_submit_creates_a_scheduled_flow_run(prefect_server, submissions_deploym
 
 @pytest.mark.slow
 @pytest.mark.system
-def test_submit_refuses_a_bad_config_before_contacting_the_server(prefect_server,
-                                                                   submissions_deployment, tmp_path):
+def test_submit_refuses_a_bad_config_before_contacting_the_server(
+    prefect_server, submissions_deployment, tmp_path
+):
     before = len(_flow_runs(prefect_server))
     bad = tmp_path / "bad.yaml"
     bad.write_text("system: {name: nh3, structures: missing.xyz}\nmodle: {}\n")
@@ -166,7 +186,8 @@ def test_submit_to_an_unreachable_server_fails_in_one_line(tiny_config):
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"error: cannot reach the Prefect server at {url} (ConnectError): start it "
-        "(prefect server start --host 127.0.0.1) or fix PREFECT_API_URL")
+        "(prefect server start --host 127.0.0.1) or fix PREFECT_API_URL"
+    )
     assert time.monotonic() - t0 < 60
 
 
@@ -209,7 +230,9 @@ def test_a_submission_carries_the_config_by_value(tiny_config, tmp_path):
     submission = Submission.pack(tiny_config, config)
     params = submission.parameters()
     assert set(params) == {"config_yaml", "structures_name", "structures_b64", "output_dir"}
-    assert params["config_yaml"] == tiny_config.read_text() and params["structures_name"] == "nh3.xyz"
+    assert (
+        params["config_yaml"] == tiny_config.read_text() and params["structures_name"] == "nh3.xyz"
+    )
 
     # The worker needs neither file: stage into another folder after deleting the copy here.
     moved = tmp_path / "elsewhere"
@@ -232,7 +255,9 @@ def test_a_submission_too_large_for_the_server_is_refused_before_sending(tiny_co
     many = tmp_path / "many.xyz"
     frame = read(config.system.structures)
     write(many, [frame] * (MAX_SUBMISSION_BYTES // 200))  # each frame > 200 bytes of text
-    big = config.model_copy(update={"system": config.system.model_copy(update={"structures": many})})
+    big = config.model_copy(
+        update={"system": config.system.model_copy(update={"structures": many})}
+    )
     with pytest.raises(ConfigError, match="KiB a submission carries"):
         Submission.pack(tiny_config, big)
 
@@ -241,21 +266,24 @@ def test_a_bad_submission_is_a_config_error(tmp_path):
     from advloop.flows.config import ConfigError
 
     with pytest.raises(ConfigError, match="not base64"):
-        stage_submission("system: {name: a, structures: x.xyz}\n", "x.xyz", "%%%",
-                         str(tmp_path), "a")
+        stage_submission(
+            "system: {name: a, structures: x.xyz}\n", "x.xyz", "%%%", str(tmp_path), "a"
+        )
     with pytest.raises(ConfigError, match="structures_name"):
         stage_submission("system: {name: a, structures: x.xyz}\n", "..", "", str(tmp_path), "a")
     with pytest.raises(ConfigError, match="system section"):
         stage_submission("- a list\n", "x.xyz", "", str(tmp_path), "a")
     with pytest.raises(ConfigError, match=r"(?s)^submitted config: 1 problem.*modle: unknown key"):
-        stage_submission("system: {name: a, structures: x.xyz}\nmodle: {}\n", "x.xyz", "",
-                         str(tmp_path), "a")
+        stage_submission(
+            "system: {name: a, structures: x.xyz}\nmodle: {}\n", "x.xyz", "", str(tmp_path), "a"
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.system
-def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissions_deployment,
-                                                        tmp_path):
+def test_a_process_worker_elsewhere_runs_the_submission(
+    prefect_server, submissions_deployment, tmp_path
+):
     """Submit from one folder, run a process worker in another: the config and structures
     reach the worker as parameters, the run folder lands where the submitter said."""
     from prefect.client.orchestration import get_client
@@ -274,17 +302,25 @@ def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissi
     config = inputs / "nh3-emt.yaml"
     config.write_text(EMT_RUN_CONFIG.format(name="nh3-emt", structures="nh3.xyz"))
 
-    done = _advloop(["submit", str(config)], submitter, PREFECT_API_URL=prefect_server,
-                    PREFECT_HOME=str(tmp_path / "home-submit"))
+    done = _advloop(
+        ["submit", str(config)],
+        submitter,
+        PREFECT_API_URL=prefect_server,
+        PREFECT_HOME=str(tmp_path / "home-submit"),
+    )
     assert done.returncode == 0, done.stderr
     run_id = _UUID.search(done.stdout).group(1)
     structures.unlink()  # the worker must not need the submitter's files
     config.unlink()
 
-    ran = subprocess.run([str(_BIN / "prefect"), "worker", "start", "--pool", "advloop-test",
-                          "--run-once"], cwd=worker, capture_output=True, text=True, timeout=400,
-                         env=_env(PREFECT_API_URL=prefect_server,
-                                  PREFECT_HOME=str(tmp_path / "home-worker")))
+    ran = subprocess.run(
+        [str(_BIN / "prefect"), "worker", "start", "--pool", "advloop-test", "--run-once"],
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=_env(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "home-worker")),
+    )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         with get_client(sync_client=True) as client:
@@ -295,11 +331,15 @@ def test_a_process_worker_elsewhere_runs_the_submission(prefect_server, submissi
     assert (run_dir / "summary.json").is_file() and not (worker / "runs").exists()
     (kept,) = (run_dir / "submissions").iterdir()
     assert kept.name.endswith(run_id[:8]) and (kept / "nh3.xyz").is_file()
-    status = _invoke_with_api_url(prefect_server, ["status", "nh3-emt", "--server",
-                                                   "--runs-dir", str(submitter / "runs")])
+    status = _invoke_with_api_url(
+        prefect_server, ["status", "nh3-emt", "--server", "--runs-dir", str(submitter / "runs")]
+    )
     assert status.exit_code == 0, status.output
     assert status.stdout.startswith("nh3-emt: stopped: max_generations")
-    flows = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines()
-             if line.startswith("nh3-emt ")}
+    flows = {
+        line.split()[1]: line.split()[2]
+        for line in status.stdout.splitlines()
+        if line.startswith("nh3-emt ")
+    }
     assert flows["advloop-submission"] == "Completed"
     assert flows["advloop-active-learning"] == "Completed"

@@ -156,7 +156,10 @@ def test_exploration_and_labeller_settings_are_checked(tmp_path):
         load_config(_write(tmp_path, data))
     text = str(err.value)
     assert "exploration.uncertainty" in text
-    assert "exploration.trust_upper: unknown key for exploration.kind adversarial (a setting of kind md" in text
+    assert (
+        "exploration.trust_upper: unknown key for exploration.kind adversarial (a setting of kind md"
+        in text
+    )
 
 
 def test_a_labeller_named_by_import_path_must_exist(tmp_path):
@@ -171,13 +174,20 @@ def test_a_leading_tilde_is_the_home_folder(tmp_path, monkeypatch):
     and `system.structures: ~/...` name folders in the home folder, not folders named `~`."""
     home = tmp_path / "home"
     (home / "structures").mkdir(parents=True)
-    (home / "structures" / "nh3.xyz").write_text((EXAMPLE.parent / "structures" / "nh3.xyz").read_text())
+    (home / "structures" / "nh3.xyz").write_text(
+        (EXAMPLE.parent / "structures" / "nh3.xyz").read_text()
+    )
     monkeypatch.setenv("HOME", str(home))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    path = _write(work, {"system": {"name": "ammonia", "structures": "~/structures/nh3.xyz"},
-                         "output_dir": "~/runs"})
+    path = _write(
+        work,
+        {
+            "system": {"name": "ammonia", "structures": "~/structures/nh3.xyz"},
+            "output_dir": "~/runs",
+        },
+    )
     config = validate_config(path)
     assert config.run_dir() == home / "runs" / "ammonia"
     assert config.system.structures == home / "structures" / "nh3.xyz"
@@ -187,8 +197,11 @@ def test_a_leading_tilde_is_the_home_folder(tmp_path, monkeypatch):
     assert not (work / "~").exists() and list(work.iterdir()) == [path]
     data = yaml.safe_load(path.read_text())
     data["output_dir"] = "~no_such_user_of_this_machine/runs"
-    with pytest.raises(ConfigError, match=r"output_dir: cannot find the home folder of "
-                                          r"'~no_such_user_of_this_machine'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"output_dir: cannot find the home folder of "
+        r"'~no_such_user_of_this_machine'",
+    ):
         load_config(_write(work, data))
 
 
@@ -211,8 +224,10 @@ def _water_box(n: int = 15) -> Atoms:
     """n³ water molecules 3.1 Å apart, a molecule (no cell): 3 n³ atoms."""
     water = molecule("H2O")
     grid = np.stack(np.meshgrid(*[np.arange(n) * 3.1] * 3, indexing="ij"), -1).reshape(-1, 3)
-    return Atoms(np.tile(water.numbers, len(grid)),
-                 positions=(water.positions[None] + grid[:, None]).reshape(-1, 3))
+    return Atoms(
+        np.tile(water.numbers, len(grid)),
+        positions=(water.positions[None] + grid[:, None]).reshape(-1, 3),
+    )
 
 
 @pytest.mark.parametrize("system", ["water_box", "copper_cell"])
@@ -227,9 +242,14 @@ def test_validating_10000_atoms_takes_little_memory(system, tmp_path):
         atoms, labels = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((14, 14, 13)), {"kind": "emt"}
     assert len(atoms) > 10_000
     write(tmp_path / "big.extxyz", atoms)
-    path = _write(tmp_path, {"system": {"name": system, "structures": "big.extxyz"},
-                             "labels": labels or {"kind": "pyscf"},
-                             "output_dir": str(tmp_path / "runs")})
+    path = _write(
+        tmp_path,
+        {
+            "system": {"name": system, "structures": "big.extxyz"},
+            "labels": labels or {"kind": "pyscf"},
+            "output_dir": str(tmp_path / "runs"),
+        },
+    )
     validate_config(path)  # imports and caches outside the measurement
     tracemalloc.start()
     try:

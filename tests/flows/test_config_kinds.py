@@ -31,13 +31,26 @@ def _write(tmp_path: Path, data: dict, name: str = "c.yaml") -> Path:
 def _cu3(tmp_path: Path, labels: dict) -> Path:
     """A config for an odd-electron Cu3 (87 electrons) labelled by ``labels``."""
     write(tmp_path / "cu3.xyz", Atoms("Cu3", positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.1, 0]]))
-    return _write(tmp_path, {"system": {"name": "cu3", "structures": "cu3.xyz"},
-                             "labels": labels, "output_dir": str(tmp_path / "runs")})
+    return _write(
+        tmp_path,
+        {
+            "system": {"name": "cu3", "structures": "cu3.xyz"},
+            "labels": labels,
+            "output_dir": str(tmp_path / "runs"),
+        },
+    )
 
 
-@pytest.mark.parametrize("labels", [{"kind": "emt"}, "emt", {"kind": "tblite"},
-                                    {"kind": "python", "factory": "ase.calculators.emt:EMT"}],
-                         ids=["emt", "emt-by-name", "tblite", "python"])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"kind": "emt"},
+        "emt",
+        {"kind": "tblite"},
+        {"kind": "python", "factory": "ase.calculators.emt:EMT"},
+    ],
+    ids=["emt", "emt-by-name", "tblite", "python"],
+)
 def test_odd_electron_cu3_validates_for_labellers_without_a_spin(tmp_path, labels):
     """Before kinds, the PySCF electron count refused every labeller here with a message
     about dft.spin."""
@@ -46,8 +59,9 @@ def test_odd_electron_cu3_validates_for_labellers_without_a_spin(tmp_path, label
 
 
 def test_odd_electron_cu3_is_refused_by_pyscf_naming_labels_spin(tmp_path):
-    result = CliRunner().invoke(app, ["validate", str(_cu3(tmp_path, {"kind": "pyscf",
-                                                                      "basis": "def2-SVP"}))])
+    result = CliRunner().invoke(
+        app, ["validate", str(_cu3(tmp_path, {"kind": "pyscf", "basis": "def2-SVP"}))]
+    )
     assert result.exit_code == 2
     assert "labels.spin (2S = 0) cannot fit 87 electrons" in result.output
     assert "dft." not in result.output
@@ -58,8 +72,14 @@ def test_odd_electron_cu3_is_refused_by_pyscf_naming_labels_spin(tmp_path):
 
 
 def test_sections_without_a_kind_take_todays_defaults(tmp_path):
-    path = _write(tmp_path, {"system": {"name": "a", "structures": "x.xyz"},
-                             "labels": {"basis": "STO-3G"}, "exploration": {"n_steps": 7}})
+    path = _write(
+        tmp_path,
+        {
+            "system": {"name": "a", "structures": "x.xyz"},
+            "labels": {"basis": "STO-3G"},
+            "exploration": {"n_steps": 7},
+        },
+    )
     config = load_config(path)
     assert config.labels.kind == "pyscf" and config.labels.basis == "STO-3G"
     assert config.exploration.kind == "adversarial" and config.exploration.n_steps == 7
@@ -73,45 +93,69 @@ def test_each_exploration_kind_is_the_settings_its_strategy_reads(tmp_path):
     from advloop.adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
 
     base = {"system": {"name": "a", "structures": "x.xyz"}}
-    for kind, cls, extra in (("adversarial", AttackSettings, {"n_steps": 3}),
-                             ("md", CommitteeMDSettings, {"n_steps": 3, "timestep": 1.0}),
-                             ("random", RandomDisplacementSettings, {"std": 0.1})):
+    for kind, cls, extra in (
+        ("adversarial", AttackSettings, {"n_steps": 3}),
+        ("md", CommitteeMDSettings, {"n_steps": 3, "timestep": 1.0}),
+        ("random", RandomDisplacementSettings, {"std": 0.1}),
+    ):
         config = load_config(_write(tmp_path, {**base, "exploration": {"kind": kind, **extra}}))
         assert isinstance(config.exploration, cls)
         assert all(getattr(config.exploration, k) == v for k, v in extra.items())
-    with pytest.raises(ConfigError, match=r"exploration.std: unknown key for exploration.kind md "
-                                          r"\(a setting of kind random: choose that kind"):
+    with pytest.raises(
+        ConfigError,
+        match=r"exploration.std: unknown key for exploration.kind md "
+        r"\(a setting of kind random: choose that kind",
+    ):
         load_config(_write(tmp_path, {**base, "exploration": {"kind": "md", "std": 0.1}}))
-    with pytest.raises(ConfigError, match=r"labels.uhf: unknown key for labels.kind pyscf \(a "
-                                          r"setting of kind tblite"):
+    with pytest.raises(
+        ConfigError,
+        match=r"labels.uhf: unknown key for labels.kind pyscf \(a "
+        r"setting of kind tblite",
+    ):
         load_config(_write(tmp_path, {**base, "labels": {"uhf": 1}}))
     with pytest.raises(ConfigError, match=r"labels.spn: unknown key; did you mean 'spin'"):
         load_config(_write(tmp_path, {**base, "labels": {"spn": 1}}))
 
 
 def test_the_geometry_section_reaches_every_geometry_check(tmp_path):
-    base = {"system": {"name": "a", "structures": str(EXAMPLE.parent / "structures" / "nh3.xyz")},
-            "geometry": {"min_distance_factor": 0.3, "max_bond_factor": 2.5}}
+    base = {
+        "system": {"name": "a", "structures": str(EXAMPLE.parent / "structures" / "nh3.xyz")},
+        "geometry": {"min_distance_factor": 0.3, "max_bond_factor": 2.5},
+    }
     for kind in ("adversarial", "md", "random"):
         config = load_config(_write(tmp_path, {**base, "exploration": {"kind": kind}}))
         for section in (config.exploration, config.selection, config.geometry):
             assert (section.min_distance_factor, section.max_bond_factor) == (0.3, 2.5)
     # the structures a run starts from are checked with the same limit
     (tmp_path / "close.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.2\n")
-    close = {"system": {"name": "a", "structures": "close.xyz"}, "labels": "emt",
-             "output_dir": str(tmp_path / "runs")}
+    close = {
+        "system": {"name": "a", "structures": "close.xyz"},
+        "labels": "emt",
+        "output_dir": str(tmp_path / "runs"),
+    }
     with pytest.raises(ConfigError, match="atoms 0 and 1"):
         validate_config(_write(tmp_path, close))
     assert validate_config(_write(tmp_path, {**close, "geometry": {"min_distance_factor": 0.1}}))
     with pytest.raises(ConfigError, match=r"geometry.max_bond_factor \(0.4\) must be larger"):
-        load_config(_write(tmp_path, {**base, "geometry": {"min_distance_factor": 0.5,
-                                                           "max_bond_factor": 0.4}}))
+        load_config(
+            _write(
+                tmp_path, {**base, "geometry": {"min_distance_factor": 0.5, "max_bond_factor": 0.4}}
+            )
+        )
 
 
 def test_to_yaml_loads_back_to_the_same_config(tmp_path):
-    config = load_config(_write(tmp_path, {
-        "system": {"name": "a", "structures": "x.xyz"}, "labels": {"kind": "tblite", "uhf": 1},
-        "exploration": {"kind": "md", "n_steps": 5}, "geometry": {"max_bond_factor": 3.0}}))
+    config = load_config(
+        _write(
+            tmp_path,
+            {
+                "system": {"name": "a", "structures": "x.xyz"},
+                "labels": {"kind": "tblite", "uhf": 1},
+                "exploration": {"kind": "md", "n_steps": 5},
+                "geometry": {"max_bond_factor": 3.0},
+            },
+        )
+    )
     text = config.to_yaml()
     dumped = yaml.safe_load(text)
     assert list(dumped["labels"])[0] == "kind" and list(dumped["exploration"])[0] == "kind"
@@ -122,44 +166,56 @@ def test_to_yaml_loads_back_to_the_same_config(tmp_path):
 
 def test_counts_are_limited_by_the_kind_they_belong_to(tmp_path):
     base = {"system": {"name": "a", "structures": "x.xyz"}}
-    with pytest.raises(ConfigError, match="exploration.n_steps: 200000 is above the limit of 100000"):
+    with pytest.raises(
+        ConfigError, match="exploration.n_steps: 200000 is above the limit of 100000"
+    ):
         load_config(_write(tmp_path, {**base, "exploration": {"n_steps": 200_000}}))
-    config = load_config(_write(tmp_path, {**base, "exploration": {"kind": "md",
-                                                                   "n_steps": 200_000}}))
+    config = load_config(
+        _write(tmp_path, {**base, "exploration": {"kind": "md", "n_steps": 200_000}})
+    )
     assert config.exploration.n_steps == 200_000  # committee MD runs for up to 10^7 steps
     with pytest.raises(ConfigError, match="labels.max_cycle: 1000000 is above the limit"):
-        load_config(_write(tmp_path, {**base, "labels": {"kind": "pyscf_periodic",
-                                                         "max_cycle": 1_000_000}}))
+        load_config(
+            _write(tmp_path, {**base, "labels": {"kind": "pyscf_periodic", "max_cycle": 1_000_000}})
+        )
 
 
 def test_an_old_style_config_is_refused_with_the_new_form_of_each_key(tmp_path):
     """Every moved key at once, exit status 2, before any compute, for validate and run."""
-    old = {"system": {"name": "a", "structures": str(EXAMPLE.parent / "structures" / "nh3.xyz")},
-           "labels": {"calculator": "python", "python": "ase.calculators.emt:EMT",
-                      "options": {"asap_cutoff": True}},
-           "periodic_dft": {"ke_cutoff": 100.0},
-           "exploration": {"strategy": "random", "n_seeds": 2, "max_bond_factor": 3.0},
-           "random": {"std": 0.1, "min_distance_factor": 0.4},
-           "attack": {"n_steps": 3}}
+    old = {
+        "system": {"name": "a", "structures": str(EXAMPLE.parent / "structures" / "nh3.xyz")},
+        "labels": {
+            "calculator": "python",
+            "python": "ase.calculators.emt:EMT",
+            "options": {"asap_cutoff": True},
+        },
+        "periodic_dft": {"ke_cutoff": 100.0},
+        "exploration": {"strategy": "random", "n_seeds": 2, "max_bond_factor": 3.0},
+        "random": {"std": 0.1, "min_distance_factor": 0.4},
+        "attack": {"n_steps": 3},
+    }
     path = _write(tmp_path, old)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     problems = err.value.problems
-    assert sorted(problems[:-1]) == sorted([
-        "labels.calculator: moved to labels.kind",
-        "labels.python: moved to labels.factory (with labels.kind: python)",
-        "exploration.strategy: moved to exploration.kind",
-        "periodic_dft.ke_cutoff: moved to labels.ke_cutoff (with labels.kind: pyscf_periodic); "
-        "this run labels with python, which does not read it: drop it, or choose that kind",
-        "attack.n_steps: moved to exploration.n_steps (with exploration.kind: adversarial); this "
-        "run explores with random, which does not read it: drop it, or choose that kind",
-        "random.std: moved to exploration.std (with exploration.kind: random)",
-        "random.min_distance_factor: moved to geometry.min_distance_factor",
-        "exploration.max_bond_factor: moved to geometry.max_bond_factor",
-    ])
+    assert sorted(problems[:-1]) == sorted(
+        [
+            "labels.calculator: moved to labels.kind",
+            "labels.python: moved to labels.factory (with labels.kind: python)",
+            "exploration.strategy: moved to exploration.kind",
+            "periodic_dft.ke_cutoff: moved to labels.ke_cutoff (with labels.kind: pyscf_periodic); "
+            "this run labels with python, which does not read it: drop it, or choose that kind",
+            "attack.n_steps: moved to exploration.n_steps (with exploration.kind: adversarial); this "
+            "run explores with random, which does not read it: drop it, or choose that kind",
+            "random.std: moved to exploration.std (with exploration.kind: random)",
+            "random.min_distance_factor: moved to geometry.min_distance_factor",
+            "exploration.max_bond_factor: moved to geometry.max_bond_factor",
+        ]
+    )
     new_form = problems[-1]
-    assert ("labels: {kind: python, options: {asap_cutoff: true}, factory: "
-            "'ase.calculators.emt:EMT'}") in new_form
+    assert (
+        "labels: {kind: python, options: {asap_cutoff: true}, factory: 'ase.calculators.emt:EMT'}"
+    ) in new_form
     assert "exploration: {kind: random, n_seeds: 2, std: 0.1}" in new_form
     assert "geometry: {min_distance_factor: 0.4, max_bond_factor: 3.0}" in new_form
     out = tmp_path / "out"
@@ -169,9 +225,18 @@ def test_an_old_style_config_is_refused_with_the_new_form_of_each_key(tmp_path):
         assert "labels.python: moved to labels.factory" in result.output
     assert not out.exists()
     # written in the new form it shows, the config is valid
-    new = {"system": old["system"], "output_dir": str(tmp_path / "runs"),
-           **yaml.safe_load("\n".join(part.strip() for part in new_form.split("write the moved "
-                            "keys as ")[1].removesuffix(" (see examples/ammonia.yaml)").split("; ")))}
+    new = {
+        "system": old["system"],
+        "output_dir": str(tmp_path / "runs"),
+        **yaml.safe_load(
+            "\n".join(
+                part.strip()
+                for part in new_form.split("write the moved keys as ")[1]
+                .removesuffix(" (see examples/ammonia.yaml)")
+                .split("; ")
+            )
+        ),
+    }
     config = validate_config(_write(tmp_path, new, "new.yaml"))
     assert config.labels.kind == "python" and config.exploration.std == 0.1
     assert config.geometry.max_bond_factor == 3.0
@@ -180,13 +245,16 @@ def test_an_old_style_config_is_refused_with_the_new_form_of_each_key(tmp_path):
 def test_the_schema_module_imports_no_loading_or_checks():
     """flows/config.py (the schema) ← flows/inputs.py (reading, checks) ← flows/validation.py:
     importing the schema imports neither of the others (no import circle)."""
-    code = ("import sys, advloop.flows.config; "
-            "print(sorted(m for m in sys.modules if m.startswith('advloop.flows.')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=ROOT)
+    code = (
+        "import sys, advloop.flows.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('advloop.flows.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert done.stdout.strip() == "['advloop.flows.config']", done.stdout
-    code = ("import sys, advloop.flows.inputs; "
-            "print('advloop.flows.validation' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=ROOT)
+    code = "import sys, advloop.flows.inputs; print('advloop.flows.validation' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert done.stdout.strip() == "False"

@@ -34,8 +34,13 @@ print("result", check(21), "server session", os.getsid(server.pid) != os.getsid(
 
 def test_the_servers_output_goes_to_its_log_not_the_terminal(tmp_path: Path) -> None:
     home = tmp_path / "prefect-home"
-    done = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
-                          timeout=300, env=subprocess_env(home))
+    done = subprocess.run(
+        [sys.executable, "-c", CODE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(home),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "result 42 server session True" in done.stdout
     log = home / "embedded-server.log"

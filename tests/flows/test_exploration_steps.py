@@ -35,8 +35,11 @@ def prepared_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("explore")
     path = root / "tiny.yaml"
-    path.write_text(TINY_CONFIG.format(name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz",
-                                       output_dir=root / "runs"))
+    path.write_text(
+        TINY_CONFIG.format(
+            name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=root / "runs"
+        )
+    )
     config = validate_config(path)
     initial_dataset(config)
     for member in range(config.committee.n_members):
@@ -56,15 +59,25 @@ def _with(config, tmp_path, **sections):
     return new
 
 
-@pytest.mark.parametrize("strategy, extra", [
-    ("random", {"std": 0.08, "n_per_seed": 2}),
-    ("md", {"temperature": 800.0, "n_steps": 40, "sample_interval": 5,
-            "trust_lower": 0.0, "trust_upper": 50.0}),
-    ("adversarial", {"n_steps": 5}),
-])
+@pytest.mark.parametrize(
+    "strategy, extra",
+    [
+        ("random", {"std": 0.08, "n_per_seed": 2}),
+        (
+            "md",
+            {
+                "temperature": 800.0,
+                "n_steps": 40,
+                "sample_interval": 5,
+                "trust_lower": 0.0,
+                "trust_upper": 50.0,
+            },
+        ),
+        ("adversarial", {"n_steps": 5}),
+    ],
+)
 def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, extra):
-    config = _with(prepared_run, tmp_path,
-                   exploration={"kind": strategy, "n_seeds": 3, **extra})
+    config = _with(prepared_run, tmp_path, exploration={"kind": strategy, "n_seeds": 3, **extra})
     report = explore_step(config, 0)
     candidates = generation_candidates(config, 0)
     trace = RunLayout(config.run_dir()).exploration_trace(0)
@@ -88,8 +101,11 @@ def test_strategy_explores_selects_and_labels(prepared_run, tmp_path, strategy, 
 
 
 def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp_path):
-    config = _with(prepared_run, tmp_path, exploration={"kind": "random", "n_seeds": 2,
-                                                        "seeds": "previous", "std": 0.08})
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={"kind": "random", "n_seeds": 2, "seeds": "previous", "std": 0.08},
+    )
     explore_step(config, 0)
     labelled = label_batch(config, 0, select_step(config, 0, max_selected=2).selected)
     assert labelled.added == 2
@@ -100,8 +116,9 @@ def test_previous_seeds_start_from_the_last_generations_labels(prepared_run, tmp
 
 
 def test_labels_one_structure_at_a_time_then_one_append(prepared_run, tmp_path):
-    config = _with(prepared_run, tmp_path, exploration={"kind": "random", "n_seeds": 3,
-                                                        "std": 0.08})
+    config = _with(
+        prepared_run, tmp_path, exploration={"kind": "random", "n_seeds": 3, "std": 0.08}
+    )
     explore_step(config, 0)
     sel = select_step(config, 0, max_selected=3)
     assert sel.n_above >= len(sel.selected) >= 2
@@ -158,7 +175,9 @@ def test_initial_structures_are_regenerated_exactly_for_an_older_run_folder(prep
     assert prepare_initial(config) == []  # every structure already in the dataset
     np.testing.assert_array_equal(np.stack([a.positions for a in read_initial(layout)]), kept)
     stored = Dataset(layout.dataset).arrays()
-    np.testing.assert_array_equal(stored.positions[:len(kept) * kept.shape[1]], kept.reshape(-1, 3))
+    np.testing.assert_array_equal(
+        stored.positions[: len(kept) * kept.shape[1]], kept.reshape(-1, 3)
+    )
     size = len(Dataset(layout.dataset))
     report = append_initial(config)  # appends nothing, and reports the batch as before
     assert len(Dataset(layout.dataset)) == size
@@ -178,10 +197,19 @@ def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
     from advloop.flows.loop import check_failures
     from advloop.flows.steps import LabellingError
 
-    config = _with(prepared_run, tmp_path,
-                   exploration={"kind": "random", "n_seeds": 3, "std": 0.08},
-                   labels={"kind": "pyscf", "method": "RHF", "basis": "STO-3G", "max_cycle": 1,
-                           "scf_ladder": ["default"], "conv_tol": 1e-12})
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={"kind": "random", "n_seeds": 3, "std": 0.08},
+        labels={
+            "kind": "pyscf",
+            "method": "RHF",
+            "basis": "STO-3G",
+            "max_cycle": 1,
+            "scf_ladder": ["default"],
+            "conv_tol": 1e-12,
+        },
+    )
     explore_step(config, 0)
     selected = select_step(config, 0, max_selected=2).selected
     before = len(Dataset(RunLayout(config.run_dir()).dataset))
@@ -191,8 +219,9 @@ def test_failed_scf_is_recorded_and_the_loop_goes_on(prepared_run, tmp_path):
     assert len(Dataset(RunLayout(config.run_dir()).dataset)) == before
     with pytest.raises(LabellingError, match="max_failure_ratio"):
         check_failures(config, report, "explored", 0)
-    lenient = config.model_copy(update={"budget": config.budget.model_copy(
-        update={"max_failure_ratio": 1.0})})
+    lenient = config.model_copy(
+        update={"budget": config.budget.model_copy(update={"max_failure_ratio": 1.0})}
+    )
     check_failures(lenient, report, "explored", 0)  # within the limit: the run goes on
 
 
@@ -206,9 +235,11 @@ def test_a_periodic_cell_runs_through_every_step(tmp_path):
 
     write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
     path = tmp_path / "cu.yaml"
-    path.write_text(TINY_CONFIG.format(name="cu", structures=tmp_path / "cu.extxyz",
-                                       output_dir=tmp_path / "runs").replace(
-                        "labels: {kind: pyscf, method: RHF, basis: STO-3G}", "labels: {kind: emt}"))
+    path.write_text(
+        TINY_CONFIG.format(
+            name="cu", structures=tmp_path / "cu.extxyz", output_dir=tmp_path / "runs"
+        ).replace("labels: {kind: pyscf, method: RHF, basis: STO-3G}", "labels: {kind: emt}")
+    )
     config = validate_config(path)
     initial_dataset(config)
     for member in range(config.committee.n_members):
@@ -223,8 +254,9 @@ def test_a_periodic_cell_runs_through_every_step(tmp_path):
     assert candidates.pbc.all() and np.allclose(candidates.cells, np.eye(3) * 3.6)
     # calibration predicts the new labels with their periodic images
     new = data.subset(report.indices)
-    pred = Committee.from_checkpoints(RunLayout(config.run_dir()).committee_checkpoints(0)) \
-        .predict_arrays(new.numbers, new.positions, new.n_atoms, new.cell, new.pbc)
+    pred = Committee.from_checkpoints(
+        RunLayout(config.run_dir()).committee_checkpoints(0)
+    ).predict_arrays(new.numbers, new.positions, new.n_atoms, new.cell, new.pbc)
     errors = np.linalg.norm(pred.forces_mean - new.forces, axis=1)
     calibration = evaluate_step(config, 0, report.indices)
     assert calibration["observed_mean"] == pytest.approx(errors.mean(), rel=1e-5)
@@ -239,7 +271,10 @@ def test_periodic_cells_need_a_periodic_labeller(tmp_path):
 
     write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
     path = tmp_path / "cu.yaml"
-    path.write_text(TINY_CONFIG.format(name="cu", structures=tmp_path / "cu.extxyz",
-                                       output_dir=tmp_path / "runs"))
+    path.write_text(
+        TINY_CONFIG.format(
+            name="cu", structures=tmp_path / "cu.extxyz", output_dir=tmp_path / "runs"
+        )
+    )
     with pytest.raises(ConfigError, match="pyscf_periodic or tblite"):
         validate_config(path)

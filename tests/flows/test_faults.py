@@ -56,16 +56,28 @@ def test_failures_below_the_limit_are_recorded_and_the_run_finishes(prefect_back
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fraction, limit, message", [
-    # the initial labels: 4 of 6 fail
-    (0.6, 0.5, r"4 of 6 initial DFT labels failed, a failure ratio of 0.667, above "
-               r"budget.max_failure_ratio = 0.5: initial structure \d: SCFConvergenceError"),
-    # generation 0's labels: 1 of 3 fail, after 1 of the 6 initial ones (0.17, within 0.3)
-    (FRACTION, 0.3, r"1 of 3 adversarial DFT labels failed, a failure ratio of 0.333, above "
-                    r"budget.max_failure_ratio = 0.3: adversarial structure \d: SCFConvergenceError"),
-])
-def test_failures_above_the_limit_stop_the_run_naming_ratio_and_limit(prefect_backend, tmp_path,
-                                                                      fraction, limit, message):
+@pytest.mark.parametrize(
+    "fraction, limit, message",
+    [
+        # the initial labels: 4 of 6 fail
+        (
+            0.6,
+            0.5,
+            r"4 of 6 initial DFT labels failed, a failure ratio of 0.667, above "
+            r"budget.max_failure_ratio = 0.5: initial structure \d: SCFConvergenceError",
+        ),
+        # generation 0's labels: 1 of 3 fail, after 1 of the 6 initial ones (0.17, within 0.3)
+        (
+            FRACTION,
+            0.3,
+            r"1 of 3 adversarial DFT labels failed, a failure ratio of 0.333, above "
+            r"budget.max_failure_ratio = 0.3: adversarial structure \d: SCFConvergenceError",
+        ),
+    ],
+)
+def test_failures_above_the_limit_stop_the_run_naming_ratio_and_limit(
+    prefect_backend, tmp_path, fraction, limit, message
+):
     from advloop.flows.active_learning import run_active_learning
     from advloop.flows.steps import LabellingError
 

@@ -14,19 +14,29 @@ from advloop.flows.steps import ExploreReport, SelectReport
 
 
 def _config(convergence: dict | None = None, budget: dict | None = None) -> RunConfig:
-    return RunConfig.model_validate({"system": {"name": "nh3", "structures": "nh3.xyz"},
-                                     "convergence": convergence or {}, "budget": budget or {}})
+    return RunConfig.model_validate(
+        {
+            "system": {"name": "nh3", "structures": "nh3.xyz"},
+            "convergence": convergence or {},
+            "budget": budget or {},
+        }
+    )
 
 
-def _gen(generation: int, sigma: float | None = 0.2, selected: int | None = 2,
-         above: int | None = 5) -> GenerationRecord:
+def _gen(
+    generation: int, sigma: float | None = 0.2, selected: int | None = 2, above: int | None = 5
+) -> GenerationRecord:
     """A generation record as the flow writes it (None: that step did not run)."""
     record = {"generation": generation, "train_val_forces_mae": 0.1}
     if sigma is not None:
         record["attack_sigma_f_mean"] = sigma
     if selected is not None:
-        record.update(selected=selected, candidates_above_threshold=above,
-                      selection_threshold=0.08, labels_added=selected)
+        record.update(
+            selected=selected,
+            candidates_above_threshold=above,
+            selection_threshold=0.08,
+            labels_added=selected,
+        )
     return GenerationRecord.from_dict(record)
 
 
@@ -48,7 +58,11 @@ def test_force_uncertainty_below_threshold_for_patience_generations():
     stop = decide(config, records, 0.0)
     assert stop.reason == "converged" and "0.05 eV/Å for 2 generation(s)" in stop.explanation
     # an uncertain generation in between resets the count
-    records = [_gen(0, sigma=0.01, selected=None), _gen(1, sigma=0.3), _gen(2, sigma=0.01, selected=None)]
+    records = [
+        _gen(0, sigma=0.01, selected=None),
+        _gen(1, sigma=0.3),
+        _gen(2, sigma=0.01, selected=None),
+    ]
     assert decide(config, records, 0.0) is None
 
 
@@ -76,8 +90,11 @@ def test_wall_time_budget_counts_this_invocation():
     assert decide(config, [], 3600.0).reason == "max_wall_time"  # before any generation
     assert wall_time_stop(_config(), 1e9) is None  # no limit set
     # a run that converged says so, even past its wall time
-    converged = decide(_config(convergence={"force_std_threshold": 0.05}, budget={"max_wall_hours": 0.5}),
-                       [_gen(0, sigma=0.01, selected=None)], 7200.0)
+    converged = decide(
+        _config(convergence={"force_std_threshold": 0.05}, budget={"max_wall_hours": 0.5}),
+        [_gen(0, sigma=0.01, selected=None)],
+        7200.0,
+    )
     assert converged.reason == "converged"
 
 
@@ -93,16 +110,20 @@ def test_a_generation_labels_only_what_the_policy_lets_through():
     assert math.isnan(SelectReport([], 0.1, {}).sigma_f_mean)
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("convergence", "min_candidates", -1),
-    ("budget", "max_wall_hours", 0),
-    ("compute", "label_workers", 0),
-    ("compute", "label_retries", -1),
-    ("compute", "label_timeout_seconds", -5),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("convergence", "min_candidates", -1),
+        ("budget", "max_wall_hours", 0),
+        ("compute", "label_workers", 0),
+        ("compute", "label_retries", -1),
+        ("compute", "label_timeout_seconds", -5),
+    ],
+)
 def test_new_limits_are_validated(section, key, value):
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=key):
-        RunConfig.model_validate({"system": {"name": "nh3", "structures": "nh3.xyz"},
-                                  section: {key: value}})
+        RunConfig.model_validate(
+            {"system": {"name": "nh3", "structures": "nh3.xyz"}, section: {key: value}}
+        )

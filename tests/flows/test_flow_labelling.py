@@ -38,25 +38,38 @@ def test_labelling_tasks_retry_then_count_as_failed(prefect_backend, monkeypatch
         try:
             if index == 2:
                 raise RuntimeError("the node running this label was lost")
-            return steps.LabelResult(index, "0" * 64, ok=index != 1, cached=False, seconds=0.0,
-                                     error="SCFConvergenceError: stand-in" if index == 1 else None)
+            return steps.LabelResult(
+                index,
+                "0" * 64,
+                ok=index != 1,
+                cached=False,
+                seconds=0.0,
+                error="SCFConvergenceError: stand-in" if index == 1 else None,
+            )
         finally:
             with lock:
                 running[0] -= 1
 
     monkeypatch.setattr(steps, "selected_structures", selected_structures)
-    monkeypatch.setattr(active_learning, "label_structure", active_learning._task(
-        timed("labelling", label_one), name="label-structure"))
-    config = RunConfig.model_validate({
-        "system": {"name": "nh3-labelling", "structures": "nh3.xyz"},
-        "compute": {"label_workers": 2, "label_retries": 1, "label_retry_delay_seconds": 0}})
+    monkeypatch.setattr(
+        active_learning,
+        "label_structure",
+        active_learning._task(timed("labelling", label_one), name="label-structure"),
+    )
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": "nh3-labelling", "structures": "nh3.xyz"},
+            "compute": {"label_workers": 2, "label_retries": 1, "label_retry_delay_seconds": 0},
+        }
+    )
     stream = io.StringIO()
 
     @flow
     def generation():
         clock = []
-        results = active_learning._label_selected(config, 0, [0, 1, 2, 3], clock,
-                                                  GenerationTable(stream), get_run_logger())
+        results = active_learning._label_selected(
+            config, 0, [0, 1, 2, 3], clock, GenerationTable(stream), get_run_logger()
+        )
         return results, clock
 
     results, clock = generation()

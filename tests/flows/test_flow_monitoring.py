@@ -25,20 +25,51 @@ from advloop.flows.artifacts import (
 from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.report import GenerationTable
 
-RECORDS = [GenerationRecord.from_dict(r) for r in [
-    {"generation": 0, "dataset_size": 8, "labels_added": 2, "labels_failed": 0,
-     "attack_sigma_f_mean": 0.31, "attack_sigma_f_max": 0.9, "selected_sigma_f_mean": 0.4,
-     "selected_sigma_f_max": 1.1, "train_val_energy_mae": 0.02, "train_val_forces_mae": 0.42,
-     "calibration_spearman": float("nan"), "calibration_ratio": 0.7, "seconds": 12.0},
-    {"generation": 1, "dataset_size": 10, "labels_added": 2, "attack_sigma_f_mean": 0.12,
-     "train_val_forces_mae": 0.25},
-    {"generation": 2, "dataset_size": 10, "train_val_forces_mae": 0.2},  # final: trained only
-]]
-SUMMARY = RunSummary(**{"system": "NH3_tiny.v2", "stop_reason": "max_generations",
-           "stop_explanation": "generation budget spent (budget.max_generations = 2)",
-           "generations": 3, "final_committee_generation": 2, "dataset_size": 10,
-           "labels_initial": 6, "labels_explored": 4, "labels_failed": 0, "strategy": "adversarial",
-           "level_of_theory": "RHF/STO-3G", "wall_seconds": 42.0, "run_dir": "runs/NH3_tiny.v2"})
+RECORDS = [
+    GenerationRecord.from_dict(r)
+    for r in [
+        {
+            "generation": 0,
+            "dataset_size": 8,
+            "labels_added": 2,
+            "labels_failed": 0,
+            "attack_sigma_f_mean": 0.31,
+            "attack_sigma_f_max": 0.9,
+            "selected_sigma_f_mean": 0.4,
+            "selected_sigma_f_max": 1.1,
+            "train_val_energy_mae": 0.02,
+            "train_val_forces_mae": 0.42,
+            "calibration_spearman": float("nan"),
+            "calibration_ratio": 0.7,
+            "seconds": 12.0,
+        },
+        {
+            "generation": 1,
+            "dataset_size": 10,
+            "labels_added": 2,
+            "attack_sigma_f_mean": 0.12,
+            "train_val_forces_mae": 0.25,
+        },
+        {"generation": 2, "dataset_size": 10, "train_val_forces_mae": 0.2},  # final: trained only
+    ]
+]
+SUMMARY = RunSummary(
+    **{
+        "system": "NH3_tiny.v2",
+        "stop_reason": "max_generations",
+        "stop_explanation": "generation budget spent (budget.max_generations = 2)",
+        "generations": 3,
+        "final_committee_generation": 2,
+        "dataset_size": 10,
+        "labels_initial": 6,
+        "labels_explored": 4,
+        "labels_failed": 0,
+        "strategy": "adversarial",
+        "level_of_theory": "RHF/STO-3G",
+        "wall_seconds": 42.0,
+        "run_dir": "runs/NH3_tiny.v2",
+    }
+)
 
 
 def test_artifact_keys_follow_prefects_rules():
@@ -78,9 +109,15 @@ def test_summary_markdown_embeds_the_curve_as_a_data_uri_and_a_table():
 
 
 def test_events_name_the_run_and_carry_json_safe_records():
-    record = GenerationRecord.from_dict({
-        **RECORDS[0].to_dict(), "rejected": {"known": np.int64(3)}, "ok": np.bool_(True),
-        "sigma": np.float32(0.5), "bad": float("inf")})  # keys of another version kept
+    record = GenerationRecord.from_dict(
+        {
+            **RECORDS[0].to_dict(),
+            "rejected": {"known": np.int64(3)},
+            "ok": np.bool_(True),
+            "sigma": np.float32(0.5),
+            "bad": float("inf"),
+        }
+    )  # keys of another version kept
     ev = events.generation_finished_event("nh3", record)
     assert ev.event == "advloop.generation.finished"
     assert ev.resource == {"prefect.resource.id": "advloop.run.nh3", "prefect.resource.name": "nh3"}
@@ -92,8 +129,9 @@ def test_events_name_the_run_and_carry_json_safe_records():
     for reason in ("converged", "few_candidates"):
         done = events.run_finished_event(replace(SUMMARY, stop_reason=reason))
         assert done.event == "advloop.run.converged" and done.payload["stop_reason"] == reason
-    fail = events.failure_ratio_event("nh3", 3, failed=3, requested=4, max_failure_ratio=0.5,
-                                      failures=[f"f{k}" for k in range(9)])
+    fail = events.failure_ratio_event(
+        "nh3", 3, failed=3, requested=4, max_failure_ratio=0.5, failures=[f"f{k}" for k in range(9)]
+    )
     assert fail.event == "advloop.labels.failure-ratio-exceeded"
     assert fail.payload["failure_ratio"] == 0.75 and len(fail.payload["failures"]) == 5
 
@@ -107,8 +145,14 @@ def test_too_many_failed_labels_emit_an_event_then_fail(monkeypatch):
     sent = []
     monkeypatch.setattr(active_learning.events, "emit", sent.append)
     config = RunConfig.model_validate({"system": {"name": "nh3", "structures": "nh3.xyz"}})
-    report = LabelReport(requested=4, added=1, failed=3, skipped_known=0, seconds=1.0,
-                         failures=["SCFConvergenceError"] * 3)
+    report = LabelReport(
+        requested=4,
+        added=1,
+        failed=3,
+        skipped_known=0,
+        seconds=1.0,
+        failures=["SCFConvergenceError"] * 3,
+    )
     with pytest.raises(LabellingError, match="3 of 4 adversarial") as raised:
         check_failures(config, report, "adversarial", 2)
     active_learning._emit_failure_event(config, raised.value)  # as the flow does, then fails
@@ -130,10 +174,13 @@ def test_reporter_prints_plain_progress_lines_off_a_terminal():
     table.labelled(0, 3, 3, failed=1)
     table.row(RECORDS[0])
     lines = stream.getvalue().splitlines()
-    assert lines[:5] == ["gen 0: training 2 committee members",
-                         "gen 0: member 1 trained, 1 of 2 (val F MAE 0.1234 eV/Å)",
-                         "gen 0: labelling 3 structures",
-                         "gen 0: 1 of 3 labels done", "gen 0: 3 of 3 labels done, 1 failed"]
+    assert lines[:5] == [
+        "gen 0: training 2 committee members",
+        "gen 0: member 1 trained, 1 of 2 (val F MAE 0.1234 eV/Å)",
+        "gen 0: labelling 3 structures",
+        "gen 0: 1 of 3 labels done",
+        "gen 0: 3 of 3 labels done, 1 failed",
+    ]
 
 
 def test_reporter_draws_a_progress_bar_on_a_terminal():

@@ -57,21 +57,34 @@ def _label_then_append(config: RunConfig, process: int, labelled, barrier) -> No
 
 
 def test_labels_stored_and_appended_at_once_by_many_writers_are_all_there(tmp_path):
-    config = RunConfig.model_validate({"system": {"name": "nh3-contention", "structures": "nh3.xyz"},
-                                       "labels": {"kind": "emt"}, "output_dir": str(tmp_path)})
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": "nh3-contention", "structures": "nh3.xyz"},
+            "labels": {"kind": "emt"},
+            "output_dir": str(tmp_path),
+        }
+    )
     layout = RunLayout(config.run_dir())
     seed = molecule("NH3")
-    Dataset.create(layout.dataset).append([seed], [0.0], [np.zeros((4, 3))],
-                                          [Provenance(0, "initial", "EMT")])
+    Dataset.create(layout.dataset).append(
+        [seed], [0.0], [np.zeros((4, 3))], [Provenance(0, "initial", "EMT")]
+    )
     candidates = _candidates(N_CANDIDATES)
     n = len(candidates)
-    write_candidates(layout, 0, Candidates.from_atoms(candidates, np.zeros(n), np.full(n, 0.1),
-                                                     np.full(n, 0.2), np.ones(n)), {})
+    write_candidates(
+        layout,
+        0,
+        Candidates.from_atoms(
+            candidates, np.zeros(n), np.full(n, 0.1), np.full(n, 0.2), np.ones(n)
+        ),
+        {},
+    )
 
     ctx = clean_context()
     start, labelled = ctx.Barrier(N_PROCESSES), ctx.Barrier(N_PROCESSES)
-    run_processes(ctx, [(_label_then_append, (config, p, labelled, start))
-                        for p in range(N_PROCESSES)])
+    run_processes(
+        ctx, [(_label_then_append, (config, p, labelled, start)) for p in range(N_PROCESSES)]
+    )
 
     candidates = steps.selected_structures(config, 0, list(range(N_CANDIDATES)))
     reference = []

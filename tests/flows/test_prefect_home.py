@@ -21,9 +21,14 @@ def _mode(path: Path) -> int:
 
 
 def _python(code: str, home: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300,
-                          env=clean_env(PREFECT_HOME=str(home), PYTHONPATH=str(ROOT), **env))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(PREFECT_HOME=str(home), PYTHONPATH=str(ROOT), **env),
+    )
 
 
 def _advloop(args: list[str], home: Path) -> subprocess.CompletedProcess:
@@ -53,8 +58,10 @@ def test_an_existing_database_others_can_read_is_made_private(tmp_path):
     assert done.returncode == 2
     assert _mode(home / "prefect.db") == 0o600 and _mode(home / "prefect.db-wal") == 0o600
     (note, error) = done.stderr.strip().splitlines()
-    assert note == (f"advloop: {home / 'prefect.db'} was readable by other users (it holds your "
-                    "run configs); made prefect.db, prefect.db-wal readable by you only")
+    assert note == (
+        f"advloop: {home / 'prefect.db'} was readable by other users (it holds your "
+        "run configs); made prefect.db, prefect.db-wal readable by you only"
+    )
     assert error.startswith("error: no Prefect server configured")
     assert _mode(home) == 0o755  # the user's folder keeps its mode; its database does not
     again = _advloop(["status", "--server"], home)
@@ -69,13 +76,15 @@ def test_the_embedded_servers_database_stays_private(tmp_path):
     home = tmp_path / "prefect-home"
     home.mkdir()
     home.chmod(0o755)
-    code = ("from advloop.flows.cli import use_prefect_defaults\n"
-            "use_prefect_defaults()\n"
-            "from prefect import flow\n"
-            "@flow(name='advloop-home-check')\n"
-            "def check(x: int) -> int:\n"
-            "    return 2 * x\n"
-            "print('result', check(21))\n")
+    code = (
+        "from advloop.flows.cli import use_prefect_defaults\n"
+        "use_prefect_defaults()\n"
+        "from prefect import flow\n"
+        "@flow(name='advloop-home-check')\n"
+        "def check(x: int) -> int:\n"
+        "    return 2 * x\n"
+        "print('result', check(21))\n"
+    )
     done = _python(code, home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "result 42" in done.stdout

@@ -20,19 +20,41 @@ from advloop.flows.report import _COLUMNS
 from advloop.flows.run_folder import RunLayout
 
 # A record as advloop 0.1 wrote it to generations.jsonl.
-OLD_LINE = {"generation": 0, "train_val_forces_mae": 0.4, "train_val_energy_mae": 0.02,
-            "train_seconds": 1.5, "train_epochs": 12.0, "train_divergence_retries": 0,
-            "attack_sigma_f_mean": 0.3, "attack_sigma_f_max": 0.9, "attack_stopped": 1,
-            "attack_seeds": 4, "attack_candidates": 4, "selected": 2,
-            "selection_threshold": 0.1, "candidates_above_threshold": 3,
-            "selected_sigma_f_mean": 0.4, "selected_sigma_f_max": 0.8,
-            "rejected": {"over_cap": 1, "known": 1}, "labels_added": 2, "labels_failed": 0,
-            "labels_cached": 0, "calibration_n": 2, "calibration_spearman": 1.0,
-            "calibration_ratio": 0.7, "calibration_predicted_mean": 0.4,
-            "calibration_observed_mean": 0.6, "dataset_size": 8, "seconds": 9.0,
-            "seconds_training": 3.0, "seconds_exploration": 2.0, "seconds_selection": 0.5,
-            "seconds_labelling": 3.0, "seconds_orchestration": 0.5,
-            "config_sha256": "0123456789abcdef"}
+OLD_LINE = {
+    "generation": 0,
+    "train_val_forces_mae": 0.4,
+    "train_val_energy_mae": 0.02,
+    "train_seconds": 1.5,
+    "train_epochs": 12.0,
+    "train_divergence_retries": 0,
+    "attack_sigma_f_mean": 0.3,
+    "attack_sigma_f_max": 0.9,
+    "attack_stopped": 1,
+    "attack_seeds": 4,
+    "attack_candidates": 4,
+    "selected": 2,
+    "selection_threshold": 0.1,
+    "candidates_above_threshold": 3,
+    "selected_sigma_f_mean": 0.4,
+    "selected_sigma_f_max": 0.8,
+    "rejected": {"over_cap": 1, "known": 1},
+    "labels_added": 2,
+    "labels_failed": 0,
+    "labels_cached": 0,
+    "calibration_n": 2,
+    "calibration_spearman": 1.0,
+    "calibration_ratio": 0.7,
+    "calibration_predicted_mean": 0.4,
+    "calibration_observed_mean": 0.6,
+    "dataset_size": 8,
+    "seconds": 9.0,
+    "seconds_training": 3.0,
+    "seconds_exploration": 2.0,
+    "seconds_selection": 0.5,
+    "seconds_labelling": 3.0,
+    "seconds_orchestration": 0.5,
+    "config_sha256": "0123456789abcdef",
+}
 
 
 def test_a_generation_record_reads_and_writes_the_jsonl_format(tmp_path):
@@ -62,22 +84,43 @@ def test_tables_name_their_columns_by_record_field():
 
 
 def test_the_summary_round_trips_through_summary_json(tmp_path):
-    summary = RunSummary("nh3", "converged", "converged: ...", 3, 2, 20, 12, 8, 0,
-                         "adversarial", "RHF/STO-3G", 42.0, str(tmp_path))
+    summary = RunSummary(
+        "nh3",
+        "converged",
+        "converged: ...",
+        3,
+        2,
+        20,
+        12,
+        8,
+        0,
+        "adversarial",
+        "RHF/STO-3G",
+        42.0,
+        str(tmp_path),
+    )
     assert summary.converged
     run_folder.write_summary(tmp_path, summary)
     assert run_folder.read_summary(tmp_path) == summary
-    RunLayout(tmp_path).summary.write_text("{\"system\": ")  # cut short
+    RunLayout(tmp_path).summary.write_text('{"system": ')  # cut short
     assert run_folder.read_summary(tmp_path) is None
 
 
 def _candidates() -> Candidates:
     rng = np.random.default_rng(0)
     positions = rng.normal(size=(6, 3)) * 1.234567891234
-    return Candidates(np.array([7, 1, 1, 7, 1, 1]), positions, np.array([3, 3]),
-                      np.zeros((2, 3, 3)), np.zeros((2, 3), dtype=bool), np.array([5, 9]),
-                      np.array([0.3, 0.2]), np.array([0.9, 0.5]), np.array([1.0, 2.0]),
-                      {9: "atoms 0 and 1 at 0.20 Å"})
+    return Candidates(
+        np.array([7, 1, 1, 7, 1, 1]),
+        positions,
+        np.array([3, 3]),
+        np.zeros((2, 3, 3)),
+        np.zeros((2, 3), dtype=bool),
+        np.array([5, 9]),
+        np.array([0.3, 0.2]),
+        np.array([0.9, 0.5]),
+        np.array([1.0, 2.0]),
+        {9: "atoms 0 and 1 at 0.20 Å"},
+    )
 
 
 def test_candidates_are_kept_exactly(tmp_path):
@@ -90,7 +133,9 @@ def test_candidates_are_kept_exactly(tmp_path):
     np.testing.assert_array_equal(read.parent, kept.parent)
     assert read.stopped == kept.stopped and list(read.n_atoms) == [3, 3]
     [second] = run_folder.candidate_structures(read, [1])
-    assert second.get_chemical_formula() == "H2N" and np.array_equal(second.positions, kept.positions[3:])
+    assert second.get_chemical_formula() == "H2N" and np.array_equal(
+        second.positions, kept.positions[3:]
+    )
     assert run_folder.read_candidates(layout, 4) is None  # not explored
 
 
@@ -100,8 +145,9 @@ def test_candidates_of_advloop_0_1_are_read(tmp_path):
     frames = []
     for k, parent in enumerate((5, 9)):
         atoms = Atoms("NH2", positions=np.arange(9.0).reshape(3, 3) + k)
-        atoms.info.update(parent=parent, forces_std_mean=0.3 - k / 10, forces_std_max=0.9,
-                          score=float(k))
+        atoms.info.update(
+            parent=parent, forces_std_mean=0.3 - k / 10, forces_std_max=0.9, score=float(k)
+        )
         frames.append(atoms)
     frames[0].info["explore_report"] = json.dumps({"n_seeds": 2, "n_candidates": 2})
     layout.legacy_candidates(1).parent.mkdir(parents=True)
@@ -115,11 +161,23 @@ def test_selections_of_advloop_0_1_get_typed_reasons(tmp_path):
     from advloop.flows.steps import _read_selection
 
     layout = RunLayout(tmp_path)
-    run_folder.write_selection(layout, 0, {"generation": 0, "strategy": "md", "hashes": ["h"],
-                                           "report": {"selected": [1], "threshold": 0.1,
-                                                      "rejected": {"0": "over cap",
-                                                                   "2": "fragmented into 2"}}})
+    run_folder.write_selection(
+        layout,
+        0,
+        {
+            "generation": 0,
+            "strategy": "md",
+            "hashes": ["h"],
+            "report": {
+                "selected": [1],
+                "threshold": 0.1,
+                "rejected": {"0": "over cap", "2": "fragmented into 2"},
+            },
+        },
+    )
     report, strategy = _read_selection(layout, 0)
     assert strategy == "md" and report.rejected == {
-        0: Rejection("over_cap", "over cap"), 2: Rejection("unphysical", "fragmented into 2")}
+        0: Rejection("over_cap", "over cap"),
+        2: Rejection("unphysical", "fragmented into 2"),
+    }
     assert report.rejected_counts() == {"over_cap": 1, "unphysical": 1}

@@ -38,22 +38,24 @@ from tests.flows.stand_in import N_INITIAL, ROOT, calls, subprocess_env, write_c
 
 # In the order a run meets them; each is armed in the re-run after the previous kill.
 KILL_POINTS = (
-    "initial-label",      # inside the initial labels: 3 of 6 stored
-    "initial-appended",   # between steps: the initial records committed, nothing trained
-    "training",           # inside training: a member's third epoch, no checkpoint yet
-    "member-saved",       # between members: one checkpoint of generation 0 written
-    "exploring",          # inside exploration: candidates in their temporary file
-    "explored",           # between steps: candidates published, nothing selected
-    "selected",           # between steps: the selection kept, nothing labelled
-    "labelled",           # inside labelling: one label of generation 0 stored
-    "appending",          # inside the append: rows flushed, commit marker not raised
-    "appended",           # between steps: generation 0's records committed, no record
-    "appended",           # the same window again, in the re-run of that kill
-    "evaluated",          # between steps: calibration done, no record
-    "recorded",           # between generations: generation 0 recorded
-    "final-training",     # inside the final generation's training
+    "initial-label",  # inside the initial labels: 3 of 6 stored
+    "initial-appended",  # between steps: the initial records committed, nothing trained
+    "training",  # inside training: a member's third epoch, no checkpoint yet
+    "member-saved",  # between members: one checkpoint of generation 0 written
+    "exploring",  # inside exploration: candidates in their temporary file
+    "explored",  # between steps: candidates published, nothing selected
+    "selected",  # between steps: the selection kept, nothing labelled
+    "labelled",  # inside labelling: one label of generation 0 stored
+    "appending",  # inside the append: rows flushed, commit marker not raised
+    "appended",  # between steps: generation 0's records committed, no record
+    "appended",  # the same window again, in the re-run of that kill
+    "evaluated",  # between steps: calibration done, no record
+    "recorded",  # between generations: generation 0 recorded
+    "final-training",  # inside the final generation's training
 )
 RANDOM_KILLS = 3
+
+
 # Keys of a generation record that say how long a step took, where a label came from
 # (computed or read back from the store) or which config ran it (the two runs' differ by
 # name), not what was computed.
@@ -111,16 +113,22 @@ def _arm(point: str, layout: RunLayout) -> None:
         _kill_after(steps, "save_member", lambda *a, **k: True)
     elif point == "exploring":
         # np.savez of the candidates' temporary file (.gen_000.<pid>-<thread>.tmp.npz)
-        _kill_after(np, "savez", lambda path, *a, **k: "/.gen_" in str(path)
-                    and str(path).endswith(".tmp.npz"))
+        _kill_after(
+            np,
+            "savez",
+            lambda path, *a, **k: "/.gen_" in str(path) and str(path).endswith(".tmp.npz"),
+        )
     elif point in ("explored", "selected", "evaluated"):
         name = {"explored": "explore", "selected": "select", "evaluated": "evaluate"}[point]
         _kill_after(active_learning, name, lambda *a, **k: True)
     elif point == "labelled":
         _kill_after(LabelStore, "put", lambda *a, **k: len(Dataset(layout.dataset)) > 0)
     elif point == "appending":  # flushed rows past the commit marker, after the initial ones
-        _kill_after(h5py.File, "flush",
-                    lambda f: 0 < f.attrs["n_structures"] < f["structures/hash"].shape[0])
+        _kill_after(
+            h5py.File,
+            "flush",
+            lambda f: 0 < f.attrs["n_structures"] < f["structures/hash"].shape[0],
+        )
     elif point == "appended":
         _kill_after(active_learning, "append_labels", lambda *a, **k: True)
     elif point == "recorded":
@@ -146,12 +154,20 @@ def run(config_path: str, kill_at: str = "") -> None:
 
 def _start(config: Path, prefect_home: Path, kill_at: str = "") -> subprocess.Popen:
     code = f"from tests.flows.test_resume_after_kill import run; run({str(config)!r}, {kill_at!r})"
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(prefect_home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=subprocess_env(prefect_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
-def _run_process(config: Path, prefect_home: Path, kill_at: str = "") -> subprocess.CompletedProcess:
+def _run_process(
+    config: Path, prefect_home: Path, kill_at: str = ""
+) -> subprocess.CompletedProcess:
     process = _start(config, prefect_home, kill_at)
     out, err = process.communicate(timeout=500)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
@@ -202,7 +218,7 @@ def _check_after_kill(layout: RunLayout, ref_data: Dataset, ref_records: list[di
         assert data.hashes() == ref_data.hashes()[:n]
         assert data.provenance() == ref_data.provenance()[:n]
     records = comparable(_records(layout))
-    assert records == comparable(ref_records)[:len(records)]
+    assert records == comparable(ref_records)[: len(records)]
 
 
 @pytest.mark.slow

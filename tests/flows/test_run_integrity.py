@@ -42,9 +42,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 
 def _start(args: list[str], prefect_home: Path) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, *args], cwd=ROOT, env=subprocess_env(prefect_home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [*CLI, *args],
+        cwd=ROOT,
+        env=subprocess_env(prefect_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def advloop(args: list[str], prefect_home: Path) -> subprocess.CompletedProcess:
@@ -85,15 +91,20 @@ def _copy(finished, tmp_path: Path) -> tuple[Path, RunLayout, list[str]]:
     config, reference = finished
     shutil.copytree(reference.root, tmp_path / "runs" / reference.root.name)
     layout = RunLayout(tmp_path / "runs" / reference.root.name)
-    return ["run", str(config), "--output-dir", str(tmp_path / "runs")], layout, \
-        calls(config.parent, "nh3")
+    return (
+        ["run", str(config), "--output-dir", str(tmp_path / "runs")],
+        layout,
+        calls(config.parent, "nh3"),
+    )
 
 
 def _flow_run_states(prefect_home: Path, name: str) -> list[tuple[str, str]]:
     with sqlite3.connect(prefect_home / "prefect.db") as db:
-        return db.execute("SELECT s.type, s.message FROM flow_run f JOIN flow_run_state s "
-                          "ON f.state_id = s.id WHERE f.name = ? ORDER BY f.created",
-                          (name,)).fetchall()
+        return db.execute(
+            "SELECT s.type, s.message FROM flow_run f JOIN flow_run_state s "
+            "ON f.state_id = s.id WHERE f.name = ? ORDER BY f.created",
+            (name,),
+        ).fetchall()
 
 
 def test_sigint_and_sigterm_stop_the_run_whole_and_say_what_is_kept(finished, tmp_path):
@@ -105,8 +116,10 @@ def test_sigint_and_sigterm_stop_the_run_whole_and_say_what_is_kept(finished, tm
     prefect_home = tmp_path / "prefect-home"
     config = write_config(tmp_path, "nh3-sig")
     layout = RunLayout(tmp_path / "runs" / "nh3-sig")
-    for sig, code, state, when in ((signal.SIGINT, 130, "CANCELLED", layout.committee_dir(0)),
-                                   (signal.SIGTERM, 143, "CRASHED", layout.selection(0))):
+    for sig, code, state, when in (
+        (signal.SIGINT, 130, "CANCELLED", layout.committee_dir(0)),
+        (signal.SIGTERM, 143, "CRASHED", layout.selection(0)),
+    ):
         process = _start(["run", str(config)], prefect_home)
         _wait_for(when, process)
         os.killpg(process.pid, sig)
@@ -116,7 +129,10 @@ def test_sigint_and_sigterm_stop_the_run_whole_and_say_what_is_kept(finished, tm
         said = [line for line in err.splitlines() if line.startswith("advloop:")]
         assert len(said) == 1 and said[0].startswith(f"advloop: stopped by {sig.name}"), err
         assert "re-run the same command to resume" in said[0] and "labels" in said[0]
-        assert _flow_run_states(prefect_home, "nh3-sig")[-1] == (state, said[0].removeprefix("advloop: "))
+        assert _flow_run_states(prefect_home, "nh3-sig")[-1] == (
+            state,
+            said[0].removeprefix("advloop: "),
+        )
         Dataset(layout.dataset)  # opens: nothing torn
 
     done = advloop(["run", str(config)], prefect_home)
@@ -139,8 +155,9 @@ def test_a_second_run_of_a_run_folder_is_refused_at_once(finished, tmp_path):
     _wait_for(layout.labels, first)
     second = advloop(["run", str(config)], tmp_path / "prefect-home-2")
     assert second.returncode == 2, second.stderr[-4000:]
-    assert (f"is in use by another advloop run (host {socket.gethostname()}, pid {first.pid}, "
-            "since ") in second.stderr
+    assert (
+        f"is in use by another advloop run (host {socket.gethostname()}, pid {first.pid}, since "
+    ) in second.stderr
     assert "Traceback" not in second.stderr
     assert not (tmp_path / "prefect-home-2" / "prefect.db").exists()  # refused before Prefect
     first.communicate(timeout=600)
@@ -158,10 +175,14 @@ def test_the_run_folder_lock_goes_with_its_process(tmp_path):
     holds it; the lock is free the moment that process is SIGKILLed."""
     from advloop.flows.run_folder import RunFolderBusy, hold
 
-    code = ("import sys, time; from pathlib import Path\n"
-            "from advloop.flows.run_folder import hold\n"
-            f"with hold(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from advloop.flows.run_folder import hold\n"
+        f"with hold(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
@@ -174,13 +195,21 @@ def test_the_run_folder_lock_goes_with_its_process(tmp_path):
         pass
 
 
-@pytest.mark.parametrize(("change", "line"), [
-    ({"labels": {"kind": "emt"}}, 'labels.calculator: "python" → "emt"'),
-    ({"initial_data": {"n_structures": 6, "displacement": 0.05, "seed": 1}}, "initial_data.seed: 0 → 1"),
-    ({"model": {"n_atom_basis": 32, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0}},
-     "model.n_atom_basis: 16 → 32"),
-    ({"system": "other structures"}, "system.structures: structures "),
-])
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        ({"labels": {"kind": "emt"}}, 'labels.calculator: "python" → "emt"'),
+        (
+            {"initial_data": {"n_structures": 6, "displacement": 0.05, "seed": 1}},
+            "initial_data.seed: 0 → 1",
+        ),
+        (
+            {"model": {"n_atom_basis": 32, "n_interactions": 2, "n_rbf": 10, "cutoff": 4.0}},
+            "model.n_atom_basis: 16 → 32",
+        ),
+        ({"system": "other structures"}, "system.structures: structures "),
+    ],
+)
 def test_a_resume_with_other_data_settings_is_refused(finished, tmp_path, change, line):
     """Each setting that defines the data, changed on a resume: exit 2, one line per changed
     key (old → new) and what to do, nothing written."""
@@ -226,7 +255,10 @@ def test_settings_that_may_change_are_recorded_with_each_generation(finished, tm
     first, last = records[0]["config_sha256"], records[-1]["config_sha256"]
     assert first != last
     assert {p.stem for p in layout.configs.glob("*.yaml")} == {first, last}
-    assert yaml.safe_load((layout.configs / f"{last}.yaml").read_text())["budget"]["max_generations"] == 2
+    assert (
+        yaml.safe_load((layout.configs / f"{last}.yaml").read_text())["budget"]["max_generations"]
+        == 2
+    )
     assert oct(layout.config.stat().st_mode & 0o777) == "0o600"  # configs are the owner's alone
 
 
@@ -257,8 +289,12 @@ def test_a_lost_or_damaged_dataset_is_rebuilt_from_the_label_store(finished, tmp
         older = Dataset.create(tmp_path / "older.h5")
         data = Dataset(layout.dataset)
         atoms = data.to_atoms(range(N_INITIAL))
-        older.append(atoms, [a.get_potential_energy() for a in atoms], [a.get_forces() for a in atoms],
-                     data.provenance()[:N_INITIAL])
+        older.append(
+            atoms,
+            [a.get_potential_energy() for a in atoms],
+            [a.get_forces() for a in atoms],
+            data.provenance()[:N_INITIAL],
+        )
         shutil.copy(older.path, layout.dataset)
     done = advloop(args, tmp_path / "prefect-home")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -286,8 +322,11 @@ def small_disk(tmp_path):
     root with CAP_SYS_ADMIN, as on the development and CI machines; skipped elsewhere)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"this process may not mount a tmpfs: {mounted.stderr.strip()}")
     try:
@@ -298,7 +337,8 @@ def small_disk(tmp_path):
 
 @pytest.mark.parametrize("free_kb", [40, 400])
 def test_a_full_disk_stops_the_run_naming_the_disk_and_the_resume_completes(
-        finished, tmp_path, small_disk, free_kb):
+    finished, tmp_path, small_disk, free_kb
+):
     """The run folder on a disk with ``free_kb`` left (the run fills it at different steps):
     the run stops with one line naming the disk and what to do; once space is freed, the
     re-run ends with the uninterrupted run's dataset."""

@@ -31,13 +31,15 @@ N_CANDIDATES = 6
 def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -> RunConfig:
     """A tiny run with cheap GFN2-xTB labels and generation 0's candidates on disk
     (NH3 displaced at random), as exploration would have left them."""
-    config = RunConfig.model_validate({
-        "system": {"name": name, "structures": str(NH3)},
-        "labels": {"kind": "tblite"},
-        "compute": {"label_workers": 2, "label_retries": 0, **compute},
-        "runners": runners or {},
-        "output_dir": str(tmp_path / "runs"),
-    })
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": name, "structures": str(NH3)},
+            "labels": {"kind": "tblite"},
+            "compute": {"label_workers": 2, "label_retries": 0, **compute},
+            "runners": runners or {},
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
     rng = np.random.default_rng(7)
     frames = []
     for _ in range(N_CANDIDATES):
@@ -45,8 +47,14 @@ def _config(tmp_path: Path, name: str, runners: dict | None = None, **compute) -
         atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
         frames.append(atoms)
     n = N_CANDIDATES
-    write_candidates(RunLayout(config.run_dir()), 0, Candidates.from_atoms(
-        frames, np.arange(n) % 2, np.full(n, 0.1), np.full(n, 0.2), np.ones(n)), {})
+    write_candidates(
+        RunLayout(config.run_dir()),
+        0,
+        Candidates.from_atoms(
+            frames, np.arange(n) % 2, np.full(n, 0.1), np.full(n, 0.2), np.ones(n)
+        ),
+        {},
+    )
     return config
 
 
@@ -69,8 +77,9 @@ def _stored(config: RunConfig, results) -> list:
 
 def _same_labels(a: RunConfig, results_a, b: RunConfig, results_b) -> None:
     assert [r.index for r in sorted(results_a, key=lambda r: r.index)] == list(range(N_CANDIDATES))
-    assert sorted((r.index, r.key, r.ok) for r in results_a) == \
-        sorted((r.index, r.key, r.ok) for r in results_b)
+    assert sorted((r.index, r.key, r.ok) for r in results_a) == sorted(
+        (r.index, r.key, r.ok) for r in results_b
+    )
     for x, y in zip(_stored(a, results_a), _stored(b, results_b)):
         assert x.error is None and y.error is None
         assert abs(x.energy - y.energy) <= 1e-10
@@ -82,11 +91,13 @@ def _subflow_task_runs(flow_run_name: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter
 
     with get_client(sync_client=True) as client:
-        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[flow_run_name])))
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name]))
+        )
         assert run.state.is_completed()
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
-                                     task_run_filter=TaskRunFilter())
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [run.id]}), task_run_filter=TaskRunFilter()
+        )
 
 
 def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend, tmp_path):
@@ -99,8 +110,11 @@ def test_labels_on_a_local_dask_cluster_equal_the_thread_runners(prefect_backend
     from advloop.flows import runners
 
     threads = _config(tmp_path / "threads", "nh3-threads")
-    dask = _config(tmp_path / "dask", "nh3-dask",
-                   runners={"labelling": {"kind": "dask", "n_workers": 2, "threads_per_worker": 1}})
+    dask = _config(
+        tmp_path / "dask",
+        "nh3-dask",
+        runners={"labelling": {"kind": "dask", "n_workers": 2, "threads_per_worker": 1}},
+    )
     selected = list(range(N_CANDIDATES))
 
     @flow
@@ -138,8 +152,14 @@ def test_labels_over_tls_need_the_runs_credentials(prefect_backend, tmp_path):
 
     config = _config(tmp_path, "nh3-tls", runners={"labelling": {"kind": "dask", "n_workers": 1}})
     selected = list(range(N_CANDIDATES))
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, protocol="tls://",
-                      security=Security.temporary(), dashboard_address="127.0.0.1:0") as cluster:
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        protocol="tls://",
+        security=Security.temporary(),
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tls://")
         with pytest.raises(Exception, match="(?i)tls|ssl"):  # no credentials: no connection
@@ -172,7 +192,9 @@ def test_slurm_cluster_with_tls_keeps_worker_keys_private(tmp_path):
         assert len(files) == 3 and (tls.stat().st_mode & 0o777) == 0o700
         assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
         script = cluster.job_script()
-        assert "PRIVATE KEY" not in script and "PRIVATE KEY" in "".join(f.read_text() for f in files)
+        assert "PRIVATE KEY" not in script and "PRIVATE KEY" in "".join(
+            f.read_text() for f in files
+        )
         worker = script.splitlines()[-1]
         for option in ("--tls-ca-file", "--tls-cert", "--tls-key"):
             assert f"{option} {tls}/" in worker, (option, worker)
@@ -186,8 +208,11 @@ def _listening_hosts(port: int) -> set[str]:
     """The addresses this process listens on at TCP ``port``."""
     import psutil  # a dependency of distributed
 
-    return {c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {
+        c.laddr.ip
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
 
 
 @pytest.mark.parametrize("kind", ["dask", "slurm"])
@@ -218,15 +243,16 @@ def test_a_clusters_dashboard_listens_on_this_machine_only(kind, tmp_path):
 def test_labels_in_a_process_pool_equal_the_thread_runners(prefect_backend, tmp_path):
     from prefect import flow
 
-
     threads = _config(tmp_path / "threads", "nh3-threads-pool")
-    pool = _config(tmp_path / "pool", "nh3-pool", runners={"labelling": {"kind": "processes",
-                                                                        "max_workers": 2}})
+    pool = _config(
+        tmp_path / "pool",
+        "nh3-pool",
+        runners={"labelling": {"kind": "processes", "max_workers": 2}},
+    )
 
     @flow
     def generation():
-        return (_label(threads, list(range(N_CANDIDATES))),
-                _label(pool, list(range(N_CANDIDATES))))
+        return (_label(threads, list(range(N_CANDIDATES))), _label(pool, list(range(N_CANDIDATES))))
 
     by_threads, by_pool = generation()
     _same_labels(threads, by_threads, pool, by_pool)
@@ -246,16 +272,23 @@ def test_slurm_job_script_of_the_example_config():
         lines = script.splitlines()
         gib = int(given["memory"].removesuffix("GiB"))
         threads = given["cores"] // given["tasks_per_job"]
-        for line in (f"#SBATCH --cpus-per-task={given['cores']}", f"#SBATCH --mem={gib}G",
-                     f"#SBATCH -t {given['walltime']}", f"#SBATCH -A {given['account']}",
-                     f"#SBATCH -p {given['partition']}", f"#SBATCH -J advloop-{phase}",
-                     f"export OMP_NUM_THREADS={threads}", f"export MKL_NUM_THREADS={threads}",
-                     *given["job_script_prologue"],
-                     *[f"#SBATCH {d}" for d in given["job_extra_directives"]]):
+        for line in (
+            f"#SBATCH --cpus-per-task={given['cores']}",
+            f"#SBATCH --mem={gib}G",
+            f"#SBATCH -t {given['walltime']}",
+            f"#SBATCH -A {given['account']}",
+            f"#SBATCH -p {given['partition']}",
+            f"#SBATCH -J advloop-{phase}",
+            f"export OMP_NUM_THREADS={threads}",
+            f"export MKL_NUM_THREADS={threads}",
+            *given["job_script_prologue"],
+            *[f"#SBATCH {d}" for d in given["job_extra_directives"]],
+        ):
             assert line in lines, (line, script)
         # thread settings first, so that the prologue's own lines can override them
-        assert lines.index(f"export OMP_NUM_THREADS={threads}") < \
-            lines.index(given["job_script_prologue"][0])
+        assert lines.index(f"export OMP_NUM_THREADS={threads}") < lines.index(
+            given["job_script_prologue"][0]
+        )
         log = f"{given['log_directory']}/advloop-{phase}-%j"
         assert f"#SBATCH --output={log}.out" in lines and f"#SBATCH --error={log}.err" in lines
         # the GPU directive only where GPUs are asked for (the training jobs)
@@ -283,8 +316,9 @@ def test_slurm_script_command_line(capsys, tmp_path, monkeypatch):
 
 def _problems(tmp_path: Path, runners: dict) -> list[str]:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"system": {"name": "x", "structures": str(NH3)},
-                                    "runners": runners}))
+    path.write_text(
+        yaml.safe_dump({"system": {"name": "x", "structures": str(NH3)}, "runners": runners})
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     return err.value.problems
@@ -293,29 +327,50 @@ def _problems(tmp_path: Path, runners: dict) -> list[str]:
 SLURM = {"kind": "slurm", "cores": 8, "memory": "16GB", "walltime": "01:00:00"}
 
 
-@pytest.mark.parametrize(("runners", "expected"), [
-    ({"labelling": {"kind": "gpu"}},
-     "runners.labelling: unknown kind 'gpu'; use one of threads, processes, dask, slurm"),
-    ({"training": "mpi"}, "runners.training: unknown kind 'mpi'"),
-    ({"labelling": {"n_workers": 2}}, "runners.labelling: say which runner with kind"),
-    ({"labelling": {**SLURM, "cores": -4}},
-     "runners.labelling.cores: Input should be greater than or equal to 1 (got -4)"),
-    ({"labelling": {**SLURM, "min_jobs": 5, "max_jobs": 2}},
-     "min_jobs (5) is above max_jobs (2): adaptive scaling needs min_jobs <= max_jobs"),
-    ({"labelling": {**SLURM, "tasks_per_job": 3}}, "cores (8) must be a multiple of tasks_per_job (3)"),
-    ({"labelling": {**SLURM, "memory": "lots"}}, "memory 'lots' must be a size such as '32GB'"),
-    ({"labelling": {**SLURM, "walltime": 7200}}, "walltime must be quoted"),
-    ({"labelling": {**SLURM, "walltime": "2h"}}, "walltime '2h' must be Slurm's HH:MM:SS"),
-    ({"training": {**SLURM, "job_extra_directives": ["#SBATCH --gres=gpu:1"]}},
-     "must be options only ('--gres=gpu:1'), without '#SBATCH'"),
-    ({"training": {**SLURM, "gpus": -1}}, "runners.training.gpus: Input should be greater"),
-    ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.queue: unknown key"),
-    ({"labelling": {"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 4}},
-     "address connects to a running Dask cluster; n_workers size a local one"),
-    ({"labelling": {"kind": "dask", "address": "somewhere"}}, "is not a Dask scheduler address"),
-    ({"labelling": {"kind": "processes", "max_workers": 0}},
-     "runners.labelling.max_workers: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    ("runners", "expected"),
+    [
+        (
+            {"labelling": {"kind": "gpu"}},
+            "runners.labelling: unknown kind 'gpu'; use one of threads, processes, dask, slurm",
+        ),
+        ({"training": "mpi"}, "runners.training: unknown kind 'mpi'"),
+        ({"labelling": {"n_workers": 2}}, "runners.labelling: say which runner with kind"),
+        (
+            {"labelling": {**SLURM, "cores": -4}},
+            "runners.labelling.cores: Input should be greater than or equal to 1 (got -4)",
+        ),
+        (
+            {"labelling": {**SLURM, "min_jobs": 5, "max_jobs": 2}},
+            "min_jobs (5) is above max_jobs (2): adaptive scaling needs min_jobs <= max_jobs",
+        ),
+        (
+            {"labelling": {**SLURM, "tasks_per_job": 3}},
+            "cores (8) must be a multiple of tasks_per_job (3)",
+        ),
+        ({"labelling": {**SLURM, "memory": "lots"}}, "memory 'lots' must be a size such as '32GB'"),
+        ({"labelling": {**SLURM, "walltime": 7200}}, "walltime must be quoted"),
+        ({"labelling": {**SLURM, "walltime": "2h"}}, "walltime '2h' must be Slurm's HH:MM:SS"),
+        (
+            {"training": {**SLURM, "job_extra_directives": ["#SBATCH --gres=gpu:1"]}},
+            "must be options only ('--gres=gpu:1'), without '#SBATCH'",
+        ),
+        ({"training": {**SLURM, "gpus": -1}}, "runners.training.gpus: Input should be greater"),
+        ({"training": {**SLURM, "queue": "gpu"}}, "runners.training.queue: unknown key"),
+        (
+            {"labelling": {"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 4}},
+            "address connects to a running Dask cluster; n_workers size a local one",
+        ),
+        (
+            {"labelling": {"kind": "dask", "address": "somewhere"}},
+            "is not a Dask scheduler address",
+        ),
+        (
+            {"labelling": {"kind": "processes", "max_workers": 0}},
+            "runners.labelling.max_workers: Input should be greater than or equal to 1",
+        ),
+    ],
+)
 def test_bad_runner_settings_are_refused(tmp_path, runners, expected):
     problems = _problems(tmp_path, runners)
     assert len(problems) == 1 and expected in problems[0], problems
@@ -325,8 +380,12 @@ def test_runner_defaults_and_shorthand(tmp_path):
     config = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)}})
     assert config.runners.training.kind == config.runners.labelling.kind == "threads"
     assert config.compute.device == "auto"
-    config = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
-                                       "runners": {"labelling": "processes", "training": "dask"}})
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": "x", "structures": str(NH3)},
+            "runners": {"labelling": "processes", "training": "dask"},
+        }
+    )
     assert config.runners.labelling.kind == "processes" and config.runners.training.kind == "dask"
     again = RunConfig.model_validate(yaml.safe_load(config.to_yaml()))
     assert again == config
@@ -335,20 +394,30 @@ def test_runner_defaults_and_shorthand(tmp_path):
 def test_remote_workers_need_a_reachable_prefect_api():
     from advloop.flows.runners import RunnerError, check_api_reachable
 
-    slurm = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
-                                      "runners": {"labelling": SLURM}})
+    slurm = RunConfig.model_validate(
+        {"system": {"name": "x", "structures": str(NH3)}, "runners": {"labelling": SLURM}}
+    )
     for url in ("", "http://127.0.0.1:4200/api", "http://localhost:4200/api"):
-        with pytest.raises(RunnerError, match="runners.labelling .slurm. runs tasks on other "
-                                              "machines.*PREFECT_API_URL"):
+        with pytest.raises(
+            RunnerError,
+            match="runners.labelling .slurm. runs tasks on other machines.*PREFECT_API_URL",
+        ):
             check_api_reachable(slurm, url)
     check_api_reachable(slurm, "http://login1.cluster:4200/api")
-    remote = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
-                                       "runners": {"training": {"kind": "dask",
-                                                                "address": "tcp://10.0.0.5:8786"}}})
+    remote = RunConfig.model_validate(
+        {
+            "system": {"name": "x", "structures": str(NH3)},
+            "runners": {"training": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}},
+        }
+    )
     with pytest.raises(RunnerError, match="runners.training .dask."):
         check_api_reachable(remote, "")
-    local = RunConfig.model_validate({"system": {"name": "x", "structures": str(NH3)},
-                                      "runners": {"training": {"kind": "dask", "n_workers": 2}}})
+    local = RunConfig.model_validate(
+        {
+            "system": {"name": "x", "structures": str(NH3)},
+            "runners": {"training": {"kind": "dask", "n_workers": 2}},
+        }
+    )
     check_api_reachable(local, "")  # local workers reach the flow's own server
 
 
@@ -379,26 +448,42 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
 
     tiny = validate_config(tiny_config)
     # names of their own: other tests count the flow runs and artifacts of nh3-tiny
-    base = tiny.model_copy(update={"system": tiny.system.model_copy(
-        update={"name": "nh3-threads-ref"})})
-    spread = base.model_copy(update={
-        "system": base.system.model_copy(update={"name": "nh3-spread"}),
-        "compute": base.compute.model_copy(update={"label_workers": 2}),
-        "runners": base.runners.model_validate({"training": {"kind": "dask", "n_workers": 2},
-                                                "labelling": {"kind": "processes",
-                                                              "max_workers": 2}})})
+    base = tiny.model_copy(
+        update={"system": tiny.system.model_copy(update={"name": "nh3-threads-ref"})}
+    )
+    spread = base.model_copy(
+        update={
+            "system": base.system.model_copy(update={"name": "nh3-spread"}),
+            "compute": base.compute.model_copy(update={"label_workers": 2}),
+            "runners": base.runners.model_validate(
+                {
+                    "training": {"kind": "dask", "n_workers": 2},
+                    "labelling": {"kind": "processes", "max_workers": 2},
+                }
+            ),
+        }
+    )
     summary = run_active_learning(spread, GenerationTable(io.StringIO()))
     reference = run_active_learning(base, GenerationTable(io.StringIO()))
     assert summary["stop_reason"] == reference["stop_reason"] == "max_generations"
     assert summary["labels_explored"] == reference["labels_explored"] >= 1
 
     with get_client(sync_client=True) as client:
-        runs = {r.name: r for r in client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-spread"])))}
-    assert set(runs) == {"nh3-spread", "nh3-spread-initial-labelling",
-                         "nh3-spread-gen000", "nh3-spread-gen000-training",
-                         "nh3-spread-gen000-labelling", "nh3-spread-gen001",
-                         "nh3-spread-gen001-training"}
+        runs = {
+            r.name: r
+            for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["nh3-spread"]))
+            )
+        }
+    assert set(runs) == {
+        "nh3-spread",
+        "nh3-spread-initial-labelling",
+        "nh3-spread-gen000",
+        "nh3-spread-gen000-training",
+        "nh3-spread-gen000-labelling",
+        "nh3-spread-gen001",
+        "nh3-spread-gen001-training",
+    }
     assert all(r.state.is_completed() for r in runs.values())
     assert len(_subflow_task_runs("nh3-spread-gen000-training")) == base.committee.n_members
     assert len(_subflow_task_runs("nh3-spread-gen000-labelling")) == summary["labels_explored"]
@@ -409,8 +494,10 @@ def test_a_run_with_members_on_dask_and_labels_in_processes(prefect_backend, tin
     np.testing.assert_allclose(ours.positions, theirs.positions, rtol=0, atol=1e-10)
     np.testing.assert_allclose(ours.energy, theirs.energy, rtol=0, atol=1e-10)
     np.testing.assert_allclose(ours.forces, theirs.forces, rtol=0, atol=1e-10)
-    records = [json.loads(line) for line in RunLayout(spread.run_dir()).generations.read_text()
-               .splitlines()]
+    records = [
+        json.loads(line)
+        for line in RunLayout(spread.run_dir()).generations.read_text().splitlines()
+    ]
     assert records[0]["seconds_training"] > 0 and records[0]["seconds_labelling"] > 0
 
 
@@ -421,11 +508,16 @@ def test_a_runner_whose_packages_are_missing_is_reported(monkeypatch):
 
     config = validate_config(SLURM_EXAMPLE, run_folder=False)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "dask_jobqueue" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "dask_jobqueue" else real(name, *a),
+    )
     assert check_inputs(config) == [
         f"runners.{phase}: kind slurm needs dask_jobqueue, not installed: "
-        "pip install 'advloop[cluster]'" for phase in ("training", "labelling")]
+        "pip install 'advloop[cluster]'"
+        for phase in ("training", "labelling")
+    ]
 
 
 def test_slurm_script_command_prints_the_job_script_or_says_there_is_none():

@@ -34,11 +34,12 @@ from tests.flows.prefect_server import (
 pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 CRON = "0 2 * * *"  # 02:00 UTC daily: the next run is always in the future
-FAST_SCHEDULER = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-                  "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
+FAST_SCHEDULER = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+}
 NO_SCHEDULER = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
-QUIET = {"PREFECT_SERVER_UI_ENABLED": "false",
-         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
+QUIET = {"PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
 
 
 @contextlib.contextmanager
@@ -54,8 +55,9 @@ def _server(home: Path, database: str, **env: str) -> Iterator[PrefectServer]:
     with postgres_cluster(bindir) as pg:
         pg.create_database("prefect", owner="prefect", password=password)
         url = f"postgresql+asyncpg://prefect:{password}@127.0.0.1:{pg.port}/prefect"
-        with prefect_server(home, PREFECT_API_DATABASE_CONNECTION_URL=url, **QUIET,
-                            **env) as server:
+        with prefect_server(
+            home, PREFECT_API_DATABASE_CONNECTION_URL=url, **QUIET, **env
+        ) as server:
             yield server
 
 
@@ -92,21 +94,23 @@ def _scheduled_runs(client, deployment_id) -> list:
 
     return client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+    )
 
 
 def _next_cron_time(after: datetime.datetime) -> datetime.datetime:
     """The first 02:00 UTC after ``after``."""
-    at = after.astimezone(datetime.timezone.utc).replace(hour=2, minute=0, second=0,
-                                                        microsecond=0)
+    at = after.astimezone(datetime.timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
     return at if at > after else at + datetime.timedelta(days=1)
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(database, tiny_config,
-                                                                     tmp_path):
+def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(
+    database, tiny_config, tmp_path
+):
     with _server(tmp_path / "server-home", database, **FAST_SCHEDULER) as server:
         with _api(server) as client:
             start = datetime.datetime.now(datetime.timezone.utc)
@@ -115,8 +119,10 @@ def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(database, t
             while not (runs := _scheduled_runs(client, deployment_id)):
                 if time.monotonic() > deadline:
                     log = server.log.read_text()
-                    pytest.fail("no scheduled flow run 60 s after the deployment was made "
-                                f"(scheduler loop: 2 s); server log:\n{log[-4000:]}")
+                    pytest.fail(
+                        "no scheduled flow run 60 s after the deployment was made "
+                        f"(scheduler loop: 2 s); server log:\n{log[-4000:]}"
+                    )
                 time.sleep(1)
             (schedule,) = client.read_deployment(deployment_id).schedules
 
@@ -126,8 +132,10 @@ def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(database, t
     # made by the server's scheduler from the schedule, not by a client
     assert first.auto_scheduled
     assert first.idempotency_key.startswith(f"scheduled {deployment_id} {schedule.id} ")
-    assert first.parameters == {"config_path": str(tiny_config.resolve()),
-                                "output_dir": str(tmp_path / "runs")}
+    assert first.parameters == {
+        "config_path": str(tiny_config.resolve()),
+        "output_dir": str(tmp_path / "runs"),
+    }
     assert {"advloop", "nh3-tiny"} <= set(first.tags)
     # one run per day, in order
     times = [r.expected_start_time for r in runs]
@@ -136,26 +144,39 @@ def test_the_servers_scheduler_creates_the_runs_of_a_cron_deployment(database, t
     assert "Error scheduling deployment" not in log and "InvalidRequestError" not in log
 
 
-WARNING = ("warning: deployment advloop-run-config/nh3-tiny has an active schedule but no "
-           "upcoming flow run")
+WARNING = (
+    "warning: deployment advloop-run-config/nh3-tiny has an active schedule but no "
+    "upcoming flow run"
+)
 
 
 @contextlib.contextmanager
-def _serving(server: PrefectServer, tiny_config: Path, tmp_path: Path,
-             grace: float | None = None) -> Iterator[tuple[Path, Path]]:
+def _serving(
+    server: PrefectServer, tiny_config: Path, tmp_path: Path, grace: float | None = None
+) -> Iterator[tuple[Path, Path]]:
     """`advloop serve --config tiny_config --cron CRON` in a process of its own against
     ``server`` (with advloop.flows.deployments.SCHEDULER_GRACE_S set to ``grace`` if given);
     yields the files its stdout and stderr go to. Stopped with SIGINT (Ctrl-C) after."""
-    setup = ("" if grace is None
-             else f"import advloop.flows.deployments as d; d.SCHEDULER_GRACE_S = {grace}; ")
+    setup = (
+        ""
+        if grace is None
+        else f"import advloop.flows.deployments as d; d.SCHEDULER_GRACE_S = {grace}; "
+    )
     code = setup + "from advloop.flows.cli import app; app(prog_name='advloop')"
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "serve", "--config", str(tiny_config), "--cron", CRON],
-            cwd=tmp_path, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-            env=clean_env(PREFECT_API_URL=server.url, PREFECT_HOME=str(tmp_path / "client-home"),
-                          PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(
+                PREFECT_API_URL=server.url,
+                PREFECT_HOME=str(tmp_path / "client-home"),
+                PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+            ),
+        )
     try:
         yield out, err
     finally:
@@ -171,8 +192,10 @@ def _wait_for_text(path: Path, text: str, timeout: float, also: Path) -> str:
     deadline = time.monotonic() + timeout
     while text not in path.read_text():
         if time.monotonic() > deadline:
-            pytest.fail(f"{text!r} not printed after {timeout:.0f} s; stdout:\n"
-                        f"{path.read_text()[-3000:]}\nstderr:\n{also.read_text()[-3000:]}")
+            pytest.fail(
+                f"{text!r} not printed after {timeout:.0f} s; stdout:\n"
+                f"{path.read_text()[-3000:]}\nstderr:\n{also.read_text()[-3000:]}"
+            )
         time.sleep(0.5)
     return path.read_text()
 
@@ -188,8 +211,9 @@ def _status(server: PrefectServer, tmp_path: Path, grace: float | None = None):
         if grace is not None:
             patch.setattr(deployments, "SCHEDULER_GRACE_S", grace)
         with temporary_settings({PREFECT_API_URL: server.url}):
-            result = CliRunner().invoke(app, ["status", "--server", "--runs-dir",
-                                              str(tmp_path / "runs")])
+            result = CliRunner().invoke(
+                app, ["status", "--server", "--runs-dir", str(tmp_path / "runs")]
+            )
     assert result.exit_code == 0, result.output
     return result
 
@@ -215,22 +239,24 @@ def test_serve_and_status_warn_of_a_schedule_the_server_makes_no_run_of(tiny_con
     assert "Traceback" not in err.read_text()
 
 
-def test_serve_and_status_say_nothing_of_the_kind_when_the_scheduler_works(tiny_config,
-                                                                          tmp_path):
+def test_serve_and_status_say_nothing_of_the_kind_when_the_scheduler_works(tiny_config, tmp_path):
     """With the server's scheduler on, `advloop serve` prints the schedule's next run
     (02:00 UTC) as soon as the server has made it, and nobody warns."""
     with _server(tmp_path / "server-home", "sqlite", **FAST_SCHEDULER) as server:
         with _serving(server, tiny_config, tmp_path) as (out, err):
             start = datetime.datetime.now(datetime.timezone.utc)
             stdout = _wait_for_text(out, "next run of advloop-run-config/nh3-tiny: ", 120, err)
-            assert f"next run of advloop-run-config/nh3-tiny: {_next_cron_time(start):%Y-%m-%d} " \
-                   "02:00 UTC" in stdout
+            assert (
+                f"next run of advloop-run-config/nh3-tiny: {_next_cron_time(start):%Y-%m-%d} "
+                "02:00 UTC" in stdout
+            )
             status = _status(server, tmp_path, grace=0)
             assert "warning" not in status.stderr and "warning" not in err.read_text()
             # the scheduler's runs (tagged advloop and nh3-tiny), named by Prefect
             rows = [x.split() for x in status.stdout.splitlines() if "advloop-run-config" in x]
-            assert rows and all(r[1:3] == ["advloop-run-config", "Scheduled"] for r in rows), \
+            assert rows and all(r[1:3] == ["advloop-run-config", "Scheduled"] for r in rows), (
                 status.stdout
+            )
         # Ctrl-C paused the schedule: a stopped serve is not a failing scheduler
         assert "warning" not in _status(server, tmp_path, grace=0).stderr
     assert "Traceback" not in err.read_text()

@@ -55,8 +55,14 @@ def _authenticated(url: str):
 
 def _advloop(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     code = "from advloop.flows.cli import app; app(prog_name='advloop')"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +75,14 @@ def auth_server(tmp_path_factory):
     from advloop.flows.deployments import build_deployments
 
     home = tmp_path_factory.mktemp("prefect-auth-server")
-    with prefect_server(home, PREFECT_SERVER_API_AUTH_STRING=AUTH,
-                        PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
-                        PREFECT_SERVER_UI_ENABLED="false",
-                        PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
-                        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as server:
+    with prefect_server(
+        home,
+        PREFECT_SERVER_API_AUTH_STRING=AUTH,
+        PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+    ) as server:
         with _authenticated(server.url):
             with get_client(sync_client=True) as client:
                 client.create_work_pool(WorkPoolCreate(name=_POOL, type="process"))
@@ -84,9 +93,12 @@ def auth_server(tmp_path_factory):
 
 
 def _request(url: str, headers: dict[str, str], post: bool = False) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=b"{}" if post else None,
-                                     method="POST" if post else "GET",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        url,
+        data=b"{}" if post else None,
+        method="POST" if post else "GET",
+        headers={"Content-Type": "application/json", **headers},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, answer.read()
@@ -127,8 +139,9 @@ def test_the_server_answers_only_clients_with_the_auth_string(auth_server):
 
 
 @pytest.mark.parametrize("credentials", [None, "advloop-test:wrong-password"])
-def test_submit_without_the_auth_string_fails_in_one_line(auth_server, tiny_config, tmp_path,
-                                                          credentials):
+def test_submit_without_the_auth_string_fails_in_one_line(
+    auth_server, tiny_config, tmp_path, credentials
+):
     env = {"PREFECT_API_URL": auth_server.url, "PREFECT_HOME": str(tmp_path / "home")}
     if credentials:
         env["PREFECT_API_AUTH_STRING"] = credentials
@@ -138,7 +151,8 @@ def test_submit_without_the_auth_string_fails_in_one_line(auth_server, tiny_conf
     assert done.stderr.strip() == (
         f"error: the Prefect server at {auth_server.url} refused the credentials (401): set "
         "PREFECT_API_AUTH_STRING to the server's auth string (self-hosted) or PREFECT_API_KEY "
-        "(Prefect Cloud)")
+        "(Prefect Cloud)"
+    )
     assert "wrong-password" not in done.stderr
 
 
@@ -153,15 +167,23 @@ def test_an_authenticated_submission_runs_and_the_auth_string_stays_secret(auth_
     config.write_text(EMT_RUN_CONFIG.format(name="nh3-auth", structures="nh3.xyz"))
     env = dict(PREFECT_API_URL=auth_server.url, PREFECT_API_AUTH_STRING=AUTH)
 
-    submitted = _advloop(["submit", str(config)], tmp_path, PREFECT_HOME=str(tmp_path / "h1"), **env)
+    submitted = _advloop(
+        ["submit", str(config)], tmp_path, PREFECT_HOME=str(tmp_path / "h1"), **env
+    )
     assert submitted.returncode == 0, submitted.stderr
     run_id = _UUID.search(submitted.stdout).group(1)
-    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", _POOL,
-                             "--run-once"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=500, env=clean_env(PREFECT_HOME=str(tmp_path / "h2"), **env))
+    worker = subprocess.run(
+        [str(BIN / "prefect"), "worker", "start", "--pool", _POOL, "--run-once"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=clean_env(PREFECT_HOME=str(tmp_path / "h2"), **env),
+    )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    status = _advloop(["status", "nh3-auth", "--server"], tmp_path,
-                      PREFECT_HOME=str(tmp_path / "h3"), **env)
+    status = _advloop(
+        ["status", "nh3-auth", "--server"], tmp_path, PREFECT_HOME=str(tmp_path / "h3"), **env
+    )
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith("nh3-auth: stopped: max_generations")
 
@@ -201,43 +223,67 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "advloop test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     paths[0].write_bytes(ca.public_bytes(pem))
     paths[1].write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths[2].chmod(0o600)
     return paths
 
 
-def _nginx_config(example: str, prefix: Path, upstream: int, http: int, https: int,
-                  cert: Path, key: Path) -> str:
+def _nginx_config(
+    example: str, prefix: Path, upstream: int, http: int, https: int, cert: Path, key: Path
+) -> str:
     """infra/server/nginx.conf, with this test's ports, certificate and folders, in a
     main config of its own."""
     replace = {
@@ -254,11 +300,15 @@ def _nginx_config(example: str, prefix: Path, upstream: int, http: int, https: i
     for old, new in replace.items():
         assert old in example, f"infra/server/nginx.conf no longer has {old!r}: update this test"
         example = example.replace(old, new)
-    temp = "\n".join(f"    {kind}_temp_path {prefix / kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"pid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'};\ndaemon off;\n"
-            f"events {{}}\nhttp {{\n{temp}\n    access_log {prefix / 'access.log'};\n"
-            f"{example}\n}}\n")
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"pid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'};\ndaemon off;\n"
+        f"events {{}}\nhttp {{\n{temp}\n    access_log {prefix / 'access.log'};\n"
+        f"{example}\n}}\n"
+    )
 
 
 def test_the_tls_proxy_example_serves_the_ui_api_and_websockets(tmp_path):
@@ -270,8 +320,9 @@ def test_the_tls_proxy_example_serves_the_ui_api_and_websockets(tmp_path):
 
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if nginx is None:
-        pytest.skip("nginx is not installed (apt-get install nginx): the TLS proxy example "
-                    "is not tried")
+        pytest.skip(
+            "nginx is not installed (apt-get install nginx): the TLS proxy example is not tried"
+        )
     # nginx's workers run as another user when started as root: a folder they can enter
     prefix = Path(tempfile.mkdtemp(prefix="advloop-nginx-"))
     prefix.chmod(0o755)
@@ -279,27 +330,35 @@ def test_the_tls_proxy_example_serves_the_ui_api_and_websockets(tmp_path):
     http, https = free_port(), free_port()
     proxy = f"https://127.0.0.1:{https}"
     try:
-        with prefect_server(tmp_path / "home", PREFECT_SERVER_API_AUTH_STRING=AUTH,
-                            PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
-                            PREFECT_SERVER_UI_API_URL=f"{proxy}/api",
-                            PREFECT_SERVER_API_KEEPALIVE_TIMEOUT="75") as server:
+        with prefect_server(
+            tmp_path / "home",
+            PREFECT_SERVER_API_AUTH_STRING=AUTH,
+            PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
+            PREFECT_SERVER_UI_API_URL=f"{proxy}/api",
+            PREFECT_SERVER_API_KEEPALIVE_TIMEOUT="75",
+        ) as server:
             upstream = int(server.url.rsplit(":", 1)[1].split("/")[0])
             example = (Path(__file__).parents[2] / "infra/server/nginx.conf").read_text()
             conf = prefix / "nginx.conf"
             conf.write_text(_nginx_config(example, prefix, upstream, http, https, cert, key))
-            checked = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(prefix)],
-                                     capture_output=True, text=True)
+            checked = subprocess.run(
+                [nginx, "-t", "-c", str(conf), "-p", str(prefix)], capture_output=True, text=True
+            )
             assert checked.returncode == 0, checked.stderr
-            proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(prefix)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [nginx, "-c", str(conf), "-p", str(prefix)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 context = ssl.create_default_context(cafile=str(ca))
                 deadline = time.monotonic() + 30
                 while True:
                     try:
-                        with urllib.request.urlopen(f"{proxy}/api/health", context=context,
-                                                    timeout=10) as answer:
+                        with urllib.request.urlopen(
+                            f"{proxy}/api/health", context=context, timeout=10
+                        ) as answer:
                             assert answer.status == 200
                             break
                     except OSError:
@@ -309,8 +368,9 @@ def test_the_tls_proxy_example_serves_the_ui_api_and_websockets(tmp_path):
                 with urllib.request.urlopen(f"{proxy}/", context=context, timeout=30) as answer:
                     assert answer.status == 200 and "text/html" in answer.headers["Content-Type"]
                     assert answer.headers["Strict-Transport-Security"]
-                with urllib.request.urlopen(f"{proxy}/ui-settings", context=context,
-                                            timeout=30) as answer:
+                with urllib.request.urlopen(
+                    f"{proxy}/ui-settings", context=context, timeout=30
+                ) as answer:
                     settings = json.loads(answer.read())
                 assert settings["api_url"] == f"{proxy}/api" and settings["auth"] == "BASIC"
                 assert settings["csrf_enabled"] is True
@@ -321,30 +381,45 @@ def test_the_tls_proxy_example_serves_the_ui_api_and_websockets(tmp_path):
 
                 with pytest.raises(urllib.error.HTTPError) as redirect:
                     urllib.request.build_opener(NoRedirect).open(
-                        f"http://127.0.0.1:{http}/api/health", timeout=10)
+                        f"http://127.0.0.1:{http}/api/health", timeout=10
+                    )
                 assert redirect.value.code == 301
                 assert redirect.value.headers["Location"] == "https://127.0.0.1/api/health"
 
                 done = subprocess.run(
-                    [sys.executable, "-c", TINY_FLOW, "through-the-proxy"], cwd=tmp_path,
-                    capture_output=True, text=True, timeout=300,
-                    env=clean_env(PREFECT_API_URL=f"{proxy}/api", PREFECT_API_AUTH_STRING=AUTH,
-                                  PREFECT_API_SSL_CERT_FILE=str(ca),
-                                  PREFECT_HOME=str(tmp_path / "client-home")))
+                    [sys.executable, "-c", TINY_FLOW, "through-the-proxy"],
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    env=clean_env(
+                        PREFECT_API_URL=f"{proxy}/api",
+                        PREFECT_API_AUTH_STRING=AUTH,
+                        PREFECT_API_SSL_CERT_FILE=str(ca),
+                        PREFECT_HOME=str(tmp_path / "client-home"),
+                    ),
+                )
                 assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
                 found = re.search(r"flow run ([0-9a-f-]{36}) COMPLETED 42", done.stdout)
                 assert found, done.stdout[-3000:]
                 _assert_secret_free(done.stdout + done.stderr, "the flow's output")
 
                 # the task run exists only if its events came through the websocket
-                with _authenticated(f"{proxy}/api"), \
-                        temporary_settings({PREFECT_API_SSL_CERT_FILE: str(ca)}):
+                with (
+                    _authenticated(f"{proxy}/api"),
+                    temporary_settings({PREFECT_API_SSL_CERT_FILE: str(ca)}),
+                ):
                     deadline = time.monotonic() + 60
                     while True:
                         with get_client(sync_client=True) as client:
                             tasks = client.read_task_runs()
-                        if [t for t in tasks if t.flow_run_id == uuid.UUID(found.group(1))
-                                and t.state and t.state.is_completed()]:
+                        if [
+                            t
+                            for t in tasks
+                            if t.flow_run_id == uuid.UUID(found.group(1))
+                            and t.state
+                            and t.state.is_completed()
+                        ]:
                             break
                         assert time.monotonic() < deadline, "no task run arrived as events"
                         time.sleep(1)

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.system]
 def _wait_for(probe, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
-        if (found := probe()):
+        if found := probe():
             return found
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not seen after {timeout:.0f} s")
@@ -48,16 +48,25 @@ def test_a_prefect_server_on_postgresql_records_a_flow_run(tmp_path):
     with postgres_cluster(bindir) as pg:
         pg.create_database("prefect", owner="prefect", password=password)
         db_url = f"postgresql+asyncpg://prefect:{password}@127.0.0.1:{pg.port}/prefect"
-        with prefect_server(tmp_path / "server-home", PREFECT_API_DATABASE_CONNECTION_URL=db_url,
-                            PREFECT_SERVER_UI_ENABLED="false") as server:
+        with prefect_server(
+            tmp_path / "server-home",
+            PREFECT_API_DATABASE_CONNECTION_URL=db_url,
+            PREFECT_SERVER_UI_ENABLED="false",
+        ) as server:
             # Prefect created its tables in PostgreSQL (migrations on start), not in SQLite.
             assert not (server.home / "prefect.db").exists()
 
             name = f"pg-check-{uuid.uuid4().hex[:8]}"
-            done = subprocess.run([sys.executable, "-c", TINY_FLOW, name], cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=300,
-                                  env=clean_env(PREFECT_API_URL=server.url,
-                                                PREFECT_HOME=str(tmp_path / "client-home")))
+            done = subprocess.run(
+                [sys.executable, "-c", TINY_FLOW, name],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=clean_env(
+                    PREFECT_API_URL=server.url, PREFECT_HOME=str(tmp_path / "client-home")
+                ),
+            )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             found = re.search(r"flow run ([0-9a-f-]{36}) COMPLETED 42", done.stdout)
             assert found, done.stdout[-3000:]
@@ -70,26 +79,49 @@ def test_a_prefect_server_on_postgresql_records_a_flow_run(tmp_path):
             assert run.name == name and run.state.type == StateType.COMPLETED
 
             # from the database, as the role the server uses
-            as_prefect = dict(database="prefect", host="127.0.0.1", user="prefect",
-                              password=password)
-            rows = pg.sql("select name, state_type::text, state_name from flow_run "
-                          "where id = $1", run_id, **as_prefect)
+            as_prefect = dict(
+                database="prefect", host="127.0.0.1", user="prefect", password=password
+            )
+            rows = pg.sql(
+                "select name, state_type::text, state_name from flow_run where id = $1",
+                run_id,
+                **as_prefect,
+            )
             assert rows == [(name, "COMPLETED", "Completed")]
-            (flow_name,) = pg.sql("select f.name from flow f join flow_run r on r.flow_id = f.id "
-                                  "where r.id = $1", run_id, **as_prefect)
+            (flow_name,) = pg.sql(
+                "select f.name from flow f join flow_run r on r.flow_id = f.id where r.id = $1",
+                run_id,
+                **as_prefect,
+            )
             assert flow_name == ("advloop-server-check",)
 
             # The services run in the server process on PostgreSQL too: the task run
             # (recorded from the client's events) and the flow run's state events.
-            tasks = _wait_for(lambda: pg.sql(
-                "select name, state_type::text from task_run where flow_run_id = $1",
-                run_id, **as_prefect), 60, "the task run in table task_run")
+            tasks = _wait_for(
+                lambda: pg.sql(
+                    "select name, state_type::text from task_run where flow_run_id = $1",
+                    run_id,
+                    **as_prefect,
+                ),
+                60,
+                "the task run in table task_run",
+            )
             assert [(n.split("-")[0], s) for n, s in tasks] == [("double", "COMPLETED")]
-            events = _wait_for(lambda: {e for (e,) in pg.sql(
-                "select event from events where resource_id = $1",
-                f"prefect.flow-run.{run_id}", **as_prefect)} >= {
-                "prefect.flow-run.Running", "prefect.flow-run.Completed"}, 60,
-                "the flow run's Running and Completed events in table events")
+            events = _wait_for(
+                lambda: (
+                    {
+                        e
+                        for (e,) in pg.sql(
+                            "select event from events where resource_id = $1",
+                            f"prefect.flow-run.{run_id}",
+                            **as_prefect,
+                        )
+                    }
+                    >= {"prefect.flow-run.Running", "prefect.flow-run.Completed"}
+                ),
+                60,
+                "the flow run's Running and Completed events in table events",
+            )
             assert events
 
         # The database password appears in neither the server's output nor the flow's.

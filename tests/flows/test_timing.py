@@ -15,9 +15,13 @@ def _t(phase, start, end):
 
 
 def test_parallel_members_count_once_and_gaps_are_orchestration():
-    steps = [_t("training", 0.5, 4.0), _t("training", 1.0, 5.0),  # two members in parallel
-             _t("exploration", 5.5, 7.0), _t("selection", 7.0, 7.25),
-             _t("labelling", 7.5, 9.0)]
+    steps = [
+        _t("training", 0.5, 4.0),
+        _t("training", 1.0, 5.0),  # two members in parallel
+        _t("exploration", 5.5, 7.0),
+        _t("selection", 7.0, 7.25),
+        _t("labelling", 7.5, 9.0),
+    ]
     split = split_generation(steps, 0.0, 10.0)
     assert split["seconds_training"] == pytest.approx(4.5)
     assert split["seconds_exploration"] == pytest.approx(1.5)

@@ -71,8 +71,10 @@ def _chromium_or_skip() -> str:
     chromium = find_chromium()
     if chromium:
         return chromium
-    message = ("Chromium not found (no chromium, chromium-browser or google-chrome on PATH, "
-               "no $CHROMIUM); on Debian: apt-get install --no-install-recommends chromium")
+    message = (
+        "Chromium not found (no chromium, chromium-browser or google-chrome on PATH, "
+        "no $CHROMIUM); on Debian: apt-get install --no-install-recommends chromium"
+    )
     if _in_ci():
         pytest.fail(message + " (CI is set: the browser test must run there)")
     pytest.skip(message)
@@ -80,8 +82,11 @@ def _chromium_or_skip() -> str:
 
 def _api(base: str, path: str, body: dict | None = None):
     request = urllib.request.Request(
-        f"{base}/api/{path}", data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        f"{base}/api/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read())
 
@@ -92,14 +97,20 @@ def ui_server(home: Path) -> Iterator[str]:
     (``http://127.0.0.1:PORT``, the API under ``/api``) once it answers."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with prefect_server(home / "home", port=port, PREFECT_UI_API_URL=f"{base}/api",
-                        PREFECT_UI_URL=base, PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
-                        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as server:
+    with prefect_server(
+        home / "home",
+        port=port,
+        PREFECT_UI_API_URL=f"{base}/api",
+        PREFECT_UI_URL=base,
+        PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+    ) as server:
         yield server.base
 
 
-def _open(chromium: str, url: str, ready: Callable[[Page], bool], name: str,
-          screenshot: bool = False) -> Page:
+def _open(
+    chromium: str, url: str, ready: Callable[[Page], bool], name: str, screenshot: bool = False
+) -> Page:
     """``url`` rendered by Chromium, once more with a longer virtual-time budget if the page
     was not ``ready`` yet; the DOM (and screenshot) is kept as ``<name>.html`` (``.png``)."""
     out = artifacts_dir()
@@ -109,8 +120,10 @@ def _open(chromium: str, url: str, ready: Callable[[Page], bool], name: str,
         (out / f"{name}.html").write_text(page.dom)
         if ready(page):
             return page
-    pytest.fail(f"{url} did not show what was expected (DOM in {out / name}.html); "
-                f"title {page.title!r}, text: {page.text[:1500]}")
+    pytest.fail(
+        f"{url} did not show what was expected (DOM in {out / name}.html); "
+        f"title {page.title!r}, text: {page.text[:1500]}"
+    )
 
 
 def _check_screenshot(path: Path) -> None:
@@ -129,8 +142,13 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[prefect UI browser test] screenshots and DOM dumps: {out}")
     config = tmp_path / "tiny.yaml"
-    config.write_text(CONFIG.format(name=SYSTEM, structures=REPO / "examples" / "structures" / "nh3.xyz",
-                                    output_dir=tmp_path / "runs"))
+    config.write_text(
+        CONFIG.format(
+            name=SYSTEM,
+            structures=REPO / "examples" / "structures" / "nh3.xyz",
+            output_dir=tmp_path / "runs",
+        )
+    )
     key = artifact_key(SYSTEM, "generations")
 
     started = time.monotonic()
@@ -138,19 +156,30 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
         up = time.monotonic()
         code = "from advloop.flows.cli import app; app(prog_name='advloop')"
         done = subprocess.run(
-            [sys.executable, "-c", code, "run", str(config)], cwd=tmp_path, capture_output=True,
-            text=True, timeout=600, stdin=subprocess.DEVNULL,
-            env=clean_env(PREFECT_API_URL=f"{base}/api", PREFECT_UI_URL=base,
-                     PREFECT_HOME=str(tmp_path / "client-home"),
-                     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
+            [sys.executable, "-c", code, "run", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(
+                PREFECT_API_URL=f"{base}/api",
+                PREFECT_UI_URL=base,
+                PREFECT_HOME=str(tmp_path / "client-home"),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            ),
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         ran = time.monotonic()
 
         # What the server holds, to compare the pages with.
         [run] = _api(base, "flow_runs/filter", {"flow_runs": {"name": {"any_": [SYSTEM]}}})
         assert run["state_type"] == "COMPLETED"
-        versions = _api(base, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}},
-                                                   "sort": "CREATED_DESC"})
+        versions = _api(
+            base,
+            "artifacts/filter",
+            {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
+        )
         assert len(versions) == 2 and {v["flow_run_id"] for v in versions} == {run["id"]}
         latest = versions[0]
         rows = json.loads(latest["data"])
@@ -159,9 +188,13 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
         # V2 (the UI the server's root opens): the flow run's Artifacts tab ...
         run_title = f"Flow Run: {SYSTEM} • Prefect Server"
         key_link = f"/v2/artifacts/key/{key}"
-        page = _open(chromium, f"{base}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
-                     lambda p: p.title == run_title and key_link in p.links, "v2-flow-run",
-                     screenshot=True)
+        page = _open(
+            chromium,
+            f"{base}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
+            lambda p: p.title == run_title and key_link in p.links,
+            "v2-flow-run",
+            screenshot=True,
+        )
         assert "Switch to V1 UI" in page.text  # the V2 app rendered it
         assert "Completed" in page.text and "advloop-active-learning" in page.text
         assert "TABLE" in page.text and key in page.text
@@ -169,14 +202,21 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
 
         # ... links to the key's page, which lists every version ...
         version_links = {f"/v2/artifacts/artifact/{v['id']}" for v in versions}
-        page = _open(chromium, base + key_link,
-                     lambda p: version_links <= set(p.links), "v2-artifact-key")
-        assert {link for link in page.links if link.startswith("/v2/artifacts/artifact/")} == version_links
+        page = _open(
+            chromium, base + key_link, lambda p: version_links <= set(p.links), "v2-artifact-key"
+        )
+        assert {
+            link for link in page.links if link.startswith("/v2/artifacts/artifact/")
+        } == version_links
 
         # ... and the latest version is the table, every column and a row per generation.
-        page = _open(chromium, f"{base}/v2/artifacts/artifact/{latest['id']}",
-                     lambda p: p.table_with_header("generation") is not None,
-                     "v2-generations-table", screenshot=True)
+        page = _open(
+            chromium,
+            f"{base}/v2/artifacts/artifact/{latest['id']}",
+            lambda p: p.table_with_header("generation") is not None,
+            "v2-generations-table",
+            screenshot=True,
+        )
         _check_table(page, key, rows, latest["description"])
         assert f"/v2/runs/flow-run/{run['id']}" in page.links
         _check_screenshot(out / "v2-generations-table.png")
@@ -184,20 +224,27 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
         # V1: the link the run printed ("View at ...") and the same table.
         logged = f"{base}/runs/flow-run/{run['id']}"
         assert f"View at {logged}" in done.stdout + done.stderr
-        page = _open(chromium, logged, lambda p: p.title == run_title, "v1-flow-run",
-                     screenshot=True)
+        page = _open(
+            chromium, logged, lambda p: p.title == run_title, "v1-flow-run", screenshot=True
+        )
         assert "Switch to V2 UI" in page.text and "Completed" in page.text
         _check_screenshot(out / "v1-flow-run.png")
-        page = _open(chromium, f"{base}/artifacts/artifact/{latest['id']}",
-                     lambda p: p.table_with_header("generation") is not None,
-                     "v1-generations-table", screenshot=True)
+        page = _open(
+            chromium,
+            f"{base}/artifacts/artifact/{latest['id']}",
+            lambda p: p.table_with_header("generation") is not None,
+            "v1-generations-table",
+            screenshot=True,
+        )
         _check_table(page, key, rows, latest["description"])
         assert f"/runs/flow-run/{run['id']}" in page.links
         _check_screenshot(out / "v1-generations-table.png")
         browsed = time.monotonic()
     with capsys.disabled():
-        print(f"[prefect UI browser test] server up {up - started:.0f} s, advloop run "
-              f"{ran - up:.0f} s, 5 pages in Chromium {browsed - ran:.0f} s")
+        print(
+            f"[prefect UI browser test] server up {up - started:.0f} s, advloop run "
+            f"{ran - up:.0f} s, 5 pages in Chromium {browsed - ran:.0f} s"
+        )
 
 
 def _check_table(page: Page, key: str, rows: list[dict], description: str) -> None:
@@ -208,7 +255,9 @@ def _check_table(page: Page, key: str, rows: list[dict], description: str) -> No
     assert [cells[0] for cells in body] == [str(r["generation"]) for r in rows]
     for cells, row in zip(body, rows):
         assert cells[header.index("dataset_size")] == str(row["dataset_size"])
-        assert float(cells[header.index("val_forces_mae_eV_A")]) == pytest.approx(row["val_forces_mae_eV_A"])
+        assert float(cells[header.index("val_forces_mae_eV_A")]) == pytest.approx(
+            row["val_forces_mae_eV_A"]
+        )
 
 
 def _png(width: int, height: int, pixel: Callable[[int, int], bytes]) -> bytes:
@@ -223,10 +272,16 @@ def _png(width: int, height: int, pixel: Callable[[int, int], bytes]) -> bytes:
         previous = line
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_check_tells_a_blank_picture_from_one_with_content(tmp_path):
@@ -234,7 +289,9 @@ def test_png_check_tells_a_blank_picture_from_one_with_content(tmp_path):
     blank.write_bytes(_png(40, 30, lambda x, y: b"\xf0\xf1\xf2"))
     assert png_info(blank) == PngInfo(40, 30, 0)
     text = tmp_path / "text.png"
-    text.write_bytes(_png(40, 30, lambda x, y: b"\x00\x00\x00" if (x * y) % 7 == 1 else b"\xff\xff\xff"))
+    text.write_bytes(
+        _png(40, 30, lambda x, y: b"\x00\x00\x00" if (x * y) % 7 == 1 else b"\xff\xff\xff")
+    )
     info = png_info(text)
     assert (info.width, info.height) == (40, 30) and info.varied_rows > 20
     with pytest.raises(ValueError, match="not a PNG"):

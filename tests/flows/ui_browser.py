@@ -22,10 +22,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                  "--hide-scrollbars", "--mute-audio")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+)
 WINDOW = (1400, 1000)
 
 
@@ -59,8 +68,22 @@ class _Reader(HTMLParser):
     """Title, visible text, hrefs and tables (rows of (tag, text) cells) of a DOM dump."""
 
     _SKIP = {"script", "style", "noscript", "template"}
-    _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-             "param", "source", "track", "wbr"}
+    _VOID = {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -119,17 +142,27 @@ def read_page(url: str, dom: str) -> Page:
     reader = _Reader()
     reader.feed(dom)
     reader.close()
-    return Page(url=url, dom=dom, title=" ".join("".join(reader.title).split()),
-                text=" ".join(" ".join(reader.text).split()), links=reader.links,
-                tables=reader.tables)
+    return Page(
+        url=url,
+        dom=dom,
+        title=" ".join("".join(reader.title).split()),
+        text=" ".join(" ".join(reader.text).split()),
+        links=reader.links,
+        tables=reader.tables,
+    )
 
 
 class ChromiumError(RuntimeError):
     pass
 
 
-def render(chromium: str, url: str, screenshot: Path | None = None,
-           budget_ms: int = 20000, timeout_s: float = 120) -> Page:
+def render(
+    chromium: str,
+    url: str,
+    screenshot: Path | None = None,
+    budget_ms: int = 20000,
+    timeout_s: float = 120,
+) -> Page:
     """The DOM of ``url`` once the page has settled (``budget_ms`` of virtual time; the
     clock stops while network fetches are pending), and its screenshot if asked.
 
@@ -137,15 +170,25 @@ def render(chromium: str, url: str, screenshot: Path | None = None,
     the profile removed whatever happens.
     """
     profile = tempfile.mkdtemp(prefix="advloop-chromium-")
-    args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-            f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--virtual-time-budget={budget_ms}",
-            "--dump-dom"]
+    args = [
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--virtual-time-budget={budget_ms}",
+        "--dump-dom",
+    ]
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.unlink(missing_ok=True)
         args.append(f"--screenshot={screenshot}")
-    proc = subprocess.Popen([*args, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*args, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as timeout:
@@ -161,8 +204,9 @@ def render(chromium: str, url: str, screenshot: Path | None = None,
         tail = err.decode(errors="replace")[-3000:]
         raise ChromiumError(f"chromium exited {proc.returncode} on {url}: {tail}")
     if screenshot is not None and not screenshot.exists():
-        raise ChromiumError(f"chromium wrote no screenshot of {url}: "
-                            f"{err.decode(errors='replace')[-3000:]}")
+        raise ChromiumError(
+            f"chromium wrote no screenshot of {url}: {err.decode(errors='replace')[-3000:]}"
+        )
     return read_page(url, out.decode("utf-8", errors="replace"))
 
 
@@ -186,8 +230,8 @@ def png_info(path: Path) -> PngInfo:
         raise ValueError(f"{path} is not a PNG")
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
@@ -200,8 +244,9 @@ def png_info(path: Path) -> PngInfo:
     width, height, depth, colour, _, _, interlace = header
     channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
     if depth != 8 or channels is None or interlace:
-        raise ValueError(f"{path}: unsupported PNG (depth {depth}, colour type {colour}, "
-                         f"interlace {interlace})")
+        raise ValueError(
+            f"{path}: unsupported PNG (depth {depth}, colour type {colour}, interlace {interlace})"
+        )
     raw = zlib.decompress(b"".join(idat))
     stride = width * channels
     if len(raw) != height * (stride + 1):
@@ -209,7 +254,7 @@ def png_info(path: Path) -> PngInfo:
     varied = 0
     for row in range(height):
         start = row * (stride + 1) + 1 + channels  # skip the filter byte and the first pixel
-        pixels = raw[start:start + stride - channels]
+        pixels = raw[start : start + stride - channels]
         if pixels != pixels[:channels] * (width - 1):
             varied += 1
     return PngInfo(width, height, varied)

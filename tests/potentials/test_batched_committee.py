@@ -40,10 +40,14 @@ def _batch(periodic: bool = False, seed: int = 0):
     for atoms in structures:
         atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
     positions = np.concatenate([a.positions for a in structures])
-    graph = build_graph(np.concatenate([a.numbers for a in structures]), positions,
-                        np.array([len(a) for a in structures]), TINY_SPEC.cutoff,
-                        np.stack([a.cell[:] for a in structures]),
-                        np.stack([a.pbc for a in structures]))
+    graph = build_graph(
+        np.concatenate([a.numbers for a in structures]),
+        positions,
+        np.array([len(a) for a in structures]),
+        TINY_SPEC.cutoff,
+        np.stack([a.cell[:] for a in structures]),
+        np.stack([a.pbc for a in structures]),
+    )
     return graph, torch.as_tensor(positions, dtype=torch.float64)
 
 
@@ -70,6 +74,7 @@ def test_force_variance_gradient_matches_looped_committee() -> None:
     committee = Committee(members)
     stacked = StackedCommittee(members)
     grads = []
+
     def single_backward(graph, positions, create_graph):
         return looped_energies_forces(members, graph, positions, create_graph)
 

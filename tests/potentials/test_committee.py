@@ -70,35 +70,48 @@ def test_predict_arrays_statistics_match_numpy() -> None:
     np.testing.assert_allclose(pred.forces_std, forces_std, rtol=1e-10)
     assert (forces_std > 1e-3).all()  # the members really disagree
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
-    per_structure = [forces_std[starts[s]:starts[s + 1]] for s in range(3)]
+    per_structure = [forces_std[starts[s] : starts[s + 1]] for s in range(3)]
     assert pred.forces_std_mean.shape == pred.forces_std_max.shape == (3,)
-    np.testing.assert_allclose(pred.forces_std_mean, [x.mean() for x in per_structure],
-                               rtol=1e-10)
-    np.testing.assert_allclose(pred.forces_std_max, [x.max() for x in per_structure],
-                               rtol=1e-10)
+    np.testing.assert_allclose(pred.forces_std_mean, [x.mean() for x in per_structure], rtol=1e-10)
+    np.testing.assert_allclose(pred.forces_std_max, [x.max() for x in per_structure], rtol=1e-10)
 
 
 def test_predict_arrays_independent_of_batch_size() -> None:
     committee = Committee(_members())
     numbers, positions, n_atoms, cells, pbc = _batch(seed=1, periodic=True)
-    results = [committee.predict_arrays(numbers, positions, n_atoms, cells, pbc, batch_size=b)
-               for b in (1, 512)]
-    for name in ("energy_mean", "energy_std", "forces_mean", "forces_std",
-                 "forces_std_mean", "forces_std_max"):
-        np.testing.assert_allclose(getattr(results[1], name), getattr(results[0], name),
-                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    results = [
+        committee.predict_arrays(numbers, positions, n_atoms, cells, pbc, batch_size=b)
+        for b in (1, 512)
+    ]
+    for name in (
+        "energy_mean",
+        "energy_std",
+        "forces_mean",
+        "forces_std",
+        "forces_std_mean",
+        "forces_std_max",
+    ):
+        np.testing.assert_allclose(
+            getattr(results[1], name),
+            getattr(results[0], name),
+            rtol=1e-12,
+            atol=1e-12,
+            err_msg=name,
+        )
     # the periodic cell's images matter: without pbc the Cu2 energies change
     open_cell = committee.predict_arrays(numbers, positions, n_atoms)
     assert abs(open_cell.energy_mean[1] - results[0].energy_mean[1]) > 1e-6
-    np.testing.assert_allclose(open_cell.energy_mean[[0, 2, 3]],
-                               results[0].energy_mean[[0, 2, 3]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        open_cell.energy_mean[[0, 2, 3]], results[0].energy_mean[[0, 2, 3]], rtol=0, atol=1e-10
+    )
 
 
 def test_committee_rejects_bad_members() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         Committee(_members(1))
-    schnet = _members(1, ModelSpec(architecture="schnet", n_atom_basis=16, n_interactions=2,
-                                   n_rbf=10, cutoff=4.0))
+    schnet = _members(
+        1, ModelSpec(architecture="schnet", n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0)
+    )
     with pytest.raises(ValueError, match="different model settings"):
         Committee(_members(2) + schnet)
 
@@ -132,7 +145,11 @@ def test_committee_checkpoints_latest_generation_in_numeric_order(tmp_path: Path
 
     assert layout.trained_generations() == [0, 2]
     assert [p.name for p in layout.committee_checkpoints()] == [
-        "member_0.pt", "member_1.pt", "member_2.pt", "member_10.pt"]
+        "member_0.pt",
+        "member_1.pt",
+        "member_2.pt",
+        "member_10.pt",
+    ]
     assert all(p.parent == layout.committee_dir(2) for p in layout.committee_checkpoints())
     assert [p.name for p in layout.committee_checkpoints(0)] == ["member_0.pt", "member_1.pt"]
     with pytest.raises(FileNotFoundError, match="generation 1"):

@@ -41,8 +41,12 @@ def _records(n: int, seed: int) -> tuple[list[Atoms], list[float], list[np.ndarr
 
 def _provenance(n: int, generation: int, first_index: int) -> list[Provenance]:
     return [
-        Provenance(generation=generation, strategy="adversarial" if k % 2 else "initial",
-                   level_of_theory="RKS/PBE/6-31G*", parent=first_index - 1 if k % 2 else -1)
+        Provenance(
+            generation=generation,
+            strategy="adversarial" if k % 2 else "initial",
+            level_of_theory="RKS/PBE/6-31G*",
+            parent=first_index - 1 if k % 2 else -1,
+        )
         for k in range(n)
     ]
 
@@ -75,8 +79,7 @@ def test_create_append_read_round_trip(tmp_path: Path) -> None:
     assert len(arr) == 7
     np.testing.assert_array_equal(arr.n_atoms, [len(a) for a in structures])
     np.testing.assert_array_equal(arr.numbers, np.concatenate([a.numbers for a in structures]))
-    np.testing.assert_array_equal(arr.positions,
-                                  np.concatenate([a.positions for a in structures]))
+    np.testing.assert_array_equal(arr.positions, np.concatenate([a.positions for a in structures]))
     np.testing.assert_array_equal(arr.forces, np.concatenate(forces))
     np.testing.assert_array_equal(arr.energy, energies)
     np.testing.assert_array_equal(arr.cell, np.stack([a.cell[:] for a in structures]))
@@ -96,8 +99,13 @@ def test_to_atoms_carries_labels_and_provenance(tmp_path: Path) -> None:
         np.testing.assert_array_equal(atoms.pbc, structures[i].pbc)
         assert atoms.get_potential_energy() == energies[i]
         np.testing.assert_array_equal(atoms.get_forces(), forces[i])
-        assert atoms.info == {"index": i, "generation": 0, "strategy": "initial",
-                              "parent": -1, "level_of_theory": "RKS/PBE/6-31G*"}
+        assert atoms.info == {
+            "index": i,
+            "generation": 0,
+            "strategy": "initial",
+            "parent": -1,
+            "level_of_theory": "RKS/PBE/6-31G*",
+        }
 
 
 def test_export_extxyz_round_trip(tmp_path: Path) -> None:
@@ -130,10 +138,23 @@ _INVALID_APPEND_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("bad", ["lengths", "force_shape", "force_columns", "nan_energy",
-                                 "vector_energy", "text_energy", "nan_force", "nan_position",
-                                 "inf_cell", "parent_forward", "parent_self",
-                                 "parent_below_minus_one"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "lengths",
+        "force_shape",
+        "force_columns",
+        "nan_energy",
+        "vector_energy",
+        "text_energy",
+        "nan_force",
+        "nan_position",
+        "inf_cell",
+        "parent_forward",
+        "parent_self",
+        "parent_below_minus_one",
+    ],
+)
 def test_invalid_append_raises_and_leaves_file_unchanged(tmp_path: Path, bad: str) -> None:
     ds, *_ = _filled(tmp_path, n=2)
     before = Path(ds.path).read_bytes()
@@ -220,10 +241,10 @@ def test_rows_past_commit_marker_are_ignored_and_overwritten(tmp_path: Path) -> 
     arr = Dataset(ds.path).arrays()
     assert len(arr) == 5
     all_structures = structures + s2
-    np.testing.assert_array_equal(arr.numbers,
-                                  np.concatenate([a.numbers for a in all_structures]))
-    np.testing.assert_array_equal(arr.positions,
-                                  np.concatenate([a.positions for a in all_structures]))
+    np.testing.assert_array_equal(arr.numbers, np.concatenate([a.numbers for a in all_structures]))
+    np.testing.assert_array_equal(
+        arr.positions, np.concatenate([a.positions for a in all_structures])
+    )
     np.testing.assert_array_equal(arr.forces, np.concatenate(forces + f2))
     np.testing.assert_array_equal(arr.energy, energies + e2)
     assert [p.strategy for p in reopened.provenance()] == ["initial"] * 3 + ["adversarial"] * 2
@@ -332,7 +353,8 @@ def test_arrays_subset_picks_atoms_of_mixed_sizes() -> None:
     np.testing.assert_array_equal(sub.n_atoms, [3, 4, 3])
     for name in ("numbers", "positions"):
         np.testing.assert_array_equal(
-            getattr(sub, name), np.concatenate([getattr(mols[i], name) for i in (3, 0, 1)]))
+            getattr(sub, name), np.concatenate([getattr(mols[i], name) for i in (3, 0, 1)])
+        )
     np.testing.assert_array_equal(sub.forces, np.concatenate([forces[i] for i in (3, 0, 1)]))
     np.testing.assert_array_equal(sub.subset([1]).numbers, nh3.numbers)
     empty = arr.subset([])

@@ -43,8 +43,13 @@ def _append_one_by_one(path: str, writer: int, n: int, skip_known: bool, barrier
     barrier.wait()
     dataset = Dataset.create(path, exist_ok=True)
     for k, atoms in enumerate(_records(writer, n)):
-        dataset.append([atoms], [float(writer)], [np.full((len(atoms), 3), float(k))],
-                       [Provenance(0, "initial", "test")], skip_known=skip_known)
+        dataset.append(
+            [atoms],
+            [float(writer)],
+            [np.full((len(atoms), 3), float(k))],
+            [Provenance(0, "initial", "test")],
+            skip_known=skip_known,
+        )
 
 
 def _read_while_written(path: str, seconds: float, barrier) -> None:
@@ -69,8 +74,10 @@ def _run_together(*jobs: tuple) -> None:
 def test_processes_appending_at_once_lose_and_corrupt_nothing(tmp_path, monkeypatch, hdf5_locking):
     monkeypatch.setenv("HDF5_USE_FILE_LOCKING", hdf5_locking)  # inherited by the processes
     path, n = str(tmp_path / "dataset.h5"), 40
-    _run_together(*[(_append_one_by_one, path, w, n, False) for w in range(3)],
-                  (_read_while_written, path, 3.0))
+    _run_together(
+        *[(_append_one_by_one, path, w, n, False) for w in range(3)],
+        (_read_while_written, path, 3.0),
+    )
 
     dataset = Dataset(path)
     expected = {structure_hash(a): (w, k) for w in range(3) for k, a in enumerate(_records(w, n))}
@@ -96,8 +103,11 @@ def test_a_writer_waits_for_the_lock_and_says_why_it_gave_up(tmp_path, monkeypat
     monkeypatch.setattr(dataset_module, "LOCK_TIMEOUT_S", 0.3)
     with open(lock_path(dataset.path), "rb") as held:  # as another process appending would
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(DatasetError, match="locked by another process for 0.3 s .waiting "
-                                               "to write it.: is another advloop run"):
+        with pytest.raises(
+            DatasetError,
+            match="locked by another process for 0.3 s .waiting "
+            "to write it.: is another advloop run",
+        ):
             dataset.append(*args)
         with pytest.raises(DatasetError, match="waiting to read"):
             len(dataset)
@@ -108,9 +118,16 @@ def test_a_writer_waits_for_the_lock_and_says_why_it_gave_up(tmp_path, monkeypat
 def test_a_killed_lock_holder_does_not_block_the_next_writer(tmp_path):
     dataset = Dataset.create(tmp_path / "dataset.h5")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
-         str(lock_path(dataset.path))], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+            str(lock_path(dataset.path)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         os.kill(holder.pid, signal.SIGKILL)

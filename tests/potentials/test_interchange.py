@@ -51,8 +51,12 @@ def test_import_refuses_unlabelled_frames_without_writing(tmp_path):
 def test_export_to_schnetpack_asedata(tmp_path):
     frames = _labelled(3, 1)
     dataset = Dataset.create(tmp_path / "d.h5")
-    dataset.append(frames, [a.get_potential_energy() for a in frames],
-                   [a.get_forces() for a in frames], [Provenance(0, "x", "EMT")] * 3)
+    dataset.append(
+        frames,
+        [a.get_potential_energy() for a in frames],
+        [a.get_forces() for a in frames],
+        [Provenance(0, "x", "EMT")] * 3,
+    )
     data = export_asedata(dataset, tmp_path / "spk.db")
     assert len(data) == 3
     row = data[1]

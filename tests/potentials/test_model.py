@@ -17,14 +17,16 @@ ARCHITECTURES = ["painn", "schnet", "so3net"]
 
 
 def _spec(architecture: str) -> ModelSpec:
-    return ModelSpec(architecture=architecture, n_atom_basis=16, n_interactions=2, n_rbf=10,
-                     cutoff=4.0)
+    return ModelSpec(
+        architecture=architecture, n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0
+    )
 
 
 def _model(architecture: str, seed: int = 0, radial_basis: str = "gaussian") -> EnergyModel:
     """A float64 untrained model with non-trivial reference energies and scale."""
-    model = EnergyModel(replace(_spec(architecture), radial_basis=radial_basis),
-                        torch.Generator().manual_seed(seed))
+    model = EnergyModel(
+        replace(_spec(architecture), radial_basis=radial_basis), torch.Generator().manual_seed(seed)
+    )
     model.network.to(torch.float64)
     model.element_energy[1] = -13.6
     model.element_energy[7] = -1480.0
@@ -68,8 +70,9 @@ def _batch_energies(model, numbers, n_atoms, configs: np.ndarray) -> np.ndarray:
     return e.reshape(k, len(n_atoms)).sum(axis=1)
 
 
-@pytest.mark.parametrize("architecture, radial_basis",
-                         [(a, "gaussian") for a in ARCHITECTURES] + [("painn", "bessel")])
+@pytest.mark.parametrize(
+    "architecture, radial_basis", [(a, "gaussian") for a in ARCHITECTURES] + [("painn", "bessel")]
+)
 def test_forces_match_finite_differences(architecture: str, radial_basis: str) -> None:
     model = _model(architecture, radial_basis=radial_basis)
     numbers, positions, n_atoms = _two_nh3()
@@ -95,18 +98,21 @@ def test_energy_invariant_and_forces_equivariant(architecture: str) -> None:
     rot = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
     moved = positions @ rot.T + np.array([1.5, -2.0, 0.7])
 
-    e0, f0 = energy_and_forces(model, build_graph(numbers, positions, n_atoms, 4.0),
-                               torch.as_tensor(positions))
-    e1, f1 = energy_and_forces(model, build_graph(numbers, moved, n_atoms, 4.0),
-                               torch.as_tensor(moved))
+    e0, f0 = energy_and_forces(
+        model, build_graph(numbers, positions, n_atoms, 4.0), torch.as_tensor(positions)
+    )
+    e1, f1 = energy_and_forces(
+        model, build_graph(numbers, moved, n_atoms, 4.0), torch.as_tensor(moved)
+    )
     # SO3net's Clebsch-Gordan tables are float32 constants: ~1e-8 eV of round-off on a
     # rotation, still far below any physical energy difference.
     tol = 1e-7 if architecture == "so3net" else 1e-9
     np.testing.assert_allclose(e1.detach().numpy(), e0.detach().numpy(), rtol=0, atol=tol)
     np.testing.assert_allclose(f1.numpy(), f0.numpy() @ rot.T, rtol=0, atol=tol)
     # and the structures are independent: energies of the batch = energies alone
-    e_first, _ = energy_and_forces(model, build_graph(numbers[:4], positions[:4], [4], 4.0),
-                                   torch.as_tensor(positions[:4]))
+    e_first, _ = energy_and_forces(
+        model, build_graph(numbers[:4], positions[:4], [4], 4.0), torch.as_tensor(positions[:4])
+    )
     np.testing.assert_allclose(e_first.detach().numpy(), e0.detach().numpy()[:1], rtol=0, atol=1e-9)
 
 
@@ -131,7 +137,9 @@ def test_build_graph_respects_cutoff_and_structures() -> None:
     # every within-structure pair inside the cutoff is present, in both directions
     pairs = set(zip(i.tolist(), j.tolist()))
     expected = {
-        (a, b) for a in range(11) for b in range(11)
+        (a, b)
+        for a in range(11)
+        for b in range(11)
         if a != b and idx_m[a] == idx_m[b] and np.linalg.norm(positions[a] - positions[b]) < cutoff
     }
     assert pairs == expected
@@ -140,8 +148,9 @@ def test_build_graph_respects_cutoff_and_structures() -> None:
 
 def test_build_graph_periodic_offsets() -> None:
     cu = bulk("Cu", "fcc", a=3.6)  # one atom, 12 neighbours at 2.55 Å through the cell
-    g = build_graph(cu.numbers, cu.positions, [1], 3.0, cells=cu.cell[:][None],
-                    pbc=np.ones((1, 3), dtype=bool))
+    g = build_graph(
+        cu.numbers, cu.positions, [1], 3.0, cells=cu.cell[:][None], pbc=np.ones((1, 3), dtype=bool)
+    )
     assert len(g.idx_i) == 12
     offsets = g.offsets(torch.device("cpu"), torch.float64).numpy()
     np.testing.assert_allclose(np.linalg.norm(offsets, axis=1), 3.6 / np.sqrt(2), atol=1e-12)
@@ -170,8 +179,10 @@ def test_create_graph_keeps_force_gradient(architecture: str) -> None:
         plus, minus = positions.copy(), positions.copy()
         plus[a, c] += h
         minus[a, c] -= h
-        fd = (objective(torch.as_tensor(plus), False).item()
-              - objective(torch.as_tensor(minus), False).item()) / (2 * h)
+        fd = (
+            objective(torch.as_tensor(plus), False).item()
+            - objective(torch.as_tensor(minus), False).item()
+        ) / (2 * h)
         assert grad[a, c].item() == pytest.approx(fd, rel=1e-5, abs=1e-7)
 
 
@@ -187,7 +198,7 @@ def test_fit_normalisation_single_composition() -> None:
     ref = model.element_energy.numpy()
     assert ref[7] + 3 * ref[1] == pytest.approx(energy.mean(), abs=1e-10)
     assert np.count_nonzero(ref) == 2  # only N and H
-    assert model.scale.item() == pytest.approx(np.sqrt(np.mean(forces ** 2)))
+    assert model.scale.item() == pytest.approx(np.sqrt(np.mean(forces**2)))
 
 
 def test_fit_normalisation_two_compositions_is_exact() -> None:
@@ -203,15 +214,21 @@ def test_fit_normalisation_two_compositions_is_exact() -> None:
     assert model.scale.item() == 1.0  # zero forces: scale falls back to 1 eV
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"cutoff": 0.0}, "cutoff"),
-    ({"cutoff": -1.0}, "cutoff"),
-    ({"cutoff": float("nan")}, "cutoff"),
-    ({"architecture": "mace"}, r"model\.architecture = 'mace': must be one of 'painn', 'schnet', 'so3net'"),
-    ({"n_interactions": 0}, "n_interactions"),
-    ({"n_atom_basis": 0}, "n_atom_basis"),
-    ({"n_rbf": 0}, "n_rbf"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cutoff": 0.0}, "cutoff"),
+        ({"cutoff": -1.0}, "cutoff"),
+        ({"cutoff": float("nan")}, "cutoff"),
+        (
+            {"architecture": "mace"},
+            r"model\.architecture = 'mace': must be one of 'painn', 'schnet', 'so3net'",
+        ),
+        ({"n_interactions": 0}, "n_interactions"),
+        ({"n_atom_basis": 0}, "n_atom_basis"),
+        ({"n_rbf": 0}, "n_rbf"),
+    ],
+)
 def test_model_spec_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelSpec(**kwargs)
@@ -230,8 +247,9 @@ def test_periodic_cell_translated_and_wrapped_gives_same_energy(architecture: st
     assert not np.allclose(moved.positions, atoms.positions)
 
     def run(a):
-        graph = build_graph(a.numbers, a.positions, [len(a)], model.spec.cutoff,
-                            a.cell[:][None], a.pbc[None])
+        graph = build_graph(
+            a.numbers, a.positions, [len(a)], model.spec.cutoff, a.cell[:][None], a.pbc[None]
+        )
         e, f = energy_and_forces(model, graph, torch.as_tensor(a.positions))
         return e.detach().numpy(), f.numpy()
 

@@ -60,8 +60,9 @@ def emt_nh3() -> tuple[Arrays, Arrays]:
     return data.subset(train), data.subset(val)
 
 
-SETTINGS = TrainingSettings(max_epochs=30, batch_size=4, learning_rate=5e-3, patience=30,
-                            val_fraction=0.25)
+SETTINGS = TrainingSettings(
+    max_epochs=30, batch_size=4, learning_rate=5e-3, patience=30, val_fraction=0.25
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +114,14 @@ def test_itrain_warm_start_keeps_normalisation_and_epoch_budget(emt_nh3) -> None
     model = _new_model(seed=1)
     model.element_energy[7] = -3.0
     model.scale.fill_(2.0)
-    settings = TrainingSettings(max_epochs=10, warm_start_epochs=3, batch_size=8,
-                                warm_start_learning_rate=1e-4, warm_start_warmup_epochs=2)
-    records = list(itrain(model, train, None, settings, np.random.default_rng(0),
-                          warm_start=True))
+    settings = TrainingSettings(
+        max_epochs=10,
+        warm_start_epochs=3,
+        batch_size=8,
+        warm_start_learning_rate=1e-4,
+        warm_start_warmup_epochs=2,
+    )
+    records = list(itrain(model, train, None, settings, np.random.default_rng(0), warm_start=True))
     assert len(records) == 3
     # the rate ramps up linearly over the warm-up epochs, then holds
     assert [r.learning_rate for r in records] == pytest.approx([0.5e-4, 1e-4, 1e-4])
@@ -135,13 +140,24 @@ def test_warm_start_reaches_scratch_validation_error_in_fewer_epochs(seed: int) 
     pool = emt_arrays(displaced(molecule("NH3"), 48 + 16, 0.05, np.random.default_rng(seed)))
     grown, val = pool.subset(np.arange(48)), pool.subset(np.arange(48, 64))
     before = grown.subset(np.arange(40))
-    settings = TrainingSettings(max_epochs=100, warm_start_epochs=100, batch_size=10,
-                                learning_rate=1e-3, warm_start_learning_rate=5e-4,
-                                warm_start_warmup_epochs=5)
+    settings = TrainingSettings(
+        max_epochs=100,
+        warm_start_epochs=100,
+        batch_size=10,
+        learning_rate=1e-3,
+        warm_start_learning_rate=5e-4,
+        warm_start_warmup_epochs=5,
+    )
 
     def val_curve(model: EnergyModel, data: Arrays, warm: bool) -> np.ndarray:
-        return np.array([r.val_loss for r in itrain(model, data, val, settings,
-                                                    np.random.default_rng(1), warm_start=warm)])
+        return np.array(
+            [
+                r.val_loss
+                for r in itrain(
+                    model, data, val, settings, np.random.default_rng(1), warm_start=warm
+                )
+            ]
+        )
 
     scratch = val_curve(make_member(seed), grown, warm=False)
     previous = make_member(seed)
@@ -180,14 +196,14 @@ def test_checkpoint_round_trip(tmp_path: Path, emt_nh3, trained) -> None:
 
     as_f64 = load_member(path, dtype=torch.float64)
     assert next(as_f64.network.parameters()).dtype == torch.float64
-    np.testing.assert_allclose(_energies(as_f64, val), _energies(model, val), rtol=1e-4,
-                               atol=1e-3)
+    np.testing.assert_allclose(_energies(as_f64, val), _energies(model, val), rtol=1e-4, atol=1e-3)
 
 
 def test_load_member_refuses_other_spec(tmp_path: Path) -> None:
     path = save_member(_new_model(0), tmp_path / "member_0.pt")
-    other = ModelSpec(architecture="schnet", n_atom_basis=16, n_interactions=2, n_rbf=10,
-                      cutoff=4.0)
+    other = ModelSpec(
+        architecture="schnet", n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=4.0
+    )
     with pytest.raises(CheckpointError) as info:
         load_member(path, expected=other)
     message = str(info.value)
@@ -209,7 +225,7 @@ def test_unreadable_checkpoints_raise_checkpoint_error(tmp_path: Path) -> None:
     k = max(range(len(members) - 1), key=lambda k: members[k].file_size)
     middle = members[k + 1].header_offset - members[k].file_size // 2
     flipped = bytearray(data)
-    flipped[middle:middle + 8] = b"\xff" * 8
+    flipped[middle : middle + 8] = b"\xff" * 8
     corrupted = tmp_path / "corrupted.pt"
     corrupted.write_bytes(bytes(flipped))
     foreign = tmp_path / "foreign.pt"
@@ -220,17 +236,20 @@ def test_unreadable_checkpoints_raise_checkpoint_error(tmp_path: Path) -> None:
             load_member(bad)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"batch_size": 0},
-    {"val_fraction": 1.0},
-    {"val_fraction": -0.1},
-    {"learning_rate": -1e-3},
-    {"learning_rate": 0.0},
-    {"max_epochs": 0},
-    {"energy_weight": 0.0, "forces_weight": 0.0},
-    {"forces_weight": -1.0},
-    {"lr_factor": 1.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 0},
+        {"val_fraction": 1.0},
+        {"val_fraction": -0.1},
+        {"learning_rate": -1e-3},
+        {"learning_rate": 0.0},
+        {"max_epochs": 0},
+        {"energy_weight": 0.0, "forces_weight": 0.0},
+        {"forces_weight": -1.0},
+        {"lr_factor": 1.0},
+    ],
+)
 def test_training_settings_reject_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         TrainingSettings(**kwargs)

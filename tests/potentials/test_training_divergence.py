@@ -57,13 +57,16 @@ def test_a_diverging_member_is_retried_from_its_start_at_half_the_rate(nh3, capl
 
     model = _model()
     with caplog.at_level(logging.WARNING, logger="advloop.potentials.training"):
-        result = train_member(model, train, val, settings, np.random.default_rng(0), name="member 3")
+        result = train_member(
+            model, train, val, settings, np.random.default_rng(0), name="member 3"
+        )
     assert 1 <= result.divergence_retries <= DIVERGENCE_RETRIES
     assert result.learning_rate == 0.25 / 2**result.divergence_retries
     retries = [r.getMessage() for r in caplog.records if r.name == "advloop.potentials.training"]
     assert len(retries) == result.divergence_retries
-    assert retries[0].startswith("member 3: training diverged at learning rate 0.25 (the training "
-                                 "loss became") and retries[0].endswith("at 0.125")
+    assert retries[0].startswith(
+        "member 3: training diverged at learning rate 0.25 (the training loss became"
+    ) and retries[0].endswith("at 0.125")
     assert np.isfinite(result.train_loss) and np.isfinite(result.best_val_loss)
 
     # The retried member is an ordinary one: saved, loaded, in a committee, finite.
@@ -76,20 +79,28 @@ def test_a_diverging_member_is_retried_from_its_start_at_half_the_rate(nh3, capl
 
 def test_a_member_diverging_at_every_rate_fails_naming_it_and_the_setting(nh3, tmp_path):
     structures, data = nh3
-    config = RunConfig.model_validate({
-        "system": {"name": "nh3-diverging", "structures": "nh3.xyz"},
-        "model": TINY_SPEC.to_dict(), "output_dir": str(tmp_path),
-        "training": {"learning_rate": 1e6, "max_epochs": 5, "batch_size": 4}})
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": "nh3-diverging", "structures": "nh3.xyz"},
+            "model": TINY_SPEC.to_dict(),
+            "output_dir": str(tmp_path),
+            "training": {"learning_rate": 1e6, "max_epochs": 5, "batch_size": 4},
+        }
+    )
     layout = RunLayout(config.run_dir())
-    Dataset.create(layout.dataset).append(structures, data.energy,
-                                          np.split(data.forces, len(structures)),
-                                          [Provenance(0, "initial", "EMT")] * len(structures))
+    Dataset.create(layout.dataset).append(
+        structures,
+        data.energy,
+        np.split(data.forces, len(structures)),
+        [Provenance(0, "initial", "EMT")] * len(structures),
+    )
     with pytest.raises(TrainingDivergedError) as info:
         steps.train_step(config, 0, 1)
     assert str(info.value).startswith(
         "generation 0 member 1: training diverged at every learning rate tried (1e+06, 500000, "
         "250000); the last attempt: the training loss became nan at epoch 0. Lower "
-        "training.learning_rate (now 1e+06), and check the dataset for absurd labels")
+        "training.learning_rate (now 1e+06), and check the dataset for absurd labels"
+    )
     assert not layout.committee_dir(0).exists()  # no checkpoint, not even a partial one
 
 
