@@ -274,7 +274,8 @@ def check_fields(instance: Any, prefix: str | None = None) -> None:
     ``attack.temperature = -300.0: must be > 0 K`` (``prefix`` is the config section the
     settings are read from; None: the field name alone).
     """
-    rules, no_inf_nan = _rules(type(instance))
+    cls: type = type(instance)
+    rules, no_inf_nan = _rules(cls)
     for name, rule in rules.items():
         value = getattr(instance, name)
         problem = _problem(value, rule, no_inf_nan)

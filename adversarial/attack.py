@@ -129,23 +129,22 @@ def iattack(
     n_seeds = len(n_atoms)
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
     dev = committee.device
-    f64 = {"dtype": torch.float64, "device": dev}
     cells0 = (
-        torch.zeros(n_seeds, 3, 3, **f64)
+        torch.zeros(n_seeds, 3, 3, dtype=torch.float64, device=dev)
         if cells is None
-        else torch.as_tensor(np.asarray(cells), **f64)
+        else torch.as_tensor(np.asarray(cells), dtype=torch.float64, device=dev)
     )
     pbc = np.zeros((n_seeds, 3), dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
     if settings.strain and not pbc.any(axis=1).all():
         raise ValueError("attack.strain needs periodic seeds (a cell with pbc); these have none")
-    x0 = torch.as_tensor(np.asarray(positions), **f64)
+    x0 = torch.as_tensor(np.asarray(positions), dtype=torch.float64, device=dev)
     bonds = bonds_per_seed(numbers, np.asarray(positions), starts, cells0.cpu().numpy(), pbc)
     delta = (
         torch.randn(x0.shape, generator=generator, dtype=torch.float64) * settings.initial_noise
     ).to(dev)
     delta.requires_grad_(True)
     params = [delta]
-    strain = torch.zeros(n_seeds, 3, 3, **f64)
+    strain = torch.zeros(n_seeds, 3, 3, dtype=torch.float64, device=dev)
     if settings.strain:
         strain = (
             (
@@ -159,7 +158,7 @@ def iattack(
         params.append(strain)
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
     idx_m = torch.as_tensor(np.repeat(np.arange(n_seeds), n_atoms), device=dev)
-    eye = torch.eye(3, **f64)
+    eye = torch.eye(3, dtype=torch.float64, device=dev)
     active = torch.ones(n_seeds, dtype=torch.bool, device=dev)
     stopped: dict[int, str] = {}
     last_good = x0.clone()
@@ -229,8 +228,11 @@ def iattack(
         optimizer.zero_grad(set_to_none=True)
         # Maximise: minimise the negative objective of the seeds still being attacked.
         (-objective[active].sum()).backward()
+        # backward() fills both: the objective depends on the displacements and the strain
+        if delta.grad is None or (settings.strain and strain.grad is None):
+            raise RuntimeError("the attack objective has no gradient in its parameters")
         delta.grad[~active[idx_m]] = 0.0
-        if settings.strain:
+        if settings.strain and strain.grad is not None:
             strain.grad[~active] = 0.0
         optimizer.step()
         with torch.no_grad():
@@ -243,10 +245,12 @@ def iattack(
 def run_attack(*args, **kwargs) -> AttackResult:
     """Run :func:`iattack` to the end (same arguments); keep the trajectories."""
     objective, sigma = [], []
-    last = None
+    last: AttackStep | None = None
     for last in iattack(*args, **kwargs):
         objective.append(last.objective)
         sigma.append(last.sigma)
+    if last is None:  # iattack yields step 0 first
+        raise RuntimeError("the attack yielded no step")
     return AttackResult(
         positions=last.positions,
         cells=last.cells,

@@ -185,9 +185,11 @@ def select_candidates(
         raise ValueError("periodic candidates need cells and train_cells")
 
     def distances(a_idx: np.ndarray, b: np.ndarray, b_cells: np.ndarray | None) -> np.ndarray:
-        if periodic:
-            return pairwise_periodic_rmsd(cand[a_idx], np.asarray(cells)[a_idx], b, b_cells, pbc)
-        return pairwise_kabsch_rmsd(cand[a_idx], b)
+        if not periodic:
+            return pairwise_kabsch_rmsd(cand[a_idx], b)
+        if cells is None or b_cells is None or pbc is None:  # checked above
+            raise ValueError("periodic candidates need cells and train_cells")
+        return pairwise_periodic_rmsd(cand[a_idx], np.asarray(cells)[a_idx], b, b_cells, pbc)
 
     threshold = float(np.percentile(train_unc, settings.percentile))
     rejected: dict[int, Rejection] = {}
@@ -195,9 +197,9 @@ def select_candidates(
     # 1. not finite
     finite_pos = np.all(np.isfinite(cand), axis=(1, 2))
     finite_unc = np.isfinite(unc)
-    for idx in np.flatnonzero(~(finite_pos & finite_unc)):
-        what = "positions" if not finite_pos[idx] else "uncertainty"
-        rejected[int(idx)] = Rejection("not_finite", f"not finite ({what})")
+    for bad in np.flatnonzero(~(finite_pos & finite_unc)):
+        what = "positions" if not finite_pos[bad] else "uncertainty"
+        rejected[int(bad)] = Rejection("not_finite", f"not finite ({what})")
 
     # 2. geometry
     for idx in range(n_candidates):
@@ -208,7 +210,7 @@ def select_candidates(
             cand[idx],
             settings.min_distance_factor,
             settings.max_bond_factor,
-            cells[idx] if periodic else None,
+            cells[idx] if periodic and cells is not None else None,
             pbc if periodic else None,
         )
         if reason is not None:
@@ -228,11 +230,11 @@ def select_candidates(
         nearest = np.argmin(to_train, axis=1)
         nearest_rmsd = to_train[np.arange(alive.size), nearest]
         duplicate = nearest_rmsd < settings.rmsd_threshold
-        for k in np.flatnonzero(duplicate):
-            rejected[int(alive[k])] = Rejection(
+        for dup in np.flatnonzero(duplicate):
+            rejected[int(alive[dup])] = Rejection(
                 "known",
                 (
-                    f"near-duplicate of training structure {int(nearest[k])} (RMSD {nearest_rmsd[k]:.3f} Å)"
+                    f"near-duplicate of training structure {int(nearest[dup])} (RMSD {nearest_rmsd[dup]:.3f} Å)"
                 ),
             )
         alive = alive[~duplicate]
@@ -246,12 +248,12 @@ def select_candidates(
     else:
         among = np.full((order.size, order.size), np.inf)
     selected_pos: list[int] = []  # positions in `order`
-    for k, idx in enumerate(order):
+    for k, candidate in enumerate(order):
         if selected_pos:
             rmsd_to_selected = among[k, selected_pos]
             m = int(np.argmin(rmsd_to_selected))
             if rmsd_to_selected[m] < settings.rmsd_threshold:
-                rejected[int(idx)] = Rejection(
+                rejected[int(candidate)] = Rejection(
                     "duplicate",
                     (
                         f"near-duplicate of candidate {int(order[selected_pos[m]])} "
@@ -260,7 +262,7 @@ def select_candidates(
                 )
                 continue
         if len(selected_pos) >= settings.max_selected:
-            rejected[int(idx)] = Rejection("over_cap", "over cap")
+            rejected[int(candidate)] = Rejection("over_cap", "over cap")
             continue
         selected_pos.append(k)
 

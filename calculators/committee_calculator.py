@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
 from advloop.potentials import properties as P
 from advloop.potentials.checkpoint import CommitteeFolder
@@ -27,7 +28,7 @@ class CommitteeCalculator(Calculator):
 
     @classmethod
     def from_checkpoints(
-        cls, paths: list[str | Path], dtype: torch.dtype = torch.float64, **kwargs
+        cls, paths: Sequence[str | Path], dtype: torch.dtype = torch.float64, **kwargs
     ) -> CommitteeCalculator:
         return cls(Committee.from_checkpoints(paths, dtype=dtype), **kwargs)
 
@@ -48,6 +49,8 @@ class CommitteeCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         a = self.atoms
+        if a is None:
+            raise CalculatorSetupError("no atoms to calculate: pass atoms or attach the calculator")
         pbc = np.asarray(a.pbc, dtype=bool)
         pred = self.committee.predict_arrays(
             a.numbers,

@@ -86,7 +86,7 @@ def check_label(
         InvalidLabelError: saying every problem found, e.g. "energy is nan; forces have
             shape (3, 4), expected [4, 3]".
     """
-    problems = []
+    problems: list[str] = []
     value = _checked_energy(energy, problems)
     array = _checked_forces(forces, n_atoms, problems)
     rows = len(array) if array is not None else n_atoms
@@ -97,7 +97,8 @@ def check_label(
                 f"energy {value:.2g} eV ({per_atom:.2g} eV per atom) is beyond "
                 f"the ±{MAX_ABS_ENERGY_EV_PER_ATOM:.0e} eV per atom limit"
             )
-    if problems:
+    # a None energy or forces comes with its problem
+    if problems or value is None or array is None:
         raise InvalidLabelError("; ".join(problems), structure_hash=structure_hash)
     return value, array
 

@@ -126,8 +126,11 @@ def label_structures(
         raise ValueError("a label store needs the level-of-theory settings (theory=...)")
     outcomes: list[LabelOutcome] = []
     for index, structure in enumerate(structures):
-        key = label_key(structure, theory) if store is not None else None
-        stored = store.get(key, n_atoms=len(structure)) if store is not None else None
+        if store is None or theory is None:
+            outcomes.append(_label_one(index, structure, calculator))
+            continue
+        key = label_key(structure, theory)
+        stored = store.get(key, n_atoms=len(structure))
         if stored is not None:
             outcomes.append(
                 LabelOutcome(
@@ -136,8 +139,7 @@ def label_structures(
             )
             continue
         outcome = _label_one(index, structure, calculator)
-        if store is not None:
-            store.put(key, theory, outcome.energy, outcome.forces, outcome.error, outcome.seconds)
+        store.put(key, theory, outcome.energy, outcome.forces, outcome.error, outcome.seconds)
         outcomes.append(outcome)
     return outcomes
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import all_changes
+from ase.calculators.calculator import CalculatorSetupError, all_changes
 from ase.data import chemical_symbols, covalent_radii
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto, lib, scf
@@ -197,7 +197,7 @@ class PySCFSettings:
         ladder and density reuse are numerical strategies and do not appear.
         """
         suffix = f"-{self.dispersion.upper()}" if self.dispersion is not None else ""
-        parts = [self.method]
+        parts: list[str] = [self.method]
         if self.method in _KS_METHODS:
             parts.append(self.xc.strip().upper() + suffix)
         else:
@@ -307,6 +307,8 @@ class PySCFCalculator(ThreadScopedCalculator):
         """
         self._clear_scf_record()
         atoms = self.atoms
+        if atoms is None:
+            raise CalculatorSetupError("no atoms to calculate: pass atoms or attach the calculator")
         s = self._settings
         with np.errstate(invalid="ignore"):  # a non-finite position is reported just below
             shash = structure_hash(atoms)

@@ -67,7 +67,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import all_changes
+from ase.calculators.calculator import CalculatorSetupError, all_changes
 from ase.neighborlist import primitive_neighbor_list
 from ase.units import Bohr, Hartree
 from pyscf.dft import libxc
@@ -294,6 +294,8 @@ class PeriodicPySCFCalculator(ThreadScopedCalculator):
                 count on the mesh (see ``_check_density_on_mesh``).
         """
         atoms = self.atoms
+        if atoms is None:
+            raise CalculatorSetupError("no atoms to calculate: pass atoms or attach the calculator")
         settings = self._settings
         shash = structure_hash(atoms)
         _check_structure(atoms, settings, shash, self.directory)

@@ -31,15 +31,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
 from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner
@@ -54,7 +56,15 @@ from advloop.flows.run_folder import INITIAL, RunLayout
 from advloop.flows.timing import Timed, timed
 from advloop.flows.validation import validate_config
 
-_task = task(cache_policy=NO_CACHE)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _task(
+    fn: Callable[_P, _R], name: str, task_run_name: str | Callable[[], str] | None = None
+) -> Task[_P, _R]:
+    """``fn`` as a Prefect task, never caching its result."""
+    return task(name=name, task_run_name=task_run_name, cache_policy=NO_CACHE)(fn)
 
 
 def _label_task_name() -> str:
@@ -138,7 +148,7 @@ def _label_selected(
     selected: list[int],
     clock: list[Timed],
     table: GenerationTable,
-    logger: logging.LoggerAdapter,
+    logger: logging.Logger | logging.LoggerAdapter,
 ) -> list[steps.LabelResult]:
     """One labelling task per selected candidate, at most ``compute.label_workers`` at once;
     progress goes to the UI and the local reporter as each finishes. A task that fails for
@@ -152,7 +162,8 @@ def _label_selected(
     progress = artifacts.LabelProgress(config.system.name, generation, len(selected))
     table.labelled(generation, 0, len(selected))
     structures = dict(zip(selected, steps.selected_structures(config, generation, selected)))
-    pending, running = list(selected), []
+    pending = list(selected)
+    running: list[PrefectFuture[Timed[steps.LabelResult]]] = []
     results: list[steps.LabelResult] = []
     failed = 0
     while pending or running:
@@ -351,7 +362,9 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
             if problems:
                 raise ConfigError(str(layout.root), problems)
             run_folder.write_fingerprint(config)
-            return _run_loop(config, table or GenerationTable())
+            # Prefect makes a returned state the run's own: callers get its result, the
+            # summary dict
+            return _run_loop(config, table or GenerationTable())  # type: ignore[return-value]
     except (KeyboardInterrupt, TerminationSignal) as err:
         if interruptions.requested_by_runner(err):
             raise  # a cancellation asked for in the UI: Prefect's engine ends it Cancelled
@@ -381,7 +394,7 @@ def _emit_failure_event(config: RunConfig, err: steps.LabellingError) -> None:
         )
 
 
-def _run_loop(config: RunConfig, table: GenerationTable) -> Completed:
+def _run_loop(config: RunConfig, table: GenerationTable) -> State:
     logger = get_run_logger()
     system = config.system.name
     _tag_flow_run(system)
@@ -416,7 +429,7 @@ def _config_file_run_name() -> str:
     return f"{name}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}"
 
 
-def completed_with_reason(state) -> Completed:
+def completed_with_reason(state: State) -> State:
     """A Completed state carrying a finished run's summary and its stop message, so that
     an entrypoint flow that wraps :func:`run_active_learning` shows why the run stopped."""
     return Completed(message=state.message, data=state.result())

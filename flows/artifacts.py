@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from uuid import UUID
 from xml.sax.saxutils import escape
 
+from advloop.flows.dispatch import synchronous
 from advloop.flows.events import json_safe
 from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.run_folder import batch_name
@@ -192,10 +193,12 @@ def publish_generation_table(system: str, records: Sequence[GenerationRecord]) -
     """A new version of the ``<system>-generations`` table with every generation so far."""
     from prefect.artifacts import create_table_artifact
 
-    return create_table_artifact(
-        generation_rows(records),
-        key=artifact_key(system, "generations"),
-        description=f"{system}: one row per active-learning generation (σF and MAE in eV/Å)",
+    return synchronous(
+        create_table_artifact(
+            generation_rows(records),
+            key=artifact_key(system, "generations"),
+            description=f"{system}: one row per active-learning generation (σF and MAE in eV/Å)",
+        )
     )
 
 
@@ -204,10 +207,12 @@ def publish_summary(
 ) -> UUID:
     from prefect.artifacts import create_markdown_artifact
 
-    return create_markdown_artifact(
-        summary_markdown(summary, records, threshold),
-        key=artifact_key(summary.system, "summary"),
-        description=f"{summary.system}: {summary.stop_explanation}",
+    return synchronous(
+        create_markdown_artifact(
+            summary_markdown(summary, records, threshold),
+            key=artifact_key(summary.system, "summary"),
+            description=f"{summary.system}: {summary.stop_explanation}",
+        )
     )
 
 
@@ -223,8 +228,10 @@ class LabelProgress:
 
         self.generation, self.total = generation, total
         self.min_interval, self._last = min_interval, time.monotonic()
-        self.id = create_progress_artifact(
-            0.0, key=artifact_key(system, "labelling"), description=self._describe(0, 0)
+        self.id = synchronous(
+            create_progress_artifact(
+                0.0, key=artifact_key(system, "labelling"), description=self._describe(0, 0)
+            )
         )
 
     def _describe(self, done: int, failed: int) -> str:

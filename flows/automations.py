@@ -122,6 +122,10 @@ def signature(automation: Any) -> dict[str, Any]:
     return {**data, "trigger": trigger}
 
 
+#: what :func:`ensure_automation` did to the server's automation of that name
+EnsureOutcome = Literal["created", "updated", "unchanged"]
+
+
 @dataclass(frozen=True)
 class Ensured:
     """What :func:`ensure_automation` did: ``created``, ``updated`` (the server had one
@@ -129,7 +133,7 @@ class Ensured:
     name it deleted."""
 
     automation: Any  # prefect.events.schemas.automations.Automation, as read back
-    outcome: Literal["created", "updated", "unchanged"]
+    outcome: EnsureOutcome
     removed: int = 0
 
 
@@ -151,6 +155,7 @@ def ensure_automation(automation: Automation) -> Ensured:
             a for a in client.read_automations_by_name(desired.name) if a.name == desired.name
         ]
         removed = 0
+        outcome: EnsureOutcome
         if not same_name:
             outcome, automation_id = "created", client.create_automation(desired)
         else:

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 
@@ -87,7 +87,7 @@ def _private_prefect_home() -> None:
         )
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
@@ -99,7 +99,7 @@ class _ServerErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, err, tb) -> bool:
+    def __exit__(self, kind, err, tb) -> Literal[False]:
         from advloop.flows.deployments import ServerError
 
         if isinstance(err, ServerError):
@@ -444,6 +444,7 @@ def _run_folder(root: Path) -> _RunFolder | None:
     records = read_generations(root)
     summary = read_summary(root)
     started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
+    size: int | None
     if summary is not None and layout.summary.stat().st_mtime >= started:
         state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
     else:
@@ -571,14 +572,14 @@ def status(
     from advloop.flows.report import GenerationTable
 
     root = _find_run(run, runs_dir)
-    if root is None and server:  # submitted, perhaps not started: the server may know it
+    folder = _run_folder(root) if root is not None else None
+    if folder is None and server:  # submitted, perhaps not started: the server may know it
         typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
         use_prefect_defaults()
         _print_flow_runs(Path(run).name)
         return
-    if root is None:
+    if folder is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
-    folder = _run_folder(root)
     typer.echo(
         f"{folder.system}: {folder.state} (updated {_age(now - folder.updated)}), "
         f"run folder {folder.root}"

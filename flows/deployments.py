@@ -38,6 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from prefect import flow
 
+from advloop.flows.dispatch import synchronous
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments.runner import RunnerDeployment
@@ -208,7 +210,10 @@ def run_submission(
     label = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{run_id[:8]}"
     config = stage_submission(config_yaml, structures_name, structures_b64, output_dir, label)
     # the summary as the result, and why the run stopped as the state's message
-    return completed_with_reason(run_active_learning(config, return_state=True))
+    # (Prefect makes a returned state the run's own: callers get its result)
+    return completed_with_reason(  # type: ignore[return-value]
+        run_active_learning(config, return_state=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,11 +247,13 @@ def build_deployments(
     from advloop.flows.validation import validate_config
 
     deployments = [
-        run_submission.to_deployment(
-            name=SUBMISSION_DEPLOYMENT,
-            tags=[TAG],
-            entrypoint_type=EntrypointType.MODULE_PATH,
-            description="advloop submit: a config and its structures, passed by value",
+        synchronous(
+            run_submission.to_deployment(
+                name=SUBMISSION_DEPLOYMENT,
+                tags=[TAG],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                description="advloop submit: a config and its structures, passed by value",
+            )
         )
     ]
     seen: dict[str, Path] = {}
@@ -259,16 +266,18 @@ def build_deployments(
             )
         seen[name] = path
         deployments.append(
-            run_config_file.to_deployment(
-                name=name,
-                schedule=Cron(cron, timezone=timezone),
-                tags=[TAG, name],
-                parameters={
-                    "config_path": str(Path(path).resolve()),
-                    "output_dir": str(Path(config.output_dir).resolve()),
-                },
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                description=f"scheduled run of {Path(path).resolve()} (resumes {config.run_dir()})",
+            synchronous(
+                run_config_file.to_deployment(
+                    name=name,
+                    schedule=Cron(cron, timezone=timezone),
+                    tags=[TAG, name],
+                    parameters={
+                        "config_path": str(Path(path).resolve()),
+                        "output_dir": str(Path(config.output_dir).resolve()),
+                    },
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                    description=f"scheduled run of {Path(path).resolve()} (resumes {config.run_dir()})",
+                )
             )
         )
     return deployments
@@ -315,9 +324,10 @@ def api_url() -> str:
 
 
 def _causes(err: BaseException) -> Iterator[BaseException]:
-    while err is not None:
-        yield err
-        err = err.__cause__ or err.__context__
+    cause: BaseException | None = err
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
 
 
 def _translate(err: Exception, url: str) -> ServerError:

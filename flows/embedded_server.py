@@ -56,7 +56,8 @@ def start() -> None:
     log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")  # noqa: SIM115
     popen = subprocess.Popen
     with _POPEN:
-        subprocess.Popen = functools.partial(  # type: ignore[misc]
+        # the class stands in for a partial of itself while the server starts
+        subprocess.Popen = functools.partial(  # type: ignore[misc, assignment]
             popen, preexec_fn=_die_with_parent, stdout=log, stderr=subprocess.STDOUT
         )
         try:

@@ -28,6 +28,7 @@ import yaml
 from ase import Atoms
 from ase.data import chemical_symbols
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from advloop.adversarial.geometry import check_geometry
 from advloop.calculators.factory import label_problems
@@ -350,12 +351,12 @@ def _number_with_unit(value: Any) -> bool:
 _OLD_PREFIXES = {"exploration": ("attack.", "md.", "random."), "labels": ("periodic_dft.", "dft.")}
 
 
-def _problem(error: dict, root: type[BaseModel]) -> str:
+def _problem(error: ErrorDetails, root: type[BaseModel]) -> str:
     """One of pydantic's errors as ``key: what is wrong and what to do (got ...)``."""
     raw_loc = tuple(error["loc"])
     loc = shown_loc(root, raw_loc)
     key = ".".join(str(x) for x in loc) or "(top level)"
-    kind, value = error["type"], error.get("input")
+    kind, value = error["type"], error["input"]
     got = f" (got {short_repr(value)})"
     siblings = _units(_section(root, raw_loc[:-1])) if loc else {}  # the keys beside this one
     unit = siblings.get(loc[-1]) if loc else None
@@ -489,7 +490,8 @@ def read_structures(path: Path) -> list[Atoms]:
     try:
         with warnings.catch_warnings():  # ASE warns, then fails or skips: reported below
             warnings.simplefilter("ignore")
-            frames = read(str(path), index=":")
+            # index=":" reads every frame as a list (ase's annotation allows one Atoms)
+            frames: list[Atoms] = read(str(path), index=":")  # type: ignore[assignment]
     except KeyError as err:  # ASE's lookup of an element symbol
         symbol = err.args[0] if err.args else None
         if isinstance(symbol, str) and symbol not in chemical_symbols:

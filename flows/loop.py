@@ -401,6 +401,8 @@ class ActiveLearningLoop:
         deadline = self.started + hours * 3600 if hours is not None else None
 
         def out_of_time() -> StopDecision | None:
+            if hours is None:  # no deadline: never out of time (called past the deadline)
+                return None
             return wall_time_stop(config, max(time.time() - self.started, hours * 3600))
 
         self.initial = initial = jobs.label_initial(config)

@@ -9,10 +9,13 @@ event, so logs stay readable.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.run_folder import batch_name
+
+if TYPE_CHECKING:  # rich is imported when a bar is first drawn
+    from rich.progress import Progress, TaskID
 
 _COLUMNS = [
     ("gen", "generation", "{:>3d}"),
@@ -42,8 +45,8 @@ class GenerationTable:
         self.stream = stream or sys.stdout
         isatty = getattr(self.stream, "isatty", None)
         self.live = bool(isatty and isatty()) if live is None else live
-        self._progress = None  # rich.progress.Progress while a bar is shown
-        self._bars: dict[str, object] = {}  # description -> rich TaskID
+        self._progress: Progress | None = None  # while a bar is shown
+        self._bars: dict[str, TaskID] = {}  # description -> its bar
         self._headed = False
 
     def _emit(self, line: str) -> None:

@@ -472,7 +472,8 @@ def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
     try:
-        np.savez(tmp, **arrays)
+        # numpy's stub types **kwds against allow_pickle (bool) too
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -571,7 +572,8 @@ def _read_legacy_candidates(path: Path) -> tuple[Candidates, dict[str, Any]] | N
         return None
     from ase.io import read
 
-    frames = read(str(path), index=":")
+    # index=":" reads every frame as a list (ase's annotation allows one Atoms)
+    frames: list[Atoms] = read(str(path), index=":")  # type: ignore[assignment]
     if "explore_report" not in frames[0].info:
         return None
     report = json.loads(frames[0].info["explore_report"])

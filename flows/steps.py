@@ -27,7 +27,12 @@ from advloop.adversarial.structures import Candidates, Seeds
 from advloop.calculators.factory import level_of_theory, make_calculator, theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
-from advloop.flows.config import RunConfig
+from advloop.flows.config import (
+    AdversarialExploration,
+    MDExploration,
+    RandomExploration,
+    RunConfig,
+)
 from advloop.flows.inputs import initial_structures
 from advloop.flows.records import GenerationRecord
 from advloop.flows.run_folder import (
@@ -229,22 +234,24 @@ def _explore(
 ) -> Candidates:
     """Run the configured exploration strategy from ``seeds``; an attack also writes its
     trajectory of objective and σ per step and seed to ``trace``."""
-    strategy = config.exploration.kind
-    if strategy == "adversarial":
+    exploration = config.exploration
+    if isinstance(exploration, AdversarialExploration):
         candidates, result = attack(
             committee,
             seeds,
             data.energy,
             data.n_atoms,
-            config.exploration,
+            exploration,
             torch.Generator().manual_seed(int(rng.integers(2**31))),
         )
         trace.parent.mkdir(parents=True, exist_ok=True)
         np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
         return candidates
-    if strategy == "random":
-        return random_displacement(committee, seeds, config.exploration, rng)
-    return committee_md(committee, seeds, config.exploration, rng)
+    if isinstance(exploration, RandomExploration):
+        return random_displacement(committee, seeds, exploration, rng)
+    if isinstance(exploration, MDExploration):
+        return committee_md(committee, seeds, exploration, rng)
+    raise TypeError(f"exploration: no strategy for {exploration!r}")
 
 
 def explore_step(config: RunConfig, generation: int) -> ExploreReport:
@@ -337,7 +344,9 @@ def _rejection(kept: object) -> Rejection:
     if isinstance(kept, dict):
         return Rejection(kept["reason"], kept["detail"])
     text = str(kept)
-    reason = next((v for k, v in _LEGACY_REASONS.items() if text.startswith(k)), "unphysical")
+    reason: RejectReason = next(
+        (v for k, v in _LEGACY_REASONS.items() if text.startswith(k)), "unphysical"
+    )
     return Rejection(reason, text)
 
 
@@ -487,7 +496,11 @@ def label_one(
 
 
 def _append_stored(
-    config: RunConfig, chosen: list[Atoms], strategy: str, generation: int, parents: Sequence[int]
+    config: RunConfig,
+    chosen: list[Atoms],
+    strategy: str,
+    generation: int,
+    parents: Sequence[int] | np.ndarray,
 ) -> LabelReport:
     """Append the stored labels of the structures ``chosen`` to the dataset, with
     provenance ``generation`` and ``strategy``, and report on the batch as a whole.
@@ -505,7 +518,9 @@ def _append_stored(
     index = {h: (k, p) for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))}
     store = LabelStore(layout.labels)
     ours: dict[int, int] = {}  # position in chosen -> dataset index
-    known, failures, new = 0, [], []
+    known = 0
+    failures: list[str] = []
+    new: list[tuple[int, float, np.ndarray]] = []  # position in chosen, energy, forces
     for k, atoms in enumerate(chosen):
         found = index.get(structure_hash(atoms))
         if found is not None:
@@ -522,23 +537,25 @@ def _append_stored(
             )
         elif stored.error is not None:
             failures.append(f"{strategy} structure {k}: {stored.error}")
+        elif stored.energy is None or stored.forces is None:  # the store keeps both or an error
+            raise RuntimeError(f"{strategy} structure {k}: a stored label with no energy or forces")
         else:
-            new.append((k, stored))
+            new.append((k, stored.energy, stored.forces))
     if new:
         # skip_known: another writer of this run folder may have appended some meanwhile
         dataset.append(
-            [chosen[k] for k, _ in new],
-            [s.energy for _, s in new],
-            [s.forces for _, s in new],
-            [Provenance(generation, strategy, level, int(parents[k])) for k, _ in new],
+            [chosen[k] for k, _, _ in new],
+            [energy for _, energy, _ in new],
+            [forces for _, _, forces in new],
+            [Provenance(generation, strategy, level, int(parents[k])) for k, _, _ in new],
             skip_known=True,
         )
-        index = {
+        appended = {
             h: k
             for k, (h, p) in enumerate(zip(dataset.hashes(), dataset.provenance()))
             if p.generation == generation and p.strategy == strategy
         }
-        ours.update({k: index[structure_hash(chosen[k])] for k, _ in new})
+        ours.update({k: appended[structure_hash(chosen[k])] for k, _, _ in new})
     return LabelReport(
         len(chosen),
         len(ours),

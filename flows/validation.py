@@ -78,9 +78,11 @@ def moved_key_problems(raw: dict) -> list[str]:
         target[key] = value
         out.append(f"{old}: moved to {section}.{key}{with_kind}")
 
-    labels = raw.get("labels") if isinstance(raw.get("labels"), dict) else {}
+    labels = raw.get("labels")
+    labels = labels if isinstance(labels, dict) else {}
     labelled_by = labels.get("calculator", "pyscf")
-    exploration = raw.get("exploration") if isinstance(raw.get("exploration"), dict) else {}
+    exploration = raw.get("exploration")
+    exploration = exploration if isinstance(exploration, dict) else {}
     explored_by = exploration.get("strategy", exploration.get("kind", "adversarial"))
     for (section, old_key), new_key in _RENAMED.items():
         given = raw.get(section)
@@ -124,7 +126,9 @@ def moved_key_problems(raw: dict) -> list[str]:
                 move(f"{old}.{key}", section, key, item, kind)
     for section in ("exploration", "selection"):
         given = raw.get(section)
-        for key in GEOMETRY_KEYS if isinstance(given, dict) else ():
+        if not isinstance(given, dict):
+            continue
+        for key in GEOMETRY_KEYS:
             if key in given:
                 move(f"{section}.{key}", "geometry", key, given[key], None)
     if out:

@@ -19,7 +19,8 @@ from typing import TypeVar
 import torch.utils.data.dataloader as _dataloader
 
 if not hasattr(_dataloader, "T_co"):
-    _dataloader.T_co = TypeVar("T_co", covariant=True)
+    # the shim puts back the name newer torch removed (its stubs have no T_co)
+    _dataloader.T_co = TypeVar("T_co", covariant=True)  # type: ignore[attr-defined]
 
 _root = logging.getLogger()
 _handlers, _level = list(_root.handlers), _root.level

@@ -290,10 +290,11 @@ class Dataset:
                     if h not in seen:
                         seen.add(h)
                         keep.append(k)
-                structures, energies, forces, provenance, hashes = (
-                    [seq[k] for k in keep]
-                    for seq in (structures, energies, forces, provenance, hashes)
-                )
+                structures = [structures[k] for k in keep]
+                energies = [energies[k] for k in keep]
+                forces = [forces[k] for k in keep]
+                provenance = [provenance[k] for k in keep]
+                hashes = [hashes[k] for k in keep]
                 n = len(keep)
                 if n == 0:
                     return np.zeros(0, dtype=np.int64)

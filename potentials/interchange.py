@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from ase.io import read
 
 from advloop.potentials._schnetpack import schnetpack as spk
@@ -31,7 +32,8 @@ def import_labelled(
     """
     path = Path(path)
     try:
-        frames = read(str(path), index=":")
+        # index=":" reads every frame as a list (ase's annotation allows a single Atoms)
+        frames: list[Atoms] = read(str(path), index=":")  # type: ignore[assignment]
     except Exception as err:  # ASE raises many types for malformed files
         raise ValueError(f"{path} could not be read: {err}") from err
     energies, forces = [], []

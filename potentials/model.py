@@ -94,7 +94,7 @@ def initialize(network: nn.Module, generator: torch.Generator) -> None:
 
     Raises TypeError for a parameter of a layer it does not know (a new architecture must
     say how its weights are drawn)."""
-    known = set()
+    known: set[int] = set()
     with torch.no_grad():
         for module in network.modules():
             if isinstance(module, spk.nn.Dense):
@@ -125,6 +125,11 @@ def initialize(network: nn.Module, generator: torch.Generator) -> None:
 class EnergyModel(nn.Module):
     """One committee member: total energy (eV) of each structure in a batch. Its initial
     weights are drawn from ``generator`` (:func:`initialize`; default: seed 0)."""
+
+    # buffers (registered in __init__): per-element reference energies [MAX_Z + 1] eV and
+    # the learned energy's scale (a 0-d tensor, eV)
+    element_energy: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, spec: ModelSpec, generator: torch.Generator | None = None):
         super().__init__()

@@ -347,8 +347,8 @@ def _train_once(
 ) -> TrainingResult:
     """One attempt of :func:`train_member`; raises :class:`TrainingDivergedError`."""
     best: tuple[float, EpochRecord] | None = None
-    best_state = None
-    last = None
+    best_state: dict[str, torch.Tensor] | None = None
+    last: EpochRecord | None = None
     for record in itrain(model, train, val, settings, rng, warm_start=warm_start, device=device):
         last = record
         score = record.val_loss if record.val_loss is not None else record.train_loss
@@ -357,6 +357,9 @@ def _train_once(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif record.epoch - best[1].epoch >= settings.patience:
             break
+    if best is None or best_state is None or last is None:
+        # settings.max_epochs and warm_start_epochs are positive: itrain yields an epoch
+        raise RuntimeError("training ran no epoch")
     model.load_state_dict(best_state)
     model.eval()
     _log.info(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule
-from ase.calculators.calculator import CalculationFailed, SCFError
+from ase.calculators.calculator import CalculationFailed, CalculatorSetupError, SCFError
 from ase.collections import s22
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto
@@ -603,3 +603,8 @@ def test_threads_setting_scopes_openmp_threads_to_the_calculation(monkeypatch) -
     assert seen == [2] and lib.num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         PySCFSettings(threads=0)
+
+
+def test_calculate_with_no_atoms_says_so():
+    with pytest.raises(CalculatorSetupError, match="no atoms to calculate"):
+        PySCFCalculator(method="RHF", basis="sto-3g").calculate()
