@@ -373,6 +373,10 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
         _emit_failure_event(config, err)
         raise
     except Exception as err:
+        interrupt = interruptions.interruption_in(err)
+        if interrupt is not None and not interruptions.requested_by_runner(interrupt):
+            # the signal landed inside Prefect's engine, which raised its own error for it
+            return interruptions.interrupted_state(interrupt, layout)  # type: ignore[return-value]
         if interruptions.is_disk_full(err):
             raise interruptions.DiskFullError(interruptions.disk_full_message(err, layout)) from err
         raise

@@ -135,6 +135,16 @@ def interrupted_message(err: BaseException, layout: RunLayout) -> str:
     )
 
 
+def interruption_in(err: BaseException) -> BaseException | None:
+    """The signal (``KeyboardInterrupt`` or Prefect's ``TerminationSignal``) that ``err``
+    was raised while handling, if any: a signal that lands while Prefect's engine sets up a
+    task run can surface as the engine's own error about the half-made run."""
+    for e in exception_chain(err):
+        if isinstance(e, (KeyboardInterrupt, TerminationSignal)):
+            return e
+    return None
+
+
 def requested_by_runner(err: BaseException) -> bool:
     """Whether ``err`` is the SIGTERM a Prefect runner sends to carry out a request (a
     cancellation from the UI): Prefect's engine handles those itself."""

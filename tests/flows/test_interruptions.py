@@ -1,0 +1,41 @@
+"""A signal that lands inside Prefect's engine while it sets up a task run surfaces as the
+engine's own error about the half-made run (``ValueError: Task run is not set``), raised
+while handling the ``KeyboardInterrupt``. The run still ends as an interrupted run: the
+flow run Cancelled with the message that says what is kept, not Failed."""
+
+from __future__ import annotations
+
+import io
+
+from advloop.flows import interruptions
+from advloop.flows.report import GenerationTable
+from advloop.flows.validation import validate_config
+
+
+def _engine_error_during_ctrl_c(*args, **kwargs):
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise ValueError("Task run is not set") from None  # as Prefect's task engine does
+
+
+def test_a_signal_found_in_the_chain_is_told_apart() -> None:
+    try:
+        _engine_error_during_ctrl_c()
+    except ValueError as err:
+        assert isinstance(interruptions.interruption_in(err), KeyboardInterrupt)
+    assert interruptions.interruption_in(ValueError("plain")) is None
+
+
+def test_the_run_ends_cancelled_when_the_engine_reports_the_signal_as_its_own_error(
+    prefect_backend, tiny_config, monkeypatch
+) -> None:
+    from advloop.flows import active_learning
+
+    monkeypatch.setattr(active_learning, "prepare_initial", _engine_error_during_ctrl_c)
+    config = validate_config(tiny_config)
+    state = active_learning.run_active_learning(
+        config, GenerationTable(io.StringIO()), return_state=True
+    )
+    assert state.is_cancelled(), state
+    assert "re-run the same command to resume" in state.message
