@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from advloop.flows import run_folder
-from advloop.flows.config import ConfigError, RunConfig
+from advloop.flows.config import RunConfig
 from advloop.flows.loop import ActiveLearningLoop, LocalJobs
 from advloop.flows.run_folder import RunLayout
 from advloop.potentials.committee import Committee
@@ -34,11 +34,7 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
     layout = RunLayout(config.run_dir())
     jobs = LocalJobs()
     rows: list[dict] = []
-    with run_folder.hold(layout.root):
-        problems = run_folder.resume_problems(config)
-        if problems:
-            raise ConfigError(str(layout.root), problems)
-        run_folder.write_fingerprint(config)
+    with run_folder.open_run(config):
         labelling = 0.0
         loop = ActiveLearningLoop(config, jobs)
         for done in loop.irun():

@@ -44,7 +44,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 
 from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
-from advloop.flows.config import ConfigError, RunConfig, ThreadsRunner
+from advloop.flows.config import RunConfig, ThreadsRunner
 from advloop.flows.loop import (
     ActiveLearningLoop,
     GenerationOutcome,
@@ -357,11 +357,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     """
     layout = RunLayout(config.run_dir())
     try:
-        with run_folder.hold(layout.root):
-            problems = run_folder.resume_problems(config)
-            if problems:
-                raise ConfigError(str(layout.root), problems)
-            run_folder.write_fingerprint(config)
+        with run_folder.open_run(config):
             # Prefect makes a returned state the run's own: callers get its result, the
             # summary dict
             return _run_loop(config, table or GenerationTable())  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from advloop.calculators.factory import level_of_theory
 from advloop.flows import run_folder
-from advloop.flows.config import ConfigError, RunConfig
+from advloop.flows.config import RunConfig
 from advloop.flows.records import GenerationRecord, RunSummary, StopDecision
 from advloop.flows.run_folder import RunLayout
 from advloop.flows.steps import (
@@ -59,7 +59,6 @@ __all__ = [
     "labelling_needed",
     "mean_member_metrics",
     "run_generation",
-    "run_locally",
     "wall_time_stop",
 ]
 
@@ -492,14 +491,3 @@ class ActiveLearningLoop:
         for _ in self.irun():
             pass
         return self.summary()
-
-
-def run_locally(config: RunConfig) -> RunSummary:
-    """Run a validated config's loop in this process with :class:`LocalJobs`, holding its
-    run folder; no workflow engine."""
-    with run_folder.hold(config.run_dir()):
-        problems = run_folder.resume_problems(config)
-        if problems:
-            raise ConfigError(str(config.run_dir()), problems)
-        run_folder.write_fingerprint(config)
-        return ActiveLearningLoop(config, LocalJobs()).run()

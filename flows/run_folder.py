@@ -441,6 +441,23 @@ def write_fingerprint(config: RunConfig) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def open_run(config: RunConfig) -> Iterator[RunLayout]:
+    """The run folder of ``config``, held for a run's length (:func:`hold`): a resume
+    whose data settings differ from the folder's is refused with
+    :class:`~advloop.flows.config.ConfigError` (:func:`resume_problems`) before anything
+    is written, and a new run's :func:`fingerprint` is kept."""
+    from advloop.flows.config import ConfigError
+
+    layout = RunLayout(config.run_dir())
+    with hold(layout.root):
+        problems = resume_problems(config)
+        if problems:
+            raise ConfigError(str(layout.root), problems)
+        write_fingerprint(config)
+        yield layout
+
+
 def config_sha256(config: RunConfig) -> str:
     """The first 16 hex digits of the SHA-256 of the config's canonical JSON (the run
     folder's location left out)."""
