@@ -15,12 +15,20 @@ code attacks the cell in the same way.
 A seed whose geometry becomes unphysical (atoms too close, or fragments flying apart) or
 whose objective stops being finite is frozen at its last sane geometry and reported;
 no NaN leaves this module.
+
+With ``pool_every = k`` the attack is also a sampler: every k-th step's geometry of each
+seed still being attacked joins the candidates beside the endpoints, so that selection
+chooses among the whole path from the well to the attacked geometry (the informative
+geometries often lie on the way, not at the end). ``objective="target"`` aims the attack
+at a calibrated target error instead of the largest σ (see
+:mod:`advloop.adversarial.objective`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,9 +42,18 @@ from advloop.adversarial.objective import (
     log_partition,
 )
 from advloop.adversarial.structures import Candidates, Seeds
-from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
+from advloop.constraints import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_fields,
+)
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import build_graph
+
+#: What the attack maximises: the paper's σ² (``max``) or σ² saturating at a target (``target``).
+AttackObjective = Literal["max", "target"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,10 @@ class AttackSettings:
     total (default) or per-atom energy in the Boltzmann factor (see
     :mod:`advloop.adversarial.objective`). ``max_displacement`` caps |δ| per atom;
     ``strain``/``max_strain`` (dimensionless) attack the cell of periodic seeds.
+    ``pool_every``: keep every k-th step's geometry as a candidate too (0: endpoints
+    only). ``objective``: ``max`` (the paper's σ²) or ``target``, which aims at a
+    calibrated force error of ``target_error`` eV/Å (σ_t = target_error / the run's
+    calibration scale).
     """
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
@@ -63,9 +84,17 @@ class AttackSettings:
     energy: EnergyForm = "total"
     strain: bool = False
     max_strain: PositiveFloat = 0.05
+    pool_every: NonNegativeInt = 0
+    objective: AttackObjective = "max"
+    target_error: PositiveFloat | None = field(default=None, metadata={"unit": "eV/Å"})
 
     def __post_init__(self) -> None:
         check_fields(self, "attack")
+        if self.objective == "target" and self.target_error is None:
+            raise ValueError(
+                "attack.objective 'target' needs attack.target_error (eV/Å), the calibrated "
+                "force error the attack aims at"
+            )
         try:
             validate_factors(self.min_distance_factor, self.max_bond_factor)
         except ValueError as err:
@@ -98,6 +127,19 @@ class AttackResult:
     objective: np.ndarray
     sigma: np.ndarray
     stopped: dict[int, str]
+    pool: list[PoolFrame] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PoolFrame:
+    """One geometry kept along an attack: seed index, step, positions [n_atoms_seed, 3] Å,
+    cell [3, 3] Å and the objective there."""
+
+    seed: int
+    step: int
+    positions: np.ndarray
+    cell: np.ndarray
+    objective: float
 
 
 def _symmetric(e: torch.Tensor) -> torch.Tensor:
@@ -115,11 +157,13 @@ def iattack(
     generator: torch.Generator,
     cells: np.ndarray | None = None,
     pbc: np.ndarray | None = None,
+    sigma_target: float | None = None,
 ) -> Iterator[AttackStep]:
     """Attack seeds given as flat arrays: numbers [n_atoms], positions [n_atoms, 3] Å,
     n_atoms [n_seeds], cells [n_seeds, 3, 3] Å and pbc [n_seeds, 3] (default: molecules).
     kT in eV; log_q from :func:`advloop.adversarial.objective.log_partition`, in the same energy
-    form (total or per atom) as ``settings.energy``.
+    form (total or per atom) as ``settings.energy``. ``sigma_target``: the σ at which the
+    objective saturates (``settings.objective == "target"``), in the unit of σ.
 
     Yields step 0 (the noised start) and then one :class:`AttackStep` per Adam step.
     Raises ValueError for a strain attack on seeds without periodicity.
@@ -209,7 +253,7 @@ def iattack(
         )
         energies, forces = committee.energies_forces(graph_eval, x_eval, create_graph=True)
         objective, var = adversarial_objective(
-            energies, forces, idx_m, kT, log_q, settings.uncertainty, settings.energy
+            energies, forces, idx_m, kT, log_q, settings.uncertainty, settings.energy, sigma_target
         )
         bad = ~torch.isfinite(objective.detach()) & active
         for s in np.flatnonzero(bad.cpu().numpy()):
@@ -242,13 +286,29 @@ def iattack(
                 strain.clamp_(-settings.max_strain, settings.max_strain)
 
 
-def run_attack(*args, **kwargs) -> AttackResult:
-    """Run :func:`iattack` to the end (same arguments); keep the trajectories."""
+def run_attack(*args, pool_every: int = 0, **kwargs) -> AttackResult:
+    """Run :func:`iattack` to the end (same arguments); keep the trajectories and, with
+    ``pool_every = k > 0``, every k-th step's geometry of each seed still attacked there."""
     objective, sigma = [], []
+    pool: list[PoolFrame] = []
     last: AttackStep | None = None
+    n_atoms = np.asarray(args[3] if len(args) > 3 else kwargs["n_atoms"], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n_atoms)])
     for last in iattack(*args, **kwargs):
         objective.append(last.objective)
         sigma.append(last.sigma)
+        if pool_every and last.step and last.step % pool_every == 0:
+            pool.extend(
+                PoolFrame(
+                    s,
+                    last.step,
+                    last.positions[starts[s] : starts[s + 1]],
+                    last.cells[s],
+                    float(last.objective[s]),
+                )
+                for s in range(len(n_atoms))
+                if s not in last.stopped
+            )
     if last is None:  # iattack yields step 0 first
         raise RuntimeError("the attack yielded no step")
     return AttackResult(
@@ -257,6 +317,7 @@ def run_attack(*args, **kwargs) -> AttackResult:
         objective=np.array(objective),
         sigma=np.array(sigma),
         stopped=last.stopped,
+        pool=pool,
     )
 
 
@@ -267,16 +328,28 @@ def attack(
     train_n_atoms: np.ndarray,
     settings: AttackSettings,
     generator: torch.Generator,
+    calibration_scale: float = 1.0,
 ) -> tuple[Candidates, AttackResult]:
-    """Attack ``seeds`` and return the final geometries as candidates, with the run.
+    """Attack ``seeds`` and return the geometries it found as candidates, with the run.
 
     Q comes from the training energies [n_train] eV (with their sizes [n_train] for
-    per-atom energies). The candidates' score is the final objective; their
-    σ_F statistics come from one committee pass on the final geometries.
+    per-atom energies). The candidates are each seed's final geometry (in seed order)
+    and, with ``settings.pool_every``, the geometries kept along the way (ordered by step,
+    then seed); their score is the objective there, their σ_F statistics come from one
+    committee pass over all of them. ``calibration_scale`` (observed error over σ on
+    labels the committee had not seen; 1 without any) turns ``settings.target_error``
+    into the σ the ``target`` objective aims at.
     """
+    if not calibration_scale > 0:
+        raise ValueError(f"calibration_scale must be positive, got {calibration_scale}")
     kT = kT_from_temperature(settings.temperature)
     log_q = log_partition(
         train_energies, kT, train_n_atoms if settings.energy == "per_atom" else None
+    )
+    sigma_target = (
+        settings.target_error / calibration_scale
+        if settings.objective == "target" and settings.target_error is not None
+        else None
     )
     result = run_attack(
         committee,
@@ -289,20 +362,33 @@ def attack(
         generator,
         seeds.cells,
         seeds.pbc,
+        sigma_target,
+        pool_every=settings.pool_every,
     )
-    pred = committee.predict_arrays(
-        seeds.numbers, result.positions, seeds.n_atoms, result.cells, seeds.pbc
+    final_step = len(result.objective) - 1
+    pool = [f for f in result.pool if f.step != final_step]  # the endpoints come first
+    starts = seeds.starts
+    positions = np.concatenate(
+        [result.positions] + [f.positions for f in pool], axis=0
+    )  # [n_atoms_total, 3]
+    parent = np.concatenate([np.arange(len(seeds)), [f.seed for f in pool]]).astype(np.int64)
+    numbers = np.concatenate(
+        [seeds.numbers] + [seeds.numbers[starts[f.seed] : starts[f.seed + 1]] for f in pool]
     )
+    cells = np.concatenate([result.cells, np.array([f.cell for f in pool]).reshape(-1, 3, 3)])
+    n_atoms = seeds.n_atoms[parent]
+    pbc = seeds.pbc[parent]
+    pred = committee.predict_arrays(numbers, positions, n_atoms, cells, pbc)
     candidates = Candidates(
-        numbers=seeds.numbers.copy(),
-        positions=result.positions,
-        n_atoms=seeds.n_atoms.copy(),
-        cells=result.cells,
-        pbc=seeds.pbc.copy(),
-        parent=np.arange(len(seeds)),
+        numbers=numbers,
+        positions=positions,
+        n_atoms=n_atoms.copy(),
+        cells=cells,
+        pbc=pbc.copy(),
+        parent=parent,
         sigma_f_mean=pred.forces_std_mean,
         sigma_f_max=pred.forces_std_max,
-        score=result.objective[-1],
+        score=np.concatenate([result.objective[-1], [f.objective for f in pool]]),
         stopped=result.stopped,
     )
     return candidates, result

@@ -2,15 +2,20 @@
 
 Schwalbe-Koda, Tan & Gómez-Bombarelli (Nat. Commun. 12, 5104, 2021) compare adversarial
 sampling with cheaper ways of proposing geometries to label. Two of them live here, with
-the same records as the attack (:class:`Seeds` in, :class:`Candidates` out):
+the same records as the attack (:class:`Seeds` in, :class:`Candidates` out), each tuned
+the way its own users tune it:
 
 - :func:`random_displacement`: Gaussian noise on the seeds' coordinates, scored by the
-  committee.
+  committee; optionally capped in committee energy above the seed
+  (``max_energy_rise``), so that no absurdly high-energy geometry goes to the labeller.
 - :func:`committee_md`: Langevin dynamics on the committee-mean potential, sampled with
   the model-deviation criterion of DP-GEN (Zhang et al., Comput. Phys. Commun. 253,
   107206, 2020): a frame is a candidate when the largest per-atom force deviation lies in
-  ``[trust_lower, trust_upper)``; a trajectory that reaches ``trust_upper`` is stopped,
-  since beyond it the committee, and so the dynamics it drives, is not trusted.
+  the trust window ``[lower, upper)``; a trajectory that reaches ``upper`` is stopped,
+  since beyond it the committee, and so the dynamics it drives, is not trusted. The
+  window is either absolute (``trust_mode="fixed"``, eV/Å) or, by default, a multiple of
+  the committee's own force deviation on its training set (``"adaptive"``, as DP-GEN2 and
+  aims-PAX users run it; see :class:`CommitteeMDSettings`).
 
 The per-atom force deviation is ``σ_i = √Σ_xyz var_members(F_i)`` (ddof=1) in eV/Å, as in
 :func:`advloop.potentials.committee.summarise`. Molecules are checked with
@@ -21,8 +26,11 @@ wrapped into the cell. No NaN leaves.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -31,18 +39,37 @@ from ase.data import atomic_masses
 
 from advloop.adversarial.geometry import bonds_per_seed, check_geometry, validate_factors
 from advloop.adversarial.structures import Candidates, Seeds, atom_offsets
-from advloop.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
+from advloop.constraints import (
+    Interval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_fields,
+)
 from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Arrays
 from advloop.potentials.model import Graph, build_graph
 
 __all__ = [
+    "ADAPTIVE_TRUST",
+    "FIXED_TRUST",
     "CommitteeMDSettings",
     "MDStep",
     "RandomDisplacementSettings",
     "committee_md",
     "icommittee_md",
     "random_displacement",
+    "training_force_deviation",
 ]
+
+#: DP-GEN's absolute trust levels (lower, upper) in eV/Å: the defaults of ``trust_mode="fixed"``.
+FIXED_TRUST = (0.05, 0.5)
+#: (lower, upper) as multiples of ``reference_sigma``: the defaults of ``trust_mode="adaptive"``.
+ADAPTIVE_TRUST = (1.0, 10.0)
+
+#: in (0, 1]: a share that may be the whole but not nothing.
+_Share = Annotated[float, Interval(gt=0, le=1)]
 
 
 def _check(settings: RandomDisplacementSettings | CommitteeMDSettings, prefix: str) -> None:
@@ -54,11 +81,44 @@ def _check(settings: RandomDisplacementSettings | CommitteeMDSettings, prefix: s
         raise ValueError(f"{prefix}.{err}") from None
 
 
+def _reference(value: float | None) -> float:
+    """``reference_sigma`` as a float; ValueError unless it is a finite number > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or value <= 0
+    ):
+        raise ValueError(
+            f"reference_sigma = {value!r}: must be a finite number > 0 eV/Å (a high "
+            "percentile of the committee's max per-atom force deviation on its training "
+            "set, see training_force_deviation)"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class RandomDisplacementSettings:
-    """std: Å, standard deviation of the Gaussian noise on each Cartesian component;
+    """Gaussian displacement of the seeds, optionally capped in committee energy.
+
+    std: Å, standard deviation of the Gaussian noise on each Cartesian component;
     n_per_seed: displaced copies per seed; min_distance_factor, max_bond_factor: the
-    geometry checks of :func:`advloop.adversarial.geometry.check_geometry`."""
+    geometry checks of :func:`advloop.adversarial.geometry.check_geometry`.
+
+    max_energy_rise: eV per atom (None: no cap). A copy whose committee-mean energy lies
+    more than ``max_energy_rise × n_atoms`` above the committee-mean energy of its own
+    seed is redrawn from the seed, up to ``max_redraws`` times, the k-th time with the
+    standard deviation ``std × redraw_std_factor**k``; a copy still above the cap after
+    that is dropped, with the reason, like a copy that fails the geometry checks. Users
+    of random displacement cap the energy of what they label this way (a geometry many
+    eV above its seed teaches a potential nothing about the region it will be used in).
+    Redrawing rather than only dropping keeps ``n_per_seed`` copies per seed where the
+    std is large for the cap, where plain rejection at the same std would rarely succeed:
+    in a harmonic well the rise grows as std², so each halving (the default factor) cuts
+    it about four-fold. ``redraw_std_factor = 1`` is plain rejection sampling from the
+    Gaussian truncated at the cap; ``max_redraws = 0`` drops at once. ``max_redraws`` and
+    ``redraw_std_factor`` are read only with a cap.
+    """
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
@@ -66,6 +126,9 @@ class RandomDisplacementSettings:
     n_per_seed: PositiveInt = 1
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
+    max_energy_rise: PositiveFloat | None = field(default=None, metadata={"unit": "eV/atom"})
+    max_redraws: NonNegativeInt = 3
+    redraw_std_factor: _Share = 0.5
 
     def __post_init__(self) -> None:
         _check(self, "random")
@@ -76,11 +139,48 @@ class CommitteeMDSettings:
     """Langevin dynamics on the committee-mean potential, DP-GEN frame selection.
 
     temperature K; timestep fs; friction 1/fs (0 gives velocity Verlet, NVE);
-    sample_interval: steps between frames considered as candidates; trust_lower and
-    trust_upper eV/Å on the largest per-atom force deviation of a frame;
-    max_frames_per_seed: the most deviating frames inside the window kept per seed;
-    skin Å: the neighbour list holds pairs within cutoff + skin and is rebuilt once an
-    atom has moved skin / 2, so no pair inside the cutoff is ever missed.
+    sample_interval: steps between frames considered as candidates; max_frames_per_seed:
+    the most deviating frames inside the window kept per seed (every window frame up to
+    this many becomes a candidate, for the batch selection to choose among); skin Å: the
+    neighbour list holds pairs within cutoff + skin and is rebuilt once an atom has moved
+    skin / 2, so no pair inside the cutoff is ever missed.
+
+    The trust window ``[lower, upper)`` on a frame's largest per-atom force deviation
+    (eV/Å); a frame inside it is a candidate, a trajectory reaching ``upper`` stops. A frame
+    at or above ``lower`` never stops a trajectory; only ``upper``, an unphysical geometry
+    or non-finite committee output does.
+
+    - ``trust_mode="fixed"``: ``lower = trust_lower``, ``upper = trust_upper`` in eV/Å
+      (defaults :data:`FIXED_TRUST`, 0.05 and 0.5, DP-GEN's). Absolute levels fit only
+      the committee and system they were tuned for: on a 9-atom molecule they stopped
+      every trajectory within 11–42 steps and gave 8 candidates instead of 32.
+    - ``trust_mode="adaptive"`` (the default): ``lower = adaptive_lower ×
+      reference_sigma`` and ``upper = adaptive_upper × reference_sigma`` (dimensionless
+      factors, defaults :data:`ADAPTIVE_TRUST`, 1 and 10), where ``reference_sigma``
+      (eV/Å, passed to :func:`committee_md` / :func:`icommittee_md`) is a high percentile
+      of the committee's own max per-atom force deviation on its training set
+      (:func:`training_force_deviation`). A frame is a candidate once the committee is
+      less sure of it than of nearly all of its training data; the trajectory stops at
+      ten times that, the ratio of DP-GEN's 0.05/0.5 eV/Å. This is the threshold of
+      aims-PAX (Henkes et al., J. Chem. Inf. Model. 66, 2026, doi:10.1021/acs.jcim.5c02682;
+      ``get_threshold`` in ``aims_PAX/tools/uncertainty.py``: ``(1 + c_x)`` times the mean
+      of the last 400 uncertainties met in its MD), a multiple of the committee's own
+      uncertainty scale, with two changes: the scale is measured on the training set
+      rather than on the running trajectories, so that it does not rise with them when
+      they all wander into poorly known regions (a running mean flags a fixed share of
+      whatever is visited, however uncertain), and the upper level scales with it too
+      (aims-PAX has none, DP-GEN2 keeps it absolute).
+    - ``candidate_fraction`` (either mode; None: off): DP-GEN2's adaptive lower level
+      (``ExplorationReportAdaptiveLower`` in
+      ``dpgen2/exploration/report/report_adaptive_lower.py``: its ``rate_candi_f``, 0.01 by
+      default, with at least ``numb_candi_f`` = 200 frames; here at least one). After the run,
+      ``lower`` is set to the deviation of the ⌈candidate_fraction × N⌉-th most deviating
+      of the N sampled frames (all below ``upper``), so that this share of the frames are
+      candidates (ties included) before the per-seed cap. The lower-level field of the
+      mode (``trust_lower`` or ``adaptive_lower``) is then not read and must be left out.
+
+    The fields of the other mode must be left out (None): a value that would not be read
+    is refused rather than ignored.
     """
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
@@ -90,8 +190,12 @@ class CommitteeMDSettings:
     n_steps: PositiveInt = 200
     friction: NonNegativeFloat = field(default=0.02, metadata={"unit": "1/fs"})
     sample_interval: PositiveInt = 10
-    trust_lower: NonNegativeFloat = field(default=0.05, metadata={"unit": "eV/Å"})
-    trust_upper: float = field(default=0.5, metadata={"unit": "eV/Å"})
+    trust_mode: Literal["fixed", "adaptive"] = "adaptive"
+    trust_lower: NonNegativeFloat | None = field(default=None, metadata={"unit": "eV/Å"})
+    trust_upper: PositiveFloat | None = field(default=None, metadata={"unit": "eV/Å"})
+    adaptive_lower: NonNegativeFloat | None = None
+    adaptive_upper: PositiveFloat | None = None
+    candidate_fraction: _Share | None = None
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
     max_frames_per_seed: PositiveInt = 4
@@ -99,11 +203,107 @@ class CommitteeMDSettings:
 
     def __post_init__(self) -> None:
         _check(self, "md")
-        if not self.trust_upper > self.trust_lower:
+        for low, high in (("trust_lower", "trust_upper"), ("adaptive_lower", "adaptive_upper")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and not hi > lo:
+                raise ValueError(f"md.{high} ({hi}) must be larger than md.{low} ({lo})")
+        fixed = self.trust_mode == "fixed"
+        names = ("trust_lower", "trust_upper") if fixed else ("adaptive_lower", "adaptive_upper")
+        other = ("adaptive_lower", "adaptive_upper") if fixed else ("trust_lower", "trust_upper")
+        for name in other:
+            if getattr(self, name) is not None:
+                mode = "adaptive" if fixed else "fixed"
+                window = "" if fixed else " times reference_sigma"
+                raise ValueError(
+                    f"md.{name} = {getattr(self, name)} is read only with md.trust_mode = "
+                    f"'{mode}', and md.trust_mode is '{self.trust_mode}'"
+                    + ("" if fixed else " (the default)")
+                    + f", whose window is md.{names[0]} to md.{names[1]}{window}; set "
+                    f"md.trust_mode = '{mode}' or leave md.{name} out"
+                )
+        defaults = FIXED_TRUST if fixed else ADAPTIVE_TRUST
+        lo, hi = (getattr(self, n) for n in names)
+        if self.candidate_fraction is not None:
+            if lo is not None:
+                raise ValueError(
+                    f"md.{names[0]} = {lo} is not read with md.candidate_fraction, which "
+                    "chooses the lower trust level from the sampled frames; leave one out"
+                )
+        elif not (defaults[1] if hi is None else hi) > (defaults[0] if lo is None else lo):
             raise ValueError(
-                f"md.trust_upper ({self.trust_upper}) must be larger than "
-                f"md.trust_lower ({self.trust_lower})"
+                f"md.{names[1]} ({defaults[1] if hi is None else hi}) must be larger than "
+                f"md.{names[0]} ({defaults[0] if lo is None else lo}"
+                + (", the default)" if lo is None else ")")
             )
+
+    def trust_levels(self, reference_sigma: float | None = None) -> tuple[float | None, float]:
+        """The trust window ``(lower, upper)`` in eV/Å (see the class docstring).
+
+        ``reference_sigma`` (eV/Å) is read only in adaptive mode, where it is required;
+        a caller may pass it in either mode. ``lower`` is None where ``candidate_fraction``
+        chooses it after the run. Raises ValueError in adaptive mode without a finite
+        ``reference_sigma > 0``, or for a given one that is not.
+        """
+        if reference_sigma is not None:
+            reference_sigma = _reference(reference_sigma)
+        if self.trust_mode == "fixed":
+            lo, hi, scale = self.trust_lower, self.trust_upper, 1.0
+            defaults = FIXED_TRUST
+        else:
+            if reference_sigma is None:
+                raise ValueError(
+                    "md.trust_mode = 'adaptive' needs reference_sigma (eV/Å), a high "
+                    "percentile of the committee's max per-atom force deviation on its "
+                    "training set: pass committee_md(..., reference_sigma="
+                    "training_force_deviation(committee, training_data)), or set "
+                    "md.trust_mode = 'fixed' with md.trust_lower and md.trust_upper in eV/Å"
+                )
+            lo, hi, scale = self.adaptive_lower, self.adaptive_upper, reference_sigma
+            defaults = ADAPTIVE_TRUST
+        upper = scale * (defaults[1] if hi is None else hi)
+        if self.candidate_fraction is not None:
+            return None, upper
+        return scale * (defaults[0] if lo is None else lo), upper
+
+    def _upper_text(self, upper: float, reference_sigma: float | None) -> str:
+        """The upper level as a stop reason names it."""
+        if self.trust_mode == "fixed":
+            return f"trust_upper {upper:g} eV/Å"
+        factor = ADAPTIVE_TRUST[1] if self.adaptive_upper is None else self.adaptive_upper
+        return (
+            f"trust_upper {upper:.3g} eV/Å (adaptive_upper {factor:g} × reference_sigma "
+            f"{reference_sigma:.3g} eV/Å)"
+        )
+
+
+def training_force_deviation(committee: Committee, data: Arrays, percentile: float = 95.0) -> float:
+    """The ``percentile`` (in [0, 100]) over the structures of ``data`` of the committee's
+    largest per-atom force deviation ``max_i σ_i`` (eV/Å): the ``reference_sigma`` of the
+    adaptive trust window, measured on the committee's own training set.
+
+    Raises ValueError for no structures, a percentile outside [0, 100], non-finite
+    committee forces, or a committee that does not deviate at all (a zero reference).
+    """
+    if (
+        isinstance(percentile, bool)
+        or not isinstance(percentile, numbers.Real)
+        or not 0 <= percentile <= 100
+    ):
+        raise ValueError(f"percentile = {percentile!r}: must be a number in [0, 100]")
+    if len(data.n_atoms) == 0:
+        raise ValueError("training_force_deviation: no structures to measure the committee on")
+    pred = committee.predict_arrays(data.numbers, data.positions, data.n_atoms, data.cell, data.pbc)
+    if not np.all(np.isfinite(pred.forces_std)):
+        raise ValueError(
+            "training_force_deviation: the committee's forces on its training set are not finite"
+        )
+    value = float(np.percentile(pred.forces_std_max, percentile))
+    if not value > 0:
+        raise ValueError(
+            "training_force_deviation: the committee does not deviate on its training set "
+            "(identical members?), so no adaptive trust window can be scaled from it"
+        )
+    return value
 
 
 def random_displacement(
@@ -115,50 +315,107 @@ def random_displacement(
     """``n_per_seed`` copies of every seed, each atom displaced by N(0, std²) per
     Cartesian component, scored in one batched committee pass (score = sigma_f_mean).
 
-    Copies that fail the geometry checks, or whose forces are not finite, are dropped;
-    ``stopped`` maps their seed to how many were dropped and the first reason.
-    Candidates are ordered by seed, then by copy.
+    Copies that fail the geometry checks, or whose forces are not finite, are dropped.
+    With ``max_energy_rise``, the seeds are evaluated too (one batched pass) and a copy
+    more than ``max_energy_rise`` eV/atom above its seed's committee-mean energy is
+    redrawn with a smaller std, then dropped (see :class:`RandomDisplacementSettings`);
+    each round of redraws is one more batched pass, over the redrawn copies only.
+    ``stopped`` maps each seed with dropped copies to how many were dropped and the first
+    reason. Candidates are ordered by seed, then by copy. The first draw is the same with
+    and without a cap, for the same ``rng``.
     """
+    n = len(seeds) * settings.n_per_seed
     parent = np.repeat(np.arange(len(seeds)), settings.n_per_seed)
     starts = seeds.starts
     rows = np.concatenate(
         [np.arange(starts[s], starts[s + 1]) for s in parent] + [np.zeros(0, int)]
     )
-    positions = seeds.positions[rows] + rng.normal(0.0, settings.std, (len(rows), 3))
+    origin = seeds.positions[rows]
+    positions = origin + rng.normal(0.0, settings.std, (len(rows), 3))
     numbers, n_atoms = seeds.numbers[rows], seeds.n_atoms[parent]
     cells, pbc = seeds.cells[parent], seeds.pbc[parent]
     cand_starts = atom_offsets(n_atoms)
     bonds = bonds_per_seed(seeds.numbers, seeds.positions, starts, seeds.cells, seeds.pbc)
     reasons: dict[int, list[str]] = {}
-    keep = np.ones(len(parent), dtype=bool)
-    for c, s in enumerate(parent):
-        atoms = slice(cand_starts[c], cand_starts[c + 1])
-        reason = check_geometry(
-            numbers[atoms],
-            positions[atoms],
-            settings.min_distance_factor,
-            settings.max_bond_factor,
-            cells[c],
-            pbc[c],
-            bonds[s],
-        )
-        if reason is not None:
-            keep[c] = False
-            reasons.setdefault(int(s), []).append(reason)
-    sigma_mean, sigma_max = np.zeros(len(parent)), np.zeros(len(parent))
-    if keep.any():
-        kept_idx = np.flatnonzero(keep)
-        kept = np.repeat(keep, n_atoms)
+    keep = np.ones(n, dtype=bool)
+    sigma_mean, sigma_max = np.zeros(n), np.zeros(n)
+    cap = settings.max_energy_rise
+
+    def drop(c: int, reason: str) -> None:
+        keep[c] = False
+        reasons.setdefault(int(parent[c]), []).append(reason)
+
+    def sane(copies: np.ndarray) -> np.ndarray:
+        """The copies that pass the geometry checks; the others are dropped."""
+        for c in copies:
+            atoms = slice(cand_starts[c], cand_starts[c + 1])
+            reason = check_geometry(
+                numbers[atoms],
+                positions[atoms],
+                settings.min_distance_factor,
+                settings.max_bond_factor,
+                cells[c],
+                pbc[c],
+                bonds[parent[c]],
+            )
+            if reason is not None:
+                drop(c, reason)
+        return copies[keep[copies]]
+
+    def score(copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Committee scores of ``copies`` (ascending) into sigma_*; those with non-finite
+        output are dropped. Returns the copies left and their energies [eV]."""
+        chosen = np.zeros(n, dtype=bool)
+        chosen[copies] = True
+        atoms = np.repeat(chosen, n_atoms)
         pred = committee.predict_arrays(
-            numbers[kept], positions[kept], n_atoms[keep], cells[keep], pbc[keep]
+            numbers[atoms], positions[atoms], n_atoms[chosen], cells[chosen], pbc[chosen]
         )
-        idx = np.repeat(np.arange(len(kept_idx)), n_atoms[keep])
-        bad = np.bincount(idx, weights=~np.isfinite(pred.forces_std), minlength=len(kept_idx)) > 0
-        sigma_mean[kept_idx] = np.where(bad, 0.0, pred.forces_std_mean)
-        sigma_max[kept_idx] = np.where(bad, 0.0, pred.forces_std_max)
-        for c in kept_idx[bad]:
-            reasons.setdefault(int(parent[c]), []).append("committee forces not finite")
-        keep[kept_idx[bad]] = False
+        idx = np.repeat(np.arange(len(copies)), n_atoms[chosen])
+        bad = np.bincount(idx, weights=~np.isfinite(pred.forces_std), minlength=len(copies)) > 0
+        sigma_mean[copies] = np.where(bad, 0.0, pred.forces_std_mean)
+        sigma_max[copies] = np.where(bad, 0.0, pred.forces_std_max)
+        for c in copies[bad]:
+            drop(c, "committee forces not finite")
+        bad_energy = (
+            ~bad & ~np.isfinite(pred.energy_mean) if cap is not None else np.zeros_like(bad)
+        )
+        for c in copies[bad_energy]:
+            drop(c, "committee energy not finite")
+        ok = ~bad & ~bad_energy
+        return copies[ok], pred.energy_mean[ok]
+
+    pending = sane(np.arange(n))
+    if cap is not None and len(pending):
+        seed_energy = committee.predict_arrays(
+            seeds.numbers, seeds.positions, seeds.n_atoms, seeds.cells, seeds.pbc
+        ).energy_mean
+        for c in pending[~np.isfinite(seed_energy[parent[pending]])]:
+            drop(c, "the seed's committee energy is not finite, so max_energy_rise cannot apply")
+        pending = pending[keep[pending]]
+    for attempt in range(settings.max_redraws + 1 if cap is not None else 1):
+        if not len(pending):
+            break
+        pending, energy = score(pending)
+        if cap is None:
+            break
+        rise = (energy - seed_energy[parent[pending]]) / n_atoms[pending]  # eV/atom
+        over = rise > cap
+        if attempt == settings.max_redraws:
+            for c, r in zip(pending[over], rise[over], strict=True):
+                drop(
+                    int(c),
+                    f"committee energy {r:.3g} eV/atom above its seed's, over max_energy_rise "
+                    f"{cap:g} eV/atom" + (f" after {attempt} redraws" if attempt else ""),
+                )
+            break
+        pending = pending[over]
+        redrawn = np.concatenate(
+            [np.arange(cand_starts[c], cand_starts[c + 1]) for c in pending] + [np.zeros(0, int)]
+        )
+        std = settings.std * settings.redraw_std_factor ** (attempt + 1)
+        positions[redrawn] = origin[redrawn] + rng.normal(0.0, std, (len(redrawn), 3))
+        pending = sane(pending)
     stopped = {
         s: f"{len(r)} of {settings.n_per_seed} displacements rejected: {r[0]}"
         for s, r in sorted(reasons.items())
@@ -230,7 +487,12 @@ def _evaluate(
 
 
 def icommittee_md(
-    committee: Committee, seeds: Seeds, settings: CommitteeMDSettings, rng: np.random.Generator
+    committee: Committee,
+    seeds: Seeds,
+    settings: CommitteeMDSettings,
+    rng: np.random.Generator,
+    *,
+    reference_sigma: float | None = None,
 ) -> Iterator[MDStep]:
     """Langevin dynamics of all seeds in one batch on the committee-mean potential.
 
@@ -241,9 +503,28 @@ def icommittee_md(
 
     Yields step 0 (the seeds) and one :class:`MDStep` per step. A seed is stopped, frozen
     at its last accepted geometry, when a new geometry fails the checks, its committee
-    forces are not finite, or its largest force deviation reaches ``trust_upper``. Ends
-    early once every seed is stopped.
+    forces are not finite, or its largest force deviation reaches the upper trust level
+    (:meth:`CommitteeMDSettings.trust_levels`; ``reference_sigma`` eV/Å is required in
+    adaptive mode). Crossing the lower level never stops a seed. Ends early once every
+    seed is stopped. The settings and ``reference_sigma`` are checked when this is
+    called, before any step: ValueError in adaptive mode without a finite
+    ``reference_sigma > 0``.
     """
+    _, upper = settings.trust_levels(reference_sigma)
+    upper_text = settings._upper_text(upper, reference_sigma)
+    return _md_steps(committee, seeds, settings, rng, upper, upper_text)
+
+
+def _md_steps(
+    committee: Committee,
+    seeds: Seeds,
+    settings: CommitteeMDSettings,
+    rng: np.random.Generator,
+    upper: float,
+    upper_text: str,
+) -> Iterator[MDStep]:
+    """The steps of :func:`icommittee_md`, stopping a seed at ``upper`` eV/Å (named
+    ``upper_text`` in the reason)."""
     n_seeds = len(seeds)
     if n_seeds == 0:
         return
@@ -301,11 +582,8 @@ def icommittee_md(
             )
             if reason is None and not finite[s]:
                 reason = "committee energy or forces not finite"
-            if reason is None and dev_max[s] >= settings.trust_upper:
-                reason = (
-                    f"max force deviation {dev_max[s]:.3g} eV/Å reached "
-                    f"trust_upper {settings.trust_upper:g} eV/Å"
-                )
+            if reason is None and dev_max[s] >= upper:
+                reason = f"max force deviation {dev_max[s]:.3g} eV/Å reached {upper_text}"
             if reason is not None:
                 stopped[int(s)] = f"step {step}: {reason}"
                 if step == 0 and finite[s]:
@@ -331,29 +609,46 @@ def icommittee_md(
             return
 
 
+def _adaptive_lower(deviation: np.ndarray, fraction: float) -> float:
+    """DP-GEN2's adaptive lower level: the deviation of the ⌈fraction × N⌉-th largest of
+    the N values of ``deviation`` (at least the largest one); inf where there are none."""
+    if not len(deviation):
+        return math.inf
+    k = min(len(deviation), max(1, math.ceil(round(fraction * len(deviation), 9))))
+    return float(np.sort(deviation)[::-1][k - 1])
+
+
 def committee_md(
-    committee: Committee, seeds: Seeds, settings: CommitteeMDSettings, rng: np.random.Generator
+    committee: Committee,
+    seeds: Seeds,
+    settings: CommitteeMDSettings,
+    rng: np.random.Generator,
+    *,
+    reference_sigma: float | None = None,
 ) -> Candidates:
     """Run :func:`icommittee_md` and select frames as DP-GEN does.
 
     Every ``sample_interval`` steps (not step 0, the seed itself), each active seed's
-    frame is a candidate if ``trust_lower <= sigma_f_max < trust_upper``; the
-    ``max_frames_per_seed`` most deviating of a seed's candidates are returned, ordered
-    by seed and then by decreasing score (score = sigma_f_max, eV/Å; parent = seed index).
+    frame is sampled; a sampled frame is a candidate if ``lower <= sigma_f_max < upper``
+    (:meth:`CommitteeMDSettings.trust_levels`; with ``candidate_fraction`` the lower level
+    is chosen from all sampled frames once the run is over). Of each seed's candidates,
+    the ``max_frames_per_seed`` most deviating are returned, all of them where there are
+    fewer, ordered by seed and then by decreasing score (score = sigma_f_max, eV/Å;
+    parent = seed index). ``reference_sigma`` (eV/Å) is required in adaptive mode
+    (ValueError before any step without it).
     """
-    frames: dict[int, list[tuple[float, float, np.ndarray]]] = {}
+    lower, upper = settings.trust_levels(reference_sigma)
+    steps = icommittee_md(committee, seeds, settings, rng, reference_sigma=reference_sigma)
     starts = seeds.starts
+    seed_of: list[int] = []
+    frames: list[tuple[float, float, np.ndarray]] = []  # sigma_f_max, sigma_f_mean, positions
     state = None
-    for state in icommittee_md(committee, seeds, settings, rng):
+    for state in steps:
         if state.step == 0 or state.step % settings.sample_interval:
             continue
-        inside = (
-            state.active
-            & (state.sigma_f_max >= settings.trust_lower)
-            & (state.sigma_f_max < settings.trust_upper)
-        )
-        for s in np.flatnonzero(inside):
-            frames.setdefault(int(s), []).append(
+        for s in np.flatnonzero(state.active):
+            seed_of.append(int(s))
+            frames.append(
                 (
                     float(state.sigma_f_max[s]),
                     float(state.sigma_f_mean[s]),
@@ -361,23 +656,29 @@ def committee_md(
                 )
             )
     stopped = {} if state is None else state.stopped
-    chosen = [
-        (s, frame)
-        for s in sorted(frames)
-        for frame in sorted(frames[s], key=lambda fr: -fr[0])[: settings.max_frames_per_seed]
-    ]
+    deviation = np.array([fr[0] for fr in frames])
+    fraction = settings.candidate_fraction
+    if lower is None and fraction is not None:  # DP-GEN2's adaptive lower level
+        lower = _adaptive_lower(deviation[deviation < upper], fraction)
+    inside = np.flatnonzero((deviation >= lower) & (deviation < upper))
+    chosen: list[int] = []
+    per_seed: dict[int, int] = {}
+    for k in sorted(inside, key=lambda k: (seed_of[k], -deviation[k])):  # stable: time order
+        if per_seed.get(seed_of[k], 0) < settings.max_frames_per_seed:
+            per_seed[seed_of[k]] = per_seed.get(seed_of[k], 0) + 1
+            chosen.append(int(k))
     if not chosen:
         return Candidates.empty(stopped)
-    parent = np.array([s for s, _ in chosen], dtype=np.int64)
-    score = np.array([fr[0] for _, fr in chosen])
+    parent = np.array([seed_of[k] for k in chosen], dtype=np.int64)
+    score = deviation[chosen]
     return Candidates(
         numbers=np.concatenate([seeds.numbers[starts[s] : starts[s + 1]] for s in parent]),
-        positions=np.concatenate([fr[2] for _, fr in chosen]),
+        positions=np.concatenate([frames[k][2] for k in chosen]),
         n_atoms=seeds.n_atoms[parent],
         cells=seeds.cells[parent],
         pbc=seeds.pbc[parent],
         parent=parent,
-        sigma_f_mean=np.array([fr[1] for _, fr in chosen]),
+        sigma_f_mean=np.array([frames[k][1] for k in chosen]),
         sigma_f_max=score,
         score=score,
         stopped=stopped,

@@ -18,6 +18,15 @@ comparable between systems (for one system the two differ by the constant factor
 Adam's step does not see), and uses the *total* energy, so that ``temperature`` is the
 physical temperature of the Boltzmann weight; per-atom energies at temperature T weight
 like total energies at N·T.
+
+With ``sigma_target`` the uncertainty term saturates: σ² is replaced by
+σ²σ_t²/(σ² + σ_t²), which grows like σ² while σ ≪ σ_t and levels off at σ_t², so that
+once a geometry is as uncertain as the target the Boltzmann factor pulls it back towards
+low energy instead of on to ever larger σ. This is calibrated-target optimisation in
+the sense of Cezar et al. (npj Comput. Mater. 2025): the attack aims at geometries whose
+*calibrated* error is a chosen value (σ_t = target error / calibration scale) rather
+than at the largest σ the committee can be driven to, which on a small training set
+lies at absurd geometries.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ def adversarial_objective(
     log_q: float,
     uncertainty: Uncertainty = "forces",
     energy: EnergyForm = "total",
+    sigma_target: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective L [n_structures] and the variance σ² [n_structures] it weights.
 
@@ -74,7 +84,9 @@ def adversarial_objective(
     [n_atoms] the structure of each atom. σ² is the force variance (eV²/Å², mean over
     atoms and components) or, with ``uncertainty="energy"``, the energy variance (eV²);
     variances are unbiased (ddof=1) over members. Differentiable with respect to
-    whatever the member energies and forces depend on.
+    whatever the member energies and forces depend on. ``sigma_target`` (eV/Å, or eV
+    for the energy variance): the saturating form of the module docstring; None: the
+    paper's σ².
     """
     n_struct = energies.shape[1]
     dtype, device = forces.dtype, forces.device
@@ -95,5 +107,12 @@ def adversarial_objective(
         e_mean = e_mean / counts.to(e_mean.dtype)
     elif energy != "total":
         raise ValueError(f"energy must be 'total' or 'per_atom', got {energy!r}")
-    log_l = torch.log(var) - e_mean / kT - log_q
+    if sigma_target is None:
+        log_u = torch.log(var)
+    elif sigma_target > 0:
+        t2 = sigma_target**2
+        log_u = torch.log(var) + math.log(t2) - torch.log(var + t2)
+    else:
+        raise ValueError(f"sigma_target must be positive, got {sigma_target}")
+    log_l = log_u - e_mean / kT - log_q
     return torch.exp(log_l), var

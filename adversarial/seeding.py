@@ -4,7 +4,11 @@
 - ``lowest_energy``: the structures lowest in energy per atom (the wells the committee
   knows best, from which the paper's attacks start);
 - ``previous``: the structures the last generation added, so that exploration follows
-  the frontier it found; topped up at random when there are fewer of them than seeds.
+  the frontier it found; topped up at random when there are fewer of them than seeds;
+- ``md_frames``: the lowest-energy structures, which the caller then moves by a short
+  committee MD at the application temperature before exploring from them (where
+  dynamics at that temperature goes); here it chooses as ``lowest_energy`` does;
+- ``mixed``: half ``lowest_energy``, the rest at random from the others.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 __all__ = ["SeedPolicy", "choose_seeds"]
 
-SeedPolicy = Literal["random", "lowest_energy", "previous"]
+SeedPolicy = Literal["random", "lowest_energy", "previous", "md_frames", "mixed"]
 
 
 def choose_seeds(
@@ -39,8 +43,12 @@ def choose_seeds(
     k = min(n_seeds, n)
     if policy == "random":
         chosen = rng.choice(n, size=k, replace=False)
-    elif policy == "lowest_energy":
+    elif policy in ("lowest_energy", "md_frames"):
         chosen = np.argsort(np.asarray(energy_per_atom), kind="stable")[:k]
+    elif policy == "mixed":
+        low = np.argsort(np.asarray(energy_per_atom), kind="stable")[: (k + 1) // 2]
+        rest = np.setdiff1d(np.arange(n), low)
+        chosen = np.concatenate([low, rng.choice(rest, size=k - len(low), replace=False)])
     elif policy == "previous":
         recent = np.unique(np.asarray(previous if previous is not None else [], dtype=np.int64))
         recent = recent[(recent >= 0) & (recent < n)]
@@ -51,6 +59,7 @@ def choose_seeds(
         chosen = np.concatenate([recent, fill])
     else:
         raise ValueError(
-            f"seed policy must be 'random', 'lowest_energy' or 'previous', got {policy!r}"
+            "seed policy must be 'random', 'lowest_energy', 'previous', 'md_frames' or "
+            f"'mixed', got {policy!r}"
         )
     return np.sort(chosen.astype(np.int64))

@@ -8,6 +8,12 @@ labelled only if it is physically sane, more uncertain than most of the training
 training structure or of another selected candidate; at most
 ``max_selected`` are kept per generation, the most uncertain first.
 
+With ``method="diverse"`` the last step is a batch choice instead: among the candidates
+that pass the filters, a greedy max-determinant selection in the committee's feature
+space, conditioned on the training set (:mod:`advloop.adversarial.batch`), trades
+uncertainty against diversity, so that one batch does not spend its labels on
+near-copies of one uncertain region.
+
 Units: positions in Å, uncertainties in eV/Å (e.g. mean per-atom force std), RMSD in Å.
 """
 
@@ -18,20 +24,38 @@ from typing import Literal
 
 import numpy as np
 
+from advloop.adversarial.batch import greedy_diverse_batch
 from advloop.adversarial.geometry import (
     check_geometry,
     pairwise_kabsch_rmsd,
     pairwise_periodic_rmsd,
     validate_factors,
 )
-from advloop.constraints import NonNegativeFloat, Percentile, PositiveInt, check_fields
+from advloop.constraints import (
+    Fraction,
+    NonNegativeFloat,
+    Percentile,
+    PositiveInt,
+    check_fields,
+)
 
-__all__ = ["RejectReason", "Rejection", "SelectionResult", "SelectionSettings", "select_candidates"]
+__all__ = [
+    "RejectReason",
+    "Rejection",
+    "SelectionMethod",
+    "SelectionResult",
+    "SelectionSettings",
+    "select_candidates",
+]
 
 #: Why selection passed over a candidate, in the order the filters run.
 RejectReason = Literal[
-    "not_finite", "unphysical", "below_threshold", "known", "duplicate", "over_cap"
+    "not_finite", "unphysical", "below_threshold", "known", "duplicate", "redundant", "over_cap"
 ]
+#: How the batch is chosen among candidates that pass the filters: the most uncertain
+#: first (``threshold``, the paper's rule) or greedy max-determinant (``diverse``).
+SelectionMethod = Literal["threshold", "diverse"]
+UncertaintyWeighting = Literal["none", "element"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,14 @@ class SelectionSettings:
         max_bond_factor: atoms closer than this × summed covalent radii are bonded;
             a molecule whose bond graph is disconnected is fragmented.
         max_selected: cap on the number of candidates selected per generation, >= 1.
+        method: ``threshold`` (the most uncertain first) or ``diverse`` (greedy
+            max-determinant in the committee's feature space; needs features).
+        min_novelty: for ``diverse``, a candidate whose kernel variance the training
+            set and the batch explain to all but this share is ``redundant``.
+        weighting: the uncertainty the caller ranks by: ``none`` (mean per-atom σ_F,
+            eV/Å) or ``element`` (each atom's σ_F over its element's median on the
+            training set, averaged: dimensionless, so hydrogen does not dominate; see
+            :func:`advloop.potentials.uncertainty.element_weighted_std`).
 
     Raises:
         ValueError: on construction, if a value is out of range.
@@ -73,6 +105,9 @@ class SelectionSettings:
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
     max_selected: PositiveInt = 8
+    method: SelectionMethod = "threshold"
+    min_novelty: Fraction = 1e-3
+    weighting: UncertaintyWeighting = "none"
 
     def __post_init__(self) -> None:
         check_fields(self, "selection")
@@ -85,7 +120,7 @@ class SelectionResult:
 
     Attributes:
         selected: indices into the candidates [n_selected], in order of decreasing
-            uncertainty.
+            uncertainty (``threshold``) or in the order picked (``diverse``).
         threshold: the uncertainty threshold used, eV/Å.
         rejected: candidate index -> :class:`Rejection`, one entry per candidate not
             selected, sorted by index.
@@ -106,6 +141,10 @@ def select_candidates(
     cells: np.ndarray | None = None,
     train_cells: np.ndarray | None = None,
     pbc: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    train_features: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
+    ineligible: str = "not eligible",
 ) -> SelectionResult:
     """Choose which candidates to label, giving each rejected one a reason.
 
@@ -115,9 +154,13 @@ def select_candidates(
     2. geometry: :func:`advloop.adversarial.geometry.check_geometry` (clash or fragmented);
     3. below threshold: uncertainty < ``np.percentile(train_uncertainty, percentile)``;
     4. near-duplicate of a training structure: min Kabsch RMSD < ``rmsd_threshold``;
-    5. greedy, in decreasing uncertainty: near-duplicate of an already selected
-       candidate, then over cap once ``max_selected`` are selected. Each cluster of
-       near-duplicates is thus represented by its most uncertain member.
+    5. ``threshold``: greedy, in decreasing uncertainty: near-duplicate of an already
+       selected candidate, then over cap once ``max_selected`` are selected. Each
+       cluster of near-duplicates is thus represented by its most uncertain member.
+       ``diverse``: greedy max-determinant with quality = uncertainty
+       (:func:`advloop.adversarial.batch.greedy_diverse_batch`); a pick that is a
+       near-duplicate of a selected one is rejected as such, one the training set and
+       the batch already explain is ``redundant``, the rest are over cap.
 
     Args:
         numbers: atomic numbers [n_atoms], shared by all structures.
@@ -132,6 +175,12 @@ def select_candidates(
             for periodic structures: distances are then
             :func:`advloop.adversarial.geometry.pairwise_periodic_rmsd` (minimum images, no
             rotation) and clashes include periodic images.
+        eligible: [n_candidates] bool; candidates marked False are rejected as
+            ``below_threshold`` with the detail ``ineligible`` (a calibrated error bound
+            below the tolerance, say), after the geometry checks.
+        features, train_features: [n_candidates, n_features] and [n_train, n_features]
+            descriptors for ``method="diverse"`` (e.g.
+            :meth:`advloop.potentials.committee.Committee.structure_features`).
 
     Returns:
         The selected indices, the threshold used and the reasons for the rest.
@@ -180,6 +229,15 @@ def select_candidates(
     if not isinstance(settings, SelectionSettings):
         raise ValueError(f"settings must be a SelectionSettings, got {type(settings).__name__}")
 
+    if settings.method == "diverse":
+        if features is None or train_features is None:
+            raise ValueError('selection.method "diverse" needs features and train_features')
+        if np.shape(features)[0] != n_candidates or np.shape(train_features)[0] != train.shape[0]:
+            raise ValueError(
+                f"features {np.shape(features)} and train_features {np.shape(train_features)} "
+                f"must have one row per candidate ({n_candidates}) and training structure "
+                f"({train.shape[0]})"
+            )
     periodic = pbc is not None and bool(np.any(pbc))
     if periodic and (cells is None or train_cells is None):
         raise ValueError("periodic candidates need cells and train_cells")
@@ -217,10 +275,15 @@ def select_candidates(
             rejected[idx] = Rejection("unphysical", reason)
 
     # 3. below threshold
+    unit = " eV/Å" if settings.weighting == "none" else ""
+    if eligible is not None and np.shape(eligible) != (n_candidates,):
+        raise ValueError(f"eligible must have shape [{n_candidates}], got {np.shape(eligible)}")
     for idx in range(n_candidates):
-        if idx not in rejected and unc[idx] < threshold:
+        if idx not in rejected and eligible is not None and not eligible[idx]:
+            rejected[idx] = Rejection("below_threshold", ineligible)
+        elif idx not in rejected and unc[idx] < threshold:
             rejected[idx] = Rejection(
-                "below_threshold", f"below threshold ({unc[idx]:.4g} < {threshold:.4g} eV/Å)"
+                "below_threshold", f"below threshold ({unc[idx]:.4g} < {threshold:.4g}{unit})"
             )
 
     # 4. near-duplicate of the training set
@@ -248,19 +311,48 @@ def select_candidates(
     else:
         among = np.full((order.size, order.size), np.inf)
     selected_pos: list[int] = []  # positions in `order`
+
+    def near_duplicate(k: int, chosen: list[int]) -> bool:
+        """Reject candidate ``order[k]`` if it duplicates one of ``chosen`` (positions)."""
+        if not chosen:
+            return False
+        rmsd_to_selected = among[k, chosen]
+        m = int(np.argmin(rmsd_to_selected))
+        if rmsd_to_selected[m] >= settings.rmsd_threshold:
+            return False
+        rejected[int(order[k])] = Rejection(
+            "duplicate",
+            f"near-duplicate of candidate {int(order[chosen[m]])} "
+            f"(RMSD {rmsd_to_selected[m]:.3f} Å)",
+        )
+        return True
+
+    if settings.method == "diverse" and features is not None and train_features is not None:
+        batch = greedy_diverse_batch(
+            unc[order],
+            np.asarray(features, dtype=np.float64)[order],
+            np.asarray(train_features, dtype=np.float64),
+            settings.max_selected,
+            allowed=lambda k, chosen: not near_duplicate(k, chosen),
+            min_novelty=settings.min_novelty,
+        )
+        selected_pos = batch.chosen
+        for k in batch.redundant:
+            rejected[int(order[k])] = Rejection(
+                "redundant",
+                f"redundant: the training set and the batch explain all but "
+                f"{batch.novelty[k]:.2g} of it in the committee's feature space",
+            )
+        for k, candidate in enumerate(order):
+            if k not in selected_pos and int(candidate) not in rejected:
+                rejected[int(candidate)] = Rejection("over_cap", "over cap")
+        order_selected = order[selected_pos].astype(np.intp)
+        return SelectionResult(
+            selected=order_selected, threshold=threshold, rejected=dict(sorted(rejected.items()))
+        )
     for k, candidate in enumerate(order):
-        if selected_pos:
-            rmsd_to_selected = among[k, selected_pos]
-            m = int(np.argmin(rmsd_to_selected))
-            if rmsd_to_selected[m] < settings.rmsd_threshold:
-                rejected[int(candidate)] = Rejection(
-                    "duplicate",
-                    (
-                        f"near-duplicate of candidate {int(order[selected_pos[m]])} "
-                        f"(RMSD {rmsd_to_selected[m]:.3f} Å)"
-                    ),
-                )
-                continue
+        if near_duplicate(k, selected_pos):
+            continue
         if len(selected_pos) >= settings.max_selected:
             rejected[int(candidate)] = Rejection("over_cap", "over cap")
             continue

@@ -69,10 +69,14 @@ def _oracle(labels: Labeller = XTB):
 
 
 def oracle_reference(
-    n_frames: int, rng: np.random.Generator, labels: Labeller = XTB, steps_per_frame: int = 20
+    n_frames: int,
+    rng: np.random.Generator,
+    labels: Labeller = XTB,
+    steps_per_frame: int = 20,
+    temperature: float = 1000.0,
 ) -> dict:
-    """The oracle's minimum, planar transition state, barrier (eV) and 1000 K frames
-    (one every ``steps_per_frame`` Langevin steps of 0.5 fs)."""
+    """The oracle's minimum, planar transition state, barrier (eV) and frames at
+    ``temperature`` K (default 1000; one every ``steps_per_frame`` Langevin steps of 0.5 fs)."""
     minimum = read(EXAMPLE.parent / "structures" / "nh3.xyz")
     minimum.calc = _oracle(labels)
     BFGS(minimum, logfile=None).run(fmax=1e-3)
@@ -84,9 +88,14 @@ def oracle_reference(
 
     hot = minimum.copy()
     hot.calc = _oracle(labels)
-    thermalize_momenta(hot, temperature_K=1000.0, rng=rng)
+    thermalize_momenta(hot, temperature_K=temperature, rng=rng)
     dynamics = Langevin(
-        hot, 0.5 * units.fs, temperature_K=1000.0, friction=0.02 / units.fs, fixcm=False, rng=rng
+        hot,
+        0.5 * units.fs,
+        temperature_K=temperature,
+        friction=0.02 / units.fs,
+        fixcm=False,
+        rng=rng,
     )
     frames = []
     for _ in range(n_frames):
@@ -102,9 +111,15 @@ def oracle_reference(
 
 
 def committee_metrics(
-    committee: Committee, ref: dict, n_md: int, md_steps: int, rng: np.random.Generator
+    committee: Committee,
+    ref: dict,
+    n_md: int,
+    md_steps: int,
+    rng: np.random.Generator,
+    md_temperature: float = MD_TEMPERATURE,
 ) -> dict:
-    """Barrier error (kcal/mol), force RMSE on the oracle frames (eV/Å), MD stability."""
+    """Barrier error (kcal/mol), force RMSE on the oracle frames (eV/Å), MD stability
+    (``n_md`` runs of ``md_steps`` steps at ``md_temperature`` K)."""
     z = ref["numbers"]
     n = len(z)
     pair = committee.predict_arrays(
@@ -133,7 +148,12 @@ def committee_metrics(
         np.arange(n_md),
     )
     md = CommitteeMDSettings(
-        temperature=MD_TEMPERATURE, timestep=0.5, n_steps=md_steps, trust_lower=0.0, trust_upper=1e9
+        temperature=md_temperature,
+        timestep=0.5,
+        n_steps=md_steps,
+        trust_mode="fixed",
+        trust_lower=0.0,
+        trust_upper=1e9,
     )
     state = None
     for state in icommittee_md(committee, seeds, md, rng):  # noqa: B007  (the last state)

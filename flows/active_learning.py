@@ -290,7 +290,9 @@ class PrefectJobs:
             cached=sum(r.cached for r in results),
         )
 
-    def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
+    def evaluate(
+        self, config: RunConfig, generation: int, indices: list[int]
+    ) -> dict[str, float | list[float]]:
         return _run(evaluate, self.clock, config, generation, indices)
 
     def generation(

@@ -37,6 +37,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "dataset_size": "dataset_size",
     "labels_added": "labels_added",
     "labels_failed": "labels_failed",
+    "labels_allowed": "selection_cap",
     "sigma_f_attacked_mean_eV_A": "attack_sigma_f_mean",
     "sigma_f_attacked_max_eV_A": "attack_sigma_f_max",
     "sigma_f_selected_mean_eV_A": "selected_sigma_f_mean",
@@ -45,6 +46,8 @@ TABLE_COLUMNS: dict[str, str] = {
     "val_forces_mae_eV_A": "train_val_forces_mae",
     "calibration_spearman": "calibration_spearman",
     "calibration_ratio": "calibration_ratio",
+    "calibration_scale": "calibration_scale",
+    "error_bound_eV_A": "attack_error_bound",
     "seconds": "seconds",
 }
 

@@ -85,10 +85,15 @@ class _Strict(BaseModel):
 
 
 class SystemConfig(_Strict):
-    """The system: a name (the run folder's name) and its starting structure(s)."""
+    """The system: a name (the run folder's name), its starting structure(s), and the
+    temperature the potential is meant for (K; None: not given), at which the
+    ``md_frames`` seeds of an exploration are made."""
 
     name: str
     structures: Path = Field(description="xyz/extxyz/CIF/... file readable by ase.io.read")
+    temperature: float | None = Field(
+        None, gt=0, description="K, the application temperature; None: not given"
+    )
 
     @model_validator(mode="after")
     def _name_is_safe(self) -> SystemConfig:
@@ -142,20 +147,24 @@ GEOMETRY_KEYS = ("min_distance_factor", "max_bond_factor")
 
 
 def _check_seeds(settings: Any) -> None:
-    n_seeds = settings.n_seeds
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise ValueError(f"exploration.n_seeds must be a whole number >= 1, got {n_seeds!r}")
+    for key, least in (("n_seeds", 1), ("seed_md_steps", 1)):
+        value = getattr(settings, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"exploration.{key} must be a whole number >= {least}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class AdversarialExploration(AttackSettings):
     """The adversarial attack (:mod:`advloop.adversarial.attack`; its settings, in Å and K)
     from ``n_seeds`` seed structures chosen by ``seeds`` (``random``, ``lowest_energy``,
-    ``previous``: see :mod:`advloop.adversarial.seeding`)."""
+    ``previous``, ``mixed``, or ``md_frames``: the lowest-energy structures moved by
+    ``seed_md_steps`` steps of committee MD at ``system.temperature``; see
+    :mod:`advloop.adversarial.seeding`)."""
 
     kind: Literal["adversarial"] = "adversarial"
     seeds: SeedPolicy = "random"
     n_seeds: int = 16
+    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -170,6 +179,7 @@ class MDExploration(CommitteeMDSettings):
     kind: Literal["md"] = "md"
     seeds: SeedPolicy = "random"
     n_seeds: int = 16
+    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,6 +194,7 @@ class RandomExploration(RandomDisplacementSettings):
     kind: Literal["random"] = "random"
     seeds: SeedPolicy = "random"
     n_seeds: int = 16
+    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -215,18 +226,34 @@ class CommitteeConfig(_Strict):
     bootstrap: bool = False
 
 
-class ConvergenceConfig(_Strict):
-    """When the loop has converged (see :func:`advloop.flows.steps.decide`).
+ConvergenceCriterion = Literal["sigma", "calibrated_error"]
 
-    - ``force_std_threshold``/``patience``: the mean force uncertainty σ_F (eV/Å) of the
-      attacked geometries stayed below the threshold for ``patience`` consecutive
+
+class ConvergenceConfig(_Strict):
+    """When the loop has converged (see :func:`advloop.flows.loop.decide`).
+
+    - ``criterion: sigma``: the mean force uncertainty σ_F (eV/Å) of the attacked
+      geometries stayed below ``force_std_threshold`` for ``patience`` consecutive
       generations (reason ``converged``);
+    - ``criterion: calibrated_error``: a calibrated upper bound of the force error on the
+      generation's fresh attack batch stayed below ``force_error_tolerance`` (eV/Å) for
+      ``patience`` generations. The bound is c × σ_F, where the scale c is the
+      ``coverage`` quantile of observed error over predicted σ_F on every label an earlier
+      generation's committee had not seen (split-conformal; at least
+      ``min_calibration_labels`` of them, else no bound and no stop on it). Raw σ can
+      plateau or fall while the error grows; the calibrated bound follows the error;
     - ``min_candidates``: fewer than this many attacked geometries had an uncertainty at
       or above the selection threshold, so a generation would add too little to be worth
       its labels; it stops before labelling them (reason ``few_candidates``; 0: off).
     """
 
+    criterion: ConvergenceCriterion = "sigma"
     force_std_threshold: float = Field(0.05, gt=0, description="eV/Å")
+    force_error_tolerance: float | None = Field(
+        None, gt=0, description="eV/Å, for criterion calibrated_error"
+    )
+    coverage: float = Field(0.9, gt=0, lt=1, description="of the calibrated bound")
+    min_calibration_labels: PositiveInt = 8
     patience: PositiveInt = 1
     min_candidates: int = Field(
         0,
@@ -234,6 +261,15 @@ class ConvergenceConfig(_Strict):
         description="attacked geometries above the "
         "selection threshold; fewer stops the run (0: off)",
     )
+
+    @model_validator(mode="after")
+    def _tolerance_given(self) -> ConvergenceConfig:
+        if self.criterion == "calibrated_error" and self.force_error_tolerance is None:
+            raise ValueError(
+                "convergence.criterion 'calibrated_error' needs convergence."
+                "force_error_tolerance (eV/Å), the force error the potential must stay below"
+            )
+        return self
 
 
 class BudgetConfig(_Strict):
@@ -535,6 +571,15 @@ class RunConfig(_Strict):
             data[section] = _geometry_into(section, data.get(section, default), limits)
         return data
 
+    @model_validator(mode="after")
+    def _md_frames_need_a_temperature(self) -> RunConfig:
+        if self.exploration.seeds == "md_frames" and self.system.temperature is None:
+            raise ValueError(
+                'exploration.seeds "md_frames" needs system.temperature (K): the '
+                "temperature the potential is meant for, at which the seeds' committee MD runs"
+            )
+        return self
+
     def run_dir(self) -> Path:
         return self.output_dir / self.system.name
 
@@ -548,7 +593,11 @@ class RunConfig(_Strict):
         own = (
             {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
             if current.kind == kind
-            else {"seeds": current.seeds, "n_seeds": current.n_seeds}
+            else {
+                "seeds": current.seeds,
+                "n_seeds": current.n_seeds,
+                "seed_md_steps": current.seed_md_steps,
+            }
         )
         own.pop("kind", None)
         exploration = cls(**{**own, **settings, **self.geometry.model_dump()})

@@ -87,7 +87,7 @@ class Jobs(Protocol):
 
     def evaluate(
         self, config: RunConfig, generation: int, indices: list[int]
-    ) -> dict[str, float]: ...
+    ) -> dict[str, float | list[float]]: ...
 
     def generation(
         self,
@@ -143,7 +143,9 @@ class LocalJobs:
     def label(self, config: RunConfig, generation: int, selected: list[int]) -> LabelReport:
         return self._timed("labelling", label_batch, config, generation, selected)
 
-    def evaluate(self, config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
+    def evaluate(
+        self, config: RunConfig, generation: int, indices: list[int]
+    ) -> dict[str, float | list[float]]:
         return self._timed("labelling", evaluate_step, config, generation, indices)
 
     def generation(
@@ -182,8 +184,10 @@ def decide(
 
     1. the last generation only trained (its committee is the final one): the generation
        or the label budget is spent (``max_generations`` / ``max_labels``);
-    2. the attacked geometries' mean σ_F was below ``convergence.force_std_threshold`` for
-       the last ``convergence.patience`` generations (``converged``);
+    2. for the last ``convergence.patience`` generations, the attacked geometries' mean
+       σ_F was below ``convergence.force_std_threshold`` (criterion ``sigma``), or their
+       calibrated force-error bound below ``convergence.force_error_tolerance``
+       (criterion ``calibrated_error``) (``converged``);
     3. fewer than ``convergence.min_candidates`` attacked geometries were above the
        selection threshold (``few_candidates``);
     4. selection ran and chose nothing (``no_candidates``);
@@ -203,11 +207,18 @@ def decide(
         )
     below = 0
     for record in reversed(records):
-        sigma = record.attack_sigma_f_mean
-        if sigma is None or sigma >= conv.force_std_threshold:
+        if not _within_tolerance(config, record):
             break
         below += 1
     if below >= conv.patience:
+        if conv.criterion == "calibrated_error":
+            return StopDecision(
+                "converged",
+                "converged: the calibrated bound of the force error on the attacked "
+                f"geometries stayed below {conv.force_error_tolerance:g} eV/Å for "
+                f"{conv.patience} generation(s) (last: {last.attack_error_bound:.3g} eV/Å "
+                f"at coverage {conv.coverage:g})",
+            )
         return StopDecision(
             "converged",
             "converged: the attacked geometries' mean force "
@@ -233,13 +244,33 @@ def decide(
     return wall_time_stop(config, elapsed_seconds)
 
 
+def _within_tolerance(config: RunConfig, record: GenerationRecord | ExploreReport) -> bool:
+    """Whether an exploration's fresh batch meets the convergence criterion: its mean σ_F
+    below ``force_std_threshold``, or its calibrated error bound (finite: enough labels
+    calibrate it) below ``force_error_tolerance``."""
+    conv = config.convergence
+    if isinstance(record, ExploreReport):
+        sigma, bound = record.sigma_f_mean, record.error_bound
+    else:
+        sigma, bound = record.attack_sigma_f_mean, record.attack_error_bound
+    if conv.criterion == "calibrated_error":
+        tolerance = conv.force_error_tolerance
+        return (
+            bound is not None
+            and tolerance is not None
+            and math.isfinite(bound)
+            and bound < tolerance
+        )
+    return sigma is not None and sigma < conv.force_std_threshold
+
+
 def labelling_needed(
     config: RunConfig, explore: ExploreReport | None = None, select: SelectReport | None = None
 ) -> bool:
     """Whether a generation goes on to the next step: after exploring, while the attacked
     geometries are uncertain enough; after selecting, while enough candidates are above
     the threshold and some were selected (the rules of :func:`decide`)."""
-    if explore is not None and explore.sigma_f_mean < config.convergence.force_std_threshold:
+    if explore is not None and _within_tolerance(config, explore):
         return False
     if select is not None:
         return bool(select.selected) and select.n_above >= config.convergence.min_candidates
@@ -317,6 +348,9 @@ def run_generation(
     record.attack_sigma_f_mean, record.attack_sigma_f_max = rep.sigma_f_mean, rep.sigma_f_max
     record.attack_stopped, record.attack_seeds = rep.n_stopped, rep.n_seeds
     record.attack_candidates = rep.n_candidates
+    if math.isfinite(rep.calibration_scale):
+        record.calibration_scale = rep.calibration_scale
+        record.attack_error_bound = rep.error_bound
     logger.info(
         "generation %d: explored, %d candidates, σF mean %.4g, max %.4g eV/Å",
         generation,
@@ -333,6 +367,17 @@ def run_generation(
     record.candidates_above_threshold = sel.n_above
     record.selected_sigma_f_mean, record.selected_sigma_f_max = sel.sigma_f_mean, sel.sigma_f_max
     record.rejected = sel.rejected_counts()
+    record.selection_cap = cap = min(max_selected, config.selection.max_selected)
+    if len(sel.selected) < cap:
+        logger.warning(
+            "generation %d: %s exploration gave only %d candidates worth labelling, fewer "
+            "than the %d this generation may label (rejected: %s)",
+            generation,
+            config.exploration.kind,
+            len(sel.selected),
+            cap,
+            ", ".join(f"{n} {reason}" for reason, n in record.rejected.items()) or "none",
+        )
     logger.info(
         "generation %d: selected %d of %d candidates above the threshold %.4g eV/Å",
         generation,

@@ -58,8 +58,12 @@ class GenerationRecord:
     attack_stopped: int | None = None  # seeds whose exploration ended early
     attack_seeds: int | None = None
     attack_candidates: int | None = None
+    # calibrated bound on the fresh batch's force error (c × σ_F; c from earlier labels)
+    calibration_scale: float | None = None  # observed error over σ_F, at convergence.coverage
+    attack_error_bound: float | None = None  # eV/Å
     # selection
     selected: int | None = None
+    selection_cap: int | None = None  # the most this generation could label
     selection_threshold: float | None = None  # eV/Å
     candidates_above_threshold: int | None = None
     selected_sigma_f_mean: float | None = None  # eV/Å
@@ -74,6 +78,9 @@ class GenerationRecord:
     calibration_ratio: float | None = None  # mean σ_F over mean |error|
     calibration_predicted_mean: float | None = None  # eV/Å
     calibration_observed_mean: float | None = None  # eV/Å
+    # per new label: mean σ_F and mean |force error| over its atoms (eV/Å), for the scale
+    calibration_sigmas: list[float] | None = None
+    calibration_errors: list[float] | None = None
     # bookkeeping
     dataset_size: int | None = None
     seconds: float | None = None

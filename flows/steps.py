@@ -20,7 +20,13 @@ import torch
 from ase import Atoms
 
 from advloop.adversarial.attack import attack
-from advloop.adversarial.baselines import committee_md, random_displacement
+from advloop.adversarial.baselines import (
+    CommitteeMDSettings,
+    committee_md,
+    icommittee_md,
+    random_displacement,
+    training_force_deviation,
+)
 from advloop.adversarial.seeding import choose_seeds
 from advloop.adversarial.selection import Rejection, RejectReason, select_candidates
 from advloop.adversarial.structures import Candidates, Seeds
@@ -40,6 +46,7 @@ from advloop.flows.run_folder import (
     RunLayout,
     candidate_structures,
     read_candidates,
+    read_generations,
     read_initial,
     read_selection,
     write_candidates,
@@ -58,7 +65,13 @@ from advloop.potentials.dataset import (
 from advloop.potentials.model import EnergyModel
 from advloop.potentials.threads import torch_threads
 from advloop.potentials.training import resolve_device, train_member
-from advloop.potentials.uncertainty import force_calibration
+from advloop.potentials.uncertainty import (
+    conformal_scale,
+    element_scales,
+    element_weighted_std,
+    force_calibration,
+    per_structure_errors,
+)
 
 # Seeds for the random streams of a run, derived from the config's seeds so that a run is
 # reproducible and its streams independent.
@@ -218,10 +231,66 @@ def _committee(config: RunConfig, generation: int) -> Committee:
 class ExploreReport:
     n_seeds: int
     n_stopped: int
-    sigma_f_mean: float  # eV/Å, mean over attacked geometries of their mean per-atom force std
-    sigma_f_max: float  # eV/Å, max over attacked geometries of their max per-atom force std
+    # eV/Å: over seeds, the mean of each seed's most uncertain geometry's mean per-atom
+    # force std (with pools, a seed's path holds several geometries), and the max σ_F
+    sigma_f_mean: float
+    sigma_f_max: float  # eV/Å, max over explored geometries of their max per-atom force std
     seconds: float
     n_candidates: int = 0
+    calibration_scale: float = float("nan")  # c of the bound c σ_F (nan: too few labels yet)
+    error_bound: float = float("nan")  # eV/Å, c × sigma_f_mean (nan: no scale yet)
+
+
+def calibration_scale(config: RunConfig, generation: int) -> float:
+    """The split-conformal scale c (:func:`advloop.potentials.uncertainty.conformal_scale`,
+    at ``convergence.coverage``) from every label the committees of generations before
+    ``generation`` were evaluated on before they saw it; nan with fewer than
+    ``convergence.min_calibration_labels`` such labels, or too few for the coverage."""
+    sigmas: list[float] = []
+    errors: list[float] = []
+    for record in read_generations(config.run_dir()):
+        if record.generation < generation and record.calibration_sigmas is not None:
+            sigmas.extend(record.calibration_sigmas)
+            errors.extend(record.calibration_errors or [])
+    conv = config.convergence
+    if len(sigmas) < conv.min_calibration_labels or len(sigmas) != len(errors):
+        return float("nan")
+    scale = conformal_scale(np.array(errors), np.array(sigmas), conv.coverage)
+    return scale if np.isfinite(scale) else float("nan")
+
+
+def _per_seed_peak(candidates: Candidates) -> np.ndarray:
+    """[n_seeds explored] each seed's largest mean σ_F over the geometries it gave."""
+    if not len(candidates):
+        return np.zeros(0)
+    peak: dict[int, float] = {}
+    for parent, sigma in zip(candidates.parent, candidates.sigma_f_mean):
+        peak[int(parent)] = max(peak.get(int(parent), 0.0), float(sigma))
+    return np.array(list(peak.values()))
+
+
+def _md_seeds(config: RunConfig, committee: Committee, seeds: Seeds, rng) -> Seeds:
+    """``seeds`` moved by a short committee MD at the application temperature
+    (``system.temperature``) for ``exploration.seed_md_steps`` steps: the frames where
+    dynamics at that temperature goes, from which exploration then starts. A trajectory
+    the committee stops early (unphysical) keeps its last sane frame."""
+    exploration = config.exploration
+    temperature = config.system.temperature
+    if temperature is None:  # validated on load; a config built in code may lack it
+        raise ValueError('exploration.seeds "md_frames" needs system.temperature (K)')
+    md = CommitteeMDSettings(
+        temperature=temperature,
+        n_steps=int(getattr(exploration, "seed_md_steps", 100)),
+        trust_mode="fixed",
+        trust_lower=0.0,
+        trust_upper=1e6,
+        min_distance_factor=exploration.min_distance_factor,
+        max_bond_factor=exploration.max_bond_factor,
+    )
+    positions = seeds.positions
+    for state in icommittee_md(committee, seeds, md, rng):
+        positions = state.positions
+    return replace(seeds, positions=np.array(positions, dtype=np.float64))
 
 
 def _explore(
@@ -231,9 +300,11 @@ def _explore(
     data,
     rng: np.random.Generator,
     trace: Path,
+    scale: float = float("nan"),
 ) -> Candidates:
     """Run the configured exploration strategy from ``seeds``; an attack also writes its
-    trajectory of objective and σ per step and seed to ``trace``."""
+    trajectory of objective and σ per step and seed to ``trace``. ``scale``: the
+    calibration scale for a ``target`` attack objective (nan: none yet, taken as 1)."""
     exploration = config.exploration
     if isinstance(exploration, AdversarialExploration):
         candidates, result = attack(
@@ -243,6 +314,7 @@ def _explore(
             data.n_atoms,
             exploration,
             torch.Generator().manual_seed(int(rng.integers(2**31))),
+            calibration_scale=scale if np.isfinite(scale) else 1.0,
         )
         trace.parent.mkdir(parents=True, exist_ok=True)
         np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
@@ -250,7 +322,12 @@ def _explore(
     if isinstance(exploration, RandomExploration):
         return random_displacement(committee, seeds, exploration, rng)
     if isinstance(exploration, MDExploration):
-        return committee_md(committee, seeds, exploration, rng)
+        reference = (
+            training_force_deviation(committee, data)
+            if exploration.trust_mode == "adaptive"
+            else None
+        )
+        return committee_md(committee, seeds, exploration, rng, reference_sigma=reference)
     raise TypeError(f"exploration: no strategy for {exploration!r}")
 
 
@@ -285,14 +362,23 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
         np.array(previous, dtype=np.int64),
     )
     seeds = Seeds.from_arrays(data, chosen)
-    candidates = _explore(config, committee, seeds, data, rng, layout.exploration_trace(generation))
+    if config.exploration.seeds == "md_frames":
+        seeds = _md_seeds(config, committee, seeds, rng)
+    scale = calibration_scale(config, generation)
+    candidates = _explore(
+        config, committee, seeds, data, rng, layout.exploration_trace(generation), scale
+    )
+    peak = _per_seed_peak(candidates)
+    sigma_mean = float(peak.mean()) if len(peak) else 0.0
     report = ExploreReport(
         n_seeds=len(seeds),
         n_stopped=len(candidates.stopped),
-        sigma_f_mean=float(candidates.sigma_f_mean.mean()) if len(candidates) else 0.0,
+        sigma_f_mean=sigma_mean,
         sigma_f_max=float(candidates.sigma_f_max.max()) if len(candidates) else 0.0,
         seconds=time.perf_counter() - t0,
         n_candidates=len(candidates),
+        calibration_scale=scale,
+        error_bound=scale * sigma_mean,
     )
     # parents and stopped seeds as dataset indices, which outlive this batch of seeds
     kept_candidates = replace(
@@ -397,25 +483,76 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)
     data = dataset.arrays()
-    train_pred = committee.predict_arrays(
-        data.numbers, data.positions, data.n_atoms, data.cell, data.pbc
-    )
     settings = config.selection
+    diverse = settings.method == "diverse"
+    # one committee pass over the training set and, where selection needs more than the
+    # candidates' kept σ, one over the candidates, each with the features if wanted
+    elements = np.unique(np.concatenate([data.numbers, candidates.numbers])) if diverse else None
+    train_pred = committee.predict_arrays(
+        data.numbers, data.positions, data.n_atoms, data.cell, data.pbc, elements=elements
+    )
+    cand_pred = (
+        committee.predict_arrays(
+            candidates.numbers,
+            candidates.positions,
+            candidates.n_atoms,
+            candidates.cells,
+            candidates.pbc,
+            elements=elements,
+        )
+        if diverse or settings.weighting == "element"
+        else None
+    )
     if max_selected < settings.max_selected:
         settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
     n_atoms = int(candidates.n_atoms[0])
     periodic = bool(candidates.pbc.any())
     sigma = candidates.sigma_f_mean
+    ranked, train_ranked = sigma, train_pred.forces_std_mean
+    if settings.weighting == "element" and cand_pred is not None:
+        scales = element_scales(train_pred.forces_std, data.numbers)
+        ranked = element_weighted_std(
+            cand_pred.forces_std,
+            candidates.numbers,
+            np.repeat(np.arange(len(candidates)), candidates.n_atoms),
+            len(candidates),
+            scales,
+        )
+        train_ranked = element_weighted_std(
+            train_pred.forces_std,
+            data.numbers,
+            np.repeat(np.arange(len(data)), data.n_atoms),
+            len(data),
+            scales,
+        )
+    features = cand_pred.structure_features if cand_pred is not None else None
+    train_features = train_pred.structure_features
+    eligible, ineligible = None, "not eligible"
+    conv = config.convergence
+    if conv.criterion == "calibrated_error" and conv.force_error_tolerance is not None:
+        scale = calibration_scale(config, generation)
+        if np.isfinite(scale):
+            # a candidate whose calibrated error bound is already within the tolerance
+            # teaches the committee nothing it needs
+            eligible = scale * sigma >= conv.force_error_tolerance
+            ineligible = (
+                f"calibrated error bound below the tolerance "
+                f"({scale:.3g} × σ_F < {conv.force_error_tolerance:g} eV/Å)"
+            )
     result = select_candidates(
         candidates.numbers[:n_atoms],
         candidates.positions.reshape(-1, n_atoms, 3),
-        sigma,
+        ranked,
         data.positions.reshape(-1, n_atoms, 3),
-        train_pred.forces_std_mean,
+        train_ranked,
         settings,
         cells=candidates.cells if periodic else None,
         train_cells=data.cell if periodic else None,
         pbc=candidates.pbc[0] if periodic else None,
+        features=features,
+        train_features=train_features,
+        eligible=eligible,
+        ineligible=ineligible,
     )
     selected = [int(i) for i in result.selected]
     hashes = [structure_hash(a) for a in candidate_structures(candidates)]
@@ -432,7 +569,7 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         selected,
         float(result.threshold),
         {int(k): v for k, v in result.rejected.items() if int(k) not in selected},
-        n_above=int(np.sum(np.isfinite(sigma) & (sigma >= result.threshold))),
+        n_above=int(np.sum(np.isfinite(ranked) & (ranked >= result.threshold))),
         sigma_f_mean=float(np.mean(sigma[selected])) if selected else float("nan"),
         sigma_f_max=float(np.max(candidates.sigma_f_max[selected])) if selected else float("nan"),
     )
@@ -618,19 +755,27 @@ def restore_generation(config: RunConfig, record: GenerationRecord) -> int:
     return after - before
 
 
-def evaluate_step(config: RunConfig, generation: int, indices: list[int]) -> dict[str, float]:
+def evaluate_step(
+    config: RunConfig, generation: int, indices: list[int]
+) -> dict[str, float | list[float]]:
     """Calibration of ``generation``'s committee on dataset records ``indices`` (labels it
-    had not seen): how well its spread ranks and sizes its actual force errors."""
+    had not seen): how well its spread ranks and sizes its actual force errors, and per
+    label the mean σ_F and mean force error (``sigmas``, ``errors``, eV/Å) from which
+    later generations fit their calibration scale (:func:`calibration_scale`)."""
     if not indices:
         return {}
     new = Dataset(RunLayout(config.run_dir()).dataset).arrays().subset(indices)
     pred = _committee(config, generation).predict_arrays(
         new.numbers, new.positions, new.n_atoms, new.cell, new.pbc
     )
-    cal = force_calibration(
-        pred.forces_std, pred.forces_mean, new.forces, np.repeat(np.arange(len(new)), new.n_atoms)
-    )
-    return asdict(cal)
+    idx_m = np.repeat(np.arange(len(new)), new.n_atoms)
+    cal = force_calibration(pred.forces_std, pred.forces_mean, new.forces, idx_m)
+    sigmas, errors = per_structure_errors(pred.forces_std, pred.forces_mean, new.forces, idx_m)
+    return {
+        **asdict(cal),
+        "sigmas": [float(v) for v in sigmas],
+        "errors": [float(v) for v in errors],
+    }
 
 
 def label_batch(config: RunConfig, generation: int, selected: list[int]) -> LabelReport:

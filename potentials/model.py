@@ -151,8 +151,15 @@ class EnergyModel(nn.Module):
         ``positions`` may carry a gradient (forces, attacks); ``graph`` holds the
         connectivity that stays fixed while positions move.
         """
+        learned = self.network(self._inputs(graph, positions))["energy"].to(torch.float64)
+        reference = torch.zeros_like(learned).index_add_(
+            0, graph.idx_m, self.element_energy[graph.numbers]
+        )
+        return reference + self.scale * learned
+
+    def _inputs(self, graph: Graph, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = next(self.network.parameters()).dtype
-        inputs = {
+        return {
             K.Z: graph.numbers,
             K.R: positions.to(dtype),
             K.idx_i: graph.idx_i,
@@ -161,11 +168,15 @@ class EnergyModel(nn.Module):
             K.idx_m: graph.idx_m,
             K.n_atoms: graph.n_atoms,
         }
-        learned = self.network(inputs)["energy"].to(torch.float64)
-        reference = torch.zeros_like(learned).index_add_(
-            0, graph.idx_m, self.element_energy[graph.numbers]
-        )
-        return reference + self.scale * learned
+
+    def atom_features(self, graph: Graph, positions: torch.Tensor) -> torch.Tensor:
+        """The representation's invariant per-atom features [n_atoms, n_atom_basis]: what
+        the energy head reads, so a learned descriptor of each atom's environment (used
+        to tell candidate geometries apart in the member's own feature space)."""
+        inputs = self._inputs(graph, positions)
+        for module in self.network.input_modules:
+            inputs = module(inputs)
+        return self.network.representation(inputs)["scalar_representation"]
 
     def fit_normalisation(
         self, numbers: np.ndarray, n_atoms: np.ndarray, energy: np.ndarray, forces: np.ndarray

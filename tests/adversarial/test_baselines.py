@@ -1,6 +1,8 @@
 """Random displacement and committee MD, the baselines of the adversarial attack
 (Schwalbe-Koda et al., Nat. Commun. 12, 5104, 2021; DP-GEN trust levels: Zhang et al.,
-Comput. Phys. Commun. 253, 107206, 2020)."""
+Comput. Phys. Commun. 253, 107206, 2020; adaptive levels as DP-GEN2's adaptive lower level
+and aims-PAX's threshold, Henkes et al., J. Chem. Inf. Model. 2026), each tuned as its
+users tune it: an adaptive trust window for MD, an energy cap for random displacement."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from ase import Atoms, units
 from ase.build import bulk, molecule
 
 from advloop.adversarial.baselines import (
+    ADAPTIVE_TRUST,
+    FIXED_TRUST,
     CommitteeMDSettings,
     RandomDisplacementSettings,
     committee_md,
     icommittee_md,
     random_displacement,
+    training_force_deviation,
 )
 from advloop.adversarial.geometry import check_geometry
 from advloop.adversarial.structures import Seeds
@@ -25,7 +30,8 @@ from tests.conftest import make_member
 
 # Untrained members for tests about bookkeeping rather than physics: cheaper than TINY_SPEC.
 SMALL_SPEC = ModelSpec(n_atom_basis=8, n_interactions=1, n_rbf=6, cutoff=4.0)
-WIDE = dict(trust_lower=0.0, trust_upper=1e3)  # a window that accepts every frame
+FIXED = dict(trust_mode="fixed")
+WIDE = dict(**FIXED, trust_lower=0.0, trust_upper=1e3)  # a window that accepts every frame
 
 
 def seeds_from(structures: list[Atoms]) -> Seeds:
@@ -58,6 +64,10 @@ def test_settings_reject_bad_values():
         ({"std": 0}, r"random\.std = 0: must be > 0 Å"),
         ({"n_per_seed": 0}, "random.n_per_seed"),
         ({"min_distance_factor": 3.0}, "random.max_bond_factor"),
+        ({"max_energy_rise": 0.0}, r"random\.max_energy_rise = 0\.0: must be > 0 eV/atom"),
+        ({"max_redraws": -1}, "random.max_redraws"),
+        ({"redraw_std_factor": 0.0}, r"random\.redraw_std_factor = 0\.0: must be in \(0, 1\]"),
+        ({"redraw_std_factor": 1.5}, "random.redraw_std_factor"),
     ]:
         with pytest.raises(ValueError, match=match):
             RandomDisplacementSettings(**kwargs)
@@ -67,10 +77,60 @@ def test_settings_reject_bad_values():
         ({"friction": -0.1}, "md.friction"),
         ({"sample_interval": 0}, "md.sample_interval"),
         ({"trust_lower": 0.5, "trust_upper": 0.5}, "md.trust_upper"),
+        (
+            {**FIXED, "trust_upper": 0.01},
+            r"md\.trust_upper \(0\.01\).*md\.trust_lower \(0\.05, the",
+        ),
         ({"max_frames_per_seed": 0}, "md.max_frames_per_seed"),
+        ({"trust_mode": "auto"}, r"md\.trust_mode = 'auto': must be one of 'fixed', 'adaptive'"),
+        ({"adaptive_upper": 0.0}, "md.adaptive_upper = 0.0"),
+        ({"adaptive_lower": -1.0}, "md.adaptive_lower = -1.0"),
+        ({"adaptive_lower": 2.0, "adaptive_upper": 2.0}, r"md\.adaptive_upper \(2\.0\) must be"),
+        ({"adaptive_lower": 12.0}, r"md\.adaptive_upper \(10\.0\) must be larger"),
+        ({"candidate_fraction": 0.0}, "md.candidate_fraction = 0.0"),
+        ({"candidate_fraction": 1.5}, "md.candidate_fraction = 1.5"),
+        # a level of the other mode would not be read: refused, not ignored
+        (
+            {"trust_lower": 0.1},
+            r"md\.trust_lower = 0\.1 is read only with md\.trust_mode = 'fixed'",
+        ),
+        ({"trust_upper": 2.0}, "md.trust_upper = 2.0 is read only"),
+        ({**FIXED, "adaptive_upper": 8.0}, "md.adaptive_upper = 8.0 is read only with"),
+        ({"candidate_fraction": 0.1, "adaptive_lower": 1.0}, "md.adaptive_lower = 1.0 is not read"),
+        ({**FIXED, "candidate_fraction": 0.1, "trust_lower": 0.0}, "md.trust_lower = 0.0 is not"),
     ]:
         with pytest.raises(ValueError, match=match):
             CommitteeMDSettings(**kwargs)
+
+
+def test_adaptive_is_the_default_and_its_window_scales_with_reference_sigma():
+    assert CommitteeMDSettings().trust_mode == "adaptive"
+    assert ADAPTIVE_TRUST == (1.0, 10.0) and FIXED_TRUST == (0.05, 0.5)
+    for sigma in (0.02, 0.04, 0.3):  # eV/Å
+        assert CommitteeMDSettings().trust_levels(sigma) == pytest.approx((sigma, 10 * sigma))
+        custom = CommitteeMDSettings(adaptive_lower=0.5, adaptive_upper=4.0)
+        assert custom.trust_levels(sigma) == pytest.approx((0.5 * sigma, 4 * sigma))
+        only = CommitteeMDSettings(candidate_fraction=0.1, adaptive_upper=3.0)
+        assert only.trust_levels(sigma) == (None, pytest.approx(3 * sigma))
+        # fixed levels are absolute: a reference, if passed, changes nothing
+        assert CommitteeMDSettings(**FIXED).trust_levels(sigma) == FIXED_TRUST
+    assert CommitteeMDSettings(**WIDE).trust_levels() == (0.0, 1e3)
+
+
+def test_adaptive_mode_without_a_reference_fails_before_any_step():
+    # committee=None: any committee call would raise AttributeError, not ValueError
+    seeds = seeds_from([molecule("NH3")])
+    rng = np.random.default_rng(0)
+    settings = CommitteeMDSettings()
+    with pytest.raises(ValueError, match=r"trust_mode = 'adaptive' needs reference_sigma"):
+        committee_md(None, seeds, settings, rng)
+    with pytest.raises(ValueError, match=r"needs reference_sigma"):
+        icommittee_md(None, seeds, settings, rng)  # raised on the call, not on iteration
+    for bad in (0.0, -0.1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match=r"reference_sigma = .*must be a finite number > 0"):
+            committee_md(None, seeds, settings, rng, reference_sigma=bad)
+    with pytest.raises(ValueError, match="percentile"):
+        training_force_deviation(None, None, percentile=101.0)
 
 
 def test_random_displacement_keeps_the_bonds_of_periodic_seeds():
@@ -201,7 +261,7 @@ def test_trust_window_selects_the_most_uncertain_frames(trained_members, nh3_emt
     dev = np.array([s.sigma_f_max for s in wide])  # [steps, seeds] eV/Å
     lower, upper = np.quantile(dev[3::3], [0.3, 0.8])
     settings = CommitteeMDSettings(
-        **base, trust_lower=lower, trust_upper=upper, max_frames_per_seed=2
+        **base, **FIXED, trust_lower=lower, trust_upper=upper, max_frames_per_seed=2
     )
     cands = committee_md(committee, seeds, settings, np.random.default_rng(5))
 
@@ -227,7 +287,7 @@ def test_trust_window_selects_the_most_uncertain_frames(trained_members, nh3_emt
 
 def test_tiny_trust_upper_stops_every_seed(nh3_emt_data):
     seeds = Seeds.from_arrays(nh3_emt_data, np.arange(3))
-    settings = CommitteeMDSettings(trust_lower=0.0, trust_upper=1e-9)
+    settings = CommitteeMDSettings(**FIXED, trust_lower=0.0, trust_upper=1e-9)
     cands = committee_md(small_committee(), seeds, settings, np.random.default_rng(6))
     assert len(cands) == 0
     assert sorted(cands.stopped) == [0, 1, 2]
@@ -260,10 +320,10 @@ def test_unphysical_or_non_finite_seeds_are_frozen_and_reported():
         assert all(np.array_equal(frozen[0], p) for p in frozen)  # did not move again
         assert check_geometry(seeds.numbers[rows], frozen[0], 0.5, 1.1) is None  # last sane one
         assert not steps[-1].active[s] and steps[-1].kinetic[s] == 0.0
-    cands = random_displacement(
-        committee, seeds, RandomDisplacementSettings(std=1e-3), np.random.default_rng(8)
-    )
-    assert 1 not in cands.parent and "not finite" in cands.stopped[1]
+    for cap in (None, 0.5):  # with a cap, the seed's own energy is already not finite
+        settings = RandomDisplacementSettings(std=1e-3, max_energy_rise=cap)
+        cands = random_displacement(committee, seeds, settings, np.random.default_rng(8))
+        assert 1 not in cands.parent and "not finite" in cands.stopped[1]
 
 
 def test_periodic_seed_runs_and_keeps_its_cell():
@@ -280,3 +340,201 @@ def test_periodic_seed_runs_and_keeps_its_cell():
     np.testing.assert_array_equal(cands.cells, np.broadcast_to(copper.cell.array, (8, 3, 3)))
     assert cands.pbc.all()
     assert_scores_match_committee(small_committee(), cands)
+
+
+# --- tuned as their users tune them: adaptive trust levels, an energy cap ------------------
+
+
+def test_adaptive_window_outlasts_a_fixed_one_too_tight_for_the_committee(
+    trained_members, nh3_emt_data
+):
+    """The new user's case: a small committee whose deviation on its own training data is
+    already near DP-GEN's 0.5 eV/Å. The fixed window stops every trajectory within a few
+    dozen steps; the adaptive one, scaled by the committee's training-set deviation, runs
+    every trajectory to the end and fills each seed's quota of candidates."""
+    committee = Committee(trained_members[:2])
+    reference = training_force_deviation(committee, nh3_emt_data)  # 95th percentile, eV/Å
+    pred = committee.predict_arrays(
+        nh3_emt_data.numbers, nh3_emt_data.positions, nh3_emt_data.n_atoms
+    )
+    assert reference == pytest.approx(np.percentile(pred.forces_std_max, 95))
+    assert FIXED_TRUST[1] < 2 * reference  # the premise: 0.5 eV/Å is tight for this committee
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(6))
+    base = dict(n_steps=60, sample_interval=10)  # 6 sampled frames per seed, quota 4
+
+    fixed = CommitteeMDSettings(**base, **FIXED)
+    fixed_steps = list(icommittee_md(committee, seeds, fixed, np.random.default_rng(5)))
+    assert len(fixed_steps) < 61 and not fixed_steps[-1].active.any()
+    assert all("trust_upper 0.5 eV/Å" in r for r in fixed_steps[-1].stopped.values())
+    fixed_cands = committee_md(committee, seeds, fixed, np.random.default_rng(5))
+
+    adaptive = CommitteeMDSettings(**base)
+    steps = list(
+        icommittee_md(
+            committee, seeds, adaptive, np.random.default_rng(5), reference_sigma=reference
+        )
+    )
+    assert len(steps) == 61 and steps[-1].active.all() and not steps[-1].stopped
+    cands = committee_md(
+        committee, seeds, adaptive, np.random.default_rng(5), reference_sigma=reference
+    )
+    dev = np.array([s.sigma_f_max for s in steps[10::10]])  # [6 sampled frames, seeds] eV/Å
+    quota = np.minimum(4, ((dev >= reference) & (dev < 10 * reference)).sum(axis=0))
+    np.testing.assert_array_equal(np.bincount(cands.parent, minlength=6), quota)
+    assert len(cands) >= 2 * len(fixed_cands) and len(cands) >= 18
+    assert np.all((cands.score >= reference) & (cands.score < 10 * reference))
+    assert_scores_match_committee(committee, cands)
+
+
+def test_adaptive_window_is_the_fixed_window_scaled_by_reference_sigma(
+    trained_members, nh3_emt_data
+):
+    # The same run as a fixed window [a_lo·σ_ref, a_hi·σ_ref): same frames, same stops; a
+    # tighter reference stops more trajectories.
+    committee = Committee(trained_members[:2])
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
+    base = dict(n_steps=30, sample_interval=3, max_frames_per_seed=3)
+    reference = training_force_deviation(committee, nh3_emt_data)
+    n_stopped = []
+    for sigma in (reference, 2 * reference):
+        adaptive = CommitteeMDSettings(**base, adaptive_lower=1.0, adaptive_upper=2.0)
+        fixed = CommitteeMDSettings(**base, **FIXED, trust_lower=sigma, trust_upper=2.0 * sigma)
+        a = committee_md(
+            committee, seeds, adaptive, np.random.default_rng(3), reference_sigma=sigma
+        )
+        f = committee_md(committee, seeds, fixed, np.random.default_rng(3))
+        assert len(a) > 0
+        for name in ("parent", "score", "sigma_f_mean", "positions"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(f, name))
+        assert {s: r.split(":")[0] for s, r in a.stopped.items()} == {
+            s: r.split(":")[0] for s, r in f.stopped.items()
+        }
+        assert all("adaptive_upper 2 × reference_sigma" in r for r in a.stopped.values())
+        n_stopped.append(len(a.stopped))
+    assert n_stopped[0] > n_stopped[1]
+
+
+def test_frames_past_the_lower_level_never_stop_a_trajectory_and_all_become_candidates(
+    trained_members, nh3_emt_data
+):
+    committee = Committee(trained_members[:2])
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
+    reference = training_force_deviation(committee, nh3_emt_data)
+    settings = CommitteeMDSettings(n_steps=40, sample_interval=4, max_frames_per_seed=100)
+    steps = list(
+        icommittee_md(
+            committee, seeds, settings, np.random.default_rng(4), reference_sigma=reference
+        )
+    )
+    dev = np.array([s.sigma_f_max for s in steps[4::4]])  # [10 sampled frames, seeds] eV/Å
+    inside = (dev >= reference) & (dev < 10 * reference)
+    # every seed is past the lower level before its last sampled frame, and runs on to the end
+    assert inside[:-1].any(axis=0).all()
+    assert len(steps) == 41 and steps[-1].active.all()
+    cands = committee_md(
+        committee, seeds, settings, np.random.default_rng(4), reference_sigma=reference
+    )
+    assert len(cands) == inside.sum() > 4 * len(seeds)  # every window frame, past the default cap
+    np.testing.assert_array_equal(np.bincount(cands.parent), inside.sum(axis=0))
+    capped = committee_md(
+        committee,
+        seeds,
+        CommitteeMDSettings(n_steps=40, sample_interval=4, max_frames_per_seed=2),
+        np.random.default_rng(4),
+        reference_sigma=reference,
+    )
+    expected = np.concatenate([np.sort(dev[inside[:, s], s])[::-1][:2] for s in range(4)])
+    np.testing.assert_allclose(capped.score, expected, rtol=1e-12)
+
+
+def test_candidate_fraction_sets_the_lower_level_from_the_frames(trained_members, nh3_emt_data):
+    # DP-GEN2's adaptive lower level: the ⌈f·N⌉ most deviating of the N sampled frames.
+    committee = Committee(trained_members[:2])
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
+    base = dict(n_steps=20, sample_interval=2, max_frames_per_seed=100, **FIXED, trust_upper=1e3)
+    steps = list(
+        icommittee_md(committee, seeds, CommitteeMDSettings(**base), np.random.default_rng(6))
+    )
+    dev = np.array([s.sigma_f_max for s in steps[2::2]]).ravel()  # N = 40
+    for fraction, k in ((0.25, 10), (0.26, 11), (0.01, 1), (1.0, 40)):
+        settings = CommitteeMDSettings(**base, candidate_fraction=fraction)
+        cands = committee_md(committee, seeds, settings, np.random.default_rng(6))
+        assert len(cands) == k
+        np.testing.assert_allclose(np.sort(cands.score), np.sort(dev)[-k:], rtol=1e-12)
+    # with a per-seed cap the pooled choice is then capped per seed
+    settings = CommitteeMDSettings(**{**base, "max_frames_per_seed": 1}, candidate_fraction=1.0)
+    cands = committee_md(committee, seeds, settings, np.random.default_rng(6))
+    np.testing.assert_array_equal(cands.parent, np.arange(4))
+
+
+def _rise(committee: Committee, seeds: Seeds, cands) -> np.ndarray:
+    """Committee-mean energy of each candidate above its seed's, eV per atom."""
+    seed_e = committee.predict_arrays(
+        seeds.numbers, seeds.positions, seeds.n_atoms, seeds.cells, seeds.pbc
+    ).energy_mean
+    e = committee.predict_arrays(
+        cands.numbers, cands.positions, cands.n_atoms, cands.cells, cands.pbc
+    ).energy_mean
+    return (e - seed_e[cands.parent]) / cands.n_atoms
+
+
+def test_energy_cap_drops_copies_above_the_seed_plus_cap(trained_members, nh3_emt_data):
+    committee = Committee(trained_members[:2])
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
+    free = RandomDisplacementSettings(std=0.15, n_per_seed=10)
+    every = random_displacement(committee, seeds, free, np.random.default_rng(0))
+    assert len(every) == 40 and not every.stopped
+    rise = _rise(committee, seeds, every)
+    cap = 0.3  # eV/atom: about half the copies (median rise ≈ 0.45) lie above
+    assert 5 < np.sum(rise > cap) < 35
+    capped = RandomDisplacementSettings(std=0.15, n_per_seed=10, max_energy_rise=cap, max_redraws=0)
+    cands = random_displacement(committee, seeds, capped, np.random.default_rng(0))
+    below = rise <= cap
+    # the same first draw, less exactly the copies above the cap
+    np.testing.assert_array_equal(cands.parent, every.parent[below])
+    np.testing.assert_array_equal(cands.positions, every.positions[np.repeat(below, 4)])
+    assert np.all(_rise(committee, seeds, cands) <= cap)
+    assert_scores_match_committee(committee, cands)
+    for s in range(4):
+        n_over = int(np.sum(~below[every.parent == s]))
+        if n_over:
+            assert cands.stopped[s].startswith(f"{n_over} of 10 displacements rejected: ")
+            assert "over max_energy_rise 0.3 eV/atom" in cands.stopped[s]
+        else:
+            assert s not in cands.stopped
+
+
+def test_energy_cap_redraws_with_a_smaller_std_before_dropping(trained_members, nh3_emt_data):
+    committee = Committee(trained_members[:2])
+    seeds = Seeds.from_arrays(nh3_emt_data, np.arange(4))
+    cap, std = 0.1, 0.15  # eV/atom, Å: most first draws lie above the cap
+    first = random_displacement(
+        committee,
+        seeds,
+        RandomDisplacementSettings(std=std, n_per_seed=10),
+        np.random.default_rng(0),
+    )
+    below = _rise(committee, seeds, first) <= cap
+    dropped = random_displacement(
+        committee,
+        seeds,
+        RandomDisplacementSettings(std=std, n_per_seed=10, max_energy_rise=cap, max_redraws=0),
+        np.random.default_rng(0),
+    )
+    settings = RandomDisplacementSettings(std=std, n_per_seed=10, max_energy_rise=cap)
+    cands = random_displacement(committee, seeds, settings, np.random.default_rng(0))
+    assert len(dropped) == below.sum() < 20 and len(cands) == 40  # none is left above the cap
+    assert not cands.stopped
+    assert np.all(_rise(committee, seeds, cands) <= cap)
+    assert_scores_match_committee(committee, cands)
+    # copies below the cap at once keep the first draw; each redrawn one moved less than the
+    # draw it replaced
+    x, x0 = cands.positions.reshape(40, 4, 3), first.positions.reshape(40, 4, 3)
+    np.testing.assert_array_equal(x[below], x0[below])
+    origin = np.repeat(seeds.positions.reshape(4, 4, 3), 10, axis=0)
+    moved, moved0 = (np.sqrt(((y - origin) ** 2).mean(axis=(1, 2))) for y in (x, x0))  # rms, Å
+    assert np.all(moved[~below] < moved0[~below])
+    # a cap no copy reaches changes nothing: the first draw is the same with and without one
+    loose = RandomDisplacementSettings(std=std, n_per_seed=10, max_energy_rise=10.0)
+    same = random_displacement(committee, seeds, loose, np.random.default_rng(0))
+    np.testing.assert_array_equal(same.positions, first.positions)

@@ -139,7 +139,13 @@ def test_exploration_and_labeller_settings_are_checked(tmp_path):
     text = str(err.value)
     assert "exploration: unknown kind 'metadynamics'; use one of adversarial, md, random" in text
     assert "labels.factory: required key is missing" in text
-    data["exploration"] = {"kind": "md", "seeds": "best", "trust_lower": 0.5, "trust_upper": 0.1}
+    data["exploration"] = {
+        "kind": "md",
+        "seeds": "best",
+        "trust_mode": "fixed",
+        "trust_lower": 0.5,
+        "trust_upper": 0.1,
+    }
     data["labels"] = {"kind": "python", "factory": "no_colon"}
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, data))

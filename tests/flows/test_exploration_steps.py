@@ -69,6 +69,7 @@ def _with(config, tmp_path, **sections):
                 "temperature": 800.0,
                 "n_steps": 40,
                 "sample_interval": 5,
+                "trust_mode": "fixed",
                 "trust_lower": 0.0,
                 "trust_upper": 50.0,
             },
@@ -278,3 +279,112 @@ def test_periodic_cells_need_a_periodic_labeller(tmp_path):
     )
     with pytest.raises(ConfigError, match="pyscf_periodic or tblite"):
         validate_config(path)
+
+
+def test_attack_pools_with_a_diverse_element_weighted_selection(prepared_run, tmp_path):
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={"kind": "adversarial", "n_seeds": 3, "n_steps": 6, "pool_every": 2},
+        selection={"method": "diverse", "weighting": "element", "max_selected": 2},
+    )
+    report = explore_step(config, 0)
+    candidates = generation_candidates(config, 0)
+    # three endpoints and, for every seed still attacked there, the geometries of steps 2, 4
+    assert 3 < len(candidates) <= 9 and report.n_candidates == len(candidates)
+    per_seed_peak = [
+        candidates.sigma_f_mean[candidates.parent == p].max() for p in set(candidates.parent)
+    ]
+    assert report.sigma_f_mean == pytest.approx(np.mean(per_seed_peak))
+    selected = select_step(config, 0, max_selected=2)
+    assert 1 <= len(selected.selected) <= 2
+    assert set(selected.rejected) | set(selected.selected) == set(range(len(candidates)))
+    assert set(selected.rejected_counts()) <= {
+        "below_threshold",
+        "duplicate",
+        "redundant",
+        "over_cap",
+        "known",
+    }
+
+
+def test_md_frame_seeds_start_where_dynamics_goes(prepared_run, tmp_path):
+    data = Dataset(RunLayout(prepared_run.run_dir()).dataset).arrays()
+    config = _with(
+        prepared_run,
+        tmp_path,
+        system={"temperature": 600.0},
+        exploration={
+            "kind": "random",
+            "n_seeds": 2,
+            "seeds": "md_frames",
+            "seed_md_steps": 30,
+            "std": 1e-4,
+        },
+    )
+    explore_step(config, 0)
+    candidates = generation_candidates(config, 0)
+    lowest = np.argsort(data.energy / data.n_atoms, kind="stable")[:2]
+    assert sorted(set(candidates.parent.tolist())) == sorted(lowest.tolist())
+    starts = candidates.starts
+    for k, parent in enumerate(candidates.parent):
+        seed = data.subset([int(parent)]).positions
+        moved = candidates.positions[starts[k] : starts[k + 1]] - seed
+        # 30 fs of dynamics at 600 K moves the atoms by far more than the 1e-4 Å noise
+        assert np.sqrt(np.mean(np.sum(moved**2, axis=1))) > 1e-2
+
+
+def test_md_frame_seeds_need_the_application_temperature(prepared_run, tmp_path):
+    with pytest.raises(ValueError, match="system.temperature"):
+        _with(prepared_run, tmp_path, exploration={"kind": "random", "seeds": "md_frames"})
+
+
+def test_calibration_scale_comes_from_labels_earlier_committees_had_not_seen(
+    prepared_run, tmp_path
+):
+    from advloop.flows import run_folder
+    from advloop.flows.records import GenerationRecord
+    from advloop.flows.steps import calibration_scale
+    from advloop.potentials.uncertainty import conformal_scale
+
+    config = _with(
+        prepared_run,
+        tmp_path,
+        convergence={
+            "criterion": "calibrated_error",
+            "force_error_tolerance": 1e3,
+            "coverage": 0.8,
+            "min_calibration_labels": 4,
+        },
+    )
+    explore_step(config, 0)
+    labelled = label_batch(config, 0, select_step(config, 0, max_selected=2).selected)
+    cal = evaluate_step(config, 0, labelled.indices)
+    assert len(cal["sigmas"]) == len(cal["errors"]) == labelled.added == 2
+    assert np.mean(cal["sigmas"]) == pytest.approx(cal["predicted_mean"])
+    assert np.mean(cal["errors"]) == pytest.approx(cal["observed_mean"])
+    root = config.run_dir()
+    run_folder.append_generation(
+        root,
+        GenerationRecord(0, calibration_sigmas=cal["sigmas"], calibration_errors=cal["errors"]),
+    )
+    assert np.isnan(calibration_scale(config, 1))  # 2 labels, fewer than 4
+    sigmas, errors = [0.1, 0.2, 0.3, 0.4], [0.3, 0.1, 0.9, 0.4]
+    run_folder.append_generation(
+        root, GenerationRecord(1, calibration_sigmas=sigmas, calibration_errors=errors)
+    )
+    expected = conformal_scale(
+        np.array(cal["errors"] + errors), np.array(cal["sigmas"] + sigmas), 0.8
+    )
+    assert calibration_scale(config, 2) == pytest.approx(expected)
+    assert np.isnan(calibration_scale(config, 1))  # generation 1's own labels do not count
+    # with that scale, every candidate's bound is far below a 1000 eV/Å tolerance: none
+    # is worth labelling, and each says why
+    for member in range(config.committee.n_members):
+        train_step(config, 2, member)
+    report = explore_step(config, 2)
+    assert report.calibration_scale == pytest.approx(expected)
+    assert report.error_bound == pytest.approx(expected * report.sigma_f_mean)
+    selected = select_step(config, 2, max_selected=2)
+    assert selected.selected == []
+    assert all("calibrated error bound" in r.detail for r in selected.rejected.values())

@@ -181,3 +181,42 @@ def test_selections_of_advloop_0_1_get_typed_reasons(tmp_path):
         2: Rejection("unphysical", "fragmented into 2"),
     }
     assert report.rejected_counts() == {"over_cap": 1, "unphysical": 1}
+
+
+def test_calibrated_error_criterion_stops_on_the_bound_not_on_raw_sigma(tmp_path):
+    from advloop.flows.config import RunConfig
+    from advloop.flows.loop import decide
+    from advloop.flows.records import GenerationRecord
+
+    config = RunConfig.model_validate(
+        {
+            "system": {"name": "x", "structures": "x.xyz"},
+            "convergence": {
+                "criterion": "calibrated_error",
+                "force_error_tolerance": 0.1,
+                "patience": 2,
+            },
+            "budget": {"max_generations": 10, "max_labels": 1000},
+        }
+    )
+
+    def record(g, sigma, bound):
+        return GenerationRecord(
+            g, attack_sigma_f_mean=sigma, attack_error_bound=bound, selected=2, labels_added=2
+        )
+
+    # raw σ tiny, but no calibrated bound yet (too few labels): go on
+    assert decide(config, [record(0, 1e-4, None), record(1, 1e-4, None)], 0.0) is None
+    # bound below the tolerance once: patience 2 wants two in a row
+    assert decide(config, [record(0, 0.5, 0.3), record(1, 0.5, 0.05)], 0.0) is None
+    stop = decide(config, [record(0, 0.5, 0.3), record(1, 0.5, 0.05), record(2, 0.5, 0.08)], 0.0)
+    assert stop is not None and stop.reason == "converged" and "calibrated" in stop.explanation
+    # σ below threshold but bound above tolerance: the error grows, so do not stop
+    assert decide(config, [record(0, 1e-4, 0.5), record(1, 1e-4, 0.5)], 0.0) is None
+    with pytest.raises(ValueError, match="force_error_tolerance"):
+        RunConfig.model_validate(
+            {
+                "system": {"name": "x", "structures": "x.xyz"},
+                "convergence": {"criterion": "calibrated_error"},
+            }
+        )

@@ -154,3 +154,33 @@ def test_committee_checkpoints_latest_generation_in_numeric_order(tmp_path: Path
     assert [p.name for p in layout.committee_checkpoints(0)] == ["member_0.pt", "member_1.pt"]
     with pytest.raises(FileNotFoundError, match="generation 1"):
         layout.committee_checkpoints(1)
+
+
+def test_structure_features_are_learned_invariant_descriptors() -> None:
+    """Per-element pooled atom features of every member: invariant under rotation,
+    translation and permutation of like atoms; they tell apart geometries that differ."""
+    committee = Committee(_members(3))
+    nh3 = molecule("NH3")
+    moved = nh3.copy()
+    moved.rotate(37, "x")
+    moved.rotate(-71, "z")
+    moved.translate([1.0, -2.0, 0.5])
+    swapped = nh3[[0, 2, 1, 3]]
+    stretched = nh3.copy()
+    stretched.positions[1] += 0.3 * (stretched.positions[1] - stretched.positions[0])
+    frames = [nh3, moved, swapped, stretched]
+    feats = committee.structure_features(
+        np.concatenate([a.numbers for a in frames]),
+        np.concatenate([a.positions for a in frames]),
+        np.array([4, 4, 4, 4]),
+    )
+    assert feats.shape == (4, 2 * 3 * SPEC.n_atom_basis)  # elements H, N × members × width
+    np.testing.assert_allclose(feats[1], feats[0], atol=1e-5)
+    np.testing.assert_allclose(feats[2], feats[0], atol=1e-5)
+    assert np.linalg.norm(feats[3] - feats[0]) > 100 * np.linalg.norm(feats[1] - feats[0])
+    # an element a structure lacks is a block of zeros
+    h2 = molecule("H2")
+    with_n = committee.structure_features(
+        h2.numbers, h2.positions, np.array([2]), elements=np.array([1, 7])
+    )
+    assert np.all(with_n[0, 3 * SPEC.n_atom_basis :] == 0)
