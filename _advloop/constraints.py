@@ -69,6 +69,7 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "Probability",
+    "Share",
     "Unit",
     "UnitInterval",
     "check_fields",
@@ -94,6 +95,8 @@ Probability = Fraction
 UnitInterval = Annotated[float, Interval(ge=0, lt=1)]
 #: in (0, 1): a factor that must shrink without vanishing (a learning-rate decay).
 OpenFraction = Annotated[float, Interval(gt=0, lt=1)]
+#: in (0, 1]: a share that may be the whole but not nothing (a step-size factor).
+Share = Annotated[float, Interval(gt=0, le=1)]
 #: in [0, 100]: a percentile.
 Percentile = Annotated[float, Interval(ge=0, le=100)]
 

@@ -5,13 +5,7 @@ selection of what to label. Every strategy takes :class:`Seeds` and returns
 :class:`Candidates`."""
 
 from advloop.adversarial.attack import AttackResult, AttackSettings, attack, iattack, run_attack
-from advloop.adversarial.baselines import (
-    CommitteeMDSettings,
-    RandomDisplacementSettings,
-    committee_md,
-    icommittee_md,
-    random_displacement,
-)
+from advloop.adversarial.baselines import CommitteeMDSettings, committee_md, icommittee_md
 from advloop.adversarial.geometry import (
     check_geometry,
     kabsch_rmsd,
@@ -19,6 +13,7 @@ from advloop.adversarial.geometry import (
     pairwise_periodic_rmsd,
 )
 from advloop.adversarial.objective import adversarial_objective, kT_from_temperature, log_partition
+from advloop.adversarial.random_displacement import RandomDisplacementSettings, random_displacement
 from advloop.adversarial.seeding import choose_seeds
 from advloop.adversarial.selection import SelectionResult, SelectionSettings, select_candidates
 from advloop.adversarial.structures import Candidates, Seeds

@@ -38,7 +38,7 @@ selections included, as ``exploration.seeds: random`` does in the project.
   each point a one-"atom" structure with its forces padded with z = 0), |δ| clamped; as
   :mod:`advloop.adversarial.attack`, which is written for atoms and neighbour lists.
 - ``random``: Gaussian displacements of seed points (std a quarter of the well
-  separation), as :func:`advloop.adversarial.baselines.random_displacement`.
+  separation), as :func:`advloop.adversarial.random_displacement.random_displacement`.
 - ``md``: Langevin (BAOAB) walkers on the committee-mean potential started from
   training points, DP-GEN frame selection (trust_lower ≤ σ_F < trust_upper; a walker
   stops at trust_upper), as :func:`advloop.adversarial.baselines.committee_md`.

@@ -26,8 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from advloop.adversarial.attack import AttackSettings
-from advloop.adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
+from advloop.adversarial.baselines import CommitteeMDSettings
 from advloop.adversarial.geometry import validate_factors
+from advloop.adversarial.random_displacement import RandomDisplacementSettings
 from advloop.adversarial.seeding import SeedPolicy
 from advloop.adversarial.selection import SelectionSettings
 from advloop.calculators.factory import Labeller, PySCFLabels
@@ -188,7 +189,7 @@ class MDExploration(CommitteeMDSettings):
 
 @dataclass(frozen=True)
 class RandomExploration(RandomDisplacementSettings):
-    """Random Gaussian displacement (:func:`advloop.adversarial.baselines.random_displacement`;
+    """Random Gaussian displacement (:func:`advloop.adversarial.random_displacement.random_displacement`;
     ``std`` in Å) of ``n_seeds`` seeds chosen by ``seeds``."""
 
     kind: Literal["random"] = "random"

@@ -24,9 +24,9 @@ from advloop.adversarial.baselines import (
     CommitteeMDSettings,
     committee_md,
     icommittee_md,
-    random_displacement,
     training_force_deviation,
 )
+from advloop.adversarial.random_displacement import random_displacement
 from advloop.adversarial.seeding import choose_seeds
 from advloop.adversarial.selection import Rejection, RejectReason, select_candidates
 from advloop.adversarial.structures import Candidates, Seeds

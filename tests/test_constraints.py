@@ -18,10 +18,8 @@ import pytest
 from annotated_types import Ge, Gt, Le, Lt
 
 from advloop.adversarial.attack import AttackSettings
-from advloop.adversarial.baselines import (
-    CommitteeMDSettings,
-    RandomDisplacementSettings,
-)
+from advloop.adversarial.baselines import CommitteeMDSettings
+from advloop.adversarial.random_displacement import RandomDisplacementSettings
 from advloop.adversarial.selection import SelectionSettings
 from advloop.calculators.pyscf_calculator import PySCFSettings
 from advloop.calculators.pyscf_periodic import PeriodicPySCFSettings

@@ -16,13 +16,12 @@ from advloop.adversarial.baselines import (
     ADAPTIVE_TRUST,
     FIXED_TRUST,
     CommitteeMDSettings,
-    RandomDisplacementSettings,
     committee_md,
     icommittee_md,
-    random_displacement,
     training_force_deviation,
 )
 from advloop.adversarial.geometry import check_geometry
+from advloop.adversarial.random_displacement import RandomDisplacementSettings, random_displacement
 from advloop.adversarial.structures import Seeds
 from advloop.potentials.committee import Committee
 from advloop.potentials.model import ModelSpec

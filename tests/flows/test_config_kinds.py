@@ -90,7 +90,8 @@ def test_sections_without_a_kind_take_todays_defaults(tmp_path):
 
 def test_each_exploration_kind_is_the_settings_its_strategy_reads(tmp_path):
     from advloop.adversarial.attack import AttackSettings
-    from advloop.adversarial.baselines import CommitteeMDSettings, RandomDisplacementSettings
+    from advloop.adversarial.baselines import CommitteeMDSettings
+    from advloop.adversarial.random_displacement import RandomDisplacementSettings
 
     base = {"system": {"name": "a", "structures": "x.xyz"}}
     for kind, cls, extra in (
