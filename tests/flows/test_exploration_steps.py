@@ -388,3 +388,24 @@ def test_calibration_scale_comes_from_labels_earlier_committees_had_not_seen(
     selected = select_step(config, 2, max_selected=2)
     assert selected.selected == []
     assert all("calibrated error bound" in r.detail for r in selected.rejected.values())
+
+
+def test_a_generation_short_of_candidates_says_so(prepared_run, tmp_path, caplog):
+    import logging
+
+    from advloop.flows.loop import LocalJobs, run_generation
+
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={"kind": "random", "n_seeds": 1, "n_per_seed": 1, "std": 0.05},
+        selection={"max_selected": 3},
+    )
+    with caplog.at_level(logging.WARNING, logger="advloop.flows.loop"):
+        out = run_generation(config, LocalJobs(), 0, max_selected=10, final=False)
+    record = out.record
+    assert record.selection_cap == 3 and record.selected == 1
+    assert any(
+        "gave only 1 candidates worth labelling, fewer than the 3" in r.getMessage()
+        for r in caplog.records
+    )
