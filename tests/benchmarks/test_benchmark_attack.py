@@ -26,6 +26,10 @@ PER_SIZE = (
     "atom_steps_per_second",
     "attack_step_parts_seconds",
     "attack_step_parts_sum_seconds",
+    "pooled_attack_step_seconds",
+    "pooled_attack_step_over_forward",
+    "pool_every",
+    "features_prediction_over_prediction",
 )
 PARTS = (
     "geometry_checks",
