@@ -184,3 +184,33 @@ def test_structure_features_are_learned_invariant_descriptors() -> None:
         h2.numbers, h2.positions, np.array([2]), elements=np.array([1, 7])
     )
     assert np.all(with_n[0, 3 * SPEC.n_atom_basis :] == 0)
+
+
+def test_features_of_a_prediction_are_the_members_atom_features_pooled() -> None:
+    """The features captured during predict_arrays' own forward passes equal each
+    member's atom_features, pooled per element by hand."""
+    committee = Committee(_members(2))
+    nh3 = molecule("NH3")
+    frames = [nh3, nh3.copy()]
+    frames[1].positions[0, 2] += 0.2
+    numbers = np.concatenate([a.numbers for a in frames])
+    positions = np.concatenate([a.positions for a in frames])
+    pred = committee.predict_arrays(numbers, positions, np.array([4, 4]), elements=np.array([1, 7]))
+    plain = committee.predict_arrays(numbers, positions, np.array([4, 4]))
+    np.testing.assert_allclose(pred.forces_std, plain.forces_std)  # same prediction
+    graph = build_graph(numbers, positions, np.array([4, 4]), SPEC.cutoff)
+    x = torch.as_tensor(positions, dtype=torch.float64)
+    expected = []
+    for s in range(2):
+        rows = slice(4 * s, 4 * s + 4)
+        blocks = []
+        for element in (1, 7):
+            mask = numbers[rows] == element
+            per_member = [
+                m.atom_features(graph, x).detach().double().numpy()[rows][mask].mean(0)
+                for m in committee.members
+            ]
+            blocks.append(np.concatenate(per_member))
+        expected.append(np.concatenate(blocks))
+    np.testing.assert_allclose(pred.structure_features, np.array(expected), rtol=1e-5, atol=1e-6)
+    assert plain.structure_features is None
