@@ -1,219 +1,601 @@
-"""Sample efficiency of adversarial sampling against the usual ways of exploring.
+"""Labels to a robust potential: advloop's exploration against committee MD and random
+displacement, through the production loop, side by side.
 
-Run ``python -m benchmarks.sample_efficiency [--quick] [--output PATH]``: runs every
-system's benchmark from nothing (:mod:`benchmarks.double_well`,
-:mod:`benchmarks.ammonia_xtb`, :mod:`benchmarks.ammonia_dft`,
-:mod:`benchmarks.zeolite_xtb`), writes their own results files next to it, and writes
-``benchmarks/results/sample_efficiency.json``: per system and strategy the seeds, the
-labels used, the errors and (where measured) the stability, each per seed and as mean
-and standard deviation over seeds; and per system, metric and baseline the labels the
-baseline needed to reach the adversarial runs' final value, as a ratio to the labels the
-adversarial runs needed, and the baseline's value at the adversarial runs' label count. ``--from-results`` assembles the summary from the
-recorded per-system files instead of rerunning them. ``--quick`` (about a minute) runs in
-CI to keep the benchmark code working; its numbers are not results.
+Run ``python -m benchmarks.sample_efficiency [--systems ammonia_xtb,malonaldehyde_xtb]
+[--seeds 5] [--generations 12] [--labels-per-generation 8] [--jobs 2] [--quick]
+[--output PATH]``; writes ``benchmarks/results/sample_efficiency.json``.
+
+For every system and seed, generation 0 (the initial labels and its committee) is made
+once and shared by every strategy (:func:`share_generation_zero`),
+so that strategies differ only in what they explore. Each strategy then runs advloop's own
+loop (:func:`benchmarks.measured_run.measured_run`: stop rule included) with the same
+label budget per generation and the same batch selection (the ``selection`` section of
+the config, :data:`SELECTION`); only the exploration differs (:data:`STRATEGIES`). After
+each generation's training the committee is measured against the oracle (GFN2-xTB):
+
+- ``rare_event``: the barrier error (kcal/mol) of the system's transition (NH3 inversion,
+  the malonaldehyde proton transfer);
+- ``thermal``: force RMSE (eV/Å) on oracle MD frames at the application temperature and
+  at 1.5 times it;
+- ``stability``: the fraction of committee-driven MD runs that stay physical at and above
+  the application temperature (20 runs each, so the fraction moves in steps of 0.05);
+
+and the energies of what each strategy labelled are kept (per generation: quantiles of
+the labelled structures' energy above the oracle minimum, eV per atom).
+
+The summary (``summary.<system>.<metric>``) takes committee MD's final value (mean over
+seeds) as the target, and gives for every strategy the explored labels each seed needed
+to reach it (null: never, within ``max_explored_labels``), the ratio of the mean to
+committee MD's (below 1: fewer labels) with a paired 95 % bootstrap interval over seeds
+(:func:`benchmarks.stats.bootstrap_ratio_ci`; a run that never reaches the target is
+censored at the budget and the ratio says which bound it is), and the metric at committee
+MD's final label count against MD's (:func:`benchmarks.stats.difference_at_labels`).
+``default_strategy`` names the strategy whose exploration the config defaults use.
+
+``--quick`` (about two minutes) runs in CI to keep the code working; its numbers are
+not results.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import sys
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import torch
+from ase import Atoms
 
-from benchmarks import ammonia_dft, ammonia_xtb, double_well, zeolite_xtb
-from benchmarks.committee import machine_info, write_record
+from advloop.calculators.factory import TBLiteLabels, make_calculator
+from advloop.flows.config import RunConfig
+from advloop.flows.run_folder import RunLayout
+from advloop.potentials.committee import Committee
+from advloop.potentials.dataset import Dataset
+from benchmarks import ammonia_xtb, malonaldehyde_xtb, stats
+from benchmarks.committee import record_header, write_record
+from benchmarks.measured_run import measured_run
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "sample_efficiency.json"
+MetricKind = Literal["thermal", "stability", "rare_event"]
 
-# per system: the per-generation row keys reported as errors and as stability
-ERRORS = {
-    "double_well": ("boltzmann_force_rmse", "boltzmann_force_rmse_unseen_well"),
-    "ammonia_xtb": ("barrier_error_kcal_mol", "force_rmse_1000K"),
-    "ammonia_dft": ("barrier_error_kcal_mol", "force_rmse_1000K"),
-    "zeolite_xtb": ("force_rmse_hot",),
+#: The strategy whose exploration advloop's defaults use.
+DEFAULT_STRATEGY = "adversarial"
+
+#: The batch selection every strategy gets (config ``selection`` fields).
+SELECTION = {"method": "diverse", "weighting": "element", "percentile": 50.0}
+
+#: Strategy -> (exploration kind, its settings beyond the system's, selection overrides).
+#: ``adversarial`` is advloop's default exploration; ``adversarial_paper`` the attack as
+#: published (endpoints only, the most uncertain first, random seeds); ``md`` committee MD
+#: as DP-GEN2 and aims-PAX users run it (adaptive trust levels, at 1.5 × the application
+#: temperature); ``random`` Gaussian displacements with an energy cap.
+STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
+    "adversarial": ("adversarial", lambda t: {"pool_every": 10, "seeds": "mixed"}, {}),
+    "adversarial_paper": (
+        "adversarial",
+        lambda t: {"pool_every": 0, "seeds": "random"},
+        {"method": "threshold", "weighting": "none"},
+    ),
+    "md": ("md", lambda t: {"temperature": 1.5 * t, "trust_mode": "adaptive"}, {}),
+    "random": ("random", lambda t: {"std": 0.1, "max_energy_rise": 0.5}, {}),
 }
-STABILITY = {
-    "double_well": None,
-    "ammonia_xtb": "md_stable_fraction",
-    "ammonia_dft": None,
-    "zeolite_xtb": "md_stable_fraction",
-}
-MODULES = {
-    "double_well": double_well,
-    "ammonia_xtb": ammonia_xtb,
-    "ammonia_dft": ammonia_dft,
-    "zeolite_xtb": zeolite_xtb,
-}
-UNITS = {
-    "boltzmann_force_rmse": "energy/length (toy units)",
-    "boltzmann_force_rmse_unseen_well": "energy/length (toy units)",
-    "barrier_error_kcal_mol": "kcal/mol",
-    "force_rmse_1000K": "eV/Å",
-    "force_rmse_hot": "eV/Å",
-    "md_stable_fraction": "fraction of runs",
-}
+BASELINE = "md"
 
 
-def _stats(values: list[float]) -> dict:
-    arr = np.asarray(values, dtype=float)
+@dataclass(frozen=True)
+class Metric:
+    kind: MetricKind
+    unit: str
+    higher_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class System:
+    """A benchmark system: its application temperature (K), how to make its oracle
+    reference and each strategy's config, and how to measure a committee."""
+
+    name: str
+    temperature: float
+    metrics: dict[str, Metric]
+    reference: Callable[[bool], dict]
+    config: Callable[[dict, int, Path, bool, int, int], RunConfig]
+    measure: Callable[[Committee, dict, bool, np.random.Generator], dict]
+
+
+# -- ammonia (GFN2-xTB) ----------------------------------------------------------------
+
+_NH3_T = 1000.0  # K, the application temperature of the ammonia benchmark
+
+
+def _ammonia_reference(quick: bool) -> dict:
+    n = 6 if quick else 40
+    ref = ammonia_xtb.oracle_reference(n, np.random.default_rng(0), temperature=_NH3_T)
+    hot = ammonia_xtb.oracle_reference(n, np.random.default_rng(1), temperature=1.5 * _NH3_T)
     return {
-        "per_seed": [float(v) for v in arr],
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        **ref,
+        "frames_by_T": {_NH3_T: ref["frames"], 1.5 * _NH3_T: hot["frames"]},
+        "minimum_energy_eV": _oracle_energy(ref["numbers"], ref["minimum"]),
     }
 
 
-def summarise_system(system: str, runs: dict[str, dict[str, list[dict]]]) -> dict:
-    """Final labels, errors and stability per strategy from per-seed generation rows."""
-    out = {}
-    for strategy, by_seed in runs.items():
-        finals = [rows[-1] for rows in by_seed.values()]
-        entry = {
-            "seeds": [int(s) for s in by_seed],
-            "labels": _stats([f["n_labels"] for f in finals]),
-            "errors": {key: _stats([f[key] for f in finals]) for key in ERRORS[system]},
-            "stability": (
-                _stats([f[STABILITY[system]] for f in finals]) if STABILITY[system] else None
-            ),
-            "curves": {
-                str(seed): [
-                    {
-                        k: r[k]
-                        for k in (
-                            "generation",
-                            "n_labels",
-                            *ERRORS[system],
-                            *([STABILITY[system]] if STABILITY[system] else []),
-                        )
-                    }
-                    for r in rows
-                ]
-                for seed, rows in by_seed.items()
-            },
+def _oracle_energy(numbers: np.ndarray, positions: np.ndarray) -> float:
+    atoms = Atoms(numbers, positions=positions)
+    atoms.calc = make_calculator(TBLiteLabels())[0]
+    return float(atoms.get_potential_energy())
+
+
+def _ammonia_config(
+    ref: dict, seed: int, root: Path, quick: bool, per_generation: int, generations: int
+) -> RunConfig:
+    config = ammonia_xtb._config(
+        "adversarial", seed, root, quick, per_generation, generations, name="base"
+    )
+    return config.model_copy(
+        update={
+            "system": config.system.model_copy(update={"temperature": _NH3_T}),
+            "budget": config.budget.model_copy(update={"max_labels": per_generation * generations}),
         }
-        out[strategy] = entry
+    )
+
+
+def _ammonia_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
+    n_md, md_steps = (4, 100) if quick else (20, 1000)
+    metrics = {
+        "barrier_error_kcal_mol": ammonia_xtb.committee_metrics(committee, ref, 0, 0, rng)[
+            "barrier_error_kcal_mol"
+        ]
+    }
+    z = ref["numbers"]
+    n = len(z)
+    for t, frames in ref["frames_by_T"].items():
+        pred = committee.predict_arrays(
+            np.tile(z, len(frames)),
+            np.concatenate([p for p, _ in frames]),
+            np.full(len(frames), n),
+        )
+        forces = np.concatenate([f for _, f in frames])
+        metrics[f"force_rmse_{t:g}K"] = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
+    for t in (_NH3_T, 2.5 * _NH3_T):
+        out = ammonia_xtb.committee_metrics(committee, ref, n_md, md_steps, rng, md_temperature=t)
+        metrics[f"md_stable_fraction_{t:g}K"] = out["md_stable_fraction"]
+    return metrics
+
+
+AMMONIA = System(
+    name="ammonia_xtb",
+    temperature=_NH3_T,
+    metrics={
+        "barrier_error_kcal_mol": Metric("rare_event", "kcal/mol"),
+        f"force_rmse_{_NH3_T:g}K": Metric("thermal", "eV/Å"),
+        f"force_rmse_{1.5 * _NH3_T:g}K": Metric("thermal", "eV/Å"),
+        f"md_stable_fraction_{_NH3_T:g}K": Metric("stability", "fraction of runs", True),
+        f"md_stable_fraction_{2.5 * _NH3_T:g}K": Metric("stability", "fraction of runs", True),
+    },
+    reference=_ammonia_reference,
+    config=_ammonia_config,
+    measure=_ammonia_measure,
+)
+
+
+# -- malonaldehyde (GFN2-xTB) ------------------------------------------------------------
+
+
+_MAL_T = malonaldehyde_xtb.TEMPERATURE
+
+
+def _malonaldehyde_sizes(quick: bool, per_generation: int = 8, generations: int = 4):
+    base = malonaldehyde_xtb.QUICK if quick else malonaldehyde_xtb.FULL
+    return replace(base, labels_per_generation=per_generation, generations=generations)
+
+
+def _malonaldehyde_reference(quick: bool) -> dict:
+    sizes = _malonaldehyde_sizes(quick)
+    ref = malonaldehyde_xtb.oracle_reference(sizes, np.random.default_rng(0))
+    folder = Path(tempfile.mkdtemp(prefix="advloop-malonaldehyde-"))
+    return {
+        **ref,
+        "structure": str(malonaldehyde_xtb.write_structure(ref, folder)),
+        "minimum_energy_eV": _oracle_energy(ref["numbers"], ref["minimum"]),
+    }
+
+
+def _malonaldehyde_config(
+    ref: dict, seed: int, root: Path, quick: bool, per_generation: int, generations: int
+) -> RunConfig:
+    sizes = _malonaldehyde_sizes(quick, per_generation, generations)
+    config = malonaldehyde_xtb.make_config(
+        "adversarial", seed, root, sizes, Path(ref["structure"]), name="base"
+    )
+    return config.model_copy(
+        update={"system": config.system.model_copy(update={"temperature": _MAL_T})}
+    )
+
+
+def _malonaldehyde_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
+    out = malonaldehyde_xtb.committee_metrics(committee, ref, _malonaldehyde_sizes(quick), rng)
+    return {k: v for k, v in out.items() if not k.startswith(("md_survival", "barrier_eV"))}
+
+
+MALONALDEHYDE = System(
+    name="malonaldehyde_xtb",
+    temperature=_MAL_T,
+    metrics={
+        "barrier_error_kcal_mol": Metric("rare_event", "kcal/mol"),
+        **{f"force_rmse_{t:g}K": Metric("thermal", "eV/Å") for t in malonaldehyde_xtb.TEMPERATURES},
+        **{
+            f"md_stable_fraction_{t:g}K": Metric("stability", "fraction of runs", True)
+            for t in malonaldehyde_xtb.TEMPERATURES
+        },
+    },
+    reference=_malonaldehyde_reference,
+    config=_malonaldehyde_config,
+    measure=_malonaldehyde_measure,
+)
+
+SYSTEMS = {s.name: s for s in (AMMONIA, MALONALDEHYDE)}
+
+
+def strategy_config(base: RunConfig, system: System, strategy: str, seed: int) -> RunConfig:
+    """``base`` exploring as ``strategy`` does, with the shared selection, named
+    ``<system>-<strategy>-<seed>``."""
+    kind, settings, selection = STRATEGIES[strategy]
+    config = base.exploring(kind, **settings(system.temperature))
+    config = config.model_copy(
+        update={
+            "system": config.system.model_copy(update={"name": f"{strategy}-{seed}"}),
+            "selection": replace(config.selection, **{**SELECTION, **selection}),
+        }
+    )
+    return RunConfig.model_validate(config.model_dump())
+
+
+def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
+    """Give ``target`` (another strategy, same seed) the generation 0 of ``source``: its
+    initial labels and generation 0's committee, as they were before ``source`` explored
+    (only the records with provenance ``initial`` are copied into a new dataset), plus
+    the label store and the fingerprint; the steps of :mod:`advloop.flows.steps` find and
+    reuse them."""
+    src, dst = RunLayout(source.run_dir()), RunLayout(target.run_dir())
+    dst.root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src.fingerprint, dst.fingerprint)  # a resume refuses other data settings
+    shutil.copytree(src.labels, dst.labels, dirs_exist_ok=True)
+    shutil.copytree(src.committee_dir(0), dst.committee_dir(0), dirs_exist_ok=True)
+    dataset = Dataset(src.dataset)
+    data, provenance = dataset.arrays(), dataset.provenance()
+    initial = [k for k, p in enumerate(provenance) if p.strategy == "initial"]
+    Dataset.create(dst.dataset).append(
+        dataset.to_atoms(initial),
+        [float(data.energy[k]) for k in initial],
+        [_forces(data)[k] for k in initial],
+        [provenance[k] for k in initial],
+    )
+
+
+def _forces(data) -> list[np.ndarray]:
+    starts = np.concatenate([[0], np.cumsum(data.n_atoms)])
+    return [data.forces[starts[k] : starts[k + 1]] for k in range(len(data))]
+
+
+def _labelled_energies(config: RunConfig, e_min_per_atom: float) -> dict[str, list[float]]:
+    """Per generation: the 10/50/90 % quantiles of the energy per atom above the oracle
+    minimum (eV/atom) of the structures that generation labelled."""
+    dataset = Dataset(RunLayout(config.run_dir()).dataset)
+    data = dataset.arrays()
+    per_atom = data.energy / data.n_atoms - e_min_per_atom
+    out: dict[str, list[float]] = {}
+    for k, p in enumerate(dataset.provenance()):
+        key = "initial" if p.strategy == "initial" else str(p.generation)
+        out.setdefault(key, []).append(float(per_atom[k]))
+    return {k: [float(q) for q in np.quantile(v, [0.1, 0.5, 0.9])] for k, v in out.items()}
+
+
+def run_seed(
+    system_name: str,
+    seed: int,
+    strategies: tuple[str, ...],
+    quick: bool,
+    per_gen: int,
+    gens: int,
+    root: str,
+    ref: dict,
+) -> dict:
+    """Every strategy of one seed of one system, from one shared generation 0."""
+    torch.set_num_threads(1)
+    system = SYSTEMS[system_name]
+    folder = Path(root) / system.name
+    base = system.config(ref, seed, folder, quick, per_gen, gens)
+
+    def measure(committee: Committee, g: int) -> dict:
+        return system.measure(committee, ref, quick, np.random.default_rng([seed, g]))
+
+    e_min = _oracle_minimum_per_atom(ref)
+    out: dict[str, dict] = {}
+    first: RunConfig | None = None
+    first_row: dict | None = None
+    for strategy in strategies:
+        config = strategy_config(base, system, strategy, seed)
+        if first is not None:
+            share_generation_zero(first, config)
+        t0 = time.perf_counter()
+        rows = measured_run(config, measure, first_row)
+        if first is None:
+            first, first_row = config, dict(rows[0])
+        initial = rows[0]["n_labels"]
+        for row in rows:
+            row["explored_labels"] = row["n_labels"] - initial
+        out[strategy] = {
+            "rows": rows,
+            "labelled_energy_per_atom_q10_q50_q90": _labelled_energies(config, e_min),
+            "seconds": time.perf_counter() - t0,
+        }
+        last = rows[-1]
+        print(
+            f"{system.name} {strategy:18s} seed {seed}: {last['explored_labels']:3d} labels "
+            + "  ".join(f"{k} {last[k]:.3g}" for k in system.metrics if k in last),
+            flush=True,
+        )
     return out
 
 
-def _first_reaching(
-    curve: list[dict], key: str, target: float, higher_is_better: bool
-) -> int | None:
-    """Labels at the first generation whose value reaches ``target`` (None: never)."""
-    for row in curve:
-        if (row[key] >= target) if higher_is_better else (row[key] <= target):
-            return int(row["n_labels"])
-    return None
+def _oracle_minimum_per_atom(ref: dict) -> float:
+    return float(ref.get("minimum_energy_eV", 0.0)) / len(ref["numbers"])
 
 
-def _at_labels(curve: list[dict], key: str, n_labels: float) -> float:
-    """The value at the last generation trained on at most ``n_labels`` labels."""
-    rows = [r for r in curve if r["n_labels"] <= n_labels] or curve[:1]
-    return float(rows[-1][key])
-
-
-def label_ratios(strategies: dict, key: str, higher_is_better: bool = False) -> dict:
-    """Per baseline: labels to reach the adversarial runs' final mean ``key`` (per seed,
-    None where a run never did), their mean over the adversarial runs' own labels to reach
-    it (``ratio``; None unless every run of both reached it), and the baseline's mean value
-    at the adversarial runs' final label count."""
-    adversarial = strategies["adversarial"]
-    finals = [curve[-1][key] for curve in adversarial["curves"].values()]
-    target = float(np.mean(finals))
-    own = [
-        _first_reaching(c, key, target, higher_is_better) for c in adversarial["curves"].values()
-    ]
-    adv_labels = float(adversarial["labels"]["mean"])
-    out = {
-        "target": target,
-        "higher_is_better": higher_is_better,
-        "adversarial_labels_to_target": own,
-        "adversarial_final_labels": adv_labels,
-        "baselines": {},
-    }
-    for name, entry in strategies.items():
-        if name == "adversarial":
+def summarise(
+    system: System,
+    runs: dict[str, dict[int, list[dict]]],
+    budget: int,
+    rng: np.random.Generator,
+    n_boot: int = 10_000,
+) -> dict:
+    """``summary.<system>`` of the module docstring from per-strategy, per-seed rows."""
+    out: dict[str, dict] = {}
+    seeds = sorted(next(iter(runs.values())))
+    md = runs[BASELINE]
+    for key, metric in system.metrics.items():
+        if any(key not in rows[-1] for by_seed in runs.values() for rows in by_seed.values()):
             continue
-        curves = list(entry["curves"].values())
-        reached = [_first_reaching(c, key, target, higher_is_better) for c in curves]
-        both = all(r is not None for r in reached + own)
-        out["baselines"][name] = {
-            "labels_to_target": reached,
-            "ratio": float(np.mean(reached) / np.mean(own)) if both else None,
-            "max_labels": max(int(c[-1]["n_labels"]) for c in curves),
-            "value_at_adversarial_labels": float(
-                np.mean([_at_labels(c, key, adv_labels) for c in curves])
-            ),
+        target = float(np.mean([md[s][-1][key] for s in seeds]))
+
+        def curve(rows: list[dict], key=key) -> tuple[list[int], list[float]]:
+            return [r["explored_labels"] for r in rows], [float(r[key]) for r in rows]
+
+        to_target = {
+            name: [
+                stats.labels_to_target(*curve(by_seed[s]), target, metric.higher_is_better)
+                for s in seeds
+            ]
+            for name, by_seed in runs.items()
+        }
+        md_labels = int(min(md[s][-1]["explored_labels"] for s in seeds))
+        entry: dict = {
+            "kind": metric.kind,
+            "unit": metric.unit,
+            "higher_is_better": metric.higher_is_better,
+            "target": target,
+            "seeds": seeds,
+            "max_explored_labels": budget,
+            "compared_at_labels": md_labels,
+            "strategies": {},
+        }
+        for name, by_seed in runs.items():
+            finals = [float(by_seed[s][-1][key]) for s in seeds]
+            final = stats.bootstrap_mean_ci(finals, rng=rng, n_boot=n_boot)
+            at = stats.difference_at_labels(
+                [curve(by_seed[s]) for s in seeds],
+                [curve(md[s]) for s in seeds],
+                md_labels,
+                rng=rng,
+                n_boot=n_boot,
+                paired=True,
+            )
+            strategy_entry = {
+                "labels_to_target": to_target[name],
+                "ratio_to_md": None,
+                "ratio_to_md_ci95": None,
+                "ratio_bound": None,
+                "final_mean": final.estimate,
+                "final_ci95": [final.low, final.high],
+                "at_md_labels_minus_md": at.estimate,
+                "at_md_labels_minus_md_ci95": [at.low, at.high],
+            }
+            try:
+                ratio = stats.bootstrap_ratio_ci(
+                    to_target[name],
+                    to_target[BASELINE],
+                    budget,
+                    rng=rng,
+                    n_boot=n_boot,
+                    paired=True,
+                )
+            except ValueError as err:  # MD at the target from generation 0 on: no ratio
+                strategy_entry["ratio_note"] = str(err)
+            else:
+                strategy_entry.update(
+                    ratio_to_md=ratio.estimate,
+                    ratio_to_md_ci95=[ratio.low, ratio.high],
+                    ratio_bound=ratio.bound,
+                )
+            entry["strategies"][name] = strategy_entry
+        out[key] = entry
+    return out
+
+
+def cost(runs: dict[str, dict[int, list[dict]]]) -> dict:
+    """Mean seconds per generation of training, exploration (with selection) and
+    labelling, per strategy."""
+    out = {}
+    for name, by_seed in runs.items():
+        rows = [r for seed_rows in by_seed.values() for r in seed_rows[1:]]
+        out[name] = {
+            k: float(np.mean([r[k] for r in rows])) if rows else None
+            for k in ("seconds_training", "seconds_exploration", "seconds_labelling")
         }
     return out
 
 
-def _runs(system: str, record: dict) -> dict:
-    return record["results"] if system == "double_well" else record["runs"]
+def run(
+    systems: list[str],
+    seeds: list[int],
+    generations: int,
+    per_generation: int,
+    quick: bool,
+    strategies: tuple[str, ...] = tuple(STRATEGIES),
+    jobs: int = 1,
+    root: Path | None = None,
+    n_boot: int = 10_000,
+) -> dict:
+    """Every strategy of every seed of every system; the record of the module docstring."""
+    if BASELINE not in strategies:
+        raise ValueError(f"the comparison needs the baseline strategy {BASELINE!r}")
+    results: dict = {"systems": {}, "summary": {}, "cost": {}}
+    with tempfile.TemporaryDirectory(prefix="advloop-efficiency-") as tmp:
+        base = Path(root or tmp)
+        for name in systems:
+            system = SYSTEMS[name]
+            ref = system.reference(quick)
+            args = [
+                (name, s, strategies, quick, per_generation, generations, str(base), ref)
+                for s in seeds
+            ]
+            if jobs > 1:
+                with ProcessPoolExecutor(max_workers=jobs) as pool:
+                    per_seed = list(pool.map(run_seed, *zip(*args)))
+            else:
+                per_seed = [run_seed(*a) for a in args]
+            runs = {
+                strategy: {s: out[strategy]["rows"] for s, out in zip(seeds, per_seed)}
+                for strategy in strategies
+            }
+            results["systems"][name] = {
+                "application_temperature_K": system.temperature,
+                "runs": {
+                    strategy: {
+                        str(s): {
+                            "rows": out[strategy]["rows"],
+                            "labelled_energy_per_atom_q10_q50_q90": out[strategy][
+                                "labelled_energy_per_atom_q10_q50_q90"
+                            ],
+                        }
+                        for s, out in zip(seeds, per_seed)
+                    }
+                    for strategy in strategies
+                },
+            }
+            results["summary"][name] = summarise(
+                system, runs, per_generation * generations, np.random.default_rng(0), n_boot
+            )
+            results["cost"][name] = cost(runs)
+    return results
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as the table of docs/benchmarks.md: per system, metric and strategy,
+    the final value, labels to committee MD's final value per seed (— : not reached),
+    the ratio to MD with its 95 % interval (and which bound it is), and the difference
+    from MD at MD's final label count with its interval."""
+    lines = [
+        "| system | metric (target: MD final) | strategy | final (95 % CI) | labels to target "
+        "| ratio to MD (95 % CI) | minus MD at equal labels (95 % CI) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for system, metrics in summary.items():
+        for key, entry in metrics.items():
+            first = True
+            for name, s in entry["strategies"].items():
+                if name == BASELINE:
+                    continue
+                ratio = s["ratio_to_md"]
+                ratio_text = (
+                    f"{_fmt(ratio, 2)} ({_fmt(s['ratio_to_md_ci95'][0], 2)}–"
+                    f"{_fmt(s['ratio_to_md_ci95'][1], 2)})"
+                    + ("" if s["ratio_bound"] == "estimate" else f", {s['ratio_bound']}")
+                    if ratio is not None
+                    else "— (MD at target from generation 0)"
+                )
+                labels = ", ".join("—" if v is None else str(v) for v in s["labels_to_target"])
+                md = entry["strategies"][BASELINE]
+                lines.append(
+                    f"| {system if first else ''} | {key} ({_fmt(entry['target'])}) | {name} "
+                    f"| {_fmt(s['final_mean'])} ({_fmt(s['final_ci95'][0])}–"
+                    f"{_fmt(s['final_ci95'][1])}); MD {_fmt(md['final_mean'])} | {labels} "
+                    f"(MD: {', '.join('—' if v is None else str(v) for v in md['labels_to_target'])}) "
+                    f"| {ratio_text} | {_fmt(s['at_md_labels_minus_md'])} "
+                    f"({_fmt(s['at_md_labels_minus_md_ci95'][0])}–"
+                    f"{_fmt(s['at_md_labels_minus_md_ci95'][1])}) |"
+                )
+                first = False
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="minutes; checks the code, not a result"
-    )
-    parser.add_argument(
-        "--from-results",
-        action="store_true",
-        help="summarise the recorded per-system results instead of rerunning",
-    )
-    parser.add_argument("--output", type=Path, default=RESULTS / "sample_efficiency.json")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--generations", type=int, default=12)
+    parser.add_argument("--labels-per-generation", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (processes)")
+    parser.add_argument("--quick", action="store_true", help="one seed, two small generations")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    out_dir = args.output.parent
-    records = {}
-    for system, module in MODULES.items():
-        path = out_dir / f"{system}.json"
-        if args.from_results:
-            records[system] = json.loads((RESULTS / f"{system}.json").read_text())
-        else:
-            records[system] = module.main(
-                [*(["--quick"] if args.quick else []), "--output", str(path)]
-            )
-    summary = {
-        "command": " ".join(
-            [
-                Path(sys.executable).name,
-                "-m",
-                "benchmarks.sample_efficiency",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "machine": machine_info(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
-        "units": UNITS,
-        "systems": {
-            system: {
-                "source": f"{system}.json",
-                "command": rec["command"],
-                "date": rec["date"],
-                "versions": rec["versions"],
-                "strategies": summarise_system(system, _runs(system, rec)),
-            }
-            for system, rec in records.items()
+    t0 = time.perf_counter()
+    seeds = [0] if args.quick else list(range(args.seeds))
+    generations = 2 if args.quick else args.generations
+    per_generation = 3 if args.quick else args.labels_per_generation
+    results = run(
+        args.systems.split(","),
+        seeds,
+        generations,
+        per_generation,
+        args.quick,
+        tuple(args.strategies.split(",")),
+        args.jobs,
+        n_boot=200 if args.quick else 10_000,
+    )
+    header = record_header(
+        "benchmarks.sample_efficiency",
+        argv,
+        ("schnetpack", "tblite", "ase"),
+        args.quick,
+        time.perf_counter() - t0,
+    )
+    record = {
+        **header,
+        "default_strategy": DEFAULT_STRATEGY,
+        "settings": {
+            "seeds": seeds,
+            "generations": generations,
+            "labels_per_generation": per_generation,
+            "strategies": {
+                name: {
+                    "exploration": kind,
+                    "settings": {
+                        k: settings(SYSTEMS[s].temperature)
+                        for s in args.systems.split(",")
+                        for k in [s]
+                    },
+                    "selection": {**SELECTION, **selection},
+                }
+                for name, (kind, settings, selection) in STRATEGIES.items()
+                if name in args.strategies.split(",")
+            },
         },
+        **results,
     }
-    for system, entry in summary["systems"].items():
-        strategies = entry["strategies"]
-        entry["label_ratios"] = {key: label_ratios(strategies, key) for key in ERRORS[system]}
-        if STABILITY[system]:
-            entry["label_ratios"][STABILITY[system]] = label_ratios(
-                strategies, STABILITY[system], higher_is_better=True
-            )
-    for system, entry in summary["systems"].items():
-        for strategy, s in entry["strategies"].items():
-            errors = "  ".join(
-                f"{k} {v['mean']:.3g} ± {v['std']:.2g}" for k, v in s["errors"].items()
-            )
-            print(f"{system:12s} {strategy:12s} labels {s['labels']['mean']:5.1f}  {errors}")
-    return write_record(args.output, summary)
+    out = write_record(args.output, record)
+    print(markdown_table(record["summary"]))
+    return out
 
 
 if __name__ == "__main__":

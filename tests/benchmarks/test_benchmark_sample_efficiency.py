@@ -1,85 +1,98 @@
-"""`python -m benchmarks.sample_efficiency --quick` runs from nothing and reports every field;
-the label-ratio table is computed from the learning curves as defined."""
+"""`python -m benchmarks.sample_efficiency`: the summary computed from learning curves as
+its docstring defines it, and the quick mode run from nothing through the production loop
+(GFN2-xTB labels) with every field of the machine-readable summary."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
-from benchmarks.sample_efficiency import ERRORS, MODULES, STABILITY, label_ratios, main
+from benchmarks.sample_efficiency import (
+    AMMONIA,
+    BASELINE,
+    STRATEGIES,
+    main,
+    markdown_table,
+    summarise,
+)
 
-STRATEGIES = {"adversarial", "md", "random"}
+
+def _rows(curve: list[tuple[int, float, float]]) -> list[dict]:
+    return [
+        {"explored_labels": n, "barrier_error_kcal_mol": e, "md_stable_fraction_1000K": s}
+        for n, e, s in curve
+    ]
 
 
-def _entry(curves: dict[str, list[tuple[int, float]]]) -> dict:
-    rows = {seed: [{"n_labels": n, "err": v} for n, v in curve] for seed, curve in curves.items()}
-    return {
-        "curves": rows,
-        "labels": {"mean": sum(c[-1][0] for c in curves.values()) / len(curves)},
+def test_summary_takes_committee_md_final_value_as_the_target():
+    md = {
+        0: _rows([(0, 3.0, 0.5), (8, 2.0, 0.6), (16, 1.0, 0.8)]),
+        1: _rows([(0, 3.0, 0.5), (8, 1.5, 0.7), (16, 1.0, 0.8)]),
     }
-
-
-def test_label_ratio_compares_labels_to_reach_the_adversarial_final_error():
-    strategies = {
-        "adversarial": _entry(
-            {"0": [(10, 1.0), (20, 0.5), (30, 0.2)], "1": [(10, 1.0), (20, 0.3), (30, 0.2)]}
-        ),  # target 0.2 at 30
-        "md": _entry(
-            {
-                "0": [(10, 1.0), (30, 0.5), (60, 0.1)],
-                "1": [(10, 1.0), (30, 0.4), (60, 0.2), (90, 0.1)],
-            }
-        ),
-        "random": _entry({"0": [(10, 1.0), (90, 0.5)], "1": [(10, 1.0), (90, 0.3)]}),
+    fast = {  # reaches MD's final values with half the labels
+        0: _rows([(0, 3.0, 0.5), (8, 1.0, 0.8), (16, 0.5, 0.9)]),
+        1: _rows([(0, 3.0, 0.5), (8, 0.9, 0.85), (16, 0.5, 0.9)]),
     }
-    out = label_ratios(strategies, "err")
-    assert out["target"] == pytest.approx(0.2)
-    assert out["adversarial_labels_to_target"] == [30, 30]
-    md = out["baselines"]["md"]
-    assert md["labels_to_target"] == [60, 60] and md["ratio"] == pytest.approx(2.0)
-    assert md["value_at_adversarial_labels"] == pytest.approx(0.45)  # 0.5 and 0.4 at 30 labels
-    rnd = out["baselines"]["random"]
-    assert rnd["labels_to_target"] == [None, None] and rnd["ratio"] is None
-    assert rnd["max_labels"] == 90
-    # stability: higher is better
-    up = label_ratios(
-        {
-            "adversarial": _entry({"0": [(5, 0.5), (10, 1.0)]}),
-            "md": _entry({"0": [(5, 0.0), (10, 0.5), (20, 1.0)]}),
-        },
-        "err",
-        higher_is_better=True,
+    slow = {  # never gets there within the budget
+        0: _rows([(0, 3.0, 0.5), (8, 2.5, 0.5), (16, 2.0, 0.6)]),
+        1: _rows([(0, 3.0, 0.5), (8, 2.5, 0.5), (16, 2.0, 0.6)]),
+    }
+    out = summarise(
+        AMMONIA, {"md": md, "adversarial": fast, "random": slow}, 16, np.random.default_rng(0), 500
     )
-    assert up["baselines"]["md"]["labels_to_target"] == [20]
-    assert up["baselines"]["md"]["ratio"] == pytest.approx(2.0)
+    barrier = out["barrier_error_kcal_mol"]
+    assert barrier["kind"] == "rare_event" and barrier["target"] == pytest.approx(1.0)
+    assert barrier["seeds"] == [0, 1] and barrier["max_explored_labels"] == 16
+    adv = barrier["strategies"]["adversarial"]
+    assert adv["labels_to_target"] == [8, 8]
+    assert adv["ratio_to_md"] == pytest.approx(0.5)
+    assert adv["ratio_to_md_ci95"] == pytest.approx([0.5, 0.5])
+    assert adv["ratio_bound"] == "estimate"
+    assert adv["at_md_labels_minus_md"] == pytest.approx(-0.5)  # 0.5 against 1.0 at 16
+    rnd = barrier["strategies"]["random"]
+    assert rnd["labels_to_target"] == [None, None]
+    assert rnd["ratio_bound"] == "lower_bound" and rnd["ratio_to_md"] == pytest.approx(1.0)
+    stable = out["md_stable_fraction_1000K"]
+    assert stable["kind"] == "stability" and stable["higher_is_better"]
+    assert stable["target"] == pytest.approx(0.8)
+    assert stable["strategies"]["adversarial"]["labels_to_target"] == [8, 8]
+    # a metric a run did not measure is left out, not invented
+    assert "force_rmse_1000K" not in out
+    table = markdown_table({"ammonia_xtb": out})
+    row = "| adversarial | 0.5 (0.5–0.5); MD 1 | 8, 8 (MD: 16, 16) | 0.5 (0.5–0.5) | -0.5 (-0.5–-0.5) |"
+    assert row in table
+    assert "| random |" in table and "lower_bound" in table
+
+
+def test_every_strategy_explores_and_md_is_the_baseline():
+    assert BASELINE in STRATEGIES and "adversarial" in STRATEGIES
 
 
 @pytest.mark.slow
-def test_quick_mode_reports_every_field_per_system_and_strategy(prefect_backend, tmp_path):
+def test_quick_mode_reports_every_field(prefect_backend, tmp_path):
     out = tmp_path / "sample_efficiency.json"
-    record = main(["--quick", "--output", str(out)])
-    assert json.loads(out.read_text()) == record
-    assert all((tmp_path / f"{system}.json").exists() for system in MODULES)
-    assert set(record["systems"]) == set(ERRORS) == set(MODULES)
-    for system, entry in record["systems"].items():
-        assert set(entry["strategies"]) <= STRATEGIES and "adversarial" in entry["strategies"]
-        assert set(entry["label_ratios"]) == set(ERRORS[system]) | (
-            {STABILITY[system]} if STABILITY[system] else set()
-        )
-        for ratios in entry["label_ratios"].values():
-            assert set(ratios["baselines"]) == set(entry["strategies"]) - {"adversarial"}
+    record = main(["--quick", "--systems", "ammonia_xtb", "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert record["default_strategy"] == "adversarial"
+    summary = record["summary"]["ammonia_xtb"]
+    assert set(summary) == set(AMMONIA.metrics)
+    for entry in summary.values():
+        assert entry["kind"] in ("thermal", "stability", "rare_event")
+        assert math.isfinite(entry["target"]) and entry["seeds"] == [0]
+        assert entry["max_explored_labels"] == 6
+        assert set(entry["strategies"]) == set(STRATEGIES)
         for s in entry["strategies"].values():
-            assert s["seeds"] and len(s["labels"]["per_seed"]) == len(s["seeds"])
-            assert s["labels"]["mean"] > 0
-            for key in ERRORS[system]:
-                stats = s["errors"][key]
-                assert all(math.isfinite(v) and v >= 0 for v in stats["per_seed"]), (system, key)
-            if STABILITY[system]:
-                assert 0.0 <= s["stability"]["mean"] <= 1.0
-            else:
-                assert s["stability"] is None
-            for curve in s["curves"].values():
-                labels = [row["n_labels"] for row in curve]
-                assert labels == sorted(labels)  # labels only ever accumulate
+            assert len(s["labels_to_target"]) == 1
+            assert {"ratio_to_md", "ratio_to_md_ci95"} <= set(s)
+    runs = record["systems"]["ammonia_xtb"]["runs"]
+    first = {name: runs[name]["0"]["rows"][0] for name in STRATEGIES}
+    # one generation 0 for every strategy of a seed
+    assert len({row["force_rmse_1000K"] for row in first.values()}) == 1
+    for name in STRATEGIES:
+        rows = runs[name]["0"]["rows"]
+        assert rows[0]["explored_labels"] == 0 and rows[-1]["explored_labels"] > 0
+        assert "initial" in runs[name]["0"]["labelled_energy_per_atom_q10_q50_q90"]
+    assert set(record["cost"]["ammonia_xtb"]) == set(STRATEGIES)
