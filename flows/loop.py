@@ -249,6 +249,8 @@ def _within_tolerance(config: RunConfig, record: GenerationRecord | ExploreRepor
     below ``force_std_threshold``, or its calibrated error bound (finite: enough labels
     calibrate it) below ``force_error_tolerance``."""
     conv = config.convergence
+    sigma: float | None
+    bound: float | None
     if isinstance(record, ExploreReport):
         sigma, bound = record.sigma_f_mean, record.error_bound
     else:
@@ -404,8 +406,8 @@ def run_generation(
         lab.failed,
         lab.cached,
     )
-    for key, value in calibration.items():
-        setattr(record, f"calibration_{key}", value)
+    for key, item in calibration.items():
+        setattr(record, f"calibration_{key}", item)
     return out
 
 
