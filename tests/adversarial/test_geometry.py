@@ -270,7 +270,9 @@ def test_selection_deduplicates_periodic_images():
     shifted = a.positions + cell[0]  # the same structure, one lattice vector away
     new = a.positions + rng.normal(0, 0.2, a.positions.shape)
     cands = np.stack([shifted, new])
-    settings = SelectionSettings(percentile=0, rmsd_threshold=0.05, max_selected=5)
+    settings = SelectionSettings(
+        method="threshold", percentile=0, rmsd_threshold=0.05, max_selected=5
+    )
     result = select_candidates(
         a.numbers,
         cands,

@@ -61,7 +61,7 @@ def test_threshold_is_percentile_of_training_uncertainties() -> None:
             np.ones(3),
             train,
             train_unc,
-            SelectionSettings(percentile=percentile),
+            SelectionSettings(method="threshold", percentile=percentile),
         )
         assert result.threshold == pytest.approx(np.percentile(train_unc, percentile))
 
@@ -70,7 +70,7 @@ def test_below_threshold_rejected() -> None:
     rng = np.random.default_rng(11)
     train, train_unc = training_set(rng)
     cands = displaced(rng, 4, 0.1)
-    settings = SelectionSettings(percentile=50.0)
+    settings = SelectionSettings(method="threshold", percentile=50.0)
     threshold = np.percentile(train_unc, 50.0)
     unc = np.array([threshold - 1e-3, threshold + 1e-3, 0.0, 1.0])
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, settings)
@@ -87,7 +87,9 @@ def test_near_duplicate_candidates_keep_most_uncertain() -> None:
     cands = displaced(rng, 3, 0.15)
     cands[1] = cands[0] + np.array([0.001, 0.0, 0.0])  # 0.001 Å away from candidate 0
     unc = np.array([0.5, 0.6, 0.4])
-    result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings())
+    result = select_candidates(
+        NUMBERS, cands, unc, train, train_unc, SelectionSettings(method="threshold")
+    )
     assert 1 in result.selected and 0 not in result.selected
     assert result.rejected[0].detail.startswith("near-duplicate of candidate 1")
     assert result.rejected[0].reason == "duplicate"
@@ -106,7 +108,12 @@ def test_candidate_equal_to_training_structure_rejected() -> None:
     )
     cands[0] = train[3] @ rot.T + 2.0
     result = select_candidates(
-        NUMBERS, cands, np.array([1.0, 1.0]), train, train_unc, SelectionSettings()
+        NUMBERS,
+        cands,
+        np.array([1.0, 1.0]),
+        train,
+        train_unc,
+        SelectionSettings(method="threshold"),
     )
     assert result.selected.tolist() == [1]
     assert result.rejected[0].detail.startswith(
@@ -123,7 +130,12 @@ def test_exploded_and_clashing_geometries_rejected() -> None:
     cands[0, 3] += np.array([6.0, 0.0, 0.0])  # H flies off
     cands[1, 2] = cands[1, 1] + np.array([0.0, 0.0, 0.2])  # H on top of H
     result = select_candidates(
-        NUMBERS, cands, np.array([5.0, 5.0, 1.0]), train, train_unc, SelectionSettings()
+        NUMBERS,
+        cands,
+        np.array([5.0, 5.0, 1.0]),
+        train,
+        train_unc,
+        SelectionSettings(method="threshold"),
     )
     assert result.selected.tolist() == [2]
     assert result.rejected[0].detail.startswith("fragmented")
@@ -138,7 +150,9 @@ def test_non_finite_rejected() -> None:
     cands = displaced(rng, 3, 0.1)
     cands[0, 1, 2] = np.nan
     unc = np.array([1.0, np.nan, np.inf])
-    result = select_candidates(NUMBERS, cands, unc, train, train_unc, SelectionSettings())
+    result = select_candidates(
+        NUMBERS, cands, unc, train, train_unc, SelectionSettings(method="threshold")
+    )
     assert result.selected.size == 0
     assert all(result.rejected[i].detail.startswith("not finite") for i in range(3))
     assert result.rejected[0].detail == "not finite (positions)"
@@ -152,7 +166,7 @@ def test_cap_respected_most_uncertain_first() -> None:
     cands = displaced(rng, 12, 0.15)
     unc = rng.uniform(0.5, 1.0, size=12)
     result = select_candidates(
-        NUMBERS, cands, unc, train, train_unc, SelectionSettings(max_selected=5)
+        NUMBERS, cands, unc, train, train_unc, SelectionSettings(method="threshold", max_selected=5)
     )
     assert result.selected.size == 5
     np.testing.assert_array_equal(result.selected, np.argsort(-unc)[:5])
@@ -174,7 +188,7 @@ def test_mixed_batch_each_candidate_has_exactly_one_fate() -> None:
     unc[4] = 1.0
     cands[5] = cands[6] + 1e-3  # near-duplicate pair
     unc[5], unc[6] = 0.9, 0.95
-    settings = SelectionSettings(percentile=80.0, max_selected=4)
+    settings = SelectionSettings(method="threshold", percentile=80.0, max_selected=4)
     result = select_candidates(NUMBERS, cands, unc, train, train_unc, settings)
     assert_partition(result, n)
     assert result.selected.size == 4
@@ -195,7 +209,12 @@ def test_empty_candidates() -> None:
     rng = np.random.default_rng(18)
     train, train_unc = training_set(rng)
     result = select_candidates(
-        NUMBERS, np.zeros((0, 4, 3)), np.zeros(0), train, train_unc, SelectionSettings()
+        NUMBERS,
+        np.zeros((0, 4, 3)),
+        np.zeros(0),
+        train,
+        train_unc,
+        SelectionSettings(method="threshold"),
     )
     assert result.selected.size == 0 and result.rejected == {}
 
@@ -204,7 +223,7 @@ def test_invalid_inputs_raise() -> None:
     rng = np.random.default_rng(19)
     train, train_unc = training_set(rng)
     cands = displaced(rng, 2, 0.1)
-    settings = SelectionSettings()
+    settings = SelectionSettings(method="threshold")
     with pytest.raises(ValueError, match="uncertainty"):
         select_candidates(NUMBERS, cands, np.ones(3), train, train_unc, settings)
     with pytest.raises(ValueError, match="train_positions"):
