@@ -30,7 +30,11 @@ from advloop.adversarial.baselines import CommitteeMDSettings
 from advloop.adversarial.geometry import validate_factors
 from advloop.adversarial.random_displacement import RandomDisplacementSettings
 from advloop.adversarial.seeding import SeedPolicy
-from advloop.adversarial.selection import SelectionSettings
+from advloop.adversarial.selection import (
+    SelectionMethod,
+    SelectionSettings,
+    UncertaintyWeighting,
+)
 from advloop.calculators.factory import Labeller, PySCFLabels
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
@@ -46,6 +50,7 @@ __all__ = [
     "MDExploration",
     "RandomExploration",
     "RunConfig",
+    "SelectionConfig",
     "short_repr",
 ]
 
@@ -155,17 +160,31 @@ def _check_seeds(settings: Any) -> None:
 
 
 @dataclass(frozen=True)
+class SelectionConfig(SelectionSettings):
+    """Which candidates a generation labels (:mod:`advloop.adversarial.selection`; its
+    settings). The run's defaults are those measured in ``benchmarks.sample_efficiency``
+    (docs/benchmarks.md): a diverse batch (``method: diverse``) ranked by element-weighted
+    σ (``weighting: element``), the same selection for every exploration strategy;
+    ``method: threshold, weighting: none`` is the published rule."""
+
+    method: SelectionMethod = "diverse"
+    weighting: UncertaintyWeighting = "element"
+
+
+@dataclass(frozen=True)
 class AdversarialExploration(AttackSettings):
     """The adversarial attack (:mod:`advloop.adversarial.attack`; its settings, in Å and K)
     from ``n_seeds`` seed structures chosen by ``seeds`` (``random``, ``lowest_energy``,
     ``previous``, ``mixed``, or ``md_frames``: the lowest-energy structures moved by
     ``seed_md_steps`` steps of committee MD at ``system.temperature``; see
-    :mod:`advloop.adversarial.seeding`)."""
+    :mod:`advloop.adversarial.seeding`). The run's defaults (``seeds: mixed``,
+    ``pool_every: 10``) are those measured in ``benchmarks.sample_efficiency``."""
 
     kind: Literal["adversarial"] = "adversarial"
-    seeds: SeedPolicy = "random"
+    seeds: SeedPolicy = "mixed"
     n_seeds: int = 16
     seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
+    pool_every: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -254,7 +273,7 @@ class ConvergenceConfig(_Strict):
         None, gt=0, description="eV/Å, for criterion calibrated_error"
     )
     coverage: float = Field(0.9, gt=0, lt=1, description="of the calibrated bound")
-    min_calibration_labels: PositiveInt = 8
+    min_calibration_labels: PositiveInt = 10
     patience: PositiveInt = 1
     min_candidates: int = Field(
         0,
@@ -540,7 +559,7 @@ class RunConfig(_Strict):
     training: TrainingSettings = TrainingSettings()
     exploration: ExplorationSettings = AdversarialExploration()
     geometry: GeometryConfig = GeometryConfig()
-    selection: SelectionSettings = SelectionSettings()
+    selection: SelectionConfig = SelectionConfig()
     convergence: ConvergenceConfig = ConvergenceConfig()
     budget: BudgetConfig = BudgetConfig()
     compute: ComputeConfig = ComputeConfig()
@@ -559,6 +578,10 @@ class RunConfig(_Strict):
         for section in DEFAULT_KINDS:
             if section in data:
                 data[section] = _with_kind(section, data[section])
+        selection = data.get("selection")
+        if isinstance(selection, SelectionSettings) and not isinstance(selection, SelectionConfig):
+            # the plain settings of advloop.adversarial, as they are (their own defaults)
+            data["selection"] = SelectionConfig(**dataclasses.asdict(selection))
         geometry = data.get("geometry", GeometryConfig())
         try:
             limits = (
