@@ -69,6 +69,13 @@ def write_config(
     text = TINY_CONFIG.format(
         name=name, structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=folder / "runs"
     )
+    # the failure fractions of the tests that use this config are set around the
+    # candidates that the published rule selects from random seeds (the hashes that fail
+    # are fixed), so those are pinned here rather than left to the defaults
+    text = text.replace(
+        "selection: {percentile: 0,",
+        "selection: {method: threshold, weighting: none, percentile: 0,",
+    ).replace("exploration: {kind: adversarial,", "exploration: {kind: adversarial, seeds: random,")
     text = text.replace("max_selected: 2", "max_selected: 3").replace(
         "max_labels: 10", f"max_labels: 10, max_failure_ratio: {max_failure_ratio}"
     )
