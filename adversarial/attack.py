@@ -26,6 +26,7 @@ at a calibrated target error instead of the largest σ (see
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -286,14 +287,17 @@ def iattack(
                 strain.clamp_(-settings.max_strain, settings.max_strain)
 
 
-def run_attack(*args, pool_every: int = 0, **kwargs) -> AttackResult:
+def run_attack(*args, **kwargs) -> AttackResult:
     """Run :func:`iattack` to the end (same arguments); keep the trajectories and, with
-    ``pool_every = k > 0``, every k-th step's geometry of each seed still attacked there."""
+    ``settings.pool_every = k > 0``, every k-th step's geometry of each seed still
+    attacked there."""
+    bound = inspect.signature(iattack).bind(*args, **kwargs).arguments
+    pool_every = bound["settings"].pool_every
+    n_atoms = np.asarray(bound["n_atoms"], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n_atoms)])
     objective, sigma = [], []
     pool: list[PoolFrame] = []
     last: AttackStep | None = None
-    n_atoms = np.asarray(args[3] if len(args) > 3 else kwargs["n_atoms"], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(n_atoms)])
     for last in iattack(*args, **kwargs):
         objective.append(last.objective)
         sigma.append(last.sigma)
@@ -363,7 +367,6 @@ def attack(
         seeds.cells,
         seeds.pbc,
         sigma_target,
-        pool_every=settings.pool_every,
     )
     final_step = len(result.objective) - 1
     pool = [f for f in result.pool if f.step != final_step]  # the endpoints come first

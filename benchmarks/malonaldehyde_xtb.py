@@ -95,7 +95,7 @@ from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
 from benchmarks.ammonia_xtb import KCAL_PER_MOL, STRATEGIES, with_overrides
 from benchmarks.committee import record_header, write_record
-from benchmarks.measured_run import Measure, measured_run
+from benchmarks.measured_run import Measure, frames_force_rmse, measured_run
 from benchmarks.stats import bootstrap_ratio_ci, labels_to_target
 from benchmarks.zeolite_xtb import BOND_FACTOR, FRICTION, share_generation_zero, topology_kept
 
@@ -443,14 +443,9 @@ def committee_metrics(
         "barrier_error_kcal_mol": abs(barrier - ref["barrier_eV"]) / KCAL_PER_MOL,
     }
     for t in TEMPERATURES:
-        frames = ref["trajectories"][t]["frames"]
-        pred = committee.predict_arrays(
-            np.tile(z, len(frames)),
-            np.concatenate([p for p, _ in frames]),
-            np.full(len(frames), n),
+        out[f"force_rmse_{t:g}K"] = frames_force_rmse(
+            committee, z, ref["trajectories"][t]["frames"]
         )
-        forces = np.concatenate([f for _, f in frames])
-        out[f"force_rmse_{t:g}K"] = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
     for t in TEMPERATURES if sizes.n_md else ():
         stable, survival = md_stability(committee, ref, t, sizes, rng)
         out[f"md_stable_fraction_{t:g}K"] = stable

@@ -5,7 +5,9 @@ measured between the loop's yields, outside the loop's own timings."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from advloop.flows import run_folder
 from advloop.flows.config import RunConfig
@@ -67,3 +69,18 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
             rows.append(row)
     rows[-1]["stop_reason"] = loop.summary().stop_reason
     return rows
+
+
+def frames_force_rmse(
+    committee: Committee, numbers: np.ndarray, frames: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> float:
+    """Force RMSE (eV/Å, over atoms and components) of the committee mean on oracle
+    ``frames`` of one molecule (numbers [n_atoms]): (positions [n_atoms, 3] Å, forces
+    [n_atoms, 3] eV/Å) pairs."""
+    pred = committee.predict_arrays(
+        np.tile(numbers, len(frames)),
+        np.concatenate([p for p, _ in frames]),
+        np.full(len(frames), len(numbers)),
+    )
+    forces = np.concatenate([f for _, f in frames])
+    return float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))

@@ -6,7 +6,7 @@ Run ``python -m benchmarks.sample_efficiency [--systems ammonia_xtb,malonaldehyd
 [--output PATH]``; writes ``benchmarks/results/sample_efficiency.json``.
 
 For every system and seed, generation 0 (the initial labels and its committee) is made
-once and shared by every strategy (:func:`share_generation_zero`),
+once and shared by every strategy (:func:`benchmarks.zeolite_xtb.share_generation_zero`),
 so that strategies differ only in what they explore. Each strategy then runs advloop's own
 loop (:func:`benchmarks.measured_run.measured_run`: stop rule included) with the same
 label budget per generation and the same batch selection (the ``selection`` section of
@@ -39,7 +39,6 @@ not results.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,7 +58,8 @@ from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import Dataset
 from benchmarks import ammonia_xtb, malonaldehyde_xtb, stats
 from benchmarks.committee import record_header, write_record
-from benchmarks.measured_run import measured_run
+from benchmarks.measured_run import frames_force_rmse, measured_run
+from benchmarks.zeolite_xtb import share_generation_zero
 
 RESULTS = Path(__file__).parent / "results" / "sample_efficiency.json"
 MetricKind = Literal["thermal", "stability", "rare_event"]
@@ -151,16 +151,8 @@ def _ammonia_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
             "barrier_error_kcal_mol"
         ]
     }
-    z = ref["numbers"]
-    n = len(z)
     for t, frames in ref["frames_by_T"].items():
-        pred = committee.predict_arrays(
-            np.tile(z, len(frames)),
-            np.concatenate([p for p, _ in frames]),
-            np.full(len(frames), n),
-        )
-        forces = np.concatenate([f for _, f in frames])
-        metrics[f"force_rmse_{t:g}K"] = float(np.sqrt(np.mean((pred.forces_mean - forces) ** 2)))
+        metrics[f"force_rmse_{t:g}K"] = frames_force_rmse(committee, ref["numbers"], frames)
     for t in (_NH3_T, 2.5 * _NH3_T):
         out = ammonia_xtb.committee_metrics(committee, ref, n_md, md_steps, rng, md_temperature=t)
         metrics[f"md_stable_fraction_{t:g}K"] = out["md_stable_fraction"]
@@ -255,33 +247,6 @@ def strategy_config(base: RunConfig, system: System, strategy: str, seed: int) -
     return RunConfig.model_validate(config.model_dump())
 
 
-def share_generation_zero(source: RunConfig, target: RunConfig) -> None:
-    """Give ``target`` (another strategy, same seed) the generation 0 of ``source``: its
-    initial labels and generation 0's committee, as they were before ``source`` explored
-    (only the records with provenance ``initial`` are copied into a new dataset), plus
-    the label store and the fingerprint; the steps of :mod:`advloop.flows.steps` find and
-    reuse them."""
-    src, dst = RunLayout(source.run_dir()), RunLayout(target.run_dir())
-    dst.root.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src.fingerprint, dst.fingerprint)  # a resume refuses other data settings
-    shutil.copytree(src.labels, dst.labels, dirs_exist_ok=True)
-    shutil.copytree(src.committee_dir(0), dst.committee_dir(0), dirs_exist_ok=True)
-    dataset = Dataset(src.dataset)
-    data, provenance = dataset.arrays(), dataset.provenance()
-    initial = [k for k, p in enumerate(provenance) if p.strategy == "initial"]
-    Dataset.create(dst.dataset).append(
-        dataset.to_atoms(initial),
-        [float(data.energy[k]) for k in initial],
-        [_forces(data)[k] for k in initial],
-        [provenance[k] for k in initial],
-    )
-
-
-def _forces(data) -> list[np.ndarray]:
-    starts = np.concatenate([[0], np.cumsum(data.n_atoms)])
-    return [data.forces[starts[k] : starts[k + 1]] for k in range(len(data))]
-
-
 def _labelled_energies(config: RunConfig, e_min_per_atom: float) -> dict[str, list[float]]:
     """Per generation: the 10/50/90 % quantiles of the energy per atom above the oracle
     minimum (eV/atom) of the structures that generation labelled."""
@@ -315,17 +280,20 @@ def run_seed(
         return system.measure(committee, ref, quick, np.random.default_rng([seed, g]))
 
     e_min = _oracle_minimum_per_atom(ref)
+    configs = {name: strategy_config(base, system, name, seed) for name in strategies}
+    first, *others = configs.values()
+    # generation 0 alone (the loop with no generation to explore), then shared
+    zero = first.model_copy(
+        update={"budget": first.budget.model_copy(update={"max_generations": 0})}
+    )
+    [first_row] = measured_run(zero, measure)
+    first_row.pop("stop_reason", None)  # the zero run's, not a strategy's
+    for config in others:
+        share_generation_zero(first, config)
     out: dict[str, dict] = {}
-    first: RunConfig | None = None
-    first_row: dict | None = None
-    for strategy in strategies:
-        config = strategy_config(base, system, strategy, seed)
-        if first is not None:
-            share_generation_zero(first, config)
+    for strategy, config in configs.items():
         t0 = time.perf_counter()
         rows = measured_run(config, measure, first_row)
-        if first is None:
-            first, first_row = config, dict(rows[0])
         initial = rows[0]["n_labels"]
         for row in rows:
             row["explored_labels"] = row["n_labels"] - initial
@@ -581,9 +549,7 @@ def main(argv: list[str] | None = None) -> dict:
                 name: {
                     "exploration": kind,
                     "settings": {
-                        k: settings(SYSTEMS[s].temperature)
-                        for s in args.systems.split(",")
-                        for k in [s]
+                        s: settings(SYSTEMS[s].temperature) for s in args.systems.split(",")
                     },
                     "selection": {**SELECTION, **selection},
                 }

@@ -280,7 +280,7 @@ def _md_seeds(config: RunConfig, committee: Committee, seeds: Seeds, rng) -> See
         raise ValueError('exploration.seeds "md_frames" needs system.temperature (K)')
     md = CommitteeMDSettings(
         temperature=temperature,
-        n_steps=int(getattr(exploration, "seed_md_steps", 100)),
+        n_steps=exploration.seed_md_steps,
         trust_mode="fixed",
         trust_lower=0.0,
         trust_upper=1e6,
@@ -511,20 +511,13 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     ranked, train_ranked = sigma, train_pred.forces_std_mean
     if settings.weighting == "element" and cand_pred is not None:
         scales = element_scales(train_pred.forces_std, data.numbers)
-        ranked = element_weighted_std(
-            cand_pred.forces_std,
-            candidates.numbers,
-            np.repeat(np.arange(len(candidates)), candidates.n_atoms),
-            len(candidates),
-            scales,
-        )
-        train_ranked = element_weighted_std(
-            train_pred.forces_std,
-            data.numbers,
-            np.repeat(np.arange(len(data)), data.n_atoms),
-            len(data),
-            scales,
-        )
+
+        def weighted(per_atom_std: np.ndarray, numbers: np.ndarray, n_atoms: np.ndarray):
+            idx_m = np.repeat(np.arange(len(n_atoms)), n_atoms)
+            return element_weighted_std(per_atom_std, numbers, idx_m, len(n_atoms), scales)
+
+        ranked = weighted(cand_pred.forces_std, candidates.numbers, candidates.n_atoms)
+        train_ranked = weighted(train_pred.forces_std, data.numbers, data.n_atoms)
     features = cand_pred.structure_features if cand_pred is not None else None
     train_features = train_pred.structure_features
     eligible, ineligible = None, "not eligible"
