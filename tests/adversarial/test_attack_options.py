@@ -197,3 +197,20 @@ def test_iattack_yields_cells_and_sigma_per_step(trained_members, nh3_emt_data):
     assert [s.step for s in steps] == [0, 1, 2, 3]
     assert all(s.cells.shape == (2, 3, 3) and s.sigma.shape == (2,) for s in steps)
     assert all(np.all(s.sigma > 0) for s in steps)
+
+
+def test_mixed_seeds_are_the_lowest_half_and_a_random_rest():
+    from advloop.adversarial.seeding import choose_seeds
+
+    energy = np.array([5.0, 1.0, 4.0, 0.0, 3.0, 2.0, 6.0, 7.0])
+    chosen = choose_seeds(energy, 4, "mixed", np.random.default_rng(0))
+    assert len(chosen) == 4 and len(set(chosen.tolist())) == 4
+    assert {3, 1} <= set(chosen.tolist())  # the two lowest
+    others = set(chosen.tolist()) - {3, 1}
+    draws = {
+        frozenset(choose_seeds(energy, 4, "mixed", np.random.default_rng(k)).tolist()) - {3, 1}
+        for k in range(20)
+    }
+    assert len(draws) > 1 and all(len(d) == 2 for d in draws) and others
+    # md_frames starts from the lowest-energy structures (the MD is the caller's)
+    assert choose_seeds(energy, 3, "md_frames", np.random.default_rng(0)).tolist() == [1, 3, 5]
