@@ -67,6 +67,20 @@ class Seeds:
         return bool(np.any(self.pbc))
 
 
+#: The per-candidate arrays of :class:`Candidates`, in the order of its fields.
+_ARRAY_FIELDS = (
+    "numbers",
+    "positions",
+    "n_atoms",
+    "cells",
+    "pbc",
+    "parent",
+    "sigma_f_mean",
+    "sigma_f_max",
+    "score",
+)
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Geometries an exploration strategy proposes for labelling.
@@ -134,6 +148,26 @@ class Candidates:
             np.asarray(sigma_f_max, dtype=float),
             np.asarray(score, dtype=float),
             dict(stopped or {}),
+        )
+
+    @classmethod
+    def concatenate(cls, by_source: dict[str, Candidates]) -> Candidates:
+        """The candidates of several strategies run from the same seeds, one after the
+        other in the order given. A seed stopped by more than one keeps each reason, each
+        named by its source; with a single source, everything is as it was."""
+        parts = list(by_source.values())
+        if len(parts) == 1:
+            return parts[0]
+        stopped: dict[int, str] = {}
+        for name, part in by_source.items():
+            for seed, reason in part.stopped.items():
+                stopped[seed] = "; ".join(filter(None, (stopped.get(seed), f"{name}: {reason}")))
+        full = [p for p in parts if len(p)]
+        if not full:
+            return cls.empty(stopped)
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in full]) for f in _ARRAY_FIELDS),
+            stopped=dict(sorted(stopped.items())),
         )
 
     @classmethod

@@ -26,7 +26,8 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
     the labelling that made the generation's training set (the initial labels for
     generation 0); ``seconds_exploration``, the exploration and selection that followed
     (0 for the last generation, which does not explore); ``seconds_metrics``; and
-    ``n_candidates`` and ``n_selected``, what exploration found and selection kept. The
+    ``n_candidates`` and ``n_selected``, what exploration found and selection kept (a
+    hybrid's selected per strategy in ``selected_sources``). The
     last row also holds the run's ``stop_reason`` (the production stop rule applies: a
     strategy that finds nothing worth labelling ends its run there).
 
@@ -65,6 +66,8 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
                 n_candidates=record.attack_candidates or 0,
                 n_selected=record.selected or 0,
             )
+            if record.selected_sources is not None:
+                row["selected_sources"] = record.selected_sources
             labelling = record.seconds_labelling or 0.0
             rows.append(row)
     rows[-1]["stop_reason"] = loop.summary().stop_reason

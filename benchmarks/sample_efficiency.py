@@ -83,6 +83,12 @@ STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
         {"method": "threshold", "weighting": "none"},
     ),
     "md": ("md", lambda t: {"temperature": 1.5 * t, "trust_mode": "adaptive"}, {}),
+    # the default attack and the MD above, from the same seeds, in one selection
+    "hybrid": (
+        "hybrid",
+        lambda t: {"md": {"temperature": 1.5 * t, "trust_mode": "adaptive"}},
+        {},
+    ),
     "random": ("random", lambda t: {"std": 0.1, "max_energy_rise": 0.5}, {}),
 }
 BASELINE = "md"

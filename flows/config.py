@@ -36,6 +36,7 @@ from advloop.adversarial.selection import (
     UncertaintyWeighting,
 )
 from advloop.calculators.factory import Labeller, PySCFLabels
+from advloop.constraints import NonNegativeInt
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
 
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "ExplorationSettings",
     "GeometryConfig",
+    "HybridExploration",
     "LabelSettings",
     "MDExploration",
     "RandomExploration",
@@ -221,15 +223,82 @@ class RandomExploration(RandomDisplacementSettings):
         _check_seeds(self)
 
 
+def _hybrid_part(value: Any, cls: type, section: str, limits: dict[str, float]) -> Any:
+    """A part of a hybrid exploration as ``cls`` (a mapping is built into one) with the
+    hybrid's geometry ``limits``; ValueError where it sets limits of its own that differ
+    from them (they come from ``geometry``)."""
+    if isinstance(value, dict):
+        value = cls(**value)
+    if not isinstance(value, cls):
+        raise ValueError(f"exploration.{section} must be a mapping of its settings, got {value!r}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    clash = [k for k in GEOMETRY_KEYS if getattr(value, k) not in (limits[k], defaults[k])]
+    if clash:
+        raise ValueError(
+            f"exploration.{section}.{clash[0]}: the geometry limits are one section; set "
+            f"geometry.{clash[0]} instead"
+        )
+    return dataclasses.replace(value, **limits)
+
+
+@dataclass(frozen=True)
+class HybridAttack(AttackSettings):
+    """The attack of a hybrid exploration: :class:`AttackSettings` with the run's default
+    ``pool_every`` (that of :class:`AdversarialExploration`)."""
+
+    pool_every: NonNegativeInt = AdversarialExploration.pool_every
+
+
+@dataclass(frozen=True)
+class HybridExploration:
+    """The attack and committee MD from the same ``n_seeds`` seeds, their candidates
+    competing in one selection: the attack's endpoints and pooled path frames (``attack``,
+    the settings of :class:`advloop.adversarial.attack.AttackSettings`) beside the frames
+    of committee MD in its trust window (``md``, those of
+    :class:`advloop.adversarial.baselines.CommitteeMDSettings`; set ``md.temperature``,
+    K, to where dynamics should go, above ``system.temperature``). The batch selection
+    decides which kind of geometry is worth a label; each generation's record counts the
+    selected per source (``selected_sources``). Both parts take the geometry limits of
+    ``geometry``."""
+
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
+
+    kind: Literal["hybrid"] = "hybrid"
+    seeds: SeedPolicy = "mixed"
+    n_seeds: int = 16
+    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
+    attack: HybridAttack = HybridAttack()
+    md: CommitteeMDSettings = CommitteeMDSettings()
+    min_distance_factor: float = 0.5
+    max_bond_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_seeds(self)
+        try:
+            validate_factors(self.min_distance_factor, self.max_bond_factor)
+        except ValueError as err:
+            raise ValueError(f"exploration.{err}") from None
+        limits = {k: getattr(self, k) for k in GEOMETRY_KEYS}
+        for section, cls in (("attack", HybridAttack), ("md", CommitteeMDSettings)):
+            part = _hybrid_part(getattr(self, section), cls, section, limits)
+            object.__setattr__(self, section, part)
+
+
+#: The sections of a hybrid exploration, each the settings of one strategy.
+HYBRID_PARTS = ("attack", "md")
+
 _EXPLORATION_KINDS = {
     "adversarial": AdversarialExploration,
     "md": MDExploration,
     "random": RandomExploration,
+    "hybrid": HybridExploration,
 }
-# How each generation looks for new geometries: the adversarial attack, or one of the
-# baselines it is compared with, each with its own settings.
+# How each generation looks for new geometries: the adversarial attack, one of the
+# baselines it is compared with, or the attack and committee MD together, each with its
+# own settings.
 ExplorationSettings = Annotated[
-    AdversarialExploration | MDExploration | RandomExploration, Field(discriminator="kind")
+    AdversarialExploration | MDExploration | RandomExploration | HybridExploration,
+    Field(discriminator="kind"),
 ]
 # Who labels the structures: a union on `kind` (see advloop.calculators.factory).
 LabelSettings = Annotated[Labeller, Field(discriminator="kind")]
@@ -608,9 +677,10 @@ class RunConfig(_Strict):
         return self.output_dir / self.system.name
 
     def exploring(self, kind: str, **settings: Any) -> RunConfig:
-        """This config exploring with ``kind`` (``adversarial``, ``md``, ``random``): the same
-        seeds, n_seeds and geometry limits; that kind's ``settings``, and for the rest its
-        defaults, or this config's own where ``kind`` is its kind already. Raises
+        """This config exploring with ``kind`` (``adversarial``, ``md``, ``random``,
+        ``hybrid``): the same seeds, n_seeds and geometry limits; that kind's ``settings``,
+        and for the rest its defaults, or this config's own where ``kind`` is its kind
+        already (a hybrid from an attack or MD config takes that part from it). Raises
         ValueError (or TypeError on a setting the kind does not have)."""
         cls = _EXPLORATION_KINDS[kind]
         current = self.exploration
@@ -624,6 +694,12 @@ class RunConfig(_Strict):
             }
         )
         own.pop("kind", None)
+        part = {"adversarial": ("attack", HybridAttack), "md": ("md", CommitteeMDSettings)}
+        if kind == "hybrid" and current.kind in part:
+            # a hybrid of this config's attack (or MD) and the other's defaults
+            name, part_cls = part[current.kind]
+            mine = {f.name: getattr(current, f.name) for f in dataclasses.fields(part_cls)}
+            settings = {**settings, name: {**mine, **settings.get(name, {})}}
         exploration = cls(**{**own, **settings, **self.geometry.model_dump()})
         return self.model_copy(update={"exploration": exploration})
 
@@ -636,6 +712,8 @@ class RunConfig(_Strict):
         for section in ("exploration", "selection"):
             for key in GEOMETRY_KEYS:
                 dumped[section].pop(key, None)
+                for part in HYBRID_PARTS:
+                    dumped[section].get(part, {}).pop(key, None)
         return yaml.safe_dump(dumped, sort_keys=False)
 
 
@@ -660,13 +738,21 @@ def _limits() -> dict[str, tuple[int, str]]:
             10_000,
             "every candidate of a generation is held in memory at once",
         ),
-        ("exploration[adversarial].n_steps", "exploration.neighbor_refresh"): (
-            100_000,
-            "an attack converges in tens of steps",
-        ),
-        ("exploration[md].n_steps", "exploration.sample_interval"): (
-            10_000_000,
-            "10^7 steps are days of committee MD per seed and generation",
+        (
+            "exploration[adversarial].n_steps",
+            "exploration.neighbor_refresh",
+            "exploration[hybrid].attack.n_steps",
+            "exploration.attack.neighbor_refresh",
+        ): (100_000, "an attack converges in tens of steps"),
+        (
+            "exploration[md].n_steps",
+            "exploration.sample_interval",
+            "exploration.md.n_steps",
+            "exploration.md.sample_interval",
+        ): (10_000_000, "10^7 steps are days of committee MD per seed and generation"),
+        ("exploration.md.max_frames_per_seed",): (
+            10_000,
+            "every candidate of a generation is held in memory at once",
         ),
         ("selection.max_selected", "convergence.min_candidates"): (
             100_000,

@@ -370,6 +370,8 @@ def run_generation(
     record.selected_sigma_f_mean, record.selected_sigma_f_max = sel.sigma_f_mean, sel.sigma_f_max
     record.rejected = sel.rejected_counts()
     record.selection_cap = cap = min(max_selected, config.selection.max_selected)
+    if rep.sources is not None and len(rep.sources) > 1:
+        record.selected_sources = rep.source_of(sel.selected)
     if len(sel.selected) < cap:
         logger.warning(
             "generation %d: %s exploration gave only %d candidates worth labelling, fewer "

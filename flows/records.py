@@ -69,6 +69,7 @@ class GenerationRecord:
     selected_sigma_f_mean: float | None = None  # eV/Å
     selected_sigma_f_max: float | None = None  # eV/Å
     rejected: dict[RejectReason, int] | None = None  # candidates rejected, per reason
+    selected_sources: dict[str, int] | None = None  # a hybrid's selected, per strategy
     # labels and calibration
     labels_added: int | None = None
     labels_failed: int | None = None

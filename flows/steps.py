@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from advloop.adversarial.attack import attack
+from advloop.adversarial.attack import AttackSettings, attack
 from advloop.adversarial.baselines import (
     CommitteeMDSettings,
     committee_md,
@@ -35,6 +35,7 @@ from advloop.calculators.label_store import LabelStore, label_key
 from advloop.calculators.labeller import label_structures
 from advloop.flows.config import (
     AdversarialExploration,
+    HybridExploration,
     MDExploration,
     RandomExploration,
     RunConfig,
@@ -239,6 +240,17 @@ class ExploreReport:
     n_candidates: int = 0
     calibration_scale: float = float("nan")  # c of the bound c σ_F (nan: too few labels yet)
     error_bound: float = float("nan")  # eV/Å, c × sigma_f_mean (nan: no scale yet)
+    # candidates per source, in candidate order (a hybrid: the attack's, then MD's)
+    sources: dict[str, int] | None = None
+
+    def source_of(self, indices: list[int]) -> dict[str, int]:
+        """How many of the candidates ``indices`` each source gave ({} without sources)."""
+        bounds = np.cumsum(list((self.sources or {}).values()))
+        names = list((self.sources or {}).keys())
+        counts = dict.fromkeys(names, 0)
+        for k in indices:
+            counts[names[int(np.searchsorted(bounds, k, side="right"))]] += 1
+        return counts
 
 
 def calibration_scale(config: RunConfig, generation: int) -> float:
@@ -293,6 +305,45 @@ def _md_seeds(config: RunConfig, committee: Committee, seeds: Seeds, rng) -> See
     return replace(seeds, positions=np.array(positions, dtype=np.float64))
 
 
+def _attack(
+    committee: Committee,
+    seeds: Seeds,
+    data,
+    settings: AttackSettings,
+    rng: np.random.Generator,
+    trace: Path,
+    scale: float,
+) -> Candidates:
+    """The attack's candidates; its objective and σ per step and seed go to ``trace``."""
+    candidates, result = attack(
+        committee,
+        seeds,
+        data.energy,
+        data.n_atoms,
+        settings,
+        torch.Generator().manual_seed(int(rng.integers(2**31))),
+        calibration_scale=scale if np.isfinite(scale) else 1.0,
+    )
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
+    return candidates
+
+
+def _md(
+    committee: Committee,
+    seeds: Seeds,
+    data,
+    settings: CommitteeMDSettings,
+    rng: np.random.Generator,
+) -> Candidates:
+    """Committee MD's frames in its trust window (an adaptive window scaled from the
+    committee's deviation on ``data``, its training set)."""
+    reference = (
+        training_force_deviation(committee, data) if settings.trust_mode == "adaptive" else None
+    )
+    return committee_md(committee, seeds, settings, rng, reference_sigma=reference)
+
+
 def _explore(
     config: RunConfig,
     committee: Committee,
@@ -301,33 +352,23 @@ def _explore(
     rng: np.random.Generator,
     trace: Path,
     scale: float = float("nan"),
-) -> Candidates:
-    """Run the configured exploration strategy from ``seeds``; an attack also writes its
-    trajectory of objective and σ per step and seed to ``trace``. ``scale``: the
+) -> dict[str, Candidates]:
+    """Run the configured exploration strategy from ``seeds``: its candidates by source
+    (one strategy, or the attack and MD of a hybrid, in that order). An attack also writes
+    its trajectory of objective and σ per step and seed to ``trace``. ``scale``: the
     calibration scale for a ``target`` attack objective (nan: none yet, taken as 1)."""
     exploration = config.exploration
     if isinstance(exploration, AdversarialExploration):
-        candidates, result = attack(
-            committee,
-            seeds,
-            data.energy,
-            data.n_atoms,
-            exploration,
-            torch.Generator().manual_seed(int(rng.integers(2**31))),
-            calibration_scale=scale if np.isfinite(scale) else 1.0,
-        )
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
-        return candidates
+        return {"adversarial": _attack(committee, seeds, data, exploration, rng, trace, scale)}
     if isinstance(exploration, RandomExploration):
-        return random_displacement(committee, seeds, exploration, rng)
+        return {"random": random_displacement(committee, seeds, exploration, rng)}
     if isinstance(exploration, MDExploration):
-        reference = (
-            training_force_deviation(committee, data)
-            if exploration.trust_mode == "adaptive"
-            else None
-        )
-        return committee_md(committee, seeds, exploration, rng, reference_sigma=reference)
+        return {"md": _md(committee, seeds, data, exploration, rng)}
+    if isinstance(exploration, HybridExploration):
+        return {
+            "adversarial": _attack(committee, seeds, data, exploration.attack, rng, trace, scale),
+            "md": _md(committee, seeds, data, exploration.md, rng),
+        }
     raise TypeError(f"exploration: no strategy for {exploration!r}")
 
 
@@ -365,9 +406,10 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
     if config.exploration.seeds == "md_frames":
         seeds = _md_seeds(config, committee, seeds, rng)
     scale = calibration_scale(config, generation)
-    candidates = _explore(
+    by_source = _explore(
         config, committee, seeds, data, rng, layout.exploration_trace(generation), scale
     )
+    candidates = Candidates.concatenate(by_source)
     peak = _per_seed_peak(candidates)
     sigma_mean = float(peak.mean()) if len(peak) else 0.0
     report = ExploreReport(
@@ -379,6 +421,7 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
         n_candidates=len(candidates),
         calibration_scale=scale,
         error_bound=scale * sigma_mean,
+        sources={name: len(c) for name, c in by_source.items()},
     )
     # parents and stopped seeds as dataset indices, which outlive this batch of seeds
     kept_candidates = replace(

@@ -537,3 +537,26 @@ def test_energy_cap_redraws_with_a_smaller_std_before_dropping(trained_members, 
     loose = RandomDisplacementSettings(std=std, n_per_seed=10, max_energy_rise=10.0)
     same = random_displacement(committee, seeds, loose, np.random.default_rng(0))
     np.testing.assert_array_equal(same.positions, first.positions)
+
+
+def test_candidates_of_two_strategies_concatenate_in_order_with_both_stop_reasons():
+    from advloop.adversarial.structures import Candidates
+
+    nh3 = molecule("NH3")
+    moved = nh3.copy()
+    moved.positions += 0.05
+
+    a = Candidates.from_atoms([nh3], [0], [0.1], [0.2], [1.0], stopped={1: "clash"})
+    b = Candidates.from_atoms(
+        [moved, nh3], [1, 0], [0.3, 0.4], [0.5, 0.6], [2.0, 3.0], {1: "upper"}
+    )
+    both = Candidates.concatenate({"adversarial": a, "md": b})
+    assert len(both) == 3 and both.parent.tolist() == [0, 1, 0]
+    assert both.sigma_f_mean.tolist() == [0.1, 0.3, 0.4]
+    np.testing.assert_array_equal(both.positions[4:8], moved.positions)
+    assert both.stopped == {1: "adversarial: clash; md: upper"}
+    assert Candidates.concatenate({"md": b}) is b
+    empty = Candidates.concatenate(
+        {"adversarial": Candidates.empty({0: "x"}), "md": Candidates.empty()}
+    )
+    assert len(empty) == 0 and empty.stopped == {0: "adversarial: x"}

@@ -96,3 +96,7 @@ def test_quick_mode_reports_every_field(prefect_backend, tmp_path):
         assert rows[0]["explored_labels"] == 0 and rows[-1]["explored_labels"] > 0
         assert "initial" in runs[name]["0"]["labelled_energy_per_atom_q10_q50_q90"]
     assert set(record["cost"]["ammonia_xtb"]) == set(STRATEGIES)
+    # the hybrid's labels, counted by the strategy that proposed them
+    hybrid = runs["hybrid"]["0"]["rows"][0]
+    assert set(hybrid["selected_sources"]) == {"adversarial", "md"}
+    assert sum(hybrid["selected_sources"].values()) == hybrid["n_selected"] > 0

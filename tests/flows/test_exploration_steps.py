@@ -409,3 +409,72 @@ def test_a_generation_short_of_candidates_says_so(prepared_run, tmp_path, caplog
         "gave only 1 candidates worth labelling, fewer than the 3" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_hybrid_attack_and_md_candidates_compete_in_one_selection(prepared_run, tmp_path):
+    from advloop.flows.loop import LocalJobs, run_generation
+
+    md = {
+        "temperature": 800.0,
+        "n_steps": 40,
+        "sample_interval": 5,
+        "trust_mode": "fixed",
+        "trust_lower": 0.0,
+        "trust_upper": 50.0,
+        "max_frames_per_seed": 2,
+    }
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={
+            "kind": "hybrid",
+            "n_seeds": 3,
+            "seeds": "lowest_energy",
+            "attack": {"n_steps": 6, "pool_every": 0},
+            "md": md,
+        },
+        selection={"max_selected": 4, "percentile": 0.0},
+    )
+    assert config.exploration.attack.min_distance_factor == config.geometry.min_distance_factor
+    report = explore_step(config, 0)
+    candidates = generation_candidates(config, 0)
+    # the attack's three endpoints first, then two window frames of each seed's MD
+    assert report.sources == {"adversarial": 3, "md": 6}
+    assert len(candidates) == report.n_candidates == 9
+    assert candidates.parent[:3].tolist() == sorted(candidates.parent[3:].tolist())[::2]
+    assert RunLayout(config.run_dir()).exploration_trace(0).exists()
+    # MD frames sit on a thermal trajectory, not at the attack's endpoints
+    starts = candidates.starts
+    first_md = candidates.positions[starts[3] : starts[4]]
+    assert not np.allclose(first_md, candidates.positions[starts[0] : starts[1]])
+    assert report.source_of([0, 2, 3, 8]) == {"adversarial": 2, "md": 2}
+
+    out = run_generation(config, LocalJobs(), 0, max_selected=4, final=False)
+    record = out.record
+    assert sum(record.selected_sources.values()) == record.selected == record.labels_added
+    assert set(record.selected_sources) == {"adversarial", "md"}
+    provenance = Dataset(RunLayout(config.run_dir()).dataset).provenance()
+    assert [p.strategy for p in provenance[6:]] == ["hybrid"] * record.labels_added
+
+
+def test_hybrid_parts_take_the_geometry_section(prepared_run, tmp_path):
+    with pytest.raises(ValueError, match="set geometry.min_distance_factor instead"):
+        _with(
+            prepared_run,
+            tmp_path,
+            exploration={"kind": "hybrid", "md": {"min_distance_factor": 0.3}},
+        )
+    config = _with(
+        prepared_run,
+        tmp_path,
+        exploration={"kind": "hybrid", "attack": {"n_steps": 7}},
+        geometry={"min_distance_factor": 0.4},
+    )
+    assert config.exploration.attack.pool_every == 10  # the run's default, not the library's
+    assert config.exploration.attack.n_steps == 7
+    assert config.exploration.md.min_distance_factor == 0.4
+    assert RunConfig.model_validate(yaml.safe_load(config.to_yaml())) == config
+    # a hybrid made from an attack config keeps that attack, with MD's defaults beside it
+    hybrid = prepared_run.exploring("hybrid", md={"temperature": 900.0}).exploration
+    assert hybrid.attack.n_steps == prepared_run.exploration.n_steps == 5
+    assert (hybrid.md.temperature, hybrid.n_seeds) == (900.0, prepared_run.exploration.n_seeds)
