@@ -2,8 +2,11 @@
 displacement, through the production loop, side by side.
 
 Run ``python -m benchmarks.sample_efficiency [--systems ammonia_xtb,malonaldehyde_xtb]
-[--seeds 5] [--generations 12] [--labels-per-generation 8] [--jobs 2] [--quick]
-[--output PATH]``; writes ``benchmarks/results/sample_efficiency.json``.
+[--strategies adversarial,hybrid,md,...] [--seeds 5] [--generations 12]
+[--labels-per-generation 8] [--jobs 2] [--no-stability] [--quick] [--output PATH]``;
+writes ``benchmarks/results/sample_efficiency.json``. ``--strategies`` also takes the
+ablations of the default (:data:`ABLATIONS`: one part of it at a time set back to the
+published attack's).
 
 For every system and seed, generation 0 (the initial labels and its committee) is made
 once and shared by every strategy (:func:`benchmarks.zeolite_xtb.share_generation_zero`),
@@ -74,7 +77,8 @@ SELECTION = {"method": "diverse", "weighting": "element", "percentile": 50.0}
 #: ``adversarial`` is advloop's default exploration; ``adversarial_paper`` the attack as
 #: published (endpoints only, the most uncertain first, random seeds); ``md`` committee MD
 #: as DP-GEN2 and aims-PAX users run it (adaptive trust levels, at 1.5 × the application
-#: temperature); ``random`` Gaussian displacements with an energy cap.
+#: temperature); ``random`` Gaussian displacements with an energy cap; ``hybrid`` the
+#: default attack and that MD from the same seeds, their candidates in one selection.
 STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
     "adversarial": ("adversarial", lambda t: {"pool_every": 10, "seeds": "mixed"}, {}),
     "adversarial_paper": (
@@ -92,6 +96,28 @@ STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
     "random": ("random", lambda t: {"std": 0.1, "max_energy_rise": 0.5}, {}),
 }
 BASELINE = "md"
+
+#: The default attack with one of its parts taken back to the published attack's
+#: (``--strategies`` takes these names too): which part of the default does the work.
+ABLATIONS: dict[str, tuple[str, Callable[[float], dict], dict]] = {
+    "adversarial_endpoints": ("adversarial", lambda t: {"pool_every": 0, "seeds": "mixed"}, {}),
+    "adversarial_random_seeds": (
+        "adversarial",
+        lambda t: {"pool_every": 10, "seeds": "random"},
+        {},
+    ),
+    "adversarial_threshold": (
+        "adversarial",
+        lambda t: {"pool_every": 10, "seeds": "mixed"},
+        {"method": "threshold"},
+    ),
+    "adversarial_unweighted": (
+        "adversarial",
+        lambda t: {"pool_every": 10, "seeds": "mixed"},
+        {"weighting": "none"},
+    ),
+}
+_ALL_STRATEGIES = {**STRATEGIES, **ABLATIONS}
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,9 @@ class System:
     metrics: dict[str, Metric]
     reference: Callable[[bool], dict]
     config: Callable[[dict, int, Path, bool, int, int], RunConfig]
-    measure: Callable[[Committee, dict, bool, np.random.Generator], dict]
+    # (committee, reference, quick, rng, stability) -> metrics; without stability, the
+    # committee-driven MD runs (the costliest measurement) are left out
+    measure: Callable[[Committee, dict, bool, np.random.Generator, bool], dict]
 
 
 # -- ammonia (GFN2-xTB) ----------------------------------------------------------------
@@ -150,7 +178,7 @@ def _ammonia_config(
     )
 
 
-def _ammonia_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
+def _ammonia_measure(committee: Committee, ref: dict, quick: bool, rng, stability: bool) -> dict:
     n_md, md_steps = (4, 100) if quick else (20, 1000)
     metrics = {
         "barrier_error_kcal_mol": ammonia_xtb.committee_metrics(committee, ref, 0, 0, rng)[
@@ -159,7 +187,7 @@ def _ammonia_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
     }
     for t, frames in ref["frames_by_T"].items():
         metrics[f"force_rmse_{t:g}K"] = frames_force_rmse(committee, ref["numbers"], frames)
-    for t in (_NH3_T, 2.5 * _NH3_T):
+    for t in (_NH3_T, 2.5 * _NH3_T) if stability else ():
         out = ammonia_xtb.committee_metrics(committee, ref, n_md, md_steps, rng, md_temperature=t)
         metrics[f"md_stable_fraction_{t:g}K"] = out["md_stable_fraction"]
     return metrics
@@ -215,8 +243,12 @@ def _malonaldehyde_config(
     )
 
 
-def _malonaldehyde_measure(committee: Committee, ref: dict, quick: bool, rng) -> dict:
-    out = malonaldehyde_xtb.committee_metrics(committee, ref, _malonaldehyde_sizes(quick), rng)
+def _malonaldehyde_measure(
+    committee: Committee, ref: dict, quick: bool, rng, stability: bool
+) -> dict:
+    sizes = _malonaldehyde_sizes(quick)
+    sizes = sizes if stability else replace(sizes, n_md=0)
+    out = malonaldehyde_xtb.committee_metrics(committee, ref, sizes, rng)
     return {k: v for k, v in out.items() if not k.startswith(("md_survival", "barrier_eV"))}
 
 
@@ -242,7 +274,7 @@ SYSTEMS = {s.name: s for s in (AMMONIA, MALONALDEHYDE)}
 def strategy_config(base: RunConfig, system: System, strategy: str, seed: int) -> RunConfig:
     """``base`` exploring as ``strategy`` does, with the shared selection, named
     ``<system>-<strategy>-<seed>``."""
-    kind, settings, selection = STRATEGIES[strategy]
+    kind, settings, selection = _ALL_STRATEGIES[strategy]
     config = base.exploring(kind, **settings(system.temperature))
     config = config.model_copy(
         update={
@@ -275,6 +307,7 @@ def run_seed(
     gens: int,
     root: str,
     ref: dict,
+    stability: bool = True,
 ) -> dict:
     """Every strategy of one seed of one system, from one shared generation 0."""
     torch.set_num_threads(1)
@@ -283,7 +316,7 @@ def run_seed(
     base = system.config(ref, seed, folder, quick, per_gen, gens)
 
     def measure(committee: Committee, g: int) -> dict:
-        return system.measure(committee, ref, quick, np.random.default_rng([seed, g]))
+        return system.measure(committee, ref, quick, np.random.default_rng([seed, g]), stability)
 
     e_min = _oracle_minimum_per_atom(ref)
     configs = {name: strategy_config(base, system, name, seed) for name in strategies}
@@ -424,8 +457,13 @@ def run(
     jobs: int = 1,
     root: Path | None = None,
     n_boot: int = 10_000,
+    stability: bool = True,
 ) -> dict:
-    """Every strategy of every seed of every system; the record of the module docstring."""
+    """Every strategy of every seed of every system; the record of the module docstring
+    (without ``stability``, no stability metrics)."""
+    unknown = [s for s in strategies if s not in _ALL_STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}: choose from {list(_ALL_STRATEGIES)}")
     if BASELINE not in strategies:
         raise ValueError(f"the comparison needs the baseline strategy {BASELINE!r}")
     results: dict = {"systems": {}, "summary": {}, "cost": {}}
@@ -435,7 +473,7 @@ def run(
             system = SYSTEMS[name]
             ref = system.reference(quick)
             args = [
-                (name, s, strategies, quick, per_generation, generations, str(base), ref)
+                (name, s, strategies, quick, per_generation, generations, str(base), ref, stability)
                 for s in seeds
             ]
             if jobs > 1:
@@ -521,6 +559,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--labels-per-generation", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (processes)")
     parser.add_argument("--quick", action="store_true", help="one seed, two small generations")
+    parser.add_argument(
+        "--no-stability",
+        action="store_true",
+        help="leave out the MD stability metrics (most of the measuring time), as an "
+        "ablation of thermal and rare-event accuracy may",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -536,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
         tuple(args.strategies.split(",")),
         args.jobs,
         n_boot=200 if args.quick else 10_000,
+        stability=not args.no_stability,
     )
     header = record_header(
         "benchmarks.sample_efficiency",
@@ -551,6 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seeds": seeds,
             "generations": generations,
             "labels_per_generation": per_generation,
+            "stability": not args.no_stability,
             "strategies": {
                 name: {
                     "exploration": kind,
@@ -559,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
                     },
                     "selection": {**SELECTION, **selection},
                 }
-                for name, (kind, settings, selection) in STRATEGIES.items()
+                for name, (kind, settings, selection) in _ALL_STRATEGIES.items()
                 if name in args.strategies.split(",")
             },
         },

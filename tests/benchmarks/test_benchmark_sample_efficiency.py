@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 
 from benchmarks.sample_efficiency import (
+    ABLATIONS,
     AMMONIA,
     BASELINE,
     STRATEGIES,
     main,
     markdown_table,
+    run,
+    strategy_config,
     summarise,
 )
 
@@ -69,6 +72,30 @@ def test_summary_takes_committee_md_final_value_as_the_target():
 
 def test_every_strategy_explores_and_md_is_the_baseline():
     assert BASELINE in STRATEGIES and "adversarial" in STRATEGIES
+
+
+def test_each_ablation_sets_exactly_one_part_of_the_default_back(tmp_path):
+    base = AMMONIA.config({}, 0, tmp_path, True, 3, 2)
+    default = strategy_config(base, AMMONIA, "adversarial", 0)
+
+    def parts(config):
+        return {
+            **{f"exploration.{k}": v for k, v in config.exploration.__dict__.items()},
+            **{f"selection.{k}": v for k, v in config.selection.__dict__.items()},
+        }
+
+    changed = {}
+    for name in ABLATIONS:
+        ablated = parts(strategy_config(base, AMMONIA, name, 0))
+        changed[name] = {k for k, v in parts(default).items() if ablated[k] != v}
+    assert changed == {
+        "adversarial_endpoints": {"exploration.pool_every"},
+        "adversarial_random_seeds": {"exploration.seeds"},
+        "adversarial_threshold": {"selection.method"},
+        "adversarial_unweighted": {"selection.weighting"},
+    }
+    with pytest.raises(ValueError, match="unknown strategies"):
+        run(["ammonia_xtb"], [0], 1, 1, True, ("md", "adversarial_typo"), 1)
 
 
 @pytest.mark.slow
