@@ -27,7 +27,10 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
     generation 0); ``seconds_exploration``, the exploration and selection that followed
     (0 for the last generation, which does not explore); ``seconds_metrics``; and
     ``n_candidates`` and ``n_selected``, what exploration found and selection kept (a
-    hybrid's selected per strategy in ``selected_sources``). The
+    hybrid's selected per strategy in ``selected_sources``); where the record has them,
+    what the stop rules read (``attack_sigma_f_mean``, ``calibration_scale``,
+    ``attack_error_bound``) and the mean force error the committee made on the labels the
+    generation added (``calibration_observed_mean``). The
     last row also holds the run's ``stop_reason`` (the production stop rule applies: a
     strategy that finds nothing worth labelling ends its run there).
 
@@ -68,6 +71,15 @@ def measured_run(config: RunConfig, measure: Measure, first_row: dict | None = N
             )
             if record.selected_sources is not None:
                 row["selected_sources"] = record.selected_sources
+            # what the stop rules read, and the error the new labels showed
+            for key in (
+                "attack_sigma_f_mean",
+                "calibration_scale",
+                "attack_error_bound",
+                "calibration_observed_mean",
+            ):
+                if record.get(key) is not None:
+                    row[key] = record.get(key)
             labelling = record.seconds_labelling or 0.0
             rows.append(row)
     rows[-1]["stop_reason"] = loop.summary().stop_reason
