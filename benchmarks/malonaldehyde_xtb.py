@@ -74,30 +74,18 @@ from ase.optimize import BFGS
 from ase.vibrations import Vibrations
 
 from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
-from advloop.adversarial.selection import SelectionSettings
 from advloop.adversarial.structures import Seeds
 from advloop.calculators.factory import TBLiteLabels, make_calculator
 from advloop.flows.config import (
-    AdversarialExploration,
-    BudgetConfig,
-    CommitteeConfig,
-    ComputeConfig,
-    ConfigError,
-    InitialDataConfig,
-    MDExploration,
-    RandomExploration,
     RunConfig,
-    SystemConfig,
 )
-from advloop.flows.inputs import check_inputs
 from advloop.potentials.committee import Committee
-from advloop.potentials.model import ModelSpec
-from advloop.potentials.training import TrainingSettings
-from benchmarks.ammonia_xtb import KCAL_PER_MOL, STRATEGIES, with_overrides
+from benchmarks.ammonia_xtb import KCAL_PER_MOL, STRATEGIES
 from benchmarks.committee import record_header, write_record
 from benchmarks.measured_run import Measure, frames_force_rmse, measured_run
 from benchmarks.stats import bootstrap_ratio_ci, labels_to_target
-from benchmarks.zeolite_xtb import BOND_FACTOR, FRICTION, share_generation_zero, topology_kept
+from benchmarks.xtb_config import FRICTION, seeded_measure, xtb_config
+from benchmarks.zeolite_xtb import BOND_FACTOR, share_generation_zero, topology_kept
 
 RESULTS = Path(__file__).parent / "results" / "malonaldehyde_xtb.json"
 TEMPERATURE = 300.0  # K, the application temperature
@@ -456,9 +444,7 @@ def committee_metrics(
 def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
     """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`,
     with MD velocities seeded by the committee seed and generation."""
-    return lambda committee, g: committee_metrics(
-        committee, ref, sizes, np.random.default_rng([seed, g])
-    )
+    return seeded_measure(committee_metrics, ref, sizes, seed)
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -477,66 +463,16 @@ def make_config(
     :func:`write_structure`), named ``name`` (default: the strategy), with the
     ``overrides`` of an ablation (config section -> fields); raises ConfigError on bad
     inputs."""
-    hot = TEMPERATURES[-1]
-    config = RunConfig(
-        system=SystemConfig(name=f"malonaldehyde-{name or strategy}-{seed}", structures=structure),
-        initial_data=InitialDataConfig(n_structures=sizes.n_initial, displacement=0.05, seed=seed),
-        labels=TBLiteLabels(),
-        model=ModelSpec(
-            architecture="painn",
-            n_atom_basis=sizes.n_atom_basis,
-            n_interactions=sizes.n_interactions,
-            n_rbf=20,
-            cutoff=sizes.cutoff,
-        ),
-        committee=CommitteeConfig(n_members=sizes.n_members, seed=seed, warm_start=True),
-        training=TrainingSettings(
-            max_epochs=sizes.max_epochs,
-            warm_start_epochs=sizes.warm_start_epochs,
-            batch_size=8,
-            learning_rate=0.002,
-            val_fraction=0.2,
-            patience=60,
-        ),
-        exploration={
-            "adversarial": AdversarialExploration(
-                temperature=hot,
-                energy="per_atom",
-                n_steps=sizes.attack_steps,
-                learning_rate=0.01,
-                initial_noise=0.02,
-                max_displacement=0.6,
-                seeds="random",
-                n_seeds=sizes.n_explore_seeds,
-            ),
-            "random": RandomExploration(std=0.1, seeds="random", n_seeds=sizes.n_explore_seeds),
-            "md": MDExploration(
-                temperature=hot,
-                timestep=sizes.timestep,
-                n_steps=sizes.explore_md_steps,
-                friction=FRICTION,
-                trust_mode="fixed",
-                trust_lower=0.1,
-                trust_upper=1.5,
-                seeds="random",
-                n_seeds=sizes.n_explore_seeds,
-            ),
-        }[strategy],
-        selection=SelectionSettings(
-            percentile=50.0, rmsd_threshold=0.02, max_selected=sizes.labels_per_generation
-        ),
-        budget=BudgetConfig(
-            max_generations=sizes.generations,
-            max_labels=max(1, sizes.generations * sizes.labels_per_generation),
-        ),
-        compute=ComputeConfig(torch_threads=1),
-        output_dir=root,
+    return xtb_config(
+        strategy,
+        seed,
+        root,
+        sizes,
+        structure,
+        f"malonaldehyde-{name or strategy}-{seed}",
+        TEMPERATURES[-1],
+        overrides,
     )
-    config = with_overrides(config, overrides)
-    problems = check_inputs(config)
-    if problems:
-        raise ConfigError(str(structure), problems)
-    return config
 
 
 def _stats(values: list[float]) -> dict:

@@ -70,29 +70,17 @@ from ase.optimize import BFGS
 from ase.spacegroup import crystal
 
 from advloop.adversarial.baselines import CommitteeMDSettings, icommittee_md
-from advloop.adversarial.selection import SelectionSettings
 from advloop.adversarial.structures import Seeds
 from advloop.calculators.factory import TBLiteLabels, make_calculator
 from advloop.flows.config import (
-    AdversarialExploration,
-    BudgetConfig,
-    CommitteeConfig,
-    ComputeConfig,
-    ConfigError,
-    InitialDataConfig,
-    MDExploration,
-    RandomExploration,
     RunConfig,
-    SystemConfig,
 )
-from advloop.flows.inputs import check_inputs
 from advloop.flows.run_folder import RunLayout
 from advloop.potentials.committee import Committee
-from advloop.potentials.model import ModelSpec
-from advloop.potentials.training import TrainingSettings
-from benchmarks.ammonia_xtb import STRATEGIES, with_overrides
+from benchmarks.ammonia_xtb import STRATEGIES
 from benchmarks.committee import record_header, write_record
 from benchmarks.measured_run import Measure, measured_run
+from benchmarks.xtb_config import FRICTION, seeded_measure, xtb_config
 
 RESULTS = Path(__file__).parent / "results" / "zeolite_xtb.json"
 STRUCTURES = Path(__file__).resolve().parents[1] / "examples" / "structures"
@@ -106,7 +94,6 @@ GUEST_CIF = STRUCTURES / "sod_nh3.cif"
 BOND_FACTOR = 1.25
 BREAK_FACTOR = 1.5
 CONTACT_FACTOR = 1.0
-FRICTION = 0.02  # 1/fs, Langevin friction of the oracle and committee trajectories
 
 # The adversarial strategy with one setting changed (config section -> fields), to find
 # out why its committees are no more stable than committee MD's (docs/benchmarks.md):
@@ -425,79 +412,22 @@ def make_config(
     """The run configuration of one strategy and seed, named ``name`` (default: the
     strategy), with the ``overrides`` of an ablation (config section -> fields); raises
     ConfigError on bad inputs."""
-    config = RunConfig(
-        system=SystemConfig(name=f"sod-nh3-{name or strategy}-{seed}", structures=GUEST_CIF),
-        initial_data=InitialDataConfig(n_structures=sizes.n_initial, displacement=0.05, seed=seed),
-        labels=TBLiteLabels(),
-        model=ModelSpec(
-            architecture="painn",
-            n_atom_basis=sizes.n_atom_basis,
-            n_interactions=sizes.n_interactions,
-            n_rbf=20,
-            cutoff=sizes.cutoff,
-        ),
-        committee=CommitteeConfig(n_members=sizes.n_members, seed=seed, warm_start=True),
-        training=TrainingSettings(
-            max_epochs=sizes.max_epochs,
-            warm_start_epochs=sizes.warm_start_epochs,
-            batch_size=8,
-            learning_rate=0.002,
-            val_fraction=0.2,
-            patience=60,
-        ),
-        exploration={
-            # per-atom energies at the test temperature: the attack reaches geometries about
-            # kT per atom above the training set, where thermal ones are (3/2 kT per atom)
-            "adversarial": AdversarialExploration(
-                temperature=sizes.temperature,
-                energy="per_atom",
-                n_steps=sizes.attack_steps,
-                learning_rate=0.01,
-                initial_noise=0.02,
-                max_displacement=0.6,
-                seeds="random",
-                n_seeds=sizes.n_explore_seeds,
-            ),
-            # Å, about the thermal rms at 1200 K
-            "random": RandomExploration(std=0.1, seeds="random", n_seeds=sizes.n_explore_seeds),
-            # DP-GEN's trust window, widened for committees of a few dozen labels (force
-            # RMSE 0.3-0.7 eV/Å at 1200 K): with the default 0.5 eV/Å every early
-            # trajectory stops before its first sample and md never gets a label
-            "md": MDExploration(
-                temperature=sizes.temperature,
-                timestep=sizes.timestep,
-                n_steps=sizes.explore_md_steps,
-                friction=FRICTION,
-                trust_mode="fixed",
-                trust_lower=0.1,
-                trust_upper=1.5,
-                seeds="random",
-                n_seeds=sizes.n_explore_seeds,
-            ),
-        }[strategy],
-        selection=SelectionSettings(
-            percentile=50.0, rmsd_threshold=0.02, max_selected=sizes.labels_per_generation
-        ),
-        budget=BudgetConfig(
-            max_generations=sizes.generations,
-            max_labels=max(1, sizes.generations * sizes.labels_per_generation),
-        ),
-        compute=ComputeConfig(torch_threads=1),
-        output_dir=root,
+    return xtb_config(
+        strategy,
+        seed,
+        root,
+        sizes,
+        GUEST_CIF,
+        f"sod-nh3-{name or strategy}-{seed}",
+        sizes.temperature,
+        overrides,
     )
-    config = with_overrides(config, overrides)
-    problems = check_inputs(config)
-    if problems:
-        raise ConfigError(str(GUEST_CIF), problems)
-    return config
 
 
 def measure(ref: dict, sizes: Sizes, seed: int) -> Measure:
-    """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`, with
-    MD velocities seeded by the committee seed and generation."""
-    return lambda committee, g: committee_metrics(
-        committee, ref, sizes, np.random.default_rng([seed, g])
-    )
+    """The metrics of :func:`committee_metrics` for :func:`benchmarks.measured_run.measured_run`,
+    with MD velocities seeded by the committee seed and generation."""
+    return seeded_measure(committee_metrics, ref, sizes, seed)
 
 
 def share_generation_zero(source: RunConfig, target: RunConfig) -> None:

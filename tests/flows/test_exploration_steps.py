@@ -59,21 +59,22 @@ def _with(config, tmp_path, **sections):
     return new
 
 
+# committee MD whose fixed trust window takes every sampled frame
+WIDE_MD = {
+    "temperature": 800.0,
+    "n_steps": 40,
+    "sample_interval": 5,
+    "trust_mode": "fixed",
+    "trust_lower": 0.0,
+    "trust_upper": 50.0,
+}
+
+
 @pytest.mark.parametrize(
     "strategy, extra",
     [
         ("random", {"std": 0.08, "n_per_seed": 2}),
-        (
-            "md",
-            {
-                "temperature": 800.0,
-                "n_steps": 40,
-                "sample_interval": 5,
-                "trust_mode": "fixed",
-                "trust_lower": 0.0,
-                "trust_upper": 50.0,
-            },
-        ),
+        ("md", WIDE_MD),
         ("adversarial", {"n_steps": 5}),
     ],
 )
@@ -414,15 +415,7 @@ def test_a_generation_short_of_candidates_says_so(prepared_run, tmp_path, caplog
 def test_hybrid_attack_and_md_candidates_compete_in_one_selection(prepared_run, tmp_path):
     from advloop.flows.loop import LocalJobs, run_generation
 
-    md = {
-        "temperature": 800.0,
-        "n_steps": 40,
-        "sample_interval": 5,
-        "trust_mode": "fixed",
-        "trust_lower": 0.0,
-        "trust_upper": 50.0,
-        "max_frames_per_seed": 2,
-    }
+    md = {**WIDE_MD, "max_frames_per_seed": 2}
     config = _with(
         prepared_run,
         tmp_path,
