@@ -120,11 +120,19 @@ def _validated(config: Path, output_dir: Path | None, run_folder: bool = True):
 @app.command()
 def validate(
     config: Annotated[Path, typer.Argument(help="run config (YAML)", readable=False)],
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="parent of the run folder, as `advloop run --output-dir` would use it "
+            "(default: the config's output_dir, 'runs')"
+        ),
+    ] = None,
 ) -> None:
-    """Check a config and its structure files; compute nothing."""
+    """Check a config, its structure files and the run folder `advloop run` would use
+    (with the same --output-dir); compute nothing."""
     from advloop.calculators.factory import level_of_theory
 
-    cfg = _validated(config, None)
+    cfg = _validated(config, output_dir)
     typer.echo(
         f"{config}: valid. System {cfg.system.name!r}, "
         f"{cfg.committee.n_members} × {cfg.model.architecture} committee, "

@@ -130,6 +130,19 @@ def test_cli_validate_exit_codes_and_run_refuses_bad_config(tmp_path):
     assert not out.exists()
 
 
+def test_cli_validate_checks_the_run_folder_of_its_output_dir(tmp_path):
+    runner = CliRunner()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the run folders would go\n")
+    result = runner.invoke(app, ["validate", str(EXAMPLE), "--output-dir", str(blocked)])
+    assert result.exit_code == 2
+    assert "is a file, not a folder" in result.output
+    ok = runner.invoke(app, ["validate", str(EXAMPLE), "--output-dir", str(tmp_path / "runs")])
+    assert ok.exit_code == 0, ok.output
+    assert f"run folder {tmp_path / 'runs'}" in ok.output
+    assert not (tmp_path / "runs").exists()  # validation writes nothing
+
+
 def test_exploration_and_labeller_settings_are_checked(tmp_path):
     data = _example(tmp_path)
     data["exploration"] = {"kind": "metadynamics", "seeds": "best"}
