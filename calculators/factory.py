@@ -35,6 +35,9 @@ level of theory must never change (tests/calculators/test_labellers.py pins it).
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import sys
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -245,13 +248,17 @@ class EMTLabels:
 @dataclass(frozen=True)
 class PythonLabels:
     """A site's own calculator: ``factory`` names a ``package.module:callable`` that,
-    called with ``options`` as keyword arguments, returns an ASE calculator."""
+    called with ``options`` as keyword arguments, returns an ASE calculator. The module is
+    imported from ``sys.path`` or else from the folder ``path`` (a config file's
+    labeller: by default the config file's folder, where a ``my_calculator.py`` beside
+    it is found without setting ``PYTHONPATH``)."""
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     factory: str
     kind: Literal["python"] = "python"
     options: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or ":" not in self.factory:
@@ -304,8 +311,29 @@ def _raised_at(err: BaseException) -> str:
     return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
-def import_factory(path: str):
-    """The callable named by ``package.module:callable``.
+def _import(module_name: str, folder: str | None):
+    """``module_name`` imported from ``sys.path``, or, where its top-level package is not
+    there, from ``folder``. Only that package is found in ``folder``: ``sys.path`` is
+    left as it is."""
+    top = module_name.partition(".")[0]
+    if folder is None or top in sys.modules or importlib.util.find_spec(top) is not None:
+        return importlib.import_module(module_name)
+    spec = importlib.machinery.PathFinder.find_spec(top, [folder])
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {top!r} on sys.path or in {folder}", name=top)
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[top] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
+
+
+def import_factory(path: str, folder: str | None = None):
+    """The callable named by ``package.module:callable``, its module imported from
+    ``sys.path`` or else from ``folder``.
 
     Raises ValueError, saying what to fix, when the module cannot be found, when importing
     it raises anything (a SyntaxError or any other exception in that module's own code,
@@ -313,12 +341,14 @@ def import_factory(path: str):
     """
     module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, folder)
     except ImportError as err:
+        where = f" or in {folder}" if folder is not None else ""
         raise ValueError(
             f"labels.factory: cannot import module {module_name!r}: {_brief(err)}; "
             "labels.factory must name a package.module:callable that this Python "
-            "can import: check the spelling, or install the package"
+            f"can import from sys.path{where}: check the spelling, put the module "
+            "beside the config file, or install the package"
         ) from err
     except (Exception, SystemExit) as err:  # the module's own code failed as it was imported
         raise ValueError(
@@ -343,7 +373,7 @@ def python_calculator(labels: PythonLabels) -> BaseCalculator:
     (:func:`import_factory`), raises (a TypeError for an option it does not take), or
     returns something that is not an ASE calculator.
     """
-    factory = import_factory(labels.factory)
+    factory = import_factory(labels.factory, labels.path)
     options = ", ".join(sorted(labels.options)) or "none"
     try:
         calc = factory(**labels.options)

@@ -14,12 +14,14 @@ Imports run one way: :mod:`advloop.flows.config` (the schema) ← :mod:`advloop.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from advloop.calculators.factory import PythonLabels
 from advloop.flows.config import (
     DEFAULT_KINDS,
     GEOMETRY_KEYS,
@@ -220,12 +222,15 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
         "--output-dir" if output_dir is not None else "output_dir",
         path,
     )
-    updates = {
-        "system": config.system.model_copy(
-            update={"structures": path.resolve().parent / structures}
-        ),
+    folder = path.resolve().parent
+    updates: dict[str, Any] = {
+        "system": config.system.model_copy(update={"structures": folder / structures}),
         "output_dir": out,
     }
+    if isinstance(config.labels, PythonLabels):
+        # a calculator module beside the config file (or in labels.path, relative to it)
+        where = folder / _home(Path(config.labels.path or "."), "labels.path", path)
+        updates["labels"] = dataclasses.replace(config.labels, path=str(where))
     return config.model_copy(update=updates)
 
 

@@ -259,3 +259,37 @@ def test_the_schema_module_imports_no_loading_or_checks():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_python_labeller_beside_the_config_needs_no_pythonpath(tmp_path, monkeypatch):
+    from ase.calculators.emt import EMT
+
+    from advloop.calculators.factory import make_calculator
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    (tmp_path / "advloop_case_beside.py").write_text(
+        "from ase.calculators.emt import EMT\n\n\ndef make(**options):\n    return EMT(**options)\n"
+    )
+    package = tmp_path / "calcs" / "advloop_case_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "emt.py").write_text("from ase.calculators.emt import EMT as make\n")
+    cases = {
+        "advloop_case_beside:make": None,  # the config's own folder
+        "advloop_case_pkg.emt:make": "calcs",  # labels.path, relative to the config
+    }
+    try:
+        for factory, path in cases.items():
+            labels = {"kind": "python", "factory": factory, **({"path": path} if path else {})}
+            config = validate_config(_cu3(tmp_path, labels))
+            where = tmp_path / (path or "")
+            assert config.labels.path == str(where)
+            calc, theory, _ = make_calculator(config.labels)
+            assert isinstance(calc, EMT)
+            assert "path" not in str(theory)  # where the module lies is no level of theory
+            assert str(where) not in sys.path  # found there without touching sys.path
+        with pytest.raises(ConfigError, match=f"or in {tmp_path}"):
+            validate_config(_cu3(tmp_path, {"kind": "python", "factory": "advloop_case_nope:make"}))
+    finally:
+        for name in ("advloop_case_beside", "advloop_case_pkg", "advloop_case_pkg.emt"):
+            sys.modules.pop(name, None)
