@@ -77,6 +77,7 @@ __all__ = [
     "doc",
     "field_units",
     "rule_of",
+    "rule_of_annotation",
 ]
 
 #: > 0, such as a temperature (K), a learning rate, a cutoff (Å).
@@ -230,6 +231,16 @@ def rule_of(cls: type, name: str) -> str | None:
     rules, no_inf_nan = _rules(cls)
     rule = rules.get(name)
     return rule.describe("finite" if no_inf_nan else "kind") if rule else None
+
+
+def rule_of_annotation(hint: Any) -> tuple[str | None, str | None]:
+    """The rule an annotation states in words, without its unit, and the unit it names
+    (``Annotated[float, Gt(0), Unit("K")]``: ``("a number > 0", "K")``); the rule is None
+    where the annotation states none this module checks (text, paths, classes)."""
+    rule = _rule_of_hint(hint, None)
+    if rule is None:
+        return None, None
+    return dataclasses.replace(rule, unit=None).describe("kind"), rule.unit
 
 
 def field_units(cls: type) -> dict[str, str | None]:

@@ -73,20 +73,34 @@ class AttackSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
+    # kT of the Boltzmann factor exp(-E/kT) that keeps the attack at energies the training set
+    # reaches
     temperature: PositiveFloat = field(default=1000.0, metadata={"unit": "K"})
+    # gradient-ascent steps of the attack (Adam on the displacements)
     n_steps: PositiveInt = 60
+    # Adam's step size on the displacements, Å per step
     learning_rate: PositiveFloat = 0.01
+    # std of the random displacement each seed starts from
     initial_noise: NonNegativeFloat = field(default=0.01, metadata={"unit": "Å"})
+    # cap on each atom's displacement from its seed
     max_displacement: PositiveFloat = field(default=0.6, metadata={"unit": "Å"})
+    # steps between rebuilds of the neighbour list
     neighbor_refresh: PositiveInt = 5
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
+    # σ² of the committee forces (mean over atoms and components) or of its energy
     uncertainty: Uncertainty = "forces"
+    # Ē in exp(-Ē/kT): the total energy or the energy per atom (the paper's code)
     energy: EnergyForm = "total"
+    # attack the cell of periodic seeds too
     strain: bool = False
+    # cap on each component of the cell strain, dimensionless
     max_strain: PositiveFloat = 0.05
+    # every k-th step's geometry is a candidate too, beside the endpoints (0: endpoints only)
     pool_every: NonNegativeInt = 0
+    # max: the largest σ (the paper's); target: aim at the calibrated error target_error
     objective: AttackObjective = "max"
+    # the calibrated force error a target attack aims at
     target_error: PositiveFloat | None = field(default=None, metadata={"unit": "eV/Å"})
 
     def __post_init__(self) -> None:

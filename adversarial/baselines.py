@@ -126,20 +126,33 @@ class CommitteeMDSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
+    # temperature of the Langevin thermostat and the starting velocities
     temperature: PositiveFloat = field(default=300.0, metadata={"unit": "K"})
     timestep: PositiveFloat = field(default=0.5, metadata={"unit": "fs"})
+    # MD steps per seed
     n_steps: PositiveInt = 200
+    # Langevin friction (0: velocity Verlet, NVE)
     friction: NonNegativeFloat = field(default=0.02, metadata={"unit": "1/fs"})
+    # steps between frames considered as candidates
     sample_interval: PositiveInt = 10
+    # adaptive: the trust window is a multiple of the committee's own force deviation on its
+    # training set; fixed: trust_lower to trust_upper in eV/Å
     trust_mode: Literal["fixed", "adaptive"] = "adaptive"
+    # fixed mode: a frame whose max force deviation reaches this is a candidate (default 0.05)
     trust_lower: NonNegativeFloat | None = field(default=None, metadata={"unit": "eV/Å"})
+    # fixed mode: a trajectory whose max force deviation reaches this stops (default 0.5)
     trust_upper: PositiveFloat | None = field(default=None, metadata={"unit": "eV/Å"})
+    # adaptive mode: the lower level, times the training-set deviation (default 1)
     adaptive_lower: NonNegativeFloat | None = None
+    # adaptive mode: the upper level, times the training-set deviation (default 10)
     adaptive_upper: PositiveFloat | None = None
+    # DP-GEN2's adaptive lower level: this share of the sampled frames are candidates
     candidate_fraction: Share | None = None
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
+    # the most deviating window frames kept per seed
     max_frames_per_seed: PositiveInt = 4
+    # neighbour-list skin beyond the cutoff
     skin: PositiveFloat = field(default=0.5, metadata={"unit": "Å"})
 
     def __post_init__(self) -> None:

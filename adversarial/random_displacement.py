@@ -64,12 +64,17 @@ class RandomDisplacementSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
+    # standard deviation of the Gaussian noise on each Cartesian component
     std: PositiveFloat = field(default=0.05, metadata={"unit": "Å"})
+    # displaced copies per seed
     n_per_seed: PositiveInt = 1
     min_distance_factor: NonNegativeFloat = 0.5
     max_bond_factor: NonNegativeFloat = 2.0
+    # a copy more than this above its seed in committee energy is redrawn smaller (None: no cap)
     max_energy_rise: PositiveFloat | None = field(default=None, metadata={"unit": "eV/atom"})
+    # redraws of a copy above the energy cap before it is dropped
     max_redraws: NonNegativeInt = 3
+    # each redraw multiplies std by this
     redraw_std_factor: Share = 0.5
 
     def __post_init__(self) -> None:

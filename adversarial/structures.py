@@ -67,20 +67,6 @@ class Seeds:
         return bool(np.any(self.pbc))
 
 
-#: The per-candidate arrays of :class:`Candidates`, in the order of its fields.
-_ARRAY_FIELDS = (
-    "numbers",
-    "positions",
-    "n_atoms",
-    "cells",
-    "pbc",
-    "parent",
-    "sigma_f_mean",
-    "sigma_f_max",
-    "score",
-)
-
-
 @dataclass(frozen=True)
 class Candidates:
     """Geometries an exploration strategy proposes for labelling.
@@ -165,8 +151,20 @@ class Candidates:
         full = [p for p in parts if len(p)]
         if not full:
             return cls.empty(stopped)
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in full])
+
         return cls(
-            *(np.concatenate([getattr(p, f) for p in full]) for f in _ARRAY_FIELDS),
+            numbers=joined("numbers"),
+            positions=joined("positions"),
+            n_atoms=joined("n_atoms"),
+            cells=joined("cells"),
+            pbc=joined("pbc"),
+            parent=joined("parent"),
+            sigma_f_mean=joined("sigma_f_mean"),
+            sigma_f_max=joined("sigma_f_max"),
+            score=joined("score"),
             stopped=dict(sorted(stopped.items())),
         )
 

@@ -36,7 +36,7 @@ from advloop.adversarial.selection import (
     UncertaintyWeighting,
 )
 from advloop.calculators.factory import Labeller, PySCFLabels
-from advloop.constraints import NonNegativeInt
+from advloop.constraints import NonNegativeInt, PositiveInt
 from advloop.potentials.model import ModelSpec
 from advloop.potentials.training import TrainingSettings
 
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
-PositiveInt = Annotated[int, Field(ge=1)]
 _BYTES = re.compile(
     r"^\d+(\.\d+)?\s*[KMGTP]i?B$", re.IGNORECASE
 )  # a size as Dask and Slurm read it
@@ -183,10 +182,12 @@ class AdversarialExploration(AttackSettings):
     ``pool_every: 10``) are those measured in ``benchmarks.sample_efficiency``."""
 
     kind: Literal["adversarial"] = "adversarial"
+    # which training structures exploration starts from: mixed (half lowest-energy, half
+    # random), random, lowest_energy, previous (the last generation's labels), md_frames
     seeds: SeedPolicy = "mixed"
-    n_seeds: int = 16
-    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
-    pool_every: int = 10
+    n_seeds: PositiveInt = 16  # seed structures per generation
+    seed_md_steps: PositiveInt = 100  # committee-MD steps that make ``md_frames`` seeds
+    pool_every: NonNegativeInt = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -199,9 +200,11 @@ class MDExploration(CommitteeMDSettings):
     its settings, in K, fs, eV/Å and Å) from ``n_seeds`` seeds chosen by ``seeds``."""
 
     kind: Literal["md"] = "md"
+    # which training structures exploration starts from: random, lowest_energy, previous
+    # (the last generation's labels), mixed (half lowest-energy, half random), md_frames
     seeds: SeedPolicy = "random"
-    n_seeds: int = 16
-    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
+    n_seeds: PositiveInt = 16  # seed structures per generation
+    seed_md_steps: PositiveInt = 100  # committee-MD steps that make ``md_frames`` seeds
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,16 +217,18 @@ class RandomExploration(RandomDisplacementSettings):
     ``std`` in Å) of ``n_seeds`` seeds chosen by ``seeds``."""
 
     kind: Literal["random"] = "random"
+    # which training structures exploration starts from: random, lowest_energy, previous
+    # (the last generation's labels), mixed (half lowest-energy, half random), md_frames
     seeds: SeedPolicy = "random"
-    n_seeds: int = 16
-    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
+    n_seeds: PositiveInt = 16  # seed structures per generation
+    seed_md_steps: PositiveInt = 100  # committee-MD steps that make ``md_frames`` seeds
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_seeds(self)
 
 
-def _hybrid_part(value: Any, cls: type, section: str, limits: dict[str, float]) -> Any:
+def _hybrid_part(value: Any, cls: Any, section: str, limits: dict[str, float]) -> Any:
     """A part of a hybrid exploration as ``cls`` (a mapping is built into one) with the
     hybrid's geometry ``limits``; ValueError where it sets limits of its own that differ
     from them (they come from ``geometry``)."""
@@ -264,9 +269,11 @@ class HybridExploration:
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
     kind: Literal["hybrid"] = "hybrid"
+    # which training structures exploration starts from: mixed (half lowest-energy, half
+    # random), random, lowest_energy, previous (the last generation's labels), md_frames
     seeds: SeedPolicy = "mixed"
-    n_seeds: int = 16
-    seed_md_steps: int = 100  # committee-MD steps that make ``md_frames`` seeds
+    n_seeds: PositiveInt = 16  # seed structures per generation
+    seed_md_steps: PositiveInt = 100  # committee-MD steps that make ``md_frames`` seeds
     attack: HybridAttack = HybridAttack()
     md: CommitteeMDSettings = CommitteeMDSettings()
     min_distance_factor: float = 0.5

@@ -42,12 +42,18 @@ class ModelSpec:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
+    # the schnetpack representation
     architecture: Architecture = "painn"
+    # feature width
     n_atom_basis: PositiveInt = 32
+    # interaction (message-passing) blocks
     n_interactions: PositiveInt = 3
+    # radial basis functions on [0, cutoff]
     n_rbf: PositiveInt = 20
+    # neighbour cutoff radius
     cutoff: PositiveFloat = field(default=5.0, metadata={"unit": "Å"})
     lmax: NonNegativeInt = 2  # SO3net only: highest angular momentum of its features
+    # Gaussians (SchNet's) or sin(nπr/r_c)/r (PaiNN's)
     radial_basis: Literal["gaussian", "bessel"] = "gaussian"
 
     def __post_init__(self) -> None:

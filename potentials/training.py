@@ -52,18 +52,31 @@ class TrainingSettings:
 
     __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
 
+    # epochs of a member trained from scratch
     max_epochs: PositiveInt = 300
+    # epochs of a member started from its previous generation's weights
     warm_start_epochs: PositiveInt = 120
+    # structures per batch
     batch_size: PositiveInt = 16
+    # Adam's learning rate from scratch
     learning_rate: PositiveFloat = 1e-3
+    # Adam's learning rate at a warm start
     warm_start_learning_rate: PositiveFloat = 5e-4
+    # epochs of linear learning-rate ramp at a warm start
     warm_start_warmup_epochs: NonNegativeInt = 5
+    # weight of the energy term of the loss (per-atom energy MSE)
     energy_weight: NonNegativeFloat = 0.2
+    # weight of the force term of the loss
     forces_weight: NonNegativeFloat = 1.0
+    # share of the labels held out for validation and early stopping
     val_fraction: UnitInterval = 0.2
+    # epochs without a better validation loss before training stops
     patience: PositiveInt = 60
+    # epochs without a better validation loss before the learning rate drops
     lr_patience: PositiveInt = 20
+    # the learning rate is multiplied by this when it drops
     lr_factor: OpenFraction = 0.5
+    # the learning rate never drops below this
     min_learning_rate: PositiveFloat = 1e-5
 
     def __post_init__(self) -> None:
