@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from advloop.flows.progress import Liveness
     from advloop.flows.records import GenerationRecord, RunSummary
 
 app = typer.Typer(
@@ -427,9 +428,10 @@ class _RunFolder:
     root: Path
     records: list[GenerationRecord]
     summary: RunSummary | None  # None unless the latest start has finished
-    state: str  # "running" or "stopped: <stop_reason>"
+    state: str  # "stopped: <stop_reason>", "running", "stale: probably dead", ...
     dataset_size: int | None
-    updated: float  # s since the epoch, last write of config, records or summary
+    updated: float  # s since the epoch, the last change of a file in the run folder
+    alive: Liveness
 
     @property
     def system(self) -> str:
@@ -440,9 +442,11 @@ def _run_folder(root: Path) -> _RunFolder | None:
     """Read a run folder, or None if ``root`` is not one.
 
     The state is ``stopped: <reason>`` when summary.json is newer than config.yaml (which
-    every start or resume rewrites), else ``running``: a run killed without a summary
-    also reads ``running``, hence the time of the last update beside it.
+    every start or resume rewrites); else whether the process that holds the folder is
+    alive (:func:`advloop.flows.progress.liveness`): ``running``, ``stale: probably dead``,
+    or ended without a summary (killed).
     """
+    from advloop.flows.progress import last_activity, liveness
     from advloop.flows.run_folder import RunLayout, read_generations, read_summary
 
     layout = RunLayout(root)
@@ -453,18 +457,26 @@ def _run_folder(root: Path) -> _RunFolder | None:
     summary = read_summary(root)
     started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
     size: int | None
+    alive = liveness(root)
     if summary is not None and layout.summary.stat().st_mtime >= started:
         state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
     else:
         sizes = [r.dataset_size for r in records if r.dataset_size is not None]
-        state, size, summary = "running", (sizes[-1] if sizes else None), None
+        size, summary = (sizes[-1] if sizes else None), None
+        state = {
+            "running": "running",
+            "stale": "stale: probably dead",
+            "ended": "ended without a summary: resume with advloop run",
+            "idle": "idle: no process holds it",
+        }[alive.state]
     return _RunFolder(
         root=root,
         records=records,
         summary=summary,
         state=state,
         dataset_size=size,
-        updated=max(p.stat().st_mtime for p in files),
+        updated=last_activity(root) or max(p.stat().st_mtime for p in files),
+        alive=alive,
     )
 
 
@@ -549,6 +561,8 @@ def status(
     which knows a submitted run before its folder exists, and a warning for each advloop
     deployment whose active schedule has no upcoming run (the server's scheduler is off
     or failing)."""
+    from advloop.flows.progress import phase
+
     now = time.time()
     if run is None:
         found = (
@@ -566,11 +580,12 @@ def status(
                         str(len(f.records)),
                         "-" if f.dataset_size is None else str(f.dataset_size),
                         f.state,
+                        "-" if f.summary is not None else (phase(f.root) or "-"),
                         _age(now - f.updated),
                     ]
                     for f in found
                 ],
-                ["system", "generations", "dataset", "state", "updated"],
+                ["system", "generations", "dataset", "state", "phase", "last activity"],
             )
         if server:
             use_prefect_defaults()
@@ -589,9 +604,12 @@ def status(
     if folder is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
     typer.echo(
-        f"{folder.system}: {folder.state} (updated {_age(now - folder.updated)}), "
+        f"{folder.system}: {folder.state} (last activity {_age(now - folder.updated)}), "
         f"run folder {folder.root}"
     )
+    if folder.summary is None:
+        current = phase(folder.root)
+        typer.echo(f"process: {folder.alive.detail}" + (f"; {current}" if current else ""))
     if folder.records:
         table = GenerationTable(sys.stdout)
         for record in folder.records:

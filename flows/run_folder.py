@@ -82,7 +82,11 @@ __all__ = [
     "batch_name",
     "config_sha256",
     "fingerprint",
+    "HEARTBEAT_SECONDS",
+    "STALE_BEATS",
+    "Holder",
     "hold",
+    "read_holder",
     "read_candidates",
     "read_initial",
     "read_generations",
@@ -277,25 +281,74 @@ def read_summary(root: Path) -> RunSummary | None:
 # ---------------------------------------------------------------------------------------
 # One run at a time.
 
-_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth] held by this process
+_HELD: dict[Path, list[Any]] = {}  # lock file -> [fd, depth, since, stop, thread], held here
 _HELD_GUARD = threading.Lock()
 
 
-def _holder(path: Path) -> str:
+#: Seconds between the heartbeats a run's holder writes into ``run.lock``.
+HEARTBEAT_SECONDS = 30.0
+#: A holder whose last heartbeat is older than this many beats is taken for dead.
+STALE_BEATS = 4
+_LOCK_BYTES = 512  # the holder's record is padded to this, so each beat overwrites it whole
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or last held) a run folder's lock: host, pid, since when, its last
+    heartbeat and, once it let go, when (s since the epoch)."""
+
+    host: str
+    pid: int
+    since: float
+    beat: float | None = None
+    released: float | None = None
+
+
+def read_holder(root: Path) -> Holder | None:
+    """The holder record of ``root``'s ``run.lock`` (None: none, or not readable)."""
     try:
-        info = json.loads(path.read_text())
-        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(info["since"])))
-        return f"host {info['host']}, pid {info['pid']}, since {since}"
+        info = json.loads((root / "run.lock").read_text())
+        return Holder(
+            host=str(info["host"]),
+            pid=int(info["pid"]),
+            since=float(info["since"]),
+            beat=None if info.get("beat") is None else float(info["beat"]),
+            released=None if info.get("released") is None else float(info["released"]),
+        )
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _holder(path: Path) -> str:
+    holder = read_holder(path.parent)
+    if holder is None:
         return "another process (its details are not readable)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(holder.since))
+    return f"host {holder.host}, pid {holder.pid}, since {since}"
+
+
+def _write_holder(fd: int, since: float, **more: float) -> None:
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "since": since, **more}
+    os.pwrite(fd, json.dumps(info).encode().ljust(_LOCK_BYTES), 0)
+
+
+def _beat(fd: int, since: float, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            _write_holder(fd, since, beat=time.time())
+        except OSError:  # the folder went away or the disk is full: the run says so itself
+            return
 
 
 @contextlib.contextmanager
-def hold(root: Path) -> Iterator[None]:
+def hold(root: Path, heartbeat: float = HEARTBEAT_SECONDS) -> Iterator[None]:
     """Hold the lock of the run folder ``root`` (made if missing) until the block ends.
 
     Re-entrant within a process (the command line takes it, then the flow it runs).
-    Raises :class:`RunFolderBusy` at once if another process holds it.
+    Raises :class:`RunFolderBusy` at once if another process holds it. While held, the
+    holder's record in ``run.lock`` (host, pid, since) gets a heartbeat every
+    ``heartbeat`` seconds, and the time it let go at the end, so that ``advloop status``
+    tells a run that is alive from one whose process died (:func:`read_holder`).
     """
     root.mkdir(parents=True, exist_ok=True)
     path = (root / "run.lock").resolve()
@@ -315,12 +368,18 @@ def hold(root: Path) -> Iterator[None]:
                     "output_dir (two runs of one folder would label and record the same "
                     "generations twice)"
                 ) from None
-            info = json.dumps(
-                {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-            )
+            since = time.time()
             os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
-            _HELD[path] = [fd, 1]
+            _write_holder(fd, since, beat=since)
+            stop = threading.Event()
+            beats = threading.Thread(
+                target=_beat,
+                args=(fd, since, stop, heartbeat),
+                name="advloop-heartbeat",
+                daemon=True,
+            )
+            beats.start()
+            _HELD[path] = [fd, 1, since, stop, beats]
     try:
         yield
     finally:
@@ -329,7 +388,13 @@ def hold(root: Path) -> Iterator[None]:
             held[1] -= 1
             if held[1] == 0:
                 del _HELD[path]
-                os.close(held[0])  # releases the lock
+                fd, _, since, stop, beats = held
+                stop.set()
+                beats.join()
+                with contextlib.suppress(OSError):
+                    now = time.time()
+                    _write_holder(fd, since, beat=now, released=now)
+                os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,6 +64,21 @@ SUMMARY = {
 }
 
 
+def _holder(root: Path, pid: int, beat_ago: float = 0.0, host: str | None = None) -> None:
+    """``run.lock``'s holder record as :func:`advloop.flows.run_folder.hold` writes it."""
+    now = time.time()
+    record = {"host": host or socket.gethostname(), "pid": pid, "since": now - 900}
+    (root / "run.lock").write_text(json.dumps({**record, "beat": now - beat_ago}))
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    return int(done.stdout)
+
+
 def _make_run(
     root: Path,
     records: list[dict],
@@ -90,10 +109,12 @@ def _make_run(
 def runs(tmp_path) -> Path:
     runs = tmp_path / "runs"
     _make_run(runs / "ammonia", RECORDS, SUMMARY)
-    _make_run(runs / "water", RECORDS[:1], None, partial_line=True)
-    _make_run(
+    water = _make_run(runs / "water", RECORDS[:1], None, partial_line=True)
+    _holder(water, os.getpid())  # alive: this process, beating
+    quartz = _make_run(
         runs / "quartz", RECORDS[:2], {**SUMMARY, "stop_reason": "max_generations"}, resumed=True
     )
+    _holder(quartz, _dead_pid())  # resumed after its summary, then killed
     (runs / "not-a-run").mkdir()
     return runs
 
@@ -106,12 +127,21 @@ def test_status_lists_every_run_folder(runs):
     result = _status("--runs-dir", str(runs))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["system", "generations", "dataset", "state", "updated"]
+    assert lines[0].split() == [
+        "system",
+        "generations",
+        "dataset",
+        "state",
+        "phase",
+        "last",
+        "activity",
+    ]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"ammonia", "water", "quartz"}
     assert rows["ammonia"].split()[1:5] == ["3", "16", "stopped:", "converged"]
     assert rows["water"].split()[1:4] == ["1", "14", "running"]  # half-written line skipped
-    assert rows["quartz"].split()[1:4] == ["2", "16", "running"]  # resumed after its summary
+    # resumed after its summary, and its process is gone
+    assert rows["quartz"].split()[1:6] == ["2", "16", "ended", "without", "a"]
     assert "min ago" in rows["ammonia"]
 
 
@@ -119,7 +149,7 @@ def test_status_of_one_run_prints_its_generations_and_outcome(runs):
     result = _status("ammonia", "--runs-dir", str(runs))
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
-    assert out[0].startswith("ammonia: stopped: converged (updated ")
+    assert out[0].startswith("ammonia: stopped: converged (last activity ")
     assert "σF att. mean" in out[1] and "val F MAE" in out[1]
     rows = [line.split() for line in out[2:5]]
     assert [r[:4] for r in rows] == [
@@ -140,8 +170,56 @@ def test_status_of_one_run_prints_its_generations_and_outcome(runs):
 def test_status_of_a_running_run_has_no_outcome(runs):
     result = _status("water", "--runs-dir", str(runs))
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("water: running (updated ")
-    assert "dataset:" not in result.stdout and len(result.stdout.splitlines()) == 3
+    assert result.stdout.startswith("water: running (last activity ")
+    assert f"process: pid {os.getpid()} on {socket.gethostname()}, heartbeat" in result.stdout
+    assert "dataset:" not in result.stdout and len(result.stdout.splitlines()) == 4
+
+
+def test_status_tells_a_live_run_from_a_killed_or_silent_one(tmp_path):
+    """A real process holds a run folder and beats; killed by SIGKILL it leaves no
+    summary, and status says it ended; a holder on another host that stopped beating is
+    stale."""
+    root = _make_run(tmp_path / "runs" / "nh3", RECORDS[:1], None)
+    script = (
+        "import sys, time; from pathlib import Path; "
+        "from advloop.flows.run_folder import hold\n"
+        "with hold(Path(sys.argv[1]), heartbeat=0.1):\n"
+        "    print('held', flush=True); time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        first = json.loads((root / "run.lock").read_text())["beat"]
+        deadline = time.time() + 30
+        while json.loads((root / "run.lock").read_text())["beat"] == first:
+            assert time.time() < deadline, "no heartbeat"
+            time.sleep(0.05)
+        out = _status(str(root)).stdout
+        assert out.startswith("nh3: running") and f"pid {proc.pid}" in out
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    out = _status(str(root)).stdout
+    assert out.startswith("nh3: ended without a summary: resume with advloop run")
+    assert f"pid {proc.pid} on {socket.gethostname()} is gone" in out
+
+    _holder(root, 4242, beat_ago=600.0, host="node017.cluster")
+    out = _status(str(root)).stdout
+    assert out.startswith("nh3: stale: probably dead")
+    assert "pid 4242 on node017.cluster last beat 10 min ago" in out
+
+
+def test_a_run_that_lets_go_says_so(tmp_path):
+    from advloop.flows.progress import liveness
+    from advloop.flows.run_folder import hold
+
+    root = tmp_path / "nh3"
+    with hold(root, heartbeat=60.0):
+        assert liveness(root).state == "running"
+    alive = liveness(root)
+    assert alive.state == "ended" and "let go" in alive.detail
 
 
 def test_status_of_an_unknown_run_exits_2_naming_the_runs_there(runs):
@@ -165,3 +243,50 @@ def test_status_server_without_a_server_configured_exits_2(runs):
     assert result.exit_code == 2
     assert "ammonia: stopped: converged" in result.stdout  # the local part still printed
     assert "no Prefect server configured: set PREFECT_API_URL" in result.stderr
+
+
+def test_phase_follows_a_real_run_step_by_step(tmp_path):
+    """The phase `advloop status` prints, read from the files each step leaves (real
+    RHF/STO-3G labels, a real committee)."""
+    from advloop.flows.progress import phase
+    from advloop.flows.run_folder import RunLayout
+    from advloop.flows.steps import (
+        append_initial,
+        explore_step,
+        label_one,
+        prepare_initial,
+        select_step,
+        train_step,
+    )
+    from advloop.flows.validation import validate_config
+    from tests.flows.configs import EXAMPLES, TINY_CONFIG
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        TINY_CONFIG.format(
+            name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=tmp_path
+        )
+    )
+    config = validate_config(path)
+    root = config.run_dir()
+    root.mkdir(parents=True)
+    RunLayout(root).config.write_text(config.to_yaml())
+    assert phase(root) == "preparing the initial structures"
+    todo = prepare_initial(config)
+    assert phase(root) == "labelling initial: 0 of 6"
+    label_one(config, -1, todo[0])
+    assert phase(root) == "labelling initial: 1 of 6"
+    for k in todo[1:]:
+        label_one(config, -1, k)
+    append_initial(config)
+    assert phase(root) == "training gen 0: 0 of 2 members"
+    train_step(config, 0, 0)
+    assert phase(root) == "training gen 0: 1 of 2 members"
+    train_step(config, 0, 1)
+    assert phase(root) == "exploring gen 0"
+    explore_step(config, 0)
+    assert phase(root) == "selecting gen 0"
+    selected = select_step(config, 0, max_selected=2).selected
+    assert phase(root) == f"labelling gen 0: 0 of {len(selected)}"
+    label_one(config, 0, selected[0])
+    assert phase(root) == f"labelling gen 0: 1 of {len(selected)}"

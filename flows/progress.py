@@ -1,0 +1,145 @@
+"""Where a run stands, from its run folder alone: whether its process is alive, the phase
+it is in with its progress, and when anything last moved (what ``advloop status`` says).
+
+- :func:`liveness`: ``running`` while the holder of ``run.lock`` beats
+  (:data:`~advloop.flows.run_folder.HEARTBEAT_SECONDS`) and, on this host, its process
+  exists; ``ended`` when it let go or its process is gone from this host; ``stale`` when
+  its heartbeat is older than :data:`~advloop.flows.run_folder.STALE_BEATS` beats (a
+  process on another host, or a hung one: probably dead); ``idle`` where no process has
+  left a record (a folder copied or made by hand).
+- :func:`phase`: the step the next generation is in, counted from the files it leaves
+  (``labelling initial: 9 of 16``, ``training gen 3: 2 of 4 members``, ``exploring gen 3``,
+  ``labelling gen 3: 5 of 8``).
+- :func:`last_activity`: the newest file in the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from advloop.calculators.factory import theory_settings
+from advloop.calculators.label_store import LabelStore, label_key
+from advloop.flows.config import RunConfig
+from advloop.flows.run_folder import (
+    HEARTBEAT_SECONDS,
+    STALE_BEATS,
+    RunLayout,
+    candidate_structures,
+    read_candidates,
+    read_generations,
+    read_holder,
+    read_initial,
+    read_selection,
+)
+
+__all__ = ["Liveness", "last_activity", "liveness", "phase"]
+
+Alive = Literal["running", "ended", "stale", "idle"]
+
+
+@dataclass(frozen=True)
+class Liveness:
+    state: Alive
+    detail: str  # for people: which process, since when, its last heartbeat
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def liveness(root: Path, now: float | None = None) -> Liveness:
+    """Whether the process that holds (or last held) ``root`` is alive (module doc)."""
+    now = time.time() if now is None else now
+    holder = read_holder(root)
+    if holder is None:
+        return Liveness("idle", "no process holds this run folder")
+    who = f"pid {holder.pid} on {holder.host}"
+    if holder.released is not None:
+        return Liveness("ended", f"{who} let go {_ago(now - holder.released)}")
+    local = holder.host == socket.gethostname()
+    if local and not _pid_exists(holder.pid):
+        return Liveness("ended", f"{who} is gone (killed, or its machine restarted)")
+    beat = holder.beat if holder.beat is not None else holder.since
+    if now - beat > STALE_BEATS * HEARTBEAT_SECONDS:
+        return Liveness(
+            "stale",
+            f"probably dead: {who} last beat {_ago(now - beat)} (every "
+            f"{HEARTBEAT_SECONDS:g} s while alive)",
+        )
+    return Liveness("running", f"{who}, heartbeat {_ago(now - beat)}")
+
+
+def _labelled(store: LabelStore, structures: list, theory: dict) -> int:
+    return sum(label_key(atoms, theory) in store for atoms in structures)
+
+
+def phase(root: Path) -> str:
+    """The step the run's next generation is in, with its progress (module doc); ``""``
+    where the folder holds no config to read it by."""
+    layout = RunLayout(root)
+    try:
+        config = RunConfig.model_validate(yaml.safe_load(layout.config.read_text()))
+    except (OSError, ValueError, yaml.YAMLError):
+        return ""
+    theory = theory_settings(config.labels)
+    store = LabelStore(layout.labels)
+    records = read_generations(root)
+    if not records:
+        if not layout.initial_structures.exists():
+            return "preparing the initial structures"
+        initial = read_initial(layout)
+        done = _labelled(store, initial, theory)
+        if done < len(initial):
+            return f"labelling initial: {done} of {len(initial)}"
+    generation = records[-1].generation + 1 if records else 0
+    members = config.committee.n_members
+    trained = sum(layout.member_checkpoint(generation, m).exists() for m in range(members))
+    if trained < members:
+        return f"training gen {generation}: {trained} of {members} members"
+    kept = read_candidates(layout, generation)
+    if kept is None:
+        return f"exploring gen {generation}"
+    selection = read_selection(layout, generation)
+    if selection is None:
+        return f"selecting gen {generation}"
+    selected = [int(k) for k in selection["report"].get("selected", [])]
+    chosen = candidate_structures(kept[0], selected)
+    done = _labelled(store, chosen, theory)
+    if done < len(chosen):
+        return f"labelling gen {generation}: {done} of {len(chosen)}"
+    return f"appending and evaluating gen {generation}"
+
+
+def last_activity(root: Path) -> float:
+    """When a file in the run folder last changed (s since the epoch; 0 for none), the
+    lock's heartbeat left out."""
+    newest = 0.0
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and path.name != "run.lock":
+                newest = max(newest, path.stat().st_mtime)
+        except OSError:  # removed while we looked
+            continue
+    return newest
