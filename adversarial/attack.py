@@ -27,7 +27,7 @@ at a calibrated target error instead of the largest σ (see
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -301,10 +301,12 @@ def iattack(
                 strain.clamp_(-settings.max_strain, settings.max_strain)
 
 
-def run_attack(*args, **kwargs) -> AttackResult:
+def run_attack(
+    *args, progress: Callable[[AttackStep], None] | None = None, **kwargs
+) -> AttackResult:
     """Run :func:`iattack` to the end (same arguments); keep the trajectories and, with
     ``settings.pool_every = k > 0``, every k-th step's geometry of each seed still
-    attacked there."""
+    attacked there. ``progress`` is called with every step (to report it)."""
     bound = inspect.signature(iattack).bind(*args, **kwargs).arguments
     pool_every = bound["settings"].pool_every
     n_atoms = np.asarray(bound["n_atoms"], dtype=np.int64)
@@ -313,6 +315,8 @@ def run_attack(*args, **kwargs) -> AttackResult:
     pool: list[PoolFrame] = []
     last: AttackStep | None = None
     for last in iattack(*args, **kwargs):
+        if progress is not None:
+            progress(last)
         objective.append(last.objective)
         sigma.append(last.sigma)
         if pool_every and last.step and last.step % pool_every == 0:
@@ -347,6 +351,7 @@ def attack(
     settings: AttackSettings,
     generator: torch.Generator,
     calibration_scale: float = 1.0,
+    progress: Callable[[AttackStep], None] | None = None,
 ) -> tuple[Candidates, AttackResult]:
     """Attack ``seeds`` and return the geometries it found as candidates, with the run.
 
@@ -356,7 +361,7 @@ def attack(
     then seed); their score is the objective there, their σ_F statistics come from one
     committee pass over all of them. ``calibration_scale`` (observed error over σ on
     labels the committee had not seen; 1 without any) turns ``settings.target_error``
-    into the σ the ``target`` objective aims at.
+    into the σ the ``target`` objective aims at. ``progress`` is called with every step.
     """
     if not calibration_scale > 0:
         raise ValueError(f"calibration_scale must be positive, got {calibration_scale}")
@@ -381,6 +386,7 @@ def attack(
         seeds.cells,
         seeds.pbc,
         sigma_target,
+        progress=progress,
     )
     final_step = len(result.objective) - 1
     pool = [f for f in result.pool if f.step != final_step]  # the endpoints come first

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -450,8 +450,10 @@ def committee_md(
     rng: np.random.Generator,
     *,
     reference_sigma: float | None = None,
+    progress: Callable[[MDStep], None] | None = None,
 ) -> Candidates:
-    """Run :func:`icommittee_md` and select frames as DP-GEN does.
+    """Run :func:`icommittee_md` and select frames as DP-GEN does (``progress`` is called
+    with every step, to report it).
 
     Every ``sample_interval`` steps (not step 0, the seed itself), each active seed's
     frame is sampled; a sampled frame is a candidate if ``lower <= sigma_f_max < upper``
@@ -469,6 +471,8 @@ def committee_md(
     frames: list[tuple[float, float, np.ndarray]] = []  # sigma_f_max, sigma_f_mean, positions
     state = None
     for state in steps:
+        if progress is not None:
+            progress(state)
         if state.step == 0 or state.step % settings.sample_interval:
             continue
         for s in np.flatnonzero(state.active):

@@ -11,13 +11,19 @@ it is in with its progress, and when anything last moved (what ``advloop status`
   (``labelling initial: 9 of 16``, ``training gen 3: 2 of 4 members``, ``exploring gen 3``,
   ``labelling gen 3: 5 of 8``).
 - :func:`last_activity`: the newest file in the run folder.
+
+And the lines a run prints while a long step goes on (:class:`Throttled`: training's
+epochs, the attack's and committee MD's steps), on the ``advloop.progress`` logger, which
+reaches the terminal and the Prefect UI's logs like every ``advloop`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,7 +45,11 @@ from advloop.flows.run_folder import (
     read_selection,
 )
 
-__all__ = ["Liveness", "last_activity", "liveness", "phase"]
+__all__ = ["PROGRESS_SECONDS", "Liveness", "Throttled", "last_activity", "liveness", "phase"]
+
+#: Seconds between two progress lines of one long step.
+PROGRESS_SECONDS = 10.0
+progress_logger = logging.getLogger("advloop.progress")
 
 Alive = Literal["running", "ended", "stale", "idle"]
 
@@ -143,3 +153,29 @@ def last_activity(root: Path) -> float:
         except OSError:  # removed while we looked
             continue
     return newest
+
+
+class Throttled:
+    """Report an iterative step at most once per ``every`` seconds: called with each
+    state, it logs ``describe(state)`` on the first call and then whenever ``every``
+    seconds have passed since the last line (``describe`` may return None: nothing to
+    say for that state)."""
+
+    def __init__(
+        self,
+        describe: Callable[[object], str | None],
+        every: float = PROGRESS_SECONDS,
+        logger: logging.Logger = progress_logger,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.describe, self.every, self.logger, self.clock = describe, every, logger, clock
+        self.last: float | None = None
+
+    def __call__(self, state: object) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every:
+            return
+        line = self.describe(state)
+        if line is not None:
+            self.logger.info("%s", line)
+            self.last = now

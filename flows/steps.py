@@ -41,6 +41,7 @@ from advloop.flows.config import (
     RunConfig,
 )
 from advloop.flows.inputs import initial_structures
+from advloop.flows.progress import Throttled
 from advloop.flows.records import GenerationRecord
 from advloop.flows.run_folder import (
     INITIAL,
@@ -201,6 +202,7 @@ def _train_member(
     else:
         seed = int(_rng(config, _MEMBER_STREAM, member).integers(2**31))
         model = EnergyModel(config.model, torch.Generator().manual_seed(seed))
+    epochs = config.training.warm_start_epochs if warm else config.training.max_epochs
     t0 = time.perf_counter()
     result = train_member(
         model,
@@ -211,6 +213,7 @@ def _train_member(
         warm_start=warm,
         device=device,
         name=f"generation {generation} member {member}",
+        progress=Throttled(_epoch_line(generation, member, epochs)),
     )
     metrics = {
         **result.metrics(),
@@ -221,6 +224,38 @@ def _train_member(
         "n_val": float(len(val_idx)),
     }
     return model, metrics
+
+
+def _epoch_line(generation: int, member: int, epochs: int):
+    def describe(record) -> str:
+        val = (
+            ""
+            if record.val_loss is None
+            else f", validation loss {record.val_loss:.4g}, force MAE "
+            f"{record.val_forces_mae:.4g} eV/Å"
+        )
+        return (
+            f"training gen {generation} member {member}: epoch {record.epoch + 1} of at most "
+            f"{epochs}{val}"
+        )
+
+    return describe
+
+
+def _step_line(what: str, n_steps: int, sigma: str, unit: str = "eV/Å"):
+    """A progress line of an attack or committee MD (its state's ``sigma`` field, in
+    ``unit``): step, mean σ of the seeds still moving, how many have stopped."""
+
+    def describe(state) -> str:
+        values = np.asarray(getattr(state, sigma))
+        moving = [k for k in range(len(values)) if k not in state.stopped]
+        mean = float(np.mean(values[moving] if moving else values))
+        return (
+            f"{what}: step {state.step} of {n_steps}, mean σ {mean:.4g} {unit}, "
+            f"{len(state.stopped)} of {len(values)} seeds stopped"
+        )
+
+    return describe
 
 
 def _committee(config: RunConfig, generation: int) -> Committee:
@@ -313,8 +348,10 @@ def _attack(
     rng: np.random.Generator,
     trace: Path,
     scale: float,
+    label: str = "",
 ) -> Candidates:
-    """The attack's candidates; its objective and σ per step and seed go to ``trace``."""
+    """The attack's candidates; its objective and σ per step and seed go to ``trace``,
+    its progress to the log (as ``label``)."""
     candidates, result = attack(
         committee,
         seeds,
@@ -323,6 +360,14 @@ def _attack(
         settings,
         torch.Generator().manual_seed(int(rng.integers(2**31))),
         calibration_scale=scale if np.isfinite(scale) else 1.0,
+        progress=Throttled(
+            _step_line(
+                f"attack {label}".strip(),
+                settings.n_steps,
+                "sigma",
+                "eV/Å" if settings.uncertainty == "forces" else "eV",
+            )
+        ),
     )
     trace.parent.mkdir(parents=True, exist_ok=True)
     np.savez(trace, objective=result.objective, sigma=result.sigma, seeds=seeds.index)
@@ -335,13 +380,23 @@ def _md(
     data,
     settings: CommitteeMDSettings,
     rng: np.random.Generator,
+    label: str = "",
 ) -> Candidates:
     """Committee MD's frames in its trust window (an adaptive window scaled from the
     committee's deviation on ``data``, its training set)."""
     reference = (
         training_force_deviation(committee, data) if settings.trust_mode == "adaptive" else None
     )
-    return committee_md(committee, seeds, settings, rng, reference_sigma=reference)
+    return committee_md(
+        committee,
+        seeds,
+        settings,
+        rng,
+        reference_sigma=reference,
+        progress=Throttled(
+            _step_line(f"committee MD {label}".strip(), settings.n_steps, "sigma_f_mean")
+        ),
+    )
 
 
 def _explore(
@@ -352,6 +407,7 @@ def _explore(
     rng: np.random.Generator,
     trace: Path,
     scale: float = float("nan"),
+    label: str = "",
 ) -> dict[str, Candidates]:
     """Run the configured exploration strategy from ``seeds``: its candidates by source
     (one strategy, or the attack and MD of a hybrid, in that order). An attack also writes
@@ -359,15 +415,19 @@ def _explore(
     calibration scale for a ``target`` attack objective (nan: none yet, taken as 1)."""
     exploration = config.exploration
     if isinstance(exploration, AdversarialExploration):
-        return {"adversarial": _attack(committee, seeds, data, exploration, rng, trace, scale)}
+        return {
+            "adversarial": _attack(committee, seeds, data, exploration, rng, trace, scale, label)
+        }
     if isinstance(exploration, RandomExploration):
         return {"random": random_displacement(committee, seeds, exploration, rng)}
     if isinstance(exploration, MDExploration):
-        return {"md": _md(committee, seeds, data, exploration, rng)}
+        return {"md": _md(committee, seeds, data, exploration, rng, label)}
     if isinstance(exploration, HybridExploration):
         return {
-            "adversarial": _attack(committee, seeds, data, exploration.attack, rng, trace, scale),
-            "md": _md(committee, seeds, data, exploration.md, rng),
+            "adversarial": _attack(
+                committee, seeds, data, exploration.attack, rng, trace, scale, label
+            ),
+            "md": _md(committee, seeds, data, exploration.md, rng, label),
         }
     raise TypeError(f"exploration: no strategy for {exploration!r}")
 
@@ -407,7 +467,14 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
         seeds = _md_seeds(config, committee, seeds, rng)
     scale = calibration_scale(config, generation)
     by_source = _explore(
-        config, committee, seeds, data, rng, layout.exploration_trace(generation), scale
+        config,
+        committee,
+        seeds,
+        data,
+        rng,
+        layout.exploration_trace(generation),
+        scale,
+        f"gen {generation}",
     )
     candidates = Candidates.concatenate(by_source)
     peak = _per_seed_peak(candidates)

@@ -15,7 +15,7 @@ which member and what to change. A diverged model is never handed back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -308,9 +308,10 @@ def train_member(
     warm_start: bool = False,
     device: torch.device | str = "cpu",
     name: str = "member",
+    progress: Callable[[EpochRecord], None] | None = None,
 ) -> TrainingResult:
     """Train with early stopping on ``device``; ``model`` ends with the weights of its best
-    epoch, on ``device``.
+    epoch, on ``device``. ``progress`` is called with every epoch (to report it).
 
     If training diverges, ``model`` is reset to the weights it came with and trained
     again at half the learning rate (warm start: half the warm-start rate), at most
@@ -324,7 +325,7 @@ def train_member(
     rates = [getattr(settings, key)]
     while True:
         try:
-            result = _train_once(model, train, val, settings, rng, warm_start, device)
+            result = _train_once(model, train, val, settings, rng, warm_start, device, progress)
         except TrainingDivergedError as err:
             model.load_state_dict(start)
             if len(rates) > DIVERGENCE_RETRIES:
@@ -357,6 +358,7 @@ def _train_once(
     rng: np.random.Generator,
     warm_start: bool,
     device: torch.device | str,
+    progress: Callable[[EpochRecord], None] | None = None,
 ) -> TrainingResult:
     """One attempt of :func:`train_member`; raises :class:`TrainingDivergedError`."""
     best: tuple[float, EpochRecord] | None = None
@@ -364,6 +366,8 @@ def _train_once(
     last: EpochRecord | None = None
     for record in itrain(model, train, val, settings, rng, warm_start=warm_start, device=device):
         last = record
+        if progress is not None:
+            progress(record)
         score = record.val_loss if record.val_loss is not None else record.train_loss
         if best is None or score < best[0]:
             best = (score, record)

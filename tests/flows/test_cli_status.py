@@ -290,3 +290,46 @@ def test_phase_follows_a_real_run_step_by_step(tmp_path):
     assert phase(root) == f"labelling gen 0: 0 of {len(selected)}"
     label_one(config, 0, selected[0])
     assert phase(root) == f"labelling gen 0: 1 of {len(selected)}"
+
+
+def test_progress_lines_are_throttled_to_one_per_interval(caplog):
+    import logging
+
+    from advloop.flows.progress import Throttled
+
+    now = [0.0]
+    report = Throttled(lambda k: f"step {k}", every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="advloop.progress"):
+        for k in range(30):
+            report(k)
+            now[0] += 1.0
+    assert [r.getMessage() for r in caplog.records] == ["step 0", "step 10", "step 20"]
+
+
+def test_long_steps_report_their_progress(tmp_path, caplog):
+    """Training's epochs and the attack's steps reach the advloop.progress logger (the
+    terminal and the UI's logs), each step at least once."""
+    import logging
+
+    from advloop.flows.steps import explore_step, initial_dataset, train_step
+    from advloop.flows.validation import validate_config
+    from tests.flows.configs import EXAMPLES, TINY_CONFIG
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        TINY_CONFIG.format(
+            name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=tmp_path
+        )
+    )
+    config = validate_config(path)
+    initial_dataset(config)
+    with caplog.at_level(logging.INFO, logger="advloop.progress"):
+        for member in range(2):
+            train_step(config, 0, member)
+        explore_step(config, 0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "advloop.progress"]
+    assert any(
+        line.startswith("training gen 0 member 1: epoch 1 of at most 15, validation loss")
+        for line in lines
+    )
+    assert any(line.startswith("attack gen 0: step 0 of 5, mean σ ") for line in lines)

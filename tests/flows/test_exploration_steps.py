@@ -412,7 +412,9 @@ def test_a_generation_short_of_candidates_says_so(prepared_run, tmp_path, caplog
     )
 
 
-def test_hybrid_attack_and_md_candidates_compete_in_one_selection(prepared_run, tmp_path):
+def test_hybrid_attack_and_md_candidates_compete_in_one_selection(prepared_run, tmp_path, caplog):
+    import logging
+
     from advloop.flows.loop import LocalJobs, run_generation
 
     md = {**WIDE_MD, "max_frames_per_seed": 2}
@@ -429,7 +431,11 @@ def test_hybrid_attack_and_md_candidates_compete_in_one_selection(prepared_run, 
         selection={"max_selected": 4, "percentile": 0.0},
     )
     assert config.exploration.attack.min_distance_factor == config.geometry.min_distance_factor
-    report = explore_step(config, 0)
+    with caplog.at_level(logging.INFO, logger="advloop.progress"):
+        report = explore_step(config, 0)
+    progress = [r.getMessage() for r in caplog.records if r.name == "advloop.progress"]
+    assert any(line.startswith("attack gen 0: step 0 of 6") for line in progress)
+    assert any(line.startswith("committee MD gen 0: step 0 of 40") for line in progress)
     candidates = generation_candidates(config, 0)
     # the attack's three endpoints first, then two window frames of each seed's MD
     assert report.sources == {"adversarial": 3, "md": 6}
