@@ -366,18 +366,32 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     except (KeyboardInterrupt, TerminationSignal) as err:
         if interruptions.requested_by_runner(err):
             raise  # a cancellation asked for in the UI: Prefect's engine ends it Cancelled
-        return interruptions.interrupted_state(err, layout)  # type: ignore[return-value]
+        return _stopped(config, interruptions.interrupted_state(err, layout))  # type: ignore[return-value]
     except steps.LabellingError as err:
         _emit_failure_event(config, err)
+        _publish_ending(config, "failed", f"{err} ({_resume_hint(layout)})")
         raise
     except Exception as err:
         interrupt = interruptions.interruption_in(err)
         if interrupt is not None and not interruptions.requested_by_runner(interrupt):
             # the signal landed inside Prefect's engine, which raised its own error for it
-            return interruptions.interrupted_state(interrupt, layout)  # type: ignore[return-value]
+            return _stopped(config, interruptions.interrupted_state(interrupt, layout))  # type: ignore[return-value]
         if interruptions.is_disk_full(err):
-            raise interruptions.DiskFullError(interruptions.disk_full_message(err, layout)) from err
+            message = interruptions.disk_full_message(err, layout)
+            _publish_ending(config, "failed", message)
+            raise interruptions.DiskFullError(message) from err
+        _publish_ending(config, "failed", f"{type(err).__name__}: {err} ({_resume_hint(layout)})")
         raise
+
+
+def _resume_hint(layout: RunLayout) -> str:
+    return f"{interruptions.kept(layout)} are kept in {layout.root}: re-run to resume"
+
+
+def _stopped(config: RunConfig, state: State) -> State:
+    """``state`` (a run stopped by a signal), its message published as the summary."""
+    _publish_ending(config, "stopped", state.message or "stopped by a signal")
+    return state
 
 
 def _emit_failure_event(config: RunConfig, err: steps.LabellingError) -> None:
@@ -396,6 +410,29 @@ def _emit_failure_event(config: RunConfig, err: steps.LabellingError) -> None:
         )
 
 
+def _live(config: RunConfig, state: str, detail: str) -> artifacts.LiveState:
+    return artifacts.LiveState(
+        system=config.system.name,
+        state=state,
+        detail=detail,
+        max_generations=config.budget.max_generations,
+        max_labels=config.budget.max_labels,
+        threshold=config.convergence.force_std_threshold,
+    )
+
+
+def _publish_ending(config: RunConfig, state: str, detail: str) -> None:
+    """The summary artifact of a run that ends without finishing (failed, stopped by a
+    signal), so that the UI says what happened and what is kept; never raises over the
+    error that ended the run."""
+    try:
+        artifacts.publish_live_summary(
+            _live(config, state, detail), run_folder.read_generations(config.run_dir())
+        )
+    except Exception as err:  # the server may be what failed
+        logging.getLogger(__name__).warning("could not publish the run's summary: %s", err)
+
+
 def _run_loop(config: RunConfig, table: GenerationTable) -> State:
     logger = get_run_logger()
     system = config.system.name
@@ -409,6 +446,10 @@ def _run_loop(config: RunConfig, table: GenerationTable) -> State:
             )
             if done.fresh:
                 artifacts.publish_generation_table(system, loop.records)
+                artifacts.publish_live_summary(
+                    _live(config, "running", f"generation {done.record.generation} finished"),
+                    loop.records,
+                )
                 events.emit(events.generation_finished_event(system, done.record))
     summary = loop.summary()
     table.footer(summary)

@@ -5,14 +5,17 @@
   geometries, the committee's validation errors, its calibration on the new labels;
 - ``<system>-labelling`` (progress, one version per generation): the share of the
   generation's selected structures whose label task has finished;
-- ``<system>-summary`` (markdown, at the end): why the run stopped, its totals, and the
-  learning curve (σ_F of the attacked geometries and validation force MAE per generation)
-  as an SVG image in a ``data:image/svg+xml;base64`` URI, which both Prefect UIs render in
-  markdown (the React UI lets ``data:image/*`` through its sanitiser; raw ``<svg>`` it
+- ``<system>-summary`` (markdown, a new version after each generation, when a run fails
+  or is stopped, and at the end): where the run stands (its state, σ_F against the
+  threshold, validation error, labels and budget left, time per generation and to the
+  generation budget; :func:`live_markdown`), then why it stopped and its totals
+  (:func:`summary_markdown`), each with the learning curve (σ_F of the attacked
+  geometries and validation force MAE per generation) as an SVG image in a
+  ``data:image/svg+xml;base64`` URI, which both Prefect UIs render in markdown (the React UI lets ``data:image/*`` through its sanitiser; raw ``<svg>`` it
   strips), followed by the same numbers as a table.
 
 The builders (:func:`artifact_key`, :func:`generation_rows`, :func:`learning_curve_svg`,
-:func:`summary_markdown`) are plain functions; the ``publish_*`` functions and
+:func:`summary_markdown`, :func:`live_markdown`) are plain functions; the ``publish_*`` functions and
 :class:`LabelProgress` call Prefect and need a flow run.
 """
 
@@ -23,6 +26,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from uuid import UUID
 from xml.sax.saxutils import escape
 
@@ -158,6 +162,24 @@ def _cell(value) -> str:
     return "-" if not _finite(value) else f"{value:.4g}"
 
 
+def _curve_and_table(records: Sequence[GenerationRecord], threshold: float | None) -> list[str]:
+    lines = [
+        "## Learning curve",
+        "",
+        f"![learning curve: σF of the attacked geometries and validation force MAE per "
+        f"generation, eV/Å]({svg_data_uri(learning_curve_svg(records, threshold))})",
+        "",
+        "| generation | σF attacked, mean (eV/Å) | validation force MAE (eV/Å) | labels added |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.generation} | {_cell(r.get('attack_sigma_f_mean'))} | "
+        f"{_cell(r.get('train_val_forces_mae'))} | {r.labels} |"
+        for r in records
+    ]
+    return lines
+
+
 def summary_markdown(
     summary: RunSummary, records: Sequence[GenerationRecord], threshold: float | None = None
 ) -> str:
@@ -176,20 +198,91 @@ def summary_markdown(
         f"| wall time (this invocation) | {summary.wall_seconds:.0f} s |",
         f"| run folder | `{summary.run_dir}` |",
         "",
-        "## Learning curve",
-        "",
-        f"![learning curve: σF of the attacked geometries and validation force MAE per "
-        f"generation, eV/Å]({svg_data_uri(learning_curve_svg(records, threshold))})",
-        "",
-        "| generation | σF attacked, mean (eV/Å) | validation force MAE (eV/Å) | labels added |",
-        "|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.generation} | {_cell(r.get('attack_sigma_f_mean'))} | "
-        f"{_cell(r.get('train_val_forces_mae'))} | {r.labels} |"
-        for r in records
+        *_curve_and_table(records, threshold),
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Where a run that has not finished stands, for :func:`live_markdown`: ``state`` a
+    word (``running``, ``failed``, ``stopped``), ``detail`` a sentence (the phase next, or
+    what stopped it and how to resume), and the budgets (generations, explored labels)."""
+
+    system: str
+    state: str
+    detail: str
+    max_generations: int
+    max_labels: int
+    threshold: float | None = None
+
+
+def live_markdown(live: LiveState, records: Sequence[GenerationRecord]) -> str:
+    """The summary of a run that is still going (or ended without finishing): its state,
+    the last generation's σ_F against the threshold, validation error, labels added and
+    failed, budget left, time per generation with the time to the generation budget, and
+    the learning curve so far."""
+    done = [r for r in records if r.explored or r.labels]
+    labels = sum(r.labels for r in records)
+    failed = sum(r.labels_failed or 0 for r in records)
+    seconds = [r.seconds for r in records if _finite(r.seconds)]
+    per_generation = sum(seconds) / len(seconds) if seconds else float("nan")
+    left = max(0, live.max_generations - len(done))
+    last = records[-1] if records else None
+    sigma = last.get("attack_sigma_f_mean") if last is not None else None
+    trend = ""
+    if last is not None and len(records) > 1:
+        previous = records[-2].get("attack_sigma_f_mean")
+        if _finite(previous) and _finite(sigma):
+            trend = " (falling)" if sigma < previous else " (rising)"
+    versus = f" against the threshold {live.threshold:g}" if live.threshold else ""
+    eta = (
+        f"about {_duration(left * per_generation)} to the generation budget"
+        if _finite(per_generation) and left
+        else "the generation budget is spent"
+        if not left
+        else "no generation timed yet"
+    )
+    lines = [
+        f"# {live.system}: {live.state}",
+        "",
+        f"**{live.detail}**",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| generations finished | {len(records)} (budget {live.max_generations}) |",
+        f"| σF of the attacked geometries, last | {_cell(sigma)} eV/Å{trend}{versus} |",
+        "| validation force MAE, last | "
+        f"{_cell(last.get('train_val_forces_mae') if last else None)} eV/Å |",
+        f"| labels added / failed | {labels} / {failed} (budget left: "
+        f"{max(0, live.max_labels - labels)}) |",
+        f"| time per generation | {_cell(per_generation)} s: {eta} |",
+        "",
+        *_curve_and_table(records, live.threshold),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def publish_live_summary(live: LiveState, records: Sequence[GenerationRecord]) -> UUID:
+    """A new version of ``<system>-summary`` for a run that has not finished: the same
+    artifact the final summary updates, so the UI shows one card that follows the run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    return synchronous(
+        create_markdown_artifact(
+            live_markdown(live, records),
+            key=artifact_key(live.system, "summary"),
+            description=f"{live.system}: {live.state}: {live.detail}",
+        )
+    )
 
 
 def publish_generation_table(system: str, records: Sequence[GenerationRecord]) -> UUID:

@@ -209,7 +209,13 @@ def _check_prefect_server(summary: dict) -> None:
         assert [float(p.data) for p in progress] == [100.0, 100.0]
         assert progress[0].description.startswith("initial: ")
         assert progress[1].description.startswith("gen 0: ")
-        [markdown] = artifacts["nh3-tiny-summary"]
+        # the summary: a live version after each generation, before the run ended, then
+        # the final one, all one artifact
+        summaries = sorted(artifacts["nh3-tiny-summary"], key=lambda a: a.created)
+        assert len(summaries) == 3
+        assert summaries[0].data.startswith("# nh3-tiny: running\n\n**generation 0 finished**")
+        assert summaries[0].created < top.end_time
+        markdown = summaries[-1]
         assert "generation budget spent" in markdown.data
         assert "](data:image/svg+xml;base64," in markdown.data
 

@@ -89,3 +89,14 @@ def test_failures_above_the_limit_stop_the_run_naming_ratio_and_limit(
     hashes = set(Dataset(layout.dataset).hashes())  # the successes are kept
     computed = calls(tmp_path, "nh3-failing-more")
     assert hashes == set(computed) - _failed(computed, fraction) and hashes
+    # the run's summary in the UI says it failed, why, and what is kept
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["nh3-failing-more-summary"]))
+        )
+    summary = max(found, key=lambda a: a.created)  # the parameters of this test share a server
+    assert summary.data.startswith("# nh3-failing-more: failed")
+    assert "DFT labels failed" in summary.data and "re-run to resume" in summary.data

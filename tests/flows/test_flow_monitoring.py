@@ -17,9 +17,11 @@ import pytest
 from advloop.flows import events
 from advloop.flows.artifacts import (
     TABLE_COLUMNS,
+    LiveState,
     artifact_key,
     generation_rows,
     learning_curve_svg,
+    live_markdown,
     summary_markdown,
 )
 from advloop.flows.records import GenerationRecord, RunSummary
@@ -106,6 +108,27 @@ def test_summary_markdown_embeds_the_curve_as_a_data_uri_and_a_table():
     uri = re.search(r"\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", text)
     assert uri and base64.b64decode(uri.group(1)).decode().startswith("<svg")
     assert "| 0 | 0.31 | 0.42 | 2 |" in text and "| 2 | - | 0.2 | 0 |" in text
+
+
+def test_the_live_summary_says_where_a_running_run_stands():
+    live = LiveState("nh3", "running", "generation 1 finished", 5, 10, threshold=0.05)
+    records = [RECORDS[0], replace(RECORDS[1], seconds=18.0, labels_failed=1)]
+    text = live_markdown(live, records)
+    assert text.startswith("# nh3: running\n\n**generation 1 finished**")
+    assert "| generations finished | 2 (budget 5) |" in text
+    # the last generation's σF, falling from 0.31, against the convergence threshold
+    assert (
+        "| σF of the attacked geometries, last | 0.12 eV/Å (falling) against the threshold 0.05 |"
+        in text
+    )
+    assert "| validation force MAE, last | 0.25 eV/Å |" in text
+    assert "| labels added / failed | 4 / 1 (budget left: 6) |" in text
+    # 12 s and 18 s per generation: 3 generations left take about 45 s
+    assert "| time per generation | 15 s: about 45 s to the generation budget |" in text
+    assert "](data:image/svg+xml;base64," in text and "| 1 | 0.12 | 0.25 | 2 |" in text
+    ended = live_markdown(LiveState("nh3", "failed", "RuntimeError: x", 2, 10), records)
+    assert ended.startswith("# nh3: failed") and "the generation budget is spent" in ended
+    assert "against the threshold" not in ended
 
 
 def test_events_name_the_run_and_carry_json_safe_records():

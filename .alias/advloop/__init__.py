@@ -1,0 +1,1 @@
+../../_advloop/__init__.py

@@ -1,0 +1,1 @@
+../../_advloop/constraints.py
