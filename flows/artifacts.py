@@ -197,6 +197,7 @@ def summary_markdown(
         f"| level of theory | {summary.level_of_theory} |",
         f"| wall time (this invocation) | {summary.wall_seconds:.0f} s |",
         f"| run folder | `{summary.run_dir}` |",
+        *([f"| resumed | {summary.resumed} |"] if summary.resumed else []),
         "",
         *_curve_and_table(records, threshold),
     ]
@@ -225,7 +226,7 @@ def live_markdown(live: LiveState, records: Sequence[GenerationRecord]) -> str:
     done = [r for r in records if r.explored or r.labels]
     labels = sum(r.labels for r in records)
     failed = sum(r.labels_failed or 0 for r in records)
-    seconds = [r.seconds for r in records if _finite(r.seconds)]
+    seconds = [float(r.seconds) for r in records if r.seconds is not None and _finite(r.seconds)]
     per_generation = sum(seconds) / len(seconds) if seconds else float("nan")
     left = max(0, live.max_generations - len(done))
     last = records[-1] if records else None

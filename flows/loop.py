@@ -426,6 +426,30 @@ class Finished:
     fresh: bool
 
 
+def resume_note(
+    layout: RunLayout, records: list[GenerationRecord], initial: LabelReport
+) -> str | None:
+    """What a resumed run found done, for its log and summary (None: nothing was done
+    before, a fresh start): the finished generations, the labels in the dataset, the
+    initial labels read back, and the invocation before this one (from ``run.lock``)."""
+    known = initial.skipped_known
+    if not records and not known:
+        return None
+    holder = run_folder.read_holder(layout.root)
+    before = holder.previous if holder is not None else None
+    generations = (
+        f"{len(records)} finished generation(s) ({min(r.generation for r in records)}–"
+        f"{max(r.generation for r in records)})"
+        if records
+        else "no finished generation"
+    )
+    return (
+        f"resumed: found {generations}, {len(Dataset(layout.dataset))} labelled structures "
+        f"in the dataset ({known} initial labels already there)"
+        + (f"; the previous invocation: {before.describe()}" if before is not None else "")
+    )
+
+
 @dataclass
 class ActiveLearningLoop:
     """The loop of one run, over ``jobs``. :meth:`irun` yields each finished generation;
@@ -439,6 +463,7 @@ class ActiveLearningLoop:
     decision: StopDecision | None = None
     initial: LabelReport | None = None
     started: float = field(default_factory=time.time)
+    resumed: str | None = None  # what a resumed run found done (None: a fresh start)
     _summary: RunSummary | None = None
 
     def irun(self) -> Iterator[Finished]:
@@ -462,6 +487,9 @@ class ActiveLearningLoop:
             initial.skipped_known,
         )
         done = {r.generation: r for r in run_folder.read_generations(layout.root)}
+        self.resumed = resume_note(layout, list(done.values()), initial)
+        if self.resumed is not None:
+            logger.info("%s", self.resumed)
         for g in range(config.budget.max_generations + 1):
             labels_used = sum(r.labels for r in self.records)
             final = g == config.budget.max_generations or labels_used >= config.budget.max_labels
@@ -533,6 +561,7 @@ class ActiveLearningLoop:
             level_of_theory=level_of_theory(config.labels),
             wall_seconds=time.time() - self.started,
             run_dir=str(config.run_dir()),
+            resumed=self.resumed,
         )
 
     def run(self) -> RunSummary:

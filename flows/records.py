@@ -141,6 +141,7 @@ class RunSummary:
     level_of_theory: str
     wall_seconds: float
     run_dir: str
+    resumed: str | None = None  # what this invocation found done, and the one before it
 
     @property
     def converged(self) -> bool:

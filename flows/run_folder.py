@@ -49,6 +49,7 @@ written whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -58,7 +59,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,7 +282,7 @@ def read_summary(root: Path) -> RunSummary | None:
 # ---------------------------------------------------------------------------------------
 # One run at a time.
 
-_HELD: dict[Path, list[Any]] = {}  # lock file -> [fd, depth, since, stop, thread], held here
+_HELD: dict[Path, list[Any]] = {}  # lock file -> [fd, depth, since, stop, thread, previous]
 _HELD_GUARD = threading.Lock()
 
 
@@ -302,20 +303,41 @@ class Holder:
     since: float
     beat: float | None = None
     released: float | None = None
+    previous: Holder | None = None  # the holder before this one (a resumed run's last)
 
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "previous"}
+        return out
 
-def read_holder(root: Path) -> Holder | None:
-    """The holder record of ``root``'s ``run.lock`` (None: none, or not readable)."""
-    try:
-        info = json.loads((root / "run.lock").read_text())
-        return Holder(
+    @classmethod
+    def from_dict(cls, info: Mapping[str, Any]) -> Holder:
+        previous = info.get("previous")
+        return cls(
             host=str(info["host"]),
             pid=int(info["pid"]),
             since=float(info["since"]),
             beat=None if info.get("beat") is None else float(info["beat"]),
             released=None if info.get("released") is None else float(info["released"]),
+            previous=cls.from_dict(previous) if isinstance(previous, Mapping) else None,
         )
-    except (OSError, ValueError, KeyError, TypeError):
+
+    def describe(self) -> str:
+        """``pid 12 on node3, started 2026-12-07 18:01:02 UTC, let go 18:20:11`` (or
+        ``..., ended without letting go`` for a process that was killed)."""
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.since))
+        end = (
+            f"let go at {time.strftime('%H:%M:%S', time.localtime(self.released))}"
+            if self.released is not None
+            else "ended without letting go (killed, or its machine stopped)"
+        )
+        return f"pid {self.pid} on {self.host}, started {started}, {end}"
+
+
+def read_holder(root: Path) -> Holder | None:
+    """The holder record of ``root``'s ``run.lock`` (None: none, or not readable)."""
+    try:
+        return Holder.from_dict(json.loads((root / "run.lock").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -327,15 +349,20 @@ def _holder(path: Path) -> str:
     return f"host {holder.host}, pid {holder.pid}, since {since}"
 
 
-def _write_holder(fd: int, since: float, **more: float) -> None:
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "since": since, **more}
+def _write_holder(fd: int, since: float, previous: Holder | None, **more: float) -> None:
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}
+    info.update(more)
+    if previous is not None:
+        info["previous"] = previous.to_dict()
     os.pwrite(fd, json.dumps(info).encode().ljust(_LOCK_BYTES), 0)
 
 
-def _beat(fd: int, since: float, stop: threading.Event, every: float) -> None:
+def _beat(
+    fd: int, since: float, previous: Holder | None, stop: threading.Event, every: float
+) -> None:
     while not stop.wait(every):
         try:
-            _write_holder(fd, since, beat=time.time())
+            _write_holder(fd, since, previous, beat=time.time())
         except OSError:  # the folder went away or the disk is full: the run says so itself
             return
 
@@ -369,17 +396,20 @@ def hold(root: Path, heartbeat: float = HEARTBEAT_SECONDS) -> Iterator[None]:
                     "generations twice)"
                 ) from None
             since = time.time()
+            previous = read_holder(root)
+            if previous is not None:
+                previous = dataclasses.replace(previous, previous=None)
             os.ftruncate(fd, 0)
-            _write_holder(fd, since, beat=since)
+            _write_holder(fd, since, previous, beat=since)
             stop = threading.Event()
             beats = threading.Thread(
                 target=_beat,
-                args=(fd, since, stop, heartbeat),
+                args=(fd, since, previous, stop, heartbeat),
                 name="advloop-heartbeat",
                 daemon=True,
             )
             beats.start()
-            _HELD[path] = [fd, 1, since, stop, beats]
+            _HELD[path] = [fd, 1, since, stop, beats, previous]
     try:
         yield
     finally:
@@ -388,12 +418,12 @@ def hold(root: Path, heartbeat: float = HEARTBEAT_SECONDS) -> Iterator[None]:
             held[1] -= 1
             if held[1] == 0:
                 del _HELD[path]
-                fd, _, since, stop, beats = held
+                fd, _, since, stop, beats, previous = held
                 stop.set()
                 beats.join()
                 with contextlib.suppress(OSError):
                     now = time.time()
-                    _write_holder(fd, since, beat=now, released=now)
+                    _write_holder(fd, since, previous, beat=now, released=now)
                 os.close(fd)  # releases the lock
 
 

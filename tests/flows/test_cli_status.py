@@ -333,3 +333,34 @@ def test_long_steps_report_their_progress(tmp_path, caplog):
         for line in lines
     )
     assert any(line.startswith("attack gen 0: step 0 of 5, mean σ ") for line in lines)
+
+
+def test_a_resumed_run_says_what_it_found_and_which_invocation_came_before(tmp_path, caplog):
+    import logging
+
+    from advloop.flows.loop import ActiveLearningLoop, LocalJobs
+    from advloop.flows.run_folder import hold
+    from advloop.flows.validation import validate_config
+    from tests.flows.configs import EXAMPLES, TINY_CONFIG
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        TINY_CONFIG.format(
+            name="nh3", structures=EXAMPLES / "structures" / "nh3.xyz", output_dir=tmp_path
+        )
+    )
+    config = validate_config(path)
+    with hold(config.run_dir()):
+        first = ActiveLearningLoop(config, LocalJobs()).run()
+    assert first.resumed is None  # a fresh start
+    more = config.model_copy(
+        update={"budget": config.budget.model_copy(update={"max_generations": 2})}
+    )
+    with caplog.at_level(logging.INFO, logger="advloop.flows.loop"), hold(more.run_dir()):
+        second = ActiveLearningLoop(more, LocalJobs()).run()
+    assert second.resumed is not None
+    assert second.resumed.startswith("resumed: found 2 finished generation(s) (0–1)")
+    assert f"{first.dataset_size} labelled structures in the dataset" in second.resumed
+    assert f"the previous invocation: pid {os.getpid()} on {socket.gethostname()}" in second.resumed
+    assert "let go at" in second.resumed
+    assert any(r.getMessage() == second.resumed for r in caplog.records)

@@ -108,6 +108,9 @@ def test_summary_markdown_embeds_the_curve_as_a_data_uri_and_a_table():
     uri = re.search(r"\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", text)
     assert uri and base64.b64decode(uri.group(1)).decode().startswith("<svg")
     assert "| 0 | 0.31 | 0.42 | 2 |" in text and "| 2 | - | 0.2 | 0 |" in text
+    assert "| resumed |" not in text
+    resumed = summary_markdown(replace(SUMMARY, resumed="resumed: found 2 generations"), RECORDS)
+    assert "| resumed | resumed: found 2 generations |" in resumed
 
 
 def test_the_live_summary_says_where_a_running_run_stands():
