@@ -223,7 +223,7 @@ Curve = tuple[Sequence[int], Sequence[float]]  # (labels, values) of one seed's 
 def difference_at_labels(
     strategy: Sequence[Curve],
     baseline: Sequence[Curve],
-    at: float,
+    at: float | Sequence[float],
     *,
     rng: np.random.Generator,
     n_boot: int = 10_000,
@@ -233,10 +233,17 @@ def difference_at_labels(
     """Mean over seeds of the strategy's metric at ``at`` labels minus the baseline's
     (:func:`value_at_labels` of each seed's learning curve, one ``(labels, values)`` per
     seed), with its percentile bootstrap interval (:func:`bootstrap_difference_ci`).
-    Raises ValueError as those two do."""
+    ``at`` is one label count for every seed, or one per seed (each seed compared at its
+    own count, as at the baseline's own final labels). Raises ValueError as those two do,
+    or for a count per seed that does not match the seeds."""
+    counts = [float(at)] * len(strategy) if np.ndim(at) == 0 else [float(a) for a in at]
+    if len(counts) != len(strategy) or len(strategy) != len(baseline):
+        raise ValueError(
+            f"{len(counts)} label counts for {len(strategy)} and {len(baseline)} seeds"
+        )
     return bootstrap_difference_ci(
-        [value_at_labels(x, y, at) for x, y in strategy],
-        [value_at_labels(x, y, at) for x, y in baseline],
+        [value_at_labels(x, y, a) for (x, y), a in zip(strategy, counts)],
+        [value_at_labels(x, y, a) for (x, y), a in zip(baseline, counts)],
         rng=rng,
         n_boot=n_boot,
         level=level,

@@ -65,9 +65,54 @@ def test_summary_takes_committee_md_final_value_as_the_target():
     # a metric a run did not measure is left out, not invented
     assert "force_rmse_1000K" not in out
     table = markdown_table({"ammonia_xtb": out})
-    row = "| adversarial | 0.5 (0.5–0.5); MD 1 | 8, 8 (MD: 16, 16) | 0.5 (0.5–0.5) | -0.5 (-0.5–-0.5) |"
+    row = (
+        "| adversarial | 0.5 (0.5–0.5); MD 1 | 8, 8 (MD: 16, 16) | 0.5 (0.5–0.5) "
+        "| -0.5 (-0.5–-0.5) | -0.5 (-0.5–-0.5) |"
+    )
     assert row in table
     assert "| random |" in table and "lower_bound" in table
+
+
+def test_an_md_run_stopped_early_is_compared_where_it_ended(tmp_path):
+    md = {  # seed 1's MD run was ended by the stop rule after 8 labels
+        0: _rows([(0, 3.0, 0.5), (8, 2.0, 0.6), (16, 1.0, 0.8)]),
+        1: _rows([(0, 3.0, 0.5), (8, 1.5, 0.7)]),
+    }
+    other = {
+        0: _rows([(0, 3.0, 0.5), (8, 1.8, 0.6), (16, 0.8, 0.8)]),
+        1: _rows([(0, 3.0, 0.5), (8, 1.0, 0.7), (16, 0.2, 0.9)]),
+    }
+    out = summarise(AMMONIA, {"md": md, "adversarial": other}, 16, np.random.default_rng(0), 200)
+    adv = out["barrier_error_kcal_mol"]["strategies"]["adversarial"]
+    assert out["barrier_error_kcal_mol"]["compared_at_labels"] == 8
+    # at 8 labels for both seeds: (1.8 - 2.0 + 1.0 - 1.5) / 2
+    assert adv["at_md_labels_minus_md"] == pytest.approx(-0.35)
+    # seed 0 at 16 (0.8 - 1.0), seed 1 at its MD's 8 (1.0 - 1.5)
+    assert adv["at_own_md_labels_minus_md"] == pytest.approx(-0.35)
+    other[0] = _rows([(0, 3.0, 0.5), (8, 1.8, 0.6), (16, 0.4, 0.8)])
+    out = summarise(AMMONIA, {"md": md, "adversarial": other}, 16, np.random.default_rng(0), 200)
+    adv = out["barrier_error_kcal_mol"]["strategies"]["adversarial"]
+    assert adv["at_md_labels_minus_md"] == pytest.approx(-0.35)  # 8 labels: unchanged
+    assert adv["at_own_md_labels_minus_md"] == pytest.approx(-0.55)  # (-0.6 - 0.5) / 2
+
+    # the same summary again from a written record, nothing run
+    record = {
+        "settings": {"generations": 2, "labels_per_generation": 8},
+        "systems": {
+            "ammonia_xtb": {
+                "runs": {
+                    name: {str(s): {"rows": rows} for s, rows in by_seed.items()}
+                    for name, by_seed in {"md": md, "adversarial": other}.items()
+                }
+            }
+        },
+    }
+    source = tmp_path / "record.json"
+    source.write_text(json.dumps(record))
+    again = main(["--summarise", str(source), "--output", str(tmp_path / "again.json")])
+    entry = again["summary"]["ammonia_xtb"]["barrier_error_kcal_mol"]["strategies"]
+    assert entry["adversarial"]["at_own_md_labels_minus_md"] == pytest.approx(-0.55)
+    assert json.loads((tmp_path / "again.json").read_text())["resummarised"].endswith(str(source))
 
 
 def test_every_strategy_explores_and_md_is_the_baseline():
