@@ -19,7 +19,9 @@ Both rules get the same tolerance τ (eV/Å), as a user who reads σ_F as an err
 it. A run stops at the first generation whose value has been below τ for ``patience``
 generations in a row; the stop is *premature* when the committee's error on that
 generation's new labels is above τ. The benchmark's runs go on to their budget whatever
-the rule says, so the error a stopped committee would have made is known. Also given, per
+the rule says, so the error a stopped committee would have made is known, except where
+the run itself ended at that generation (its own stop rule: no labels were added, the
+stop is counted as unknown). Also given, per
 rule, its *coverage*: the share of explored generations whose new labels' mean error was
 at most the value the rule reads (σ_F, or c σ_F).
 """
@@ -86,13 +88,16 @@ def replay(runs: dict[str, list[dict]], tolerances: list[float], patience: int) 
                     "generation": rows[k]["generation"],
                     "explored_labels": rows[k]["explored_labels"],
                     "observed_error": observed,
-                    "premature": bool(_finite(observed) and observed > tol),
+                    # None: that generation added no labels (its run ended there), so the
+                    # error the stop would have left is not known
+                    "premature": bool(observed > tol) if _finite(observed) else None,
                 }
             stopped = [s for s in stops.values() if s is not None]
             entry["tolerances"][f"{tol:g}"] = {
                 "stops": stops,
                 "stopped": len(stopped),
-                "premature": sum(s["premature"] for s in stopped),
+                "premature": sum(s["premature"] is True for s in stopped),
+                "unknown": sum(s["premature"] is None for s in stopped),
                 "mean_explored_labels_at_stop": (
                     float(np.mean([s["explored_labels"] for s in stopped])) if stopped else None
                 ),
@@ -128,7 +133,8 @@ def markdown_table(result: dict) -> str:
                 for tol, t in entry["tolerances"].items():
                     labels = t["mean_explored_labels_at_stop"]
                     at = "" if labels is None else f", {labels:.0f}"
-                    cells.append(f"{tol}: {t['stopped']}/{t['premature']} of {n}{at}")
+                    unknown = f" ({t['unknown']} unknown)" if t["unknown"] else ""
+                    cells.append(f"{tol}: {t['stopped']}/{t['premature']}{unknown} of {n}{at}")
                 cov = entry["coverage"]
                 lines.append(
                     f"| {system} | {strategy} | {rule} | "

@@ -235,6 +235,12 @@ def decide(
             f"({threshold:.4g} eV/Å), fewer than "
             f"convergence.min_candidates = {conv.min_candidates}",
         )
+    if last.attack_candidates == 0 and last.selected in (0, None):
+        return StopDecision(
+            "no_candidates",
+            "the exploration proposed no geometry to label (committee MD: no sampled frame "
+            "reached its trust window; an attack: every seed stopped before its first step)",
+        )
     if last.selected == 0:
         return StopDecision(
             "no_candidates",
@@ -247,14 +253,19 @@ def decide(
 def _within_tolerance(config: RunConfig, record: GenerationRecord | ExploreReport) -> bool:
     """Whether an exploration's fresh batch meets the convergence criterion: its mean σ_F
     below ``force_std_threshold``, or its calibrated error bound (finite: enough labels
-    calibrate it) below ``force_error_tolerance``."""
+    calibrate it) below ``force_error_tolerance``. An exploration that proposed no
+    geometry at all (committee MD whose frames all stayed below its trust window, say)
+    measured nothing and meets neither: the run then stops as ``no_candidates``."""
     conv = config.convergence
     sigma: float | None
     bound: float | None
     if isinstance(record, ExploreReport):
-        sigma, bound = record.sigma_f_mean, record.error_bound
+        sigma, bound, proposed = record.sigma_f_mean, record.error_bound, record.n_candidates
     else:
         sigma, bound = record.attack_sigma_f_mean, record.attack_error_bound
+        proposed = record.attack_candidates
+    if proposed == 0:
+        return False
     if conv.criterion == "calibrated_error":
         tolerance = conv.force_error_tolerance
         return (

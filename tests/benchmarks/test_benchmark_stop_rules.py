@@ -49,6 +49,13 @@ def test_raw_sigma_stops_early_where_the_calibrated_bound_waits_for_the_error():
     assert out["calibrated_error"]["n_generations"] == 3
 
 
+def test_a_stop_where_the_run_itself_ended_is_unknown_not_correct():
+    ended = [*CURVE[:2], {**CURVE[2], "calibration_observed_mean": None}]
+    out = replay({"0": ended}, [0.05], patience=1)["sigma"]["tolerances"]["0.05"]
+    assert out["stops"]["0"]["premature"] is None
+    assert (out["stopped"], out["premature"], out["unknown"]) == (1, 0, 1)
+
+
 def test_reads_a_sample_efficiency_record_and_writes_its_own(tmp_path):
     record = {"command": "x", "systems": {"s": {"runs": {"md": {"0": {"rows": CURVE}}}}}}
     source = tmp_path / "in.json"

@@ -81,6 +81,21 @@ def test_selection_that_chooses_nothing_stops_the_run():
     assert stop.reason == "no_candidates"
 
 
+def test_an_exploration_that_proposed_nothing_has_not_converged():
+    """Committee MD whose frames all stayed below its trust window reports σ_F 0 over no
+    candidates: that measured nothing, so the run stops as no_candidates, not converged."""
+    config = _config(convergence={"force_std_threshold": 0.05})
+    empty = GenerationRecord.from_dict(
+        {**_gen(0, sigma=0.0, selected=0, above=0).to_dict(), "attack_candidates": 0}
+    )
+    stop = decide(config, [empty], 0.0)
+    assert stop.reason == "no_candidates" and "proposed no geometry" in stop.explanation
+    report = ExploreReport(n_seeds=4, n_stopped=0, sigma_f_mean=0.0, sigma_f_max=0.0, seconds=1.0)
+    assert labelling_needed(config, explore=report)  # n_candidates 0: select, find nothing
+    measured = GenerationRecord.from_dict({**empty.to_dict(), "attack_candidates": 3})
+    assert decide(config, [measured], 0.0).reason == "converged"
+
+
 def test_wall_time_budget_counts_this_invocation():
     config = _config(budget={"max_wall_hours": 0.5})
     assert decide(config, [_gen(0)], 1799.0) is None
@@ -100,9 +115,13 @@ def test_wall_time_budget_counts_this_invocation():
 
 def test_a_generation_labels_only_what_the_policy_lets_through():
     config = _config(convergence={"force_std_threshold": 0.05, "min_candidates": 2})
-    explored = ExploreReport(n_seeds=4, n_stopped=0, sigma_f_mean=0.2, sigma_f_max=0.5, seconds=1.0)
+    explored = ExploreReport(
+        n_seeds=4, n_stopped=0, sigma_f_mean=0.2, sigma_f_max=0.5, seconds=1.0, n_candidates=4
+    )
     assert labelling_needed(config, explore=explored)
-    calm = ExploreReport(n_seeds=4, n_stopped=0, sigma_f_mean=0.01, sigma_f_max=0.02, seconds=1.0)
+    calm = ExploreReport(
+        n_seeds=4, n_stopped=0, sigma_f_mean=0.01, sigma_f_max=0.02, seconds=1.0, n_candidates=4
+    )
     assert not labelling_needed(config, explore=calm)
     assert labelling_needed(config, select=SelectReport([0, 1], 0.1, {}, n_above=2))
     assert not labelling_needed(config, select=SelectReport([0], 0.1, {}, n_above=1))
