@@ -259,6 +259,7 @@ def _within_tolerance(config: RunConfig, record: GenerationRecord | ExploreRepor
     conv = config.convergence
     sigma: float | None
     bound: float | None
+    proposed: int | None
     if isinstance(record, ExploreReport):
         sigma, bound, proposed = record.sigma_f_mean, record.error_bound, record.n_candidates
     else:
