@@ -11,8 +11,9 @@ published attack's).
 For every system and seed, generation 0 (the initial labels and its committee) is made
 once and shared by every strategy (:func:`benchmarks.zeolite_xtb.share_generation_zero`),
 so that strategies differ only in what they explore. Each strategy then runs advloop's own
-loop (:func:`benchmarks.measured_run.measured_run`: stop rule included) with the same
-label budget per generation and the same batch selection (the ``selection`` section of
+loop (:func:`benchmarks.measured_run.measured_run`; its stop rule set so that every
+strategy spends its budget, the stop rules replayed on the rows afterwards by
+:mod:`benchmarks.stop_rules`) with the same label budget per generation and the same batch selection (the ``selection`` section of
 the config, :data:`SELECTION`); only the exploration differs (:data:`STRATEGIES`). After
 each generation's training the committee is measured against the oracle (GFN2-xTB):
 
@@ -42,10 +43,11 @@ not results.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -73,12 +75,24 @@ DEFAULT_STRATEGY = "adversarial"
 #: The batch selection every strategy gets (config ``selection`` fields).
 SELECTION = {"method": "diverse", "weighting": "element", "percentile": 50.0}
 
+
+#: Committee MD as DP-GEN2 users run it: at 1.5 × the application temperature, the upper
+#: trust level a multiple of the committee's own training-set deviation, and DP-GEN2's
+#: adaptive lower level (``candidate_fraction``): the most deviating tenth of the sampled
+#: frames are candidates, about four per label for the shared selection, so that MD
+#: always proposes geometries and spends its budget like the other strategies (with the
+#: training-set lower level alone it found none within 10-34 labels on 3 of 5 ammonia
+#: seeds, and its runs ended there).
+def _md(t: float) -> dict:
+    return {"temperature": 1.5 * t, "trust_mode": "adaptive", "candidate_fraction": 0.1}
+
+
 #: Strategy -> (exploration kind, its settings beyond the system's, selection overrides).
 #: ``adversarial`` is advloop's default exploration; ``adversarial_paper`` the attack as
 #: published (endpoints only, the most uncertain first, random seeds); ``md`` committee MD
-#: as DP-GEN2 and aims-PAX users run it (adaptive trust levels, at 1.5 × the application
-#: temperature); ``random`` Gaussian displacements with an energy cap; ``hybrid`` the
-#: default attack and that MD from the same seeds, their candidates in one selection.
+#: as DP-GEN2 and aims-PAX users run it (:func:`_md`); ``random`` Gaussian displacements
+#: with an energy cap; ``hybrid`` the default attack and that MD from the same seeds,
+#: their candidates in one selection.
 STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
     "adversarial": ("adversarial", lambda t: {"pool_every": 10, "seeds": "mixed"}, {}),
     "adversarial_paper": (
@@ -86,13 +100,9 @@ STRATEGIES: dict[str, tuple[str, Callable[[float], dict], dict]] = {
         lambda t: {"pool_every": 0, "seeds": "random"},
         {"method": "threshold", "weighting": "none"},
     ),
-    "md": ("md", lambda t: {"temperature": 1.5 * t, "trust_mode": "adaptive"}, {}),
+    "md": ("md", _md, {}),
     # the default attack and the MD above, from the same seeds, in one selection
-    "hybrid": (
-        "hybrid",
-        lambda t: {"md": {"temperature": 1.5 * t, "trust_mode": "adaptive"}},
-        {},
-    ),
+    "hybrid": ("hybrid", lambda t: {"md": _md(t)}, {}),
     "random": ("random", lambda t: {"std": 0.1, "max_energy_rise": 0.5}, {}),
 }
 BASELINE = "md"
@@ -280,6 +290,12 @@ def strategy_config(base: RunConfig, system: System, strategy: str, seed: int) -
         update={
             "system": config.system.model_copy(update={"name": f"{strategy}-{seed}"}),
             "selection": replace(config.selection, **{**SELECTION, **selection}),
+            # every strategy spends its budget: the learning curves go on to the same
+            # label count, and the stop rules are replayed on them afterwards
+            # (benchmarks.stop_rules)
+            "convergence": config.convergence.model_copy(
+                update={"force_std_threshold": 1e-9, "min_candidates": 0}
+            ),
         }
     )
     return RunConfig.model_validate(config.model_dump())
@@ -470,9 +486,12 @@ def run(
     root: Path | None = None,
     n_boot: int = 10_000,
     stability: bool = True,
+    partial: Path | None = None,
 ) -> dict:
     """Every strategy of every seed of every system; the record of the module docstring
-    (without ``stability``, no stability metrics)."""
+    (without ``stability``, no stability metrics). With ``partial``, each seed's runs are
+    also written there as they finish (``<system>-seed<k>.json``), so that a benchmark cut
+    short keeps what it measured."""
     unknown = [s for s in strategies if s not in _ALL_STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}: choose from {list(_ALL_STRATEGIES)}")
@@ -488,11 +507,7 @@ def run(
                 (name, s, strategies, quick, per_generation, generations, str(base), ref, stability)
                 for s in seeds
             ]
-            if jobs > 1:
-                with ProcessPoolExecutor(max_workers=jobs) as pool:
-                    per_seed = list(pool.map(run_seed, *zip(*args)))
-            else:
-                per_seed = [run_seed(*a) for a in args]
+            per_seed = _run_seeds(args, jobs, partial)
             runs = {
                 strategy: {s: out[strategy]["rows"] for s, out in zip(seeds, per_seed)}
                 for strategy in strategies
@@ -517,6 +532,29 @@ def run(
             )
             results["cost"][name] = cost(runs)
     return results
+
+
+def _run_seeds(args: list[tuple], jobs: int, partial: Path | None) -> list[dict]:
+    """:func:`run_seed` of every argument tuple (``jobs`` at once), in their order;
+    each written to ``partial`` as soon as it is done."""
+    import json
+
+    def keep(a: tuple, out: dict) -> dict:
+        if partial is not None:
+            partial.mkdir(parents=True, exist_ok=True)
+            path = partial / f"{a[0]}-seed{a[1]}.json"
+            path.write_text(json.dumps({"system": a[0], "seed": a[1], "runs": out}))
+        return out
+
+    if jobs == 1:
+        return [keep(a, run_seed(*a)) for a in args]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_seed, *a): k for k, a in enumerate(args)}
+        done: dict[int, dict] = {}
+        for future in as_completed(futures):
+            k = futures[future]
+            done[k] = keep(args[k], future.result())
+    return [done[k] for k in range(len(args))]
 
 
 def resummarise(source: Path, output: Path, n_boot: int = 10_000) -> dict:
@@ -629,6 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.jobs,
         n_boot=200 if args.quick else 10_000,
         stability=not args.no_stability,
+        partial=args.output.with_suffix(".partial"),
     )
     header = record_header(
         "benchmarks.sample_efficiency",
@@ -660,6 +699,7 @@ def main(argv: list[str] | None = None) -> dict:
         **results,
     }
     out = write_record(args.output, record)
+    shutil.rmtree(args.output.with_suffix(".partial"), ignore_errors=True)  # in the record now
     print(markdown_table(record["summary"]))
     return out
 

@@ -148,6 +148,7 @@ def test_quick_mode_reports_every_field(prefect_backend, tmp_path):
     out = tmp_path / "sample_efficiency.json"
     record = main(["--quick", "--systems", "ammonia_xtb", "--output", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert not out.with_suffix(".partial").exists()  # the seeds' partial records, merged
     assert record["default_strategy"] == "adversarial"
     summary = record["summary"]["ammonia_xtb"]
     assert set(summary) == set(AMMONIA.metrics)
@@ -166,6 +167,8 @@ def test_quick_mode_reports_every_field(prefect_backend, tmp_path):
     for name in STRATEGIES:
         rows = runs[name]["0"]["rows"]
         assert rows[0]["explored_labels"] == 0 and rows[-1]["explored_labels"] > 0
+        # every strategy spends its budget: no stop rule ends a learning curve early
+        assert rows[-1]["generation"] == 2, (name, rows[-1].get("stop_reason"))
         assert "initial" in runs[name]["0"]["labelled_energy_per_atom_q10_q50_q90"]
     assert set(record["cost"]["ammonia_xtb"]) == set(STRATEGIES)
     # the hybrid's labels, counted by the strategy that proposed them
