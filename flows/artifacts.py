@@ -192,8 +192,7 @@ def summary_markdown(
         "| | |",
         "|---|---|",
         f"| generations | {summary.generations} |",
-        f"| dataset | {summary.dataset_size} structures ({summary.labels_initial} initial, "
-        f"{summary.labels_explored} from {summary.strategy}) |",
+        f"| dataset | {summary.dataset_size} structures ({summary.composition()}) |",
         f"| level of theory | {summary.level_of_theory} |",
         f"| wall time (this invocation) | {summary.wall_seconds:.0f} s |",
         f"| run folder | `{summary.run_dir}` |",

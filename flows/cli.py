@@ -620,8 +620,7 @@ def status(
     if summary is not None:
         typer.echo(summary.stop_explanation or f"stopped: {summary.stop_reason}")
         typer.echo(
-            f"dataset: {summary.dataset_size} structures ({summary.labels_initial} "
-            f"initial, {summary.labels_explored} from {summary.strategy}) at "
+            f"dataset: {summary.dataset_size} structures ({summary.composition()}) at "
             f"{summary.level_of_theory}"
         )
     if server:

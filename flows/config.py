@@ -49,6 +49,7 @@ __all__ = [
     "GeometryConfig",
     "HybridExploration",
     "LabelSettings",
+    "LabelledFile",
     "MDExploration",
     "RandomExploration",
     "RunConfig",
@@ -112,24 +113,65 @@ class SystemConfig(_Strict):
         return self
 
 
-class InitialDataConfig(_Strict):
-    """How the initial dataset is made: random Gaussian displacements (std in Å) of the
-    starting structures, each labelled with DFT."""
+class LabelledFile(_Strict):
+    """A file of structures a run starts from (``initial_data.files``): anything
+    ``ase.io.read`` reads (extended XYZ, ASE trajectories and databases), or another
+    run's ``dataset.h5``. Frames with an energy (eV) and forces (eV/Å) are imported as
+    they are, with ``level_of_theory`` as their provenance; frames without are labelled
+    by the run's labeller, like the displaced structures. A relative path is relative to
+    the config file's folder.
 
-    n_structures: int = 12
+    The labelled frames must be of the run's level of theory: ``level_of_theory`` is
+    compared with the labeller's (``advloop validate`` prints it, e.g. ``RKS/PBE/6-31G*``,
+    ``GFN2-xTB``), and a file whose level differs is refused unless
+    ``same_level_as_labels: true`` says that they are the same calculation under another
+    name (a mismatch would mix two potential energy surfaces in one dataset). A
+    ``dataset.h5`` carries its records' level of theory; ``level_of_theory`` may be left
+    out there.
+    """
+
+    path: Path = Field(description="extended XYZ, ASE trajectory or database, or dataset.h5")
+    level_of_theory: str | None = Field(
+        None, description="of the labelled frames; required where the file has any (but dataset.h5)"
+    )
+    # the labelled frames are of the labeller's level under another name: import them
+    same_level_as_labels: bool = False
+    # which frames (ase.io.read's index: ":" all, "-10:" the last ten, "::5" every fifth)
+    index: str = ":"
+    # the info key of a frame's energy (eV) where it is not ASE's (e.g. REF_energy)
+    energy_key: str = "energy"
+    # the per-atom array of its forces (eV/Å) where it is not ASE's (e.g. REF_forces)
+    forces_key: str = "forces"
+
+    @field_validator("level_of_theory")
+    @classmethod
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name the level of theory (e.g. 'RKS/PBE/6-31G*'), not be blank")
+        return value
+
+
+class InitialDataConfig(_Strict):
+    """How the initial dataset is made: ``n_structures`` random Gaussian displacements
+    (std in Å) of the starting structures, each labelled by the run's labeller, and the
+    structures of ``files`` (labelled ones imported, the others labelled). Together they
+    must give at least 2 structures (n_structures may be 0 where files give 2)."""
+
+    n_structures: int = Field(12, ge=0)
     displacement: float = Field(0.05, gt=0, description="Å")
     seed: int = 0
+    files: list[LabelledFile] = Field(default_factory=list)
 
-    @field_validator("n_structures")
-    @classmethod
-    def _at_least_two(cls, value: int) -> int:
-        if value < 2:
+    @model_validator(mode="after")
+    def _at_least_two(self) -> InitialDataConfig:
+        if self.n_structures < 2 and not self.files:
             raise ValueError(
-                "must be at least 2: the committee trains on the initial "
+                "n_structures must be at least 2: the committee trains on the initial "
                 "structures and the selection threshold is a percentile of their uncertainties, "
-                "so a run cannot start from fewer than 2 labelled structures (12 is the default)"
+                "so a run cannot start from fewer than 2 labelled structures (12 is the default; "
+                "initial_data.files may give them instead)"
             )
-        return value
+        return self
 
 
 class GeometryConfig(_Strict):

@@ -92,6 +92,13 @@ class Submission:
         from advloop.flows.config import ConfigError
 
         text = Path(config_path).read_text()
+        if config.initial_data.files:
+            # the files stay where they are: the worker reads them by absolute path (a
+            # shared filesystem), as it writes the run folder
+            raw = yaml.safe_load(text)
+            for entry, spec in zip(raw["initial_data"]["files"], config.initial_data.files):
+                entry["path"] = str(Path(spec.path).resolve())
+            text = yaml.safe_dump(raw, sort_keys=False)
         data = config.system.structures.read_bytes()
         size = len(text.encode()) + len(data)
         if size > MAX_SUBMISSION_BYTES:

@@ -31,8 +31,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from advloop.adversarial.geometry import check_geometry
-from advloop.calculators.factory import label_problems
-from advloop.flows.config import ConfigError, RunConfig, RunnersConfig, short_repr
+from advloop.calculators.factory import label_problems, level_of_theory
+from advloop.flows.config import ConfigError, LabelledFile, RunConfig, RunnersConfig, short_repr
+from advloop.potentials.dataset import Dataset, DatasetError
 
 __all__ = [
     "ConfigError",
@@ -455,9 +456,9 @@ _FORMAT_HINTS = {
 }
 
 
-def read_structures(path: Path) -> list[Atoms]:
-    """Every frame of a structure file, or raise ValueError saying why it is unreadable and
-    what to do."""
+def read_structures(path: Path, index: str = ":") -> list[Atoms]:
+    """Every frame of a structure file (those of ``index``, as ``ase.io.read`` takes it),
+    or raise ValueError saying why it is unreadable and what to do."""
     from ase.io import read
 
     if path.is_dir():
@@ -490,8 +491,10 @@ def read_structures(path: Path) -> list[Atoms]:
     try:
         with warnings.catch_warnings():  # ASE warns, then fails or skips: reported below
             warnings.simplefilter("ignore")
-            # index=":" reads every frame as a list (ase's annotation allows one Atoms)
-            frames: list[Atoms] = read(str(path), index=":")  # type: ignore[assignment]
+            # a slice reads its frames as a list (ase's annotation allows one Atoms)
+            frames = read(str(path), index=index)
+            if isinstance(frames, Atoms):  # index named one frame
+                frames = [frames]
     except KeyError as err:  # ASE's lookup of an element symbol
         symbol = err.args[0] if err.args else None
         if isinstance(symbol, str) and symbol not in chemical_symbols:
@@ -521,6 +524,184 @@ def read_structures(path: Path) -> list[Atoms]:
                 "OrderDisorderedStructureTransformation)"
             )
     return frames
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFrames:
+    """The frames of one ``initial_data.files`` entry: ``labelled``, each with its energy
+    (eV) and forces (eV/Å) attached and its level of theory in ``info["level_of_theory"]``,
+    and ``unlabelled``, for the run's labeller."""
+
+    labelled: list[Atoms]
+    unlabelled: list[Atoms]
+
+
+def read_labelled_file(spec: LabelledFile) -> FileFrames:
+    """The frames of ``spec`` (:class:`~advloop.flows.config.LabelledFile`), split into
+    labelled and unlabelled; ValueError, saying what to do, where the file cannot be read
+    or a frame has half a label (an energy without forces, or forces without an energy)
+    or one that is not finite. A frame's level of theory is ``spec.level_of_theory``, or
+    its record's in a ``dataset.h5``."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path = Path(spec.path)
+    if _is_dataset(path):
+        try:
+            records = Dataset(path).to_atoms()
+        except (DatasetError, OSError, KeyError) as err:
+            raise ValueError(
+                f"{path} is not an advloop dataset that reads ({err}); give another run's "
+                "dataset.h5, or labelled frames as extended XYZ or an ASE trajectory"
+            ) from err
+        try:
+            frames = [records[k] for k in _indices(spec.index, len(records))]
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        return FileFrames(labelled=frames, unlabelled=[])
+    frames = read_structures(path, spec.index)
+    labelled, unlabelled = [], []
+    for k, atoms in enumerate(frames):
+        energy, forces = _frame_label(atoms, spec.energy_key, spec.forces_key)
+        if energy is None and forces is None:
+            bare = atoms.copy()
+            bare.calc = None
+            unlabelled.append(bare)
+            continue
+        where = f"{path} frame {k}"
+        if energy is None or forces is None:
+            have, lack = ("an energy", "forces") if forces is None else ("forces", "an energy")
+            raise ValueError(
+                f"{where} has {have} but no {lack} ({spec.energy_key!r}, {spec.forces_key!r}); "
+                "training needs both: give them, drop the frame, or remove both so the run "
+                "labels it (energy_key and forces_key name other keys)"
+            )
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (len(atoms), 3):
+            raise ValueError(f"{where}: forces of shape {forces.shape}, not ({len(atoms)}, 3)")
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise ValueError(f"{where}: its energy or forces are not finite; drop the frame")
+        out = atoms.copy()
+        out.calc = SinglePointCalculator(out, energy=float(energy), forces=forces)
+        out.info = {"level_of_theory": spec.level_of_theory}
+        labelled.append(out)
+    return FileFrames(labelled=labelled, unlabelled=unlabelled)
+
+
+def _is_dataset(path: Path) -> bool:
+    return path.suffix.lower() in (".h5", ".hdf5")
+
+
+def _frame_label(atoms: Atoms, energy_key: str, forces_key: str) -> tuple[Any, Any]:
+    """A frame's energy and forces (None where it has none), from ASE's calculator under
+    the default keys, else from ``atoms.info`` and ``atoms.arrays``."""
+    calc = atoms.calc
+    results = getattr(calc, "results", {}) if calc is not None else {}
+    energy = results.get("energy") if energy_key == "energy" else atoms.info.get(energy_key)
+    if energy_key == "energy" and energy is None:
+        energy = atoms.info.get("energy")
+    forces = results.get("forces") if forces_key == "forces" else atoms.arrays.get(forces_key)
+    if forces_key == "forces" and forces is None:
+        forces = atoms.arrays.get("forces")
+    return energy, forces
+
+
+def _indices(index: str, n: int) -> range:
+    """The records ``index`` (ase.io.read's ``":"``, ``"-10:"``, ``"::5"`` or ``"3"``)
+    picks of ``n``."""
+    try:
+        if ":" not in index:
+            k = int(index)
+            return range(n)[k : k + 1 or None]
+        parts = [int(p) if p.strip() else None for p in index.split(":")]
+    except ValueError:
+        raise ValueError(f"index {index!r} is not a frame number or a slice like '::5'") from None
+    if len(parts) > 3:
+        raise ValueError(f"index {index!r} is not a frame number or a slice like '::5'")
+    return range(n)[slice(*parts)]
+
+
+def _same_level(a: str, b: str) -> bool:
+    """Whether two level-of-theory names are the same but for case and spaces."""
+    return "".join(a.split()).upper() == "".join(b.split()).upper()
+
+
+def initial_file_problems(config: RunConfig, system: list[Atoms]) -> list[str]:
+    """Problems with ``initial_data.files`` against the run (``system``: the frames of
+    ``system.structures``): a file that does not read, frames not of the system's atoms
+    (one composition per run) or that clash, labelled frames of another level of theory
+    than the labeller's (unless the entry says ``same_level_as_labels``), and fewer than 2
+    initial structures in all. Reads every file."""
+    problems: list[str] = []
+    labels = level_of_theory(config.labels)
+    total = config.initial_data.n_structures
+    numbers = system[0].numbers if system else None
+    for n, spec in enumerate(config.initial_data.files):
+        key = f"initial_data.files[{n}]"
+        try:
+            frames = read_labelled_file(spec)
+        except ValueError as err:
+            problems.append(f"{key}: {err}")
+            continue
+        every = frames.labelled + frames.unlabelled
+        total += len(every)
+        if not every:
+            problems.append(f"{key}: {spec.path} (index {spec.index!r}) gives no frames")
+        for k, atoms in enumerate(every):
+            if numbers is not None and not np.array_equal(atoms.numbers, numbers):
+                problems.append(
+                    f"{key}: {spec.path} has a frame of {atoms.get_chemical_formula()} "
+                    f"({len(atoms)} atoms), not the atoms of system.structures "
+                    f"({system[0].get_chemical_formula()}, {len(numbers)} atoms) in the "
+                    "same order: a run trains one composition; give frames of this system "
+                    "only, with its atoms in its order"
+                )
+                break
+            reason = check_geometry(
+                atoms.numbers,
+                atoms.positions,
+                config.geometry.min_distance_factor,
+                1e9,
+                atoms.cell.array,
+                atoms.pbc,
+            )
+            if reason is not None:
+                problems.append(f"{key}: {spec.path} frame {k}: {_geometry_problem(reason)}")
+                break
+        levels = sorted({str(a.info.get("level_of_theory")) for a in frames.labelled})
+        if _is_dataset(spec.path):
+            declared = spec.level_of_theory
+            if declared is not None and any(not _same_level(v, declared) for v in levels):
+                problems.append(
+                    f"{key}: the records of {spec.path} are labelled at "
+                    f"{', '.join(map(repr, levels))}, not at level_of_theory {declared!r}; "
+                    "leave level_of_theory out for a dataset.h5 (its records carry theirs)"
+                )
+                continue
+        elif frames.labelled and spec.level_of_theory is None:
+            problems.append(
+                f"{key}: {spec.path} has {len(frames.labelled)} labelled frame(s); give their "
+                f"level_of_theory (this run labels at {labels!r}) so that their provenance "
+                "says what they are"
+            )
+            continue
+        other = [v for v in levels if not _same_level(v, labels)]
+        if other and not spec.same_level_as_labels:
+            problems.append(
+                f"{key}: {spec.path} is labelled at {', '.join(map(repr, other))}, not at this "
+                f"run's level of theory {labels!r}: one dataset must hold one potential energy "
+                "surface; label them again (drop their energies and forces and the run "
+                "labels them), use a labeller of their level, or, if they are the same "
+                "calculation under another name, set same_level_as_labels: true"
+            )
+        if frames.unlabelled:
+            problems.extend(f"{key}: {p}" for p in label_problems(config.labels, frames.unlabelled))
+    if total < 2:
+        problems.append(
+            f"initial_data: gives {total} initial structure(s) (n_structures "
+            f"{config.initial_data.n_structures} and the frames of initial_data.files); a run "
+            "needs at least 2"
+        )
+    return problems
 
 
 def _partial_site(atoms: Atoms, tolerance: float = 1e-3) -> tuple[int, str] | None:
@@ -598,6 +779,8 @@ def check_inputs(config: RunConfig) -> list[str]:
             problems.append(f"{where}: {_geometry_problem(reason)}")
     # the labeller's own checks: what it treats, and the electrons its charge and spin allow
     problems.extend(label_problems(config.labels, frames))
+    if config.initial_data.files:
+        problems.extend(initial_file_problems(config, frames))
     problems.extend(_runner_problems(config.runners))
     return problems
 

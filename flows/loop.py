@@ -30,7 +30,7 @@ from advloop.calculators.factory import level_of_theory
 from advloop.flows import run_folder
 from advloop.flows.config import RunConfig
 from advloop.flows.records import GenerationRecord, RunSummary, StopDecision
-from advloop.flows.run_folder import RunLayout
+from advloop.flows.run_folder import IMPORTED, RunLayout
 from advloop.flows.steps import (
     ExploreReport,
     LabellingError,
@@ -574,6 +574,10 @@ class ActiveLearningLoop:
             wall_seconds=time.time() - self.started,
             run_dir=str(config.run_dir()),
             resumed=self.resumed,
+            labels_imported=sum(
+                p.strategy == IMPORTED
+                for p in Dataset(RunLayout(config.run_dir()).dataset).provenance()
+            ),
         )
 
     def run(self) -> RunSummary:

@@ -142,10 +142,19 @@ class RunSummary:
     wall_seconds: float
     run_dir: str
     resumed: str | None = None  # what this invocation found done, and the one before it
+    labels_imported: int = 0  # labelled frames of initial_data.files
 
     @property
     def converged(self) -> bool:
         return self.stop_reason in CONVERGED
+
+    def composition(self) -> str:
+        """Where the dataset's structures came from: ``12 initial, 24 from adversarial``
+        (with ``, 40 imported`` where ``initial_data.files`` gave labelled frames)."""
+        imported = f", {self.labels_imported} imported" if self.labels_imported else ""
+        return (
+            f"{self.labels_initial} initial{imported}, {self.labels_explored} from {self.strategy}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

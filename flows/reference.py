@@ -86,6 +86,16 @@ def _sections(hint: Any) -> list[type]:
     return [hint] if _is_section(hint) else []
 
 
+def _list_item(hint: Any) -> type | None:
+    """The section class of a list of sections (``list[LabelledFile]``); None otherwise."""
+    if typing.get_origin(hint) is Annotated:
+        return _list_item(typing.get_args(hint)[0])
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and len(args) == 1 and _is_section(args[0]):
+        return args[0]
+    return None
+
+
 def _is_section(hint: Any) -> bool:
     return isinstance(hint, type) and (
         dataclasses.is_dataclass(hint) or issubclass(hint, BaseModel)
@@ -260,6 +270,14 @@ def _table(cls: type, prefix: str) -> tuple[list[str], list[tuple[str, Any]]]:
         if _sections(hint):
             nested.append((f"{prefix}.{name}", hint))
             rows.append(f"| `{name}` | a section | | see `{prefix}.{name}` | {doc or ''} |")
+            continue
+        item = _list_item(hint)
+        if item is not None:
+            nested.append((f"{prefix}.{name}[]", item))
+            rows.append(
+                f"| `{name}` | a list of sections | | {_default_text(default)} "
+                f"| each as `{prefix}.{name}[]` {doc or ''}|"
+            )
             continue
         rule, own_unit = rule_of_annotation(hint)
         accepts = rule or _type_text(hint)

@@ -144,7 +144,7 @@ class GenerationTable:
     def footer(self, summary: RunSummary) -> None:
         self._emit(
             f"stopped after {summary.generations} generation(s): {summary.stop_explanation}\n"
-            f"dataset: {summary.dataset_size} structures ({summary.labels_initial} initial, "
-            f"{summary.labels_explored} from {summary.strategy}) at {summary.level_of_theory}\n"
+            f"dataset: {summary.dataset_size} structures ({summary.composition()}) at "
+            f"{summary.level_of_theory}\n"
             f"run folder: {summary.run_dir}"
         )

@@ -103,6 +103,8 @@ __all__ = [
     "write_fingerprint",
     "write_initial",
     "write_selection",
+    "IMPORTED",
+    "INITIAL_STRATEGIES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,12 @@ FINGERPRINT_VERSION = 1
 #: The batch of structures labelled for the initial dataset, in the places where a
 #: generation's number names a batch (:meth:`RunLayout.batch`, label tasks).
 INITIAL = -1
+
+#: The provenance strategy of labelled frames a run imported (``initial_data.files``), and
+#: the strategies of the initial dataset (before any exploration): generation 0's records
+#: of these are not a generation's new labels.
+IMPORTED = "imported"
+INITIAL_STRATEGIES = frozenset({"initial", IMPORTED})
 
 
 def batch_name(generation: int) -> str:
@@ -448,6 +456,25 @@ def _structures_hash(config: RunConfig) -> str:
     return digest.hexdigest()
 
 
+def _files_hash(config: RunConfig) -> str:
+    """A content hash of the frames ``initial_data.files`` give: each frame's structure,
+    its label where it has one and the level of theory it is imported at."""
+    from advloop.flows.inputs import read_labelled_file
+
+    digest = hashlib.sha256(b"advloop-initial-files-v1")
+    for spec in config.initial_data.files:
+        frames = read_labelled_file(spec)
+        digest.update(f"{spec.same_level_as_labels}".encode())
+        for atoms in frames.labelled:
+            digest.update(structure_hash(atoms).encode())
+            digest.update(str(atoms.info["level_of_theory"]).encode())
+            digest.update(np.float64(atoms.get_potential_energy()).tobytes())
+            digest.update(np.asarray(atoms.get_forces(), dtype=np.float64).tobytes())
+        for atoms in frames.unlabelled:
+            digest.update(b"unlabelled" + structure_hash(atoms).encode())
+    return digest.hexdigest()
+
+
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """The settings that define a run's data, flattened to ``section.key`` → JSON value:
     the labeller's level of theory (``labels.*``, with every setting that changes its
@@ -459,8 +486,11 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     _flatten("labels", json.loads(json.dumps(theory, default=str)), flat)
     flat["system.structures"] = _structures_hash(config)
     dumped = config.model_dump(mode="json")
+    files = dumped["initial_data"].pop("files")
     for section in ("initial_data", "model"):
         _flatten(section, dumped[section], flat)
+    if files:  # what the files hold, wherever they are now (absent: none, as before)
+        flat["initial_data.files"] = _files_hash(config)
     for key in ("n_members", "seed"):
         flat[f"committee.{key}"] = dumped["committee"][key]
     return flat
@@ -491,15 +521,21 @@ def resume_problems(config: RunConfig) -> list[str]:
     if old is None:
         return []
     new = fingerprint(config)
-    changed = [key for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
+    # a key only one side has is a setting of another advloop version, but for the files:
+    # their absence is the setting "none"
+    keys = old.keys() & new.keys() | ({"initial_data.files"} & (old.keys() | new.keys()))
+    changed = [key for key in sorted(keys) if old.get(key) != new.get(key)]
     if not changed:
         return []
 
     def show(key: str, value: Any) -> str:
+        if value is None:
+            return "none"
         text = json.dumps(value)
-        return text if key != "system.structures" else f"structures {text[1:13]}…"
+        names = {"system.structures": "structures", "initial_data.files": "files"}
+        return f"{names[key]} {text[1:13]}…" if key in names else text
 
-    lines = [f"{key}: {show(key, old[key])} → {show(key, new[key])}" for key in changed]
+    lines = [f"{key}: {show(key, old.get(key))} → {show(key, new.get(key))}" for key in changed]
     lines.append(
         f"the run folder {layout.root} holds data made with the settings on the left: "
         "resuming it with these would mix them in one dataset; put them back, or "
@@ -606,16 +642,20 @@ def _frames(
 
 
 def write_initial(layout: RunLayout, structures: list[Atoms]) -> None:
-    """Keep the initial structures (the displaced starting structures), exactly."""
+    """Keep the initial structures (the displaced starting structures and the unlabelled
+    frames of ``initial_data.files``; none where the files gave only labelled ones),
+    exactly."""
     starts = np.concatenate([[0], np.cumsum([len(a) for a in structures])]).astype(np.int64)
     _save_npz(
         layout.initial_structures,
         {
-            "numbers": np.concatenate([a.numbers for a in structures]),
-            "positions": np.concatenate([a.positions for a in structures]),
+            "numbers": np.concatenate([np.zeros(0, np.int64), *(a.numbers for a in structures)]),
+            "positions": np.concatenate([np.zeros((0, 3)), *(a.positions for a in structures)]),
             "starts": starts,
-            "cells": np.stack([a.cell.array for a in structures]),
-            "pbc": np.stack([a.pbc for a in structures]),
+            "cells": np.stack([a.cell.array for a in structures])
+            if structures
+            else np.zeros((0, 3, 3)),
+            "pbc": np.stack([a.pbc for a in structures]) if structures else np.zeros((0, 3), bool),
         },
     )
 

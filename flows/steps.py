@@ -40,11 +40,13 @@ from advloop.flows.config import (
     RandomExploration,
     RunConfig,
 )
-from advloop.flows.inputs import initial_structures
+from advloop.flows.inputs import initial_structures, read_labelled_file
 from advloop.flows.progress import Throttled
 from advloop.flows.records import GenerationRecord
 from advloop.flows.run_folder import (
+    IMPORTED,
     INITIAL,
+    INITIAL_STRATEGIES,
     RunLayout,
     candidate_structures,
     read_candidates,
@@ -133,16 +135,30 @@ def _set_aside_if_damaged(path: Path) -> None:
 
 
 def prepare_initial(config: RunConfig) -> list[int]:
-    """Write the initial structures (the starting structures displaced at random) to the
-    run folder, create the dataset, and return the indices of the initial structures not
-    yet in it: the label tasks of the initial batch (:data:`INITIAL`)."""
+    """Write the initial structures (the starting structures displaced at random, and the
+    unlabelled frames of ``initial_data.files``) to the run folder, create the dataset with
+    the labelled frames of ``initial_data.files`` imported into it (provenance
+    :data:`IMPORTED`, their level of theory), and return the indices of the initial
+    structures not yet in it: the label tasks of the initial batch (:data:`INITIAL`)."""
     layout = RunLayout(config.run_dir())
     _set_aside_if_damaged(layout.dataset)
     Dataset.create(layout.dataset, exist_ok=True)
+    files = [read_labelled_file(spec) for spec in config.initial_data.files]
     if not layout.initial_structures.exists():
         write_initial(
             layout,
-            initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed)),
+            initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
+            + [atoms for frames in files for atoms in frames.unlabelled],
+        )
+    imported = [atoms for frames in files for atoms in frames.labelled]
+    if imported:
+        # idempotent: a frame already in the dataset (an earlier invocation's) is skipped
+        Dataset(layout.dataset).append(
+            imported,
+            [atoms.get_potential_energy() for atoms in imported],
+            [atoms.get_forces() for atoms in imported],
+            [Provenance(0, IMPORTED, str(a.info["level_of_theory"])) for a in imported],
+            skip_known=True,
         )
     known = set(Dataset(layout.dataset).hashes())
     return [k for k, a in enumerate(read_initial(layout)) if structure_hash(a) not in known]
@@ -452,7 +468,7 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
     previous = [
         k
         for k, p in enumerate(dataset.provenance())
-        if p.generation == generation - 1 and p.strategy != "initial"
+        if p.generation == generation - 1 and p.strategy not in INITIAL_STRATEGIES
     ]
     rng = _rng(config, _ATTACK_STREAM, generation)
     chosen = choose_seeds(
@@ -664,7 +680,7 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     appended = {
         h
         for h, p in zip(dataset.hashes(), dataset.provenance())
-        if p.generation == generation and p.strategy != "initial"
+        if p.generation == generation and p.strategy not in INITIAL_STRATEGIES
     }
     if appended:
         selected = [k for k, h in enumerate(hashes) if h in appended]

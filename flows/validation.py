@@ -197,7 +197,9 @@ def _limit_problems(raw: dict, reported: set[str]) -> list[str]:
 def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunConfig:
     """Parse and validate a config file (syntax, keys, types, ranges and
     :data:`~advloop.flows.config.LIMITS`); no file checks. A leading ``~`` in
-    ``system.structures``, ``output_dir`` and the ``output_dir`` argument is the home folder.
+    ``system.structures``, ``initial_data.files``, ``output_dir`` and the ``output_dir``
+    argument is the home folder; relative paths of files are relative to the config's
+    folder.
 
     Raises :class:`~advloop.flows.config.ConfigError`, with every moved key of an old-style
     config (:func:`moved_key_problems`) before anything else.
@@ -227,6 +229,12 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
         "system": config.system.model_copy(update={"structures": folder / structures}),
         "output_dir": out,
     }
+    if config.initial_data.files:
+        files = [
+            f.model_copy(update={"path": folder / _home(f.path, "initial_data.files", path)})
+            for f in config.initial_data.files
+        ]
+        updates["initial_data"] = config.initial_data.model_copy(update={"files": files})
     if isinstance(config.labels, PythonLabels):
         # a calculator module beside the config file (or in labels.path, relative to it)
         where = folder / _home(Path(config.labels.path or "."), "labels.path", path)
