@@ -354,8 +354,9 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
     The flow run ends Completed with the stop explanation as its message (the summary is
     its result); too many failed labels fail it with :class:`advloop.flows.steps.LabellingError`,
     a full disk with :class:`advloop.flows.interruptions.DiskFullError`. SIGINT (Ctrl-C) ends it
-    Cancelled and SIGTERM (a batch system's preemption) Crashed, each with a message that
-    says what is kept and how to resume (:func:`advloop.flows.interruptions.interrupted_message`).
+    Cancelled, and SIGTERM (a batch system's preemption) and a Python system exit call (a
+    calculator calling ``sys.exit()``) Crashed, each with a message that says what is kept
+    and how to resume (:func:`advloop.flows.interruptions.interrupted_message`).
     """
     layout = RunLayout(config.run_dir())
     try:
@@ -363,7 +364,7 @@ def run_active_learning(config: RunConfig, table: GenerationTable | None = None)
             # Prefect makes a returned state the run's own: callers get its result, the
             # summary dict
             return _run_loop(config, table or GenerationTable())  # type: ignore[return-value]
-    except (KeyboardInterrupt, TerminationSignal) as err:
+    except (KeyboardInterrupt, TerminationSignal, SystemExit) as err:
         if interruptions.requested_by_runner(err):
             raise  # a cancellation asked for in the UI: Prefect's engine ends it Cancelled
         return _stopped(config, interruptions.interrupted_state(err, layout))  # type: ignore[return-value]

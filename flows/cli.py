@@ -166,7 +166,7 @@ def _run_held(cfg) -> None:
     from advloop.flows import embedded_server
     from advloop.flows.active_learning import run_active_learning
     from advloop.flows.config import ConfigError
-    from advloop.flows.interruptions import DiskFullError
+    from advloop.flows.interruptions import DiskFullError, exit_code
     from advloop.flows.steps import LabellingError
     from advloop.potentials.dataset import DatasetError
 
@@ -176,8 +176,7 @@ def _run_held(cfg) -> None:
     state = run_active_learning(cfg, return_state=True)
     if state.is_cancelled() or state.is_crashed():  # stopped by a signal: say so, then go
         typer.echo(f"advloop: {state.message}", err=True)
-        code = 130 if state.is_cancelled() else 143  # 128 + SIGINT / SIGTERM
-        _exit_now(code)
+        _exit_now(exit_code(state))
     try:
         state.result()
     except ConfigError as err:

@@ -9,6 +9,9 @@ is kept and how to resume, as the Prefect flow run's state message and on the te
   system's preemption, a worker stopping) ends it ``Crashed``. Prefect turns SIGTERM
   into :class:`prefect.exceptions.TerminationSignal` in the flow's thread and SIGINT is
   Python's ``KeyboardInterrupt``; :func:`interrupted_state` makes the state.
+- A Python system exit call (``SystemExit``: a calculator or library calling
+  ``sys.exit()``, a worker shutting down) ends it ``Crashed`` too, with the same account
+  of what is kept, instead of Prefect's "Execution was aborted by Python system exit call".
 - A write that fails for want of space (``ENOSPC`` from Python, h5py, torch or SQLite)
   stops the run with :class:`DiskFullError`, naming the disk and the path.
 """
@@ -32,6 +35,7 @@ __all__ = [
     "interrupted_message",
     "interrupted_state",
     "exception_chain",
+    "exit_code",
     "is_disk_full",
     "kept",
     "requested_by_runner",
@@ -121,26 +125,45 @@ def _signal_of(err: BaseException) -> signal.Signals:
     return signal.SIGINT
 
 
+#: How a Python system exit call that ended a run starts its message.
+_EXIT_CALL = "stopped by a Python system exit call"
+
+
 def interrupted_message(err: BaseException, layout: RunLayout) -> str:
     """``stopped by SIGTERM ...``: what stopped the run, what is kept, how to resume."""
+    resume = f"nothing is torn and {kept(layout)} are kept in {layout.root}"
+    if isinstance(err, SystemExit):
+        return (
+            f"{_EXIT_CALL} (exit code {err.code}) in the run's process: a calculator or "
+            "library it runs called sys.exit(), or the worker running it shut down; "
+            f"{resume}: resubmit the run, or re-run the same command, to resume"
+        )
     sig = _signal_of(err)
     why = (
         "Ctrl-C"
         if sig == signal.SIGINT
         else "a batch system's preemption or time limit, scancel, or a worker stopping"
     )
-    return (
-        f"stopped by {sig.name} ({why}); nothing is torn and {kept(layout)} are kept in "
-        f"{layout.root}: re-run the same command to resume"
-    )
+    return f"stopped by {sig.name} ({why}); {resume}: re-run the same command to resume"
+
+
+def exit_code(state: State) -> int:
+    """The exit status of a command whose run ended ``state`` (Cancelled or Crashed by
+    :func:`interrupted_state`): 128 + the signal's number, or 1 for an exit call."""
+    if state.is_cancelled():
+        return 128 + signal.SIGINT
+    if (state.message or "").startswith(_EXIT_CALL):
+        return 1
+    return 128 + signal.SIGTERM
 
 
 def interruption_in(err: BaseException) -> BaseException | None:
-    """The signal (``KeyboardInterrupt`` or Prefect's ``TerminationSignal``) that ``err``
-    was raised while handling, if any: a signal that lands while Prefect's engine sets up a
-    task run can surface as the engine's own error about the half-made run."""
+    """The signal (``KeyboardInterrupt`` or Prefect's ``TerminationSignal``) or exit call
+    (``SystemExit``) that ``err`` was raised while handling, if any: a signal that lands
+    while Prefect's engine sets up a task run can surface as the engine's own error about
+    the half-made run."""
     for e in exception_chain(err):
-        if isinstance(e, (KeyboardInterrupt, TerminationSignal)):
+        if isinstance(e, (KeyboardInterrupt, TerminationSignal, SystemExit)):
             return e
     return None
 
@@ -159,9 +182,9 @@ def requested_by_runner(err: BaseException) -> bool:
 
 
 def interrupted_state(err: BaseException, layout: RunLayout) -> State:
-    """The final state of a flow run stopped by a signal: ``Cancelled`` for SIGINT,
-    ``Crashed`` for SIGTERM, with :func:`interrupted_message`."""
+    """The final state of a flow run stopped by a signal or an exit call: ``Cancelled``
+    for SIGINT, ``Crashed`` for SIGTERM and ``SystemExit``, with :func:`interrupted_message`."""
     message = interrupted_message(err, layout)
-    if _signal_of(err) == signal.SIGINT:
+    if not isinstance(err, SystemExit) and _signal_of(err) == signal.SIGINT:
         return Cancelled(message=message)
     return Crashed(message=message)

@@ -39,3 +39,56 @@ def test_the_run_ends_cancelled_when_the_engine_reports_the_signal_as_its_own_er
     )
     assert state.is_cancelled(), state
     assert "re-run the same command to resume" in state.message
+
+
+EXITING_LABELLER = '''
+import sys
+
+from ase.calculators.emt import EMT
+
+
+class Exiting(EMT):
+    """EMT that calls sys.exit(3) on its third structure, as a badly behaved calculator
+    or library may."""
+
+    calls = 0
+
+    def calculate(self, *args, **kwargs):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            sys.exit(3)
+        super().calculate(*args, **kwargs)
+
+
+def make(**options):
+    return Exiting()
+'''
+
+
+def test_a_system_exit_call_ends_the_run_crashed_saying_what_is_kept(
+    prefect_backend, tiny_config
+) -> None:
+    """A calculator that calls ``sys.exit()`` mid-batch: Prefect alone would end the run
+    "Execution was aborted by Python system exit call."; the run says what is kept and
+    how to resume, and a re-run with a calculator that behaves recomputes nothing kept."""
+    from advloop.flows import active_learning
+    from advloop.flows.run_folder import RunLayout
+
+    (tiny_config.parent / "exiting.py").write_text(EXITING_LABELLER)
+    text = tiny_config.read_text()
+    tiny_config.write_text(
+        text.replace(
+            "labels: {kind: pyscf, method: RHF, basis: STO-3G}",
+            "labels: {kind: python, factory: 'exiting:make'}",
+        )
+    )
+    config = validate_config(tiny_config)
+    state = active_learning.run_active_learning(
+        config, GenerationTable(io.StringIO()), return_state=True
+    )
+    assert state.is_crashed(), state
+    layout = RunLayout(config.run_dir())
+    assert state.message.startswith("stopped by a Python system exit call (exit code 3)")
+    assert f"2 labels and 0 committees are kept in {layout.root}" in state.message
+    assert "to resume" in state.message
+    assert interruptions.exit_code(state) == 1
