@@ -43,7 +43,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 
-from advloop.flows import artifacts, events, interruptions, run_folder, runners, steps
+from advloop.flows import artifacts, durations, events, interruptions, run_folder, runners, steps
 from advloop.flows.config import RunConfig, ThreadsRunner
 from advloop.flows.loop import (
     ActiveLearningLoop,
@@ -51,7 +51,8 @@ from advloop.flows.loop import (
     mean_member_metrics,
     run_generation,
 )
-from advloop.flows.report import GenerationTable
+from advloop.flows.progress import UI_ONLY, Throttled
+from advloop.flows.report import GenerationTable, labels_line, member_line
 from advloop.flows.run_folder import INITIAL, RunLayout
 from advloop.flows.timing import Timed, timed
 from advloop.flows.validation import validate_config
@@ -135,9 +136,12 @@ def _train_committee(
     futures = [train_member.submit(config, generation, k) for k in range(n)]
     member = {id(f): k for k, f in enumerate(futures)}
     results = []
+    logger = get_run_logger()
     for done, future in enumerate(as_completed(futures), start=1):
         results.append(future.result())
         table.member_trained(generation, member[id(future)], done, n, results[-1].value)
+        line = member_line(generation, member[id(future)], done, n, results[-1].value)
+        logger.info("%s", line, extra=UI_ONLY)
     clock.extend(results)
     return mean_member_metrics([r.value for r in results])
 
@@ -161,6 +165,10 @@ def _label_selected(
     )
     progress = artifacts.LabelProgress(config.system.name, generation, len(selected))
     table.labelled(generation, 0, len(selected))
+    started = time.monotonic()
+    # the lines the terminal shows, in the UI's log: each label that finishes, at most
+    # one line per PROGRESS_SECONDS but the last
+    throttled = Throttled(lambda line: line, logger=logger, extra=UI_ONLY)  # type: ignore[arg-type]
     structures = dict(zip(selected, steps.selected_structures(config, generation, selected)))
     pending = list(selected)
     running: list[PrefectFuture[Timed[steps.LabelResult]]] = []
@@ -186,8 +194,14 @@ def _label_selected(
             results.append(result.value)
             failed += not result.value.ok
         done = len(selected) - len(pending) - len(running)
-        progress.update(done, failed)
-        table.labelled(generation, done, len(selected), failed)
+        eta = durations.eta(done, len(selected), time.monotonic() - started)
+        progress.update(done, failed, eta)
+        table.labelled(generation, done, len(selected), failed, eta)
+        line = labels_line(generation, done, len(selected), failed, eta)
+        if done == len(selected):
+            logger.info("%s", line, extra=UI_ONLY)
+        else:
+            throttled(line)
     return results
 
 

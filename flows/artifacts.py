@@ -330,12 +330,16 @@ class LabelProgress:
             )
         )
 
-    def _describe(self, done: int, failed: int) -> str:
-        return f"{batch_name(self.generation)}: {done} of {self.total} labels done" + (
-            f", {failed} failed" if failed else ""
+    def _describe(self, done: int, failed: int, eta: str | None = None) -> str:
+        return (
+            f"{batch_name(self.generation)}: {done} of {self.total} labels done"
+            + (f", {failed} failed" if failed else "")
+            + (f", {eta}" if eta else "")
         )
 
-    def update(self, done: int, failed: int = 0) -> None:
+    def update(self, done: int, failed: int = 0, eta: str | None = None) -> None:
+        """``done`` labels of the batch finished, ``failed`` of them without a label;
+        ``eta``: how long the rest will take, in words."""
         from prefect.artifacts import update_progress_artifact
 
         now = time.monotonic()
@@ -343,5 +347,7 @@ class LabelProgress:
             return
         self._last = now
         update_progress_artifact(
-            self.id, 100.0 * done / max(self.total, 1), description=self._describe(done, failed)
+            self.id,
+            100.0 * done / max(self.total, 1),
+            description=self._describe(done, failed, eta),
         )

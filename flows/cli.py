@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 
+from advloop.flows.durations import ago
+
 if TYPE_CHECKING:
     from advloop.flows.progress import Liveness
     from advloop.flows.records import GenerationRecord, RunSummary
@@ -188,7 +190,9 @@ def _run_held(cfg) -> None:
 def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     """Keep Prefect's tracebacks of the run's ``expected`` failures (too many failed
     labels, a full disk, a dataset that cannot be rebuilt: each ends the command with one
-    line saying what to do) off the terminal; the run's log on the server keeps them."""
+    line saying what to do), and the progress lines the table shows already
+    (:data:`~advloop.flows.progress.UI_ONLY`), off the terminal; the run's log on the
+    server keeps them."""
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -196,6 +200,8 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     from advloop.flows.interruptions import exception_chain, is_disk_full
 
     def keep(record: logging.LogRecord) -> bool:
+        if getattr(record, "terminal", True) is False:  # the terminal shows it already
+            return False
         err = record.exc_info[1] if record.exc_info else None
         return err is None or not (
             is_disk_full(err) or any(isinstance(e, expected) for e in exception_chain(err))
@@ -413,13 +419,6 @@ def _one_line(err: Exception) -> str:
 # advloop status
 
 
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
-
-
 @dataclass(frozen=True)
 class _RunFolder:
     """What a run folder says about its run (see :func:`_run_folder`)."""
@@ -580,7 +579,7 @@ def status(
                         "-" if f.dataset_size is None else str(f.dataset_size),
                         f.state,
                         "-" if f.summary is not None else (phase(f.root) or "-"),
-                        _age(now - f.updated),
+                        ago(now - f.updated),
                     ]
                     for f in found
                 ],
@@ -603,7 +602,7 @@ def status(
     if folder is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
     typer.echo(
-        f"{folder.system}: {folder.state} (last activity {_age(now - folder.updated)}), "
+        f"{folder.system}: {folder.state} (last activity {ago(now - folder.updated)}), "
         f"run folder {folder.root}"
     )
     if folder.summary is None:

@@ -33,6 +33,7 @@ import yaml
 from advloop.calculators.factory import theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.flows.config import RunConfig
+from advloop.flows.durations import ago
 from advloop.flows.run_folder import (
     HEARTBEAT_SECONDS,
     STALE_BEATS,
@@ -45,7 +46,19 @@ from advloop.flows.run_folder import (
     read_selection,
 )
 
-__all__ = ["PROGRESS_SECONDS", "Liveness", "Throttled", "last_activity", "liveness", "phase"]
+__all__ = [
+    "PROGRESS_SECONDS",
+    "UI_ONLY",
+    "Liveness",
+    "Throttled",
+    "last_activity",
+    "liveness",
+    "phase",
+]
+
+#: ``extra`` of a log record that ``advloop run``'s terminal leaves out: a line it shows
+#: already, as a progress bar or a line of its own, sent to the Prefect UI's logs.
+UI_ONLY = {"terminal": False}
 
 #: Seconds between two progress lines of one long step.
 PROGRESS_SECONDS = 10.0
@@ -70,15 +83,6 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
 def liveness(root: Path, now: float | None = None) -> Liveness:
     """Whether the process that holds (or last held) ``root`` is alive (module doc)."""
     now = time.time() if now is None else now
@@ -87,7 +91,7 @@ def liveness(root: Path, now: float | None = None) -> Liveness:
         return Liveness("idle", "no process holds this run folder")
     who = f"pid {holder.pid} on {holder.host}"
     if holder.released is not None:
-        return Liveness("ended", f"{who} let go {_ago(now - holder.released)}")
+        return Liveness("ended", f"{who} let go {ago(now - holder.released)}")
     local = holder.host == socket.gethostname()
     if local and not _pid_exists(holder.pid):
         return Liveness("ended", f"{who} is gone (killed, or its machine restarted)")
@@ -95,10 +99,10 @@ def liveness(root: Path, now: float | None = None) -> Liveness:
     if now - beat > STALE_BEATS * HEARTBEAT_SECONDS:
         return Liveness(
             "stale",
-            f"probably dead: {who} last beat {_ago(now - beat)} (every "
+            f"probably dead: {who} last beat {ago(now - beat)} (every "
             f"{HEARTBEAT_SECONDS:g} s while alive)",
         )
-    return Liveness("running", f"{who}, heartbeat {_ago(now - beat)}")
+    return Liveness("running", f"{who}, heartbeat {ago(now - beat)}")
 
 
 def _labelled(store: LabelStore, structures: list, theory: dict) -> int:
@@ -165,10 +169,12 @@ class Throttled:
         self,
         describe: Callable[[object], str | None],
         every: float = PROGRESS_SECONDS,
-        logger: logging.Logger = progress_logger,
+        logger: logging.Logger | logging.LoggerAdapter = progress_logger,
         clock: Callable[[], float] = time.monotonic,
+        extra: dict | None = None,
     ):
         self.describe, self.every, self.logger, self.clock = describe, every, logger, clock
+        self.extra = extra
         self.last: float | None = None
 
     def __call__(self, state: object) -> None:
@@ -177,5 +183,5 @@ class Throttled:
             return
         line = self.describe(state)
         if line is not None:
-            self.logger.info("%s", line)
+            self.logger.info("%s", line, extra=self.extra)
             self.last = now

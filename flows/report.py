@@ -35,6 +35,30 @@ _COLUMNS = [
 ]
 
 
+def member_line(
+    generation: int, member: int, done: int, total: int, metrics: dict[str, float]
+) -> str:
+    """``gen 3: member 1 trained, 2 of 4 (val F MAE 0.0412 eV/Å)``."""
+    mae = metrics.get("val_forces_mae")
+    detail = f" (val F MAE {mae:.4f} eV/Å)" if mae is not None else ""
+    return f"gen {generation}: member {member} trained, {done} of {total}{detail}"
+
+
+def labels_line(
+    generation: int, done: int, total: int, failed: int = 0, eta: str | None = None
+) -> str:
+    """``gen 3: 5 of 8 labels done, 1 failed, about 4 min left`` (``gen 3: labelling 8
+    structures`` before the first)."""
+    name = batch_name(generation)
+    if done == 0:
+        return f"{name}: labelling {total} structures"
+    return (
+        f"{name}: {done} of {total} labels done"
+        + (f", {failed} failed" if failed else "")
+        + (f", {eta}" if eta else "")
+    )
+
+
 class GenerationTable:
     """Plain-text table, one row per generation (σF and MAE in eV/Å), and progress hooks
     the flow calls while a generation runs (:meth:`training_started`, :meth:`member_trained`,
@@ -66,6 +90,7 @@ class GenerationTable:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         if self._progress is None:
@@ -74,6 +99,7 @@ class GenerationTable:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 console=Console(file=self.stream),
                 transient=True,
                 auto_refresh=False,
@@ -104,26 +130,17 @@ class GenerationTable:
         self, generation: int, member: int, done: int, total: int, metrics: dict[str, float]
     ) -> None:
         """Member ``member`` of ``generation``'s committee finished (``done`` of ``total``)."""
-        mae = metrics.get("val_forces_mae")
-        detail = f" (val F MAE {mae:.4f} eV/Å)" if mae is not None else ""
-        self._advance(
-            f"gen {generation}: training",
-            done,
-            total,
-            f"gen {generation}: member {member} trained, {done} of {total}{detail}",
-        )
+        line = member_line(generation, member, done, total, metrics)
+        self._advance(f"gen {generation}: training", done, total, line)
 
-    def labelled(self, generation: int, done: int, total: int, failed: int = 0) -> None:
+    def labelled(
+        self, generation: int, done: int, total: int, failed: int = 0, eta: str | None = None
+    ) -> None:
         """``done`` of ``generation``'s ``total`` selected structures (of the initial
         ones for :data:`advloop.flows.run_folder.INITIAL`) have a label task finished, ``failed``
-        of them without a label."""
-        name = batch_name(generation)
-        line = (
-            f"{name}: labelling {total} structures"
-            if done == 0
-            else f"{name}: {done} of {total} labels done" + (f", {failed} failed" if failed else "")
-        )
-        self._advance(f"{name}: labelling", done, total, line)
+        of them without a label; ``eta``: how long the rest will take, in words."""
+        line = labels_line(generation, done, total, failed, eta)
+        self._advance(f"{batch_name(generation)}: labelling", done, total, line)
 
     def header(self) -> None:
         cells = [f"{title:>{len(fmt.format(0))}}" for title, _, fmt in _COLUMNS]

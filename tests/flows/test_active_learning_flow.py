@@ -184,6 +184,23 @@ def _check_prefect_server(summary: dict) -> None:
         )
         assert every_task and all("nh3-tiny" not in t.tags for t in every_task)
 
+        # the progress lines the terminal shows reach the UI's logs too
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        logs = [
+            log.message
+            for log in client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs.values()]))
+            )
+        ]
+        assert any(line.startswith("gen 0: member ") and ", 1 of 2" in line for line in logs)
+        n = summary["labels_explored"]
+        assert f"gen 0: {n} of {n} labels done" in logs
+        assert (
+            f"initial: {summary['labels_initial']} of {summary['labels_initial']} labels done"
+            in logs
+        )
+
         artifacts = {}
         for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(

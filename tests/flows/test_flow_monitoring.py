@@ -229,3 +229,16 @@ def test_reporter_draws_a_progress_bar_on_a_terminal():
     table.row(RECORDS[1])  # a table row ends any bar still shown
     assert table._progress is None
     assert "gen 4: 1 of 2 labels done" not in stream.getvalue()  # no plain lines
+
+
+def test_label_lines_say_how_long_the_rest_will_take():
+    from advloop.flows import durations
+    from advloop.flows.report import labels_line
+
+    assert labels_line(3, 0, 8) == "gen 3: labelling 8 structures"
+    eta = durations.eta(2, 8, 120.0)  # 60 s per label so far, 6 to go
+    assert eta == "about 6 min left"
+    assert labels_line(3, 2, 8, 1, eta) == "gen 3: 2 of 8 labels done, 1 failed, about 6 min left"
+    assert durations.eta(0, 8, 5.0) is None and durations.eta(8, 8, 5.0) is None
+    assert durations.duration(59) == "59 s" and durations.duration(3 * 3600) == "3.0 h"
+    assert durations.ago(90) == "90 s ago"
