@@ -136,6 +136,29 @@ class Candidates:
             dict(stopped or {}),
         )
 
+    def subset(self, indices: np.ndarray | list[int]) -> Candidates:
+        """The candidates ``indices``, in that order (``stopped`` as it is: it is keyed
+        by seed, not by candidate)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        starts = self.starts
+        atoms = (
+            np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
+            if len(idx)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return type(self)(
+            self.numbers[atoms],
+            self.positions[atoms],
+            self.n_atoms[idx],
+            self.cells[idx],
+            self.pbc[idx],
+            self.parent[idx],
+            self.sigma_f_mean[idx],
+            self.sigma_f_max[idx],
+            self.score[idx],
+            dict(self.stopped),
+        )
+
     @classmethod
     def concatenate(cls, by_source: dict[str, Candidates]) -> Candidates:
         """The candidates of several strategies run from the same seeds, one after the

@@ -6,7 +6,10 @@ Run ``python -m benchmarks.sample_efficiency [--systems ammonia_xtb,malonaldehyd
 [--labels-per-generation 8] [--jobs 2] [--no-stability] [--quick] [--output PATH]``;
 writes ``benchmarks/results/sample_efficiency.json``. ``--strategies`` also takes the
 ablations of the default (:data:`ABLATIONS`: one part of it at a time set back to the
-published attack's).
+published attack's). Each seed's runs are also kept as they finish, in
+``<output>.partial/<system>-seed<k>.json``: a benchmark longer than one sitting runs in
+seed groups (``--seed-list 0,1``, then ``--seed-list 2,3,4``, same settings), and
+``--merge PARTIAL...`` writes the record of all of them.
 
 For every system and seed, generation 0 (the initial labels and its committee) is made
 once and shared by every strategy (:func:`benchmarks.zeolite_xtb.share_generation_zero`),
@@ -557,6 +560,48 @@ def _run_seeds(args: list[tuple], jobs: int, partial: Path | None) -> list[dict]
     return [done[k] for k in range(len(args))]
 
 
+def merge_partial(
+    files: list[Path], generations: int, per_generation: int, n_boot: int = 10_000
+) -> dict:
+    """The ``systems``, ``summary`` and ``cost`` of a record from seeds' partial records
+    (``<system>-seed<k>.json``, as :func:`run` writes them with ``partial``), which may
+    come from several invocations (each a group of seeds, with the same settings): a
+    benchmark too long for one sitting, run seed group by seed group."""
+    import json
+
+    by_system: dict[str, dict[int, dict]] = {}
+    for path in files:
+        entry = json.loads(Path(path).read_text())
+        by_system.setdefault(entry["system"], {})[int(entry["seed"])] = entry["runs"]
+    results: dict = {"systems": {}, "summary": {}, "cost": {}}
+    for name, per_seed in by_system.items():
+        seeds = sorted(per_seed)
+        strategies = list(per_seed[seeds[0]])
+        if any(list(per_seed[s]) != strategies for s in seeds):
+            raise ValueError(f"{name}: the seeds' partial records ran other strategies")
+        runs = {st: {s: per_seed[s][st]["rows"] for s in seeds} for st in strategies}
+        results["systems"][name] = {
+            "application_temperature_K": SYSTEMS[name].temperature,
+            "runs": {
+                st: {
+                    str(s): {
+                        "rows": per_seed[s][st]["rows"],
+                        "labelled_energy_per_atom_q10_q50_q90": per_seed[s][st][
+                            "labelled_energy_per_atom_q10_q50_q90"
+                        ],
+                    }
+                    for s in seeds
+                }
+                for st in strategies
+            },
+        }
+        results["summary"][name] = summarise(
+            SYSTEMS[name], runs, generations * per_generation, np.random.default_rng(0), n_boot
+        )
+        results["cost"][name] = cost(runs)
+    return results
+
+
 def resummarise(source: Path, output: Path, n_boot: int = 10_000) -> dict:
     """``source``'s record with its summary computed again from its runs' rows by this
     version of :func:`summarise` (the runs, settings and costs as they were)."""
@@ -632,6 +677,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--seed-list",
+        help="run these seeds only (e.g. 2,3,4): one group of a benchmark run in several "
+        "sittings, whose partial records --merge puts together",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="PARTIAL",
+        help="write the record of these seeds' partial records (<system>-seed<k>.json) "
+        "to --output, with --generations, --labels-per-generation and --no-stability as "
+        "they ran",
+    )
     parser.add_argument("--generations", type=int, default=12)
     parser.add_argument("--labels-per-generation", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (processes)")
@@ -655,20 +714,34 @@ def main(argv: list[str] | None = None) -> dict:
         return resummarise(args.summarise, args.output)
     t0 = time.perf_counter()
     seeds = [0] if args.quick else list(range(args.seeds))
+    if args.seed_list:
+        seeds = [int(k) for k in args.seed_list.split(",")]
     generations = 2 if args.quick else args.generations
     per_generation = 3 if args.quick else args.labels_per_generation
-    results = run(
-        args.systems.split(","),
-        seeds,
-        generations,
-        per_generation,
-        args.quick,
-        tuple(args.strategies.split(",")),
-        args.jobs,
-        n_boot=200 if args.quick else 10_000,
-        stability=not args.no_stability,
-        partial=args.output.with_suffix(".partial"),
-    )
+    if args.merge:
+        results = merge_partial(args.merge, generations, per_generation)
+        seeds = sorted(
+            {
+                int(k)
+                for entry in results["systems"].values()
+                for k in next(iter(entry["runs"].values()))
+            }
+        )
+        args.strategies = ",".join(next(iter(results["systems"].values()))["runs"])
+        args.systems = ",".join(results["systems"])
+    else:
+        results = run(
+            args.systems.split(","),
+            seeds,
+            generations,
+            per_generation,
+            args.quick,
+            tuple(args.strategies.split(",")),
+            args.jobs,
+            n_boot=200 if args.quick else 10_000,
+            stability=not args.no_stability,
+            partial=args.output.with_suffix(".partial"),
+        )
     header = record_header(
         "benchmarks.sample_efficiency",
         argv,
@@ -698,8 +771,11 @@ def main(argv: list[str] | None = None) -> dict:
         },
         **results,
     }
+    if args.merge:
+        record["merged_from"] = [str(path) for path in args.merge]
     out = write_record(args.output, record)
-    shutil.rmtree(args.output.with_suffix(".partial"), ignore_errors=True)  # in the record now
+    if not args.merge:  # the seeds' partial records are in the record now
+        shutil.rmtree(args.output.with_suffix(".partial"), ignore_errors=True)
     print(markdown_table(record["summary"]))
     return out
 

@@ -54,6 +54,7 @@ __all__ = [
     "RandomExploration",
     "RunConfig",
     "SelectionConfig",
+    "SystemPart",
     "short_repr",
 ]
 
@@ -90,27 +91,6 @@ def short_repr(value: Any) -> str:
 class _Strict(BaseModel):
     # allow_inf_nan: .inf and .nan are refused (inf passes every `> 0` check, nan none)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class SystemConfig(_Strict):
-    """The system: a name (the run folder's name), its starting structure(s), and the
-    temperature the potential is meant for (K; None: not given), at which the
-    ``md_frames`` seeds of an exploration are made."""
-
-    name: str
-    structures: Path = Field(description="xyz/extxyz/CIF/... file readable by ase.io.read")
-    temperature: float | None = Field(
-        None, gt=0, description="K, the application temperature; None: not given"
-    )
-
-    @model_validator(mode="after")
-    def _name_is_safe(self) -> SystemConfig:
-        if not _NAME.fullmatch(self.name):
-            raise ValueError(
-                f"system.name {short_repr(self.name)} must be 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit (it names the run folder)"
-            )
-        return self
 
 
 class LabelledFile(_Strict):
@@ -171,6 +151,71 @@ class InitialDataConfig(_Strict):
                 "so a run cannot start from fewer than 2 labelled structures (12 is the default; "
                 "initial_data.files may give them instead)"
             )
+        return self
+
+
+def _safe_name(name: str, key: str, what: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{key} {short_repr(name)} must be 1-64 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit ({what})"
+        )
+
+
+class SystemPart(_Strict):
+    """One of several systems trained into one potential (``system.parts``): its name (in
+    the table and artifacts), its starting structures (one composition, not another
+    part's), its share of each generation's labels (relative to the other parts'), and
+    where it differs from the run's, its initial data and exploration seeds (None: the
+    run's ``initial_data``, ``exploration.n_seeds`` and ``exploration.seeds``)."""
+
+    name: str
+    structures: Path = Field(description="xyz/extxyz/CIF/... file readable by ase.io.read")
+    share: float = Field(1.0, gt=0, description="relative to the other parts' shares")
+    initial_data: InitialDataConfig | None = None
+    n_seeds: PositiveInt | None = None  # seed structures per generation, of this part
+    seeds: SeedPolicy | None = None  # which of this part's training structures seed
+
+    @model_validator(mode="after")
+    def _name_is_safe(self) -> SystemPart:
+        _safe_name(self.name, "system.parts name", "it names the part in tables")
+        return self
+
+
+class SystemConfig(_Strict):
+    """The system: a name (the run folder's name), its starting structure(s), and the
+    temperature the potential is meant for (K; None: not given), at which the
+    ``md_frames`` seeds of an exploration are made.
+
+    One potential for several systems (a framework with several guests, a set of
+    molecules): ``parts`` lists them instead of ``structures``, each with its own starting
+    structures, initial data, exploration seeds and share of each generation's labels
+    (:class:`SystemPart`), all trained into one committee."""
+
+    name: str
+    structures: Path | None = Field(
+        None, description="xyz/extxyz/CIF/... file readable by ase.io.read; or give parts"
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="K, the application temperature; None: not given"
+    )
+    parts: list[SystemPart] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _name_is_safe(self) -> SystemConfig:
+        _safe_name(self.name, "system.name", "it names the run folder")
+        if (self.structures is None) == (not self.parts):
+            raise ValueError(
+                "structures and parts: give the structures, or parts (several systems in "
+                "one potential, each with its structures), not both"
+                if self.structures is not None
+                else "structures is required: the structure file a run starts from (or "
+                "parts: several systems in one potential, each with its structures)"
+            )
+        names = [p.name for p in self.parts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"system.parts: each part needs its own name; {twice} is given twice")
         return self
 
 
@@ -715,7 +760,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _md_frames_need_a_temperature(self) -> RunConfig:
-        if self.exploration.seeds == "md_frames" and self.system.temperature is None:
+        md_frames = any(p.seeds == "md_frames" for p in self.parts())
+        if md_frames and self.system.temperature is None:
             raise ValueError(
                 'exploration.seeds "md_frames" needs system.temperature (K): the '
                 "temperature the potential is meant for, at which the seeds' committee MD runs"
@@ -724,6 +770,24 @@ class RunConfig(_Strict):
 
     def run_dir(self) -> Path:
         return self.output_dir / self.system.name
+
+    def parts(self) -> list[SystemPart]:
+        """The systems of the run, each with every setting filled in: ``system.parts``, or
+        one part named after the system with ``system.structures``, the run's initial
+        data and exploration seeds."""
+        given = self.system.parts or [
+            SystemPart(name=self.system.name, structures=self.system.structures or Path())
+        ]
+        return [
+            p.model_copy(
+                update={
+                    "initial_data": p.initial_data or self.initial_data,
+                    "n_seeds": p.n_seeds or self.exploration.n_seeds,
+                    "seeds": p.seeds or self.exploration.seeds,
+                }
+            )
+            for p in given
+        ]
 
     def exploring(self, kind: str, **settings: Any) -> RunConfig:
         """This config exploring with ``kind`` (``adversarial``, ``md``, ``random``,

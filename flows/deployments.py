@@ -92,6 +92,15 @@ class Submission:
         from advloop.flows.config import ConfigError
 
         text = Path(config_path).read_text()
+        if config.system.structures is None:
+            raise ConfigError(
+                str(config_path),
+                [
+                    "system.parts: a submission carries one structure file; run a config "
+                    "of several systems where its files are (advloop run), or as a "
+                    "scheduled deployment (advloop serve --config)"
+                ],
+            )
         if config.initial_data.files:
             # the files stay where they are: the worker reads them by absolute path (a
             # shared filesystem), as it writes the run folder

@@ -32,7 +32,15 @@ from pydantic_core import ErrorDetails
 
 from advloop.adversarial.geometry import check_geometry
 from advloop.calculators.factory import label_problems, level_of_theory
-from advloop.flows.config import ConfigError, LabelledFile, RunConfig, RunnersConfig, short_repr
+from advloop.flows.config import (
+    ConfigError,
+    InitialDataConfig,
+    LabelledFile,
+    RunConfig,
+    RunnersConfig,
+    SystemPart,
+    short_repr,
+)
 from advloop.potentials.dataset import Dataset, DatasetError
 
 __all__ = [
@@ -625,18 +633,25 @@ def _same_level(a: str, b: str) -> bool:
     return "".join(a.split()).upper() == "".join(b.split()).upper()
 
 
-def initial_file_problems(config: RunConfig, system: list[Atoms]) -> list[str]:
-    """Problems with ``initial_data.files`` against the run (``system``: the frames of
-    ``system.structures``): a file that does not read, frames not of the system's atoms
-    (one composition per run) or that clash, labelled frames of another level of theory
-    than the labeller's (unless the entry says ``same_level_as_labels``), and fewer than 2
-    initial structures in all. Reads every file."""
+def initial_file_problems(
+    config: RunConfig,
+    system: list[Atoms],
+    initial: InitialDataConfig | None = None,
+    where: str = "initial_data",
+) -> list[str]:
+    """Problems with the ``files`` of ``initial`` (the run's ``initial_data`` by default;
+    a part's, at ``where``) against the run (``system``: the frames of its structures): a
+    file that does not read, frames not of the system's atoms (one composition per
+    system) or that clash, labelled frames of another level of theory than the labeller's
+    (unless the entry says ``same_level_as_labels``), and fewer than 2 initial structures
+    in all. Reads every file."""
     problems: list[str] = []
     labels = level_of_theory(config.labels)
-    total = config.initial_data.n_structures
+    initial = initial or config.initial_data
+    total = initial.n_structures
     numbers = system[0].numbers if system else None
-    for n, spec in enumerate(config.initial_data.files):
-        key = f"initial_data.files[{n}]"
+    for n, spec in enumerate(initial.files):
+        key = f"{where}.files[{n}]"
         try:
             frames = read_labelled_file(spec)
         except ValueError as err:
@@ -650,7 +665,7 @@ def initial_file_problems(config: RunConfig, system: list[Atoms]) -> list[str]:
             if numbers is not None and not np.array_equal(atoms.numbers, numbers):
                 problems.append(
                     f"{key}: {spec.path} has a frame of {atoms.get_chemical_formula()} "
-                    f"({len(atoms)} atoms), not the atoms of system.structures "
+                    f"({len(atoms)} atoms), not the atoms of its system's structures "
                     f"({system[0].get_chemical_formula()}, {len(numbers)} atoms) in the "
                     "same order: a run trains one composition; give frames of this system "
                     "only, with its atoms in its order"
@@ -697,9 +712,8 @@ def initial_file_problems(config: RunConfig, system: list[Atoms]) -> list[str]:
             problems.extend(f"{key}: {p}" for p in label_problems(config.labels, frames.unlabelled))
     if total < 2:
         problems.append(
-            f"initial_data: gives {total} initial structure(s) (n_structures "
-            f"{config.initial_data.n_structures} and the frames of initial_data.files); a run "
-            "needs at least 2"
+            f"{where}: gives {total} initial structure(s) (n_structures "
+            f"{initial.n_structures} and the frames of its files); a run needs at least 2"
         )
     return problems
 
@@ -742,22 +756,50 @@ def _geometry_problem(reason: str) -> str:
 
 
 def check_inputs(config: RunConfig) -> list[str]:
-    """Problems with the config's structures, its labeller (the labeller's own pre-flight
-    checks, :func:`advloop.calculators.factory.label_problems`) and its runners (empty if
-    none)."""
+    """Problems with the config's structures (of each of ``system.parts``), its initial
+    data files, its labeller (the labeller's own pre-flight checks,
+    :func:`advloop.calculators.factory.label_problems`) and its runners (empty if none)."""
     problems: list[str] = []
-    try:
-        frames = read_structures(config.system.structures)
-    except ValueError as err:
-        return [f"system.structures: {err}"]
+    compositions: dict[tuple[int, ...], str] = {}
+    for k, part in enumerate(config.parts()):
+        where = f"system.parts[{k}] ({part.name})" if config.system.parts else "system"
+        try:
+            frames = read_structures(part.structures)
+        except ValueError as err:
+            problems.append(f"{where}.structures: {err}")
+            continue
+        problems.extend(_structure_problems(config, frames, f"{where}.structures"))
+        key = tuple(int(z) for z in frames[0].numbers)
+        if key in compositions:
+            problems.append(
+                f"{where}.structures: the atoms of part {compositions[key]!r}, in the same "
+                "order: a part is one composition, and two parts of one composition are one "
+                "part (put their structures in one file)"
+            )
+        compositions.setdefault(key, part.name)
+        prefix = f"{where}: " if config.system.parts else ""
+        # the labeller's own checks: what it treats, the electrons its charge and spin allow
+        problems.extend(prefix + p for p in label_problems(config.labels, frames))
+        initial = part.initial_data or config.initial_data
+        if initial.files:
+            initial_key = f"{where}.initial_data" if config.system.parts else "initial_data"
+            problems.extend(initial_file_problems(config, frames, initial, initial_key))
+    problems.extend(_runner_problems(config.runners))
+    return problems
+
+
+def _structure_problems(config: RunConfig, frames: list[Atoms], key: str) -> list[str]:
+    """Problems with the starting structures ``frames`` (of ``key``): one composition,
+    atoms, periodicity, clashes."""
+    problems: list[str] = []
     if len({tuple(a.numbers) for a in frames}) > 1:
         problems.append(
-            "system.structures: all structures must have the same atoms in the "
-            "same order (one composition per run); split them into one run per "
-            "composition"
+            f"{key}: all structures must have the same atoms in the same order (one "
+            "composition per system); split them into one run per composition, or into "
+            "system.parts (several systems in one potential)"
         )
     for k, atoms in enumerate(frames):
-        where = f"system.structures frame {k}"
+        where = f"{key} frame {k}"
         if len(atoms) == 0:
             problems.append(f"{where}: has no atoms; give at least one atom per structure")
             continue
@@ -777,11 +819,6 @@ def check_inputs(config: RunConfig) -> list[str]:
             continue
         if reason is not None:
             problems.append(f"{where}: {_geometry_problem(reason)}")
-    # the labeller's own checks: what it treats, and the electrons its charge and spin allow
-    problems.extend(label_problems(config.labels, frames))
-    if config.initial_data.files:
-        problems.extend(initial_file_problems(config, frames))
-    problems.extend(_runner_problems(config.runners))
     return problems
 
 
@@ -843,13 +880,15 @@ def check_run_folder(config: RunConfig) -> list[str]:
     return []
 
 
-def initial_structures(config: RunConfig, rng: np.random.Generator) -> list[Atoms]:
-    """The starting structures displaced at random (Gaussian, std in Å), round-robin."""
-    frames = read_structures(config.system.structures)
+def initial_structures(part: SystemPart, rng: np.random.Generator) -> list[Atoms]:
+    """A system's starting structures displaced at random (Gaussian, std in Å),
+    round-robin, as its initial data asks (``part``: one of :meth:`RunConfig.parts`)."""
+    frames = read_structures(part.structures)
+    initial = part.initial_data or InitialDataConfig()
     out = []
-    for k in range(config.initial_data.n_structures):
+    for k in range(initial.n_structures):
         atoms = frames[k % len(frames)].copy()
         atoms.calc = None
-        atoms.positions += rng.normal(0.0, config.initial_data.displacement, atoms.positions.shape)
+        atoms.positions += rng.normal(0.0, initial.displacement, atoms.positions.shape)
         out.append(atoms)
     return out

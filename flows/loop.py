@@ -362,6 +362,8 @@ def run_generation(
     record.attack_sigma_f_mean, record.attack_sigma_f_max = rep.sigma_f_mean, rep.sigma_f_max
     record.attack_stopped, record.attack_seeds = rep.n_stopped, rep.n_seeds
     record.attack_candidates = rep.n_candidates
+    if rep.parts is not None:
+        record.parts = {name: {**stats, "selected": 0} for name, stats in rep.parts.items()}
     if math.isfinite(rep.calibration_scale):
         record.calibration_scale = rep.calibration_scale
         record.attack_error_bound = rep.error_bound
@@ -384,6 +386,9 @@ def run_generation(
     record.selection_cap = cap = min(max_selected, config.selection.max_selected)
     if rep.sources is not None and len(rep.sources) > 1:
         record.selected_sources = rep.source_of(sel.selected)
+    if record.parts is not None:
+        for name, stats in record.parts.items():
+            stats["selected"] = (sel.parts or {}).get(name, 0)
     if len(sel.selected) < cap:
         logger.warning(
             "generation %d: %s exploration gave only %d candidates worth labelling, fewer "

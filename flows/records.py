@@ -70,6 +70,9 @@ class GenerationRecord:
     selected_sigma_f_max: float | None = None  # eV/Å
     rejected: dict[RejectReason, int] | None = None  # candidates rejected, per reason
     selected_sources: dict[str, int] | None = None  # a hybrid's selected, per strategy
+    # several systems in one potential: per part, its seeds, candidates, their σF mean
+    # (eV/Å, as attack_sigma_f_mean) and how many of them were selected
+    parts: dict[str, dict[str, float]] | None = None
     # labels and calibration
     labels_added: int | None = None
     labels_failed: int | None = None

@@ -59,6 +59,16 @@ def labels_line(
     )
 
 
+def part_lines(record: GenerationRecord) -> list[str]:
+    """A run of several systems: one line per part under its generation's row
+    (``    nh3: 16 seeds, 40 candidates, σF 0.0831 eV/Å, 3 selected``)."""
+    return [
+        f"    {name}: {stats['seeds']:.0f} seeds, {stats['candidates']:.0f} candidates, "
+        f"σF {stats['sigma_f_mean']:.4f} eV/Å, {stats.get('selected', 0):.0f} selected"
+        for name, stats in (record.parts or {}).items()
+    ]
+
+
 class GenerationTable:
     """Plain-text table, one row per generation (σF and MAE in eV/Å), and progress hooks
     the flow calls while a generation runs (:meth:`training_started`, :meth:`member_trained`,
@@ -157,6 +167,8 @@ class GenerationTable:
             value = record.get(key)
             cells.append("-".rjust(width) if value is None else fmt.format(value))
         self._emit("  ".join(cells))
+        for line in part_lines(record):
+            self._emit(line)
 
     def footer(self, summary: RunSummary) -> None:
         self._emit(

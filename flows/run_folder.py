@@ -73,7 +73,7 @@ from advloop.potentials.checkpoint import CommitteeFolder
 from advloop.potentials.hashing import structure_hash
 
 if TYPE_CHECKING:
-    from advloop.flows.config import RunConfig
+    from advloop.flows.config import LabelledFile, RunConfig
 
 __all__ = [
     "INITIAL",
@@ -447,22 +447,36 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def _structures_hash(config: RunConfig) -> str:
+def _structures_hash(path: Path) -> str:
     from advloop.flows.inputs import read_structures
 
     digest = hashlib.sha256(b"advloop-structures-v1")
-    for atoms in read_structures(config.system.structures):
+    for atoms in read_structures(path):
         digest.update(structure_hash(atoms).encode())
     return digest.hexdigest()
 
 
-def _files_hash(config: RunConfig) -> str:
-    """A content hash of the frames ``initial_data.files`` give: each frame's structure,
+def _parts_hash(config: RunConfig) -> str:
+    """A content hash of ``system.parts``: each part's name, structures, initial data
+    (its files by content). A part's share of the labels is left out: it changes what
+    later generations label, not the data made so far."""
+    digest = hashlib.sha256(b"advloop-parts-v1")
+    for part in config.parts():
+        initial = part.initial_data or config.initial_data
+        settings = initial.model_dump(mode="json", exclude={"files"})
+        digest.update(json.dumps([part.name, settings], sort_keys=True).encode())
+        digest.update(_structures_hash(part.structures).encode())
+        digest.update(_files_hash(initial.files).encode())
+    return digest.hexdigest()
+
+
+def _files_hash(files: list[LabelledFile]) -> str:
+    """A content hash of the frames of ``initial_data.files``: each frame's structure,
     its label where it has one and the level of theory it is imported at."""
     from advloop.flows.inputs import read_labelled_file
 
     digest = hashlib.sha256(b"advloop-initial-files-v1")
-    for spec in config.initial_data.files:
+    for spec in files:
         frames = read_labelled_file(spec)
         digest.update(f"{spec.same_level_as_labels}".encode())
         for atoms in frames.labelled:
@@ -478,19 +492,23 @@ def _files_hash(config: RunConfig) -> str:
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """The settings that define a run's data, flattened to ``section.key`` → JSON value:
     the labeller's level of theory (``labels.*``, with every setting that changes its
-    numbers), the starting structures' content hash (``system.structures``), the initial
+    numbers), the starting structures' content hash (``system.structures``, or that of
+    ``system.parts``: each part's structures and initial data), the initial
     dataset (``initial_data.*``), the model (``model.*``) and the committee's size and
     seed (``committee.n_members``, ``committee.seed``)."""
     flat: dict[str, Any] = {}
     theory = theory_settings(config.labels)
     _flatten("labels", json.loads(json.dumps(theory, default=str)), flat)
-    flat["system.structures"] = _structures_hash(config)
+    if config.system.parts:
+        flat["system.parts"] = _parts_hash(config)
+    else:
+        flat["system.structures"] = _structures_hash(config.system.structures or Path())
     dumped = config.model_dump(mode="json")
     files = dumped["initial_data"].pop("files")
     for section in ("initial_data", "model"):
         _flatten(section, dumped[section], flat)
     if files:  # what the files hold, wherever they are now (absent: none, as before)
-        flat["initial_data.files"] = _files_hash(config)
+        flat["initial_data.files"] = _files_hash(config.initial_data.files)
     for key in ("n_members", "seed"):
         flat[f"committee.{key}"] = dumped["committee"][key]
     return flat
@@ -523,7 +541,8 @@ def resume_problems(config: RunConfig) -> list[str]:
     new = fingerprint(config)
     # a key only one side has is a setting of another advloop version, but for the files:
     # their absence is the setting "none"
-    keys = old.keys() & new.keys() | ({"initial_data.files"} & (old.keys() | new.keys()))
+    optional = {"initial_data.files", "system.parts", "system.structures"}
+    keys = old.keys() & new.keys() | (optional & (old.keys() | new.keys()))
     changed = [key for key in sorted(keys) if old.get(key) != new.get(key)]
     if not changed:
         return []
@@ -532,7 +551,11 @@ def resume_problems(config: RunConfig) -> list[str]:
         if value is None:
             return "none"
         text = json.dumps(value)
-        names = {"system.structures": "structures", "initial_data.files": "files"}
+        names = {
+            "system.structures": "structures",
+            "initial_data.files": "files",
+            "system.parts": "parts",
+        }
         return f"{names[key]} {text[1:13]}…" if key in names else text
 
     lines = [f"{key}: {show(key, old.get(key))} → {show(key, new.get(key))}" for key in changed]

@@ -28,7 +28,13 @@ from advloop.adversarial.baselines import (
 )
 from advloop.adversarial.random_displacement import random_displacement
 from advloop.adversarial.seeding import choose_seeds
-from advloop.adversarial.selection import Rejection, RejectReason, select_candidates
+from advloop.adversarial.selection import (
+    Rejection,
+    RejectReason,
+    SelectionResult,
+    SelectionSettings,
+    select_candidates,
+)
 from advloop.adversarial.structures import Candidates, Seeds
 from advloop.calculators.factory import level_of_theory, make_calculator, theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
@@ -60,6 +66,7 @@ from advloop.flows.run_folder import (
 from advloop.potentials.checkpoint import checkpoint_metrics, load_member, save_member
 from advloop.potentials.committee import Committee
 from advloop.potentials.dataset import (
+    Arrays,
     Dataset,
     DatasetError,
     Provenance,
@@ -135,22 +142,30 @@ def _set_aside_if_damaged(path: Path) -> None:
 
 
 def prepare_initial(config: RunConfig) -> list[int]:
-    """Write the initial structures (the starting structures displaced at random, and the
-    unlabelled frames of ``initial_data.files``) to the run folder, create the dataset with
-    the labelled frames of ``initial_data.files`` imported into it (provenance
-    :data:`IMPORTED`, their level of theory), and return the indices of the initial
-    structures not yet in it: the label tasks of the initial batch (:data:`INITIAL`)."""
+    """Write the initial structures (of each system part: its starting structures
+    displaced at random, and the unlabelled frames of its ``initial_data.files``) to the
+    run folder, create the dataset with the labelled frames of the files imported into it
+    (provenance :data:`IMPORTED`, their level of theory), and return the indices of the
+    initial structures not yet in it: the label tasks of the initial batch
+    (:data:`INITIAL`)."""
     layout = RunLayout(config.run_dir())
     _set_aside_if_damaged(layout.dataset)
     Dataset.create(layout.dataset, exist_ok=True)
-    files = [read_labelled_file(spec) for spec in config.initial_data.files]
+    parts = config.parts()
+    files = [
+        [read_labelled_file(spec) for spec in (part.initial_data or config.initial_data).files]
+        for part in parts
+    ]
     if not layout.initial_structures.exists():
-        write_initial(
-            layout,
-            initial_structures(config, _rng(config, _INITIAL_STREAM, config.initial_data.seed))
-            + [atoms for frames in files for atoms in frames.unlabelled],
-        )
-    imported = [atoms for frames in files for atoms in frames.labelled]
+        structures: list[Atoms] = []
+        for k, (part, frames) in enumerate(zip(parts, files)):
+            seed = (part.initial_data or config.initial_data).seed
+            # the first part's stream is a one-system run's, so that it stays as it was
+            rng = _rng(config, _INITIAL_STREAM, seed, *([k] if k else []))
+            structures += initial_structures(part, rng)
+            structures += [atoms for f in frames for atoms in f.unlabelled]
+        write_initial(layout, structures)
+    imported = [atoms for part_files in files for f in part_files for atoms in f.labelled]
     if imported:
         # idempotent: a frame already in the dataset (an earlier invocation's) is skipped
         Dataset(layout.dataset).append(
@@ -293,6 +308,8 @@ class ExploreReport:
     error_bound: float = float("nan")  # eV/Å, c × sigma_f_mean (nan: no scale yet)
     # candidates per source, in candidate order (a hybrid: the attack's, then MD's)
     sources: dict[str, int] | None = None
+    # several systems in one potential: per part, its seeds, candidates and σF mean (eV/Å)
+    parts: dict[str, dict[str, float]] | None = None
 
     def source_of(self, indices: list[int]) -> dict[str, int]:
         """How many of the candidates ``indices`` each source gave ({} without sources)."""
@@ -460,43 +477,86 @@ def explore_step(config: RunConfig, generation: int) -> ExploreReport:
     return report
 
 
+def part_members(config: RunConfig, numbers: np.ndarray, n_atoms: np.ndarray) -> list[np.ndarray]:
+    """For each of the run's system parts (:meth:`RunConfig.parts`), the indices of the
+    structures (flat ``numbers`` and ``n_atoms``, as a dataset's or candidates' arrays)
+    that are of its composition; a one-system run's part holds them all."""
+    parts = config.parts()
+    if len(parts) == 1:
+        return [np.arange(len(n_atoms))]
+    from advloop.flows.inputs import read_structures
+
+    keys = [tuple(int(z) for z in read_structures(p.structures)[0].numbers) for p in parts]
+    starts = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    of = [tuple(int(z) for z in numbers[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    return [np.array([k for k, c in enumerate(of) if c == key], dtype=np.int64) for key in keys]
+
+
 def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -> ExploreReport:
     t0 = time.perf_counter()
     committee = _committee(config, generation)
     dataset = Dataset(layout.dataset)
     data = dataset.arrays()
-    previous = [
-        k
-        for k, p in enumerate(dataset.provenance())
-        if p.generation == generation - 1 and p.strategy not in INITIAL_STRATEGIES
-    ]
+    previous = np.array(
+        [
+            k
+            for k, p in enumerate(dataset.provenance())
+            if p.generation == generation - 1 and p.strategy not in INITIAL_STRATEGIES
+        ],
+        dtype=np.int64,
+    )
     rng = _rng(config, _ATTACK_STREAM, generation)
-    chosen = choose_seeds(
-        data.energy / data.n_atoms,
-        config.exploration.n_seeds,
-        config.exploration.seeds,
-        rng,
-        np.array(previous, dtype=np.int64),
-    )
-    seeds = Seeds.from_arrays(data, chosen)
-    if config.exploration.seeds == "md_frames":
-        seeds = _md_seeds(config, committee, seeds, rng)
     scale = calibration_scale(config, generation)
-    by_source = _explore(
-        config,
-        committee,
-        seeds,
-        data,
-        rng,
-        layout.exploration_trace(generation),
-        scale,
-        f"gen {generation}",
-    )
-    candidates = Candidates.concatenate(by_source)
+    parts = config.parts()
+    # each part explores from its own seeds, with its own training set as the reference
+    # (energies, the trust window); candidates by source, then by part
+    found: dict[str, dict[str, Candidates]] = {}
+    n_seeds = 0
+    seeds_of: dict[str, int] = {}
+    for k, (part, members) in enumerate(
+        zip(parts, part_members(config, data.numbers, data.n_atoms))
+    ):
+        if not len(members):
+            continue
+        own = data.subset(members)
+        chosen = members[
+            choose_seeds(
+                own.energy / own.n_atoms,
+                part.n_seeds or config.exploration.n_seeds,
+                part.seeds or config.exploration.seeds,
+                rng,
+                np.flatnonzero(np.isin(members, previous)),
+            )
+        ]
+        seeds = Seeds.from_arrays(data, chosen)
+        if (part.seeds or config.exploration.seeds) == "md_frames":
+            seeds = _md_seeds(config, committee, seeds, rng)
+        n_seeds += len(seeds)
+        seeds_of[part.name] = len(seeds)
+        trace = layout.exploration_trace(generation)
+        by_source = _explore(
+            config,
+            committee,
+            seeds,
+            own,
+            rng,
+            trace if k == 0 else trace.with_name(f"{trace.stem}-{part.name}{trace.suffix}"),
+            scale,
+            f"gen {generation}" + (f" {part.name}" if len(parts) > 1 else ""),
+        )
+        for name, c in by_source.items():
+            # parents and stopped seeds as dataset indices, which outlive this batch of seeds
+            found.setdefault(name, {})[part.name] = replace(
+                c,
+                parent=seeds.index[c.parent].astype(np.int64),
+                stopped={int(seeds.index[s]): v for s, v in c.stopped.items()},
+            )
+    by_source = {name: Candidates.concatenate(of) for name, of in found.items()}
+    candidates = Candidates.concatenate(by_source) if by_source else Candidates.empty({})
     peak = _per_seed_peak(candidates)
     sigma_mean = float(peak.mean()) if len(peak) else 0.0
     report = ExploreReport(
-        n_seeds=len(seeds),
+        n_seeds=n_seeds,
         n_stopped=len(candidates.stopped),
         sigma_f_mean=sigma_mean,
         sigma_f_max=float(candidates.sigma_f_max.max()) if len(candidates) else 0.0,
@@ -505,15 +565,28 @@ def _explore_generation(config: RunConfig, generation: int, layout: RunLayout) -
         calibration_scale=scale,
         error_bound=scale * sigma_mean,
         sources={name: len(c) for name, c in by_source.items()},
+        parts=_explored_parts(config, candidates, seeds_of) if len(parts) > 1 else None,
     )
-    # parents and stopped seeds as dataset indices, which outlive this batch of seeds
-    kept_candidates = replace(
-        candidates,
-        parent=seeds.index[candidates.parent].astype(np.int64),
-        stopped={int(seeds.index[k]): v for k, v in candidates.stopped.items()},
-    )
-    write_candidates(layout, generation, kept_candidates, asdict(report))
+    write_candidates(layout, generation, candidates, asdict(report))
     return report
+
+
+def _explored_parts(
+    config: RunConfig, candidates: Candidates, seeds_of: dict[str, int]
+) -> dict[str, dict[str, float]]:
+    """Per part: its seeds, candidates and their σF mean (eV/Å, over its seeds, of each
+    seed's most uncertain geometry, as the generation's)."""
+    out = {}
+    for part, mine in zip(
+        config.parts(), part_members(config, candidates.numbers, candidates.n_atoms)
+    ):
+        peak = _per_seed_peak(candidates.subset(mine))
+        out[part.name] = {
+            "seeds": seeds_of.get(part.name, 0),
+            "candidates": len(mine),
+            "sigma_f_mean": float(peak.mean()) if len(peak) else 0.0,
+        }
+    return out
 
 
 def generation_candidates(config: RunConfig, generation: int) -> Candidates:
@@ -531,6 +604,7 @@ class SelectReport:
     threshold: float  # eV/Å
     rejected: dict[int, Rejection]
     n_above: int = 0  # candidates with a finite σ_F at or above the threshold
+    parts: dict[str, int] | None = None  # several systems: the selected of each part
     sigma_f_mean: float = float("nan")  # eV/Å, mean over the selected of their mean σ_F
     sigma_f_max: float = float("nan")  # eV/Å, max over the selected of their max σ_F
 
@@ -592,24 +666,29 @@ def _read_selection(layout: RunLayout, generation: int) -> tuple[SelectReport, s
         return None
 
 
-def select_step(config: RunConfig, generation: int, max_selected: int) -> SelectReport:
-    """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``).
+def label_shares(shares: list[float], n: int) -> list[int]:
+    """``n`` labels split in proportion to ``shares`` (largest remainders; ties to the
+    earlier part), summing to ``n``."""
+    total = sum(shares)
+    exact = [n * s / total for s in shares]
+    out = [int(np.floor(x)) for x in exact]
+    order = sorted(range(len(shares)), key=lambda k: (-(exact[k] - out[k]), k))
+    for k in order[: n - sum(out)]:
+        out[k] += 1
+    return out
 
-    The choice is kept in the run folder before anything is labelled, and a re-run reads
-    it back: selecting again against a dataset that already holds some of its labels would
-    choose other candidates (those labels now count as known).
-    """
-    layout = RunLayout(config.run_dir())
-    kept = _read_selection(layout, generation)
-    if kept is not None:
-        return kept[0]
-    candidates = generation_candidates(config, generation)
-    if not len(candidates):
-        return SelectReport([], float("nan"), {})
-    committee = _committee(config, generation)
-    dataset = Dataset(layout.dataset)
-    data = dataset.arrays()
-    settings = config.selection
+
+def _select_among(
+    config: RunConfig,
+    generation: int,
+    committee: Committee,
+    candidates: Candidates,
+    data: Arrays,
+    settings: SelectionSettings,
+) -> tuple[SelectionResult, int]:
+    """:func:`select_candidates` on ``candidates`` of one composition against the training
+    set ``data`` of that composition, ranked as ``settings`` ask; and how many had a
+    finite ranking σ at or above the threshold."""
     diverse = settings.method == "diverse"
     # one committee pass over the training set and, where selection needs more than the
     # candidates' kept σ, one over the candidates, each with the features if wanted
@@ -629,8 +708,6 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         if diverse or settings.weighting == "element"
         else None
     )
-    if max_selected < settings.max_selected:
-        settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
     n_atoms = int(candidates.n_atoms[0])
     periodic = bool(candidates.pbc.any())
     sigma = candidates.sigma_f_mean
@@ -673,7 +750,65 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
         eligible=eligible,
         ineligible=ineligible,
     )
-    selected = [int(i) for i in result.selected]
+    return result, int(np.sum(np.isfinite(ranked) & (ranked >= result.threshold)))
+
+
+def select_step(config: RunConfig, generation: int, max_selected: int) -> SelectReport:
+    """Choose which attacked geometries of ``generation`` to label (at most ``max_selected``).
+
+    The choice is kept in the run folder before anything is labelled, and a re-run reads
+    it back: selecting again against a dataset that already holds some of its labels would
+    choose other candidates (those labels now count as known).
+    """
+    layout = RunLayout(config.run_dir())
+    kept = _read_selection(layout, generation)
+    if kept is not None:
+        return kept[0]
+    candidates = generation_candidates(config, generation)
+    if not len(candidates):
+        return SelectReport([], float("nan"), {})
+    committee = _committee(config, generation)
+    dataset = Dataset(layout.dataset)
+    data = dataset.arrays()
+    settings = config.selection
+    if max_selected < settings.max_selected:
+        settings = type(settings)(**{**asdict(settings), "max_selected": max(1, max_selected)})
+    parts = config.parts()
+    quotas = label_shares([p.share for p in parts], settings.max_selected)
+    selected: list[int] = []
+    rejected: dict[int, Rejection] = {}
+    thresholds: list[float] = []
+    n_above = 0
+    picked = dict.fromkeys((p.name for p in parts), 0)
+    # each part chooses its share of the labels among its own candidates, against its
+    # own training set (one composition each)
+    for part, quota, mine, own in zip(
+        parts,
+        quotas,
+        part_members(config, candidates.numbers, candidates.n_atoms),
+        part_members(config, data.numbers, data.n_atoms),
+    ):
+        if not len(mine):
+            continue
+        if quota == 0 or not len(own):
+            why = "its share of the labels is 0" if quota == 0 else "it has no training data"
+            detail = f"over cap: part {part.name}: {why}"
+            rejected.update({int(k): Rejection("over_cap", detail) for k in mine})
+            continue
+        result, above = _select_among(
+            config,
+            generation,
+            committee,
+            candidates.subset(mine),
+            data.subset(own),
+            replace(settings, max_selected=quota),
+        )
+        selected += [int(mine[i]) for i in result.selected]
+        picked[part.name] = len(result.selected)
+        rejected.update({int(mine[k]): v for k, v in result.rejected.items()})
+        thresholds.append(float(result.threshold))
+        n_above += above
+    threshold = min(thresholds) if thresholds else float("nan")
     hashes = [structure_hash(a) for a in candidate_structures(candidates)]
     # A run folder from before selections were kept, resumed after this generation's
     # labels were appended: its choice is the candidates the dataset holds.
@@ -684,13 +819,15 @@ def select_step(config: RunConfig, generation: int, max_selected: int) -> Select
     }
     if appended:
         selected = [k for k, h in enumerate(hashes) if h in appended]
+    sigma = candidates.sigma_f_mean
     report = SelectReport(
         selected,
-        float(result.threshold),
-        {int(k): v for k, v in result.rejected.items() if int(k) not in selected},
-        n_above=int(np.sum(np.isfinite(ranked) & (ranked >= result.threshold))),
+        threshold,
+        {k: v for k, v in sorted(rejected.items()) if k not in selected},
+        n_above=n_above,
         sigma_f_mean=float(np.mean(sigma[selected])) if selected else float("nan"),
         sigma_f_max=float(np.max(candidates.sigma_f_max[selected])) if selected else float("nan"),
+        parts=picked if len(parts) > 1 else None,
     )
     _write_selection(
         layout, generation, report, config.exploration.kind, [hashes[i] for i in selected]

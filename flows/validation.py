@@ -27,6 +27,7 @@ from advloop.flows.config import (
     GEOMETRY_KEYS,
     LIMITS,
     ConfigError,
+    InitialDataConfig,
     RunConfig,
     short_repr,
 )
@@ -218,23 +219,41 @@ def load_config(path: str | Path, output_dir: str | Path | None = None) -> RunCo
     problems = _limit_problems(raw, set())
     if problems:
         raise ConfigError(str(path), problems)
-    structures = _home(config.system.structures, "system.structures", path)
     out = _home(
         Path(output_dir) if output_dir is not None else config.output_dir,
         "--output-dir" if output_dir is not None else "output_dir",
         path,
     )
     folder = path.resolve().parent
+
+    def here(value: Path, key: str) -> Path:
+        return folder / _home(value, key, path)
+
+    def files_here(initial: InitialDataConfig, key: str) -> InitialDataConfig:
+        files = [f.model_copy(update={"path": here(f.path, key)}) for f in initial.files]
+        return initial.model_copy(update={"files": files})
+
+    system = config.system
+    parts = [
+        p.model_copy(
+            update={
+                "structures": here(p.structures, "system.parts structures"),
+                "initial_data": p.initial_data
+                and files_here(p.initial_data, "system.parts initial_data.files"),
+            }
+        )
+        for p in system.parts
+    ]
     updates: dict[str, Any] = {
-        "system": config.system.model_copy(update={"structures": folder / structures}),
+        "system": system.model_copy(
+            update={
+                "structures": system.structures and here(system.structures, "system.structures"),
+                "parts": parts,
+            }
+        ),
         "output_dir": out,
+        "initial_data": files_here(config.initial_data, "initial_data.files"),
     }
-    if config.initial_data.files:
-        files = [
-            f.model_copy(update={"path": folder / _home(f.path, "initial_data.files", path)})
-            for f in config.initial_data.files
-        ]
-        updates["initial_data"] = config.initial_data.model_copy(update={"files": files})
     if isinstance(config.labels, PythonLabels):
         # a calculator module beside the config file (or in labels.path, relative to it)
         where = folder / _home(Path(config.labels.path or "."), "labels.path", path)

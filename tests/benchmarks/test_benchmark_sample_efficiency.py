@@ -175,3 +175,46 @@ def test_quick_mode_reports_every_field(prefect_backend, tmp_path):
     hybrid = runs["hybrid"]["0"]["rows"][0]
     assert set(hybrid["selected_sources"]) == {"adversarial", "md"}
     assert sum(hybrid["selected_sources"].values()) == hybrid["n_selected"] > 0
+
+
+def test_seed_groups_merge_into_one_record(tmp_path):
+    """Seeds run in separate sittings (their partial records) give the record one run
+    of all of them would: the same runs per seed and a summary over every seed."""
+    from benchmarks.sample_efficiency import merge_partial
+
+    def rows(seed: int, strategy: str) -> list[dict]:
+        # a learning curve per seed and strategy: md's reaches 0.1 at 6 labels
+        offset = 0.02 * seed + (0.0 if strategy == "md" else 0.01)
+        return [
+            {
+                "generation": g,
+                "n_labels": 4 + 3 * g,
+                "explored_labels": 3 * g,
+                "force_rmse_1000K": 0.3 - 0.1 * g + offset,
+                **dict.fromkeys(
+                    ("seconds_training", "seconds_exploration", "seconds_labelling"), 1.0
+                ),
+            }
+            for g in range(3)
+        ]
+
+    files = []
+    for seed in (0, 1, 2):
+        path = tmp_path / f"ammonia_xtb-seed{seed}.json"
+        runs = {
+            st: {"rows": rows(seed, st), "labelled_energy_per_atom_q10_q50_q90": {}, "seconds": 1.0}
+            for st in ("adversarial", "md")
+        }
+        path.write_text(json.dumps({"system": "ammonia_xtb", "seed": seed, "runs": runs}))
+        files.append(path)
+    merged = merge_partial(files, generations=2, per_generation=3, n_boot=200)
+    entry = merged["summary"]["ammonia_xtb"]["force_rmse_1000K"]
+    assert entry["seeds"] == [0, 1, 2]
+    assert set(merged["systems"]["ammonia_xtb"]["runs"]["md"]) == {"0", "1", "2"}
+    assert len(entry["strategies"]["adversarial"]["labels_to_target"]) == 3
+    with pytest.raises(ValueError, match="other strategies"):
+        other = json.loads(files[0].read_text())
+        other["runs"].pop("adversarial")
+        other["seed"] = 3
+        (tmp_path / "x.json").write_text(json.dumps(other))
+        merge_partial([*files, tmp_path / "x.json"], 2, 3, n_boot=200)

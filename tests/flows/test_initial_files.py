@@ -171,7 +171,7 @@ def test_frames_a_run_cannot_use_are_refused_with_what_to_do(tmp_path):
     write(str(tmp_path / "water.extxyz"), [water])
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, "    - {path: water.extxyz, level_of_theory: EMT}")
-    assert "not the atoms of system.structures (H3N, 4 atoms)" in str(err.value)
+    assert "not the atoms of its system's structures (H3N, 4 atoms)" in str(err.value)
     assert "initial_data: gives 1 initial structure(s)" in str(err.value)
     with pytest.raises(ConfigError, match=r"files\[0\].*not found"):
         _config(tmp_path, "    - {path: missing.extxyz, level_of_theory: EMT}")
