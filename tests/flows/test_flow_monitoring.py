@@ -20,10 +20,10 @@ from advloop.flows.artifacts import (
     LiveState,
     artifact_key,
     generation_rows,
-    learning_curve_svg,
     live_markdown,
     summary_markdown,
 )
+from advloop.flows.figures import learning_curve_svg
 from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.report import GenerationTable
 
@@ -94,7 +94,7 @@ def test_learning_curve_is_an_svg_with_both_series():
     svg = ET.fromstring(learning_curve_svg(RECORDS, threshold=0.05))
     ns = "{http://www.w3.org/2000/svg}"
     assert svg.tag == f"{ns}svg"
-    colours = [c.get("fill") for c in svg.iter(f"{ns}circle")]
+    colours = [c.get("fill") for c in svg.iter(f"{ns}circle") if c.get("class") == "point"]
     assert colours.count("#d62728") == 2 and colours.count("#1f77b4") == 3  # σF, MAE points
     assert len(list(svg.iter(f"{ns}polyline"))) == 2
     assert any("threshold" in (t.text or "") for t in svg.iter(f"{ns}text"))
