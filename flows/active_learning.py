@@ -52,10 +52,12 @@ from advloop.flows.loop import (
     run_generation,
 )
 from advloop.flows.progress import UI_ONLY, Throttled
+from advloop.flows.records import GenerationRecord
 from advloop.flows.report import GenerationTable, labels_line, member_line
 from advloop.flows.run_folder import INITIAL, RunLayout
 from advloop.flows.timing import Timed, timed
 from advloop.flows.validation import validate_config
+from advloop.potentials.dataset import Dataset
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -448,10 +450,26 @@ def _publish_ending(config: RunConfig, state: str, detail: str) -> None:
         logging.getLogger(__name__).warning("could not publish the run's summary: %s", err)
 
 
+def _publish_figures(config: RunConfig, records: list[GenerationRecord]) -> bool:
+    """The figures' artifacts (calibration, energies, geometries) from the records and
+    the dataset as they are now; never raises over the run (a failure is logged, the
+    run goes on): whether they were published."""
+    try:
+        dataset = Dataset(RunLayout(config.run_dir()).dataset)
+        artifacts.publish_figures(
+            config.system.name, records, dataset.arrays(), dataset.provenance()
+        )
+    except Exception as err:  # the pictures are not worth a run
+        logging.getLogger(__name__).warning("could not publish the run's figures: %s", err)
+        return False
+    return True
+
+
 def _run_loop(config: RunConfig, table: GenerationTable) -> State:
     logger = get_run_logger()
     system = config.system.name
     _tag_flow_run(system)
+    figures_current = False  # published since the dataset last changed
     with runners.open_clusters(config) as clusters:
         loop = ActiveLearningLoop(config, PrefectJobs(table, clusters))
         for done in loop.irun():
@@ -465,10 +483,14 @@ def _run_loop(config: RunConfig, table: GenerationTable) -> State:
                     _live(config, "running", f"generation {done.record.generation} finished"),
                     loop.records,
                 )
+                if done.record.labels or not figures_current:
+                    figures_current = _publish_figures(config, loop.records)
                 events.emit(events.generation_finished_event(system, done.record))
     summary = loop.summary()
     table.footer(summary)
     artifacts.publish_summary(summary, loop.records, config.convergence.force_std_threshold)
+    if not figures_current:  # a resumed run with nothing left to do, or a failed try
+        _publish_figures(config, loop.records)
     events.emit(events.run_finished_event(summary))
     logger.info("stopped: %s", summary.stop_explanation)
     return Completed(message=summary.stop_explanation, data=summary.to_dict())

@@ -12,11 +12,18 @@
   (:func:`summary_markdown`), each with the learning curve (σ_F of the attacked
   geometries and validation force MAE per generation) as an SVG image in a
   ``data:image/svg+xml;base64`` URI, which both Prefect UIs render in markdown (the React UI lets ``data:image/*`` through its sanitiser; raw ``<svg>`` it
-  strips), followed by the same numbers as a table.
+  strips), followed by the same numbers as a table;
+- ``<system>-calibration``, ``<system>-energies``, ``<system>-geometries`` (markdown, a
+  new version after each generation that added labels): pictures of
+  :mod:`advloop.flows.figures` in the same kind of data URI, each with its numbers: every
+  new label's predicted σ_F against its actual force error per generation
+  (:func:`calibration_markdown`), the energy per atom of the labelled structures per
+  batch (:func:`energies_markdown`), a few structures of the latest batch drawn
+  (:func:`geometries_markdown`).
 
-The builders (:func:`artifact_key`, :func:`generation_rows`, :func:`learning_curve_svg`,
-:func:`summary_markdown`, :func:`live_markdown`) are plain functions; the ``publish_*`` functions and
-:class:`LabelProgress` call Prefect and need a flow run.
+The builders (:func:`artifact_key`, :func:`generation_rows`, :func:`summary_markdown`,
+:func:`live_markdown`, :func:`figure_markdowns`) are plain functions; the ``publish_*``
+functions and :class:`LabelProgress` call Prefect and need a flow run.
 """
 
 from __future__ import annotations
@@ -28,12 +35,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
-from xml.sax.saxutils import escape
+
+import numpy as np
+from ase import Atoms
 
 from advloop.flows.dispatch import synchronous
 from advloop.flows.events import json_safe
-from advloop.flows.records import GenerationRecord, RunSummary
+from advloop.flows.figures import (
+    EnergyGroup,
+    calibration_svg,
+    energy_distribution_svg,
+    energy_groups,
+    geometry_svg,
+    learning_curve_svg,
+)
+from advloop.flows.records import GenerationRecord, RunSummary, finite
 from advloop.flows.run_folder import batch_name
+from advloop.potentials.dataset import Arrays, Provenance
 
 # column in the table artifact -> field of the generation record
 TABLE_COLUMNS: dict[str, str] = {
@@ -54,12 +72,6 @@ TABLE_COLUMNS: dict[str, str] = {
     "error_bound_eV_A": "attack_error_bound",
     "seconds": "seconds",
 }
-
-# learning-curve series: (legend, record field, colour)
-_SERIES = (
-    ("σF of attacked geometries (mean)", "attack_sigma_f_mean", "#d62728"),
-    ("validation force MAE", "train_val_forces_mae", "#1f77b4"),
-)
 
 
 def artifact_key(system: str, what: str) -> str:
@@ -82,84 +94,12 @@ def generation_rows(records: Sequence[GenerationRecord]) -> list[dict]:
     ]
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def learning_curve_svg(
-    records: Sequence[GenerationRecord],
-    threshold: float | None = None,
-    width: int = 480,
-    height: int = 260,
-) -> str:
-    """An SVG line chart of σ_F of the attacked geometries and the validation force MAE
-    (both eV/Å) against generation, with ``threshold`` (eV/Å) as a dashed line."""
-    left, right, top, bottom = 60, 16, 34, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    gens = [r.generation for r in records] or [0]
-    g0, g1 = min(gens), max(gens)
-    values = [r.get(k) for r in records for _, k, _ in _SERIES if _finite(r.get(k))]
-    ymax = max(values + ([threshold] if threshold else []) + [1e-12]) * 1.1
-
-    def x(g: float) -> float:
-        return left + (g - g0) / max(g1 - g0, 1) * plot_w
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - v / ymax)
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-    ]
-    for k in range(5):
-        v = ymax * k / 4
-        out.append(
-            f'<line x1="{left - 4}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="black"/>'
-            f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>'
-        )
-    stride = max(1, math.ceil((g1 - g0 + 1) / 12))
-    for g in range(g0, g1 + 1, stride):
-        out.append(f'<text x="{x(g):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{g}</text>')
-    out.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">generation</text>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">eV/Å</text>'
-    )
-    if threshold:
-        out.append(
-            f'<line x1="{left}" y1="{y(threshold):.1f}" x2="{left + plot_w}" '
-            f'y2="{y(threshold):.1f}" stroke="gray" stroke-dasharray="5,4"/>'
-            f'<text x="{left + plot_w - 2}" y="{y(threshold) - 4:.1f}" text-anchor="end" '
-            f'fill="gray">convergence threshold</text>'
-        )
-    for n, (legend, key, colour) in enumerate(_SERIES):
-        points = [(x(r.generation), y(r.get(key))) for r in records if _finite(r.get(key))]
-        if len(points) > 1:
-            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            out.append(
-                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
-            )
-        out.extend(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in points
-        )
-        ly = 10 + 13 * n  # legend, one line per series above the plot
-        out.append(
-            f'<line x1="{left}" y1="{ly}" x2="{left + 18}" y2="{ly}" stroke="{colour}" '
-            f'stroke-width="2"/><text x="{left + 22}" y="{ly + 4}">{escape(legend)}</text>'
-        )
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 def svg_data_uri(svg: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode("ascii")
 
 
 def _cell(value) -> str:
-    return "-" if not _finite(value) else f"{value:.4g}"
+    return "-" if not finite(value) else f"{value:.4g}"
 
 
 def _curve_and_table(records: Sequence[GenerationRecord], threshold: float | None) -> list[str]:
@@ -225,7 +165,7 @@ def live_markdown(live: LiveState, records: Sequence[GenerationRecord]) -> str:
     done = [r for r in records if r.explored or r.labels]
     labels = sum(r.labels for r in records)
     failed = sum(r.labels_failed or 0 for r in records)
-    seconds = [float(r.seconds) for r in records if r.seconds is not None and _finite(r.seconds)]
+    seconds = [float(r.seconds) for r in records if r.seconds is not None and finite(r.seconds)]
     per_generation = sum(seconds) / len(seconds) if seconds else float("nan")
     left = max(0, live.max_generations - len(done))
     last = records[-1] if records else None
@@ -233,12 +173,12 @@ def live_markdown(live: LiveState, records: Sequence[GenerationRecord]) -> str:
     trend = ""
     if last is not None and len(records) > 1:
         previous = records[-2].get("attack_sigma_f_mean")
-        if _finite(previous) and _finite(sigma):
+        if finite(previous) and finite(sigma):
             trend = " (falling)" if sigma < previous else " (rising)"
     versus = f" against the threshold {live.threshold:g}" if live.threshold else ""
     eta = (
         f"about {_duration(left * per_generation)} to the generation budget"
-        if _finite(per_generation) and left
+        if finite(per_generation) and left
         else "the generation budget is spent"
         if not left
         else "no generation timed yet"
@@ -269,6 +209,137 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+#: The figures' artifacts: ``<system>-<what>`` for each ``what``.
+FIGURES = ("calibration", "energies", "geometries")
+
+#: How many of the latest batch's structures the geometries artifact draws.
+GEOMETRIES_SHOWN = 4
+
+
+def _atoms(arrays: Arrays, indices: Sequence[int]) -> list[Atoms]:
+    start = arrays.atom_start
+    return [
+        Atoms(
+            numbers=arrays.numbers[start[i] : start[i] + arrays.n_atoms[i]],
+            positions=arrays.positions[start[i] : start[i] + arrays.n_atoms[i]],
+            cell=arrays.cell[i],
+            pbc=arrays.pbc[i],
+        )
+        for i in indices
+    ]
+
+
+def calibration_markdown(system: str, records: Sequence[GenerationRecord]) -> str:
+    """The calibration figure (:func:`~advloop.flows.figures.calibration_svg`) with its
+    numbers per generation."""
+    evaluated = [r for r in records if r.calibration_sigmas]
+    lines = [
+        f"# {system}: calibration on new labels",
+        "",
+        "Each point is a label the committee had not seen when it predicted it: its "
+        "predicted σF against its actual force error (both the mean over its atoms, eV/Å). "
+        "Points above the dashed line are labels the committee was over-confident on.",
+        "",
+        f"![calibration: predicted σF against actual force error per new label, eV/Å]"
+        f"({svg_data_uri(calibration_svg(records))})",
+        "",
+        "| generation | labels | rank correlation ρ | mean σF / mean error |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {r.generation} | {len(r.calibration_sigmas or [])} | "
+            f"{_cell(r.calibration_spearman)} | {_cell(r.calibration_ratio)} |"
+            for r in evaluated
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def energies_markdown(system: str, groups: Sequence[EnergyGroup]) -> str:
+    """The energy-distribution figure (:func:`~advloop.flows.figures.energy_distribution_svg`)
+    with each batch's count, median and highest energy above the lowest."""
+    lines = [
+        f"# {system}: energies of the labelled structures",
+        "",
+        "Energy per atom above the lowest in the dataset (eV/atom), one column per batch "
+        "of labels: the initial structures first, then each generation's.",
+        "",
+        f"![energy per atom above the dataset's lowest, per batch of labels, eV/atom]"
+        f"({svg_data_uri(energy_distribution_svg(groups))})",
+        "",
+        "| batch | structures | median (eV/atom) | highest (eV/atom) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {g.label} | {len(g.energies)} | {_cell(float(np.median(g.energies)))} | "
+            f"{_cell(max(g.energies))} |"
+            for g in groups
+            if g.energies
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def geometries_markdown(system: str, arrays: Arrays, groups: Sequence[EnergyGroup]) -> str:
+    """The first :data:`GEOMETRIES_SHOWN` structures of the latest batch of labels, drawn
+    (:func:`~advloop.flows.figures.geometry_svg`)."""
+    latest = groups[-1] if groups else EnergyGroup("none", (), ())
+    shown = list(zip(latest.indices, latest.energies))[:GEOMETRIES_SHOWN]
+    titles = [f"structure {i} ({latest.label})\n{e:.3g} eV/atom above the lowest" for i, e in shown]
+    svg = geometry_svg(_atoms(arrays, [i for i, _ in shown]), titles)
+    lines = [
+        f"# {system}: geometries of {latest.label}",
+        "",
+        f"{len(shown)} of the {len(latest.indices)} structures labelled in {latest.label}, "
+        "projected on the plane of their two widest principal axes (atoms in Jmol colours, "
+        "bonds between atoms within 1.2 × the sum of their covalent radii).",
+        "",
+        f"![geometries of {latest.label}]({svg_data_uri(svg)})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def figure_markdowns(
+    system: str,
+    records: Sequence[GenerationRecord],
+    arrays: Arrays,
+    provenance: Sequence[Provenance],
+) -> dict[str, str]:
+    """The markdown of each figure's artifact (:data:`FIGURES`), from the generation
+    records and the dataset's arrays and provenance."""
+    groups = energy_groups(arrays.energy, arrays.n_atoms, provenance)
+    return {
+        "calibration": calibration_markdown(system, records),
+        "energies": energies_markdown(system, groups),
+        "geometries": geometries_markdown(system, arrays, groups),
+    }
+
+
+def publish_figures(
+    system: str,
+    records: Sequence[GenerationRecord],
+    arrays: Arrays,
+    provenance: Sequence[Provenance],
+) -> list[UUID]:
+    """A new version of each figure's markdown artifact, ``<system>-<what>`` for each
+    ``what`` of :data:`FIGURES`."""
+    from prefect.artifacts import create_markdown_artifact
+
+    descriptions = {
+        "calibration": "predicted σF against the actual force error of each new label (eV/Å)",
+        "energies": "energy per atom of the labelled structures per batch (eV/atom)",
+        "geometries": "a few structures of the latest batch of labels",
+    }
+    return [
+        synchronous(
+            create_markdown_artifact(
+                text,
+                key=artifact_key(system, what),
+                description=f"{system}: {descriptions[what]}",
+            )
+        )
+        for what, text in figure_markdowns(system, records, arrays, provenance).items()
+    ]
 
 
 def publish_live_summary(live: LiveState, records: Sequence[GenerationRecord]) -> UUID:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -37,12 +38,19 @@ _PREFECT_DEFAULTS = {
 
 
 def use_prefect_defaults() -> None:
-    """Set the Prefect settings above unless the user set them, and keep PREFECT_HOME
-    private (:func:`_private_prefect_home`); call in a process entry point before prefect
-    is imported."""
+    """Set the Prefect settings above unless the user set them, keep PREFECT_HOME
+    private (:func:`_private_prefect_home`), and give advloop's loggers Prefect's log
+    level (``PREFECT_LOGGING_LEVEL``, default INFO) unless one is set; call in a process
+    entry point before prefect is imported."""
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     _private_prefect_home()
+    # Prefect gives its extra loggers its API handler but no level: at the root logger's
+    # WARNING, advloop's INFO lines (training's epochs, the attack's steps, each
+    # generation's selection) would reach neither the terminal nor the UI's logs
+    advloop_logger = logging.getLogger("advloop")
+    if advloop_logger.level == logging.NOTSET:
+        advloop_logger.setLevel(os.environ.get("PREFECT_LOGGING_LEVEL", "INFO").upper())
 
 
 #: The embedded server's SQLite database and the files SQLite keeps beside it.
@@ -193,8 +201,6 @@ def _quiet_in_terminal(expected: tuple[type[BaseException], ...]) -> None:
     line saying what to do), and the progress lines the table shows already
     (:data:`~advloop.flows.progress.UI_ONLY`), off the terminal; the run's log on the
     server keeps them."""
-    import logging
-
     from prefect.logging.handlers import PrefectConsoleHandler
 
     from advloop.flows.interruptions import exception_chain, is_disk_full

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from advloop.calculators.committee_calculator import CommitteeCalculator
 from advloop.flows.cli import app
 from advloop.flows.report import GenerationTable
-from advloop.flows.run_folder import RunLayout
+from advloop.flows.run_folder import RunLayout, read_generations
 from advloop.flows.validation import validate_config
 from advloop.potentials.dataset import Dataset
 
@@ -45,6 +45,7 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     )
 
     _check_prefect_server(summary)
+    _check_figures(summary, RunLayout(config.run_dir()))
 
     # Dataset: 6 initial + the adversarial labels, with provenance.
     dataset = Dataset(layout.dataset)
@@ -120,6 +121,8 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     assert again["dataset_size"] == summary["dataset_size"]
     assert Dataset(layout.dataset).hashes() == dataset.hashes()
     assert {p: p.stat().st_mtime_ns for p in layout.root.glob("committee/*/*.pt")} == mtimes
+    # it ran no generation, so its figures were published once, at the end
+    assert [len(v) for v in _figure_artifacts().values()] == [2, 2, 2]
 
     # A larger generation budget continues the finished run: its last committee (which
     # only trained) now explores, and one more generation trains.
@@ -143,6 +146,48 @@ def test_tiny_run_end_to_end_and_resume(prefect_backend, tiny_config, tmp_path):
     )
     assert cut.interrupted and not cut.record.explored
     assert not layout.candidates(2).exists()
+
+
+def _figure_artifacts() -> dict[str, list]:
+    """Every version of each figure artifact of nh3-tiny, by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from advloop.flows.artifacts import FIGURES
+
+    keys = [f"nh3-tiny-{what}" for what in FIGURES]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    return {key: [a for a in found if a.key == key] for key in keys}
+
+
+def _check_figures(summary: dict, layout: RunLayout) -> None:
+    """The figures' artifacts: one version after generation 0 (the only one that added
+    labels; the final generation only trained), drawn from the run folder's records and
+    dataset."""
+    import base64
+    import re
+    import xml.etree.ElementTree as ET
+
+    by_key = _figure_artifacts()
+    assert [len(versions) for versions in by_key.values()] == [1, 1, 1], by_key
+
+    def marks(key: str, kind: str) -> list[ET.Element]:
+        [artifact] = by_key[key]
+        assert artifact.type == "markdown"
+        uri = re.search(r"\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", artifact.data)
+        assert uri, artifact.data[:500]
+        svg = ET.fromstring(base64.b64decode(uri.group(1)).decode())
+        return [e for e in svg.iter() if e.get("class") == kind]
+
+    [record] = [r for r in read_generations(layout.root) if r.calibration_sigmas]
+    n = summary["labels_explored"]
+    assert len(record.calibration_sigmas) == n == len(marks("nh3-tiny-calibration", "point"))
+    assert len(marks("nh3-tiny-energies", "point")) == summary["dataset_size"]
+    assert len(marks("nh3-tiny-geometries", "atom")) == 4 * min(n, 4)  # NH3: 4 atoms each
+    assert "geometries of gen 0" in by_key["nh3-tiny-geometries"][0].data
 
 
 def _check_prefect_server(summary: dict) -> None:

@@ -335,6 +335,31 @@ def test_long_steps_report_their_progress(tmp_path, caplog):
     assert any(line.startswith("attack gen 0: step 0 of 5, mean σ ") for line in lines)
 
 
+def test_advloops_info_lines_pass_prefects_logging_in_a_command(tmp_path):
+    """Prefect gives advloop's loggers its API handler but no level; the command's entry
+    point gives them one, so that the progress lines above reach the terminal and the UI
+    (a fresh process: the level is process-wide)."""
+    script = (
+        "import logging\n"
+        "from advloop.flows.cli import use_prefect_defaults\n"
+        "use_prefect_defaults()\n"
+        "import prefect.logging.configuration as c\n"
+        "c.setup_logging()\n"
+        "print(logging.getLogger('advloop.progress').isEnabledFor(logging.INFO),"
+        " logging.getLogger('advloop.flows.loop').isEnabledFor(logging.DEBUG))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PREFECT_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
 def test_a_resumed_run_says_what_it_found_and_which_invocation_came_before(tmp_path, caplog):
     import logging
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -20,10 +21,10 @@ from advloop.flows.artifacts import (
     LiveState,
     artifact_key,
     generation_rows,
-    learning_curve_svg,
     live_markdown,
     summary_markdown,
 )
+from advloop.flows.figures import learning_curve_svg
 from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.report import GenerationTable
 
@@ -94,7 +95,7 @@ def test_learning_curve_is_an_svg_with_both_series():
     svg = ET.fromstring(learning_curve_svg(RECORDS, threshold=0.05))
     ns = "{http://www.w3.org/2000/svg}"
     assert svg.tag == f"{ns}svg"
-    colours = [c.get("fill") for c in svg.iter(f"{ns}circle")]
+    colours = [c.get("fill") for c in svg.iter(f"{ns}circle") if c.get("class") == "point"]
     assert colours.count("#d62728") == 2 and colours.count("#1f77b4") == 3  # σF, MAE points
     assert len(list(svg.iter(f"{ns}polyline"))) == 2
     assert any("threshold" in (t.text or "") for t in svg.iter(f"{ns}text"))
@@ -242,3 +243,27 @@ def test_label_lines_say_how_long_the_rest_will_take():
     assert durations.eta(0, 8, 5.0) is None and durations.eta(8, 8, 5.0) is None
     assert durations.duration(59) == "59 s" and durations.duration(3 * 3600) == "3.0 h"
     assert durations.ago(90) == "90 s ago"
+
+
+def test_a_failure_to_publish_the_figures_is_logged_not_raised(monkeypatch, tmp_path, caplog):
+    from advloop.flows import active_learning
+    from advloop.flows.config import RunConfig
+    from advloop.potentials.dataset import Dataset
+
+    config = RunConfig.model_validate(
+        {"system": {"name": "nh3", "structures": "nh3.xyz"}, "output_dir": str(tmp_path)}
+    )
+    assert not active_learning._publish_figures(config, RECORDS)  # no dataset yet
+    Dataset.create(config.run_dir() / "dataset.h5")
+
+    def down(*args, **kwargs):
+        raise ConnectionError("server down")
+
+    monkeypatch.setattr(active_learning.artifacts, "publish_figures", down)
+    logger = logging.getLogger(active_learning.__name__)  # advloop's loggers do not propagate
+    logger.addHandler(caplog.handler)
+    try:
+        assert not active_learning._publish_figures(config, RECORDS)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "could not publish the run's figures: server down" in caplog.text

@@ -2,7 +2,10 @@
 a tiny ``advloop run`` against it, then headless Chromium on the UI pages a user opens.
 
 The run labels NH3 with ASE's EMT (a toy, but a real calculator: a few seconds of
-compute in all; the level of theory is beside the point here).
+compute in all; the level of theory is beside the point here) over two generations that
+explore, started in the background: while it goes on, the test polls the server for the
+``<system>-summary`` version published after generation 0 and opens it in Chromium (the
+run's state and generation, the learning curve as an image).
 
 Chromium is driven without Python dependencies (see ``ui_browser.py``): one
 ``chromium --headless --dump-dom [--screenshot]`` process per page, reading the DOM the
@@ -11,7 +14,9 @@ links: the flow run named after the system, completed, with its ``<system>-gener
 table artifact on its Artifacts tab; the artifact's versions on the key's page; the
 latest version as a table with every column of ``advloop.flows.artifacts.TABLE_COLUMNS`` and a row
 per generation. In the V1 UI: the flow run link the run printed in its log, and the same
-table. Screenshots (PNG) and the DOM dumps go to ``$ADVLOOP_TEST_ARTIFACTS/prefect-ui``
+table. Then generation 0's flow run, whose log shows training's progress (each member's
+epochs and each member trained), and the latest version of each figure artifact
+(``advloop.flows.artifacts.FIGURES``) with its SVG image in the page. Screenshots (PNG) and the DOM dumps go to ``$ADVLOOP_TEST_ARTIFACTS/prefect-ui``
 (default ``<repo>/test-artifacts/prefect-ui``); the test prints the folder.
 
 Without Chromium the test is skipped, except under CI (``CI`` set and not false), where it
@@ -20,21 +25,25 @@ fails: CI installs Debian's ``chromium`` package.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from advloop.flows.artifacts import TABLE_COLUMNS, artifact_key
+from advloop.flows.artifacts import FIGURES, TABLE_COLUMNS, artifact_key
 from tests.flows.prefect_server import clean_env, free_port, prefect_server
 from tests.flows.ui_browser import Page, PngInfo, find_chromium, png_info, render
 
@@ -53,7 +62,7 @@ training: {{max_epochs: 3, warm_start_epochs: 2, batch_size: 6}}
 exploration: {{kind: adversarial, n_seeds: 2, n_steps: 2, temperature: 1000.0}}
 selection: {{percentile: 0, rmsd_threshold: 0.001, max_selected: 2}}
 convergence: {{force_std_threshold: 1.0e-6}}
-budget: {{max_generations: 1, max_labels: 10}}
+budget: {{max_generations: 2, max_labels: 10}}
 output_dir: {output_dir}
 """
 
@@ -152,38 +161,43 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
     key = artifact_key(SYSTEM, "generations")
 
     started = time.monotonic()
-    with ui_server(tmp_path) as base:
+    with ui_server(tmp_path) as base, _advloop_run(config, base, tmp_path) as (proc, output):
         up = time.monotonic()
-        code = "from advloop.flows.cli import app; app(prog_name='advloop')"
-        done = subprocess.run(
-            [sys.executable, "-c", code, "run", str(config)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-            env=clean_env(
-                PREFECT_API_URL=f"{base}/api",
-                PREFECT_UI_URL=base,
-                PREFECT_HOME=str(tmp_path / "client-home"),
-                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            ),
+        # While the run goes on: the live summary after generation 0, as the UI shows it.
+        live, alive = _first_version(
+            base, artifact_key(SYSTEM, "summary"), "**generation 0 finished**", proc
         )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert alive, "the run ended before its live summary after generation 0 was seen"
+        page = _open(
+            chromium,
+            f"{base}/v2/artifacts/artifact/{live['id']}",
+            lambda p: "generation 0 finished" in p.text and bool(_svg_images(p)),
+            "v2-live-summary",
+            screenshot=True,
+        )
+        assert f"{SYSTEM}: running" in page.text
+        assert "generations finished 1 (budget 2)" in page.text  # its table, as text
+        _check_screenshot(out / "v2-live-summary.png")
+        live_shown = time.monotonic()
+        still_running = proc.poll() is None
+
+        assert proc.wait(timeout=600) == 0, output()[-6000:]
         ran = time.monotonic()
 
         # What the server holds, to compare the pages with.
         [run] = _api(base, "flow_runs/filter", {"flow_runs": {"name": {"any_": [SYSTEM]}}})
         assert run["state_type"] == "COMPLETED"
+        created, ended = (datetime.fromisoformat(t) for t in (live["created"], run["end_time"]))
+        assert created < ended  # the live version came before the run ended
         versions = _api(
             base,
             "artifacts/filter",
             {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
         )
-        assert len(versions) == 2 and {v["flow_run_id"] for v in versions} == {run["id"]}
+        assert len(versions) == 3 and {v["flow_run_id"] for v in versions} == {run["id"]}
         latest = versions[0]
         rows = json.loads(latest["data"])
-        assert [r["generation"] for r in rows] == [0, 1]
+        assert [r["generation"] for r in rows] == [0, 1, 2]
 
         # V2 (the UI the server's root opens): the flow run's Artifacts tab ...
         run_title = f"Flow Run: {SYSTEM} • Prefect Server"
@@ -223,7 +237,7 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
 
         # V1: the link the run printed ("View at ...") and the same table.
         logged = f"{base}/runs/flow-run/{run['id']}"
-        assert f"View at {logged}" in done.stdout + done.stderr
+        assert f"View at {logged}" in output()
         page = _open(
             chromium, logged, lambda p: p.title == run_title, "v1-flow-run", screenshot=True
         )
@@ -239,12 +253,112 @@ def test_prefect_ui_shows_the_flow_run_and_its_table_artifact(tmp_path, capsys):
         _check_table(page, key, rows, latest["description"])
         assert f"/runs/flow-run/{run['id']}" in page.links
         _check_screenshot(out / "v1-generations-table.png")
+
+        # Training's progress in the generation's log: each member's epochs (the
+        # advloop.progress logger, from the member's task) and each member trained.
+        [gen0] = _api(
+            base, "flow_runs/filter", {"flow_runs": {"name": {"any_": [f"{SYSTEM}-gen000"]}}}
+        )
+        progress = ("training gen 0 member 0: epoch 1 of at most 3", "training gen 0 member 1")
+        members = ("gen 0: member", "trained, 1 of 2", "trained, 2 of 2")
+        page = _open(
+            chromium,
+            f"{base}/v2/runs/flow-run/{gen0['id']}",
+            lambda p: all(line in p.text for line in progress + members),
+            "v2-training-log",
+            screenshot=True,
+        )
+        _check_screenshot(out / "v2-training-log.png")
+
+        # The figures: the latest version of each, its SVG image in the page.
+        for what in FIGURES:
+            [figure] = _api(
+                base,
+                "artifacts/filter",
+                {
+                    "artifacts": {"key": {"any_": [artifact_key(SYSTEM, what)]}},
+                    "sort": "CREATED_DESC",
+                    "limit": 1,
+                },
+            )
+            page = _open(
+                chromium,
+                f"{base}/v2/artifacts/artifact/{figure['id']}",
+                lambda p: bool(_svg_images(p)),
+                f"v2-{what}",
+                screenshot=True,
+            )
+            [image] = _svg_images(page)
+            assert image == figure["data"].split("](", 1)[1].split(")", 1)[0]  # the one we sent
+            assert ET.fromstring(base64.b64decode(image.split(",", 1)[1])).tag.endswith("svg")
+            _check_screenshot(out / f"v2-{what}.png")
         browsed = time.monotonic()
     with capsys.disabled():
         print(
-            f"[prefect UI browser test] server up {up - started:.0f} s, advloop run "
-            f"{ran - up:.0f} s, 5 pages in Chromium {browsed - ran:.0f} s"
+            f"[prefect UI browser test] server up {up - started:.0f} s, live summary in "
+            f"Chromium {live_shown - up:.0f} s (the run still going afterwards: "
+            f"{still_running}), advloop run {ran - up:.0f} s in all, 9 more pages in "
+            f"Chromium {browsed - ran:.0f} s"
         )
+
+
+@contextlib.contextmanager
+def _advloop_run(
+    config: Path, base: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, Callable[[], str]]]:
+    """``advloop run config`` against the server at ``base``, started in the background:
+    yields the process and a function that returns its output (stdout and stderr) so far; it is
+    killed on the way out if it is still running."""
+    log = tmp_path / "advloop-run.log"
+    code = "from advloop.flows.cli import app; app(prog_name='advloop')"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "run", str(config)],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=clean_env(
+                PREFECT_API_URL=f"{base}/api",
+                PREFECT_UI_URL=base,
+                PREFECT_HOME=str(tmp_path / "client-home"),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            ),
+        )
+        try:
+            yield proc, log.read_text
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _first_version(
+    base: str, key: str, text: str, proc: subprocess.Popen, timeout: float = 300
+) -> tuple[dict, bool]:
+    """The first version of artifact ``key`` whose data holds ``text`` (polled every 0.2 s
+    until ``timeout`` s), and whether ``proc`` was still running when it was found."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = proc.poll() is None
+        versions = _api(
+            base,
+            "artifacts/filter",
+            {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
+        )
+        found = next((v for v in reversed(versions) if text in (v["data"] or "")), None)
+        if found is not None:
+            return found, running
+        if not running:
+            pytest.fail(f"the run ended with no {key} version holding {text!r}")
+        time.sleep(0.2)
+    pytest.fail(f"no {key} version holding {text!r} within {timeout} s")
+
+
+def _svg_images(page: Page) -> list[str]:
+    """The ``src`` of every ``<img>`` of the page that is an SVG data URI."""
+    return re.findall(r'<img[^>]*\ssrc="(data:image/svg\+xml;base64,[A-Za-z0-9+/=]+)"', page.dom)
 
 
 def _check_table(page: Page, key: str, rows: list[dict], description: str) -> None:
