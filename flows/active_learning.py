@@ -168,7 +168,7 @@ def _label_selected(
     started = time.monotonic()
     # the lines the terminal shows, in the UI's log: each label that finishes, at most
     # one line per PROGRESS_SECONDS but the last
-    throttled = Throttled(lambda line: line, logger=logger, extra=UI_ONLY)  # type: ignore[arg-type]
+    throttled = Throttled(str, logger=logger, extra=UI_ONLY)
     structures = dict(zip(selected, steps.selected_structures(config, generation, selected)))
     pending = list(selected)
     running: list[PrefectFuture[Timed[steps.LabelResult]]] = []

@@ -14,8 +14,10 @@ import typer
 from advloop.flows.durations import ago
 
 if TYPE_CHECKING:
-    from advloop.flows.progress import Liveness
-    from advloop.flows.records import GenerationRecord, RunSummary
+    from prefect.client.schemas.objects import FlowRun
+
+    from advloop.flows.server_runs import NamedFolder
+
 
 app = typer.Typer(
     add_completion=False,
@@ -419,76 +421,21 @@ def _one_line(err: Exception) -> str:
 # advloop status
 
 
-@dataclass(frozen=True)
-class _RunFolder:
-    """What a run folder says about its run (see :func:`_run_folder`)."""
-
-    root: Path
-    records: list[GenerationRecord]
-    summary: RunSummary | None  # None unless the latest start has finished
-    state: str  # "stopped: <stop_reason>", "running", "stale: probably dead", ...
-    dataset_size: int | None
-    updated: float  # s since the epoch, the last change of a file in the run folder
-    alive: Liveness
-
-    @property
-    def system(self) -> str:
-        return self.root.name
-
-
-def _run_folder(root: Path) -> _RunFolder | None:
-    """Read a run folder, or None if ``root`` is not one.
-
-    The state is ``stopped: <reason>`` when summary.json is newer than config.yaml (which
-    every start or resume rewrites); else whether the process that holds the folder is
-    alive (:func:`advloop.flows.progress.liveness`): ``running``, ``stale: probably dead``,
-    or ended without a summary (killed).
-    """
-    from advloop.flows.progress import last_activity, liveness
-    from advloop.flows.run_folder import RunLayout, read_generations, read_summary
-
-    layout = RunLayout(root)
-    files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
-    if not files:
-        return None
-    records = read_generations(root)
-    summary = read_summary(root)
-    started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
-    size: int | None
-    alive = liveness(root)
-    if summary is not None and layout.summary.stat().st_mtime >= started:
-        state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
-    else:
-        sizes = [r.dataset_size for r in records if r.dataset_size is not None]
-        size, summary = (sizes[-1] if sizes else None), None
-        state = {
-            "running": "running",
-            "stale": "stale: probably dead",
-            "ended": "ended without a summary: resume with advloop run",
-            "idle": "idle: no process holds it",
-        }[alive.state]
-    return _RunFolder(
-        root=root,
-        records=records,
-        summary=summary,
-        state=state,
-        dataset_size=size,
-        updated=last_activity(root) or max(p.stat().st_mtime for p in files),
-        alive=alive,
-    )
-
-
 def _find_run(run: str, runs_dir: Path) -> Path | None:
     """The run folder ``run`` names (a path, or a system under ``runs_dir``), or None."""
+    from advloop.flows.progress import folder_status
+
     for candidate in (Path(run), runs_dir / run):
-        if candidate.is_dir() and _run_folder(candidate) is not None:
+        if candidate.is_dir() and folder_status(candidate) is not None:
             return candidate
     return None
 
 
 def _unknown_run(run: str, runs_dir: Path) -> str:
+    from advloop.flows.progress import folder_status
+
     known = (
-        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and _run_folder(p))
+        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and folder_status(p))
         if runs_dir.is_dir()
         else []
     )
@@ -496,44 +443,82 @@ def _unknown_run(run: str, runs_dir: Path) -> str:
     return f"{run!r} is neither a run folder nor a system in {runs_dir} ({hint}; another parent: --runs-dir)"
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
+def _print_table(rows: list[list[str]], header: list[str], below: list[str] | None = None) -> None:
+    """``rows`` under ``header`` in aligned columns; ``below[i]``, if given, on an
+    indented line of its own after row ``i``."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip())
+    for i, r in enumerate(rows):
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if below is not None:
+            typer.echo(f"    {below[i]}")
 
 
-def _print_flow_runs(system: str | None) -> None:
-    """The latest flow runs of ``system`` (or of advloop) on the server, then a warning
-    on stderr for each of its deployments whose active schedule has no upcoming run."""
-    from advloop.flows.deployments import (
-        flow_run_url,
-        latest_flow_runs,
-        no_upcoming_run_warning,
-        schedules_without_runs,
-    )
+@dataclass(frozen=True)
+class _ServerView:
+    """What the server says of a system's (or every system's) runs: its flow runs, newest
+    first, each with its flow's name and the run folder its parameters name, and the
+    deployments whose active schedule has no upcoming run."""
+
+    system: str | None
+    runs: list[tuple[FlowRun, str, NamedFolder]]
+    unscheduled: list[str]
+
+    def readable_folders(self) -> list[Path]:
+        """The run folders named that this machine can read, newest flow run first."""
+        from advloop.flows.progress import folder_status
+
+        out: list[Path] = []
+        for _, _, named in self.runs:
+            path = named.path
+            if named.visible and path is not None and path not in out and folder_status(path):
+                out.append(path)
+        return out
+
+
+def _server_view(system: str | None) -> _ServerView:
+    use_prefect_defaults()
+    from advloop.flows.deployments import schedules_without_runs
+    from advloop.flows.server_runs import named_folder, top_flow_runs
 
     with _ServerErrors():
-        runs = latest_flow_runs(system)
+        runs = top_flow_runs(system)
         unscheduled = schedules_without_runs(system)
-    what = f"system {system!r}" if system else "advloop"
-    if not runs:
+    return _ServerView(
+        system, [(r, flow, named_folder(flow, r.parameters)) for r, flow in runs], unscheduled
+    )
+
+
+def _print_flow_runs(view: _ServerView) -> None:
+    """The flow runs of ``view``, each with the run folder its parameters name and what
+    that folder says where this machine sees it, then a warning on stderr for each
+    deployment whose active schedule has no upcoming run."""
+    from advloop.flows.deployments import flow_run_url, no_upcoming_run_warning
+    from advloop.flows.server_runs import describe_folder, system_tag
+
+    what = f"system {view.system!r}" if view.system else "advloop"
+    if not view.runs:
         typer.echo(f"\nno flow runs for {what} on the server")
     else:
         typer.echo(f"\nlatest flow runs for {what} on the server:")
-        rows = []
-        for r, flow_name in runs:
+        now = time.time()
+        rows, folders = [], []
+        for r, flow_name, named in view.runs:
             t = r.start_time or r.expected_start_time
             rows.append(
                 [
                     r.name,
+                    named.system or system_tag(r) or "-",
                     flow_name,
                     r.state_name or "-",
                     t.strftime("%Y-%m-%d %H:%M") if t else "-",
                     flow_run_url(r.id) or str(r.id),
                 ]
             )
-        _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
-    for name in unscheduled:
+            state_type = r.state_type.value if r.state_type else None
+            folders.append(describe_folder(named, state_type, now))
+        _print_table(rows, ["flow run", "system", "flow", "state", "start (UTC)", "UI"], folders)
+    for name in view.unscheduled:
         typer.echo(no_upcoming_run_warning(name), err=True)
 
 
@@ -549,22 +534,26 @@ def status(
     server: Annotated[
         bool,
         typer.Option(
-            "--server", help="also list the latest Prefect flow runs (needs PREFECT_API_URL)"
+            "--server",
+            help="also list the latest Prefect flow runs and their run folders (needs "
+            "PREFECT_API_URL)",
         ),
     ] = False,
 ) -> None:
     """Where runs stand: every run folder, or one run's generations and outcome.
 
-    With --server, also the run's latest flow runs on the Prefect server (by tag or name),
-    which knows a submitted run before its folder exists, and a warning for each advloop
-    deployment whose active schedule has no upcoming run (the server's scheduler is off
-    or failing)."""
-    from advloop.flows.progress import phase
+    With --server, also the latest flow runs of advloop on the Prefect server (of the
+    run's system, by tag or name), which knows a submitted run before its folder exists,
+    each with the run folder its parameters name and what that folder says where this
+    machine sees it (a run not under --runs-dir is found so), and a warning for each
+    advloop deployment whose active schedule has no upcoming run (the server's
+    scheduler is off or failing)."""
+    from advloop.flows.progress import folder_status, phase
 
     now = time.time()
     if run is None:
         found = (
-            [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))]
+            [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := folder_status(p))]
             if runs_dir.is_dir()
             else []
         )
@@ -586,19 +575,23 @@ def status(
                 ["system", "generations", "dataset", "state", "phase", "last activity"],
             )
         if server:
-            use_prefect_defaults()
-            _print_flow_runs(None)
+            _print_flow_runs(_server_view(None))
         return
 
     from advloop.flows.report import GenerationTable
 
     root = _find_run(run, runs_dir)
-    folder = _run_folder(root) if root is not None else None
-    if folder is None and server:  # submitted, perhaps not started: the server may know it
-        typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
-        use_prefect_defaults()
-        _print_flow_runs(Path(run).name)
-        return
+    folder = folder_status(root) if root is not None else None
+    view = None  # asked for after the local part is printed, unless that needs it
+    if folder is None and server:
+        view = _server_view(Path(run).name)
+        # the newest flow run whose parameters name a folder this machine can read
+        known = view.readable_folders()
+        folder = folder_status(known[0]) if known else None
+        if folder is None:  # submitted, perhaps not started
+            typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
+            _print_flow_runs(view)
+            return
     if folder is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
     typer.echo(
@@ -622,8 +615,7 @@ def status(
             f"{summary.level_of_theory}"
         )
     if server:
-        use_prefect_defaults()
-        _print_flow_runs(folder.system)
+        _print_flow_runs(view or _server_view(folder.system))
 
 
 # ---------------------------------------------------------------------------------------

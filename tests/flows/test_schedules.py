@@ -254,9 +254,9 @@ def test_serve_and_status_say_nothing_of_the_kind_when_the_scheduler_works(tiny_
             assert "warning" not in status.stderr and "warning" not in err.read_text()
             # the scheduler's runs (tagged advloop and nh3-tiny), named by Prefect
             rows = [x.split() for x in status.stdout.splitlines() if "advloop-run-config" in x]
-            assert rows and all(r[1:3] == ["advloop-run-config", "Scheduled"] for r in rows), (
-                status.stdout
-            )
+            assert rows and all(
+                r[1:4] == ["nh3-tiny", "advloop-run-config", "Scheduled"] for r in rows
+            ), status.stdout
         # Ctrl-C paused the schedule: a stopped serve is not a failing scheduler
         assert "warning" not in _status(server, tmp_path, grace=0).stderr
     assert "Traceback" not in err.read_text()
