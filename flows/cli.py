@@ -14,9 +14,7 @@ import typer
 from advloop.flows.durations import ago
 
 if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
-
-    from advloop.flows.server_runs import NamedFolder
+    from advloop.flows.server_runs import NamedFolder, ServerRun
 
 
 app = typer.Typer(
@@ -461,7 +459,7 @@ class _ServerView:
     deployments whose active schedule has no upcoming run."""
 
     system: str | None
-    runs: list[tuple[FlowRun, str, NamedFolder]]
+    runs: list[tuple[ServerRun, NamedFolder]]
     unscheduled: list[str]
 
     def readable_folders(self) -> list[Path]:
@@ -469,7 +467,7 @@ class _ServerView:
         from advloop.flows.progress import folder_status
 
         out: list[Path] = []
-        for _, _, named in self.runs:
+        for _, named in self.runs:
             path = named.path
             if named.visible and path is not None and path not in out and folder_status(path):
                 out.append(path)
@@ -479,14 +477,12 @@ class _ServerView:
 def _server_view(system: str | None) -> _ServerView:
     use_prefect_defaults()
     from advloop.flows.deployments import schedules_without_runs
-    from advloop.flows.server_runs import named_folder, top_flow_runs
+    from advloop.flows.server_runs import top_flow_runs
 
     with _ServerErrors():
         runs = top_flow_runs(system)
         unscheduled = schedules_without_runs(system)
-    return _ServerView(
-        system, [(r, flow, named_folder(flow, r.parameters)) for r, flow in runs], unscheduled
-    )
+    return _ServerView(system, [(r, r.folder()) for r in runs], unscheduled)
 
 
 def _print_flow_runs(view: _ServerView) -> None:
@@ -503,13 +499,14 @@ def _print_flow_runs(view: _ServerView) -> None:
         typer.echo(f"\nlatest flow runs for {what} on the server:")
         now = time.time()
         rows, folders = [], []
-        for r, flow_name, named in view.runs:
+        for run, named in view.runs:
+            r = run.flow_run
             t = r.start_time or r.expected_start_time
             rows.append(
                 [
                     r.name,
                     named.system or system_tag(r) or "-",
-                    flow_name,
+                    run.flow_name,
                     r.state_name or "-",
                     t.strftime("%Y-%m-%d %H:%M") if t else "-",
                     flow_run_url(r.id) or str(r.id),

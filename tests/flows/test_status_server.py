@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
 
 from advloop.flows.cli import app
-from advloop.flows.server_runs import CONFIG_FILE_FLOW, LOOP_FLOW, NamedFolder, named_folder
+from advloop.flows.server_runs import (
+    CONFIG_FILE_FLOW,
+    LOOP_FLOW,
+    NamedFolder,
+    deployment_workdir,
+    named_folder,
+)
 from tests.flows.configs import EXAMPLES
 from tests.flows.prefect_server import EMT_RUN_CONFIG
 
@@ -43,6 +50,16 @@ def test_a_flow_runs_parameters_name_its_run_folder(tmp_path):
         and gone.note == "config file /nowhere/c.yaml not visible from this machine"
     )
     assert named_folder(LOOP_FLOW, {"config": "<unserializable>"}).system is None
+    # a deployment's flow runs start in its pull step's folder (prefect deploy) or its path
+    pulled = SimpleNamespace(
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "/c"}}],
+        path=None,
+    )
+    assert deployment_workdir(pulled) == Path("/c")
+    assert deployment_workdir(SimpleNamespace(pull_steps=None, path="/served")) == Path("/served")
+    assert deployment_workdir(SimpleNamespace(pull_steps=[], path=".")) is None
+    by_checkout = named_folder(CONFIG_FILE_FLOW, {"config_path": "c.yaml"}, workdir=tmp_path)
+    assert by_checkout.path == tmp_path / "c-runs" / "c"
 
 
 @pytest.mark.slow
@@ -64,8 +81,11 @@ def test_status_server_reads_the_folders_the_flow_runs_name(prefect_backend, tmp
     # whose (relative) output_dir exists here but whose run has not started
     far = _emt_config(tmp_path / "far.yaml", "status-far", "/nonexistent-scratch/runs")
     packed = Submission.pack(far, validate_config(far, run_folder=False))
-    later = _emt_config(tmp_path / "later.yaml", "status-later", "later-runs")
-    (tmp_path / "later-runs").mkdir()
+    # (as prefect deploy of infra/prefect.yaml makes it: paths relative to the checkout
+    # its pull step names)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    _emt_config(checkout / "later.yaml", "status-later", "later-runs")
     with get_client(sync_client=True) as client:
         client.create_flow_run(
             run_submission,
@@ -74,14 +94,23 @@ def test_status_server_reads_the_folders_the_flow_runs_name(prefect_backend, tmp
             tags=[TAG, "status-far"],
             state=Scheduled(),
         )
-        client.create_flow_run(
-            run_config_file,
-            name="random-name",  # what the server's scheduler calls it until it starts
-            parameters={"config_path": str(later), "output_dir": None},
+        deployment = client.create_deployment(
+            client.create_flow(run_config_file),
+            "status-later",
+            parameters={"config_path": "later.yaml", "output_dir": None},
             tags=[TAG, "status-later"],
+            pull_steps=[
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(checkout)}}
+            ],
+        )
+        client.create_flow_run_from_deployment(
+            deployment,
+            name="random-name",  # what the server's scheduler calls it until it starts
+            tags=["auto-scheduled", TAG, "status-later"],
             state=Scheduled(),
         )
-    monkeypatch.chdir(tmp_path)  # no ./runs here
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ./runs here, nor the checkout's files
 
     listing = CliRunner().invoke(app, ["status", "--server"])
     assert listing.exit_code == 0, listing.output
@@ -105,8 +134,11 @@ def test_status_server_reads_the_folders_the_flow_runs_name(prefect_backend, tmp
     )
     row, folder = below("random-name")
     assert row[1:4] == ["status-later", CONFIG_FILE_FLOW, "Scheduled"]
-    assert folder.startswith(f"run folder {tmp_path / 'later-runs' / 'status-later'} (relative")
-    assert folder.endswith(": not made yet (the flow run has not started)")
+    assert folder == (
+        f"run folder {checkout / 'later-runs' / 'status-later'} (relative output_dir "
+        f"'later-runs', read from the deployment's working directory {checkout}): not made "
+        "yet (the flow run has not started)"
+    )
     # the generation sub-flows and the submission's own loop are parts of these runs
     assert "advloop-generation" not in listing.stdout
 
