@@ -15,6 +15,7 @@ from advloop.flows.durations import ago
 
 if TYPE_CHECKING:
     from advloop.flows.server_runs import NamedFolder, ServerRun
+    from advloop.flows.ui_server import UIServer
 
 
 app = typer.Typer(
@@ -613,6 +614,82 @@ def status(
         )
     if server:
         _print_flow_runs(view or _server_view(folder.system))
+
+
+# ---------------------------------------------------------------------------------------
+# advloop ui
+
+
+@app.command()
+def ui(
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="a run folder, or a system name (default: the newest run recorded here)"
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option(help="the folder holding run folders, for a RUN given by name")
+    ] = Path("runs"),
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="open the run's page in a browser")
+    ] = True,
+) -> None:
+    """Serve the Prefect UI on the runs `advloop run` recorded on this machine (Prefect's
+    embedded server's database, PREFECT_HOME), finished or running, and print the run's
+    page; Ctrl-C stops it.
+
+    RUN is a run folder (its name is the system's) or a system name. Refused when
+    PREFECT_API_URL is set (open that server's UI) and when the run was never recorded
+    in this machine's embedded database."""
+    use_prefect_defaults()
+    from advloop.flows.ui_server import LocalUIError, embedded_database, flow_run_page, serve_ui
+
+    system = None
+    if run is not None:
+        root = _find_run(run, runs_dir)
+        system = root.name if root is not None else Path(run).name
+    try:
+        db = embedded_database()
+        with serve_ui(db) as server:
+            with _ServerErrors():
+                page, flow_run = flow_run_page(server, system)
+            typer.echo(
+                f"{flow_run.name} ({flow_run.state_name}): {page}\n"
+                f"Prefect UI on {db} at {server.url}"
+                + ("" if server.ours else " (an earlier advloop ui's server)")
+                + "; Ctrl-C stops"
+                + (" it" if server.ours else "")
+            )
+            if browser:
+                _open_browser(page)
+            _wait_for_interrupt(server)
+    except LocalUIError as err:
+        _fail(str(err))
+    typer.echo("advloop ui: stopped")
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in the user's browser where there is one; say so where there is not."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.get().open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        typer.echo("no browser found here: open the page above yourself", err=True)
+
+
+def _wait_for_interrupt(server: UIServer) -> None:
+    """Block until Ctrl-C (SIGINT), or until the server this process started ends
+    (exit 1)."""
+    try:
+        while not server.stopped():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
+    _fail(f"error: the Prefect server for the UI stopped; its output is in {server.log}", 1)
 
 
 # ---------------------------------------------------------------------------------------
