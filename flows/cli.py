@@ -350,7 +350,9 @@ def serve(
     --config, `advloop-run-config/<system>` on the --cron schedule. Flow runs execute
     here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules.
     Once the server's scheduler has made a schedule's next run, prints its time; warns if
-    it has made none 90 s after the deployment was registered."""
+    it has made none 90 s after the deployment was registered. Names the schedules'
+    upcoming runs <system>-scheduled-<UTC time> (Prefect gives them random names until
+    they start)."""
     use_prefect_defaults()
     from advloop.flows.config import ConfigError
     from advloop.flows.deployments import (
@@ -377,9 +379,20 @@ def serve(
         typer.echo(f"serving {d.flow_name}/{d.name}{when}")
     typer.echo(f"server {display_url(url)}; Ctrl-C stops (and pauses the schedules)")
     _report_schedules(scheduled, before)
+    import threading
+
+    from advloop.flows import schedule_names
+
+    served = threading.Event()
+    if scheduled:  # each deployment of a config is named after its system
+        systems = {f"{d.flow_name}/{d.name}": d.name for d in deployments if d.schedules}
+        _in_background(schedule_names.keep_naming, systems, served, name="advloop-schedule-names")
     import prefect
 
-    prefect.serve(*deployments, limit=limit, print_starting_message=False)
+    try:
+        prefect.serve(*deployments, limit=limit, print_starting_message=False)
+    finally:
+        served.set()
 
 
 def _report_schedules(scheduled: list[str], before: frozenset) -> None:
@@ -387,9 +400,6 @@ def _report_schedules(scheduled: list[str], before: frozenset) -> None:
     once the server's scheduler has made it, or warn on stderr that it has made none
     (:func:`advloop.flows.deployments.watch_schedules`: within 90 s of registering, then never
     again), from a daemon thread, so that serving starts at once."""
-    import contextvars
-    import threading
-
     from advloop.flows.deployments import no_upcoming_run_warning, watch_schedules
 
     def report() -> None:
@@ -400,12 +410,17 @@ def _report_schedules(scheduled: list[str], before: frozenset) -> None:
                 typer.echo(f"next run of {name}: {start:%Y-%m-%d %H:%M} UTC")
 
     if scheduled:
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(report,),
-            name="advloop-schedules",
-            daemon=True,
-        ).start()
+        _in_background(report, name="advloop-schedules")
+
+
+def _in_background(fn, *args, name: str) -> None:
+    """``fn(*args)`` in a daemon thread with this thread's context (Prefect's settings)."""
+    import contextvars
+    import threading
+
+    threading.Thread(
+        target=contextvars.copy_context().run, args=(fn, *args), name=name, daemon=True
+    ).start()
 
 
 def _one_line(err: Exception) -> str:
