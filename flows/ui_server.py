@@ -185,7 +185,7 @@ def serve_ui(db: Path, timeout: float = 180.0) -> Iterator[UIServer]:
         )
         yield UIServer(url, proc.pid, log_path, proc)
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             if json.loads(record.read_text()).get("pid") == proc.pid:
                 record.unlink()
         if proc.poll() is None:
