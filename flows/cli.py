@@ -15,8 +15,9 @@ import typer
 from advloop.flows.durations import ago
 
 if TYPE_CHECKING:
-    from advloop.flows.progress import Liveness
-    from advloop.flows.records import GenerationRecord, RunSummary
+    from advloop.flows.server_runs import NamedFolder, ServerRun
+    from advloop.flows.ui_server import UIServer
+
 
 app = typer.Typer(
     add_completion=False,
@@ -355,7 +356,9 @@ def serve(
     --config, `advloop-run-config/<system>` on the --cron schedule. Flow runs execute
     here as subprocesses; needs a server (PREFECT_API_URL). Ctrl-C pauses the schedules.
     Once the server's scheduler has made a schedule's next run, prints its time; warns if
-    it has made none 90 s after the deployment was registered."""
+    it has made none 90 s after the deployment was registered. Names the schedules'
+    upcoming runs <system>-scheduled-<UTC time> (Prefect gives them random names until
+    they start)."""
     use_prefect_defaults()
     from advloop.flows.config import ConfigError
     from advloop.flows.deployments import (
@@ -382,9 +385,20 @@ def serve(
         typer.echo(f"serving {d.flow_name}/{d.name}{when}")
     typer.echo(f"server {display_url(url)}; Ctrl-C stops (and pauses the schedules)")
     _report_schedules(scheduled, before)
+    import threading
+
+    from advloop.flows import schedule_names
+
+    served = threading.Event()
+    if scheduled:  # each deployment of a config is named after its system
+        systems = {f"{d.flow_name}/{d.name}": d.name for d in deployments if d.schedules}
+        _in_background(schedule_names.keep_naming, systems, served, name="advloop-schedule-names")
     import prefect
 
-    prefect.serve(*deployments, limit=limit, print_starting_message=False)
+    try:
+        prefect.serve(*deployments, limit=limit, print_starting_message=False)
+    finally:
+        served.set()
 
 
 def _report_schedules(scheduled: list[str], before: frozenset) -> None:
@@ -392,9 +406,6 @@ def _report_schedules(scheduled: list[str], before: frozenset) -> None:
     once the server's scheduler has made it, or warn on stderr that it has made none
     (:func:`advloop.flows.deployments.watch_schedules`: within 90 s of registering, then never
     again), from a daemon thread, so that serving starts at once."""
-    import contextvars
-    import threading
-
     from advloop.flows.deployments import no_upcoming_run_warning, watch_schedules
 
     def report() -> None:
@@ -405,12 +416,17 @@ def _report_schedules(scheduled: list[str], before: frozenset) -> None:
                 typer.echo(f"next run of {name}: {start:%Y-%m-%d %H:%M} UTC")
 
     if scheduled:
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(report,),
-            name="advloop-schedules",
-            daemon=True,
-        ).start()
+        _in_background(report, name="advloop-schedules")
+
+
+def _in_background(fn, *args, name: str) -> None:
+    """``fn(*args)`` in a daemon thread with this thread's context (Prefect's settings)."""
+    import contextvars
+    import threading
+
+    threading.Thread(
+        target=contextvars.copy_context().run, args=(fn, *args), name=name, daemon=True
+    ).start()
 
 
 def _one_line(err: Exception) -> str:
@@ -425,76 +441,21 @@ def _one_line(err: Exception) -> str:
 # advloop status
 
 
-@dataclass(frozen=True)
-class _RunFolder:
-    """What a run folder says about its run (see :func:`_run_folder`)."""
-
-    root: Path
-    records: list[GenerationRecord]
-    summary: RunSummary | None  # None unless the latest start has finished
-    state: str  # "stopped: <stop_reason>", "running", "stale: probably dead", ...
-    dataset_size: int | None
-    updated: float  # s since the epoch, the last change of a file in the run folder
-    alive: Liveness
-
-    @property
-    def system(self) -> str:
-        return self.root.name
-
-
-def _run_folder(root: Path) -> _RunFolder | None:
-    """Read a run folder, or None if ``root`` is not one.
-
-    The state is ``stopped: <reason>`` when summary.json is newer than config.yaml (which
-    every start or resume rewrites); else whether the process that holds the folder is
-    alive (:func:`advloop.flows.progress.liveness`): ``running``, ``stale: probably dead``,
-    or ended without a summary (killed).
-    """
-    from advloop.flows.progress import last_activity, liveness
-    from advloop.flows.run_folder import RunLayout, read_generations, read_summary
-
-    layout = RunLayout(root)
-    files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
-    if not files:
-        return None
-    records = read_generations(root)
-    summary = read_summary(root)
-    started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
-    size: int | None
-    alive = liveness(root)
-    if summary is not None and layout.summary.stat().st_mtime >= started:
-        state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
-    else:
-        sizes = [r.dataset_size for r in records if r.dataset_size is not None]
-        size, summary = (sizes[-1] if sizes else None), None
-        state = {
-            "running": "running",
-            "stale": "stale: probably dead",
-            "ended": "ended without a summary: resume with advloop run",
-            "idle": "idle: no process holds it",
-        }[alive.state]
-    return _RunFolder(
-        root=root,
-        records=records,
-        summary=summary,
-        state=state,
-        dataset_size=size,
-        updated=last_activity(root) or max(p.stat().st_mtime for p in files),
-        alive=alive,
-    )
-
-
 def _find_run(run: str, runs_dir: Path) -> Path | None:
     """The run folder ``run`` names (a path, or a system under ``runs_dir``), or None."""
+    from advloop.flows.progress import folder_status
+
     for candidate in (Path(run), runs_dir / run):
-        if candidate.is_dir() and _run_folder(candidate) is not None:
+        if candidate.is_dir() and folder_status(candidate) is not None:
             return candidate
     return None
 
 
 def _unknown_run(run: str, runs_dir: Path) -> str:
+    from advloop.flows.progress import folder_status
+
     known = (
-        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and _run_folder(p))
+        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and folder_status(p))
         if runs_dir.is_dir()
         else []
     )
@@ -502,44 +463,81 @@ def _unknown_run(run: str, runs_dir: Path) -> str:
     return f"{run!r} is neither a run folder nor a system in {runs_dir} ({hint}; another parent: --runs-dir)"
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
+def _print_table(rows: list[list[str]], header: list[str], below: list[str] | None = None) -> None:
+    """``rows`` under ``header`` in aligned columns; ``below[i]``, if given, on an
+    indented line of its own after row ``i``."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip())
+    for i, r in enumerate(rows):
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if below is not None:
+            typer.echo(f"    {below[i]}")
 
 
-def _print_flow_runs(system: str | None) -> None:
-    """The latest flow runs of ``system`` (or of advloop) on the server, then a warning
-    on stderr for each of its deployments whose active schedule has no upcoming run."""
-    from advloop.flows.deployments import (
-        flow_run_url,
-        latest_flow_runs,
-        no_upcoming_run_warning,
-        schedules_without_runs,
-    )
+@dataclass(frozen=True)
+class _ServerView:
+    """What the server says of a system's (or every system's) runs: its flow runs, newest
+    first, each with its flow's name and the run folder its parameters name, and the
+    deployments whose active schedule has no upcoming run."""
+
+    system: str | None
+    runs: list[tuple[ServerRun, NamedFolder]]
+    unscheduled: list[str]
+
+    def readable_folders(self) -> list[Path]:
+        """The run folders named that this machine can read, newest flow run first."""
+        from advloop.flows.progress import folder_status
+
+        out: list[Path] = []
+        for _, named in self.runs:
+            path = named.path
+            if named.visible and path is not None and path not in out and folder_status(path):
+                out.append(path)
+        return out
+
+
+def _server_view(system: str | None) -> _ServerView:
+    use_prefect_defaults()
+    from advloop.flows.deployments import schedules_without_runs
+    from advloop.flows.server_runs import top_flow_runs
 
     with _ServerErrors():
-        runs = latest_flow_runs(system)
+        runs = top_flow_runs(system)
         unscheduled = schedules_without_runs(system)
-    what = f"system {system!r}" if system else "advloop"
-    if not runs:
+    return _ServerView(system, [(r, r.folder()) for r in runs], unscheduled)
+
+
+def _print_flow_runs(view: _ServerView) -> None:
+    """The flow runs of ``view``, each with the run folder its parameters name and what
+    that folder says where this machine sees it, then a warning on stderr for each
+    deployment whose active schedule has no upcoming run."""
+    from advloop.flows.deployments import flow_run_url, no_upcoming_run_warning
+    from advloop.flows.server_runs import describe_folder, system_tag
+
+    what = f"system {view.system!r}" if view.system else "advloop"
+    if not view.runs:
         typer.echo(f"\nno flow runs for {what} on the server")
     else:
         typer.echo(f"\nlatest flow runs for {what} on the server:")
-        rows = []
-        for r, flow_name in runs:
+        now = time.time()
+        rows, folders = [], []
+        for run, named in view.runs:
+            r = run.flow_run
             t = r.start_time or r.expected_start_time
             rows.append(
                 [
                     r.name,
-                    flow_name,
+                    named.system or system_tag(r) or "-",
+                    run.flow_name,
                     r.state_name or "-",
                     t.strftime("%Y-%m-%d %H:%M") if t else "-",
                     flow_run_url(r.id) or str(r.id),
                 ]
             )
-        _print_table(rows, ["flow run", "flow", "state", "start (UTC)", "UI"])
-    for name in unscheduled:
+            state_type = r.state_type.value if r.state_type else None
+            folders.append(describe_folder(named, state_type, now))
+        _print_table(rows, ["flow run", "system", "flow", "state", "start (UTC)", "UI"], folders)
+    for name in view.unscheduled:
         typer.echo(no_upcoming_run_warning(name), err=True)
 
 
@@ -555,22 +553,26 @@ def status(
     server: Annotated[
         bool,
         typer.Option(
-            "--server", help="also list the latest Prefect flow runs (needs PREFECT_API_URL)"
+            "--server",
+            help="also list the latest Prefect flow runs and their run folders (needs "
+            "PREFECT_API_URL)",
         ),
     ] = False,
 ) -> None:
     """Where runs stand: every run folder, or one run's generations and outcome.
 
-    With --server, also the run's latest flow runs on the Prefect server (by tag or name),
-    which knows a submitted run before its folder exists, and a warning for each advloop
-    deployment whose active schedule has no upcoming run (the server's scheduler is off
-    or failing)."""
-    from advloop.flows.progress import phase
+    With --server, also the latest flow runs of advloop on the Prefect server (of the
+    run's system, by tag or name), which knows a submitted run before its folder exists,
+    each with the run folder its parameters name and what that folder says where this
+    machine sees it (a run not under --runs-dir is found so), and a warning for each
+    advloop deployment whose active schedule has no upcoming run (the server's
+    scheduler is off or failing)."""
+    from advloop.flows.progress import folder_status, phase
 
     now = time.time()
     if run is None:
         found = (
-            [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := _run_folder(p))]
+            [f for p in sorted(runs_dir.iterdir()) if p.is_dir() and (f := folder_status(p))]
             if runs_dir.is_dir()
             else []
         )
@@ -592,19 +594,23 @@ def status(
                 ["system", "generations", "dataset", "state", "phase", "last activity"],
             )
         if server:
-            use_prefect_defaults()
-            _print_flow_runs(None)
+            _print_flow_runs(_server_view(None))
         return
 
     from advloop.flows.report import GenerationTable
 
     root = _find_run(run, runs_dir)
-    folder = _run_folder(root) if root is not None else None
-    if folder is None and server:  # submitted, perhaps not started: the server may know it
-        typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
-        use_prefect_defaults()
-        _print_flow_runs(Path(run).name)
-        return
+    folder = folder_status(root) if root is not None else None
+    view = None  # asked for after the local part is printed, unless that needs it
+    if folder is None and server:
+        view = _server_view(Path(run).name)
+        # the newest flow run whose parameters name a folder this machine can read
+        known = view.readable_folders()
+        folder = folder_status(known[0]) if known else None
+        if folder is None:  # submitted, perhaps not started
+            typer.echo(f"no run folder yet: {_unknown_run(run, runs_dir)}")
+            _print_flow_runs(view)
+            return
     if folder is None:
         _fail(f"error: {_unknown_run(run, runs_dir)}")
     typer.echo(
@@ -628,8 +634,83 @@ def status(
             f"{summary.level_of_theory}"
         )
     if server:
-        use_prefect_defaults()
-        _print_flow_runs(folder.system)
+        _print_flow_runs(view or _server_view(folder.system))
+
+
+# ---------------------------------------------------------------------------------------
+# advloop ui
+
+
+@app.command()
+def ui(
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="a run folder, or a system name (default: the newest run recorded here)"
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option(help="the folder holding run folders, for a RUN given by name")
+    ] = Path("runs"),
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="open the run's page in a browser")
+    ] = True,
+) -> None:
+    """Serve the Prefect UI on the runs `advloop run` recorded on this machine (Prefect's
+    embedded server's database, PREFECT_HOME), finished or running, and print the run's
+    page; Ctrl-C stops it.
+
+    RUN is a run folder (its name is the system's) or a system name. Refused when
+    PREFECT_API_URL is set (open that server's UI) and when the run was never recorded
+    in this machine's embedded database."""
+    use_prefect_defaults()
+    from advloop.flows.ui_server import LocalUIError, embedded_database, flow_run_page, serve_ui
+
+    system = None
+    if run is not None:
+        root = _find_run(run, runs_dir)
+        system = root.name if root is not None else Path(run).name
+    try:
+        db = embedded_database()
+        with serve_ui(db) as server:
+            with _ServerErrors():
+                page, flow_run = flow_run_page(server, system)
+            typer.echo(
+                f"{flow_run.name} ({flow_run.state_name}): {page}\n"
+                f"Prefect UI on {db} at {server.url}"
+                + ("" if server.ours else " (an earlier advloop ui's server)")
+                + "; Ctrl-C stops"
+                + (" it" if server.ours else "")
+            )
+            if browser:
+                _open_browser(page)
+            _wait_for_interrupt(server)
+    except LocalUIError as err:
+        _fail(str(err))
+    typer.echo("advloop ui: stopped")
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in the user's browser where there is one; say so where there is not."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.get().open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        typer.echo("no browser found here: open the page above yourself", err=True)
+
+
+def _wait_for_interrupt(server: UIServer) -> None:
+    """Block until Ctrl-C (SIGINT), or until the server this process started ends
+    (exit 1)."""
+    try:
+        while not server.stopped():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
+    _fail(f"error: the Prefect server for the UI stopped; its output is in {server.log}", 1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -511,47 +511,6 @@ def submit(
     )
 
 
-def latest_flow_runs(system: str | None = None, limit: int = 10) -> list[tuple[FlowRun, str]]:
-    """The newest flow runs of ``system`` (tagged with its name, or named after it), or
-    of every advloop run when ``system`` is None, newest first, each with its flow's name
-    (``advloop-submission``, ``advloop-active-learning``, ...). Raises :class:`ServerError`."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    sort = FlowRunSort.EXPECTED_START_TIME_DESC
-    with server_client() as client:
-        if system is None:
-            found = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG])),
-                sort=sort,
-                limit=limit,
-            )
-        else:
-            by_id = {
-                r.id: r
-                for r in client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[system])),
-                    sort=sort,
-                    limit=limit,
-                )
-            }
-            for r in client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[system])),
-                sort=sort,
-                limit=limit,
-            ):
-                by_id.setdefault(r.id, r)
-            found = list(by_id.values())
-
-        def when(r: FlowRun) -> float:
-            t = r.start_time or r.expected_start_time or r.created
-            return t.timestamp() if t else 0.0
-
-        found = sorted(found, key=when, reverse=True)[:limit]
-        flows = {fid: client.read_flow(fid).name for fid in {r.flow_id for r in found}}
-    return [(r, flows[r.flow_id]) for r in found]
-
-
 # ---------------------------------------------------------------------------------------
 # Schedules that the server does not turn into runs
 

@@ -11,6 +11,9 @@ it is in with its progress, and when anything last moved (what ``advloop status`
   (``labelling initial: 9 of 16``, ``training gen 3: 2 of 4 members``, ``exploring gen 3``,
   ``labelling gen 3: 5 of 8``).
 - :func:`last_activity`: the newest file in the run folder.
+- :func:`folder_status`: all of it together, with the outcome of a run that stopped
+  (what ``advloop status`` prints of each run folder, and of each flow run's folder with
+  ``--server``).
 
 And the lines a run prints while a long step goes on (:class:`Throttled`: training's
 epochs, the attack's and committee MD's steps), on the ``advloop.progress`` logger, which
@@ -34,6 +37,7 @@ from advloop.calculators.factory import theory_settings
 from advloop.calculators.label_store import LabelStore, label_key
 from advloop.flows.config import RunConfig
 from advloop.flows.durations import ago
+from advloop.flows.records import GenerationRecord, RunSummary
 from advloop.flows.run_folder import (
     HEARTBEAT_SECONDS,
     STALE_BEATS,
@@ -44,13 +48,16 @@ from advloop.flows.run_folder import (
     read_holder,
     read_initial,
     read_selection,
+    read_summary,
 )
 
 __all__ = [
     "PROGRESS_SECONDS",
     "UI_ONLY",
+    "FolderStatus",
     "Liveness",
     "Throttled",
+    "folder_status",
     "last_activity",
     "liveness",
     "phase",
@@ -157,6 +164,79 @@ def last_activity(root: Path) -> float:
         except OSError:  # removed while we looked
             continue
     return newest
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    """What a run folder says about its run (see :func:`folder_status`)."""
+
+    root: Path
+    records: list[GenerationRecord]
+    summary: RunSummary | None  # None unless the latest start has finished
+    state: str  # "stopped: <stop_reason>", "running", "stale: probably dead", ...
+    dataset_size: int | None
+    updated: float  # s since the epoch, the last change of a file in the run folder
+    alive: Liveness
+
+    @property
+    def system(self) -> str:
+        return self.root.name
+
+    def line(self, now: float | None = None) -> str:
+        """The state in one line: ``stopped: converged, 16 structures, last activity 3
+        min ago``, or for a run without a summary its process and phase (``running (pid
+        12 on node1, heartbeat 4 s ago), training gen 1: 1 of 2 members, last activity
+        ...``)."""
+        now = time.time() if now is None else now
+        parts = [self.state]
+        if self.summary is None:
+            if self.alive.state in ("running", "stale"):
+                parts[0] += f" ({self.alive.detail})"
+            if current := phase(self.root):
+                parts.append(current)
+        if self.dataset_size is not None:
+            parts.append(f"{self.dataset_size} structures")
+        parts.append(f"last activity {ago(now - self.updated)}")
+        return ", ".join(parts)
+
+
+def folder_status(root: Path) -> FolderStatus | None:
+    """Read a run folder, or None if ``root`` is not one.
+
+    The state is ``stopped: <reason>`` when summary.json is newer than config.yaml (which
+    every start or resume rewrites); else whether the process that holds the folder is
+    alive (:func:`liveness`): ``running``, ``stale: probably dead``, or ended without a
+    summary (killed).
+    """
+    layout = RunLayout(root)
+    files = [p for p in (layout.config, layout.generations, layout.summary) if p.is_file()]
+    if not files:
+        return None
+    records = read_generations(root)
+    summary = read_summary(root)
+    started = layout.config.stat().st_mtime if layout.config.is_file() else 0.0
+    size: int | None
+    alive = liveness(root)
+    if summary is not None and layout.summary.stat().st_mtime >= started:
+        state, size = f"stopped: {summary.stop_reason}", summary.dataset_size
+    else:
+        sizes = [r.dataset_size for r in records if r.dataset_size is not None]
+        size, summary = (sizes[-1] if sizes else None), None
+        state = {
+            "running": "running",
+            "stale": "stale: probably dead",
+            "ended": "ended without a summary: resume with advloop run",
+            "idle": "idle: no process holds it",
+        }[alive.state]
+    return FolderStatus(
+        root=root,
+        records=records,
+        summary=summary,
+        state=state,
+        dataset_size=size,
+        updated=last_activity(root) or max(p.stat().st_mtime for p in files),
+        alive=alive,
+    )
 
 
 class Throttled:

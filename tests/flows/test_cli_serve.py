@@ -86,6 +86,7 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
     import prefect
 
     import advloop.flows.deployments as deployments
+    from advloop.flows import schedule_names
 
     served, watched = {}, {}
 
@@ -99,7 +100,12 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
         watched.update(names=names, before=before)
         yield names[0], datetime.datetime(2031, 1, 2, 2, 0, tzinfo=datetime.timezone.utc)
 
+    def keep_naming(systems, stop):
+        named.update(systems=systems, stopped_after_serve=stop.wait(30))
+
+    named: dict = {}
     monkeypatch.setattr(prefect, "serve", serve)
+    monkeypatch.setattr(schedule_names, "keep_naming", keep_naming)
     monkeypatch.setattr(deployments, "server_client", contextlib.nullcontext)
     monkeypatch.setattr(deployments, "schedule_ids", lambda names: frozenset({"earlier"}))
     monkeypatch.setattr(deployments, "watch_schedules", watch)
@@ -120,6 +126,14 @@ def test_serve_command_serves_the_built_deployments(tiny_config, monkeypatch):
         result.stdout.splitlines()[-1]
         == "next run of advloop-run-config/nh3-tiny: 2031-01-02 02:00 UTC"
     )
+    # the scheduled runs are named after their system until serving stops
+    for thread in threading.enumerate():
+        if thread.name == "advloop-schedule-names":
+            thread.join(30)
+    assert named == {
+        "systems": {"advloop-run-config/nh3-tiny": "nh3-tiny"},
+        "stopped_after_serve": True,
+    }
 
 
 def test_serve_command_refuses_bad_input_without_serving(tiny_config, tmp_path, monkeypatch):

@@ -129,7 +129,7 @@ def test_submit_creates_a_scheduled_flow_run(
     assert status.exit_code == 0, status.output
     assert "no run folder yet" in status.stdout
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("nh3-tiny ")]
-    assert row.split()[1:3] == ["advloop-submission", "Scheduled"] and run_id in row
+    assert row.split()[1:4] == ["nh3-tiny", "advloop-submission", "Scheduled"] and run_id in row
 
     # A second submission of the same system is refused while the first may still run...
     again = _invoke_with_api_url(prefect_server, ["submit", str(tiny_config)])

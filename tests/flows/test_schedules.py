@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import secrets
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from tests.flows.prefect_server import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.system]
 
+ROOT = Path(__file__).resolve().parents[2]
 CRON = "0 2 * * *"  # 02:00 UTC daily: the next run is always in the future
 FAST_SCHEDULER = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
@@ -152,7 +154,11 @@ WARNING = (
 
 @contextlib.contextmanager
 def _serving(
-    server: PrefectServer, tiny_config: Path, tmp_path: Path, grace: float | None = None
+    server: PrefectServer,
+    tiny_config: Path,
+    tmp_path: Path,
+    grace: float | None = None,
+    cron: str = CRON,
 ) -> Iterator[tuple[Path, Path]]:
     """`advloop serve --config tiny_config --cron CRON` in a process of its own against
     ``server`` (with advloop.flows.deployments.SCHEDULER_GRACE_S set to ``grace`` if given);
@@ -166,7 +172,7 @@ def _serving(
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--config", str(tiny_config), "--cron", CRON],
+            [sys.executable, "-c", code, "serve", "--config", str(tiny_config), "--cron", cron],
             cwd=tmp_path,
             stdout=stdout,
             stderr=stderr,
@@ -174,7 +180,9 @@ def _serving(
             env=clean_env(
                 PREFECT_API_URL=server.url,
                 PREFECT_HOME=str(tmp_path / "client-home"),
-                PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+                PYTHONPATH=os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+                ),
             ),
         )
     try:
@@ -254,9 +262,44 @@ def test_serve_and_status_say_nothing_of_the_kind_when_the_scheduler_works(tiny_
             assert "warning" not in status.stderr and "warning" not in err.read_text()
             # the scheduler's runs (tagged advloop and nh3-tiny), named by Prefect
             rows = [x.split() for x in status.stdout.splitlines() if "advloop-run-config" in x]
-            assert rows and all(r[1:3] == ["advloop-run-config", "Scheduled"] for r in rows), (
-                status.stdout
-            )
+            assert rows and all(
+                r[1:4] == ["nh3-tiny", "advloop-run-config", "Scheduled"] for r in rows
+            ), status.stdout
         # Ctrl-C paused the schedule: a stopped serve is not a failing scheduler
         assert "warning" not in _status(server, tmp_path, grace=0).stderr
+    assert "Traceback" not in err.read_text()
+
+
+def test_serve_names_the_scheduled_runs_after_their_system(tiny_config, tmp_path):
+    """Prefect's scheduler names a schedule's upcoming runs at random (a flow's
+    flow_run_name applies only when a run starts, and a 3.8.8 deployment has no name
+    template); `advloop serve` renames them `<system>-scheduled-<UTC time>` as they
+    appear. A schedule of a run every minute, in an hour at least two hours away so that
+    none starts during the test: the scheduler makes its minimum of three runs."""
+    from advloop.flows.schedule_names import NAMING_SECONDS, scheduled_run_name
+
+    hour = (datetime.datetime.now(datetime.timezone.utc).hour + 3) % 24
+    with _server(tmp_path / "server-home", "sqlite", **FAST_SCHEDULER) as server:
+        with _serving(server, tiny_config, tmp_path, cron=f"* {hour} * * *") as (out, err):
+            _wait_for_text(out, "next run of advloop-run-config/nh3-tiny: ", 120, err)
+            with _api(server) as client:
+                deployment = client.read_deployment_by_name("advloop-run-config/nh3-tiny")
+                deadline = time.monotonic() + 4 * NAMING_SECONDS + 30
+                while True:
+                    runs = _scheduled_runs(client, deployment.id)
+                    names = [r.name for r in runs]
+                    wanted = [scheduled_run_name("nh3-tiny", r.expected_start_time) for r in runs]
+                    if runs and names == wanted:
+                        break
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"scheduled runs not named after their system: {names}")
+                    time.sleep(1)
+            status = _status(server, tmp_path, grace=0)
+    times = [r.expected_start_time for r in runs]
+    assert len(runs) == 3  # PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS
+    assert all(b - a == datetime.timedelta(minutes=1) for a, b in zip(times, times[1:]))
+    assert times[0].hour == hour and times[0].minute == 0
+    assert names[0] == f"nh3-tiny-scheduled-{times[0]:%Y%m%dT}{hour:02d}00Z"
+    for name in names:
+        assert any(line.startswith(f"{name} ") for line in status.stdout.splitlines())
     assert "Traceback" not in err.read_text()
