@@ -671,14 +671,7 @@ def initial_file_problems(
                     "only, with its atoms in its order"
                 )
                 break
-            reason = check_geometry(
-                atoms.numbers,
-                atoms.positions,
-                config.geometry.min_distance_factor,
-                1e9,
-                atoms.cell.array,
-                atoms.pbc,
-            )
+            reason = _clash(config, atoms)
             if reason is not None:
                 problems.append(f"{key}: {spec.path} frame {k}: {_geometry_problem(reason)}")
                 break
@@ -788,6 +781,19 @@ def check_inputs(config: RunConfig) -> list[str]:
     return problems
 
 
+def _clash(config: RunConfig, atoms: Atoms) -> str | None:
+    """Why ``atoms`` clash (None: they do not), by the clash limit only: a starting
+    structure may be several molecules, so no bond limit applies."""
+    return check_geometry(
+        atoms.numbers,
+        atoms.positions,
+        config.geometry.min_distance_factor,
+        1e9,
+        atoms.cell.array,
+        atoms.pbc,
+    )
+
+
 def _structure_problems(config: RunConfig, frames: list[Atoms], key: str) -> list[str]:
     """Problems with the starting structures ``frames`` (of ``key``): one composition,
     atoms, periodicity, clashes."""
@@ -805,15 +811,8 @@ def _structure_problems(config: RunConfig, frames: list[Atoms], key: str) -> lis
             continue
         if atoms.pbc.any() and not atoms.pbc.all():
             problems.append(f"{where}: pbc must be all true or all false, got {atoms.pbc.tolist()}")
-        try:  # the clash limit only: a starting structure may be several molecules
-            reason = check_geometry(
-                atoms.numbers,
-                atoms.positions,
-                config.geometry.min_distance_factor,
-                1e9,
-                atoms.cell.array,
-                atoms.pbc,
-            )
+        try:
+            reason = _clash(config, atoms)
         except ValueError as err:  # e.g. a dummy atom (X, atomic number 0)
             problems.append(f"{where}: {err}; use real element symbols")
             continue
