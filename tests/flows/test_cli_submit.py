@@ -336,10 +336,10 @@ def test_a_process_worker_elsewhere_runs_the_submission(
     )
     assert status.exit_code == 0, status.output
     assert status.stdout.startswith("nh3-emt: stopped: max_generations")
-    flows = {
-        line.split()[1]: line.split()[2]
-        for line in status.stdout.splitlines()
-        if line.startswith("nh3-emt ")
-    }
-    assert flows["advloop-submission"] == "Completed"
-    assert flows["advloop-active-learning"] == "Completed"
+    # the submission's flow run (name, system, flow, state), then the folder it names
+    lines = status.stdout.splitlines()
+    (k,) = [
+        i for i, line in enumerate(lines) if line.split()[1:3] == ["nh3-emt", "advloop-submission"]
+    ]
+    assert lines[k].split()[3] == "Completed", status.stdout
+    assert str(run_dir) in lines[k + 1] and "stopped" in lines[k + 1], status.stdout
